@@ -1,0 +1,3 @@
+from bulkbackup.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""Every exception bulkbackup raises on purpose derives from BulkbackupError.
+
+The CLI turns a BulkbackupError into one line on stderr and its ``exit_code``;
+anything else is a bug and keeps its traceback.
+"""
+
+
+class BulkbackupError(Exception):
+    """Base class: a failure with a message fit for an operator."""
+
+    exit_code = 1
+
+
+class ConfigError(BulkbackupError):
+    """The configuration file or environment is wrong."""
+
+    exit_code = 2
+
+
+class UsageError(BulkbackupError):
+    """The command line is wrong."""
+
+    exit_code = 2
+
+
+class InvalidName(BulkbackupError):
+    """A login or repository name that must not become a key or a path."""
+
+
+class StoreError(BulkbackupError):
+    """The durable store failed or refused an operation."""
+
+
+class NotFound(StoreError):
+    """The object does not exist in the store."""
+
+
+class GitHubError(BulkbackupError):
+    """The GitHub API failed for good (after retries)."""
+
+
+class UserGone(GitHubError):
+    """The API answered 404 for the user."""
+
+
+class GitError(BulkbackupError):
+    """A git command failed or timed out."""
+
+
+class LockLost(BulkbackupError):
+    """The lock on a user is no longer ours: stop working on that user, write nothing."""
+
+
+class Interrupted(BulkbackupError):
+    """The run is stopping (signal): give the user back instead of finishing it."""

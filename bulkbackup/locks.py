@@ -1,0 +1,130 @@
+"""Per-user locks kept alive by one refresher thread per worker process.
+
+The lock itself (`lock:github.com/<login>`, value = worker id, EX ttl NX) is taken by the claim
+script; this module keeps every lock the process holds alive with one compare-and-expire script
+call per interval, and tells the worker, before each write, whether a lock is still its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+import redis
+
+from bulkbackup import keys
+from bulkbackup.errors import LockLost
+from bulkbackup.tracked import Scripts
+
+log = logging.getLogger(__name__)
+
+
+class LockKeeper:
+    """Refreshes the process's locks every ttl/2; marks a lock lost the moment it is not ours."""
+
+    def __init__(
+        self,
+        r: redis.Redis,
+        scripts: Scripts,
+        worker_id: str,
+        lock_ttl_s: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._r = r
+        self._scripts = scripts
+        self.worker_id = worker_id
+        self.ttl_s = lock_ttl_s
+        self._clock = clock
+        self._mu = threading.Lock()
+        # member -> local monotonic time until which the lock is known to be ours
+        self._valid_until: dict[str, float] = {}
+        self._lost: set[str] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # Below this much validity left, a write asks Redis instead of trusting the refresher.
+        self.margin_s = min(2.0, lock_ttl_s / 4)
+
+    def start(self) -> LockKeeper:
+        self._thread = threading.Thread(target=self._run, name="lock-refresher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.ttl_s)
+
+    def add(self, members: Iterable[str], claimed_at: float) -> None:
+        """Start keeping ``members`` (claimed at local monotonic time ``claimed_at``)."""
+        with self._mu:
+            for m in members:
+                self._valid_until[m] = claimed_at + self.ttl_s
+                self._lost.discard(m)
+
+    def drop(self, member: str) -> None:
+        with self._mu:
+            self._valid_until.pop(member, None)
+            self._lost.discard(member)
+
+    def held(self) -> list[str]:
+        with self._mu:
+            return list(self._valid_until)
+
+    def is_lost(self, member: str) -> bool:
+        with self._mu:
+            return member in self._lost or member not in self._valid_until
+
+    def check(self, member: str) -> None:
+        """Raise LockLost unless ``member``'s lock is certainly still ours for a while."""
+        with self._mu:
+            lost = member in self._lost
+            until = self._valid_until.get(member)
+        if lost or until is None:
+            raise LockLost(f"lock lost: {member}")
+        if self._clock() < until - self.margin_s:
+            return
+        # The refresher is late (Redis slow, or this process was stopped): ask Redis now.
+        self.refresh_once()
+        if self.is_lost(member):
+            raise LockLost(f"lock lost: {member}")
+        with self._mu:
+            until = self._valid_until.get(member, 0.0)
+        if self._clock() >= until:
+            raise LockLost(f"lock could not be refreshed in time: {member}")
+
+    def refresh_once(self) -> bool:
+        """One compare-and-expire round for every held lock; False if Redis failed."""
+        members = self.held()
+        if not members:
+            return True
+        sent = self._clock()
+        try:
+            result = self._scripts.refresh(
+                keys=[keys.LEASES, *map(keys.lock, members)],
+                args=[self.worker_id, self.ttl_s, *members],
+            )
+        except redis.RedisError as exc:
+            log.warning("lock refresh failed (will retry): %s", exc)
+            return False
+        with self._mu:
+            for member, ok in zip(members, result, strict=True):
+                if member not in self._valid_until:
+                    continue  # dropped while the script ran
+                if int(ok):
+                    # Counted from when the request left: the server's TTL started no earlier.
+                    self._valid_until[member] = sent + self.ttl_s
+                else:
+                    log.warning("lock lost: %s", member)
+                    del self._valid_until[member]
+                    self._lost.add(member)
+        return True
+
+    def _run(self) -> None:
+        interval = self.ttl_s / 2
+        wait = interval
+        while not self._stop.wait(wait):
+            ok = self.refresh_once()
+            # After a failure retry soon: a lock not refreshed within its ttl is gone.
+            wait = interval if ok else min(1.0, interval / 4)

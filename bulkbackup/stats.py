@@ -1,0 +1,269 @@
+"""The passes over the whole store: `stats` (counts, SyncdRepos) and `rebuild` (`tracked`).
+
+Both cost listing pages, not a request per object: the store is walked once with a flat
+listing (no delimiter: Storj returns delimited listings in encrypted-path order), in memory
+bounded by the number of users whose keys can interleave in byte order (logins that are
+prefixes of each other, at most ~39 deep), never by the number of users.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import orjson
+import redis
+
+from bulkbackup import keys, tracked
+from bulkbackup.backup import EMPTY_REPOSITORY, UserCounts
+from bulkbackup.config import Settings
+from bulkbackup.names import is_login
+from bulkbackup.progress import Progress
+from bulkbackup.store import Store, open_store
+from bulkbackup.store.base import ERROR, SYNCD_REPOS, ObjectInfo, canonical
+
+HSCAN_BATCH = 500
+
+
+@dataclass
+class UserKeys:
+    """What one user's keys in a listing say."""
+
+    login: str
+    has_object: bool = False
+    last_modified: float = 0.0
+    with_data: int = 0
+    zero: list[str] = field(default_factory=list)  # keys of zero-byte bundles
+    bundle_bytes: int = 0
+    zip_bytes: int = 0
+
+
+@dataclass
+class Totals:
+    users_in_store: int = 0
+    users_with_errors: int = 0
+    archived: int = 0
+    failed: int = 0
+    empty: int = 0
+    bundle_bytes: int = 0
+    zip_bytes: int = 0
+    written: int = 0
+    store_requests: int = 0
+    elapsed_s: float = 0.0
+
+
+def group_by_user(listing: Iterator[ObjectInfo], byte_ordered: bool) -> Iterator[UserKeys]:
+    """Fold a flat listing into one UserKeys per user, each yielded once it is complete."""
+    open_users: dict[str, UserKeys] = {}
+    for info in listing:
+        login, _, rest = info.key.partition("/")
+        if byte_ordered:
+            # In byte order `a`, `a-b`, `a-b/x`, `a/x`: user `a` is done only after `a/`.
+            for done in [u for u in open_users if info.key > u + "/" and
+                         not info.key.startswith(u + "/")]:
+                yield open_users.pop(done)
+        else:
+            for done in [u for u in open_users if u != login]:
+                yield open_users.pop(done)
+        if not is_login(login):
+            continue
+        user = open_users.setdefault(login, UserKeys(login))
+        if not rest:
+            user.has_object = True
+            user.last_modified = info.last_modified.timestamp()
+        elif rest.endswith(".bundle") and "/" not in rest:
+            if info.size > 0:
+                user.with_data += 1
+                user.bundle_bytes += info.size
+            else:
+                user.zero.append(info.key)
+        elif rest.endswith(".zip") and "/" not in rest:
+            user.zip_bytes += info.size
+    yield from open_users.values()
+
+
+class StatsPass:
+    def __init__(self, settings: Settings, r: redis.Redis, store: Store, write: bool) -> None:
+        self.settings = settings
+        self.r = r
+        self.store = store
+        self.write = write
+        self.totals = Totals()
+        self._pending: dict[str, str] = {}
+
+    def run(self, progress: bool = True) -> Totals:
+        started = time.monotonic()
+        bar = Progress(total=self.r.zcard(keys.TRACKED) or None, unit="user", desc="stats",
+                       enabled=progress)
+        try:
+            batch: list[UserKeys] = []
+            for user in group_by_user(self.store.list(""), self.store.byte_ordered):
+                batch.append(user)
+                if len(batch) >= HSCAN_BATCH:
+                    self._users(batch)
+                    bar.update(len(batch))
+                    batch = []
+            self._users(batch)
+            bar.update(len(batch))
+            self._flush_cache()
+        finally:
+            bar.close()
+        self.totals.store_requests = self.store.request_count
+        self.totals.elapsed_s = time.monotonic() - started
+        return self.totals
+
+    def _users(self, users: list[UserKeys]) -> None:
+        """One HMGET for the cached counts of a batch of users; the store only when needed."""
+        if not users:
+            return
+        cached = self.r.hmget(keys.SYNCD, [u.login for u in users])
+        for user, text in zip(users, cached, strict=True):
+            self._user(user, UserCounts.decode(text))
+
+    def _user(self, user: UserKeys, cached: UserCounts | None) -> None:
+        t = self.totals
+        t.bundle_bytes += user.bundle_bytes
+        t.zip_bytes += user.zip_bytes
+        t.archived += user.with_data
+        if not user.has_object:
+            # Archives without the user's object (a sync that died midway): count them only.
+            t.failed += len(user.zero)
+            return
+        t.users_in_store += 1
+        counts = cached
+        if counts is None or counts.syncd != user.with_data or (
+                counts.empty + counts.failed != len(user.zero)):
+            counts = self._from_store(user, cached)
+        t.empty += counts.empty
+        t.failed += counts.failed
+        t.users_with_errors += counts.error
+
+    def _from_store(self, user: UserKeys, cached: UserCounts | None) -> UserCounts:
+        """The cache is missing or disagrees with the listing: the store is the truth."""
+        head = self.store.head(user.login)
+        meta = dict(head.metadata) if head is not None else {}
+        empty = 0
+        if cached is not None and cached.empty + cached.failed == len(user.zero):
+            empty = cached.empty
+        else:
+            for key in user.zero:
+                bundle = self.store.head(key)
+                empty += bundle is not None and bundle.get(ERROR) == EMPTY_REPOSITORY
+        counts = UserCounts(user.with_data, empty, len(user.zero) - empty,
+                            bool(meta.get(ERROR.lower())))
+        if head is not None and head.get(SYNCD_REPOS) != str(user.with_data):
+            if self.write:
+                meta[SYNCD_REPOS.lower()] = str(user.with_data)
+                self.store.replace_metadata(user.login, canonical(meta))
+                self.totals.written += 1
+            else:
+                return counts  # nothing written: the cache must not claim it was
+        self._pending[user.login] = counts.encode()
+        if len(self._pending) >= HSCAN_BATCH:
+            self._flush_cache()
+        return counts
+
+    def _flush_cache(self) -> None:
+        if self._pending and self.write:
+            self.r.hset(keys.SYNCD, mapping=self._pending)
+        self._pending.clear()
+
+
+def collect(settings: Settings, write: bool, progress: bool = True) -> dict[str, object]:
+    """Run the stats pass; the figures as one JSON-ready mapping."""
+    r = tracked.connect(settings.redis)
+    store = open_store(settings.store)
+    try:
+        totals = StatsPass(settings, r, store, write).run(progress)
+    finally:
+        store.close()
+    now = time.time()
+    users = tracked.counts(r, now)
+    last_run = r.hgetall(keys.LAST_RUN)
+    report: dict[str, object] = {
+        "users": {
+            "tracked": users["tracked"],
+            "in_store": totals.users_in_store,
+            "synced": users["tracked"] - users["never_synced"],
+            "never_synced": users["never_synced"],
+            "due": _due(r, last_run),
+            "claimed_now": users["claimed"],
+            "with_errors": totals.users_with_errors,
+        },
+        "repositories": {"archived": totals.archived, "failed": totals.failed,
+                         "empty": totals.empty},
+        "bytes": {"bundles": totals.bundle_bytes, "zips": totals.zip_bytes},
+        "last_run": {
+            "ended_at": _iso(last_run.get("ended_at")),
+            "users": int(last_run.get("users", 0)),
+            "users_per_s": float(last_run.get("users_per_s", 0.0)),
+        },
+        "pass": {"syncd_repos_written": totals.written, "store_requests": totals.store_requests,
+                 "elapsed_s": round(totals.elapsed_s, 3), "wrote": write},
+    }
+    r.hset(keys.LAST_STATS, mapping={"at": int(now), "json": orjson.dumps(report)})
+    return report
+
+
+def _due(r: redis.Redis, last_run: dict[str, str]) -> int:
+    """Users the next run must do first: never synced, or not synced since the last run began."""
+    since = float(last_run.get("started_at", 0) or 0)
+    return int(r.zcount(keys.TRACKED, "-inf", f"({since}" if since else "-inf"))
+
+
+def _iso(epoch: str | None) -> str | None:
+    if not epoch:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(epoch)))
+
+
+def render(report: dict[str, object]) -> str:
+    rows: list[tuple[str, object]] = []
+    for section, values in report.items():
+        assert isinstance(values, dict)
+        for name, value in values.items():
+            rows.append((f"{section}.{name}", "-" if value is None else value))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v:>}" for k, v in rows)
+
+
+def stats_command(settings: Settings, as_json: bool, write: bool) -> int:
+    report = collect(settings, write)
+    if as_json:
+        sys.stdout.write(orjson.dumps(report).decode() + "\n")
+    else:
+        print(render(report))
+    return 0
+
+
+def rebuild(settings: Settings, r: redis.Redis | None = None, progress: bool = True) -> int:
+    """Every user in the store becomes a member of `tracked`, scored with its last sync (the
+    listing's last-modified time of its object, written together with LastSync). A higher
+    score already in `tracked` is kept (ZADD GT); members only in Redis stay."""
+    r = r or tracked.connect(settings.redis)
+    store = open_store(settings.store)
+    bar = Progress(total=None, unit="user", desc="rebuild", enabled=progress)
+
+    def scores() -> Iterator[tuple[str, float]]:
+        for info in store.list_top():
+            if is_login(info.key):
+                bar.update(1)
+                yield keys.member(info.key), info.last_modified.timestamp()
+
+    try:
+        return tracked.add_scores_gt(r, scores())
+    finally:
+        bar.close()
+        store.close()
+
+
+def rebuild_command(settings: Settings) -> int:
+    started = time.monotonic()
+    added = rebuild(settings)
+    r = tracked.connect(settings.redis)
+    print(f"rebuild: {added} users added, {r.zcard(keys.TRACKED)} tracked, "
+          f"{time.monotonic() - started:.1f}s", file=sys.stderr)
+    return 0
+

@@ -1,0 +1,143 @@
+"""The durable store interface that every backend implements identically.
+
+Keys are '/'-separated like S3 keys (`<login>`, `<login>/<repo>.bundle`). Metadata is a flat
+mapping of ASCII names to short strings; names are case-insensitive on read, so readers get
+them lower-cased (S3 lower-cases them anyway).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from bulkbackup.errors import StoreError
+
+# Metadata names (DESIGN.md). Written in this case; read back lower-cased.
+LAST_SYNC = "LastSync"
+SYNCD_REPOS = "SyncdRepos"
+REPORTED_REPOS = "ReportedRepos"
+UPDATED_AT = "UpdatedAt"
+PUSHED_AT = "PushedAt"
+ERROR = "Error"
+# The per-page ETags of the last listing, for conditional requests (not in DESIGN.md's
+# table: an addition, kept in the user object's metadata rather than in Redis memory).
+LISTING_ETAGS = "ListingETags"
+
+# Storj rejects user metadata above 2 KiB; keep a margin for names and encoding.
+METADATA_LIMIT_BYTES = 1900
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One entry of a listing: what a listing page gives without a request per object."""
+
+    key: str
+    size: int
+    last_modified: datetime  # timezone-aware, UTC
+
+
+@dataclass(frozen=True)
+class Head:
+    """An object's size, time and metadata (names lower-cased)."""
+
+    size: int
+    last_modified: datetime
+    metadata: dict[str, str]
+
+    def get(self, name: str, default: str = "") -> str:
+        return self.metadata.get(name.lower(), default)
+
+
+_CANONICAL = {n.lower(): n for n in (LAST_SYNC, SYNCD_REPOS, REPORTED_REPOS, UPDATED_AT,
+                                     PUSHED_AT, ERROR, LISTING_ETAGS)}
+
+
+def canonical(metadata: Mapping[str, str]) -> dict[str, str]:
+    """Metadata read back lower-cased, with the contract's names restored for writing."""
+    return {_CANONICAL.get(k, k): v for k, v in metadata.items()}
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could escape the store or collide with a backend's own files."""
+    if not key or key.startswith("/") or key.endswith("/") or "\x00" in key:
+        raise StoreError(f"invalid store key: {key!r:.200}")
+    for seg in key.split("/"):
+        if seg in ("", ".", ".."):
+            raise StoreError(f"invalid store key: {key!r:.200}")
+    return key
+
+
+def clean_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """Make metadata safe for every backend: ASCII, one line, under Storj's size limit.
+
+    Only `Error` is ever long; it is the one that gets truncated.
+    """
+    out: dict[str, str] = {}
+    for name, value in metadata.items():
+        if not name.isascii() or not name.replace("-", "").isalnum():
+            raise StoreError(f"invalid metadata name: {name!r}")
+        text = str(value).encode("ascii", "backslashreplace").decode("ascii")
+        out[name] = " ".join(text.split()) if any(c < " " for c in text) else text
+    overflow = sum(len(k) + len(v) for k, v in out.items()) - METADATA_LIMIT_BYTES
+    if overflow > 0:
+        err_name = next((k for k in out if k.lower() == ERROR.lower()), None)
+        if err_name is None or len(out[err_name]) <= overflow + 3:
+            raise StoreError("metadata exceeds the store limit")
+        out[err_name] = out[err_name][: len(out[err_name]) - overflow - 3] + "..."
+    return out
+
+
+class Store(abc.ABC):
+    """A bucket of objects with metadata. One instance per process (clients are not shared)."""
+
+    #: True when listings come in byte order of keys (S3); False when the backend only
+    #: promises that a user's objects (`<login>` then `<login>/...`) come together.
+    byte_ordered: bool = True
+
+    @abc.abstractmethod
+    def put_file(self, key: str, path: Path, metadata: Mapping[str, str]) -> None:
+        """Upload a local file, streamed; the object appears whole or not at all."""
+
+    @abc.abstractmethod
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> None:
+        """Store ``data``; the object appears whole or not at all."""
+
+    @abc.abstractmethod
+    def head(self, key: str) -> Head | None:
+        """Size, time and metadata of ``key``, or None when it does not exist."""
+
+    @abc.abstractmethod
+    def open(self, key: str) -> BinaryIO:
+        """A stream of the object's data; raises NotFound."""
+
+    @abc.abstractmethod
+    def replace_metadata(self, key: str, metadata: Mapping[str, str]) -> None:
+        """Replace all metadata of an existing object without re-uploading its data."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every key starting with ``prefix`` (no delimiter), streamed page by page."""
+
+    @abc.abstractmethod
+    def list_top(self) -> Iterator[ObjectInfo]:
+        """The top-level objects (keys without '/': the usernames), streamed."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete ``key``; deleting a missing key is not an error."""
+
+    def read_bytes(self, key: str) -> bytes:
+        with self.open(key) as f:
+            return f.read()
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    @property
+    def request_count(self) -> int:
+        """Store requests made by this instance (for stats and benchmarks)."""
+        return 0

@@ -1,0 +1,168 @@
+"""The `tracked` sorted set: connections, claims, completion, reset (DESIGN.md "Redis")."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import TypeVar
+
+import redis
+
+from bulkbackup import keys
+from bulkbackup.config import RedisSettings
+from bulkbackup.errors import ConfigError
+
+_T = TypeVar("_T")
+
+
+def connect(settings: RedisSettings, decode: bool = True) -> redis.Redis:
+    """A client for ``settings.url``; each process builds its own."""
+    try:
+        return redis.Redis.from_url(
+            settings.url,
+            decode_responses=decode,
+            socket_timeout=settings.socket_timeout_s,
+            socket_connect_timeout=min(settings.socket_timeout_s, 10.0),
+            health_check_interval=30,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"invalid redis.url: {exc}") from None
+
+
+def _script(name: str) -> str:
+    return resources.files("bulkbackup").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+class Scripts:
+    """The project's Lua scripts, registered on one client (EVALSHA, loaded on demand)."""
+
+    def __init__(self, r: redis.Redis) -> None:
+        self.claim = r.register_script(_script("claim.lua"))
+        self.refresh = r.register_script(_script("refresh.lua"))
+        self.complete = r.register_script(_script("complete.lua"))
+
+
+def server_time(r: redis.Redis) -> float:
+    sec, usec = r.time()
+    return float(sec) + usec / 1e6
+
+
+@dataclass
+class Claimer:
+    """Claims batches of due users for one worker id."""
+
+    r: redis.Redis
+    scripts: Scripts
+    worker_id: str
+    lock_ttl_s: int
+    run_start: float
+    # Server time minus local time: leases are in server time, shared by all machines.
+    clock_offset_s: float = 0.0
+
+    def claim(self, n: int) -> tuple[list[str], int]:
+        """(up to ``n`` due users, each now locked for this worker; users still due).
+
+        Two round trips: a pipelined read of the candidates (lowest scores below the run's
+        start, and expired leases of dead workers), then one script that claims them.
+        """
+        now = time.time() + self.clock_offset_s
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zrange(keys.LEASES, "-inf", now, byscore=True, offset=0, num=n)
+        pipe.zrange(keys.TRACKED, "-inf", f"({self.run_start}", byscore=True, offset=0, num=n)
+        pipe.zcount(keys.TRACKED, "-inf", f"({self.run_start}")
+        expired, due, remaining = pipe.execute()
+        candidates = list(dict.fromkeys([*expired, *due]))[:n]
+        if not candidates:
+            return [], int(remaining)
+        result = self.scripts.claim(
+            keys=[keys.TRACKED, keys.LEASES, keys.CLAIMS, *map(keys.lock, candidates)],
+            args=[self.run_start, self.worker_id, self.lock_ttl_s, *candidates],
+        )
+        claimed = [str(m) for m in result]
+        return claimed, max(int(remaining) - len(claimed), 0)
+
+    def finish(self, member: str, synced: bool, counts: str = "") -> bool:
+        """Synced: score := now. Not synced: the score it had is restored. False: lock lost.
+
+        ``counts`` (see stats.UserCounts) is cached for the stats pass in the same call.
+        """
+        done = self.scripts.complete(
+            keys=[keys.TRACKED, keys.LEASES, keys.CLAIMS, keys.lock(member), keys.SYNCD],
+            args=[member, self.worker_id, 1 if synced else 0, keys.login_of(member), counts],
+        )
+        return bool(done)
+
+    def remaining(self) -> int:
+        """Users still due in this run (not counting those claimed right now)."""
+        return int(self.r.zcount(keys.TRACKED, "-inf", f"({self.run_start}"))
+
+    def in_flight(self) -> int:
+        """Claimed users (anyone's) that were due in this run: the run waits for them."""
+        members = self.r.zrange(keys.LEASES, 0, -1)
+        if not members:
+            return 0
+        prev = self.r.hmget(keys.CLAIMS, members)
+        return sum(1 for p in prev if p is None or float(p) < self.run_start)
+
+
+def reset(r: redis.Redis) -> int:
+    """Every score becomes 0 in one server-side step (the seed's "reset sync")."""
+    pipe = r.pipeline(transaction=True)
+    pipe.zunionstore(keys.TRACKED, {keys.TRACKED: 0})
+    # Parked members' saved scores would otherwise bring old scores back on give-back.
+    pipe.hkeys(keys.CLAIMS)
+    _, claimed = pipe.execute()
+    if claimed:
+        r.hset(keys.CLAIMS, mapping=dict.fromkeys(claimed, 0))
+    return int(r.zcard(keys.TRACKED))
+
+
+def add_scores_gt(r: redis.Redis, scores: Iterable[tuple[str, float]], batch: int = 1000) -> int:
+    """ZADD GT in pipelined batches: a member keeps a higher score it already has.
+
+    Returns how many members were new.
+    """
+    added = 0
+    pipe = r.pipeline(transaction=False)
+    for chunk in chunks(scores, batch):
+        pipe.zadd(keys.TRACKED, dict(chunk), gt=True)
+        if len(pipe) >= 16:
+            added += sum(int(x) for x in pipe.execute())
+    if len(pipe):
+        added += sum(int(x) for x in pipe.execute())
+    return added
+
+
+def chunks(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    chunk: list[_T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def score_text(score: float) -> str:
+    if math.isinf(score):
+        return "never" if score < 0 else "claimed now"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(score))
+
+
+def counts(r: redis.Redis, now: float) -> dict[str, int]:
+    """Users tracked, never synced, due (synced before ``now``... never included), claimed."""
+    pipe = r.pipeline(transaction=False)
+    pipe.zcard(keys.TRACKED)
+    pipe.zcount(keys.TRACKED, "-inf", "-inf")
+    pipe.zcount(keys.TRACKED, "-inf", f"({now}")
+    pipe.zcard(keys.LEASES)
+    tracked, never, due, claimed = pipe.execute()
+    return {"tracked": tracked, "never_synced": never, "due": due, "claimed": claimed}
+
+
+def members_scores(r: redis.Redis, members: Sequence[str]) -> list[float | None]:
+    return [None if s is None else float(s) for s in r.zmscore(keys.TRACKED, list(members))]

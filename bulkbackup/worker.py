@@ -1,0 +1,254 @@
+"""One worker process of `bulkbackup run`: claim users in batches, back each up under its lock.
+
+A worker receives settings, never live clients: it builds its own Redis, store and HTTP
+clients. It reports to the parent through a queue and never prints.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.queues import Queue
+from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Event
+from typing import TypeVar
+
+import redis
+
+from bulkbackup import gitops, keys, tracked
+from bulkbackup.backup import UserBackup, work_dir
+from bulkbackup.config import Settings
+from bulkbackup.errors import BulkbackupError, Interrupted, LockLost
+from bulkbackup.github import GitHub
+from bulkbackup.gitops import GitWork
+from bulkbackup.locks import LockKeeper
+from bulkbackup.redact import install_redaction
+from bulkbackup.store import open_store
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+# Report kinds sent to the parent: (kind, worker index, payload...)
+DONE = "done"      # (DONE, i, login, repos, archived, bytes, error: bool)
+LOST = "lost"      # (LOST, i, login)
+GIVEN_BACK = "back"  # (GIVEN_BACK, i, login)
+FAILED = "failed"  # (FAILED, i, message): the worker gives up (e.g. Redis unreachable)
+
+
+@dataclass(frozen=True)
+class WorkerArgs:
+    settings: Settings
+    index: int
+    worker_id: str
+    run_start: float
+    clock_offset_s: float
+    procs: int
+
+
+class BatchSizer:
+    """Claim batch size from measured throughput.
+
+    Rule: a batch holds about ``target_s`` seconds of this process's work (EWMA of seconds
+    per user), at least 1 and at most ``batch_max``; and never more than a 1/(2*procs) share
+    of the users still due, so at the end of a run no process sits on a queue others could
+    be draining.
+    """
+
+    def __init__(self, target_s: float, batch_max: int, procs: int) -> None:
+        self.target_s = target_s
+        self.batch_max = batch_max
+        self.procs = procs
+        self.s_per_user: float | None = None
+
+    def observe(self, seconds: float) -> None:
+        alpha = 0.2
+        self.s_per_user = (seconds if self.s_per_user is None
+                           else alpha * seconds + (1 - alpha) * self.s_per_user)
+
+    def size(self, remaining: int | None) -> int:
+        if self.s_per_user is None:
+            n = min(4, self.batch_max)
+        else:
+            n = int(self.target_s / max(self.s_per_user, 1e-3))
+        if remaining is not None:
+            n = min(n, math.ceil(remaining / (2 * self.procs)))
+        return max(1, min(n, self.batch_max))
+
+
+def _retrying(what: str, fn: Callable[[], _T], give_up_s: float,
+              stop: threading.Event) -> _T:
+    """Call ``fn``, retrying Redis connection errors with backoff for up to ``give_up_s``."""
+    deadline = time.monotonic() + give_up_s
+    delay = 0.2
+    while True:
+        try:
+            return fn()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise BulkbackupError(f"redis unreachable during {what}: {exc}") from None
+            log.warning("redis error during %s (retrying in %.1fs): %s", what, delay, exc)
+            if stop.wait(delay):
+                raise Interrupted("stopping") from None
+            delay = min(delay * 2, 5.0)
+
+
+def worker_main(args: WorkerArgs, reports: Queue[tuple[object, ...]], graceful: Event,
+                budget: Synchronized[int]) -> None:
+    """Entry point of a worker process."""
+    # The parent decides when to stop: a terminal's Ctrl-C reaches the whole process group,
+    # and must not cut a user short here. SIGUSR1 is the parent's "stop at once".
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def hard_stop(_sig: int, _frame: object) -> None:
+        gitops.kill_all()
+        os._exit(1)
+
+    signal.signal(signal.SIGUSR1, hard_stop)
+    logging.basicConfig(level=logging.WARNING,
+                        format=f"%(asctime)s %(levelname)s worker {args.index}: %(message)s")
+    install_redaction(args.settings.github.tokens)
+    try:
+        Worker(args, reports, graceful, budget).run()
+    except BulkbackupError as exc:
+        reports.put((FAILED, args.index, str(exc)))
+        raise SystemExit(3) from None
+
+
+class Worker:
+    def __init__(self, args: WorkerArgs, reports: Queue[tuple[object, ...]], graceful: Event,
+                 budget: Synchronized[int]) -> None:
+        s = args.settings
+        self.args = args
+        self.reports = reports
+        self.graceful = graceful
+        self.budget = budget
+        self.stop = threading.Event()  # set when the parent asks for a graceful stop
+        self.r = tracked.connect(s.redis)
+        scripts = tracked.Scripts(self.r)
+        self.claimer = tracked.Claimer(self.r, scripts, args.worker_id, s.run.lock_ttl_s,
+                                       args.run_start, args.clock_offset_s)
+        self.keeper = LockKeeper(self.r, scripts, args.worker_id, s.run.lock_ttl_s)
+        self.sizer = BatchSizer(s.run.claim_target_s, s.run.claim_batch_max, args.procs)
+        self.queue: deque[str] = deque()
+
+    def run(self) -> None:
+        s = self.args.settings
+        threading.Thread(target=self._watch_graceful, daemon=True).start()
+        store = open_store(s.store)
+        github = GitHub(s.github, stop=self.stop)
+        self.keeper.start()
+        try:
+            with work_dir(s, f"w{self.args.index}") as path:
+                job = UserBackup(s, store, github, GitWork(s.run, s.github, path))
+                self._loop(job)
+        finally:
+            self._give_back_queue()
+            self.keeper.stop()
+            github.close()
+            store.close()
+
+    def _watch_graceful(self) -> None:
+        self.graceful.wait()
+        self.stop.set()
+
+    def _take_budget(self, n: int) -> int:
+        with self.budget.get_lock():
+            if self.budget.value < 0:  # no --max-users
+                return n
+            n = min(n, self.budget.value)
+            self.budget.value -= n
+            return n
+
+    def _return_budget(self, n: int) -> None:
+        with self.budget.get_lock():
+            if self.budget.value >= 0:
+                self.budget.value += n
+
+    def _claim(self, remaining: int | None) -> tuple[list[str], int]:
+        want = self._take_budget(self.sizer.size(remaining))
+        if want == 0:
+            return [], 0
+        claimed, left = _retrying("claim", lambda: self.claimer.claim(want),
+                                  self.args.settings.run.redis_retry_s, self.stop)
+        self._return_budget(want - len(claimed))
+        if claimed:
+            self.keeper.add(claimed, time.monotonic())
+        return claimed, left
+
+    def _loop(self, job: UserBackup) -> None:
+        remaining: int | None = None
+        idle_wait = min(1.0, self.args.settings.run.lock_ttl_s / 4)
+        while not self.stop.is_set():
+            if not self.queue:
+                claimed, remaining = self._claim(remaining)
+                if not claimed:
+                    if self._drained():
+                        return
+                    # Others hold the last users; if one dies its lease expires and is ours.
+                    self.stop.wait(idle_wait)
+                    continue
+                self.queue.extend(claimed)
+            self._one(job, self.queue.popleft())
+
+    def _drained(self) -> bool:
+        with self.budget.get_lock():
+            if self.budget.value == 0:
+                return True
+        rs = self.args.settings.run.redis_retry_s
+        return (_retrying("claim", self.claimer.remaining, rs, self.stop) == 0
+                and _retrying("claim", self.claimer.in_flight, rs, self.stop) == 0)
+
+    def _one(self, job: UserBackup, member: str) -> None:
+        login = keys.login_of(member)
+        started = time.monotonic()
+
+        def check() -> None:
+            self.keeper.check(member)
+
+        try:
+            result = job.sync(login, check)
+        except LockLost:
+            self.keeper.drop(member)
+            self.reports.put((LOST, self.args.index, login))
+            return
+        except Interrupted:
+            self._give_back(member)
+            return
+        except BulkbackupError as exc:
+            # The store or Redis failed for this user: give it back for a later attempt.
+            log.warning("%s: %s", login, exc)
+            self._give_back(member)
+            self.stop.wait(1.0)
+            return
+        self.sizer.observe(time.monotonic() - started)
+        rs = self.args.settings.run.redis_retry_s
+        counts = result.counts()
+        cached = counts.encode() if counts is not None else ""
+        finished = _retrying("complete", lambda: self.claimer.finish(member, True, cached), rs,
+                             threading.Event())
+        self.keeper.drop(member)
+        if not finished:
+            self.reports.put((LOST, self.args.index, login))
+            return
+        self.reports.put((DONE, self.args.index, login, result.reported, result.archived,
+                          result.bytes, bool(result.error)))
+
+    def _give_back(self, member: str) -> None:
+        try:
+            self.claimer.finish(member, False)
+        except redis.RedisError as exc:
+            log.warning("could not give %s back (its lock will expire): %s", member, exc)
+        self.keeper.drop(member)
+        self.reports.put((GIVEN_BACK, self.args.index, keys.login_of(member)))
+
+    def _give_back_queue(self) -> None:
+        while self.queue:
+            self._give_back(self.queue.popleft())

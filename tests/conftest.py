@@ -1,0 +1,156 @@
+"""Real services for the tests: a private redis-server and a moto_server, one per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from bulkbackup import config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(check: object, what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except Exception as exc:
+            last = exc
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start: {last}")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server on a free TCP port; yields its URL."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed (see .ci/run)")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    _wait(client.ping, "redis-server")
+    client.close()
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def redis_url(redis_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The session's redis-server, flushed for this test; REDIS_URL points to it."""
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    client.close()
+    monkeypatch.setenv("REDIS_URL", redis_server)
+    yield redis_server
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3 API server process (moto_server) over HTTP; yields its endpoint URL."""
+    port = free_port()
+    exe = shutil.which("moto_server") or ""
+    cmd = [exe] if exe else [sys.executable, "-m", "moto.server"]
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
+    proc = subprocess.Popen([*cmd, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        with urllib.request.urlopen(url + "/moto-api/", timeout=2):
+            return True
+
+    _wait(up, "moto_server", 60)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def _s3_env(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """Each store backend in turn; BULKBACKUP_STORE points to a fresh, empty one."""
+    if request.param == "s3":
+        endpoint = request.getfixturevalue("moto_server")
+        # Every test starts from an empty moto: its reset endpoint drops all buckets.
+        req = urllib.request.Request(endpoint + "/moto-api/reset", method="POST")
+        urllib.request.urlopen(req, timeout=10).close()
+        _s3_env(monkeypatch, endpoint)
+        url = "s3://github.com"
+    else:
+        url = str(tmp_path / "backup" / "github.com")
+    monkeypatch.setenv("BULKBACKUP_STORE", url)
+    return url
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No stray configuration from the machine: an empty config file, no tokens."""
+    for name in ("GITHUB_TOKEN", "GITHUB_TOKENS", "GITHUB_API_URL", "GITHUB_GIT_HOST",
+                 "BULKBACKUP_WORKER_HOST", "BULKBACKUP_DEBUG"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("{}\n")
+    monkeypatch.setenv("BULKBACKUP_CONFIG", str(cfg))
+
+
+@pytest.fixture
+def settings(clean_env: None, redis_url: str, store_url: str) -> config.Settings:
+    return config.load()
+
+
+def run_cli(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None,
+            timeout: float = 120, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """Run the real `bulkbackup` command line in a child process (stdout/stderr as text)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bulkbackup", *args],
+        input=stdin, capture_output=True, timeout=timeout,
+        env={**os.environ, **(env or {})}, cwd=cwd,
+    )
+    return subprocess.CompletedProcess(
+        proc.args, proc.returncode, proc.stdout.decode("utf-8", "replace"),
+        proc.stderr.decode("utf-8", "replace"),
+    )

@@ -161,7 +161,7 @@ class GitHub:
                 # Untrusted: never follow (and send a token) to another host.
                 if (parts.scheme, parts.netloc.lower()) != self._origin:
                     raise GitHubError(f"refusing pagination link to another host: {parts.netloc}")
-                return url
+                return str(url)
         return None
 
     def _get(self, url: str, etag: str | None) -> tuple[int, urllib3.HTTPHeaderDict, bytes]:

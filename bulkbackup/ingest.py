@@ -14,6 +14,7 @@ import io
 import os
 import sys
 import time
+import typing
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -76,10 +77,12 @@ def open_dump(path: str) -> tuple[BinaryIO, int | None, BinaryIO]:
         except OSError as exc:
             raise UsageError(f"cannot open dump {path}: {exc.strerror}") from None
         size = os.fstat(raw.fileno()).st_size if Path(path).is_file() else None
-    buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[arg-type]
+    buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(
+        typing.cast(io.RawIOBase, raw))
+    stream = typing.cast(BinaryIO, buffered)
     if buffered.peek(2)[:2] == GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=buffered, mode="rb"), size, buffered  # type: ignore[return-value]
-    return buffered, size, buffered  # type: ignore[return-value]
+        return typing.cast(BinaryIO, gzip.GzipFile(fileobj=buffered, mode="rb")), size, stream
+    return stream, size, stream
 
 
 def extract_login(obj: object) -> object:
@@ -158,7 +161,7 @@ def ingest(
             reply = conn.read_response()
             if isinstance(reply, redis.ResponseError):
                 raise BulkbackupError(f"redis refused ZADD: {reply}")
-            result.new += int(reply)  # type: ignore[arg-type]
+            result.new += int(reply)
             pending.popleft()
 
         logins: list[str] = []

@@ -18,6 +18,7 @@ import random
 import signal
 import sys
 import time
+import typing
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -53,9 +54,10 @@ class RunTotals:
                 f"{self.given_back} given back, {self.elapsed_s:.1f}s, {rate:.1f} users/s")
 
 
-def _context() -> mp.context.BaseContext:
-    methods = mp.get_all_start_methods()
-    return mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+def _context() -> mp.context.ForkServerContext | mp.context.SpawnContext:
+    if "forkserver" in mp.get_all_start_methods():
+        return mp.get_context("forkserver")
+    return mp.get_context("spawn")
 
 
 def run(settings: Settings, procs: int | None = None, max_users: int | None = None,
@@ -86,7 +88,7 @@ def run(settings: Settings, procs: int | None = None, max_users: int | None = No
         p = ctx.Process(target=worker_main, args=(args, reports, graceful, budget),
                         name=f"bulkbackup-worker-{i}", daemon=False)
         p.start()
-        return p
+        return typing.cast(BaseProcess, p)
 
     signals = {"count": 0, "at": 0.0}
 

@@ -120,7 +120,7 @@ class StatsPass:
             return
         cached = self.r.hmget(keys.SYNCD, [u.login for u in users])
         for user, text in zip(users, cached, strict=True):
-            self._user(user, UserCounts.decode(text))
+            self._user(user, UserCounts.decode(None if text is None else str(text)))
 
     def _user(self, user: UserKeys, cached: UserCounts | None) -> None:
         t = self.totals
@@ -167,7 +167,7 @@ class StatsPass:
 
     def _flush_cache(self) -> None:
         if self._pending and self.write:
-            self.r.hset(keys.SYNCD, mapping=self._pending)
+            self.r.hset(keys.SYNCD, mapping=dict(self._pending))  # type: ignore[arg-type]
         self._pending.clear()
 
 
@@ -181,7 +181,7 @@ def collect(settings: Settings, write: bool, progress: bool = True) -> dict[str,
         store.close()
     now = time.time()
     users = tracked.counts(r, now)
-    last_run = r.hgetall(keys.LAST_RUN)
+    last_run = {str(k): str(v) for k, v in r.hgetall(keys.LAST_RUN).items()}
     report: dict[str, object] = {
         "users": {
             "tracked": users["tracked"],

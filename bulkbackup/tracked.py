@@ -101,7 +101,7 @@ class Claimer:
 
     def in_flight(self) -> int:
         """Claimed users (anyone's) that were due in this run: the run waits for them."""
-        members = self.r.zrange(keys.LEASES, 0, -1)
+        members: list[str] = list(self.r.zrange(keys.LEASES, 0, -1))  # type: ignore[arg-type]
         if not members:
             return 0
         prev = self.r.hmget(keys.CLAIMS, members)

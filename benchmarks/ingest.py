@@ -1,0 +1,142 @@
+"""Ingest throughput against `redis-cli --pipe` loading the same ZADD commands.
+
+    python benchmarks/ingest.py [--users 2000000]
+
+Generates a dump (realistic logins, ~0.5% bad lines), starts a private redis-server, loads the
+members with `redis-cli --pipe` (the ceiling: the server itself), flushes, runs
+`bulkbackup ingest` on the same dump, and prints both rates, their ratio, and the peak RSS
+of the ingest process for N and N/4 users (constant memory means the two are equal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def realistic_login(rng: random.Random, i: int) -> str:
+    words = ["dev", "code", "john", "maria", "lab", "data", "ops", "sam", "li", "wang", "x"]
+    style = rng.random()
+    if style < 0.4:
+        base = rng.choice(words) + rng.choice(words)
+    elif style < 0.7:
+        base = rng.choice(words) + "-" + rng.choice(words)
+    else:
+        base = "".join(rng.choices(string.ascii_letters + string.digits, k=rng.randint(3, 12)))
+    return f"{base}{i}"[:39]
+
+
+def make_dump(path: Path, n: int) -> int:
+    """Write n valid users plus some bad lines; returns the number of bad lines."""
+    rng = random.Random(42)
+    bad = 0
+    with path.open("w") as f:
+        for i in range(n):
+            f.write('{"login": "%s", "id": %d, "type": "User"}\n' % (realistic_login(rng, i), i))
+            if rng.random() < 0.005:
+                bad += 1
+                f.write(rng.choice(['{"login": "bad.login"}\n', "{broken\n", "\n", '{"id": 1}\n']))
+    return bad
+
+
+def resp_commands(dump: Path, out: Path, batch: int = 1000) -> None:
+    """The same members as ZADD NX commands in RESP, for `redis-cli --pipe`."""
+    import orjson
+
+    from bulkbackup.names import is_login
+
+    def flush(members: list[bytes], f: object) -> None:
+        parts = [b"*%d\r\n$4\r\nZADD\r\n$7\r\ntracked\r\n$2\r\nNX\r\n" % (3 + 2 * len(members))]
+        parts += [b"$4\r\n-inf\r\n$%d\r\n%s\r\n" % (len(m), m) for m in members]
+        f.write(b"".join(parts))  # type: ignore[attr-defined]
+
+    with dump.open("rb") as src, out.open("wb") as f:
+        members: list[bytes] = []
+        for line in src:
+            try:
+                login = orjson.loads(line).get("login")
+            except (orjson.JSONDecodeError, AttributeError):
+                continue
+            if is_login(login):
+                members.append(b"github.com/" + login.encode())
+                if len(members) == batch:
+                    flush(members, f)
+                    members = []
+        if members:
+            flush(members, f)
+
+
+def timed_child(cmd: list[str], env: dict[str, str], stdin: Path | None = None) -> tuple[float, int]:
+    """(seconds, peak RSS in KiB) of one child process, measured with wait4."""
+    started = time.perf_counter()
+    with (stdin.open("rb") if stdin else open(os.devnull, "rb")) as inp:
+        proc = subprocess.Popen(cmd, env=env, stdin=inp, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"failed: {' '.join(cmd)}: {proc.stderr.read().decode() if proc.stderr else ''}")
+    return elapsed, usage.ru_maxrss
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--users", type=int, default=2_000_000)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    port = free_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly",
+                               "no", "--dir", str(tmp)], stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    cli = ["redis-cli", "-p", str(port)]
+    try:
+        time.sleep(0.5)
+        cfg = tmp / "config.yaml"
+        cfg.write_text("{}\n")
+        env = {**os.environ, "REDIS_URL": url, "BULKBACKUP_CONFIG": str(cfg)}
+        results = {}
+        for n in (args.users // 4, args.users):
+            dump = tmp / f"users-{n}.json"
+            bad = make_dump(dump, n)
+            resp = tmp / f"users-{n}.resp"
+            resp_commands(dump, resp)
+            subprocess.run([*cli, "flushall"], check=True, stdout=subprocess.DEVNULL)
+            base_s, _ = timed_child([*cli, "--pipe"], env, stdin=resp)
+            loaded = int(subprocess.check_output([*cli, "zcard", "tracked"]))
+            subprocess.run([*cli, "flushall"], check=True, stdout=subprocess.DEVNULL)
+            ours_s, rss_kib = timed_child(
+                [sys.executable, "-m", "bulkbackup", "ingest", str(dump)], env)
+            ingested = int(subprocess.check_output([*cli, "zcard", "tracked"]))
+            assert loaded == ingested, (loaded, ingested)
+            results[n] = (base_s, ours_s, rss_kib, bad)
+            print(f"N={n:>9}: redis-cli --pipe {n / base_s:>9,.0f} users/s | "
+                  f"bulkbackup ingest {n / ours_s:>9,.0f} users/s (process start included) | "
+                  f"ratio {base_s / ours_s:.2f} | ingest peak RSS {rss_kib / 1024:.1f} MB | "
+                  f"{bad} bad lines")
+        small, big = results[args.users // 4], results[args.users]
+        print(f"peak RSS N/4 -> N: {small[2] / 1024:.1f} MB -> {big[2] / 1024:.1f} MB")
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

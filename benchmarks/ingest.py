@@ -49,7 +49,8 @@ def make_dump(path: Path, n: int) -> int:
     bad = 0
     with path.open("w") as f:
         for i in range(n):
-            f.write('{"login": "%s", "id": %d, "type": "User"}\n' % (realistic_login(rng, i), i))
+            login = realistic_login(rng, i)
+            f.write(f'{{"login": "{login}", "id": {i}, "type": "User"}}\n')
             if rng.random() < 0.005:
                 bad += 1
                 f.write(rng.choice(['{"login": "bad.login"}\n', "{broken\n", "\n", '{"id": 1}\n']))
@@ -83,7 +84,9 @@ def resp_commands(dump: Path, out: Path, batch: int = 1000) -> None:
             flush(members, f)
 
 
-def timed_child(cmd: list[str], env: dict[str, str], stdin: Path | None = None) -> tuple[float, int]:
+def timed_child(
+    cmd: list[str], env: dict[str, str], stdin: Path | None = None
+) -> tuple[float, int]:
     """(seconds, peak RSS in KiB) of one child process, measured with wait4."""
     started = time.perf_counter()
     with (stdin.open("rb") if stdin else open(os.devnull, "rb")) as inp:

@@ -108,17 +108,23 @@ def _s3_env(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
 
 
+@pytest.fixture
+def s3_endpoint(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """moto_server, emptied, with boto3's environment pointing to it."""
+    req = urllib.request.Request(moto_server + "/moto-api/reset", method="POST")
+    urllib.request.urlopen(req, timeout=10).close()
+    _s3_env(monkeypatch, moto_server)
+    return moto_server
+
+
 @pytest.fixture(params=["local", "s3"])
 def store_url(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> str:
     """Each store backend in turn; BULKBACKUP_STORE points to a fresh, empty one."""
     if request.param == "s3":
-        endpoint = request.getfixturevalue("moto_server")
         # Every test starts from an empty moto: its reset endpoint drops all buckets.
-        req = urllib.request.Request(endpoint + "/moto-api/reset", method="POST")
-        urllib.request.urlopen(req, timeout=10).close()
-        _s3_env(monkeypatch, endpoint)
+        request.getfixturevalue("s3_endpoint")
         url = "s3://github.com"
     else:
         url = str(tmp_path / "backup" / "github.com")

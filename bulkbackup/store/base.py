@@ -103,6 +103,10 @@ class Store(abc.ABC):
         """Upload a local file, streamed; the object appears whole or not at all."""
 
     @abc.abstractmethod
+    def put_fileobj(self, key: str, src: BinaryIO, metadata: Mapping[str, str]) -> None:
+        """Store what ``src`` yields until EOF; nothing appears if reading it fails."""
+
+    @abc.abstractmethod
     def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> None:
         """Store ``data``; the object appears whole or not at all."""
 

@@ -1,0 +1,414 @@
+"""The durable store as a plain folder that operators can browse and `git clone` from.
+
+Layout (segments `%`-encoded as `%25`, so a `%` followed by a letter marks the backend's own
+files and can never collide with a key):
+
+    <root>/<login>/%object            data of the top-level key `<login>` (the repository list)
+    <root>/<login>/<repo>.bundle      data of `<login>/<repo>.bundle`
+    <file>%meta                       JSON sidecar with the metadata of <file>
+    %tmp-<random>                     a write in progress (or left by a crash)
+
+Crash safety without extended attributes: a put writes the data to a temp file, then the
+sidecar, then renames the data into place. The sidecar names the inode (and size) of the data
+it describes, for the new data (`cur`) and for the data still in place (`prev`), so a reader
+that matches the current data file gets that data's metadata whatever the moment of a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import stat
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+from bulkbackup.config import StoreSettings
+from bulkbackup.errors import NotFound, StoreError
+from bulkbackup.store.base import Head, ObjectInfo, Store, check_key, clean_metadata
+
+OBJECT = "%object"
+META_SUFFIX = "%meta"
+TMP_PREFIX = "%tmp-"
+_CHUNK = 1024 * 1024
+# A name is one of ours (not an encoded key segment) when a `%` is not the start of `%25`.
+_RESERVED = re.compile(r"%(?!25)")
+_T = TypeVar("_T")
+
+
+def encode_segment(segment: str) -> str:
+    return segment.replace("%", "%25")
+
+
+def decode_segment(name: str) -> str | None:
+    """The key segment stored under ``name``, or None for the backend's own files."""
+    if _RESERVED.search(name):
+        return None
+    return name.replace("%25", "%")
+
+
+def _one_line(exc: OSError) -> str:
+    text = exc.strerror or str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _mtime(st: os.stat_result) -> datetime:
+    return datetime.fromtimestamp(st.st_mtime, tz=UTC)
+
+
+class LocalStore(Store):
+    byte_ordered = False
+
+    def __init__(self, settings: StoreSettings) -> None:
+        self.root = Path(settings.url).expanduser()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create store folder {self.root}: {_one_line(exc)}") from None
+        self._requests = 0
+        self._page_size = max(settings.list_page_size, 1)
+        self._lock = threading.Lock()
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        segments = [encode_segment(s) for s in check_key(key).split("/")]
+        if len(segments) == 1:
+            segments.append(OBJECT)
+        return self.root.joinpath(*segments)
+
+    @staticmethod
+    def _meta_path(data: Path) -> Path:
+        return data.with_name(data.name + META_SUFFIX)
+
+    def _count(self, n: int = 1) -> None:
+        with self._lock:
+            self._requests += n
+
+    @property
+    def request_count(self) -> int:
+        return self._requests
+
+    def _guard(self, key: str, action: str, fn: Callable[[], _T]) -> _T:
+        """Run one file-system operation group; OS errors become one-line StoreErrors."""
+        self._count()
+        try:
+            return fn()
+        except StoreError:
+            raise
+        except OSError as exc:
+            raise StoreError(f"cannot {action} {key!r}: {_one_line(exc)}") from None
+
+    # -- sidecar -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _read_sidecar(data: Path) -> dict[str, Any]:
+        try:
+            raw = LocalStore._meta_path(data).read_bytes()
+        except FileNotFoundError:
+            return {}
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            # Sidecars are replaced atomically, so this is outside damage: an entry without
+            # metadata only makes the next run sync the object again.
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    @staticmethod
+    def _entry_for(doc: Mapping[str, Any], st: os.stat_result) -> dict[str, Any] | None:
+        # The size guards against an inode freed by an earlier put and reused by a file
+        # written into the store by hand: such a file must not inherit old metadata.
+        for slot in ("cur", "prev"):
+            entry = doc.get(slot)
+            if (isinstance(entry, dict) and entry.get("ino") == st.st_ino
+                    and entry.get("size", st.st_size) == st.st_size):
+                return entry
+        return None
+
+    @staticmethod
+    def _write_sidecar(data: Path, doc: Mapping[str, Any]) -> None:
+        payload = json.dumps(doc, separators=(",", ":")).encode("ascii")
+        tmp = data.with_name(f"{TMP_PREFIX}{secrets.token_hex(8)}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, LocalStore._meta_path(data))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        # The new sidecar must be on disk before the data rename that follows can be, or a
+        # power cut could keep the new data with the old sidecar (and lose its metadata).
+        LocalStore._fsync_dir(data.parent)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def put_file(self, key: str, path: Path, metadata: Mapping[str, str]) -> None:
+        def put() -> None:
+            with open(path, "rb") as src:
+                self._put(key, src, metadata)
+
+        self._guard(key, "store", put)
+
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> None:
+        self._guard(key, "store", lambda: self._put(key, None, metadata, data))
+
+    def put_fileobj(self, key: str, src: BinaryIO, metadata: Mapping[str, str]) -> None:
+        """Store what ``src`` yields until EOF; nothing appears if reading it fails."""
+        self._guard(key, "store", lambda: self._put(key, src, metadata))
+
+    def _put(self, key: str, src: BinaryIO | None, metadata: Mapping[str, str],
+             data: bytes = b"") -> None:
+        meta = clean_metadata(metadata)
+        dest = self._path(key)
+        tmp = self._write_temp(dest, src, data)
+        try:
+            st = os.stat(tmp)
+            self._write_sidecar(dest, {"cur": {"ino": st.st_ino, "size": st.st_size,
+                                               "meta": meta},
+                                       "prev": self._current_entry(dest)})
+            self._before_rename(dest, tmp)
+            os.replace(tmp, dest)
+            self._fsync_dir(dest.parent)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _before_rename(self, dest: Path, tmp: Path) -> None:
+        """A hook between the sidecar write and the data rename (tests simulate crashes)."""
+
+    def _write_temp(self, dest: Path, src: BinaryIO | None, data: bytes) -> Path:
+        # The directory can vanish between mkdir and open when a concurrent delete removes
+        # the user's last object; one retry covers that race.
+        for attempt in range(2):
+            self._make_parent(dest)
+            tmp = dest.with_name(f"{TMP_PREFIX}{secrets.token_hex(8)}")
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileNotFoundError:
+                if attempt:
+                    raise
+                continue
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    if src is None:
+                        f.write(data)
+                    else:
+                        shutil.copyfileobj(src, f, _CHUNK)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            return tmp
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _make_parent(self, dest: Path) -> None:
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise StoreError(f"cannot store {self._key_of(dest)!r}: a parent key is an object, "
+                             "not a folder") from None
+        if dest.is_dir():
+            raise StoreError(f"cannot store {self._key_of(dest)!r}: keys exist below it")
+
+    def _key_of(self, path: Path) -> str:
+        parts = [decode_segment(p) or p for p in path.relative_to(self.root).parts]
+        return "/".join(p for p in parts if p != OBJECT)
+
+    def _current_entry(self, dest: Path) -> dict[str, Any] | None:
+        """The sidecar entry describing the data in place now (it becomes `prev`)."""
+        try:
+            st = os.stat(dest)
+        except FileNotFoundError:
+            return None
+        return self._entry_for(self._read_sidecar(dest), st)
+
+    @staticmethod
+    def _fsync_dir(folder: Path) -> None:
+        try:
+            fd = os.open(folder, os.O_RDONLY)
+        except OSError:  # pragma: no cover - platforms without directory fds
+            return
+        try:
+            os.fsync(fd)
+        except OSError:  # pragma: no cover - some file systems refuse fsync on folders
+            pass
+        finally:
+            os.close(fd)
+
+    def replace_metadata(self, key: str, metadata: Mapping[str, str]) -> None:
+        meta = clean_metadata(metadata)
+        dest = self._path(key)
+
+        def replace() -> None:
+            st = self._stat_file(key, dest)
+            self._write_sidecar(dest, {"cur": {"ino": st.st_ino, "size": st.st_size,
+                                               "meta": meta}, "prev": None})
+            # S3 gives a copied object a new LastModified; listings use it as the sync time.
+            os.utime(dest)
+
+        self._guard(key, "update metadata of", replace)
+
+    def delete(self, key: str) -> None:
+        dest = self._path(key)
+
+        def delete() -> None:
+            # Data first: a crash in between leaves a sidecar that describes nothing.
+            try:
+                dest.unlink()
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            except OSError:
+                if not dest.is_dir():  # a folder (keys below it) is not this object
+                    raise
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                self._meta_path(dest).unlink()
+            folder = dest.parent
+            while folder != self.root:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+                folder = folder.parent
+
+        self._guard(key, "delete", delete)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _stat_file(key: str, path: Path) -> os.stat_result:
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"no such object: {key!r}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise NotFound(f"no such object: {key!r}")
+        return st
+
+    def head(self, key: str) -> Head | None:
+        dest = self._path(key)
+
+        def head() -> Head | None:
+            try:
+                st = self._stat_file(key, dest)
+            except NotFound:
+                return None
+            entry = self._entry_for(self._read_sidecar(dest), st)
+            raw = entry.get("meta") if entry else None
+            meta = {str(k).lower(): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+            return Head(size=st.st_size, last_modified=_mtime(st), metadata=meta)
+
+        return self._guard(key, "read", head)
+
+    def open(self, key: str) -> BinaryIO:
+        dest = self._path(key)
+
+        def opener() -> BinaryIO:
+            try:
+                return open(dest, "rb")
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                raise NotFound(f"no such object: {key!r}") from None
+
+        return self._guard(key, "open", opener)
+
+    # -- listings ----------------------------------------------------------------------------
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self._paged(self._list(prefix))
+
+    def list_top(self) -> Iterator[ObjectInfo]:
+        return self._paged(self._list_top())
+
+    def _paged(self, infos: Iterator[ObjectInfo]) -> Iterator[ObjectInfo]:
+        """Count a listing as S3 would: one request per page of ``list_page_size`` keys.
+
+        Directory reads are not counted: they are local system calls, not store requests.
+        """
+        self._count()
+        for n, info in enumerate(infos):
+            if n and n % self._page_size == 0:
+                self._count()  # the first key of a further page
+            yield info
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+        if "/" not in prefix:
+            for login, folder in self._users(prefix):
+                yield from self._user_objects(login, folder, include_own=True)
+            return
+        login, _, rest = prefix.partition("/")
+        parents = [login, *rest.split("/")[:-1]]
+        if any(s in ("", ".", "..") or "\x00" in s for s in parents):
+            return  # no valid key can start with it
+        folder = self.root.joinpath(*(encode_segment(s) for s in parents))
+        yield from (info for info in self._user_objects("/".join(parents), folder, False)
+                    if info.key.startswith(prefix))
+
+    def _list_top(self) -> Iterator[ObjectInfo]:
+        for login, folder in self._users(""):
+            try:
+                st = os.stat(folder / OBJECT)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                raise StoreError(f"cannot list {login!r}: {_one_line(exc)}") from None
+            if stat.S_ISREG(st.st_mode):
+                yield ObjectInfo(login, st.st_size, _mtime(st))
+
+    def _users(self, prefix: str) -> Iterator[tuple[str, Path]]:
+        """User folders whose login starts with ``prefix``, in directory order, streamed:
+        the top level may hold millions of entries, so it is never read whole or sorted."""
+        try:
+            with os.scandir(self.root) as entries:
+                for entry in entries:
+                    login = decode_segment(entry.name)
+                    if login is None or not login.startswith(prefix):
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        yield login, Path(entry.path)
+        except OSError as exc:
+            raise StoreError(f"cannot list the store: {_one_line(exc)}") from None
+
+    def _user_objects(self, base_key: str, folder: Path, include_own: bool
+                      ) -> Iterator[ObjectInfo]:
+        """The objects below ``folder`` (key ``base_key``) in key order, own object first."""
+        found: list[ObjectInfo] = []
+        own: ObjectInfo | None = None
+        try:
+            pending = [(folder, base_key)]
+            while pending:
+                current, key_prefix = pending.pop()
+                with os.scandir(current) as entries:
+                    for entry in entries:
+                        if entry.name == OBJECT and current == folder:
+                            if include_own and entry.is_file(follow_symlinks=False):
+                                st = entry.stat(follow_symlinks=False)
+                                own = ObjectInfo(base_key, st.st_size, _mtime(st))
+                            continue
+                        segment = decode_segment(entry.name)
+                        if segment is None:
+                            continue
+                        key = f"{key_prefix}/{segment}"
+                        if entry.is_dir(follow_symlinks=False):
+                            pending.append((Path(entry.path), key))
+                        elif entry.is_file(follow_symlinks=False):
+                            st = entry.stat(follow_symlinks=False)
+                            found.append(ObjectInfo(key, st.st_size, _mtime(st)))
+        except (FileNotFoundError, NotADirectoryError):
+            pass  # the folder went away (or never was): nothing below it
+        except OSError as exc:
+            raise StoreError(f"cannot list {base_key!r}: {_one_line(exc)}") from None
+        if own is not None:
+            yield own
+        # Python orders str by code point, which is the byte order of UTF-8 keys (as S3).
+        found.sort(key=lambda info: info.key)
+        yield from found

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The whole job end to end on the embedded defaults, on one machine:
+#   installs the project, starts a redis-server if none answers at $REDIS_URL, starts the local
+#   GitHub stand-in with sample users, then runs `bulkbackup ingest`, `bulkbackup run --procs 4`
+#   and `bulkbackup stats` into the local store ./backup/github.com, shows what is there, and
+#   restores one repository from its bundle with `git clone`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
+work=$(mktemp -d -t bulkbackup-demo-XXXXXX)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "== installing bulkbackup"
+python3 -m pip install --quiet --disable-pip-version-check -e . 2>&1 | grep -v "as the 'root' user" || true
+
+ping_redis() { python3 -c "import redis,sys; redis.Redis.from_url(sys.argv[1]).ping()" "$REDIS_URL" 2>/dev/null; }
+if ! ping_redis; then
+    command -v redis-server >/dev/null || { echo "redis-server is not installed (apt-get install redis-server)"; exit 1; }
+    port=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
+    export REDIS_URL="redis://127.0.0.1:$port/0"
+    echo "== starting redis-server on port $port"
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
+    pids+=($!)
+    for _ in $(seq 50); do ping_redis && break; sleep 0.1; done
+fi
+# The demo must not drain somebody's real queue against the stand-in.
+if python3 - "$REDIS_URL" <<'PY'
+import redis, sys
+r = redis.Redis.from_url(sys.argv[1])
+sys.exit(0 if r.zcard("tracked") and not r.exists("bulkbackup:demo") else 1)
+PY
+then
+    echo "REDIS_URL=$REDIS_URL already holds a 'tracked' set: point REDIS_URL to a scratch database"
+    exit 1
+fi
+python3 -c "import redis,sys; redis.Redis.from_url(sys.argv[1]).set('bulkbackup:demo', 1)" "$REDIS_URL"
+
+echo "== starting the local GitHub stand-in"
+python3 -m tests.forge --root "$work/forge" --port 0 --sample >"$work/forge.out" 2>"$work/forge.err" &
+pids+=($!)
+for _ in $(seq 100); do [ -s "$work/forge.out" ] && break; sleep 0.1; done
+export GITHUB_API_URL=$(head -n1 "$work/forge.out")
+echo "   $GITHUB_API_URL"
+
+cat >"$work/users.json" <<'JSON'
+{"login": "octocat", "id": 583231}
+{"login": "torvalds-demo", "id": 1024025}
+{"actor": {"login": "ghost-user"}}
+{"login": "not a login"}
+JSON
+
+echo "== bulkbackup ingest"
+bulkbackup ingest "$work/users.json"
+echo "== bulkbackup run --procs 4"
+bulkbackup run --procs 4 --no-stats
+echo "== bulkbackup stats"
+bulkbackup stats
+echo "== bulkbackup show octocat"
+bulkbackup show octocat
+
+echo "== the archives"
+find backup/github.com -maxdepth 2 -type f ! -name '*%*' | sort | head -20
+bundle=$(find backup/github.com/octocat -name '*.bundle' -size +0 | sort | head -n1)
+echo "== restoring $bundle with git clone"
+git clone --quiet "$bundle" "$work/restored"
+git -C "$work/restored" log --oneline -3
+ls "$work/restored"
+echo "== done: archives are in $ROOT/backup/github.com"

@@ -1,0 +1,296 @@
+"""Backing up users (`bulkbackup sync`): real git over smart HTTP from the GitHub stand-in,
+both stores (local folder and moto_server over HTTP)."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bulkbackup import config
+from bulkbackup.store import Store, open_store
+from tests.conftest import run_cli
+from tests.forge import Forge, RepoSpec
+
+TOKEN = "ghp_SECRETtoken0123456789abcdefABCDEF0123"
+
+
+@pytest.fixture
+def forge(tmp_path: Path) -> Iterator[Forge]:
+    with Forge(tmp_path / "forge") as f:
+        yield f
+
+
+@pytest.fixture
+def env(clean_env: None, store_url: str, forge: Forge, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GITHUB_API_URL", forge.url)
+
+
+@pytest.fixture
+def store(env: None) -> Iterator[Store]:
+    s = open_store(config.load().store)
+    yield s
+    s.close()
+
+
+def _config_with(text: str) -> str:
+    """A config file with ``text`` (YAML), for one command."""
+    import tempfile
+
+    fd, name = tempfile.mkstemp(suffix=".yaml")
+    with open(fd, "w") as f:
+        f.write(text)
+    return name
+
+
+def sync(*logins: str, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return run_cli("sync", *logins, env=extra)
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                          text=True).stdout
+
+
+def refs_of(repo: Path) -> dict[str, str]:
+    out = git("for-each-ref", "--format=%(objectname) %(refname)", cwd=repo)
+    return {ref: sha for sha, ref in (line.split() for line in out.splitlines())}
+
+
+def test_branches_tags_bundle_and_zip_round_trip(
+    env: None, forge: Forge, store: Store, tmp_path: Path
+) -> None:
+    forge.add_user("octocat", [RepoSpec("Hello-World", branches={"dev": {"d.txt": b"dev\n"}},
+                                        tags=["v1.0"])])
+    proc = sync("octocat")
+    assert proc.returncode == 0, proc.stderr
+    bundle = tmp_path / "hw.bundle"
+    bundle.write_bytes(store.read_bytes("octocat/Hello-World.bundle"))
+    git("bundle", "verify", str(bundle), cwd=tmp_path)
+    restored = tmp_path / "restored.git"
+    git("clone", "--mirror", str(bundle), str(restored))
+    source = forge.root / "git" / "octocat" / "Hello-World.git"
+    assert refs_of(restored) == refs_of(source)
+    assert {"refs/heads/main", "refs/heads/dev", "refs/tags/v1.0"} <= set(refs_of(restored))
+    # The zip holds the default branch under <repo>-<branch>/, byte for byte.
+    archive = zipfile.ZipFile(io.BytesIO(store.read_bytes("octocat/Hello-World.zip")))
+    names = [n for n in archive.namelist() if not n.endswith("/")]
+    assert names and all(n.startswith("Hello-World-main/") for n in names)
+    tree = git("ls-tree", "-r", "--name-only", "-z", "main", cwd=source).split("\0")
+    assert sorted(n.removeprefix("Hello-World-main/") for n in names) == sorted(filter(None, tree))
+    for name in names:
+        path = name.removeprefix("Hello-World-main/")
+        blob = subprocess.run(["git", "cat-file", "blob", f"main:{path}"], cwd=source,
+                              check=True, capture_output=True).stdout
+        assert archive.read(name) == blob
+    meta = store.head("octocat/Hello-World.bundle")
+    assert meta is not None
+    listed = orjson.loads(store.read_bytes("octocat"))
+    assert meta.get("PushedAt") == listed[0]["pushed_at"]
+    assert meta.get("UpdatedAt") == listed[0]["updated_at"]
+    assert meta.get("LastSync").endswith("Z") and not meta.get("Error")
+    user = store.head("octocat")
+    assert user is not None
+    assert (user.get("SyncdRepos"), user.get("ReportedRepos"), user.get("Error")) == ("1", "1", "")
+
+
+def test_many_pages_empty_failed_and_unchanged(env: None, forge: Forge, store: Store) -> None:
+    repos = [RepoSpec(f"r{i:03d}") for i in range(205)]
+    repos += [RepoSpec("empty", empty=True), RepoSpec("gone", missing=True)]
+    forge.add_user("many", repos)
+    proc = sync("many")
+    assert proc.returncode == 1  # one repository failed
+    assert "1 failed" in proc.stdout
+    listed = orjson.loads(store.read_bytes("many"))
+    assert len(listed) == 207  # three pages, as the API returned them
+    assert forge.counters["api_200"] == 3
+    keys = {i.key for i in store.list("many/")}
+    assert len([k for k in keys if k.endswith(".bundle")]) == 207
+    empty = store.head("many/empty.bundle")
+    assert empty is not None and empty.size == 0 and empty.get("Error") == "empty repository"
+    assert "many/empty.zip" not in keys
+    gone = store.head("many/gone.bundle")
+    assert gone is not None and gone.size == 0 and gone.get("Error").startswith("git clone")
+    user = store.head("many")
+    assert user is not None
+    assert user.get("SyncdRepos") == "205" and user.get("ReportedRepos") == "207"
+    assert "gone" in user.get("Error")
+    assert forge.counters["upload_pack"] >= 205
+
+    # Second sync: the listing changed (one push), so pages are fetched again, but only the
+    # pushed repository (and the failed one) is cloned.
+    forge.push("many", "r007", {"new.txt": b"new\n"})
+    forge.reset_counters()
+    proc = sync("many")
+    assert forge.upload_packs("many", "r007") == 1
+    assert forge.upload_packs("many", "r008") == 0
+    assert forge.counters["upload_pack"] == 1  # `gone` has no repo: no upload-pack call
+    assert forge.counters["info_refs"] == 2  # r007 and the failing `gone`
+
+
+def test_not_modified_listing_clones_nothing(env: None, forge: Forge, store: Store) -> None:
+    forge.add_user("quiet", [RepoSpec("a"), RepoSpec("b")])
+    assert sync("quiet").returncode == 0
+    first = store.head("quiet")
+    assert first is not None and first.get("ListingETags")
+    forge.reset_counters()
+    proc = sync("quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "304" in proc.stdout
+    assert forge.counters["api_304"] == 1 and forge.counters["api_200"] == 0
+    assert forge.counters["info_refs"] == 0 and forge.counters["upload_pack"] == 0
+    after = store.head("quiet")
+    assert after is not None and after.get("SyncdRepos") == "2"
+    assert after.get("LastSync") >= first.get("LastSync")
+
+
+def test_rate_limit_waits_and_succeeds(env: None, forge: Forge, store: Store) -> None:
+    forge.add_user("patient", [RepoSpec("a")])
+    forge.rate_limit(requests=2, reset_in_s=2)
+    proc = sync("patient")
+    assert proc.returncode == 0, proc.stderr
+    assert "rate limit" in proc.stderr  # the wait is logged once, with its time
+    assert forge.counters["api_403"] >= 1
+    user = store.head("patient")
+    assert user is not None and not user.get("Error") and user.get("SyncdRepos") == "1"
+
+
+def test_secondary_rate_limit_honours_retry_after(env: None, forge: Forge, store: Store) -> None:
+    forge.add_user("second", [RepoSpec("a")])
+    forge.rate_limit(requests=1, reset_in_s=1, secondary=True)
+    proc = sync("second")
+    assert proc.returncode == 0, proc.stderr
+    assert forge.counters["api_429"] == 1
+
+
+def test_token_rotation_switches_to_a_token_with_budget(
+    env: None, forge: Forge, store: Store
+) -> None:
+    forge.add_user("rot", [RepoSpec("a")])
+    forge.set_token_budget("tok-a", remaining=0, reset_in_s=3600)
+    forge.set_token_budget("tok-b", remaining=100, reset_in_s=3600)
+    proc = sync("rot", extra={"GITHUB_TOKENS": "tok-a,tok-b"})
+    assert proc.returncode == 0, proc.stderr
+    assert any("tok-b" in h for h in forge.auth_headers_seen)
+
+
+def test_5xx_then_success_and_5xx_for_good(env: None, forge: Forge, store: Store) -> None:
+    forge.add_user("flaky", [RepoSpec("a")])
+    forge.fail_5xx(2)
+    cfg_extra = {"BULKBACKUP_CONFIG": _config_with("github:\n  backoff_s: 0.05\n")}
+    proc = sync("flaky", extra=cfg_extra)
+    assert proc.returncode == 0, proc.stderr
+    assert forge.counters["api_5xx"] == 2
+    forge.fail_5xx(100)
+    proc = sync("flaky", extra={"BULKBACKUP_CONFIG": _config_with(
+        "github:\n  backoff_s: 0.01\n  max_retries: 2\n")})
+    assert proc.returncode == 1
+    user = store.head("flaky")
+    assert user is not None and "502" in user.get("Error")
+    assert user.get("SyncdRepos") == "1"  # the archive is still there and counted
+    assert store.head("flaky/a.bundle") is not None
+
+
+def test_404_user_is_recorded_as_gone(env: None, forge: Forge, store: Store) -> None:
+    proc = sync("ghost")
+    assert proc.returncode == 1
+    user = store.head("ghost")
+    assert user is not None and "404" in user.get("Error")
+    assert store.read_bytes("ghost") == b"[]"
+
+
+def test_untrusted_names_and_urls_are_refused(
+    env: None, forge: Forge, store: Store, tmp_path: Path
+) -> None:
+    forge.add_user("evil", [RepoSpec("ok")])
+    forge.add_raw_repo_entry("evil", {"name": "../x", "clone_url": f"{forge.url}/evil/ok.git",
+                                      "pushed_at": "2026-01-01T00:00:00Z"})
+    forge.add_raw_repo_entry("evil", {"name": "elsewhere", "clone_url": "http://evil.example/x.git",
+                                      "pushed_at": "2026-01-01T00:00:00Z"})
+    forge.add_raw_repo_entry("evil", {"name": "local", "clone_url": "file:///etc",
+                                      "pushed_at": "2026-01-01T00:00:00Z"})
+    proc = sync("evil")
+    assert proc.returncode == 1
+    keys = {i.key for i in store.list("")}
+    assert "evil/ok.bundle" in keys
+    assert not any(".." in k for k in keys)
+    assert not (tmp_path / "x.bundle").exists()
+    for name in ("elsewhere", "local"):
+        head = store.head(f"evil/{name}.bundle")
+        assert head is not None and head.size == 0 and "refusing clone URL" in head.get("Error")
+    user = store.head("evil")
+    assert user is not None and "invalid repository name" in user.get("Error")
+
+
+def test_a_good_archive_is_never_replaced_by_a_failure(
+    env: None, forge: Forge, store: Store
+) -> None:
+    forge.add_user("keep", [RepoSpec("a")])
+    assert sync("keep").returncode == 0
+    good = store.read_bytes("keep/a.bundle")
+    forge.push("keep", "a", {"x.txt": b"x\n"})
+    (forge.root / "git" / "keep" / "a.git").rename(forge.root / "git" / "keep" / "moved.git")
+    assert sync("keep").returncode == 1
+    assert store.read_bytes("keep/a.bundle") == good
+    head = store.head("keep/a.bundle")
+    assert head is not None and head.get("Error").startswith("git clone failed")
+    (forge.root / "git" / "keep" / "moved.git").rename(forge.root / "git" / "keep" / "a.git")
+    assert sync("keep").returncode == 0  # retried: stored times still differ from the API's
+    head = store.head("keep/a.bundle")
+    assert head is not None and not head.get("Error") and store.read_bytes("keep/a.bundle") != good
+
+
+def test_too_large_and_forks(env: None, forge: Forge, store: Store) -> None:
+    forge.add_user("big", [RepoSpec("huge", size_kb=5_000_000), RepoSpec("fork", fork=True)])
+    proc = sync("big")
+    assert proc.returncode == 1
+    huge = store.head("big/huge.bundle")
+    assert huge is not None and huge.size == 0 and "run.max_repo_kb" in huge.get("Error")
+    assert forge.upload_packs("big", "huge") == 0
+    assert store.head("big/fork.bundle") is not None  # forks are included by default
+    proc = sync("big", extra={"BULKBACKUP_CONFIG": _config_with("run:\n  skip_forks: true\n")})
+    assert forge.upload_packs("big", "fork") == 1  # not cloned again
+
+
+def test_hung_clone_is_killed_by_the_git_timeout(env: None, forge: Forge, store: Store) -> None:
+    forge.stall_s = 60
+    forge.add_user("slow", [RepoSpec("stuck", stall=True), RepoSpec("fine")])
+    proc = sync("slow", extra={"BULKBACKUP_CONFIG": _config_with("run:\n  git_timeout_s: 2\n")})
+    assert proc.returncode == 1
+    stuck = store.head("slow/stuck.bundle")
+    assert stuck is not None and "timed out" in stuck.get("Error")
+    fine = store.head("slow/fine.bundle")
+    assert fine is not None and fine.size > 0
+
+
+def test_token_never_stored_logged_or_in_the_mirror(
+    env: None, forge: Forge, store: Store, tmp_path: Path
+) -> None:
+    forge.add_user("secret", [RepoSpec("a"), RepoSpec("gone", missing=True)])
+    forge.add_raw_repo_entry("secret", {"name": "bad", "clone_url": "http://evil.example/x.git"})
+    work = tmp_path / "work"
+    cfg = _config_with(f"run:\n  work_dir: {work}\n")
+    proc = sync("secret", extra={"GITHUB_TOKEN": TOKEN, "BULKBACKUP_CONFIG": cfg,
+                                 "BULKBACKUP_DEBUG": "1"})
+    assert TOKEN not in proc.stdout + proc.stderr
+    assert any(TOKEN in h for h in forge.auth_headers_seen)  # it was used, for the API
+    for info in store.list(""):
+        head = store.head(info.key)
+        assert head is not None
+        assert TOKEN not in store.read_bytes(info.key).decode("latin-1")
+        assert TOKEN not in repr(head.metadata)
+    # Work files are gone; nothing under the work dir mentions the token.
+    leftovers = [p for p in work.rglob("*") if p.is_file()] if work.exists() else []
+    for path in leftovers:
+        assert TOKEN.encode() not in path.read_bytes()
+
+
+def test_sync_refuses_invalid_logins(env: None) -> None:
+    proc = sync("../etc")
+    assert proc.returncode == 2
+    assert "invalid login" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,133 @@
+"""`bulkbackup stats` and `rebuild` over stores built by the sync job (both backends)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from bulkbackup import config
+from bulkbackup.store import Store, open_store
+from bulkbackup.timeutil import parse_rfc3339
+from tests.conftest import run_cli
+from tests.forge import Forge, RepoSpec
+
+
+@pytest.fixture
+def forge(tmp_path: Path) -> Iterator[Forge]:
+    with Forge(tmp_path / "forge") as f:
+        yield f
+
+
+@pytest.fixture
+def store(
+    clean_env: None, redis_url: str, store_url: str, forge: Forge,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Store]:
+    monkeypatch.setenv("GITHUB_API_URL", forge.url)
+    s = open_store(config.load().store)
+    yield s
+    s.close()
+
+
+def build(forge: Forge) -> None:
+    """octocat: 2 good, 1 empty, 1 failed; alice: 1 good; bob: nothing; ghost: 404."""
+    forge.add_user("octocat", [RepoSpec("a"), RepoSpec("b"), RepoSpec("e", empty=True),
+                               RepoSpec("f", missing=True)])
+    forge.add_user("alice", [RepoSpec("only")])
+    forge.add_user("bob", [])
+    # alice and alice-x interleave in byte order with alice's own keys (`-` < `/`).
+    forge.add_user("alice-x", [RepoSpec("z")])
+    run_cli("sync", "octocat", "alice", "bob", "alice-x", "ghost")
+
+
+def stats(*args: str) -> dict[str, dict[str, object]]:
+    proc = run_cli("stats", "--json", *args)
+    assert proc.returncode == 0, proc.stderr
+    return orjson.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def test_counts_match_what_the_sync_job_stored(store: Store, forge: Forge,
+                                               r: redis.Redis) -> None:
+    build(forge)
+    r.zadd("tracked", {"github.com/octocat": 1, "github.com/newbie": -math.inf})
+    report = stats()
+    assert report["repositories"] == {"archived": 4, "failed": 1, "empty": 1}
+    users = report["users"]
+    assert users["in_store"] == 5
+    assert users["with_errors"] == 2  # octocat (one repo failed) and ghost (404)
+    assert users["tracked"] == 2 and users["never_synced"] == 1
+    size = sum(i.size for i in store.list("") if i.key.endswith(".bundle"))
+    zips = sum(i.size for i in store.list("") if i.key.endswith(".zip"))
+    assert report["bytes"] == {"bundles": size, "zips": zips}
+    assert set(report) == {"users", "repositories", "bytes", "last_run", "pass"}
+    assert set(report["last_run"]) == {"ended_at", "users", "users_per_s"}
+
+
+def test_syncd_repos_written_only_where_it_changed(store: Store, forge: Forge,
+                                                   r: redis.Redis) -> None:
+    build(forge)
+    first = stats()
+    assert first["pass"]["syncd_repos_written"] == 0  # the sync job wrote the right values
+    store.delete("octocat/a.bundle")  # the store changed behind our back
+    second = stats()
+    assert second["pass"]["syncd_repos_written"] == 1
+    head = store.head("octocat")
+    assert head is not None and head.get("SyncdRepos") == "1"
+    assert store.read_bytes("octocat").startswith(b"[")  # data untouched
+    third = stats()
+    assert third["pass"]["syncd_repos_written"] == 0
+    # A warm cache: the pass costs listing pages only, not a request per user.
+    assert third["pass"]["store_requests"] <= 3
+
+
+def test_no_write_reports_only(store: Store, forge: Forge, r: redis.Redis) -> None:
+    build(forge)
+    store.delete("alice/only.bundle")
+    report = stats("--no-write")
+    assert report["pass"]["syncd_repos_written"] == 0
+    head = store.head("alice")
+    assert head is not None and head.get("SyncdRepos") == "1"
+    assert stats()["pass"]["syncd_repos_written"] == 1
+
+
+def test_table_output(store: Store, forge: Forge, r: redis.Redis) -> None:
+    build(forge)
+    proc = run_cli("stats")
+    assert proc.returncode == 0, proc.stderr
+    assert "repositories.archived" in proc.stdout and "users.tracked" in proc.stdout
+
+
+def test_rebuild_after_flushall_restores_every_user(
+    store: Store, forge: Forge, r: redis.Redis
+) -> None:
+    build(forge)
+    r.flushall()
+    proc = run_cli("rebuild")
+    assert proc.returncode == 0, proc.stderr
+    members = dict(r.zrange("tracked", 0, -1, withscores=True))
+    assert set(members) == {f"github.com/{x}" for x in
+                            ("octocat", "alice", "bob", "alice-x", "ghost")}
+    for member, score in members.items():
+        head = store.head(member.removeprefix("github.com/"))
+        assert head is not None
+        last_sync = parse_rfc3339(head.get("LastSync"))
+        assert last_sync is not None
+        assert abs(score - last_sync.timestamp()) < 5
+
+
+def test_rebuild_keeps_newer_scores_and_redis_only_users(
+    store: Store, forge: Forge, r: redis.Redis
+) -> None:
+    build(forge)
+    future = time.time() + 10_000
+    r.zadd("tracked", {"github.com/alice": future, "github.com/only-in-redis": -math.inf})
+    assert run_cli("rebuild").returncode == 0
+    assert r.zscore("tracked", "github.com/alice") == future
+    assert r.zscore("tracked", "github.com/only-in-redis") == -math.inf
+    assert r.zscore("tracked", "github.com/octocat") is not None

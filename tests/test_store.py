@@ -1,0 +1,429 @@
+"""The durable store backends, each against the real thing: a folder, and moto_server over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bulkbackup import config
+from bulkbackup.config import StoreSettings
+from bulkbackup.errors import NotFound, StoreError
+from bulkbackup.store import Store, open_store
+from bulkbackup.store.base import METADATA_LIMIT_BYTES, clean_metadata
+from bulkbackup.store.local import LocalStore
+from bulkbackup.store.s3 import S3Store
+
+MIB = 1024 * 1024
+
+
+def is_s3(store: Store) -> bool:
+    return isinstance(store, S3Store)
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    s = open_store(StoreSettings(url=store_url, list_page_size=7, multipart_threshold_mb=5,
+                                 multipart_part_mb=5))
+    yield s
+    s.close()
+
+
+def keys_of(listing: Iterator[Any]) -> list[str]:
+    return [info.key for info in listing]
+
+
+class FailingReader(io.RawIOBase):
+    """A source that yields ``good`` bytes and then fails, like a disk or pipe going away."""
+
+    def __init__(self, good: int) -> None:
+        self.left = good
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.left <= 0:
+            raise OSError("source went away")
+        n = min(len(buffer), self.left)
+        buffer[:n] = b"x" * n
+        self.left -= n
+        return n
+
+
+def put_stream(store: Store, key: str, src: Any, meta: dict[str, str]) -> None:
+    store.put_fileobj(key, src, meta)
+
+
+def tmp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.startswith("%tmp-")]
+
+
+# -- round trips -------------------------------------------------------------------------------
+
+
+def test_open_store_from_config(clean_env: None, store_url: str) -> None:
+    store = open_store(config.load().store)
+    try:
+        assert isinstance(store, S3Store if store_url.startswith("s3://") else LocalStore)
+        store.put_bytes("octocat", b"[]", {"LastSync": "2026-11-28T17:00:00Z"})
+        assert store.read_bytes("octocat") == b"[]"
+    finally:
+        store.close()
+
+
+def test_put_bytes_and_head_metadata(store: Store) -> None:
+    before = store.request_count
+    store.put_bytes("octocat", b'[{"name": "Hello-World"}]',
+                    {"LastSync": "2026-11-28T17:00:00Z", "SyncdRepos": "1", "Error": ""})
+    head = store.head("octocat")
+    assert head is not None
+    assert head.size == len(b'[{"name": "Hello-World"}]')
+    assert head.metadata == {"lastsync": "2026-11-28T17:00:00Z", "syncdrepos": "1", "error": ""}
+    assert head.get("lastsync") == head.get("LastSync") == "2026-11-28T17:00:00Z"
+    assert head.get("ReportedRepos", "none") == "none"
+    assert head.last_modified.tzinfo is not None
+    assert abs(head.last_modified - datetime.now(UTC)) < timedelta(minutes=5)
+    with store.open("octocat") as f:
+        assert f.read() == b'[{"name": "Hello-World"}]'
+    assert store.request_count >= before + 3
+
+
+def test_replace_metadata_keeps_data(store: Store) -> None:
+    data = os.urandom(100_000)
+    store.put_bytes("octocat/Hello-World.bundle", data,
+                    {"LastSync": "2026-01-01T00:00:00Z", "PushedAt": "p", "Error": "boom"})
+    store.replace_metadata("octocat/Hello-World.bundle", {"LastSync": "2026-02-02T00:00:00Z"})
+    head = store.head("octocat/Hello-World.bundle")
+    assert head is not None and head.size == len(data)
+    assert head.metadata == {"lastsync": "2026-02-02T00:00:00Z"}
+    assert store.read_bytes("octocat/Hello-World.bundle") == data
+    if isinstance(store, S3Store):
+        raw = store._client.head_object(Bucket=store.bucket, Key="octocat/Hello-World.bundle")
+        assert raw["ContentType"] == "application/x-git-bundle"
+
+
+def test_put_file_multipart(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "big.bundle"
+    digest = hashlib.sha256()
+    with src.open("wb") as f:
+        for _ in range(12):
+            chunk = os.urandom(MIB)
+            digest.update(chunk)
+            f.write(chunk)
+    store.put_file("octocat/big.bundle", src, {"LastSync": "t"})
+    head = store.head("octocat/big.bundle")
+    assert head is not None and head.size == 12 * MIB and head.get("LastSync") == "t"
+    with store.open("octocat/big.bundle") as f:
+        got = hashlib.sha256()
+        while chunk := f.read(MIB):
+            got.update(chunk)
+    assert got.hexdigest() == digest.hexdigest()
+    if isinstance(store, S3Store):
+        raw = store._client.head_object(Bucket=store.bucket, Key="octocat/big.bundle")
+        assert raw["ETag"].strip('"').endswith("-3")  # three 5 MiB parts: multipart
+    else:
+        assert isinstance(store, LocalStore)
+        assert (store.root / "octocat" / "big.bundle").stat().st_size == 12 * MIB
+
+
+# -- listings ----------------------------------------------------------------------------------
+
+USERS = ["a", "a-b", "b", "c", "zz"]
+
+
+def fill(store: Store) -> list[str]:
+    """25 keys over several users, with names whose byte order differs from folder order."""
+    keys: list[str] = []
+    for user in USERS:
+        keys.append(user)
+        keys += [f"{user}/{r}" for r in ("r1.bundle", "r1.zip", "R2.bundle", "r-3.bundle")]
+    keys.remove("c")  # a user folder without a user object
+    keys.append("a-b/r1.bundle.zip")
+    for key in keys:
+        store.put_bytes(key, key.encode(), {"LastSync": "t"})
+    assert len(keys) == 25
+    return keys
+
+
+def test_list_pages_and_order(store: Store) -> None:
+    keys = fill(store)
+    before = store.request_count
+    listing = list(store.list())
+    assert sorted(info.key for info in listing) == sorted(keys)
+    assert all(info.size == len(info.key.encode()) for info in listing)
+    if is_s3(store):
+        assert store.byte_ordered
+        assert [i.key for i in listing] == sorted(keys, key=lambda k: k.encode())
+    else:
+        assert not store.byte_ordered
+        # Each user's keys come together: its own object first, then the rest in key order.
+        users = [i.key.partition("/")[0] for i in listing]
+        assert sorted(set(users)) == USERS
+        for user in USERS:
+            mine = [i.key for i in listing if i.key.partition("/")[0] == user]
+            start = users.index(user)
+            assert [i.key for i in listing[start:start + len(mine)]] == mine
+            rest = [k for k in mine if k != user]
+            assert mine == ([user] if user != "c" else []) + sorted(rest)
+    # Both count a listing as S3 does: one request per page (25 keys in pages of 7).
+    assert store.request_count - before == 4
+
+
+def test_list_prefixes(store: Store) -> None:
+    keys = fill(store)
+    assert keys_of(store.list("a/")) == sorted(k for k in keys if k.startswith("a/"))
+    assert sorted(keys_of(store.list("a"))) == sorted(k for k in keys if k.startswith("a"))
+    assert keys_of(store.list("a-b/r1")) == ["a-b/r1.bundle", "a-b/r1.bundle.zip", "a-b/r1.zip"]
+    assert keys_of(store.list("c/R")) == ["c/R2.bundle"]
+    assert keys_of(store.list("nobody/")) == []
+    assert keys_of(store.list("zz/r1.zip/")) == []
+    assert keys_of(store.list("../")) == []
+
+
+def test_list_top_only_top_level(store: Store) -> None:
+    fill(store)
+    store.put_bytes("ghost/only.bundle", b"x", {})
+    top = list(store.list_top())
+    assert sorted(i.key for i in top) == ["a", "a-b", "b", "zz"]
+    assert all(i.last_modified.tzinfo is not None for i in top)
+    if is_s3(store):
+        assert [i.key for i in top] == ["a", "a-b", "b", "zz"]
+
+
+def test_listing_is_streamed(store: Store) -> None:
+    fill(store)
+    listing = store.list()
+    assert isinstance(listing, Iterator)
+    first = next(listing)
+    assert first.key in ("a", "a-b", "b", "c/R2.bundle", "zz")
+    listing.close()  # type: ignore[attr-defined]
+
+
+# -- names -------------------------------------------------------------------------------------
+
+ODD_KEYS = ["ñandú", "ñandú/Ωmega.bundle", "octocat/.github.bundle", ".dot", "50%off",
+            "50%off/%object", "50%off/x%meta", "50%off/%tmp-1", "50%off/%25", "q/%", "sp ace/a b"]
+
+
+def test_odd_names_round_trip(store: Store) -> None:
+    for key in ODD_KEYS:
+        store.put_bytes(key, key.encode(), {"LastSync": key.encode("ascii", "replace").decode()})
+    for key in ODD_KEYS:
+        head = store.head(key)
+        assert head is not None and head.size == len(key.encode()), key
+        assert store.read_bytes(key) == key.encode()
+    assert sorted(keys_of(store.list())) == sorted(ODD_KEYS)
+    assert sorted(keys_of(store.list("50%off/"))) == sorted(k for k in ODD_KEYS
+                                                            if k.startswith("50%off/"))
+    assert sorted(keys_of(store.list_top())) == [".dot", "50%off", "ñandú"]
+    if isinstance(store, LocalStore):
+        # Operators browse the folder and `git clone` bundles straight from it.
+        assert (store.root / "ñandú" / "Ωmega.bundle").read_bytes() == "ñandú/Ωmega.bundle".encode()
+        assert (store.root / "octocat" / ".github.bundle").is_file()
+        assert (store.root / "50%25off" / "%25object").is_file()
+        assert (store.root / "50%25off" / "%object").is_file()
+
+
+@pytest.mark.parametrize("key", ["", "/a", "a/", "a//b", "a/../b", "..", "a/./b", "a\x00b"])
+def test_invalid_keys_refused(store: Store, key: str) -> None:
+    with pytest.raises(StoreError):
+        store.put_bytes(key, b"x", {})
+    with pytest.raises(StoreError):
+        store.head(key)
+
+
+def test_long_error_is_truncated(store: Store) -> None:
+    error = ("clone failed: ñ\nfatal: line two\t" * 200)[:5000]
+    meta = {"LastSync": "2026-11-28T17:00:00Z", "PushedAt": "x", "UpdatedAt": "y", "Error": error}
+    store.put_bytes("octocat/x.bundle", b"", meta)
+    head = store.head("octocat/x.bundle")
+    assert head is not None and head.size == 0
+    stored = head.get("Error")
+    assert stored.startswith("clone failed: ") and stored.endswith("...")
+    assert stored.isascii() and "\n" not in stored
+    assert sum(len(k) + len(v) for k, v in head.metadata.items()) <= METADATA_LIMIT_BYTES
+    assert head.get("LastSync") == "2026-11-28T17:00:00Z"
+    store.replace_metadata("octocat/x.bundle", {"Error": error})
+    head = store.head("octocat/x.bundle")
+    assert head is not None and head.get("error").endswith("...")
+
+
+def test_clean_metadata_limit() -> None:
+    out = clean_metadata({"LastSync": "t", "Error": "é\n" * 5000})
+    assert sum(len(k) + len(v) for k, v in out.items()) <= METADATA_LIMIT_BYTES
+    assert len("".join(f"{k}{v}" for k, v in out.items()).encode()) <= METADATA_LIMIT_BYTES
+    with pytest.raises(StoreError):
+        clean_metadata({"LastSync": "t" * 3000})
+    with pytest.raises(StoreError):
+        clean_metadata({"bad name": "x"})
+
+
+# -- missing, delete, failures -----------------------------------------------------------------
+
+
+def test_missing_objects(store: Store) -> None:
+    assert store.head("nobody") is None
+    assert store.head("nobody/x.bundle") is None
+    with pytest.raises(NotFound):
+        store.open("nobody/x.bundle")
+    with pytest.raises(NotFound):
+        store.read_bytes("nobody")
+    with pytest.raises(NotFound):
+        store.replace_metadata("nobody/x.bundle", {"LastSync": "t"})
+    store.delete("nobody/x.bundle")  # not an error
+    assert store.head("nobody/x.bundle") is None
+
+
+def test_delete(store: Store) -> None:
+    store.put_bytes("octocat", b"[]", {})
+    store.put_bytes("octocat/a.bundle", b"a", {"LastSync": "t"})
+    store.delete("octocat/a.bundle")
+    assert store.head("octocat/a.bundle") is None
+    assert keys_of(store.list()) == ["octocat"]
+    store.delete("octocat")
+    assert store.head("octocat") is None
+    assert keys_of(store.list()) == []
+    if isinstance(store, LocalStore):
+        assert list(store.root.iterdir()) == []  # no sidecars or empty folders left
+
+
+def test_interrupted_write_leaves_nothing(store: Store, tmp_path: Path) -> None:
+    for size in (1000, 11 * MIB):  # a single PUT, and a multipart upload on S3
+        with pytest.raises(StoreError, match="source went away"):
+            put_stream(store, "octocat/half.bundle", FailingReader(size), {"LastSync": "t"})
+        assert store.head("octocat/half.bundle") is None
+        assert keys_of(store.list()) == []
+    with pytest.raises(StoreError):
+        store.put_file("octocat/gone.bundle", tmp_path / "missing", {})
+    assert store.head("octocat/gone.bundle") is None
+    if isinstance(store, S3Store):
+        uploads = store._client.list_multipart_uploads(Bucket=store.bucket)
+        assert not uploads.get("Uploads")  # the failed multipart upload was aborted
+    else:
+        assert isinstance(store, LocalStore)
+        assert tmp_files(store.root) == []
+
+
+def test_interrupted_overwrite_keeps_old(store: Store) -> None:
+    store.put_bytes("octocat/a.bundle", b"old", {"LastSync": "old"})
+    with pytest.raises(StoreError):
+        put_stream(store, "octocat/a.bundle", FailingReader(100), {"LastSync": "new"})
+    head = store.head("octocat/a.bundle")
+    assert head is not None and head.get("LastSync") == "old"
+    assert store.read_bytes("octocat/a.bundle") == b"old"
+
+
+def test_put_fileobj_streams(store: Store) -> None:
+    put_stream(store, "octocat/s.zip", io.BytesIO(b"z" * 1000), {"LastSync": "t"})
+    assert store.read_bytes("octocat/s.zip") == b"z" * 1000
+
+
+def test_s3_missing_bucket_not_created(s3_endpoint: str) -> None:
+    with pytest.raises(StoreError, match=r"bucket nope\.example does not exist .*create_bucket"):
+        S3Store(StoreSettings(url="s3://nope.example", create_bucket=False))
+
+
+# -- local layout and crash consistency --------------------------------------------------------
+
+
+class Crash(BaseException):
+    """The process dies here: nothing after this point runs."""
+
+
+class CrashBeforeRename(LocalStore):
+    def _before_rename(self, dest: Path, tmp: Path) -> None:
+        # Keep the temp file's inode alive as a real crash would leave it on disk.
+        os.link(tmp, tmp.with_name(f"%tmp-survivor-{tmp.name}"))
+        raise Crash
+
+
+@pytest.fixture
+def local_root(tmp_path: Path) -> Path:
+    return tmp_path / "backup" / "github.com"
+
+
+def test_local_crash_between_sidecar_and_rename(local_root: Path) -> None:
+    store = LocalStore(StoreSettings(url=str(local_root)))
+    store.put_bytes("octocat/a.bundle", b"old data", {"LastSync": "old", "Error": ""})
+    crashing = CrashBeforeRename(StoreSettings(url=str(local_root)))
+    with pytest.raises(Crash):
+        crashing.put_bytes("octocat/a.bundle", b"new data!", {"LastSync": "new"})
+    # The sidecar already describes the new data, but the old data is still in place.
+    head = store.head("octocat/a.bundle")
+    assert head is not None and head.size == len(b"old data")
+    assert head.metadata == {"lastsync": "old", "error": ""}
+    assert keys_of(store.list()) == ["octocat/a.bundle"]  # the survivor temp file is hidden
+    # A new key that crashes before its first rename does not exist at all.
+    with pytest.raises(Crash):
+        crashing.put_bytes("octocat/b.bundle", b"b", {"LastSync": "new"})
+    assert store.head("octocat/b.bundle") is None
+    assert keys_of(store.list("octocat/")) == ["octocat/a.bundle"]
+    # The next complete write wins.
+    store.put_bytes("octocat/a.bundle", b"newer", {"LastSync": "newer"})
+    head = store.head("octocat/a.bundle")
+    assert head is not None and head.get("lastsync") == "newer" and head.size == 5
+
+
+def test_local_sidecar_matches_inode(local_root: Path) -> None:
+    store = LocalStore(StoreSettings(url=str(local_root)))
+    store.put_bytes("octocat", b"[]", {"LastSync": "1"})
+    store.put_bytes("octocat", b"[1]", {"LastSync": "2"})
+    import json
+
+    doc = json.loads((local_root / "octocat" / "%object%meta").read_text())
+    ino = (local_root / "octocat" / "%object").stat().st_ino
+    assert doc["cur"] == {"ino": ino, "size": 3, "meta": {"LastSync": "2"}}
+    assert doc["prev"]["meta"] == {"LastSync": "1"}
+    # Data replaced behind the store's back (no sidecar entry for it): no stale metadata,
+    # even when the new file reuses the inode that `prev` names.
+    (local_root / "octocat" / "%object").unlink()
+    (local_root / "octocat" / "%object").write_bytes(b"[1, 2, 3]")
+    head = store.head("octocat")
+    assert head is not None and head.metadata == {}
+
+
+def test_local_file_folder_conflicts(local_root: Path) -> None:
+    store = LocalStore(StoreSettings(url=str(local_root)))
+    store.put_bytes("a/b", b"x", {})
+    with pytest.raises(StoreError, match="parent key"):
+        store.put_bytes("a/b/c", b"y", {})
+    store.put_bytes("d/e/f", b"y", {})
+    with pytest.raises(StoreError, match="keys exist below"):
+        store.put_bytes("d/e", b"x", {})
+    assert store.head("d/e") is None
+    assert sorted(keys_of(store.list())) == ["a/b", "d/e/f"]
+    assert keys_of(store.list("d/e/")) == ["d/e/f"]
+    assert tmp_files(local_root) == []
+    store.delete("a/b/c")  # below an object: missing, not an error
+    store.delete("d/e")  # a folder, not an object: missing too
+    assert sorted(keys_of(store.list())) == ["a/b", "d/e/f"]
+    store.delete("d/e/f")
+    assert not (local_root / "d").exists()
+
+
+def test_local_listing_skips_backend_files(local_root: Path) -> None:
+    store = LocalStore(StoreSettings(url=str(local_root)))
+    store.put_bytes("octocat/a.bundle", b"a", {})
+    (local_root / "octocat" / "%tmp-deadbeef").write_bytes(b"partial")
+    (local_root / "octocat" / "gone.bundle%meta").write_text("{}")
+    (local_root / "%tmp-top").write_bytes(b"")
+    (local_root / "stray-file").write_bytes(b"")
+    assert keys_of(store.list()) == ["octocat/a.bundle"]
+    assert keys_of(store.list_top()) == []
+
+
+def test_local_request_count(local_root: Path) -> None:
+    store = LocalStore(StoreSettings(url=str(local_root)))
+    store.put_bytes("octocat", b"[]", {})
+    store.head("octocat")
+    store.replace_metadata("octocat", {"LastSync": "t"})
+    store.read_bytes("octocat")
+    store.delete("octocat/none")
+    assert store.request_count == 5

@@ -238,12 +238,17 @@ def stats_command(settings: Settings, as_json: bool, write: bool) -> int:
     return 0
 
 
-def rebuild(settings: Settings, r: redis.Redis | None = None, progress: bool = True) -> int:
+def rebuild(settings: Settings, r: redis.Redis | None = None, store: Store | None = None,
+            progress: bool = True) -> int:
     """Every user in the store becomes a member of `tracked`, scored with its last sync (the
     listing's last-modified time of its object, written together with LastSync). A higher
-    score already in `tracked` is kept (ZADD GT); members only in Redis stay."""
+    score already in `tracked` is kept (ZADD GT); members only in Redis stay.
+
+    Costs listing pages of the top level only. Returns how many members were new.
+    """
     r = r or tracked.connect(settings.redis)
-    store = open_store(settings.store)
+    own = store is None
+    store = store or open_store(settings.store)
     bar = Progress(total=None, unit="user", desc="rebuild", enabled=progress)
 
     def scores() -> Iterator[tuple[str, float]]:
@@ -256,7 +261,8 @@ def rebuild(settings: Settings, r: redis.Redis | None = None, progress: bool = T
         return tracked.add_scores_gt(r, scores())
     finally:
         bar.close()
-        store.close()
+        if own:
+            store.close()
 
 
 def rebuild_command(settings: Settings) -> int:

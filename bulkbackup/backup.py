@@ -283,7 +283,9 @@ class UserBackup:
         meta = {LAST_SYNC: stamp, SYNCD_REPOS: str(result.syncd),
                 REPORTED_REPOS: str(result.reported), ERROR: result.error}
         if listing is not None:
-            if listing.etags:
+            # Only a clean sync may be skipped next time on a 304: a failed repository must be
+            # retried even when the listing has not changed.
+            if listing.etags and not result.failed:
                 meta[LISTING_ETAGS] = " ".join(listing.etags)
             self.store.put_bytes(login, orjson.dumps(listing.repos), meta)
             return

@@ -155,7 +155,8 @@ class UserBackup:
             return
         result.reported = len(listing.repos)
         result.listed = True
-        stored = self._stored_bundles(login)
+        # One listing of what is stored, not a request per repository (none for no repos).
+        stored = self._stored_bundles(login) if listing.repos else {}
         result.bundles = dict(stored)
         for repo in listing.repos:
             check()

@@ -1,0 +1,139 @@
+"""`bulkbackup run` against its baselines, side by side in one run.
+
+    python -m benchmarks.run [--procs 4] [--users 100] [--repos 3] [--empty-users 20000]
+
+1. Archive throughput: a stand-in forge with users x repos small repositories. Baseline: raw
+   git doing the same work per repository (clone --mirror, bundle create --all, zip of HEAD)
+   with `xargs -P procs`. Then `bulkbackup run --procs P` on a fresh Redis and local store.
+   Prints repos/s for both and the ratio (target >= 0.8).
+2. Coordination: N users with no repositories. Baseline: the forge's own request rate for the
+   listing call at the same concurrency (P client processes with keep-alive). Then
+   `bulkbackup run --procs P`. Prints users/s, requests/s and the ratio (target >= 0.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+import urllib3
+
+from tests.forge import Forge, RepoSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_bulkbackup(env: dict[str, str], procs: int) -> float:
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "bulkbackup", "run", "--procs", str(procs),
+                           "--no-stats"], env=env, cwd=ROOT, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.exit(f"bulkbackup run failed: {proc.stderr}")
+    print(f"    {proc.stderr.strip().splitlines()[-1]}")
+    return elapsed
+
+
+def raw_git(urls: list[str], work: Path, procs: int) -> float:
+    script = ('set -e; d=$(mktemp -d -p "$0"); git clone --mirror -q "$1" "$d/m.git"; '
+              'git -C "$d/m.git" bundle create -q "$d/x.bundle" --all; '
+              'git -C "$d/m.git" archive --format=zip -o "$d/x.zip" HEAD; rm -rf "$d/m.git"')
+    started = time.perf_counter()
+    subprocess.run(["xargs", "-P", str(procs), "-n", "1", "sh", "-c", script, str(work)],
+                   input="\n".join(urls).encode(), check=True)
+    return time.perf_counter() - started
+
+
+def _client(url: str, logins: list[str], out: mp.Queue[int]) -> None:
+    http = urllib3.PoolManager(maxsize=1)
+    for login in logins:
+        http.request("GET", f"{url}/users/{login}/repos?per_page=100&type=owner")
+    out.put(len(logins))
+
+
+def forge_rate(url: str, logins: list[str], procs: int) -> float:
+    """The forge's own request rate for the listing call, P clients with keep-alive."""
+    q: mp.Queue[int] = mp.Queue()
+    parts = [logins[i::procs] for i in range(procs)]
+    started = time.perf_counter()
+    ps = [mp.Process(target=_client, args=(url, part, q)) for part in parts]
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join()
+    return sum(q.get() for _ in ps) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--procs", type=int, default=4)
+    ap.add_argument("--users", type=int, default=100)
+    ap.add_argument("--repos", type=int, default=3)
+    ap.add_argument("--empty-users", type=int, default=20_000)
+    ap.add_argument("--tmp", help="where the store and work files go (default: the temp dir)")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-run-", dir=args.tmp))
+    port = free_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly",
+                               "no", "--dir", str(tmp)], stdout=subprocess.DEVNULL)
+    r = redis.Redis(port=port)
+    cfg = tmp / "config.yaml"
+    cfg.write_text("{}\n")
+    try:
+        with Forge(tmp / "forge") as forge:
+            env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+                   "BULKBACKUP_CONFIG": str(cfg), "GITHUB_API_URL": forge.url,
+                   "BULKBACKUP_STORE": str(tmp / "store" / "github.com")}
+            time.sleep(0.3)
+            # 1. archive throughput
+            logins = [f"arch{i:04d}" for i in range(args.users)]
+            for login in logins:
+                forge.add_user(login, [RepoSpec(f"r{j}") for j in range(args.repos)])
+            n_repos = args.users * args.repos
+            urls = [f"{forge.url}/{x}/r{j}.git" for x in logins for j in range(args.repos)]
+            work = tmp / "raw"
+            work.mkdir()
+            base_s = raw_git(urls, work, args.procs)
+            r.flushall()
+            r.zadd("tracked", {f"github.com/{x}": float("-inf") for x in logins})
+            ours_s = run_bulkbackup(env, args.procs)
+            print(f"archive: {n_repos} repos, P={args.procs}: raw git + xargs -P "
+                  f"{n_repos / base_s:.1f} repos/s | bulkbackup run {n_repos / ours_s:.1f} "
+                  f"repos/s | ratio {base_s / ours_s:.2f} (target >= 0.8)")
+            # 2. coordination
+            empty = [f"empty{i:06d}" for i in range(args.empty_users)]
+            with forge.lock:
+                for login in empty:
+                    forge.users[login] = []
+            rate = forge_rate(forge.url, empty, args.procs)
+            r.flushall()
+            r.zadd("tracked", {f"github.com/{x}": float("-inf") for x in empty})
+            shutil.rmtree(tmp / "store", ignore_errors=True)
+            ours_s = run_bulkbackup(env, args.procs)
+            users_s = len(empty) / ours_s
+            print(f"coordination: {len(empty)} users without repositories, P={args.procs}: "
+                  f"forge {rate:,.0f} requests/s | bulkbackup run {users_s:,.0f} users/s | "
+                  f"ratio {users_s / rate:.2f} (target >= 0.5)")
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -56,7 +56,11 @@ class RunTotals:
 
 def _context() -> mp.context.ForkServerContext | mp.context.SpawnContext:
     if "forkserver" in mp.get_all_start_methods():
-        return mp.get_context("forkserver")
+        ctx = mp.get_context("forkserver")
+        # Imported once in the fork server, so each worker (and each replacement) starts
+        # without importing boto3, GitPython and redis again.
+        ctx.set_forkserver_preload(["bulkbackup.worker"])
+        return ctx
     return mp.get_context("spawn")
 
 
@@ -110,7 +114,7 @@ def run(settings: Settings, procs: int | None = None, max_users: int | None = No
     fatal = ""
     try:
         while workers:
-            _drain(reports, totals, bar, timeout=0.5)
+            _drain(reports, totals, bar, timeout=0.1)
             if graceful.is_set():
                 hard = signals["count"] > 1 or (
                     time.monotonic() - signals["at"] > settings.run.grace_s)

@@ -185,7 +185,8 @@ class Worker:
 
     def _loop(self, job: UserBackup) -> None:
         remaining: int | None = None
-        idle_wait = min(1.0, self.args.settings.run.lock_ttl_s / 4)
+        # Short: at the end of a run every idle worker waits here for the last users.
+        idle_wait = min(0.25, self.args.settings.run.lock_ttl_s / 8)
         while not self.stop.is_set():
             if not self.queue:
                 claimed, remaining = self._claim(remaining)

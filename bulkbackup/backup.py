@@ -277,6 +277,12 @@ class UserBackup:
         return f"{result.failed} of {result.reported} repositories failed: " + "; ".join(
             result.failures)
 
+    def record_error(self, login: str, error: str, check: Callable[[], None]) -> None:
+        """Record ``error`` on the user's object, keeping its listing and counts."""
+        result = UserResult(login, error=error)
+        check()
+        self._write_user(login, self.store.head(login), None, result, format_rfc3339(now()))
+
     def _write_user(
         self, login: str, previous: Head | None, listing: Listing | None, result: UserResult,
         stamp: str,

@@ -219,14 +219,20 @@ def _iso(epoch: str | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(epoch)))
 
 
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
 def render(report: dict[str, object]) -> str:
-    rows: list[tuple[str, object]] = []
-    for section, values in report.items():
-        assert isinstance(values, dict)
-        for name, value in values.items():
-            rows.append((f"{section}.{name}", "-" if value is None else value))
+    rows = [(f"{section}.{name}", _cell(value))
+            for section, values in report.items() if isinstance(values, dict)
+            for name, value in values.items()]
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v:>}" for k, v in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
 def stats_command(settings: Settings, as_json: bool, write: bool) -> int:

@@ -23,7 +23,7 @@ from typing import TypeVar
 import redis
 
 from bulkbackup import gitops, keys, tracked
-from bulkbackup.backup import UserBackup, work_dir
+from bulkbackup.backup import UserBackup, UserResult, work_dir
 from bulkbackup.config import Settings
 from bulkbackup.errors import BulkbackupError, Interrupted, LockLost
 from bulkbackup.github import GitHub
@@ -229,6 +229,15 @@ class Worker:
             self._give_back(member)
             self.stop.wait(1.0)
             return
+        except Exception as exc:  # one user's bug must not stop the whole run
+            # Given back, it would be claimed again at once, forever; so it completes with
+            # the error recorded on its object, and the next run tries it again.
+            log.exception("%s: internal error", login)
+            result = UserResult(login, error=f"internal error: {type(exc).__name__}")
+            try:
+                job.record_error(login, result.error, lambda: self.keeper.check(member))
+            except BulkbackupError as again:
+                log.warning("%s: could not record the error: %s", login, again)
         self.sizer.observe(time.monotonic() - started)
         rs = self.args.settings.run.redis_retry_s
         counts = result.counts()

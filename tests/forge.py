@@ -214,7 +214,7 @@ class Forge:
                     _git("fast-import", "--quiet", cwd=repo, data=_fast_import_stream(spec))
                 _git("symbolic-ref", "HEAD", f"refs/heads/{spec.default_branch}", cwd=repo)
         pushed = spec.pushed_at or rfc3339(BASE_TIME)
-        base = self.url or "http://forge.invalid"
+        base = "http://forge.invalid"  # replaced by the requested host when served
         return {
             "id": rid, "node_id": f"R_{rid}", "name": spec.name,
             "full_name": f"{login}/{spec.name}", "private": False,
@@ -384,15 +384,18 @@ class _Handler(BaseHTTPRequestHandler):
         per_page = max(1, min(int((query.get("per_page") or ["30"])[0]), 100))
         page = max(1, int((query.get("page") or ["1"])[0]))
         pages = max(1, math.ceil(len(repos) / per_page))
-        for r in repos:  # clone URLs follow the server's address even if built before start
+        # Clone URLs name the host the client asked for (as github.com's do), so clients in
+        # other network namespaces get addresses they can reach.
+        here = f"http://{self.headers.get('Host') or urlsplit(f.url).netloc}"
+        for r in repos:
             for k in ("clone_url", "html_url", "url"):
                 if isinstance(r.get(k), str):
-                    r[k] = r[k].replace("http://forge.invalid", f.url)
+                    r[k] = r[k].replace("http://forge.invalid", here)
         body = json.dumps(repos[(page - 1) * per_page : page * per_page]).encode()
         etag = 'W/"' + hashlib.sha1(body).hexdigest() + '"'
         headers = {**limit_headers, "ETag": etag, "Content-Type": "application/json"}
         if pages > 1:
-            base = f"{f.url}/users/{login}/repos"
+            base = f"{here}/users/{login}/repos"
             extra = {k: v[0] for k, v in query.items() if k != "page"}
 
             def link(p: int, rel: str) -> str:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from bulkbackup.config import Settings
-from bulkbackup.errors import GitError, GitHubError, InvalidName, UsageError, UserGone
+from bulkbackup.errors import GitError, GitHubError, InvalidName, UsageError
 from bulkbackup.github import GitHub, Listing
 from bulkbackup.gitops import GitWork
 from bulkbackup.names import check_login, check_repo_name
@@ -136,12 +136,7 @@ class UserBackup:
         stamp = format_rfc3339(now())
         try:
             listing = self.github.list_repos(login, etags)
-        except UserGone as exc:
-            result.error = str(exc)
-            check()
-            self._write_user(login, previous, None, result, stamp)
-            return
-        except GitHubError as exc:
+        except GitHubError as exc:  # a 404 (UserGone), or the API failing after retries
             result.error = str(exc)
             check()
             self._write_user(login, previous, None, result, stamp)

@@ -180,7 +180,7 @@ def collect(settings: Settings, write: bool, progress: bool = True) -> dict[str,
     finally:
         store.close()
     now = time.time()
-    users = tracked.counts(r, now)
+    users = tracked.counts(r)
     last_run = {str(k): str(v) for k, v in r.hgetall(keys.LAST_RUN).items()}
     report: dict[str, object] = {
         "users": {

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import TypeVar
@@ -147,22 +146,11 @@ def chunks(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
         yield chunk
 
 
-def score_text(score: float) -> str:
-    if math.isinf(score):
-        return "never" if score < 0 else "claimed now"
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(score))
-
-
-def counts(r: redis.Redis, now: float) -> dict[str, int]:
-    """Users tracked, never synced, due (synced before ``now``... never included), claimed."""
+def counts(r: redis.Redis) -> dict[str, int]:
+    """Users tracked, never synced (-inf), and claimed right now (parked at +inf)."""
     pipe = r.pipeline(transaction=False)
     pipe.zcard(keys.TRACKED)
     pipe.zcount(keys.TRACKED, "-inf", "-inf")
-    pipe.zcount(keys.TRACKED, "-inf", f"({now}")
     pipe.zcard(keys.LEASES)
-    tracked, never, due, claimed = pipe.execute()
-    return {"tracked": tracked, "never_synced": never, "due": due, "claimed": claimed}
-
-
-def members_scores(r: redis.Redis, members: Sequence[str]) -> list[float | None]:
-    return [None if s is None else float(s) for s in r.zmscore(keys.TRACKED, list(members))]
+    tracked, never, claimed = pipe.execute()
+    return {"tracked": tracked, "never_synced": never, "claimed": claimed}

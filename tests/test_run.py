@@ -226,3 +226,18 @@ def test_sigterm_stops_within_grace_and_leaves_no_partial_object(
     # Users not finished are due again at once: given back with their old score.
     assert r.zcount("tracked", "+inf", "+inf") == 0
     assert not r.keys("lock:*")
+
+
+def test_run_rebuilds_tracked_from_the_store_when_it_is_missing(
+    run_env: dict[str, str], r: redis.Redis, forge: Forge
+) -> None:
+    forge.add_user("back", [RepoSpec("a")])
+    forge.add_user("again", [])
+    track(r, "back", "again")
+    assert start_run(run_env, "--procs", "1", "--no-stats").wait(120) == 0
+    r.flushall()  # Redis lost everything; the store still has both users
+    proc = start_run(run_env, "--procs", "1", "--no-stats")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "rebuilt 2 users from the store" in err
+    assert r.zcard("tracked") == 2 and "2 users synced" in err

@@ -236,6 +236,7 @@ def test_run_rebuilds_tracked_from_the_store_when_it_is_missing(
     track(r, "back", "again")
     assert start_run(run_env, "--procs", "1", "--no-stats").wait(120) == 0
     r.flushall()  # Redis lost everything; the store still has both users
+    time.sleep(1.1)  # the rebuilt scores (their sync times) must be before this run's start
     proc = start_run(run_env, "--procs", "1", "--no-stats")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err

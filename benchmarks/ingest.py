@@ -1,6 +1,6 @@
 """Ingest throughput against `redis-cli --pipe` loading the same ZADD commands.
 
-    python benchmarks/ingest.py [--users 2000000]
+    python -m benchmarks.ingest [--users 2000000]
 
 Generates a dump (realistic logins, ~0.5% bad lines), starts a private redis-server, loads the
 members with `redis-cli --pipe` (the ceiling: the server itself), flushes, runs
@@ -14,7 +14,6 @@ import argparse
 import os
 import random
 import shutil
-import socket
 import string
 import subprocess
 import sys
@@ -22,13 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import redis_server
+
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def realistic_login(rng: random.Random, i: int) -> str:
@@ -104,41 +100,37 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=2_000_000)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    port = free_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly",
-                               "no", "--dir", str(tmp)], stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    cli = ["redis-cli", "-p", str(port)]
     try:
-        time.sleep(0.5)
-        cfg = tmp / "config.yaml"
-        cfg.write_text("{}\n")
-        env = {**os.environ, "REDIS_URL": url, "BULKBACKUP_CONFIG": str(cfg)}
-        results = {}
-        for n in (args.users // 4, args.users):
-            dump = tmp / f"users-{n}.json"
-            bad = make_dump(dump, n)
-            resp = tmp / f"users-{n}.resp"
-            resp_commands(dump, resp)
-            subprocess.run([*cli, "flushall"], check=True, stdout=subprocess.DEVNULL)
-            base_s, _ = timed_child([*cli, "--pipe"], env, stdin=resp)
-            loaded = int(subprocess.check_output([*cli, "zcard", "tracked"]))
-            subprocess.run([*cli, "flushall"], check=True, stdout=subprocess.DEVNULL)
-            ours_s, rss_kib = timed_child(
-                [sys.executable, "-m", "bulkbackup", "ingest", str(dump)], env)
-            ingested = int(subprocess.check_output([*cli, "zcard", "tracked"]))
-            assert loaded == ingested, (loaded, ingested)
-            results[n] = (base_s, ours_s, rss_kib, bad)
-            print(f"N={n:>9}: redis-cli --pipe {n / base_s:>9,.0f} users/s | "
-                  f"bulkbackup ingest {n / ours_s:>9,.0f} users/s (process start included) | "
-                  f"ratio {base_s / ours_s:.2f} | ingest peak RSS {rss_kib / 1024:.1f} MB | "
-                  f"{bad} bad lines")
-        small, big = results[args.users // 4], results[args.users]
-        print(f"peak RSS N/4 -> N: {small[2] / 1024:.1f} MB -> {big[2] / 1024:.1f} MB")
+        with redis_server(tmp) as port:
+            measure(tmp, port, args.users)
     finally:
-        server.terminate()
-        server.wait()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure(tmp: Path, port: int, users: int) -> None:
+    cli = ["redis-cli", "-p", str(port)]
+    cfg = tmp / "config.yaml"
+    cfg.write_text("{}\n")
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+           "BULKBACKUP_CONFIG": str(cfg)}
+    rss: dict[int, int] = {}
+    for n in (users // 4, users):
+        dump = tmp / f"users-{n}.json"
+        bad = make_dump(dump, n)
+        resp = tmp / f"users-{n}.resp"
+        resp_commands(dump, resp)
+        subprocess.run([*cli, "flushall"], check=True, stdout=subprocess.DEVNULL)
+        base_s, _ = timed_child([*cli, "--pipe"], env, stdin=resp)
+        loaded = int(subprocess.check_output([*cli, "zcard", "tracked"]))
+        subprocess.run([*cli, "flushall"], check=True, stdout=subprocess.DEVNULL)
+        ours_s, rss[n] = timed_child([sys.executable, "-m", "bulkbackup", "ingest", str(dump)], env)
+        ingested = int(subprocess.check_output([*cli, "zcard", "tracked"]))
+        assert loaded == ingested, (loaded, ingested)
+        print(f"N={n:>9}: redis-cli --pipe {n / base_s:>9,.0f} users/s | "
+              f"bulkbackup ingest {n / ours_s:>9,.0f} users/s (process start included) | "
+              f"ratio {base_s / ours_s:.2f} | ingest peak RSS {rss[n] / 1024:.1f} MB | "
+              f"{bad} bad lines")
+    print(f"peak RSS N/4 -> N: {rss[users // 4] / 1024:.1f} MB -> {rss[users] / 1024:.1f} MB")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import argparse
 import multiprocessing as mp
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,15 +26,11 @@ from pathlib import Path
 import redis
 import urllib3
 
+from benchmarks.common import redis_server
 from tests.forge import Forge, RepoSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_bulkbackup(env: dict[str, str], procs: int) -> float:
@@ -88,51 +83,49 @@ def main() -> None:
     ap.add_argument("--tmp", help="where the store and work files go (default: the temp dir)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-run-", dir=args.tmp))
-    port = free_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly",
-                               "no", "--dir", str(tmp)], stdout=subprocess.DEVNULL)
-    r = redis.Redis(port=port)
+    try:
+        with redis_server(tmp) as port, Forge(tmp / "forge") as forge:
+            measure(args, tmp, redis.Redis(port=port), forge)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, tmp: Path, r: redis.Redis, forge: Forge) -> None:
     cfg = tmp / "config.yaml"
     cfg.write_text("{}\n")
-    try:
-        with Forge(tmp / "forge") as forge:
-            env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{port}/0",
-                   "BULKBACKUP_CONFIG": str(cfg), "GITHUB_API_URL": forge.url,
-                   "BULKBACKUP_STORE": str(tmp / "store" / "github.com")}
-            time.sleep(0.3)
-            # 1. archive throughput
-            logins = [f"arch{i:04d}" for i in range(args.users)]
-            for login in logins:
-                forge.add_user(login, [RepoSpec(f"r{j}") for j in range(args.repos)])
-            n_repos = args.users * args.repos
-            urls = [f"{forge.url}/{x}/r{j}.git" for x in logins for j in range(args.repos)]
-            work = tmp / "raw"
-            work.mkdir()
-            base_s = raw_git(urls, work, args.procs)
-            r.flushall()
-            r.zadd("tracked", {f"github.com/{x}": float("-inf") for x in logins})
-            ours_s = run_bulkbackup(env, args.procs)
-            print(f"archive: {n_repos} repos, P={args.procs}: raw git + xargs -P "
-                  f"{n_repos / base_s:.1f} repos/s | bulkbackup run {n_repos / ours_s:.1f} "
-                  f"repos/s | ratio {base_s / ours_s:.2f} (target >= 0.8)")
-            # 2. coordination
-            empty = [f"empty{i:06d}" for i in range(args.empty_users)]
-            with forge.lock:
-                for login in empty:
-                    forge.users[login] = []
-            rate = forge_rate(forge.url, empty, args.procs)
-            r.flushall()
-            r.zadd("tracked", {f"github.com/{x}": float("-inf") for x in empty})
-            shutil.rmtree(tmp / "store", ignore_errors=True)
-            ours_s = run_bulkbackup(env, args.procs)
-            users_s = len(empty) / ours_s
-            print(f"coordination: {len(empty)} users without repositories, P={args.procs}: "
-                  f"forge {rate:,.0f} requests/s | bulkbackup run {users_s:,.0f} users/s | "
-                  f"ratio {users_s / rate:.2f} (target >= 0.5)")
-    finally:
-        server.terminate()
-        server.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+    port = r.connection_pool.connection_kwargs["port"]
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+           "BULKBACKUP_CONFIG": str(cfg), "GITHUB_API_URL": forge.url,
+           "BULKBACKUP_STORE": str(tmp / "store" / "github.com")}
+    # 1. archive throughput
+    logins = [f"arch{i:04d}" for i in range(args.users)]
+    for login in logins:
+        forge.add_user(login, [RepoSpec(f"r{j}") for j in range(args.repos)])
+    n_repos = args.users * args.repos
+    urls = [f"{forge.url}/{x}/r{j}.git" for x in logins for j in range(args.repos)]
+    work = tmp / "raw"
+    work.mkdir()
+    base_s = raw_git(urls, work, args.procs)
+    r.flushall()
+    r.zadd("tracked", {f"github.com/{x}": float("-inf") for x in logins})
+    ours_s = run_bulkbackup(env, args.procs)
+    print(f"archive: {n_repos} repos, P={args.procs}: raw git + xargs -P "
+          f"{n_repos / base_s:.1f} repos/s | bulkbackup run {n_repos / ours_s:.1f} "
+          f"repos/s | ratio {base_s / ours_s:.2f} (target >= 0.8)")
+    # 2. coordination
+    empty = [f"empty{i:06d}" for i in range(args.empty_users)]
+    with forge.lock:
+        for login in empty:
+            forge.users[login] = []
+    rate = forge_rate(forge.url, empty, args.procs)
+    r.flushall()
+    r.zadd("tracked", {f"github.com/{x}": float("-inf") for x in empty})
+    shutil.rmtree(tmp / "store", ignore_errors=True)
+    ours_s = run_bulkbackup(env, args.procs)
+    users_s = len(empty) / ours_s
+    print(f"coordination: {len(empty)} users without repositories, P={args.procs}: "
+          f"forge {rate:,.0f} requests/s | bulkbackup run {users_s:,.0f} users/s | "
+          f"ratio {users_s / rate:.2f} (target >= 0.5)")
 
 
 if __name__ == "__main__":

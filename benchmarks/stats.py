@@ -1,6 +1,6 @@
 """The passes over the whole store: stats and rebuild, per user and per store request.
 
-    python benchmarks/stats.py [--users 100000] [--s3-users 20000]
+    python -m benchmarks.stats [--users 100000] [--s3-users 20000]
 
 Generates a store of U users with 3 repositories each (a small bundle per repository, a zip
 for two of them, every tenth repository an empty zero-byte bundle) directly through the store
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,15 +29,10 @@ from pathlib import Path
 
 import redis
 
+from benchmarks.common import free_port
 from bulkbackup import config, keys, stats
 from bulkbackup.store import open_store
 from bulkbackup.store.base import ERROR, LAST_SYNC, REPORTED_REPOS, SYNCD_REPOS
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str) -> None:

@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from bulkbackup import config
+from tests.forge import Forge
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,6 +77,13 @@ def r(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()
+
+
+@pytest.fixture
+def forge(tmp_path: Path) -> Iterator[Forge]:
+    """The GitHub stand-in, serving the REST API and git over smart HTTP on a free port."""
+    with Forge(tmp_path / "forge") as f:
+        yield f
 
 
 @pytest.fixture(scope="session")

@@ -21,12 +21,6 @@ TOKEN = "ghp_SECRETtoken0123456789abcdefABCDEF0123"
 
 
 @pytest.fixture
-def forge(tmp_path: Path) -> Iterator[Forge]:
-    with Forge(tmp_path / "forge") as f:
-        yield f
-
-
-@pytest.fixture
 def env(clean_env: None, store_url: str, forge: Forge, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GITHUB_API_URL", forge.url)
 

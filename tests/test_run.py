@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,12 +15,6 @@ import redis
 
 from tests.conftest import ROOT
 from tests.forge import Forge, RepoSpec
-
-
-@pytest.fixture
-def forge(tmp_path: Path) -> Iterator[Forge]:
-    with Forge(tmp_path / "forge") as f:
-        yield f
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
 import pytest
@@ -16,12 +15,6 @@ from bulkbackup.store import Store, open_store
 from bulkbackup.timeutil import parse_rfc3339
 from tests.conftest import run_cli
 from tests.forge import Forge, RepoSpec
-
-
-@pytest.fixture
-def forge(tmp_path: Path) -> Iterator[Forge]:
-    with Forge(tmp_path / "forge") as f:
-        yield f
 
 
 @pytest.fixture

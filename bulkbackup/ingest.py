@@ -15,7 +15,6 @@ import os
 import sys
 import time
 import typing
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,14 +154,19 @@ def ingest(
     bar = Progress(total=size, unit="B", desc="ingest", enabled=progress, unit_scale=True)
     try:
         conn.connect()
-        pending: deque[int] = deque()
+        unread = 0  # ZADD commands sent whose replies are not read yet
+
+        def send(batch_logins: list[str]) -> None:
+            nonlocal unread
+            conn.send_packed_command([_pack(batch_logins)], check_health=False)
+            result.accepted += len(batch_logins)
+            unread += 1
 
         def read_reply() -> None:
-            reply = conn.read_response()
-            if isinstance(reply, redis.ResponseError):
-                raise BulkbackupError(f"redis refused ZADD: {reply}")
-            result.new += int(reply)
-            pending.popleft()
+            nonlocal unread
+            # An error reply raises redis.ResponseError, which the CLI reports in one line.
+            result.new += int(conn.read_response())
+            unread -= 1
 
         logins: list[str] = []
         lines = iter(stream) if limit != 0 else iter(())
@@ -173,18 +177,14 @@ def ingest(
             if len(logins) >= batch:
                 # Send now, read the reply later: Redis applies this batch while the next
                 # one is parsed.
-                conn.send_packed_command([_pack(logins)], check_health=False)
-                pending.append(len(logins))
-                result.accepted += len(logins)
+                send(logins)
                 logins = []
-                if len(pending) > depth:
+                if unread > depth:
                     read_reply()
                 bar.set_position(raw.tell() if size is not None else None)
         if logins:
-            conn.send_packed_command([_pack(logins)], check_health=False)
-            pending.append(len(logins))
-            result.accepted += len(logins)
-        while pending:
+            send(logins)
+        while unread:
             read_reply()
         bar.set_position(size)
     except redis.ConnectionError as exc:

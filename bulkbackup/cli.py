@@ -147,3 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bulkbackup: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: still one line, unless debugging
+        if debug:
+            raise
+        from bulkbackup.redact import redact
+
+        print(f"bulkbackup: internal error: {type(exc).__name__}: {redact(str(exc))[:300]} "
+              "(--debug shows the traceback)", file=sys.stderr)
+        return 1

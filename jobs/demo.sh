@@ -4,10 +4,11 @@
 #   GitHub stand-in with sample users, then runs `bulkbackup ingest`, `bulkbackup run --procs 4`
 #   and `bulkbackup stats` into the local store ./backup/github.com, shows what is there, and
 #   restores one repository from its bundle with `git clone`.
+# REDIS_URL and BULKBACKUP_STORE are honoured; BULKBACKUP_DEMO_SKIP_INSTALL=1 skips the pip step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$(pwd)
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
+STORE=${BULKBACKUP_STORE:-./backup/github.com}
 work=$(mktemp -d -t bulkbackup-demo-XXXXXX)
 pids=()
 cleanup() {
@@ -17,8 +18,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== installing bulkbackup"
-python3 -m pip install --quiet --disable-pip-version-check -e . 2>&1 | grep -v "as the 'root' user" || true
+if [ "${BULKBACKUP_DEMO_SKIP_INSTALL:-}" != 1 ]; then
+    echo "== installing bulkbackup"
+    python3 -m pip install --quiet --disable-pip-version-check -e . 2>&1 | grep -v "as the 'root' user" || true
+fi
 
 ping_redis() { python3 -c "import redis,sys; redis.Redis.from_url(sys.argv[1]).ping()" "$REDIS_URL" 2>/dev/null; }
 if ! ping_redis; then
@@ -66,10 +69,10 @@ echo "== bulkbackup show octocat"
 bulkbackup show octocat
 
 echo "== the archives"
-find backup/github.com -maxdepth 2 -type f ! -name '*%*' | sort | head -20
-bundle=$(find backup/github.com/octocat -name '*.bundle' -size +0 | sort | head -n1)
+find "$STORE" -maxdepth 2 -type f ! -name '*%*' | sort | head -20
+bundle=$(find "$STORE/octocat" -name '*.bundle' -size +0 | sort | head -n1)
 echo "== restoring $bundle with git clone"
 git clone --quiet "$bundle" "$work/restored"
 git -C "$work/restored" log --oneline -3
 ls "$work/restored"
-echo "== done: archives are in $ROOT/backup/github.com"
+echo "== done: archives are in $STORE"

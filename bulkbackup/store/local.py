@@ -213,11 +213,16 @@ class LocalStore(Store):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _make_parent(self, dest: Path) -> None:
+        created = not dest.parent.is_dir()
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
             raise StoreError(f"cannot store {self._key_of(dest)!r}: a parent key is an object, "
                              "not a folder") from None
+        if created:
+            # A new user's folder: its own entry must reach the disk too, or a power cut
+            # could lose the folder with every fsynced file in it.
+            self._fsync_dir(dest.parent.parent)
         if dest.is_dir():
             raise StoreError(f"cannot store {self._key_of(dest)!r}: keys exist below it")
 

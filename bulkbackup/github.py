@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import orjson
 import urllib3
@@ -157,16 +157,21 @@ class GitHub:
     def _next_link(self, link: str) -> str | None:
         for url, rel in _LINK.findall(link):
             if rel == "next":
-                parts = urlsplit(url)
-                # Untrusted: never follow (and send a token) to another host.
-                if (parts.scheme, parts.netloc.lower()) != self._origin:
-                    raise GitHubError(f"refusing pagination link to another host: {parts.netloc}")
-                return str(url)
+                return self._same_origin(str(url))
         return None
+
+    def _same_origin(self, url: str) -> str:
+        """Untrusted links (pagination, redirects) are followed, with the token, only on the
+        API's own scheme and host."""
+        parts = urlsplit(url)
+        if (parts.scheme, parts.netloc.lower()) != self._origin:
+            raise GitHubError(f"refusing a link to another host: {parts.netloc[:100]}")
+        return url
 
     def _get(self, url: str, etag: str | None) -> tuple[int, urllib3.HTTPHeaderDict, bytes]:
         """GET with rate-limit waits and bounded retries; returns (status, headers, body)."""
         failures = 0
+        redirects = 0
         while True:
             if self.stop.is_set():
                 raise Interrupted("stopping")
@@ -193,6 +198,11 @@ class GitHub:
                 continue
             if status in (401, 403):
                 raise GitHubError(f"GitHub API refused the request: HTTP {status}")
+            if status in (301, 302, 307, 308) and redirects < 3:
+                # A renamed user: follow, but only on the API's own host (the token goes too).
+                redirects += 1
+                url = self._same_origin(urljoin(url, resp.headers.get("Location", "")))
+                continue
             return status, resp.headers, resp.data
 
     def _rate_limited(self, resp: urllib3.BaseHTTPResponse, index: int) -> bool:

@@ -125,6 +125,8 @@ class Forge:
         self._fail_status = 502
         self._budgets: dict[str, list[float]] = {}  # token -> [remaining, reset_at, full]
         self.require_known_tokens = False
+        self.renamed: dict[str, str] = {}  # old login -> new login: the API answers 301
+        self.link_host: str | None = None  # set: pagination links name this host instead
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._template: Path | None = None
@@ -373,6 +375,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(403, b'{"message": "API rate limit exceeded for user."}',
                            {**limit_headers, "Content-Type": "application/json"})
                 return
+            if login in f.renamed:
+                f.counters["api_301"] += 1
+                self._send(301, b"", {"Location": f"/users/{f.renamed[login]}/repos?"
+                                      + urlencode({k: v[0] for k, v in query.items()})})
+                return
             repos = f.users.get(login)
             if repos is None:
                 f.counters["api_404"] += 1
@@ -395,7 +402,8 @@ class _Handler(BaseHTTPRequestHandler):
         etag = 'W/"' + hashlib.sha1(body).hexdigest() + '"'
         headers = {**limit_headers, "ETag": etag, "Content-Type": "application/json"}
         if pages > 1:
-            base = f"{here}/users/{login}/repos"
+            base = f"http://{f.link_host}" if f.link_host else here
+            base += f"/users/{login}/repos"
             extra = {k: v[0] for k, v in query.items() if k != "page"}
 
             def link(p: int, rel: str) -> str:

@@ -288,3 +288,25 @@ def test_sync_refuses_invalid_logins(env: None) -> None:
     proc = sync("../etc")
     assert proc.returncode == 2
     assert "invalid login" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_renamed_user_redirect_is_followed_on_the_api_host(
+    env: None, forge: Forge, store: Store
+) -> None:
+    forge.add_user("new-name", [RepoSpec("a")])
+    forge.renamed["old-name"] = "new-name"
+    proc = sync("old-name")
+    assert proc.returncode == 0, proc.stderr
+    assert forge.counters["api_301"] == 1
+    head = store.head("old-name/a.bundle")  # kept under the login that is tracked
+    assert head is not None and head.size > 0
+
+
+def test_pagination_to_another_host_is_refused(env: None, forge: Forge, store: Store) -> None:
+    forge.add_user("paged", [RepoSpec(f"r{i}") for i in range(101)])
+    forge.link_host = "evil.example"
+    proc = sync("paged", extra={"GITHUB_TOKEN": TOKEN})
+    assert proc.returncode == 1
+    user = store.head("paged")
+    assert user is not None and "refusing a link to another host" in user.get("Error")
+    assert forge.counters["info_refs"] == 0  # nothing cloned from a half listing

@@ -96,11 +96,15 @@ def run(settings: Settings, procs: int | None = None, max_users: int | None = No
 
     signals = {"count": 0, "at": 0.0}
 
+    def stop_claiming() -> None:
+        if not graceful.is_set():
+            signals["at"] = time.monotonic()
+            graceful.set()
+
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         signals["count"] += 1
         if signals["count"] == 1:
-            signals["at"] = time.monotonic()
-            graceful.set()
+            stop_claiming()
             print(f"bulkbackup: stopping: in-flight users have {settings.run.grace_s:g}s "
                   "to finish (signal again to stop now)", file=sys.stderr)
 
@@ -130,7 +134,7 @@ def run(settings: Settings, procs: int | None = None, max_users: int | None = No
                 restarts = [t for t in restarts if time.monotonic() - t < 60] + [time.monotonic()]
                 if p.exitcode == 3 or len(restarts) > MAX_RESTARTS_PER_MIN:
                     fatal = fatal or f"worker {i} failed (exit {p.exitcode})"
-                    graceful.set()
+                    stop_claiming()  # the others finish their users within the grace period
                     continue
                 log.warning("worker %d died (exit %s); starting a new one", i, p.exitcode)
                 workers[i] = spawn(i)

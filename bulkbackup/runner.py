@@ -9,17 +9,18 @@ again once their locks expire, by this run or the next.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import multiprocessing as mp
 import os
-import queue
 import random
 import signal
 import sys
 import time
 import typing
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
@@ -81,25 +82,31 @@ def run(settings: Settings, procs: int | None = None, max_users: int | None = No
     due = int(r.zcount(keys.TRACKED, "-inf", f"({run_start}"))
     rand = random.SystemRandom().randrange(1, 2**31)
     ctx = _context()
-    reports: mp.Queue[tuple[object, ...]] = ctx.Queue()
-    graceful = ctx.Event()
+    # One pipe per worker, not a shared Queue: a worker killed while holding a shared
+    # queue's write lock would block every other worker's reports, and their exit.
+    readers: dict[int, Connection] = {}
+    # A lock-free shared flag (see Worker._watch_graceful): set once, only by this process.
+    graceful = ctx.RawValue(ctypes.c_bool, False)
     budget = ctx.Value("q", -1 if max_users is None else max_users)
     host = settings.run.worker_host
 
     def spawn(i: int) -> BaseProcess:
         args = WorkerArgs(settings=settings, index=i, worker_id=f"{rand}.{i}.{host}",
                           run_start=run_start, clock_offset_s=offset, procs=procs)
-        p = ctx.Process(target=worker_main, args=(args, reports, graceful, budget),
+        reader, writer = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=worker_main, args=(args, writer, graceful, budget),
                         name=f"bulkbackup-worker-{i}", daemon=False)
         p.start()
+        writer.close()  # the worker holds the only writing end
+        readers[i] = reader
         return typing.cast(BaseProcess, p)
 
     signals = {"count": 0, "at": 0.0}
 
     def stop_claiming() -> None:
-        if not graceful.is_set():
+        if not graceful.value:
             signals["at"] = time.monotonic()
-            graceful.set()
+            graceful.value = True
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         signals["count"] += 1
@@ -118,8 +125,8 @@ def run(settings: Settings, procs: int | None = None, max_users: int | None = No
     fatal = ""
     try:
         while workers:
-            _drain(reports, totals, bar, timeout=0.1)
-            if graceful.is_set():
+            _drain(readers.values(), totals, bar, timeout=0.1)
+            if graceful.value:
                 hard = signals["count"] > 1 or (
                     time.monotonic() - signals["at"] > settings.run.grace_s)
                 if hard:
@@ -129,7 +136,9 @@ def run(settings: Settings, procs: int | None = None, max_users: int | None = No
                     continue
                 p.join()
                 del workers[i]
-                if p.exitcode in (0, None) or graceful.is_set():
+                _drain([readers[i]], totals, bar, timeout=0)  # its last reports
+                readers.pop(i).close()
+                if p.exitcode in (0, None) or graceful.value:
                     continue
                 restarts = [t for t in restarts if time.monotonic() - t < 60] + [time.monotonic()]
                 if p.exitcode == 3 or len(restarts) > MAX_RESTARTS_PER_MIN:
@@ -138,7 +147,7 @@ def run(settings: Settings, procs: int | None = None, max_users: int | None = No
                     continue
                 log.warning("worker %d died (exit %s); starting a new one", i, p.exitcode)
                 workers[i] = spawn(i)
-        _drain(reports, totals, bar, timeout=0.1)
+        _drain(readers.values(), totals, bar, timeout=0)
     finally:
         bar.close()
         for s, h in old.items():
@@ -156,42 +165,48 @@ def run(settings: Settings, procs: int | None = None, max_users: int | None = No
     print(totals.summary(), file=sys.stderr)
     if fatal:
         raise BulkbackupError(f"{fatal}: {totals.failure}" if totals.failure else fatal)
-    if with_stats and not graceful.is_set():
+    if with_stats and not graceful.value:
         from bulkbackup.stats import stats_command
 
         return stats_command(settings, as_json=False, write=True)
     return 0
 
 
-def _drain(reports: mp.Queue[tuple[object, ...]], totals: RunTotals, bar: Progress,
+def _drain(readers: typing.Iterable[Connection], totals: RunTotals, bar: Progress,
            timeout: float) -> None:
-    try:
-        msg = reports.get(timeout=timeout)
-    except queue.Empty:
-        return
-    while True:
-        kind = msg[0]
-        if kind == DONE:
-            _, _, _login, repos, archived, size, error = msg
-            totals.users += 1
-            totals.repos += int(repos)  # type: ignore[call-overload]
-            totals.archived += int(archived)  # type: ignore[call-overload]
-            totals.bytes += int(size)  # type: ignore[call-overload]
-            totals.errors += bool(error)
-            bar.update(1)
-        elif kind == LOST:
-            totals.lost += 1
-        elif kind == GIVEN_BACK:
-            totals.given_back += 1
-        elif kind == FAILED:
-            totals.failure = str(msg[2])
-            log.error("worker %s: %s", msg[1], msg[2])
+    """Count every report waiting on ``readers``, waiting up to ``timeout`` for the first."""
+    conns = list(readers)
+    ready = wait(conns, timeout)
+    for conn in (c for c in conns if c in ready):
+        while True:
+            try:
+                if not conn.poll():
+                    break
+                msg = conn.recv()
+            except (EOFError, OSError):  # the worker has exited; the loop reaps it
+                break
+            _count(typing.cast(tuple[object, ...], msg), totals, bar)
         bar.set_postfix(f"repos={totals.repos} MB={totals.bytes / 1e6:.0f} "
                         f"errors={totals.errors}")
-        try:
-            msg = reports.get_nowait()
-        except queue.Empty:
-            return
+
+
+def _count(msg: tuple[object, ...], totals: RunTotals, bar: Progress) -> None:
+    kind = msg[0]
+    if kind == DONE:
+        _, _, _login, repos, archived, size, error = msg
+        totals.users += 1
+        totals.repos += int(repos)  # type: ignore[call-overload]
+        totals.archived += int(archived)  # type: ignore[call-overload]
+        totals.bytes += int(size)  # type: ignore[call-overload]
+        totals.errors += bool(error)
+        bar.update(1)
+    elif kind == LOST:
+        totals.lost += 1
+    elif kind == GIVEN_BACK:
+        totals.given_back += 1
+    elif kind == FAILED:
+        totals.failure = str(msg[2])
+        log.error("worker %s: %s", msg[1], msg[2])
 
 
 def _stop_now(workers: object) -> None:

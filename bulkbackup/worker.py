@@ -1,11 +1,12 @@
 """One worker process of `bulkbackup run`: claim users in batches, back each up under its lock.
 
 A worker receives settings, never live clients: it builds its own Redis, store and HTTP
-clients. It reports to the parent through a queue and never prints.
+clients. It reports to the parent through its own pipe and never prints.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
@@ -15,9 +16,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.queues import Queue
+from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
-from multiprocessing.synchronize import Event
 from typing import TypeVar
 
 import redis
@@ -99,8 +99,8 @@ def _retrying(what: str, fn: Callable[[], _T], give_up_s: float,
             delay = min(delay * 2, 5.0)
 
 
-def worker_main(args: WorkerArgs, reports: Queue[tuple[object, ...]], graceful: Event,
-                budget: Synchronized[int]) -> None:
+def worker_main(args: WorkerArgs, reports: Connection,
+                graceful: ctypes.c_bool, budget: Synchronized[int]) -> None:
     """Entry point of a worker process."""
     # The parent decides when to stop: a terminal's Ctrl-C reaches the whole process group,
     # and must not cut a user short here. SIGUSR1 is the parent's "stop at once".
@@ -118,13 +118,13 @@ def worker_main(args: WorkerArgs, reports: Queue[tuple[object, ...]], graceful: 
     try:
         Worker(args, reports, graceful, budget).run()
     except BulkbackupError as exc:
-        reports.put((FAILED, args.index, str(exc)))
+        reports.send((FAILED, args.index, str(exc)))
         raise SystemExit(3) from None
 
 
 class Worker:
-    def __init__(self, args: WorkerArgs, reports: Queue[tuple[object, ...]], graceful: Event,
-                 budget: Synchronized[int]) -> None:
+    def __init__(self, args: WorkerArgs, reports: Connection,
+                 graceful: ctypes.c_bool, budget: Synchronized[int]) -> None:
         s = args.settings
         self.args = args
         self.reports = reports
@@ -156,8 +156,11 @@ class Worker:
             store.close()
 
     def _watch_graceful(self) -> None:
-        self.graceful.wait()
-        self.stop.set()
+        # Polled, not a multiprocessing.Event: a process that dies while waiting on one
+        # leaves its Condition expecting a wake-up, and the parent's set() then hangs forever.
+        while not self.stop.wait(0.1):
+            if self.graceful.value:
+                self.stop.set()
 
     def _take_budget(self, n: int) -> int:
         with self.budget.get_lock():
@@ -218,7 +221,7 @@ class Worker:
             result = job.sync(login, check)
         except LockLost:
             self.keeper.drop(member)
-            self.reports.put((LOST, self.args.index, login))
+            self.reports.send((LOST, self.args.index, login))
             return
         except Interrupted:
             self._give_back(member)
@@ -246,9 +249,9 @@ class Worker:
                              threading.Event())
         self.keeper.drop(member)
         if not finished:
-            self.reports.put((LOST, self.args.index, login))
+            self.reports.send((LOST, self.args.index, login))
             return
-        self.reports.put((DONE, self.args.index, login, result.reported, result.archived,
+        self.reports.send((DONE, self.args.index, login, result.reported, result.archived,
                           result.bytes, bool(result.error)))
 
     def _give_back(self, member: str) -> None:
@@ -257,7 +260,7 @@ class Worker:
         except redis.RedisError as exc:
             log.warning("could not give %s back (its lock will expire): %s", member, exc)
         self.keeper.drop(member)
-        self.reports.put((GIVEN_BACK, self.args.index, keys.login_of(member)))
+        self.reports.send((GIVEN_BACK, self.args.index, keys.login_of(member)))
 
     def _give_back_queue(self) -> None:
         while self.queue:

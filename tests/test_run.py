@@ -281,3 +281,19 @@ def _pings(r: redis.Redis) -> bool:
         return bool(r.ping())
     except redis.ConnectionError:
         return False
+
+
+def test_a_store_that_cannot_be_used_fails_the_run_in_one_line(
+    run_env: dict[str, str], r: redis.Redis, s3_endpoint: str, tmp_path: Path
+) -> None:
+    track(r, "someone")
+    cfg = tmp_path / "nobucket.yaml"
+    cfg.write_text("store:\n  create_bucket: false\n")
+    env = {**run_env, **{k: v for k, v in os.environ.items() if k.startswith("AWS_")},
+           "BULKBACKUP_STORE": "s3://no-such-bucket", "BULKBACKUP_CONFIG": str(cfg)}
+    proc = start_run(env, "--procs", "2")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("bulkbackup: error: worker") and "no-such-bucket does not exist" in last
+    assert r.zscore("tracked", "github.com/someone") == float("-inf")  # nothing claimed

@@ -162,18 +162,24 @@ class Worker:
             if self.graceful.value:
                 self.stop.set()
 
+    def _unlimited(self) -> bool:
+        # Read without the lock (-1 never changes): without --max-users no worker ever takes
+        # it, so one killed while holding it cannot block the others.
+        return bool(self.budget.get_obj().value < 0)
+
     def _take_budget(self, n: int) -> int:
+        if self._unlimited():
+            return n
         with self.budget.get_lock():
-            if self.budget.value < 0:  # no --max-users
-                return n
             n = min(n, self.budget.value)
             self.budget.value -= n
             return n
 
     def _return_budget(self, n: int) -> None:
+        if self._unlimited() or n == 0:
+            return
         with self.budget.get_lock():
-            if self.budget.value >= 0:
-                self.budget.value += n
+            self.budget.value += n
 
     def _claim(self, remaining: int | None) -> tuple[list[str], int]:
         want = self._take_budget(self.sizer.size(remaining))
@@ -203,9 +209,10 @@ class Worker:
             self._one(job, self.queue.popleft())
 
     def _drained(self) -> bool:
-        with self.budget.get_lock():
-            if self.budget.value == 0:
-                return True
+        if not self._unlimited():
+            with self.budget.get_lock():
+                if self.budget.value == 0:
+                    return True
         rs = self.args.settings.run.redis_retry_s
         return (_retrying("claim", self.claimer.remaining, rs, self.stop) == 0
                 and _retrying("claim", self.claimer.in_flight, rs, self.stop) == 0)

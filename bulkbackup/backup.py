@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import sys
 import tempfile
@@ -107,8 +108,19 @@ class UserResult:
         return text + (f"; error: {self.error}" if self.error else "")
 
 
+# GitHub's timestamps, e.g. 2026-01-01T00:00:00Z. Anything else from the API is not stored
+# (it would go into metadata, and could exceed the store's limit on every attempt).
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)")
+
+
 def _repo_times(repo: dict[str, Any]) -> tuple[str, str]:
-    return str(repo.get("pushed_at") or ""), str(repo.get("updated_at") or "")
+    """(pushed_at, updated_at); "" for a value that is not a timestamp: such a repository
+    cannot be seen to be unchanged, so it is archived again each pass."""
+    out = []
+    for field_name in ("pushed_at", "updated_at"):
+        value = repo.get(field_name)
+        out.append(value if isinstance(value, str) and _TIMESTAMP.fullmatch(value) else "")
+    return out[0], out[1]
 
 
 class UserBackup:
@@ -186,7 +198,8 @@ class UserBackup:
         pushed, updated = _repo_times(repo)
         head = self.store.head(key) if name in stored else None
         has_archive = head is not None and head.size > 0
-        if head is not None and (head.get(PUSHED_AT), head.get(UPDATED_AT)) == (pushed, updated):
+        if (head is not None and pushed
+                and (head.get(PUSHED_AT), head.get(UPDATED_AT)) == (pushed, updated)):
             if head.size > 0:
                 result.unchanged += 1
             else:

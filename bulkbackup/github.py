@@ -30,6 +30,9 @@ _LINK = re.compile(r'<([^>]+)>\s*;\s*rel="([a-z]+)"')
 PER_PAGE = 100
 # ETags are kept for users with at most this many pages (they live in the user's metadata).
 MAX_ETAG_PAGES = 10
+# What an ETag may look like to be kept (RFC 9110 entity-tag, bounded): it comes from the
+# network and goes into metadata, space-separated, under the store's size limit.
+_ETAG = re.compile(r'(W/)?"[!#-~]{1,80}"')
 
 
 @dataclass
@@ -150,7 +153,7 @@ class GitHub:
         if old and page == len(old) and not out.etags:
             out.not_modified = True
             out.etags = old
-        elif len(out.etags) > MAX_ETAG_PAGES or not all(out.etags):
+        elif len(out.etags) > MAX_ETAG_PAGES or not all(map(_ETAG.fullmatch, out.etags)):
             out.etags = []
         return out
 

@@ -5,8 +5,6 @@ TRACKED = "tracked"
 # Claimed users: lease expiry (server time) and the score each had before its claim.
 LEASES = "bulkbackup:leases"
 CLAIMS = "bulkbackup:claims"
-# Per-user ETag of the repository listing, for conditional requests.
-ETAGS = "bulkbackup:etags"
 # Last SyncdRepos value written per user by the stats pass, so it writes only changes.
 SYNCD = "bulkbackup:syncd"
 # Figures of the last run and the last stats pass (a hash).

@@ -159,6 +159,7 @@ class Forge:
         self.require_known_tokens = False
         self.renamed: dict[str, str] = {}  # old login -> new login: the API answers 301
         self.link_host: str | None = None  # set: pagination links name this host instead
+        self.etag_suffix = ""  # appended inside every listing ETag (a misbehaving server)
         self.build_workers = max(4, os.cpu_count() or 1)
         self._per_repo: Counter[tuple[str, str, str]] = Counter()
         self._stalled: set[tuple[str, str]] = set()
@@ -491,7 +492,7 @@ class _Handler(BaseHTTPRequestHandler):
         netloc = self._netloc()
         chunk = repos[(page - 1) * per_page : page * per_page]
         body = json.dumps(chunk, ensure_ascii=False).replace(PLACEHOLDER, netloc).encode()
-        etag = f'W/"{hashlib.sha1(body).hexdigest()}"'
+        etag = f'W/"{hashlib.sha1(body).hexdigest()}{f.etag_suffix}"'
         headers = {**limits, **_JSON, "ETag": etag, "Cache-Control": "private, max-age=60",
                    "Vary": "Accept, Authorization"}
         if pages > 1:

@@ -310,3 +310,27 @@ def test_pagination_to_another_host_is_refused(env: None, forge: Forge, store: S
     user = store.head("paged")
     assert user is not None and "refusing a link to another host" in user.get("Error")
     assert forge.counters["info_refs"] == 0  # nothing cloned from a half listing
+
+
+def test_api_values_that_cannot_be_metadata_are_not_stored(
+    env: None, forge: Forge, store: Store
+) -> None:
+    # Oversized or malformed values would exceed the store's metadata limit on every attempt,
+    # and the user would never complete: they are dropped, and the user is synced.
+    forge.add_user("odd", [RepoSpec("a")])
+    with forge.lock:
+        entry = forge.users["odd"][0]
+        entry["pushed_at"] = "2026-01-01T00:00:00Z" + "x" * 3000
+        entry["updated_at"] = {"not": "a time"}
+    forge.etag_suffix = "y" * 3000
+    proc = sync("odd")
+    assert proc.returncode == 0, proc.stderr
+    bundle = store.head("odd/a.bundle")
+    assert bundle is not None and bundle.size > 0
+    assert bundle.get("PushedAt") == "" and bundle.get("UpdatedAt") == ""
+    user = store.head("odd")
+    assert user is not None and not user.get("Error") and user.get("ListingETags") == ""
+    forge.reset_counters()
+    assert sync("odd").returncode == 0
+    assert forge.counters["api_304"] == 0  # no ETag was kept to ask with
+    assert forge.counters["info_refs"] == 1  # unknown times: archived again, not "unchanged"

@@ -77,6 +77,7 @@ class RunSettings:
     skip_forks: bool = False
     grace_s: float = 30.0
     redis_retry_s: float = 60.0
+    max_attempts: int = 3
     worker_host: str = field(default_factory=socket.gethostname)
 
 

@@ -7,6 +7,8 @@ LEASES = "bulkbackup:leases"
 CLAIMS = "bulkbackup:claims"
 # Last SyncdRepos value written per user by the stats pass, so it writes only changes.
 SYNCD = "bulkbackup:syncd"
+# Failed attempts (store or Redis errors) per member in the current run; see complete.lua.
+FAILURES = "bulkbackup:failures"
 # Figures of the last run and the last stats pass (a hash).
 LAST_RUN = "bulkbackup:lastrun"
 LAST_STATS = "bulkbackup:laststats"

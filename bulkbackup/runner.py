@@ -28,7 +28,15 @@ from bulkbackup import keys, tracked
 from bulkbackup.config import Settings
 from bulkbackup.errors import BulkbackupError
 from bulkbackup.progress import Progress
-from bulkbackup.worker import DONE, FAILED, GIVEN_BACK, LOST, WorkerArgs, worker_main
+from bulkbackup.worker import (
+    DEFERRED,
+    DONE,
+    FAILED,
+    GIVEN_BACK,
+    LOST,
+    WorkerArgs,
+    worker_main,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,7 @@ class RunTotals:
     errors: int = 0
     lost: int = 0
     given_back: int = 0
+    deferred: int = 0
     elapsed_s: float = 0.0
     failure: str = ""
 
@@ -52,7 +61,8 @@ class RunTotals:
         return (f"run: {self.users} users synced, {self.repos} repositories listed, "
                 f"{self.archived} archived, {self.bytes / 1e6:.1f} MB uploaded, "
                 f"{self.errors} users with errors, {self.lost} locks lost, "
-                f"{self.given_back} given back, {self.elapsed_s:.1f}s, {rate:.1f} users/s")
+                f"{self.given_back} given back, {self.deferred} left for the next run, "
+                f"{self.elapsed_s:.1f}s, {rate:.1f} users/s")
 
 
 def _context() -> mp.context.ForkServerContext | mp.context.SpawnContext:
@@ -160,16 +170,21 @@ def run(settings: Settings, procs: int | None = None, max_users: int | None = No
         "archived": totals.archived, "bytes": totals.bytes, "errors": totals.errors,
         "elapsed_s": round(totals.elapsed_s, 3),
         "users_per_s": round(totals.users / totals.elapsed_s, 3) if totals.elapsed_s else 0,
-        "procs": procs, "host": host,
+        "deferred": totals.deferred, "procs": procs, "host": host,
     })
     print(totals.summary(), file=sys.stderr)
     if fatal:
         raise BulkbackupError(f"{fatal}: {totals.failure}" if totals.failure else fatal)
+    code = 0
     if with_stats and not graceful.value:
         from bulkbackup.stats import stats_command
 
-        return stats_command(settings, as_json=False, write=True)
-    return 0
+        code = stats_command(settings, as_json=False, write=True)
+    if totals.deferred:
+        raise BulkbackupError(
+            f"{totals.deferred} users failed {settings.run.max_attempts} times on store or "
+            "Redis errors and are left for the next run (see the log)")
+    return code
 
 
 def _drain(readers: typing.Iterable[Connection], totals: RunTotals, bar: Progress,
@@ -204,6 +219,8 @@ def _count(msg: tuple[object, ...], totals: RunTotals, bar: Progress) -> None:
         totals.lost += 1
     elif kind == GIVEN_BACK:
         totals.given_back += 1
+    elif kind == DEFERRED:
+        totals.deferred += 1
     elif kind == FAILED:
         totals.failure = str(msg[2])
         log.error("worker %s: %s", msg[1], msg[2])

@@ -88,11 +88,20 @@ class Claimer:
 
         ``counts`` (see stats.UserCounts) is cached for the stats pass in the same call.
         """
-        done = self.scripts.complete(
-            keys=[keys.TRACKED, keys.LEASES, keys.CLAIMS, keys.lock(member), keys.SYNCD],
-            args=[member, self.worker_id, 1 if synced else 0, keys.login_of(member), counts],
-        )
-        return bool(done)
+        return self._complete(member, 1 if synced else 0, counts) != 0
+
+    def fail(self, member: str, max_attempts: int) -> int:
+        """Give back after a failure: 1 retried in this run, 2 deferred to the next run
+        (its ``max_attempts``-th failure in this run), 0 lock lost."""
+        return self._complete(member, 2, "", max_attempts)
+
+    def _complete(self, member: str, mode: int, counts: str, max_attempts: int = 0) -> int:
+        return int(self.scripts.complete(
+            keys=[keys.TRACKED, keys.LEASES, keys.CLAIMS, keys.lock(member), keys.SYNCD,
+                  keys.FAILURES],
+            args=[member, self.worker_id, mode, keys.login_of(member), counts, max_attempts,
+                  self.run_start],
+        ))
 
     def remaining(self) -> int:
         """Users still due in this run (not counting those claimed right now)."""

@@ -39,6 +39,7 @@ _T = TypeVar("_T")
 DONE = "done"      # (DONE, i, login, repos, archived, bytes, error: bool)
 LOST = "lost"      # (LOST, i, login)
 GIVEN_BACK = "back"  # (GIVEN_BACK, i, login)
+DEFERRED = "deferred"  # (DEFERRED, i, login): failed max_attempts times, left for the next run
 FAILED = "failed"  # (FAILED, i, message): the worker gives up (e.g. Redis unreachable)
 
 
@@ -234,9 +235,9 @@ class Worker:
             self._give_back(member)
             return
         except BulkbackupError as exc:
-            # The store or Redis failed for this user: give it back for a later attempt.
-            log.warning("%s: %s", login, exc)
-            self._give_back(member)
+            # The store or Redis failed for this user: give it back for a later attempt, in
+            # this run (an outage passes) or, once it has failed max_attempts times, the next.
+            self._give_back(member, str(exc))
             self.stop.wait(1.0)
             return
         except Exception as exc:  # one user's bug must not stop the whole run
@@ -261,13 +262,25 @@ class Worker:
         self.reports.send((DONE, self.args.index, login, result.reported, result.archived,
                           result.bytes, bool(result.error)))
 
-    def _give_back(self, member: str) -> None:
+    def _give_back(self, member: str, failure: str = "") -> None:
+        login = keys.login_of(member)
+        code = 1
         try:
-            self.claimer.finish(member, False)
+            if failure:
+                code = self.claimer.fail(member, self.args.settings.run.max_attempts)
+            else:
+                self.claimer.finish(member, False)
         except redis.RedisError as exc:
             log.warning("could not give %s back (its lock will expire): %s", member, exc)
         self.keeper.drop(member)
-        self.reports.send((GIVEN_BACK, self.args.index, keys.login_of(member)))
+        if code == 2:
+            log.warning("%s: %s (failed %d times in this run: left for the next run)", login,
+                        failure, self.args.settings.run.max_attempts)
+            self.reports.send((DEFERRED, self.args.index, login))
+            return
+        if failure:
+            log.warning("%s: %s (given back for another attempt)", login, failure)
+        self.reports.send((GIVEN_BACK, self.args.index, login))
 
     def _give_back_queue(self) -> None:
         while self.queue:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -297,3 +298,35 @@ def test_a_store_that_cannot_be_used_fails_the_run_in_one_line(
     last = err.strip().splitlines()[-1]
     assert last.startswith("bulkbackup: error: worker") and "no-such-bucket does not exist" in last
     assert r.zscore("tracked", "github.com/someone") == float("-inf")  # nothing claimed
+
+
+def test_a_user_that_always_fails_is_left_for_the_next_run(
+    run_env: dict[str, str], r: redis.Redis, forge: Forge, tmp_path: Path
+) -> None:
+    # A plain file where the user's folder belongs: every store write for `poison` fails.
+    root = tmp_path / "backup" / "github.com"
+    root.mkdir(parents=True)
+    (root / "poison").write_text("not a folder\n")
+    forge.add_user("poison", [])
+    forge.add_user("fine", [])
+    track(r, "poison", "fine")
+    before = time.time()
+    proc = start_run(run_env, "--procs", "2")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert err.count("given back for another attempt") == 2
+    assert "failed 3 times in this run: left for the next run" in err
+    assert "1 left for the next run" in err
+    assert err.strip().splitlines()[-1] == (
+        "bulkbackup: error: 1 users failed 3 times on store or Redis errors and are left for "
+        "the next run (see the log)")
+    assert all_synced(r, ["fine"], math.floor(before))
+    score = r.zscore("tracked", "github.com/poison")
+    assert score is not None and math.floor(before) - 1 <= score <= time.time()  # the run's start
+    assert r.hlen("bulkbackup:failures") == 0 and r.zcard("bulkbackup:leases") == 0
+    # Not lost: once the store is repaired, the next run syncs it.
+    (root / "poison").unlink()
+    proc = start_run(run_env, "--procs", "2")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert all_synced(r, ["poison"], score + 1)

@@ -1,23 +1,36 @@
 -- Finish a user: record the sync time, only if the lock is still the worker's own.
 -- KEYS[1] tracked   KEYS[2] bulkbackup:leases   KEYS[3] bulkbackup:claims   KEYS[4] lock:<member>
 -- KEYS[5] bulkbackup:syncd (hash: login -> the counts last written to the user's object)
--- ARGV[1] member   ARGV[2] worker id   ARGV[3] 1 = synced (score := now), 0 = give back (score restored)
+-- KEYS[6] bulkbackup:failures (hash: member -> failed attempts in this run)
+-- ARGV[1] member   ARGV[2] worker id
+-- ARGV[3] 1 = synced (score := now), 0 = give back (score restored),
+--         2 = give back after a failure: counted; at ARGV[6] failures, score := ARGV[7]
 -- ARGV[4] login    ARGV[5] counts for KEYS[5] ('' = leave it)
--- Returns 1 when done, 0 when the lock is not ours (nothing changed).
+-- ARGV[6] max attempts   ARGV[7] the run's start (a score due in the next run, not this one)
+-- Returns 0 when the lock is not ours (nothing changed), 1 when done, 2 when deferred to the
+-- next run.
 -- The lock is deleted (compare-and-delete) rather than left to expire, so a user given
 -- back is claimable again at once.
 if redis.call('GET', KEYS[4]) ~= ARGV[2] then return 0 end
 local member = ARGV[1]
+local result = 1
 local score
 if ARGV[3] == '1' then
   local t = redis.call('TIME')
   score = tonumber(t[1])
+  redis.call('HDEL', KEYS[6], member)
 else
   score = redis.call('HGET', KEYS[3], member)
+  if ARGV[3] == '2' and redis.call('HINCRBY', KEYS[6], member, 1) >= tonumber(ARGV[6]) then
+    -- It fails every time: the run must not retry it forever (nor end without it).
+    redis.call('HDEL', KEYS[6], member)
+    score = ARGV[7]
+    result = 2
+  end
 end
 if score then redis.call('ZADD', KEYS[1], 'XX', score, member) end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[5], ARGV[4], ARGV[5]) end
 redis.call('ZREM', KEYS[2], member)
 redis.call('HDEL', KEYS[3], member)
 redis.call('DEL', KEYS[4])
-return 1
+return result

@@ -35,6 +35,9 @@ from bulkbackup.store import open_store
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
+# Longest wait between two users while every attempt fails (see Worker._back_off).
+MAX_BACKOFF_S = 60.0
+
 # Report kinds sent to the parent: (kind, worker index, payload...)
 DONE = "done"      # (DONE, i, login, repos, archived, bytes, error: bool)
 LOST = "lost"      # (LOST, i, login)
@@ -139,6 +142,7 @@ class Worker:
         self.keeper = LockKeeper(self.r, scripts, args.worker_id, s.run.lock_ttl_s)
         self.sizer = BatchSizer(s.run.claim_target_s, s.run.claim_batch_max, args.procs)
         self.queue: deque[str] = deque()
+        self.failures_in_a_row = 0  # store or Redis failures since the last user that worked
 
     def run(self) -> None:
         s = self.args.settings
@@ -238,7 +242,7 @@ class Worker:
             # The store or Redis failed for this user: give it back for a later attempt, in
             # this run (an outage passes) or, once it has failed max_attempts times, the next.
             self._give_back(member, str(exc))
-            self.stop.wait(1.0)
+            self._back_off()
             return
         except Exception as exc:  # one user's bug must not stop the whole run
             # Given back, it would be claimed again at once, forever; so it completes with
@@ -249,6 +253,7 @@ class Worker:
                 job.record_error(login, result.error, lambda: self.keeper.check(member))
             except BulkbackupError as again:
                 log.warning("%s: could not record the error: %s", login, again)
+        self.failures_in_a_row = 0
         self.sizer.observe(time.monotonic() - started)
         rs = self.args.settings.run.redis_retry_s
         counts = result.counts()
@@ -281,6 +286,17 @@ class Worker:
         if failure:
             log.warning("%s: %s (given back for another attempt)", login, failure)
         self.reports.send((GIVEN_BACK, self.args.index, login))
+
+    def _back_off(self) -> None:
+        """After a failure: wait 1, 2, 4 ... up to MAX_BACKOFF_S seconds while failures follow
+        each other. During an outage, each user then costs an attempt every minute rather than
+        every second, so few reach run.max_attempts before the store comes back; the users
+        this process holds go back first, for processes that still succeed."""
+        self.failures_in_a_row += 1
+        delay_s = min(MAX_BACKOFF_S, 2.0 ** (self.failures_in_a_row - 1))
+        if self.failures_in_a_row > 1:
+            self._give_back_queue()
+        self.stop.wait(delay_s)
 
     def _give_back_queue(self) -> None:
         while self.queue:

@@ -86,14 +86,13 @@ def forge(tmp_path: Path) -> Iterator[Forge]:
         yield f
 
 
-@pytest.fixture(scope="session")
-def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real S3 API server process (moto_server) over HTTP; yields its endpoint URL."""
-    port = free_port()
+def start_moto(port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    """A moto_server process on ``port``, answering once this returns."""
     exe = shutil.which("moto_server") or ""
     cmd = [exe] if exe else [sys.executable, "-m", "moto.server"]
-    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
-    proc = subprocess.Popen([*cmd, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen([*cmd, "-H", "127.0.0.1", "-p", str(port)], stdout=log,
+                                stderr=log)
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -101,7 +100,15 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             return True
 
     _wait(up, "moto_server", 60)
-    yield url
+    return proc
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3 API server process (moto_server) over HTTP; yields its endpoint URL."""
+    port = free_port()
+    proc = start_moto(port, tmp_path_factory.mktemp("moto") / "moto.log")
+    yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(10)
 

@@ -11,10 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import boto3
 import pytest
 import redis
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, start_moto
 from tests.forge import Forge, RepoSpec
 
 
@@ -330,3 +331,43 @@ def test_a_user_that_always_fails_is_left_for_the_next_run(
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert all_synced(r, ["poison"], score + 1)
+
+
+def test_a_store_outage_mid_run_passes_and_leaves_no_user_behind(
+    run_env: dict[str, str], r: redis.Redis, forge: Forge, tmp_path: Path
+) -> None:
+    # A private moto_server, so that this test can stop and start it.
+    port = free_port()
+    log = tmp_path / "moto.log"
+    moto = start_moto(port, log)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {**run_env, "AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+           "BULKBACKUP_STORE": "s3://github.com"}
+    env.pop("AWS_ENDPOINT_URL", None)
+    forge.stall_s = 1
+    logins = [f"o{i}" for i in range(8)]
+    for login in logins:
+        forge.add_user(login, [RepoSpec("r", stall=True)])
+    track(r, *logins)
+    start = math.floor(time.time())
+    proc = start_run(env, "--procs", "2", "--no-stats")
+    try:
+        wait_for(lambda: r.zcount("tracked", start, "(inf") >= 1, 60, "a first user")
+        moto.kill()
+        moto.wait(10)
+        wait_for(lambda: r.hlen("bulkbackup:failures") >= 1, 120, "a failed attempt")
+        moto = start_moto(port, log)  # empty again: the bucket is made anew
+        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
+                          aws_secret_access_key="testing", region_name="us-east-1")
+        s3.create_bucket(Bucket="github.com")
+        _, err = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+        moto.terminate()
+        moto.wait(10)
+    assert proc.returncode == 0, err
+    assert "given back for another attempt" in err
+    assert " 0 left for the next run" in err
+    assert all_synced(r, logins, start)
+    assert r.hlen("bulkbackup:failures") == 0

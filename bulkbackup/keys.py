@@ -9,6 +9,10 @@ CLAIMS = "bulkbackup:claims"
 SYNCD = "bulkbackup:syncd"
 # Failed attempts (store or Redis errors) per member in the current run; see complete.lua.
 FAILURES = "bulkbackup:failures"
+# Members a run gave up on after run.max_attempts failures: its claims skip them (a set per
+# run, named by the run's start; it expires).
+DEFERRED_PREFIX = "bulkbackup:deferred:"
+DEFERRED_TTL_S = 7 * 24 * 3600
 # Figures of the last run and the last stats pass (a hash).
 LAST_RUN = "bulkbackup:lastrun"
 LAST_STATS = "bulkbackup:laststats"
@@ -27,3 +31,7 @@ def login_of(member_name: str) -> str:
 
 def lock(member_name: str) -> str:
     return LOCK_PREFIX + member_name
+
+
+def deferred(run_start: float) -> str:
+    return f"{DEFERRED_PREFIX}{int(run_start)}"

@@ -60,6 +60,8 @@ class Claimer:
     run_start: float
     # Server time minus local time: leases are in server time, shared by all machines.
     clock_offset_s: float = 0.0
+    # Members this run gave up on (see complete.lua), as of the last claim.
+    deferred_seen: int = 0
 
     def claim(self, n: int) -> tuple[list[str], int]:
         """(up to ``n`` due users, each now locked for this worker; users still due).
@@ -67,21 +69,33 @@ class Claimer:
         Two round trips: a pipelined read of the candidates (lowest scores below the run's
         start, and expired leases of dead workers), then one script that claims them.
         """
-        now = time.time() + self.clock_offset_s
-        pipe = self.r.pipeline(transaction=False)
-        pipe.zrange(keys.LEASES, "-inf", now, byscore=True, offset=0, num=n)
-        pipe.zrange(keys.TRACKED, "-inf", f"({self.run_start}", byscore=True, offset=0, num=n)
-        pipe.zcount(keys.TRACKED, "-inf", f"({self.run_start}")
-        expired, due, remaining = pipe.execute()
-        candidates = list(dict.fromkeys([*expired, *due]))[:n]
-        if not candidates:
-            return [], int(remaining)
-        result = self.scripts.claim(
-            keys=[keys.TRACKED, keys.LEASES, keys.CLAIMS, *map(keys.lock, candidates)],
-            args=[self.run_start, self.worker_id, self.lock_ttl_s, *candidates],
-        )
-        claimed = [str(m) for m in result]
-        return claimed, max(int(remaining) - len(claimed), 0)
+        deferred = keys.deferred(self.run_start)
+        while True:
+            now = time.time() + self.clock_offset_s
+            skip = self.deferred_seen
+            pipe = self.r.pipeline(transaction=False)
+            pipe.zrange(keys.LEASES, "-inf", now, byscore=True, offset=0, num=n)
+            # Users this run gave up on keep their scores at the front: read past them
+            # (they are few).
+            pipe.zrange(keys.TRACKED, "-inf", f"({self.run_start}", byscore=True, offset=0,
+                        num=n + skip)
+            pipe.zcount(keys.TRACKED, "-inf", f"({self.run_start}")
+            pipe.scard(deferred)
+            expired, due, count, seen = pipe.execute()
+            self.deferred_seen = int(seen)
+            remaining = max(int(count) - self.deferred_seen, 0)
+            candidates = list(dict.fromkeys([*expired, *due]))
+            claimed: list[str] = []
+            if candidates:
+                result = self.scripts.claim(
+                    keys=[keys.TRACKED, keys.LEASES, keys.CLAIMS, deferred,
+                          *map(keys.lock, candidates)],
+                    args=[self.run_start, self.worker_id, self.lock_ttl_s, n, *candidates],
+                )
+                claimed = [str(m) for m in result]
+            if claimed or self.deferred_seen <= skip:
+                return claimed, max(remaining - len(claimed), 0)
+            # More were given up on than this read stepped over: read again, further.
 
     def finish(self, member: str, synced: bool, counts: str = "") -> bool:
         """Synced: score := now. Not synced: the score it had is restored. False: lock lost.
@@ -98,14 +112,19 @@ class Claimer:
     def _complete(self, member: str, mode: int, counts: str, max_attempts: int = 0) -> int:
         return int(self.scripts.complete(
             keys=[keys.TRACKED, keys.LEASES, keys.CLAIMS, keys.lock(member), keys.SYNCD,
-                  keys.FAILURES],
+                  keys.FAILURES, keys.deferred(self.run_start)],
             args=[member, self.worker_id, mode, keys.login_of(member), counts, max_attempts,
-                  self.run_start],
+                  keys.DEFERRED_TTL_S],
         ))
 
     def remaining(self) -> int:
-        """Users still due in this run (not counting those claimed right now)."""
-        return int(self.r.zcount(keys.TRACKED, "-inf", f"({self.run_start}"))
+        """Users still due in this run (not counting those claimed right now, nor those it
+        gave up on)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zcount(keys.TRACKED, "-inf", f"({self.run_start}")
+        pipe.scard(keys.deferred(self.run_start))
+        count, deferred = pipe.execute()
+        return max(int(count) - int(deferred), 0)
 
     def in_flight(self) -> int:
         """Claimed users (anyone's) that were due in this run: the run waits for them."""

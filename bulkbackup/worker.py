@@ -279,7 +279,7 @@ class Worker:
             log.warning("could not give %s back (its lock will expire): %s", member, exc)
         self.keeper.drop(member)
         if code == 2:
-            log.warning("%s: %s (failed %d times in this run: left for the next run)", login,
+            log.warning("%s: %s (failed %d times in a row: left for the next run)", login,
                         failure, self.args.settings.run.max_attempts)
             self.reports.send((DEFERRED, self.args.index, login))
             return

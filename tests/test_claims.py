@@ -51,6 +51,40 @@ def test_complete_and_give_back(r: redis.Redis) -> None:
     assert claimer(r, "2.0.h", start).claim(5) == (["github.com/b"], 0)
 
 
+def test_a_user_failing_max_attempts_times_is_skipped_by_this_run_only(r: redis.Redis) -> None:
+    r.zadd("tracked", {"github.com/bad": -math.inf, "github.com/ok1": 10, "github.com/ok2": 20})
+    start = int(tracked.server_time(r))
+    c = claimer(r, "1.0.h", start)
+    for attempt in (1, 2):
+        assert c.claim(1) == (["github.com/bad"], 2)
+        assert c.fail("github.com/bad", 3) == 1  # given back for another attempt
+        assert r.hget(keys.FAILURES, "github.com/bad") == str(attempt)
+    assert c.claim(1) == (["github.com/bad"], 2)
+    assert c.fail("github.com/bad", 3) == 2  # left for the next run
+    assert r.zscore("tracked", "github.com/bad") == -math.inf  # still its last sync: never
+    assert r.smembers(keys.deferred(start)) == {"github.com/bad"}
+    assert 0 < r.ttl(keys.deferred(start)) <= keys.DEFERRED_TTL_S
+    assert not r.hexists(keys.FAILURES, "github.com/bad")
+    assert c.remaining() == 2
+    # This run steps over it, from any worker; the run can end without it.
+    other = claimer(r, "2.0.h", start)
+    assert other.claim(1) == (["github.com/ok1"], 1)
+    assert c.claim(5) == (["github.com/ok2"], 0)
+    assert c.claim(5) == ([], 0) and c.remaining() == 0
+    # The next run takes it first.
+    assert claimer(r, "3.0.h", start + 1).claim(1)[0] == ["github.com/bad"]
+
+
+def test_success_clears_the_failure_count(r: redis.Redis) -> None:
+    r.zadd("tracked", {"github.com/a": -math.inf})
+    c = claimer(r, "1.0.h", int(tracked.server_time(r)))
+    c.claim(1)
+    assert c.fail("github.com/a", 3) == 1
+    c.claim(1)
+    assert c.finish("github.com/a", True)
+    assert r.hlen(keys.FAILURES) == 0
+
+
 def test_completion_refused_when_the_lock_is_not_ours(r: redis.Redis) -> None:
     r.zadd("tracked", {"github.com/a": -math.inf})
     c = claimer(r, "1.0.h", int(tracked.server_time(r)))

@@ -1,12 +1,14 @@
 -- Finish a user: record the sync time, only if the lock is still the worker's own.
 -- KEYS[1] tracked   KEYS[2] bulkbackup:leases   KEYS[3] bulkbackup:claims   KEYS[4] lock:<member>
 -- KEYS[5] bulkbackup:syncd (hash: login -> the counts last written to the user's object)
--- KEYS[6] bulkbackup:failures (hash: member -> failed attempts in this run)
+-- KEYS[6] bulkbackup:failures (hash: member -> failed attempts since its last sync)
+-- KEYS[7] bulkbackup:deferred:<run start> (set: members this run's claims skip)
 -- ARGV[1] member   ARGV[2] worker id
 -- ARGV[3] 1 = synced (score := now), 0 = give back (score restored),
---         2 = give back after a failure: counted; at ARGV[6] failures, score := ARGV[7]
+--         2 = give back after a failure (score restored, failure counted; at the ARGV[6]th
+--         the member joins KEYS[7] and waits for the next run)
 -- ARGV[4] login    ARGV[5] counts for KEYS[5] ('' = leave it)
--- ARGV[6] max attempts   ARGV[7] the run's start (a score due in the next run, not this one)
+-- ARGV[6] max attempts   ARGV[7] seconds KEYS[7] is kept
 -- Returns 0 when the lock is not ours (nothing changed), 1 when done, 2 when deferred to the
 -- next run.
 -- The lock is deleted (compare-and-delete) rather than left to expire, so a user given
@@ -22,9 +24,11 @@ if ARGV[3] == '1' then
 else
   score = redis.call('HGET', KEYS[3], member)
   if ARGV[3] == '2' and redis.call('HINCRBY', KEYS[6], member, 1) >= tonumber(ARGV[6]) then
-    -- It fails every time: the run must not retry it forever (nor end without it).
+    -- It fails every time: this run must not retry it forever, nor wait for it to end. Its
+    -- score stays its last sync, so `tracked` keeps telling the truth.
     redis.call('HDEL', KEYS[6], member)
-    score = ARGV[7]
+    redis.call('SADD', KEYS[7], member)
+    redis.call('EXPIRE', KEYS[7], ARGV[7])
     result = 2
   end
 end

@@ -106,7 +106,7 @@ class Claimer:
 
     def fail(self, member: str, max_attempts: int) -> int:
         """Give back after a failure: 1 retried in this run, 2 deferred to the next run
-        (its ``max_attempts``-th failure in this run), 0 lock lost."""
+        (its ``max_attempts``-th failure in a row), 0 lock lost."""
         return self._complete(member, 2, "", max_attempts)
 
     def _complete(self, member: str, mode: int, counts: str, max_attempts: int = 0) -> int:
@@ -122,9 +122,13 @@ class Claimer:
         gave up on)."""
         pipe = self.r.pipeline(transaction=False)
         pipe.zcount(keys.TRACKED, "-inf", f"({self.run_start}")
-        pipe.scard(keys.deferred(self.run_start))
+        pipe.smembers(keys.deferred(self.run_start))
         count, deferred = pipe.execute()
-        return max(int(count) - int(deferred), 0)
+        if deferred:
+            # Only those still due: another host's run may have synced one since.
+            scores = self.r.zmscore(keys.TRACKED, list(deferred))
+            count -= sum(1 for s in scores if s is not None and s < self.run_start)
+        return max(int(count), 0)
 
     def in_flight(self) -> int:
         """Claimed users (anyone's) that were due in this run: the run waits for them."""

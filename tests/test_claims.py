@@ -71,6 +71,13 @@ def test_a_user_failing_max_attempts_times_is_skipped_by_this_run_only(r: redis.
     assert other.claim(1) == (["github.com/ok1"], 1)
     assert c.claim(5) == (["github.com/ok2"], 0)
     assert c.claim(5) == ([], 0) and c.remaining() == 0
+    # Synced meanwhile by another host's run: this run no longer counts it as left out.
+    r.zadd("tracked", {"github.com/ok3": 5})
+    assert c.remaining() == 1
+    r.zadd("tracked", {"github.com/bad": start + 1})
+    assert c.remaining() == 1  # `ok3`, which the stale count would have hidden
+    r.zadd("tracked", {"github.com/bad": -math.inf})
+    r.zrem("tracked", "github.com/ok3")
     # The next run takes it first.
     assert claimer(r, "3.0.h", start + 1).claim(1)[0] == ["github.com/bad"]
 

@@ -113,14 +113,14 @@ class UserResult:
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)")
 
 
+def _timestamp(value: object) -> str:
+    return value if isinstance(value, str) and _TIMESTAMP.fullmatch(value) else ""
+
+
 def _repo_times(repo: dict[str, Any]) -> tuple[str, str]:
     """(pushed_at, updated_at); "" for a value that is not a timestamp: such a repository
     cannot be seen to be unchanged, so it is archived again each pass."""
-    out = []
-    for field_name in ("pushed_at", "updated_at"):
-        value = repo.get(field_name)
-        out.append(value if isinstance(value, str) and _TIMESTAMP.fullmatch(value) else "")
-    return out[0], out[1]
+    return _timestamp(repo.get("pushed_at")), _timestamp(repo.get("updated_at"))
 
 
 class UserBackup:

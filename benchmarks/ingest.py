@@ -20,11 +20,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from benchmarks.common import redis_server
+from bulkbackup.testing.services import redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
-
 
 
 def realistic_login(rng: random.Random, i: int) -> str:
@@ -101,8 +101,8 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     try:
-        with redis_server(tmp) as port:
-            measure(tmp, port, args.users)
+        with redis_server(tmp / "redis") as url:
+            measure(tmp, int(urlsplit(url).port or 0), args.users)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

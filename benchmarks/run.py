@@ -26,8 +26,8 @@ from pathlib import Path
 import redis
 import urllib3
 
-from benchmarks.common import redis_server
-from tests.forge import Forge, RepoSpec
+from bulkbackup.testing.forge import Forge, RepoSpec
+from bulkbackup.testing.services import redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,8 +84,8 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-run-", dir=args.tmp))
     try:
-        with redis_server(tmp) as port, Forge(tmp / "forge") as forge:
-            measure(args, tmp, redis.Redis(port=port), forge)
+        with redis_server(tmp / "redis") as url, Forge(tmp / "forge") as forge:
+            measure(args, tmp, redis.Redis.from_url(url), forge)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -19,30 +19,18 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import redis
 
-from benchmarks.common import free_port
 from bulkbackup import config, keys, stats
 from bulkbackup.store import open_store
 from bulkbackup.store.base import ERROR, LAST_SYNC, REPORTED_REPOS, SYNCD_REPOS
-
-
-def wait_http(url: str) -> None:
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"{url} did not come up")
+from bulkbackup.testing.services import free_port, start_moto, start_redis
 
 
 def generate(settings: config.Settings, users: int) -> None:
@@ -112,20 +100,14 @@ def main() -> None:
     ap.add_argument("--s3-users", type=int, default=20_000)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-stats-"))
-    port, s3_port = free_port(), free_port()
-    procs = [
-        subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly",
-                          "no", "--dir", str(tmp)], stdout=subprocess.DEVNULL),
-        subprocess.Popen([shutil.which("moto_server") or "moto_server", "-H", "127.0.0.1",
-                          "-p", str(s3_port)], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL),
-    ]
+    s3_port = free_port()
+    redis_proc, redis_url = start_redis(tmp / "redis")
+    procs = [redis_proc, start_moto(s3_port, tmp / "moto.log")]
     try:
-        wait_http(f"http://127.0.0.1:{s3_port}/moto-api/")
-        r = redis.Redis(port=port, decode_responses=True)
+        r = redis.Redis.from_url(redis_url, decode_responses=True)
         cfg = tmp / "config.yaml"
         cfg.write_text("{}\n")
-        base = {"REDIS_URL": f"redis://127.0.0.1:{port}/0", "BULKBACKUP_CONFIG": str(cfg)}
+        base = {"REDIS_URL": redis_url, "BULKBACKUP_CONFIG": str(cfg)}
         for name, url, users in (("local", str(tmp / "store" / "github.com"), args.users),
                                  ("moto", "s3://github.com", args.s3_users)):
             env = {**base, "BULKBACKUP_STORE": url}

@@ -46,7 +46,7 @@ fi
 python3 -c "import redis,sys; redis.Redis.from_url(sys.argv[1]).set('bulkbackup:demo', 1)" "$REDIS_URL"
 
 echo "== starting the local GitHub stand-in"
-python3 -m tests.forge --root "$work/forge" --port 0 --sample >"$work/forge.out" 2>"$work/forge.err" &
+python3 -m bulkbackup.testing.forge --root "$work/forge" --port 0 --sample >"$work/forge.out" 2>"$work/forge.err" &
 pids+=($!)
 for _ in $(seq 100); do [ -s "$work/forge.out" ] && break; sleep 0.1; done
 export GITHUB_API_URL=$(head -n1 "$work/forge.out")

@@ -15,16 +15,15 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
-import socket
 import string
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import redis
+
+from bulkbackup.testing.services import start_redis
 
 FIRST = ["john", "maria", "alex", "wei", "li", "anna", "david", "sam", "ahmed", "yuki", "olga",
          "carlos", "priya", "tom", "lucas", "emma", "ivan", "chen", "sara", "max", "nina",
@@ -72,12 +71,6 @@ def distinct_logins(n: int, seed: int = 7) -> list[str]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def used_memory(r: redis.Redis) -> int:
     return int(r.info("memory")["used_memory"])
 
@@ -86,9 +79,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=1_000_000)
     n = ap.parse_args().users
-    exe = shutil.which("redis-server")
-    if exe is None:
-        sys.exit("redis-server is not installed")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         logins = distinct_logins(n)
@@ -96,19 +86,9 @@ def main() -> None:
         dump.write_text("".join(f'{{"login": "{x}", "id": {i}}}\n' for i, x in enumerate(logins)))
         empty_config = work / "config.yaml"
         empty_config.write_text("{}\n")
-        port = free_port()
-        server = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                   "--appendonly", "no", "--dir", str(work)],
-                                  stdout=subprocess.DEVNULL)
+        server, url = start_redis(work / "redis")
         try:
-            url = f"redis://127.0.0.1:{port}/0"
             r = redis.Redis.from_url(url)
-            for _ in range(100):
-                try:
-                    r.ping()
-                    break
-                except redis.ConnectionError:
-                    time.sleep(0.05)
             info = r.info("server")
             mean = sum(map(len, logins)) / n
             print(f"redis {info['redis_version']}, {n:,} users, mean login length {mean:.1f} "

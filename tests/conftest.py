@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,47 +14,18 @@ import pytest
 import redis
 
 from bulkbackup import config
-from tests.forge import Forge
+from bulkbackup.testing.forge import Forge
+from bulkbackup.testing.services import free_port, start_moto, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(check: object, what: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            if check():  # type: ignore[operator]
-                return
-        except Exception as exc:
-            last = exc
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} did not start: {last}")
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private redis-server on a free TCP port; yields its URL."""
-    exe = shutil.which("redis-server")
-    if exe is None:
+    if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed (see .ci/run)")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    _wait(client.ping, "redis-server")
-    client.close()
+    proc, url = start_redis(tmp_path_factory.mktemp("redis"))
     yield url
     proc.terminate()
     proc.wait(10)
@@ -84,23 +53,6 @@ def forge(tmp_path: Path) -> Iterator[Forge]:
     """The GitHub stand-in, serving the REST API and git over smart HTTP on a free port."""
     with Forge(tmp_path / "forge") as f:
         yield f
-
-
-def start_moto(port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    """A moto_server process on ``port``, answering once this returns."""
-    exe = shutil.which("moto_server") or ""
-    cmd = [exe] if exe else [sys.executable, "-m", "moto.server"]
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen([*cmd, "-H", "127.0.0.1", "-p", str(port)], stdout=log,
-                                stderr=log)
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        with urllib.request.urlopen(url + "/moto-api/", timeout=2):
-            return True
-
-    _wait(up, "moto_server", 60)
-    return proc
 
 
 @pytest.fixture(scope="session")

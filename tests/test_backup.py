@@ -14,8 +14,8 @@ import pytest
 
 from bulkbackup import config
 from bulkbackup.store import Store, open_store
+from bulkbackup.testing.forge import Forge, RepoSpec
 from tests.conftest import run_cli
-from tests.forge import Forge, RepoSpec
 
 TOKEN = "ghp_SECRETtoken0123456789abcdefABCDEF0123"
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.forge import DEFAULT_FILES, Forge, RepoSpec, make_users
+from bulkbackup.testing.forge import DEFAULT_FILES, Forge, RepoSpec, make_users
 
 ROOT = Path(__file__).resolve().parent.parent
 GIT_ENV = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1",
@@ -422,7 +422,8 @@ def test_make_users_and_quiet_threads(forge: Forge, capfd: pytest.CaptureFixture
 
 
 def test_script_mode_sample_and_sigterm(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.forge", "--root", str(tmp_path),
+    proc = subprocess.Popen([sys.executable, "-m", "bulkbackup.testing.forge",
+                             "--root", str(tmp_path),
                              "--port", "0", "--sample"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:

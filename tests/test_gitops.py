@@ -79,7 +79,7 @@ def test_timeout_kills_the_process_group(tmp_path: Path) -> None:
 def test_token_reaches_git_as_a_header_never_in_the_mirror(tmp_path: Path) -> None:
     import base64
 
-    from tests.forge import Forge, RepoSpec
+    from bulkbackup.testing.forge import Forge, RepoSpec
 
     with Forge(tmp_path / "forge") as forge:
         forge.add_user("octocat", [RepoSpec("a")])

@@ -28,7 +28,7 @@ JOBS = ROOT / "jobs"
 K8S = JOBS / "kubernetes"
 SYSTEMD = JOBS / "systemd"
 DOCKERFILE = JOBS / "Dockerfile"
-DESIGN = ROOT.parent / "shared" / "DESIGN.md"
+DESIGN = ROOT / "docs" / "design.md"
 
 OUR_VAR = re.compile(r"(?:BULKBACKUP|GITHUB|REDIS|AWS)_[A-Z0-9_]+")
 SECRET_VARS = {"GITHUB_TOKEN", "GITHUB_TOKENS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
@@ -330,7 +330,7 @@ def variables_read_by_the_code() -> set[str]:
 
 
 def variables_documented() -> set[str]:
-    """The variable tables of DESIGN.md (when present) and the README, and config.yaml."""
+    """The variable tables of docs/design.md and the README, and config.yaml."""
     names: set[str] = set()
     for doc in (DESIGN, ROOT / "README.md"):
         if doc.exists():

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from bulkbackup.testing.forge import Forge, RepoSpec
 from tests.conftest import ROOT, free_port
-from tests.forge import Forge, RepoSpec
 
 
 @dataclass

@@ -15,8 +15,8 @@ import boto3
 import pytest
 import redis
 
+from bulkbackup.testing.forge import Forge, RepoSpec
 from tests.conftest import ROOT, free_port, start_moto
-from tests.forge import Forge, RepoSpec
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ import redis
 
 from bulkbackup import config
 from bulkbackup.store import Store, open_store
+from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.timeutil import parse_rfc3339
 from tests.conftest import run_cli
-from tests.forge import Forge, RepoSpec
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ It serves `GET /users/<login>/repos` in GitHub's JSON shape (Link pagination, we
 protocol through `git http-backend` (read-only). It counts what it serves so tests can assert
 what was fetched.
 
-    python -m tests.forge --root DIR [--port PORT] [--sample] [--users N --repos M]
+    python -m bulkbackup.testing.forge --root DIR [--port PORT] [--sample] [--users N --repos M]
 """
 
 from __future__ import annotations

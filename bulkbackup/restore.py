@@ -35,7 +35,7 @@ MAX_USER_OBJECT_BYTES = 256 << 20
 MAX_BUNDLE_HEADER_BYTES = 64 << 20
 _SHA = re.compile(rb"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 # Written into a restored repository's config: what it is a restore of (see --force).
-MARKER = "bulkbackup.restoredfrom"
+MARKER = "bulkbackup.restoredFrom"
 
 
 def _key(login: str, repo: str | None = None, ext: str = "") -> str:
@@ -389,14 +389,26 @@ def _restore_repo(store: Store, settings: Settings, login: str, repo: str,
             got_zip = True
         elif opts.with_zip and built.branch is not None:
             raise ArchiveError(f"missing object {archive.zip_key}")
-        if target.exists():
-            os.rename(target, work / "old.git")  # an earlier restore (checked): replaced
-        os.rename(work / "repo.git", target)
+        _swap(work / "repo.git", target, work / "old.git")
         if got_zip:
             os.replace(work / "repo.zip", zip_target)
     return RepoRestore(login, repo, Status.EMPTY if archive.empty_repository else
                        Status.RESTORED, path=target, refs=len(built.refs), branch=built.branch,
                        zip_path=zip_target if got_zip else None)
+
+
+def _swap(new: Path, target: Path, old: Path) -> None:
+    """Move ``new`` to ``target``; an earlier restore there (checked) goes to ``old``, and
+    comes back if the move fails."""
+    replacing = target.exists()
+    if replacing:
+        os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except OSError:
+        if replacing:
+            os.rename(old, target)
+        raise
 
 
 def _check_target(target: Path, login: str, repo: str, force: bool) -> None:

@@ -239,8 +239,8 @@ def save_figures(r: redis.Redis, report: VerifyReport) -> None:
     """The last verify pass's figures (`bulkbackup:lastverify`), for `stats`; totals of all
     passes are kept beside them."""
     totals = report.totals()
-    figures: dict[str, int | float] = {name: totals[name] for name in ("users", "archives", "verified", "failed",
-                                                "no_archive", "elapsed_s")}
+    names = ("users", "archives", "verified", "failed", "no_archive", "elapsed_s")
+    figures: dict[str, int | float] = {name: totals[name] for name in names}
     pipe = r.pipeline(transaction=True)
     figures["at"] = int(time.time())
     pipe.hset(keys.LAST_VERIFY, mapping=figures)  # type: ignore[arg-type]

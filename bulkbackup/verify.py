@@ -21,19 +21,17 @@ from typing import Any
 import redis
 
 from bulkbackup import keys
-from bulkbackup.config import Settings
-from bulkbackup.errors import ArchiveError, InvalidName
-from bulkbackup.names import check_repo_name, is_login
-from bulkbackup.restore import (
-    Built,
-    Git,
+from bulkbackup.archives import (
     RepoArchive,
-    build_mirror,
     download,
     latest_archive,
     listed_branches,
     repositories,
 )
+from bulkbackup.config import Settings
+from bulkbackup.errors import ArchiveError, InvalidName, StoreError
+from bulkbackup.names import check_repo_name, is_login
+from bulkbackup.restore import Built, Git, build_mirror
 from bulkbackup.store import Store
 from bulkbackup.store.base import ERROR, LAST_SYNC, VERIFIED_AT, canonical
 from bulkbackup.timeutil import format_rfc3339, now
@@ -129,11 +127,15 @@ def verify(store: Store, settings: Settings, logins: Iterable[str], work_root: P
 def verify_user(store: Store, settings: Settings, login: str, work_root: Path,
                 progress: bool = True) -> UserVerify:
     user = UserVerify(login)
-    names = repositories(store, login)
-    if not names and store.head(login) is None:
-        user.error = f"user {login} is not in the store"
+    try:
+        names = repositories(store, login)
+        if not names and store.head(login) is None:
+            user.error = f"user {login} is not in the store"
+            return user
+        branches = listed_branches(store, login)
+    except StoreError as exc:
+        user.error = str(exc)
         return user
-    branches = listed_branches(store, login)
     for name in names:
         user.repos.append(verify_repo(store, settings, login, name, branches.get(name),
                                       work_root, progress))
@@ -146,7 +148,7 @@ def verify_repo(store: Store, settings: Settings, login: str, name: str, listed:
     try:
         check_repo_name(name)
         archive = latest_archive(store, login, name)
-    except (ArchiveError, InvalidName) as exc:
+    except (ArchiveError, InvalidName, StoreError) as exc:
         return RepoVerify(name, Outcome.FAILED, str(exc))  # nothing to record it on
     if not archive.parts and archive.error and not archive.error.startswith(VERIFY_FAILED):
         return RepoVerify(name, Outcome.NO_ARCHIVE, archive.error)
@@ -158,9 +160,15 @@ def verify_repo(store: Store, settings: Settings, login: str, name: str, listed:
             result = RepoVerify(name, Outcome.VERIFIED)
         except ArchiveError as exc:
             result = RepoVerify(name, Outcome.FAILED, str(exc))
-        except OSError as exc:  # the scratch disk, not the archive: record nothing
+        except StoreError as exc:  # reading the store failed, not the archive: not recorded
+            return RepoVerify(name, Outcome.FAILED, str(exc))
+        except OSError as exc:  # the scratch disk, not the archive: not recorded
             return RepoVerify(name, Outcome.FAILED, f"{type(exc).__name__}: {exc}")
-    record(store, archive, result)
+    try:
+        record(store, archive, result)
+    except StoreError as exc:
+        return RepoVerify(name, result.outcome, (result.reason + "; " if result.reason else "")
+                          + f"not recorded: {exc}")
     return result
 
 

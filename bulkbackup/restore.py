@@ -7,6 +7,7 @@ temporary directory beside its target and renamed into place only when complete.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import re
@@ -133,6 +134,7 @@ def build_mirror(store: Store, git: Git, archive: RepoArchive, dest: Path, work:
                  listed: str | None, progress: bool = True) -> Built:
     """A bare repository at ``dest`` with exactly the refs of ``archive``; raises ArchiveError
     naming what is wrong (truncated bundle, refs differing from the bundle's header...)."""
+    dest, work = dest.absolute(), work.absolute()  # git runs in other directories
     git("init", "--quiet", "--bare", str(dest), cwd=work)
     header = BundleHeader((), {}, None)
     for part in archive.parts:
@@ -153,8 +155,11 @@ def build_mirror(store: Store, git: Git, archive: RepoArchive, dest: Path, work:
         raise ArchiveError(f"{archive.repo}: restored refs differ from the bundle's header: "
                            + _ref_diff(header.refs, refs))
     branch = choose_branch(refs, header.head, listed)
-    if branch or listed:
-        git("symbolic-ref", "HEAD", f"refs/heads/{branch or listed}", cwd=dest)
+    if branch:
+        git("symbolic-ref", "HEAD", f"refs/heads/{branch}", cwd=dest)
+    elif listed:  # no branch at all: HEAD as GitHub has it, if git accepts the API's name
+        with contextlib.suppress(ArchiveError):
+            git("symbolic-ref", "HEAD", f"refs/heads/{listed}", cwd=dest)
     git("config", MARKER, f"{archive.login}/{archive.repo}", cwd=dest)
     return Built(refs, branch)
 
@@ -242,7 +247,7 @@ def restore_repo(store: Store, settings: Settings, login: str, repo: str,
 
 def _restore_repo(store: Store, settings: Settings, login: str, repo: str,
                   opts: RestoreOptions, listed: str | None) -> RepoRestore:
-    parent = opts.to / login
+    parent = opts.to.absolute() / login
     target = parent / f"{repo}.git"
     zip_target = parent / f"{repo}.zip"
     _check_target(target, login, repo, opts.force)

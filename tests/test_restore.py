@@ -127,6 +127,10 @@ def test_restore_at(env: None, forge: Forge, store: Store, tmp_path: Path) -> No
     assert not (to / "carol" / "r.git").exists()
     proc = run_cli("restore", "carol/r", "--to", str(to), "--at", "2999-01-01T00:00:00+02:00")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The default DIR is the current directory (relative paths work).
+    proc = run_cli("restore", "carol", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert refs_of(tmp_path / "carol" / "r.git") == refs_of(to / "carol" / "r.git")
 
 
 @pytest.mark.parametrize("args", [

@@ -76,6 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("login", metavar="LOGIN")
     s.add_argument("--json", action="store_true", help="print as JSON")
 
+    s = sub.add_parser("restore", help="rebuild bare mirrors from the store alone (no GitHub)")
+    s.add_argument("target", metavar="LOGIN[/REPO]", help="a user (all its repositories) or one")
+    s.add_argument("--to", default=".", metavar="DIR",
+                   help="restore into DIR/<login>/<repo>.git (default: .)")
+    s.add_argument("--at", metavar="TIME", help="the archive as it was at TIME (RFC 3339)")
+    s.add_argument("--zip", action="store_true", help="also fetch the zips, beside the mirrors")
+    s.add_argument("--force", action="store_true",
+                   help="replace an earlier restore of the same repository")
+
+    s = sub.add_parser("verify", help="prove archives restorable; record VerifiedAt or Error")
+    s.add_argument("logins", nargs="*", metavar="LOGIN")
+    s.add_argument("--sample", type=_positive, metavar="N",
+                   help="verify N users drawn at random from the store")
+    s.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+
     sub.add_parser("rebuild", help="rebuild `tracked` from the durable store")
     sub.add_parser("reset", help="set every score to 0: every user is due again")
     return p
@@ -113,6 +128,14 @@ def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:
         from bulkbackup.show import show_command
 
         return show_command(settings, args.login, as_json=args.json)
+    if cmd == "restore":
+        from bulkbackup.restore_command import restore_command
+
+        return restore_command(settings, args.target, args.to, args.at, args.zip, args.force)
+    if cmd == "verify":
+        from bulkbackup.restore_command import verify_command
+
+        return verify_command(settings, args.logins, args.sample, as_json=args.json)
     if cmd == "rebuild":
         from bulkbackup.stats import rebuild_command
 

@@ -53,3 +53,7 @@ class LockLost(BulkbackupError):
 
 class Interrupted(BulkbackupError):
     """The run is stopping (signal): give the user back instead of finishing it."""
+
+
+class ArchiveError(BulkbackupError):
+    """An archive in the store cannot be restored, or failed verification."""

@@ -16,6 +16,8 @@ DEFERRED_TTL_S = 7 * 24 * 3600
 # Figures of the last run and the last stats pass (a hash).
 LAST_RUN = "bulkbackup:lastrun"
 LAST_STATS = "bulkbackup:laststats"
+# Figures of the last verify pass, and totals of all passes (a hash; `stats` reports them).
+LAST_VERIFY = "bulkbackup:lastverify"
 
 MEMBER_PREFIX = HOST + "/"
 LOCK_PREFIX = "lock:"

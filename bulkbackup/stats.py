@@ -200,11 +200,26 @@ def collect(settings: Settings, write: bool, progress: bool = True) -> dict[str,
             "users": int(last_run.get("users", 0)),
             "users_per_s": float(last_run.get("users_per_s", 0.0)),
         },
+        "verify": _last_verify(r),
         "pass": {"syncd_repos_written": totals.written, "store_requests": totals.store_requests,
                  "elapsed_s": round(totals.elapsed_s, 3), "wrote": write},
     }
     r.hset(keys.LAST_STATS, mapping={"at": int(now), "json": orjson.dumps(report)})
     return report
+
+
+def _last_verify(r: redis.Redis) -> dict[str, object]:
+    """The last verify pass's figures, as `verify` kept them (bulkbackup:lastverify): the
+    listing does not carry VerifiedAt, and a HEAD per archive would cost a request each."""
+    last = {str(k): str(v) for k, v in r.hgetall(keys.LAST_VERIFY).items()}
+
+    def num(name: str) -> int:
+        return int(last.get(name, "0") or 0)
+
+    return {"ended_at": _iso(last.get("at")), "users": num("users"),
+            "archives": num("archives"), "verified": num("verified"), "failed": num("failed"),
+            "no_archive": num("no_archive"), "verified_total": num("verified_total"),
+            "failed_total": num("failed_total")}
 
 
 def _due(r: redis.Redis, last_run: dict[str, str]) -> int:

@@ -531,12 +531,36 @@ def quantity_bytes(text: str) -> float:
 
 
 def test_stats_cronjob_runs_daily_one_at_a_time() -> None:
-    (cron,) = [d for _, d in manifests(applied_only=True) if d["kind"] == "CronJob"]
+    cron = by_name("CronJob", "bulkbackup-stats")
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
     minute, hour, day, month, weekday = cron["spec"]["schedule"].split()
     assert (day, month, weekday) == ("*", "*", "*") and minute.isdigit() and hour.isdigit()
     (c,) = [c for c in containers(cron) if is_bulkbackup_image(c["image"])]
     assert build_parser().parse_args(c["args"]).command == "stats"
+
+
+def test_verify_runs_daily_on_a_sample(tmp_path: Path) -> None:
+    settings = configmap_settings(tmp_path)
+    cron = by_name("CronJob", "bulkbackup-verify")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    minute, hour, day, month, weekday = cron["spec"]["schedule"].split()
+    assert (day, month, weekday) == ("*", "*", "*") and minute.isdigit() and hour.isdigit()
+    (c,) = [c for c in containers(cron) if is_bulkbackup_image(c["image"])]
+    ns = build_parser().parse_args(c["args"])
+    assert ns.command == "verify" and ns.sample and not ns.logins
+    (pod,) = pod_specs(cron)
+    mount = next(m for m in c["volumeMounts"] if m["mountPath"] == settings.run.work_dir)
+    work = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    # Bundle + restored repository + zip of the largest repository allowed.
+    assert quantity_bytes(work["emptyDir"]["sizeLimit"]) >= 3 * settings.run.max_repo_kb * 1000
+    service = units()["bulkbackup-verify.service"]["Service"]
+    assert service["Type"] == ["oneshot"]
+    argv = shlex.split(service["ExecStart"][0])
+    assert build_parser().parse_args(argv[1:]).sample
+    assert not PurePosixPath(unit_environment(units()["bulkbackup-verify.service"])["TMPDIR"]
+                             ).is_relative_to("/tmp")
+    timer = units()["bulkbackup-verify.timer"]["Timer"]
+    assert timer["Persistent"] == ["true"] and timer["OnCalendar"]
 
 
 def test_systemd_units_fit_the_settings(tmp_path: Path) -> None:

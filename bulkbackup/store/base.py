@@ -26,6 +26,8 @@ ERROR = "Error"
 # The per-page ETags of the last listing, for conditional requests (not in DESIGN.md's
 # table: an addition, kept in the user object's metadata rather than in Redis memory).
 LISTING_ETAGS = "ListingETags"
+# When `verify` last proved the bundle restorable (RFC 3339 UTC).
+VERIFIED_AT = "VerifiedAt"
 
 # Storj rejects user metadata above 2 KiB; keep a margin for names and encoding.
 METADATA_LIMIT_BYTES = 1900
@@ -53,7 +55,7 @@ class Head:
 
 
 _CANONICAL = {n.lower(): n for n in (LAST_SYNC, SYNCD_REPOS, REPORTED_REPOS, UPDATED_AT,
-                                     PUSHED_AT, ERROR, LISTING_ETAGS)}
+                                     PUSHED_AT, ERROR, LISTING_ETAGS, VERIFIED_AT)}
 
 
 def canonical(metadata: Mapping[str, str]) -> dict[str, str]:

@@ -1,0 +1,323 @@
+"""Rebuild repositories as bare mirrors from the store alone (no GitHub).
+
+Which objects make up an archive is `archives.archive_at`'s answer; `build_mirror` fetches
+each of its bundles in turn. Downloads are streamed to disk; a repository is built in a
+temporary directory beside its target and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import re
+import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from bulkbackup.archives import (
+    RepoArchive,
+    archive_at,
+    download,
+    listed_branches,
+    repositories,
+)
+from bulkbackup.config import Settings
+from bulkbackup.errors import ArchiveError, InvalidName, StoreError
+from bulkbackup.gitops import git_env
+from bulkbackup.names import check_login, check_repo_name
+from bulkbackup.store import Store
+
+MAX_BUNDLE_HEADER_BYTES = 64 << 20
+_SHA = re.compile(rb"[0-9a-f]{40}(?:[0-9a-f]{24})?")
+# Written into a restored repository's config: what it is a restore of (see --force).
+MARKER = "bulkbackup.restoredFrom"
+
+
+# ---------------------------------------------------------------------------------------------
+# Bundles and git
+
+
+@dataclass(frozen=True)
+class BundleHeader:
+    prerequisites: tuple[str, ...]
+    refs: dict[str, str]  # ref name -> object id, HEAD excluded
+    head: str | None  # the object id of HEAD when the bundle records it
+
+
+def read_header(path: Path, key: str) -> BundleHeader:
+    """Parse a bundle's header (v2/v3); a bundle cut short names itself truncated."""
+    prereqs: list[str] = []
+    refs: dict[str, str] = {}
+    head: str | None = None
+    with path.open("rb") as f:
+        first = f.readline(64)
+        if first not in (b"# v2 git bundle\n", b"# v3 git bundle\n"):
+            raise ArchiveError(f"{key}: not a git bundle")
+        while True:
+            line = f.readline(MAX_BUNDLE_HEADER_BYTES)
+            if f.tell() > MAX_BUNDLE_HEADER_BYTES:
+                raise ArchiveError(f"{key}: bundle header above {MAX_BUNDLE_HEADER_BYTES} bytes")
+            if not line.endswith(b"\n"):
+                raise ArchiveError(f"{key}: bundle truncated in its header")
+            if line == b"\n":
+                break
+            if line.startswith(b"@"):
+                continue  # v3 capabilities
+            sha, _, rest = line[:-1].lstrip(b"-").partition(b" ")
+            if not _SHA.fullmatch(sha):
+                raise ArchiveError(f"{key}: corrupt bundle header line {line[:80]!r}")
+            if line.startswith(b"-"):
+                prereqs.append(sha.decode())
+            elif rest == b"HEAD":
+                head = sha.decode()
+            else:
+                refs[rest.decode("utf-8", "replace")] = sha.decode()
+        if f.read(4) != b"PACK":
+            raise ArchiveError(f"{key}: bundle truncated: no pack data after the header")
+    return BundleHeader(tuple(prereqs), refs, head)
+
+
+class Git:
+    """git in a closed environment (no prompts, no user config, local files only), each call
+    bounded by ``run.git_timeout_s`` and killed with its process group on timeout."""
+
+    def __init__(self, settings: Settings, home: Path) -> None:
+        self.timeout_s = settings.run.git_timeout_s
+        self.env = git_env(home, settings.github, None)
+        self.env["GIT_ALLOW_PROTOCOL"] = "file"  # a bundle is fetched as a local file
+
+    def __call__(self, *args: str, cwd: Path) -> str:
+        proc = subprocess.Popen(["git", *args], cwd=cwd, env=self.env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=self.timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise ArchiveError(f"git {args[0]} timed out after {self.timeout_s:g}s") from None
+        if proc.returncode != 0:
+            lines = [ln.strip() for ln in err.decode("utf-8", "replace").splitlines()
+                     if ln.strip()]
+            fatal = [ln for ln in lines if ln.startswith(("fatal:", "error:"))] or lines
+            why = fatal[0] if fatal else f"exit status {proc.returncode}"
+            raise ArchiveError(f"git {args[0]} failed: {why[:300]}")
+        return out.decode("utf-8", "replace")
+
+    def refs(self, repo: Path) -> dict[str, str]:
+        out = self("for-each-ref", "--format=%(objectname) %(refname)", cwd=repo)
+        return {ref: sha for sha, _, ref in (ln.partition(" ") for ln in out.splitlines())}
+
+
+def choose_branch(refs: dict[str, str], head: str | None, listed: str | None) -> str | None:
+    """The default branch: the user object's when the bundle has it, else a branch at the
+    bundle's HEAD, else the first branch (as `sync` chose the branch to zip)."""
+    heads = sorted(r.removeprefix("refs/heads/") for r in refs if r.startswith("refs/heads/"))
+    if listed and listed in heads:
+        return listed
+    at_head = [b for b in heads if head and refs[f"refs/heads/{b}"] == head]
+    choices = at_head or heads
+    return choices[0] if choices else None
+
+
+@dataclass(frozen=True)
+class Built:
+    refs: dict[str, str]
+    branch: str | None
+
+
+def build_mirror(store: Store, git: Git, archive: RepoArchive, dest: Path, work: Path,
+                 listed: str | None, progress: bool = True) -> Built:
+    """A bare repository at ``dest`` with exactly the refs of ``archive``; raises ArchiveError
+    naming what is wrong (truncated bundle, refs differing from the bundle's header...)."""
+    dest, work = dest.absolute(), work.absolute()  # git runs in other directories
+    git("init", "--quiet", "--bare", str(dest), cwd=work)
+    header = BundleHeader((), {}, None)
+    for part in archive.parts:
+        path = work / "part.bundle"
+        download(store, part.key, path, part.size, progress)
+        header = read_header(path, part.key)
+        git("bundle", "verify", "--quiet", str(path), cwd=dest)
+        try:
+            git("fetch", "--quiet", "--prune", "--no-write-fetch-head", str(path),
+                "refs/*:refs/*", cwd=dest)
+        except ArchiveError as exc:
+            if "early EOF" in str(exc) or "premature" in str(exc):
+                raise ArchiveError(f"{part.key}: bundle truncated ({exc})") from None
+            raise ArchiveError(f"{part.key}: bundle unreadable ({exc})") from None
+        path.unlink()
+    refs = git.refs(dest)
+    if refs != header.refs:
+        raise ArchiveError(f"{archive.repo}: restored refs differ from the bundle's header: "
+                           + _ref_diff(header.refs, refs))
+    branch = choose_branch(refs, header.head, listed)
+    if branch:
+        git("symbolic-ref", "HEAD", f"refs/heads/{branch}", cwd=dest)
+    elif listed:  # no branch at all: HEAD as GitHub has it, if git accepts the API's name
+        with contextlib.suppress(ArchiveError):
+            git("symbolic-ref", "HEAD", f"refs/heads/{listed}", cwd=dest)
+    git("config", MARKER, f"{archive.login}/{archive.repo}", cwd=dest)
+    return Built(refs, branch)
+
+
+def _ref_diff(expected: dict[str, str], got: dict[str, str]) -> str:
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    moved = sorted(r for r in set(expected) & set(got) if expected[r] != got[r])
+    parts = [f"{what} {', '.join(refs[:5])}{' ...' if len(refs) > 5 else ''}"
+             for what, refs in (("missing", missing), ("extra", extra), ("moved", moved)) if refs]
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Restore
+
+
+class Status(enum.Enum):
+    RESTORED = "restored"
+    EMPTY = "empty"  # an empty repository: restored as an empty bare repository
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class RepoRestore:
+    login: str
+    repo: str
+    status: Status
+    reason: str = ""
+    path: Path | None = None
+    refs: int = 0
+    branch: str | None = None
+    zip_path: Path | None = None
+
+
+@dataclass
+class RestoreReport:
+    repos: list[RepoRestore] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[RepoRestore]:
+        return [r for r in self.repos if r.status is Status.FAILED]
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    to: Path
+    at: datetime | None = None
+    with_zip: bool = False
+    force: bool = False
+    progress: bool = True
+
+
+def parse_target(text: str) -> tuple[str, str | None]:
+    """`LOGIN` or `LOGIN/REPO`, both validated before they become keys or paths."""
+    login, sep, repo = text.partition("/")
+    return check_login(login), check_repo_name(repo) if sep else None
+
+
+def restore(store: Store, settings: Settings, login: str, repo: str | None,
+            opts: RestoreOptions) -> RestoreReport:
+    """Restore one repository, or every repository stored for ``login``."""
+    names = [repo] if repo is not None else repositories(store, login)
+    report = RestoreReport()
+    if not names:
+        report.repos.append(RepoRestore(login, "*", Status.FAILED,
+                                        f"no archives stored for user {login}"))
+        return report
+    branches = listed_branches(store, login)
+    for name in names:
+        report.repos.append(restore_repo(store, settings, login, name, opts, branches.get(name)))
+    return report
+
+
+def restore_repo(store: Store, settings: Settings, login: str, repo: str,
+                 opts: RestoreOptions, listed: str | None) -> RepoRestore:
+    try:
+        check_repo_name(repo)
+        return _restore_repo(store, settings, login, repo, opts, listed)
+    except (ArchiveError, InvalidName, StoreError) as exc:
+        return RepoRestore(login, repo, Status.FAILED, str(exc))
+    except OSError as exc:
+        return RepoRestore(login, repo, Status.FAILED, f"{type(exc).__name__}: {exc}")
+
+
+def _restore_repo(store: Store, settings: Settings, login: str, repo: str,
+                  opts: RestoreOptions, listed: str | None) -> RepoRestore:
+    parent = opts.to.absolute() / login
+    target = parent / f"{repo}.git"
+    zip_target = parent / f"{repo}.zip"
+    _check_target(target, login, repo, opts.force)
+    archive = archive_at(store, login, repo, opts.at)
+    if not archive.parts and not archive.empty_repository:
+        raise ArchiveError(f"no archive: {archive.error}" if archive.error
+                           else f"{archive.bundle_key} is zero bytes without an Error")
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{repo}.git.restoring-", dir=parent,
+                                     ignore_cleanup_errors=True) as name:
+        work = Path(name)
+        git = Git(settings, work)
+        built = build_mirror(store, git, archive, work / "repo.git", work, listed, opts.progress)
+        got_zip = False
+        if opts.with_zip and archive.has_zip:
+            head = store.head(archive.zip_key)
+            if head is None:
+                raise ArchiveError(f"missing object {archive.zip_key}")
+            download(store, archive.zip_key, work / "repo.zip", head.size, opts.progress)
+            got_zip = True
+        elif opts.with_zip and built.branch is not None:
+            raise ArchiveError(f"missing object {archive.zip_key}")
+        _swap(work / "repo.git", target, work / "old.git")
+        if got_zip:
+            os.replace(work / "repo.zip", zip_target)
+    return RepoRestore(login, repo, Status.EMPTY if archive.empty_repository else
+                       Status.RESTORED, path=target, refs=len(built.refs), branch=built.branch,
+                       zip_path=zip_target if got_zip else None)
+
+
+def _swap(new: Path, target: Path, old: Path) -> None:
+    """Move ``new`` to ``target``; an earlier restore there (checked) goes to ``old``, and
+    comes back if the move fails."""
+    replacing = target.exists()
+    if replacing:
+        os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except OSError:
+        if replacing:
+            os.rename(old, target)
+        raise
+
+
+def _check_target(target: Path, login: str, repo: str, force: bool) -> None:
+    """An existing target is replaced only with --force, and only when it is an earlier
+    restore of this same repository (its config says so): nothing else is ever overwritten."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if not force:
+        raise ArchiveError(f"{target} exists (--force replaces an earlier restore of {login}/"
+                           f"{repo})")
+    config = target / "config"
+    try:
+        text = config.read_text(errors="replace") if config.is_file() else ""
+    except OSError:
+        text = ""
+    if target.is_symlink() or not _restore_of(text, f"{login}/{repo}"):
+        raise ArchiveError(f"{target} exists and is not a restore of {login}/{repo}: "
+                           "not replaced, even with --force")
+
+
+def _restore_of(config_text: str, source: str) -> bool:
+    in_section = False
+    for raw in config_text.splitlines():
+        line = raw.strip()
+        if line.startswith("["):
+            in_section = line.lower() == "[bulkbackup]"
+        elif in_section:
+            name, _, value = line.partition("=")
+            if name.strip().lower() == "restoredfrom" and value.strip() == source:
+                return True
+    return False

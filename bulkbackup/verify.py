@@ -1,0 +1,257 @@
+"""Verify archives: download each one, prove it restores, and record the result on it.
+
+A good archive gets `VerifiedAt`; a bad one gets an `Error` starting with `verify failed:`.
+Verify only ever changes metadata (replace_metadata, keeping the rest): it never deletes or
+replaces an archive's data.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import tempfile
+import time
+import zipfile
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bulkbackup import keys
+from bulkbackup.archives import (
+    RepoArchive,
+    download,
+    latest_archive,
+    listed_branches,
+    repositories,
+)
+from bulkbackup.config import Settings
+from bulkbackup.errors import ArchiveError, InvalidName, StoreError
+from bulkbackup.names import check_repo_name, is_login
+from bulkbackup.restore import Built, Git, build_mirror
+from bulkbackup.store import Store
+from bulkbackup.store.base import ERROR, LAST_SYNC, VERIFIED_AT, canonical
+from bulkbackup.timeutil import format_rfc3339, now
+
+VERIFY_FAILED = "verify failed: "
+
+
+class Outcome(enum.Enum):
+    VERIFIED = "verified"
+    FAILED = "failed"
+    NO_ARCHIVE = "no_archive"  # a zero-byte bundle with its Error: nothing to verify
+
+
+@dataclass(frozen=True)
+class RepoVerify:
+    name: str
+    outcome: Outcome
+    reason: str = ""
+
+
+@dataclass
+class UserVerify:
+    login: str
+    repos: list[RepoVerify] = field(default_factory=list)
+    error: str = ""  # the user itself could not be verified (not in the store)
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for r in self.repos if r.outcome is outcome)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.error) or self.count(Outcome.FAILED) > 0
+
+
+@dataclass
+class VerifyReport:
+    users: list[UserVerify] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return any(u.failed for u in self.users)
+
+    def totals(self) -> dict[str, Any]:
+        return {
+            "users": len(self.users),
+            "users_failed": sum(1 for u in self.users if u.failed),
+            "archives": sum(len(u.repos) for u in self.users),
+            **{o.value: sum(u.count(o) for u in self.users) for o in Outcome},
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "users": [{"login": u.login, "error": u.error or None,
+                       **{o.value: u.count(o) for o in Outcome},
+                       "repositories": [{"name": r.name, "result": r.outcome.value,
+                                         "reason": r.reason or None} for r in u.repos]}
+                      for u in self.users],
+            "totals": self.totals(),
+        }
+
+
+def sample_logins(store: Store, n: int, rng: random.Random | None = None) -> list[str]:
+    """``n`` users drawn uniformly from the top-level listing (reservoir sampling: one pass,
+    memory for ``n`` logins, whatever the size of the store)."""
+    rng = rng or random.SystemRandom()
+    chosen: list[str] = []
+    seen = 0
+    for info in store.list_top():
+        if not is_login(info.key):
+            continue
+        seen += 1
+        if len(chosen) < n:
+            chosen.append(info.key)
+        else:
+            slot = rng.randrange(seen)
+            if slot < n:
+                chosen[slot] = info.key
+    return sorted(chosen)
+
+
+def verify(store: Store, settings: Settings, logins: Iterable[str], work_root: Path,
+           progress: bool = True) -> VerifyReport:
+    started = time.monotonic()
+    report = VerifyReport()
+    for login in logins:
+        report.users.append(verify_user(store, settings, login, work_root, progress))
+    report.elapsed_s = time.monotonic() - started
+    return report
+
+
+def verify_user(store: Store, settings: Settings, login: str, work_root: Path,
+                progress: bool = True) -> UserVerify:
+    user = UserVerify(login)
+    try:
+        names = repositories(store, login)
+        if not names and store.head(login) is None:
+            user.error = f"user {login} is not in the store"
+            return user
+        branches = listed_branches(store, login)
+    except StoreError as exc:
+        user.error = str(exc)
+        return user
+    for name in names:
+        user.repos.append(verify_repo(store, settings, login, name, branches.get(name),
+                                      work_root, progress))
+    return user
+
+
+def verify_repo(store: Store, settings: Settings, login: str, name: str, listed: str | None,
+                work_root: Path, progress: bool = True) -> RepoVerify:
+    """Check one archive and record the result on its bundle."""
+    try:
+        check_repo_name(name)
+        archive = latest_archive(store, login, name)
+    except (ArchiveError, InvalidName, StoreError) as exc:
+        return RepoVerify(name, Outcome.FAILED, str(exc))  # nothing to record it on
+    if not archive.parts and archive.error and not archive.error.startswith(VERIFY_FAILED):
+        return RepoVerify(name, Outcome.NO_ARCHIVE, archive.error)
+    with tempfile.TemporaryDirectory(prefix="verify-", dir=work_root,
+                                     ignore_cleanup_errors=True) as scratch:
+        try:
+            check_archive(store, Git(settings, Path(scratch)), archive, listed, Path(scratch),
+                          progress)
+            result = RepoVerify(name, Outcome.VERIFIED)
+        except ArchiveError as exc:
+            result = RepoVerify(name, Outcome.FAILED, str(exc))
+        except StoreError as exc:  # reading the store failed, not the archive: not recorded
+            return RepoVerify(name, Outcome.FAILED, str(exc))
+        except OSError as exc:  # the scratch disk, not the archive: not recorded
+            return RepoVerify(name, Outcome.FAILED, f"{type(exc).__name__}: {exc}")
+    try:
+        record(store, archive, result)
+    except StoreError as exc:
+        return RepoVerify(name, result.outcome, (result.reason + "; " if result.reason else "")
+                          + f"not recorded: {exc}")
+    return result
+
+
+def check_archive(store: Store, git: Git, archive: RepoArchive, listed: str | None,
+                  work: Path, progress: bool = True) -> None:
+    """Raise ArchiveError naming the first thing wrong with ``archive``."""
+    if not archive.parts:
+        raise ArchiveError(archive.error.removeprefix(VERIFY_FAILED) if archive.error else
+                           f"{archive.bundle_key} is zero bytes without an Error")
+    repo = work / "repo.git"
+    built = build_mirror(store, git, archive, repo, work, listed, progress)
+    git("fsck", "--full", "--no-progress", "--no-dangling", cwd=repo)
+    has_branches = any(r.startswith("refs/heads/") for r in built.refs)
+    if listed and has_branches and f"refs/heads/{listed}" not in built.refs:
+        raise ArchiveError(f"{archive.bundle_key}: the default branch {listed} (user object) "
+                           "is not in the bundle")
+    check_zip(store, archive, built, work, progress)
+
+
+def check_zip(store: Store, archive: RepoArchive, built: Built, work: Path,
+              progress: bool = True) -> None:
+    """The zip opens, every entry reads back, its top folder is `<repo>-<branch>/` and it was
+    made from the bundle's default branch (git archive writes the commit id as its comment)."""
+    key = archive.zip_key
+    if not archive.has_zip:
+        if built.branch is not None:
+            raise ArchiveError(f"missing object {key}")
+        return
+    head = store.head(key)
+    if head is None:
+        raise ArchiveError(f"missing object {key}")
+    path = work / "repo.zip"
+    download(store, key, path, head.size, progress)
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+            names = z.namelist()
+            comment = z.comment.decode("ascii", "replace")
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as exc:
+        raise ArchiveError(f"{key}: not a zip file ({str(exc)[:100]})") from None
+    if bad is not None:
+        raise ArchiveError(f"{key}: corrupt zip entry {bad[:100]!r}")
+    if built.branch is None:
+        raise ArchiveError(f"{key}: a zip is stored but the bundle has no branch")
+    prefix = f"{archive.repo}-{built.branch.replace('/', '-')}/"
+    if not names or not all(n.startswith(prefix) for n in names):
+        raise ArchiveError(f"{key}: top folder is not {prefix}")
+    tip = built.refs[f"refs/heads/{built.branch}"]
+    if comment != tip:
+        raise ArchiveError(f"{key}: made from commit {comment[:12] or '(none)'}, but the "
+                           f"bundle's {built.branch} is at {tip[:12]}")
+
+
+def record(store: Store, archive: RepoArchive, result: RepoVerify) -> bool:
+    """Write the result on the bundle's metadata, keeping the rest. Nothing is written when
+    the bundle changed while it was checked (a sync stored a new archive): False."""
+    fresh = store.head(archive.bundle_key)
+    if fresh is None or (fresh.size, fresh.get(LAST_SYNC)) != (
+            archive.bundle.size, archive.bundle.get(LAST_SYNC)):
+        return False
+    meta = dict(fresh.metadata)
+    error = meta.get(ERROR.lower(), "")
+    if result.outcome is Outcome.VERIFIED:
+        meta[VERIFIED_AT.lower()] = format_rfc3339(now())
+        if error.startswith(VERIFY_FAILED):
+            meta[ERROR.lower()] = ""  # a failure seen earlier (e.g. a store read) is gone
+    else:
+        meta[ERROR.lower()] = VERIFY_FAILED + result.reason
+        if meta[ERROR.lower()] == error:
+            return True
+    store.replace_metadata(archive.bundle_key, canonical(meta))
+    return True
+
+
+def save_figures(r: redis.Redis, report: VerifyReport) -> None:
+    """The last verify pass's figures (`bulkbackup:lastverify`), for `stats`; totals of all
+    passes are kept beside them."""
+    totals = report.totals()
+    names = ("users", "archives", "verified", "failed", "no_archive", "elapsed_s")
+    figures: dict[str, int | float] = {name: totals[name] for name in names}
+    pipe = r.pipeline(transaction=True)
+    figures["at"] = int(time.time())
+    pipe.hset(keys.LAST_VERIFY, mapping=figures)  # type: ignore[arg-type]
+    pipe.hincrby(keys.LAST_VERIFY, "verified_total", totals["verified"])
+    pipe.hincrby(keys.LAST_VERIFY, "failed_total", totals["failed"])
+    pipe.execute()

@@ -1,0 +1,147 @@
+"""`bulkbackup restore`: bare mirrors rebuilt from the store alone, on both stores. The store is
+filled by a real `bulkbackup sync` from the GitHub stand-in, then damaged with the store API."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bulkbackup import config
+from bulkbackup.store import Store, open_store
+from bulkbackup.store.base import canonical
+from tests.conftest import run_cli
+from tests.forge import Forge, RepoSpec
+
+
+@pytest.fixture
+def env(clean_env: None, store_url: str, forge: Forge, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GITHUB_API_URL", forge.url)
+
+
+@pytest.fixture
+def store(env: None) -> Iterator[Store]:
+    s = open_store(config.load().store)
+    yield s
+    s.close()
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                          text=True).stdout
+
+
+def refs_of(repo: Path) -> dict[str, str]:
+    out = git("for-each-ref", "--format=%(objectname) %(refname)", cwd=repo)
+    return {ref: sha for sha, ref in (line.split() for line in out.splitlines())}
+
+
+def synced(forge: Forge, login: str, repos: list[RepoSpec]) -> None:
+    forge.add_user(login, repos)
+    proc = run_cli("sync", login)
+    assert "archived" in proc.stdout, proc.stderr
+
+
+def damage(store: Store, key: str, data: bytes, drop: tuple[str, ...] = ()) -> None:
+    """Replace ``key``'s data, keeping its metadata (but the names in ``drop``)."""
+    head = store.head(key)
+    assert head is not None
+    meta = {k: v for k, v in head.metadata.items() if k not in drop}
+    store.put_bytes(key, data, canonical(meta))
+
+
+def test_restore_user_gives_exact_mirrors_and_zips(env: None, forge: Forge, store: Store,
+                                                   tmp_path: Path) -> None:
+    synced(forge, "octocat", [
+        RepoSpec("Hello-World", branches={"dev": {"d.txt": b"dev\n"}}, tags=["v1.0"]),
+        RepoSpec("trunk", default_branch="trunk", branches={"zz": {"z": b"z\n"}}),
+        RepoSpec("void", empty=True),
+    ])
+    to = tmp_path / "out"
+    proc = run_cli("restore", "octocat", "--to", str(to), "--zip")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 repositories restored, 0 failed" in proc.stderr
+    for name, branch in (("Hello-World", "main"), ("trunk", "trunk")):
+        mirror = to / "octocat" / f"{name}.git"
+        source = forge.root / "git" / "octocat" / f"{name}.git"
+        assert refs_of(mirror) == refs_of(source)
+        assert git("symbolic-ref", "HEAD", cwd=mirror).strip() == f"refs/heads/{branch}"
+        git("fsck", "--full", cwd=mirror)
+        assert "[remote" not in (mirror / "config").read_text()  # the store, not GitHub
+        assert (to / "octocat" / f"{name}.zip").stat().st_size > 0
+    assert {"refs/tags/v1.0", "refs/tags/v1.0-light", "refs/heads/dev"} <= set(
+        refs_of(to / "octocat" / "Hello-World.git"))
+    assert refs_of(to / "octocat" / "void.git") == {}  # the empty repository, as it was
+    # Nothing else is left beside the mirrors (no temporary directories).
+    assert sorted(p.name for p in (to / "octocat").iterdir()) == [
+        "Hello-World.git", "Hello-World.zip", "trunk.git", "trunk.zip", "void.git"]
+
+    # An existing target is kept; --force replaces an earlier restore of the same repository.
+    proc = run_cli("restore", "octocat/trunk", "--to", str(to))
+    assert proc.returncode == 1 and "exists" in proc.stdout and "--force" in proc.stdout
+    proc = run_cli("restore", "octocat/trunk", "--to", str(to), "--force")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # ... and never anything else, even with --force.
+    other = to / "octocat" / "Hello-World.git"
+    git("config", "bulkbackup.restoredfrom", "octocat/trunk", cwd=other)
+    proc = run_cli("restore", "octocat/Hello-World", "--to", str(to), "--force")
+    assert proc.returncode == 1 and "not a restore of octocat/Hello-World" in proc.stdout
+
+
+def test_restore_names_what_cannot_be_restored(env: None, forge: Forge, store: Store,
+                                                tmp_path: Path) -> None:
+    synced(forge, "bob", [RepoSpec("good"), RepoSpec("cut"), RepoSpec("gone", missing=True),
+                          RepoSpec("blank")])
+    data = store.read_bytes("bob/cut.bundle")
+    damage(store, "bob/cut.bundle", data[: len(data) - 300])
+    damage(store, "bob/blank.bundle", b"", drop=("error",))
+    to = tmp_path / "out"
+    proc = run_cli("restore", "bob", "--to", str(to))
+    assert proc.returncode == 1
+    lines = {line.split(":")[0]: line for line in proc.stdout.splitlines()}
+    assert "restored to" in lines["bob/good"]
+    assert "FAILED" in lines["bob/cut"] and "truncated" in lines["bob/cut"]
+    assert "FAILED: no archive: git clone" in lines["bob/gone"]
+    assert "zero bytes without an Error" in lines["bob/blank"]
+    assert "1 repositories restored, 3 failed" in proc.stderr
+    # Never a half-restored repository, nor a temporary directory left behind.
+    assert sorted(p.name for p in (to / "bob").iterdir()) == ["good.git"]
+
+    proc = run_cli("restore", "bob/nothere", "--to", str(to))
+    assert proc.returncode == 1 and "missing object bob/nothere.bundle" in proc.stdout
+    proc = run_cli("restore", "nobody", "--to", str(to))
+    assert proc.returncode == 1 and "no archives stored for user nobody" in proc.stdout
+
+
+def test_restore_at(env: None, forge: Forge, store: Store, tmp_path: Path) -> None:
+    synced(forge, "carol", [RepoSpec("r")])
+    head = store.head("carol/r.bundle")
+    assert head is not None
+    last_sync = head.get("LastSync")
+    to = tmp_path / "out"
+    proc = run_cli("restore", "carol/r", "--to", str(to), "--at", "2000-01-01T00:00:00Z")
+    assert proc.returncode == 1
+    assert f"no archive at 2000-01-01T00:00:00Z: the oldest is {last_sync}" in proc.stdout
+    assert not (to / "carol" / "r.git").exists()
+    proc = run_cli("restore", "carol/r", "--to", str(to), "--at", "2999-01-01T00:00:00+02:00")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The default DIR is the current directory (relative paths work).
+    proc = run_cli("restore", "carol", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert refs_of(tmp_path / "carol" / "r.git") == refs_of(to / "carol" / "r.git")
+
+
+@pytest.mark.parametrize("args", [
+    ["restore", "../etc", "--to", "x"],
+    ["restore", "carol/..", "--to", "x"],
+    ["restore", "carol/a/b"],
+    ["restore", "carol", "--at", "yesterday"],
+    ["restore", "carol", "--at", "2026-01-01"],
+])
+def test_restore_refuses_bad_input(clean_env: None, tmp_path: Path, args: list[str]) -> None:
+    proc = run_cli(*args, env={"BULKBACKUP_STORE": str(tmp_path / "store")}, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("bulkbackup: error:") and len(proc.stderr.splitlines()) == 1
+    assert not (tmp_path / "x").exists()

@@ -12,8 +12,8 @@ import pytest
 from bulkbackup import config
 from bulkbackup.store import Store, open_store
 from bulkbackup.store.base import canonical
+from bulkbackup.testing.forge import Forge, RepoSpec
 from tests.conftest import run_cli
-from tests.forge import Forge, RepoSpec
 
 
 @pytest.fixture

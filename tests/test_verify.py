@@ -17,9 +17,9 @@ import redis
 from bulkbackup import config
 from bulkbackup.store import Store, open_store
 from bulkbackup.store.base import ObjectInfo, canonical
+from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.verify import sample_logins
 from tests.conftest import run_cli
-from tests.forge import Forge, RepoSpec
 
 
 @pytest.fixture

@@ -79,7 +79,10 @@ def git_env(home: Path, gh: GitHubSettings, token: str | None,
     # across versions; "false" gives one invariant instead: git only ever talks to the URL
     # we validated against github.git_host, token or not. The cost: a repository renamed
     # between its listing and its clone fails this pass; the next listing has its new name.
-    config = [("credential.helper", ""), ("core.askPass", ""), ("http.followRedirects", "false")]
+    config = [("credential.helper", ""), ("core.askPass", ""), ("http.followRedirects", "false"),
+              # No automatic gc/maintenance after a fetch: it may detach into its own session,
+              # out of reach of the group kill, and work on a mirror being deleted.
+              ("gc.auto", "0"), ("maintenance.auto", "false")]
     config += _limits(run or RunSettings())
     if token and gh.token_for_git:
         basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
@@ -219,8 +222,6 @@ class GitWork:
             refs, branch = self._inspect(mirror, default_branch)
             if refs == 0:
                 return Archive(bundle=None, zip=None, branch=None, refs=0)
-            if branch is not None:  # the bundle's HEAD (see _mirror)
-                run_git(["symbolic-ref", "HEAD", f"refs/heads/{branch}"], mirror, env, left())
             run_git(["bundle", "create", "--quiet", str(bundle), "--all"], mirror, env, left())
             check()
             if branch is not None:
@@ -253,17 +254,20 @@ class GitWork:
     @staticmethod
     def _inspect(mirror: Path, default_branch: str | None) -> tuple[int, str | None]:
         """(number of refs, the branch to zip): the API's default branch if the mirror has
-        it, else whatever HEAD points to."""
+        it, else whatever HEAD points to, else the first branch. HEAD then points to it, so
+        the bundle's HEAD is the repository's default branch."""
         repo = git.Repo(mirror)
         try:
             refs = [r.path for r in repo.references]
-            heads = {h.name for h in repo.heads}
-            if default_branch and default_branch in heads:
-                return len(refs), default_branch
+            heads = {h.name: h for h in repo.heads}
             try:
                 head = repo.head.reference.name
             except (TypeError, ValueError):
                 head = None
-            return len(refs), head if head in heads else (min(heads) if heads else None)
+            branch = (default_branch if default_branch in heads else head if head in heads
+                      else min(heads) if heads else None)
+            if branch is not None and branch != head:
+                repo.head.reference = heads[branch]
+            return len(refs), branch
         finally:
             repo.close()

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from bulkbackup import config
 from bulkbackup.config import GitHubSettings, RunSettings
-from bulkbackup.errors import GitError
+from bulkbackup.errors import ConfigError, GitError
 from bulkbackup.gitops import Archive, GitWork, git_env, run_git
 from tests.conftest import ROOT
 from tests.forge import Forge, RepoSpec
@@ -153,6 +154,10 @@ def test_bundle_head_is_the_default_branch(forge: Forge, tmp_path: Path) -> None
     assert result.bundle is not None and result.branch in ("aaa", "trunk")
     assert _heads(result.bundle, tmp_path)["HEAD"] == _heads(result.bundle, tmp_path)[
         f"refs/heads/{result.branch}"]
+    forge.add_user("u", [RepoSpec("s", default_branch="release/2")])
+    result = work.archive("u", "s", f"{forge.url}/u/s.git", "release/2", None)
+    assert result.bundle is not None and result.branch == "release/2"
+    assert set(_heads(result.bundle, tmp_path)) == {"HEAD", "refs/heads/release/2"}
 
 
 def test_empty_and_missing_repositories(forge: Forge, tmp_path: Path) -> None:
@@ -183,11 +188,25 @@ def test_git_memory_settings_reach_git(tmp_path: Path) -> None:
     env = git_env(tmp_path, GitHubSettings(), None, run)
     got = {k: run_git(["config", "--get", k], tmp_path, env, 10).strip() for k in (
         "pack.threads", "core.bigFileThreshold", "http.lowSpeedLimit", "http.lowSpeedTime",
-        "pack.windowMemory", "core.deltaBaseCacheLimit", "http.followRedirects")}
+        "pack.windowMemory", "core.deltaBaseCacheLimit", "http.followRedirects", "gc.auto",
+        "maintenance.auto")}
     assert got == {"pack.threads": "2", "core.bigFileThreshold": "8m",
                    "http.lowSpeedLimit": "500", "http.lowSpeedTime": "30",
                    "pack.windowMemory": "256m", "core.deltaBaseCacheLimit": "64m",
-                   "http.followRedirects": "false"}
+                   "http.followRedirects": "false", "gc.auto": "0", "maintenance.auto": "false"}
+    off = git_env(tmp_path, GitHubSettings(), None, RunSettings(git_low_speed_bytes_s=0))
+    assert "http.lowSpeedLimit" not in _config(off)
+
+
+@pytest.mark.parametrize("text", [
+    "run:\n  git_low_speed_bytes_s: -1\n", "run:\n  git_low_speed_time_s: 0\n",
+    "run:\n  git_threads: 0\n", "run:\n  git_big_file_mb: 0\n",
+    "github:\n  allow_http_token: yes-please\n"])
+def test_git_limit_settings_are_validated(tmp_path: Path, text: str) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError):
+        config.load(cfg, {})
 
 
 _ARCHIVE = """

@@ -216,24 +216,24 @@ from bulkbackup.config import GitHubSettings, RunSettings
 from bulkbackup.gitops import GitWork
 url, work, big_mb = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 run = RunSettings(git_timeout_s=120, git_big_file_mb=big_mb)
-result = GitWork(run, GitHubSettings(api_url=url.rsplit("/", 3)[0]), work).archive(
+result = GitWork(run, GitHubSettings(api_url=url.rsplit("/", 2)[0]), work).archive(
     "u", "big", url, "main", None)
 print(result.zip, result.bundle)
 """
 
 
 def test_a_big_file_never_sits_whole_in_gits_memory(forge: Forge, tmp_path: Path) -> None:
-    blob = os.urandom(40 << 20)
+    blob = os.urandom(24 << 20)
     forge.add_user("u", [RepoSpec("big", files={"big.bin": blob})])
     # Every git command (fetch, unpack, bundle, archive) gets a data limit (heap and anonymous
     # memory; not the pack files git maps) well below the file's size.
     shim = tmp_path / "bin"
     shim.mkdir()
     real = shutil.which("git")
-    (shim / "git").write_text(f'#!/bin/sh\nulimit -d {24 << 10}\nexec {real} "$@"\n')
+    (shim / "git").write_text(f'#!/bin/sh\nulimit -d {16 << 10}\nexec {real} "$@"\n')
     (shim / "git").chmod(0o755)
     proc = subprocess.run(
-        [sys.executable, "-c", _ARCHIVE, f"{forge.url}/u/big.git", str(tmp_path / "w"), "8"],
+        [sys.executable, "-c", _ARCHIVE, f"{forge.url}/u/big.git", str(tmp_path / "w"), "4"],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{shim}:{os.environ['PATH']}"})
     assert proc.returncode == 0, proc.stderr[-2000:]

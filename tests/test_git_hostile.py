@@ -282,8 +282,14 @@ def test_sync_interrupted_kills_git_and_removes_its_work_folder(
     cfg.write_text(f"run:\n  work_dir: {work}\n")
     env = {**os.environ, "GITHUB_API_URL": forge.url, "BULKBACKUP_CONFIG": str(cfg),
            "BULKBACKUP_STORE": str(tmp_path / "store")}
-    proc = subprocess.Popen([sys.executable, "-m", "bulkbackup", "sync", "u"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # A SIGINT ignored here (as under `cmd &` in a script) would stay ignored in the child:
+    # a handler (not SIG_IGN) while forking gives the child the default disposition.
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "bulkbackup", "sync", "u"], cwd=ROOT,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    finally:
+        signal.signal(signal.SIGINT, old)
     try:
         _wait_for("git to fetch", lambda: forge.counters["upload_pack"] >= 1
                   and _procs_mentioning(forge.url))

@@ -24,6 +24,7 @@ from bulkbackup.config import Settings
 from bulkbackup.errors import GitError, GitHubError, InvalidName, UsageError
 from bulkbackup.github import GitHub, Listing
 from bulkbackup.gitops import GitWork
+from bulkbackup.interrupts import signals_interrupt
 from bulkbackup.names import check_login, check_repo_name
 from bulkbackup.store import Store, open_store
 from bulkbackup.store.base import (
@@ -342,7 +343,7 @@ def sync_command(settings: Settings, logins: list[str]) -> int:
     github = GitHub(settings.github)
     failed = 0
     try:
-        with work_dir(settings, "sync") as path:
+        with signals_interrupt(), work_dir(settings, "sync") as path:
             job = UserBackup(settings, store, github, GitWork(settings.run, settings.github, path))
             for login in logins:
                 result = job.sync(login)

@@ -48,6 +48,7 @@ class GitHubSettings:
     backoff_s: float = 1.0
     max_rate_wait_s: float = 4000.0
     token_for_git: bool = True
+    allow_http_token: bool = False  # test/dev only: also send git the token over plain http
 
     @property
     def clone_host(self) -> str:
@@ -79,6 +80,10 @@ class RunSettings:
     redis_retry_s: float = 60.0
     max_attempts: int = 3
     worker_host: str = field(default_factory=socket.gethostname)
+    git_low_speed_bytes_s: int = 1000
+    git_low_speed_time_s: int = 120
+    git_threads: int = 1
+    git_big_file_mb: int = 64
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,17 @@ def _validate(s: Settings) -> None:
     host = s.run.worker_host
     if not host or any(c.isspace() for c in host):
         raise ConfigError(f"worker host must be non-empty without spaces: {host!r}")
+    _validate_git_limits(s.run)
+
+
+def _validate_git_limits(run: RunSettings) -> None:
+    if run.git_low_speed_bytes_s < 0 or run.git_low_speed_time_s < 1:
+        raise ConfigError("run.git_low_speed_bytes_s must be at least 0 (0: no limit) and "
+                          "run.git_low_speed_time_s at least 1")
+    if not 1 <= run.git_threads <= 64:
+        raise ConfigError("run.git_threads must be between 1 and 64")
+    if not 1 <= run.git_big_file_mb <= 4096:
+        raise ConfigError("run.git_big_file_mb must be between 1 and 4096")
 
 
 _T = typing.TypeVar("_T")

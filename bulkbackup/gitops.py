@@ -1,8 +1,9 @@
 """Mirror, bundle and zip one repository with git; every git call has a timeout.
 
 GitPython inspects the mirror (refs, default branch) and every `Repo` is closed, or it would
-leave `git cat-file` processes behind. Commands run in their own process group so a timeout
-kills git and its helpers (`git-remote-https`) together; GitPython's clone has no timeout.
+leave `git cat-file` processes behind. Commands run in their own process group so a timeout,
+an interrupt or any other exit kills git and its helpers (`git-remote-https`) together;
+GitPython's clone has no timeout.
 """
 
 from __future__ import annotations
@@ -52,11 +53,13 @@ def kill_all() -> None:
             os.killpg(pgid, signal.SIGKILL)
 
 
-def git_env(home: Path, gh: GitHubSettings, token: str | None) -> dict[str, str]:
-    """A closed environment: no prompts, no credential helpers, no user config, http(s) only.
+def git_env(home: Path, gh: GitHubSettings, token: str | None,
+            run: RunSettings | None = None) -> dict[str, str]:
+    """A closed environment: no prompts, no credential helpers, no user config, http(s) only,
+    git's transfer and memory limits from ``run``.
 
     The token travels as an HTTP header set through GIT_CONFIG_* variables, which git never
-    writes to the repository's config or prints; it is scoped to the clone host.
+    writes to the repository's config or prints; it is scoped to https:// on the clone host.
     """
     env = {k: os.environ[k] for k in _KEEP_ENV if k in os.environ}
     env.update(
@@ -69,10 +72,23 @@ def git_env(home: Path, gh: GitHubSettings, token: str | None) -> dict[str, str]
         SSH_ASKPASS="",
         GCM_INTERACTIVE="never",
     )
-    config = [("credential.helper", ""), ("core.askPass", ""), ("http.followRedirects", "initial")]
+    # Never follow a redirect. git matches `http.<url>.extraHeader` against the URL it was
+    # given, once, and with "initial" it then sends the header to wherever info/refs
+    # redirected (another host included) on every later request. Checking the target
+    # ourselves would mean predicting git's and curl's redirect rules (and http-alternates)
+    # across versions; "false" gives one invariant instead: git only ever talks to the URL
+    # we validated against github.git_host, token or not. The cost: a repository renamed
+    # between its listing and its clone fails this pass; the next listing has its new name.
+    config = [("credential.helper", ""), ("core.askPass", ""), ("http.followRedirects", "false"),
+              # No automatic gc/maintenance after a fetch: it may detach into its own session,
+              # out of reach of the group kill, and work on a mirror being deleted.
+              ("gc.auto", "0"), ("maintenance.auto", "false")]
+    config += _limits(run or RunSettings())
     if token and gh.token_for_git:
         basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
-        for scheme in ("https", "http"):
+        # Plain http:// would show the token to anyone on the path: https only, unless a
+        # test/dev setup says otherwise (its stand-in is http).
+        for scheme in ("https", "http") if gh.allow_http_token else ("https",):
             config.append((f"http.{scheme}://{gh.clone_host}/.extraHeader",
                            f"Authorization: Basic {basic}"))
     env["GIT_CONFIG_COUNT"] = str(len(config))
@@ -82,8 +98,47 @@ def git_env(home: Path, gh: GitHubSettings, token: str | None) -> dict[str, str]
     return env
 
 
-def run_git(args: list[str], cwd: Path, env: dict[str, str], timeout_s: float) -> str:
-    """Run ``git args`` in its own process group; kill the group on timeout."""
+def _limits(run: RunSettings) -> list[tuple[str, str]]:
+    """git's own bounds: a stalled transfer ends, and memory does not grow with the largest
+    file or the number of cores.
+
+    Fetching (index-pack) and bundling (pack-objects) run pack.threads threads, each with its
+    own delta caches (git's default: one per core, so `--procs 32` on 32 cores would be
+    1024 threads); core.bigFileThreshold makes index-pack, pack-objects and archive stream
+    larger blobs instead of holding them whole (GitHub refuses files above 100 MB, but
+    bundles of older history can hold bigger ones). The caches get fixed, modest caps:
+    index-pack's delta bases (core.deltaBaseCacheLimit), pack-objects' delta window and cache
+    (pack.windowMemory, pack.deltaCacheSize), and the pack files mapped at once
+    (core.packedGitLimit, in windows of core.packedGitWindowSize).
+    """
+    limits = [("pack.threads", str(run.git_threads)),
+              ("core.bigFileThreshold", f"{run.git_big_file_mb}m"),
+              ("core.deltaBaseCacheLimit", "64m"), ("pack.windowMemory", "256m"),
+              ("pack.deltaCacheSize", "64m"), ("core.packedGitWindowSize", "32m"),
+              ("core.packedGitLimit", "256m")]
+    if run.git_low_speed_bytes_s > 0:  # curl's CURLOPT_LOW_SPEED_LIMIT/_TIME
+        limits += [("http.lowSpeedLimit", str(run.git_low_speed_bytes_s)),
+                   ("http.lowSpeedTime", str(run.git_low_speed_time_s))]
+    return limits
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """Kill git's whole process group (its helpers too) and reap git."""
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGKILL)  # git is its group's leader: the id is still its
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
+    proc.wait()
+
+
+def run_git(args: list[str], cwd: Path, env: dict[str, str], timeout_s: float,
+            what: str = "") -> str:
+    """Run ``git args`` in its own process group; kill the group on a timeout and on any
+    other way out (KeyboardInterrupt, SystemExit, an error while waiting). ``what`` names the
+    step in errors (default: the git command)."""
+    what = what or args[0]
     proc = subprocess.Popen(
         ["git", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
@@ -93,17 +148,26 @@ def run_git(args: list[str], cwd: Path, env: dict[str, str], timeout_s: float) -
     try:
         out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise GitError(f"git {args[0]} timed out after {timeout_s:g}s") from None
+        _kill(proc)
+        raise GitError(f"git {what} timed out after {timeout_s:g}s") from None
+    except BaseException:
+        _kill(proc)
+        raise
     finally:
         with _ACTIVE_MU:
             _ACTIVE.discard(proc.pid)
     if proc.returncode != 0:
-        lines = [ln for ln in err.decode("utf-8", "replace").splitlines() if ln.strip()]
-        why = lines[-1].strip() if lines else f"exit status {proc.returncode}"
-        raise GitError(f"git {args[0]} failed: {redact(why)[:300]}")
+        raise GitError(f"git {what} failed: {redact(_why(err, proc.returncode))[:300]}")
     return out.decode("utf-8", "replace")
+
+
+def _why(err: bytes, status: int) -> str:
+    """The line of git's stderr that says what went wrong: usually the last one."""
+    lines = [ln.strip() for ln in err.decode("utf-8", "replace").splitlines() if ln.strip()]
+    for line in lines:
+        if "Operation too slow" in line:  # curl's low-speed limit: say so plainly
+            return f"stalled: {line}"
+    return lines[-1] if lines else f"exit status {status}"
 
 
 class GitWork:
@@ -143,7 +207,7 @@ class GitWork:
         for stale in (bundle, zipfile):
             stale.unlink(missing_ok=True)
         shutil.rmtree(mirror, ignore_errors=True)
-        env = git_env(self.work_dir, self.gh, token)
+        env = git_env(self.work_dir, self.gh, token, self.run)
         deadline = time.monotonic() + self.run.git_timeout_s
 
         def left() -> float:
@@ -152,12 +216,8 @@ class GitWork:
                 raise GitError(f"git timed out after {self.run.git_timeout_s:g}s")
             return remaining
 
-        clone = ["clone", "--mirror", "--quiet"]
-        if not self.run.pull_refs:
-            # A negative refspec: GitHub's refs/pull/* are neither fetched nor bundled.
-            clone += ["-c", "remote.origin.fetch=^refs/pull/*"]
         try:
-            run_git([*clone, "--", clone_url, str(mirror)], base, env, left())
+            self._mirror(clone_url, mirror, base, env, left)
             check()
             refs, branch = self._inspect(mirror, default_branch)
             if refs == 0:
@@ -173,20 +233,41 @@ class GitWork:
         finally:
             shutil.rmtree(mirror, ignore_errors=True)
 
+    def _mirror(self, clone_url: str, mirror: Path, base: Path, env: dict[str, str],
+                left: Callable[[], float]) -> None:
+        """What `git clone --mirror` fetches, without GitHub's refs/pull/* (unless
+        run.pull_refs) or any object only they reach.
+
+        `clone --mirror -c remote.origin.fetch=^refs/pull/*` ignores the negative refspec in
+        its initial fetch (git 2.39), so: an empty bare repository, then one fetch with
+        explicit refspecs (one info/refs request, as a clone). The fetch does not learn the
+        remote's HEAD; the caller points HEAD at the branch it zips (the API's default
+        branch, which is GitHub's HEAD).
+        """
+        run_git(["init", "--bare", "--quiet", "--template=", str(mirror)], base, env, left(),
+                what="clone")
+        refspecs = ["+refs/*:refs/*"] if self.run.pull_refs else ["+refs/*:refs/*",
+                                                                  "^refs/pull/*"]
+        run_git(["fetch", "--quiet", "--no-write-fetch-head", "--", clone_url, *refspecs],
+                mirror, env, left(), what="clone")
+
     @staticmethod
     def _inspect(mirror: Path, default_branch: str | None) -> tuple[int, str | None]:
         """(number of refs, the branch to zip): the API's default branch if the mirror has
-        it, else whatever HEAD points to."""
+        it, else whatever HEAD points to, else the first branch. HEAD then points to it, so
+        the bundle's HEAD is the repository's default branch."""
         repo = git.Repo(mirror)
         try:
             refs = [r.path for r in repo.references]
-            heads = {h.name for h in repo.heads}
-            if default_branch and default_branch in heads:
-                return len(refs), default_branch
+            heads = {h.name: h for h in repo.heads}
             try:
                 head = repo.head.reference.name
             except (TypeError, ValueError):
                 head = None
-            return len(refs), head if head in heads else (min(heads) if heads else None)
+            branch = (default_branch if default_branch in heads else head if head in heads
+                      else min(heads) if heads else None)
+            if branch is not None and branch != head:
+                repo.head.reference = heads[branch]
+            return len(refs), branch
         finally:
             repo.close()

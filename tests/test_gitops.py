@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -29,8 +30,8 @@ def test_env_is_closed_and_carries_the_token_only_as_a_scoped_header(tmp_path: P
              for i in range(int(env["GIT_CONFIG_COUNT"]))}
     assert pairs["credential.helper"] == ""
     header_keys = [k for k in pairs if k.endswith(".extraHeader")]
-    assert header_keys == ["http.https://github.com/.extraHeader",
-                           "http.http://github.com/.extraHeader"]
+    assert header_keys == ["http.https://github.com/.extraHeader"]  # never over plain http
+    assert pairs["http.followRedirects"] == "false"
     assert TOKEN not in "".join(pairs.values())  # base64 inside a Basic header, never raw
     # git itself sees the configuration (and would refuse file:// and ssh://).
     out = run_git(["config", "--get-regexp", r"credential\.helper"], tmp_path, env, 10)
@@ -50,20 +51,53 @@ def test_file_protocol_is_refused(tmp_path: Path) -> None:
         run_git(["clone", "--mirror", f"file://{src}", str(tmp_path / "m.git")], tmp_path, env, 10)
 
 
-def test_timeout_kills_the_process_group(tmp_path: Path) -> None:
-    marker = tmp_path / "child.pid"
+def _hang_env(tmp_path: Path, marker: Path) -> dict[str, str]:
     env = git_env(tmp_path, GitHubSettings(), None)
     env["GIT_CONFIG_COUNT"] = str(int(env["GIT_CONFIG_COUNT"]) + 1)
     last = int(env["GIT_CONFIG_COUNT"]) - 1
     env[f"GIT_CONFIG_KEY_{last}"] = "alias.hang"
     # A grandchild that would outlive a plain kill of git.
     env[f"GIT_CONFIG_VALUE_{last}"] = f"!sh -c 'echo $$ > {marker}; sleep 60'"
+    return env
+
+
+def test_timeout_kills_the_process_group(tmp_path: Path) -> None:
+    marker = tmp_path / "child.pid"
+    env = _hang_env(tmp_path, marker)
     started = time.monotonic()
     with pytest.raises(GitError, match="timed out after 1s"):
         run_git(["hang"], tmp_path, env, 1)
     assert time.monotonic() - started < 30
-    pid = int(marker.read_text())
+    _assert_dies(int(marker.read_text()))
 
+
+class _Boom(BaseException):
+    pass
+
+
+def test_any_exit_while_waiting_kills_the_process_group(tmp_path: Path) -> None:
+    """KeyboardInterrupt, SystemExit or any exception raised while git runs (here from a
+    signal handler, as Ctrl-C or SIGTERM would) kills git and its helpers before it goes on."""
+    marker = tmp_path / "child.pid"
+    env = _hang_env(tmp_path, marker)
+
+    def boom(_sig: int, _frame: object) -> None:
+        if marker.exists() and marker.read_text().strip():
+            raise _Boom
+        signal.setitimer(signal.ITIMER_REAL, 0.1)  # the grandchild is not there yet
+
+    old = signal.signal(signal.SIGALRM, boom)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(_Boom):
+            run_git(["hang"], tmp_path, env, 120)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    _assert_dies(int(marker.read_text()))
+
+
+def _assert_dies(pid: int) -> None:
     def alive() -> bool:
         try:  # a killed process whose parent died stays a zombie until init reaps it
             return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -83,7 +117,8 @@ def test_token_reaches_git_as_a_header_never_in_the_mirror(tmp_path: Path) -> No
 
     with Forge(tmp_path / "forge") as forge:
         forge.add_user("octocat", [RepoSpec("a")])
-        gh = GitHubSettings(api_url=forge.url)
+        # The stand-in is http://: allow the token there (test/dev only) to see it used.
+        gh = GitHubSettings(api_url=forge.url, allow_http_token=True)
         env = git_env(tmp_path, gh, TOKEN)
         mirror = tmp_path / "a.git"
         run_git(["clone", "--mirror", "-q", f"{forge.url}/octocat/a.git", str(mirror)],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import hashlib
 import io
 import json
@@ -71,6 +72,12 @@ class RepoSpec:
     pushed_at: str | None = None  # RFC 3339; default BASE_TIME
     updated_at: str | None = None  # default pushed_at
     stall: bool = False  # POST git-upload-pack sleeps forge.stall_s before answering
+    # Each makes GitHub's `refs/pull/<n>/head`: a commit on the default branch's tip, with a
+    # file `pull-<n>.txt`, that no branch or tag reaches.
+    pulls: Sequence[int] = ()
+    # The POST git-upload-pack that sends the pack writes its first bytes, then sleeps
+    # forge.stall_s mid-body (a transfer that stalls after it started).
+    stall_mid: bool = False
 
 
 def _quote(path: str) -> bytes:
@@ -101,6 +108,10 @@ def _fast_import_stream(spec: RepoSpec) -> bytes:
     out = [_commit(f"refs/heads/{spec.default_branch}", BASE_TIME, files, None, "initial", 1)]
     for i, (branch, extra) in enumerate((spec.branches or {}).items()):
         out.append(_commit(f"refs/heads/{branch}", BASE_TIME + i + 1, extra, ":1", branch))
+    for n in spec.pulls:
+        out.append(_commit(f"refs/pull/{int(n)}/head", BASE_TIME + 100 + int(n),
+                           {f"pull-{int(n)}.txt": f"pull request {int(n)}\n".encode()}, ":1",
+                           f"pull request {int(n)}"))
     for tag in spec.tags:
         msg = f"release {tag}\n".encode()
         out.append(f"reset refs/tags/{tag}-light\nfrom :1\n\n".encode())
@@ -173,6 +184,10 @@ class Forge:
         self._stopping = threading.Event()
         self._conns: dict[socket.socket, threading.Thread] = {}
         self._procs: set[subprocess.Popen[bytes]] = set()
+        # Set to another server's base URL (e.g. a second Forge on `localhost` sharing this
+        # root): every `info/refs` answers 302 to the same path there.
+        self.git_redirect = ""
+        self._stalled_mid: set[tuple[str, str]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -300,6 +315,9 @@ class Forge:
         if spec.stall:
             with self.lock:
                 self._stalled.add((login, spec.name))
+        if spec.stall_mid:
+            with self.lock:
+                self._stalled_mid.add((login, spec.name))
         size = sum(len(d) for d in (DEFAULT_FILES if spec.files is None else spec.files).values())
         size += sum(len(d) for f in (spec.branches or {}).values() for d in f.values())
         pushed = spec.pushed_at or rfc3339(BASE_TIME)
@@ -531,6 +549,11 @@ class _Handler(BaseHTTPRequestHandler):
             if auth:
                 f.auth_headers_seen.append(auth)
             stall = (login, name) in f._stalled
+            stall_mid = (login, name) in f._stalled_mid
+            redirect = f.git_redirect
+        if redirect and kind == "info_refs":
+            self._send(302, b"", {"Location": f"{redirect}{path}?{query}"})
+            return
         ok = all(_NAME.fullmatch(s) and ".." not in s for s in (login, repo))
         if not ok or not repo.endswith(".git") or not (f.git_root / login / repo).is_dir():
             self._send(404, b"Repository not found.\n", {"Content-Type": "text/plain"})
@@ -553,7 +576,7 @@ class _Handler(BaseHTTPRequestHandler):
             with f.lock:
                 f._procs.add(proc)
             try:
-                self._relay(proc, body, err)
+                self._relay(proc, body, err, stall_mid and _wants(body, self.headers))
             finally:
                 if proc.poll() is None:
                     proc.kill()
@@ -561,8 +584,10 @@ class _Handler(BaseHTTPRequestHandler):
                 with f.lock:
                     f._procs.discard(proc)
 
-    def _relay(self, proc: subprocess.Popen[bytes], body: bytes, err: Any) -> None:
-        """Feed the request to the CGI, then stream its answer (chunked unless it is sized)."""
+    def _relay(self, proc: subprocess.Popen[bytes], body: bytes, err: Any,
+               stall_mid: bool = False) -> None:
+        """Feed the request to the CGI, then stream its answer (chunked unless it is sized);
+        ``stall_mid``: send the answer's first bytes, then stall (until stop)."""
         assert proc.stdin is not None and proc.stdout is not None
         threading.Thread(target=_feed, args=(proc.stdin, body), daemon=True).start()
         status, headers = 200, {}
@@ -586,11 +611,26 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         out = cast(io.BufferedReader, proc.stdout)
         while data := out.read1(1 << 16):
+            if stall_mid:
+                data = data[:64]
             self.wfile.write(data if sized else b"%x\r\n%s\r\n" % (len(data), data))
+            if stall_mid:
+                self.wfile.flush()
+                self.forge._stopping.wait(self.forge.stall_s)
+                self.close_connection = True
+                return
         if proc.wait() != 0:
             self.close_connection = True  # no last chunk: the client sees a broken answer
         elif not sized:
             self.wfile.write(b"0\r\n\r\n")
+
+
+def _wants(body: bytes, headers: Any) -> bool:
+    """Does this upload-pack request ask for objects (a fetch, not a ref listing)?"""
+    if headers.get("Content-Encoding", "").lower() in ("gzip", "x-gzip"):
+        with contextlib.suppress(OSError, EOFError):
+            body = gzip.decompress(body)
+    return b"want " in body
 
 
 def _feed(pipe: Any, body: bytes) -> None:

@@ -1,7 +1,7 @@
 """git against a hostile or broken server: redirects that would carry the token elsewhere,
 GitHub's pull refs, transfers that stall, big files, and `sync` interrupted by a signal.
 
-Real git over smart HTTP from the stand-in (tests/forge.py); the signal tests run the real CLI.
+Real git over smart HTTP from the stand-in (bulkbackup/testing/forge.py); the signal tests run the real CLI.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from bulkbackup import config
 from bulkbackup.config import GitHubSettings, RunSettings
 from bulkbackup.errors import ConfigError, GitError
 from bulkbackup.gitops import Archive, GitWork, git_env, run_git
+from bulkbackup.testing.forge import Forge, RepoSpec
 from tests.conftest import ROOT
-from tests.forge import Forge, RepoSpec
 
 TOKEN = "ghp_hostileSECRET0123456789abcdef"
 BASIC = base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode()

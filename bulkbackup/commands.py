@@ -146,4 +146,13 @@ def run_command(settings: Settings, procs: int | None, max_users: int | None,
     # `runner.run_command` is another change; this is the one place `run` is called from.
     from bulkbackup.runner import run
 
+    _preflight(settings)
     return run(settings, procs=procs, max_users=max_users, with_stats=with_stats)
+
+
+def _preflight(settings: Settings) -> None:
+    """Open the store once before any worker starts: a missing bucket or refused credentials
+    is then a ConfigError (exit 2, so systemd stops restarting), not N workers failing."""
+    from bulkbackup.store import open_store
+
+    open_store(settings.store).close()

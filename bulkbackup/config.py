@@ -194,7 +194,7 @@ def store_scheme(url: str) -> str:
     if "://" not in url:
         return ""
     parts = urlsplit(url)
-    if parts.scheme.lower() != "s3":
+    if parts.scheme != "s3" or not url.startswith("s3://"):
         raise ConfigError(f"store.url {url!r}: unknown scheme {parts.scheme + '://'!r} "
                           "(a local folder path or s3://BUCKET)")
     if not parts.netloc:

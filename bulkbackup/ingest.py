@@ -10,6 +10,7 @@ A line longer than MAX_LINE_BYTES is rejected without ever being held whole.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import os
@@ -103,30 +104,29 @@ def extract_login(obj: object) -> object:
     return login
 
 
-def read_lines(stream: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator[bytes | None]:
-    """Each line of ``stream``; None for a line longer than ``max_bytes``, whose rest is read
-    in bounded pieces and dropped: memory stays constant whatever the dump holds."""
-    readline = stream.readline
-    while line := readline(max_bytes + 1):
-        if len(line) <= max_bytes or line.endswith(b"\n"):
-            yield line
-            continue
-        while (rest := readline(max_bytes)) and not rest.endswith(b"\n"):
-            pass
-        yield None
+def _skip_rest(readline: typing.Callable[[int], bytes], max_bytes: int) -> None:
+    """Read the rest of an over-long line in bounded pieces, keeping none of it."""
+    while (rest := readline(max_bytes)) and not rest.endswith(b"\n"):
+        pass
 
 
 def parse_lines(
-    lines: Iterator[bytes | None], result: IngestResult, rejects: TextIO | None
+    stream: BinaryIO, result: IngestResult, rejects: TextIO | None,
+    max_bytes: int = MAX_LINE_BYTES,
 ) -> Iterator[str]:
-    """Valid logins, in order; every other line is counted (and written to ``rejects``)."""
+    """Valid logins, in order; every other line is counted (and written to ``rejects``).
+
+    Lines are read at most ``max_bytes`` at a time: a longer one is rejected as "line too
+    long" without ever being held whole, so memory stays constant whatever the dump holds.
+    """
     loads = orjson.loads
     decode_error = orjson.JSONDecodeError
-    for raw in lines:
+    readline = stream.readline
+    for raw in iter(functools.partial(readline, max_bytes + 1), b""):
         result.lines += 1
-        if raw is None:
-            why = TOO_LONG
-            raw = b""
+        if len(raw) > max_bytes and not raw.endswith(b"\n"):
+            _skip_rest(readline, max_bytes)
+            why, raw = TOO_LONG, b""
         else:
             try:
                 login = extract_login(loads(raw))
@@ -220,7 +220,7 @@ def ingest(
     bar = Progress(total=size, unit="B", desc="ingest", enabled=progress, unit_scale=True)
     try:
         conn.connect()
-        lines = read_lines(stream) if limit != 0 else iter(())
+        lines = stream if limit != 0 else typing.cast(BinaryIO, io.BytesIO())
         _feed(parse_lines(lines, result, rejects), _Sender(conn, result,
               settings.ingest.pipeline_depth), batch, limit,
               lambda: bar.set_position(raw.tell() if size is not None else None))

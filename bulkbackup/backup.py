@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -332,8 +331,12 @@ def work_dir(settings: Settings, name: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def sync_command(settings: Settings, logins: list[str]) -> int:
-    """`bulkbackup sync LOGIN...`: back up the named users now, without queue or locks."""
+def sync_users(settings: Settings, logins: list[str]) -> Iterator[UserResult]:
+    """Back up the named users now, without queue or locks: each one's result as it ends.
+
+    A problem recorded in the store (a user gone, a failed clone) is in its result; a failure
+    to record (store unreachable) raises.
+    """
     for login in logins:
         try:
             check_login(login)
@@ -341,16 +344,11 @@ def sync_command(settings: Settings, logins: list[str]) -> int:
             raise UsageError(str(exc)) from None
     store = open_store(settings.store)
     github = GitHub(settings.github)
-    failed = 0
     try:
         with signals_interrupt(), work_dir(settings, "sync") as path:
             job = UserBackup(settings, store, github, GitWork(settings.run, settings.github, path))
             for login in logins:
-                result = job.sync(login)
-                print(result.line(), file=sys.stdout, flush=True)
-                failed += bool(result.error)
+                yield job.sync(login)
     finally:
         github.close()
         store.close()
-    print(f"sync: {len(logins)} users, {failed} with errors", file=sys.stderr)
-    return 1 if failed else 0

@@ -6,7 +6,8 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis
 
@@ -16,67 +17,79 @@ from bulkbackup.errors import BulkbackupError
 log = logging.getLogger("bulkbackup")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
-    return value
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer not below ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}: {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"  # argparse names the type in its messages
+    return parse
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
-    return value
+def _global_options(top: bool) -> argparse.ArgumentParser:
+    """Options accepted before and after the subcommand. After it, SUPPRESS leaves the value
+    given before it (or the top parser's default) when the option is not repeated."""
+    g = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    default: Any = None if top else argparse.SUPPRESS
+    g.add_argument("--config", metavar="PATH", default=default,
+                   help="settings file (default: $BULKBACKUP_CONFIG or ./config.yaml)")
+    g.add_argument("--debug", action="store_true", default=False if top else default,
+                   help="show tracebacks on errors (also BULKBACKUP_DEBUG=1)")
+    g.add_argument("-v", "--verbose", action="store_true", default=False if top else default,
+                   help="log progress details")
+    return g
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="bulkbackup",
+        prog="bulkbackup", allow_abbrev=False, parents=[_global_options(top=True)],
         description="Back up the public repositories of GitHub users into durable storage.",
+        epilog="--config, --debug and -v may also follow the command.",
     )
-    p.add_argument("--config", metavar="PATH",
-                   help="settings file (default: $BULKBACKUP_CONFIG or ./config.yaml)")
-    p.add_argument("--debug", action="store_true",
-                   help="show tracebacks on errors (also BULKBACKUP_DEBUG=1)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     p.add_argument("--version", action="version", version=f"bulkbackup {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = [_global_options(top=False)]
 
-    s = sub.add_parser("ingest", help="stream a GitHub users dump into the `tracked` set")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, parents=common,
+                              allow_abbrev=False)
+
+    s = command("ingest", "stream a GitHub users dump into the `tracked` set")
     s.add_argument("dump", metavar="DUMP", help="dump path, or - for stdin (plain or gzip)")
-    s.add_argument("--limit", type=_non_negative, metavar="N",
+    s.add_argument("--limit", type=at_least(0), metavar="N",
                    help="stop after N accepted logins (each dump line counts)")
-    s.add_argument("--batch-size", type=_positive, metavar="N",
+    s.add_argument("--batch-size", type=at_least(1), metavar="N",
                    help="logins per ZADD command (default: ingest.batch_size)")
     s.add_argument("--rejects", metavar="FILE",
                    help="write every rejected line with its number and reason to FILE")
 
-    s = sub.add_parser("run", help="drain `tracked` with a pool of worker processes")
-    s.add_argument("--procs", type=_positive, metavar="N",
+    s = command("run", "drain `tracked` with a pool of worker processes")
+    s.add_argument("--procs", type=at_least(1), metavar="N",
                    help="worker processes (default: run.procs)")
-    s.add_argument("--max-users", type=_positive, metavar="N",
+    s.add_argument("--max-users", type=at_least(1), metavar="N",
                    help="stop claiming after N users")
     s.add_argument("--no-stats", action="store_true", help="skip the stats pass at the end")
 
-    s = sub.add_parser("stats", help="count archives per user, write SyncdRepos, print totals")
+    s = command("stats", "count archives per user, write SyncdRepos, print totals")
     s.add_argument("--json", action="store_true", help="print the totals as one JSON object")
-    s.add_argument("--no-write", action="store_true", help="report only; write nothing")
+    s.add_argument("--no-write", action="store_true",
+                   help="report only; write nothing (Redis and store untouched)")
 
-    s = sub.add_parser("sync", help="back up the named users now, without the queue")
+    s = command("sync", "back up the named users now, without the queue")
     s.add_argument("logins", nargs="+", metavar="LOGIN")
 
-    s = sub.add_parser("show", help="what the store holds for one user")
+    s = command("show", "what the store holds for one user (read-only)")
     s.add_argument("login", metavar="LOGIN")
     s.add_argument("--json", action="store_true", help="print as JSON")
 
-    s = sub.add_parser("restore", help="rebuild bare mirrors from the store alone (no GitHub)")
+    s = command("restore", "rebuild bare mirrors from the store alone (no GitHub)")
     s.add_argument("target", metavar="LOGIN[/REPO]", help="a user (all its repositories) or one")
     s.add_argument("--to", default=".", metavar="DIR",
                    help="restore into DIR/<login>/<repo>.git (default: .)")
@@ -85,61 +98,41 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true",
                    help="replace an earlier restore of the same repository")
 
-    s = sub.add_parser("verify", help="prove archives restorable; record VerifiedAt or Error")
+    s = command("verify", "prove archives restorable; record VerifiedAt or Error")
     s.add_argument("logins", nargs="*", metavar="LOGIN")
-    s.add_argument("--sample", type=_positive, metavar="N",
+    s.add_argument("--sample", type=at_least(1), metavar="N",
                    help="verify N users drawn at random from the store")
     s.add_argument("--json", action="store_true", help="print the figures as one JSON object")
 
-    sub.add_parser("rebuild", help="rebuild `tracked` from the durable store")
-    sub.add_parser("reset", help="set every score to 0: every user is due again")
+    command("rebuild", "rebuild `tracked` from the durable store")
+    command("reset", "set every score to 0: every user is due again")
     return p
 
 
 def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:
+    from bulkbackup import commands
+
     cmd = args.command
     if cmd == "ingest":
-        from bulkbackup.ingest import ingest
-
-        result = ingest(settings, args.dump, limit=args.limit, batch_size=args.batch_size,
-                        rejects_path=args.rejects)
-        print(result.summary(), file=sys.stderr)
-        return 0
+        return commands.ingest_command(settings, args.dump, args.limit, args.batch_size,
+                                       args.rejects)
     if cmd == "reset":
-        from bulkbackup import tracked
-
-        n = tracked.reset(tracked.connect(settings.redis))
-        print(f"reset: {n} users are due again", file=sys.stderr)
-        return 0
+        return commands.reset_command(settings)
     if cmd == "run":
-        from bulkbackup.runner import run
-
-        return run(settings, procs=args.procs, max_users=args.max_users,
-                   with_stats=not args.no_stats)
+        return commands.run_command(settings, args.procs, args.max_users, not args.no_stats)
     if cmd == "stats":
-        from bulkbackup.stats import stats_command
-
-        return stats_command(settings, as_json=args.json, write=not args.no_write)
+        return commands.stats_command(settings, as_json=args.json, write=not args.no_write)
     if cmd == "sync":
-        from bulkbackup.backup import sync_command
-
-        return sync_command(settings, args.logins)
+        return commands.sync_command(settings, args.logins)
     if cmd == "show":
-        from bulkbackup.show import show_command
-
-        return show_command(settings, args.login, as_json=args.json)
+        return commands.show_command(settings, args.login, as_json=args.json)
     if cmd == "restore":
-        from bulkbackup.restore_command import restore_command
-
-        return restore_command(settings, args.target, args.to, args.at, args.zip, args.force)
+        return commands.restore_command(settings, args.target, args.to, args.at, args.zip,
+                                        args.force)
     if cmd == "verify":
-        from bulkbackup.restore_command import verify_command
-
-        return verify_command(settings, args.logins, args.sample, as_json=args.json)
+        return commands.verify_command(settings, args.logins, args.sample, as_json=args.json)
     if cmd == "rebuild":
-        from bulkbackup.stats import rebuild_command
-
-        return rebuild_command(settings)
+        return commands.rebuild_command(settings)
     raise AssertionError(cmd)  # pragma: no cover - argparse refuses unknown commands
 
 

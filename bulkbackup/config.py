@@ -6,6 +6,7 @@ Precedence: built-in defaults < the YAML file < environment variables (DESIGN.md
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import socket
 import types
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from bulkbackup.errors import ConfigError
+from bulkbackup.errors import ConfigError, one_line
 
 DEFAULT_CONFIG = Path("config.yaml")
 
@@ -108,8 +109,14 @@ def load(
             loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {file}") from None
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read config {file}: {_first_line(exc)}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"cannot read config {file}: not UTF-8 text "
+                              f"(byte {exc.start + 1})") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"cannot read config {file}: {_yaml_reason(exc)}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {file}: {exc.strerror or one_line(exc)}"
+                              ) from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config {file}: top level must be a mapping")
         raw = loaded or {}
@@ -136,20 +143,93 @@ def _apply_env(s: Settings, env: typing.Mapping[str, str]) -> Settings:
         run = dataclasses.replace(run, worker_host=env["BULKBACKUP_WORKER_HOST"])
     out = Settings(redis=redis_s, store=store_s, github=gh, ingest=s.ingest, run=run)
     _validate(out)
+    if store_scheme(out.store.url) == "s3":
+        _check_endpoints(env)
     return out
+
+
+# (least, greatest) of numeric settings; None: no upper bound. A numeric setting not named
+# here must be finite and not negative.
+_RANGES: dict[str, tuple[float, float | None]] = {
+    "redis.socket_timeout_s": (0.1, 3600),
+    "store.multipart_threshold_mb": (5, None),
+    "store.multipart_part_mb": (5, 5120),  # S3's limits on one part
+    "store.list_page_size": (1, 1000),
+    "store.max_pool_connections": (1, 1000),
+    "github.timeout_s": (0.1, 3600),
+    "github.max_retries": (0, 100),
+    "github.backoff_s": (0, 3600),
+    "github.max_rate_wait_s": (0, 86_400),
+    "ingest.batch_size": (1, 1_000_000),
+    "ingest.pipeline_depth": (1, 10_000),
+    "run.procs": (1, 1024),
+    "run.lock_ttl_s": (2, 86_400),
+    "run.claim_batch_max": (1, 10_000),
+    "run.claim_target_s": (0.1, 86_400),
+    "run.git_timeout_s": (1, 7 * 86_400),
+    "run.max_repo_kb": (0, None),
+    "run.grace_s": (0, 86_400),
+    "run.redis_retry_s": (0, 86_400),
+    "run.max_attempts": (1, 1000),
+}
+
+
+def _check_numbers(s: Settings) -> None:
+    """Every int/float setting is finite and within its range: a zero timeout or a zero
+    process count is refused here, not met as a hang or a run that does nothing."""
+    for section in dataclasses.fields(s):
+        values = getattr(s, section.name)
+        for f in dataclasses.fields(values):
+            value = getattr(values, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            name = f"{section.name}.{f.name}"
+            least, most = _RANGES.get(name, (0, None))
+            if not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, not {value}")
+            if value < least:
+                raise ConfigError(f"{name} must be at least {least:g}, not {value}")
+            if most is not None and value > most:
+                raise ConfigError(f"{name} must be at most {most:g}, not {value}")
+
+
+def store_scheme(url: str) -> str:
+    """"s3" for ``s3://BUCKET``, "" for a local folder path; any other ``scheme://`` or a
+    malformed s3 URL is a ConfigError (never a local folder named `s4:`)."""
+    if "://" not in url:
+        return ""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not url.startswith("s3://"):
+        raise ConfigError(f"store.url {url!r}: unknown scheme {parts.scheme + '://'!r} "
+                          "(a local folder path or s3://BUCKET)")
+    if not parts.netloc:
+        raise ConfigError(f"store.url {url!r}: no bucket name (s3://BUCKET)")
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        raise ConfigError(f"store.url {url!r}: only a bucket is allowed (s3://BUCKET), "
+                          "no path, query or fragment")
+    return "s3"
+
+
+def _check_endpoints(env: typing.Mapping[str, str]) -> None:
+    """boto3's endpoint variables, checked here so a typo is one line and exit 2."""
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        value = env.get(name, "")
+        if not value:
+            continue
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError as exc:
+            raise ConfigError(f"{name} is not a URL: {value!r} ({one_line(exc)})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{name} must be an http(s) URL with a host: {value!r}")
 
 
 def _validate(s: Settings) -> None:
     if urlsplit(s.github.api_url).scheme not in ("http", "https"):
         raise ConfigError(f"github.api_url must be http(s): {s.github.api_url!r}")
-    if s.run.lock_ttl_s < 2:
-        raise ConfigError("run.lock_ttl_s must be at least 2")
-    if not 1 <= s.run.claim_batch_max <= 10_000:
-        raise ConfigError("run.claim_batch_max must be between 1 and 10000")
-    if s.ingest.batch_size < 1 or s.ingest.pipeline_depth < 1:
-        raise ConfigError("ingest.batch_size and ingest.pipeline_depth must be positive")
-    if s.store.multipart_part_mb < 5:
-        raise ConfigError("store.multipart_part_mb must be at least 5 (the S3 minimum)")
+    _check_numbers(s)
+    store_scheme(s.store.url)
     host = s.run.worker_host
     if not host or any(c.isspace() for c in host):
         raise ConfigError(f"worker host must be non-empty without spaces: {host!r}")
@@ -219,5 +299,10 @@ def _coerce(hint: Any, value: object, path: str) -> object:
     raise ConfigError(f"config {path}: unsupported type")  # pragma: no cover
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    """The parser's problem and where it is (line and column, 1-based)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or one_line(exc)
+    if mark is None:
+        return one_line(exc)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"

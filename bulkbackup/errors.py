@@ -57,3 +57,12 @@ class Interrupted(BulkbackupError):
 
 class ArchiveError(BulkbackupError):
     """An archive in the store cannot be restored, or failed verification."""
+
+
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    """``exc``'s message as one line for an operator: every line joined (a reason often sits
+    on the second line, as in botocore's "Parameter validation failed:"), bounded."""
+    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    if not text:
+        return type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

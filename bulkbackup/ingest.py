@@ -5,10 +5,12 @@ at a time and sent as large `ZADD tracked NX` commands (RESP packed here, one pa
 per-argument encoding), and while Redis applies batch k the next batch is being parsed.
 Duplicate logins in the dump are not detected (that would need memory that grows with the
 dump); each occurrence counts as accepted and the repeat shows up as "already tracked".
+A line longer than MAX_LINE_BYTES is rejected without ever being held whole.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import os
@@ -25,11 +27,15 @@ import redis
 
 from bulkbackup import keys
 from bulkbackup.config import Settings
+from bulkbackup.connection import connect
 from bulkbackup.errors import BulkbackupError, UsageError
 from bulkbackup.names import is_login
 from bulkbackup.progress import Progress
 
 GZIP_MAGIC = b"\x1f\x8b"
+# A users dump line is ~50 bytes, a GH Archive event a few KB: anything longer is not a user.
+MAX_LINE_BYTES = 64 * 1024
+TOO_LONG = "line too long"
 _REJECTS_SHOWN = 5
 _HEAD = b"$4\r\nZADD\r\n$%d\r\n%s\r\n$2\r\nNX\r\n" % (len(keys.TRACKED), keys.TRACKED.encode())
 _PREFIX_LEN = len(keys.MEMBER_PREFIX)
@@ -98,23 +104,39 @@ def extract_login(obj: object) -> object:
     return login
 
 
+def _skip_rest(readline: typing.Callable[[int], bytes], max_bytes: int) -> None:
+    """Read the rest of an over-long line in bounded pieces, keeping none of it."""
+    while (rest := readline(max_bytes)) and not rest.endswith(b"\n"):
+        pass
+
+
 def parse_lines(
-    lines: Iterator[bytes], result: IngestResult, rejects: TextIO | None
+    stream: BinaryIO, result: IngestResult, rejects: TextIO | None,
+    max_bytes: int = MAX_LINE_BYTES,
 ) -> Iterator[str]:
-    """Valid logins, in order; every other line is counted (and written to ``rejects``)."""
+    """Valid logins, in order; every other line is counted (and written to ``rejects``).
+
+    Lines are read at most ``max_bytes`` at a time: a longer one is rejected as "line too
+    long" without ever being held whole, so memory stays constant whatever the dump holds.
+    """
     loads = orjson.loads
     decode_error = orjson.JSONDecodeError
-    for raw in lines:
+    readline = stream.readline
+    for raw in iter(functools.partial(readline, max_bytes + 1), b""):
         result.lines += 1
-        try:
-            login = extract_login(loads(raw))
-        except decode_error:
-            why = "blank line" if not raw.strip() else "invalid JSON"
+        if len(raw) > max_bytes and not raw.endswith(b"\n"):
+            _skip_rest(readline, max_bytes)
+            why, raw = TOO_LONG, b""
         else:
-            if is_login(login):
-                yield login  # type: ignore[misc]
-                continue
-            why = "no login" if login is None else "invalid login"
+            try:
+                login = extract_login(loads(raw))
+            except decode_error:
+                why = "blank line" if not raw.strip() else "invalid JSON"
+            else:
+                if is_login(login):
+                    yield login  # type: ignore[misc]
+                    continue
+                why = "no login" if login is None else "invalid login"
         result.rejected += 1
         if len(result.first_rejects) < _REJECTS_SHOWN:
             result.first_rejects.append((result.lines, why))
@@ -131,6 +153,51 @@ def _pack(logins: list[str]) -> bytes:
     return b"*%d\r\n" % (3 + 2 * len(logins)) + _HEAD + body.encode("ascii")
 
 
+class _Sender:
+    """ZADD commands written ahead of their replies: Redis applies batch k while batch k+1
+    is parsed. At most ``depth`` replies are left unread."""
+
+    def __init__(self, conn: redis.connection.AbstractConnection, result: IngestResult,
+                 depth: int) -> None:
+        self.conn = conn
+        self.result = result
+        self.depth = depth
+        self.unread = 0
+
+    def send(self, logins: list[str]) -> None:
+        self.conn.send_packed_command([_pack(logins)], check_health=False)
+        self.result.accepted += len(logins)
+        self.unread += 1
+        while self.unread > self.depth:
+            self.read_reply()
+
+    def read_reply(self) -> None:
+        # An error reply raises redis.ResponseError, which the CLI reports in one line.
+        self.result.new += int(self.conn.read_response())
+        self.unread -= 1
+
+    def drain(self) -> None:
+        while self.unread:
+            self.read_reply()
+
+
+def _feed(logins: Iterator[str], sender: _Sender, batch: int, limit: int | None,
+          on_batch: typing.Callable[[], None]) -> None:
+    """Send ``logins`` in batches of ``batch``, stopping after ``limit`` accepted."""
+    pending: list[str] = []
+    for login in logins:
+        pending.append(login)
+        if limit is not None and sender.result.accepted + len(pending) >= limit:
+            break
+        if len(pending) >= batch:
+            sender.send(pending)
+            pending = []
+            on_batch()
+    if pending:
+        sender.send(pending)
+    sender.drain()
+
+
 def ingest(
     settings: Settings,
     path: str,
@@ -140,52 +207,23 @@ def ingest(
     progress: bool = True,
 ) -> IngestResult:
     batch = batch_size or settings.ingest.batch_size
-    depth = settings.ingest.pipeline_depth
     if batch < 1:
         raise UsageError("--batch-size must be positive")
     if limit is not None and limit < 0:
         raise UsageError("--limit must not be negative")
     result = IngestResult()
     started = time.perf_counter()
+    pool = connect(settings.redis, decode=False).connection_pool  # ConfigError: a bad URL
     stream, size, raw = open_dump(path)
     rejects = open(rejects_path, "w", encoding="utf-8") if rejects_path else None  # noqa: SIM115
-    pool = redis.ConnectionPool.from_url(settings.redis.url)
     conn = pool.get_connection()
     bar = Progress(total=size, unit="B", desc="ingest", enabled=progress, unit_scale=True)
     try:
         conn.connect()
-        unread = 0  # ZADD commands sent whose replies are not read yet
-
-        def send(batch_logins: list[str]) -> None:
-            nonlocal unread
-            conn.send_packed_command([_pack(batch_logins)], check_health=False)
-            result.accepted += len(batch_logins)
-            unread += 1
-
-        def read_reply() -> None:
-            nonlocal unread
-            # An error reply raises redis.ResponseError, which the CLI reports in one line.
-            result.new += int(conn.read_response())
-            unread -= 1
-
-        logins: list[str] = []
-        lines = iter(stream) if limit != 0 else iter(())
-        for login in parse_lines(lines, result, rejects):
-            logins.append(login)
-            if limit is not None and result.accepted + len(logins) >= limit:
-                break
-            if len(logins) >= batch:
-                # Send now, read the reply later: Redis applies this batch while the next
-                # one is parsed.
-                send(logins)
-                logins = []
-                if unread > depth:
-                    read_reply()
-                bar.set_position(raw.tell() if size is not None else None)
-        if logins:
-            send(logins)
-        while unread:
-            read_reply()
+        lines = stream if limit != 0 else typing.cast(BinaryIO, io.BytesIO())
+        _feed(parse_lines(lines, result, rejects), _Sender(conn, result,
+              settings.ingest.pipeline_depth), batch, limit,
+              lambda: bar.set_position(raw.tell() if size is not None else None))
         bar.set_position(size)
     except redis.ConnectionError as exc:
         raise BulkbackupError(f"redis: {exc}") from None

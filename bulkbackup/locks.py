@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable
 import redis
 
 from bulkbackup import keys
+from bulkbackup.connection import Scripts
 from bulkbackup.errors import LockLost
-from bulkbackup.tracked import Scripts
 
 log = logging.getLogger(__name__)
 

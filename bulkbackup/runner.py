@@ -24,8 +24,9 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
-from bulkbackup import keys, tracked
+from bulkbackup import keys
 from bulkbackup.config import Settings
+from bulkbackup.connection import connect, server_time
 from bulkbackup.errors import BulkbackupError
 from bulkbackup.progress import Progress
 from bulkbackup.worker import (
@@ -78,13 +79,13 @@ def _context() -> mp.context.ForkServerContext | mp.context.SpawnContext:
 def run(settings: Settings, procs: int | None = None, max_users: int | None = None,
         with_stats: bool = True) -> int:
     procs = procs or settings.run.procs
-    r = tracked.connect(settings.redis)
+    r = connect(settings.redis)
     if not r.exists(keys.TRACKED):
         from bulkbackup.stats import rebuild
 
         added = rebuild(settings, r)
         log.warning("`tracked` was missing: rebuilt %d users from the store", added)
-    server_now = tracked.server_time(r)
+    server_now = server_time(r)
     offset = server_now - time.time()
     # Whole seconds, like the scores completion writes: a user finished in this very second
     # scores run_start, not below it, and is not claimed twice.
@@ -177,7 +178,7 @@ def run(settings: Settings, procs: int | None = None, max_users: int | None = No
         raise BulkbackupError(f"{fatal}: {totals.failure}" if totals.failure else fatal)
     code = 0
     if with_stats and not graceful.value:
-        from bulkbackup.stats import stats_command
+        from bulkbackup.commands import stats_command
 
         code = stats_command(settings, as_json=False, write=True)
     if totals.deferred:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-import orjson
-
-from bulkbackup.config import Settings
-from bulkbackup.errors import BulkbackupError, InvalidName, UsageError
+from bulkbackup.config import StoreSettings
+from bulkbackup.errors import BulkbackupError
 from bulkbackup.names import check_login
 from bulkbackup.store import Store, open_store
 from bulkbackup.store.base import (
@@ -55,53 +52,11 @@ def _int(text: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _dash(value: object) -> str:
-    return "-" if value is None else str(value)
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n = n / 1000  # type: ignore[assignment]
-    return str(n)  # pragma: no cover
-
-
-def render(user: dict[str, Any]) -> str:
-    lines = [
-        f"user {user['login']}",
-        f"  last sync        {user['last_sync'] or '-'}",
-        f"  synced repos     {_dash(user['syncd_repos'])}",
-        f"  reported repos   {_dash(user['reported_repos'])}",
-        f"  error            {user['error'] or '-'}",
-    ]
-    repos = user["repositories"]
-    if not repos:
-        lines.append("no repositories stored")
-        return "\n".join(lines)
-    width = max(10, *(len(r["name"]) for r in repos))
-    lines.append(f"{'repository':<{width}}  {'last sync':<20}  {'bundle':>9}  {'zip':>9}  error")
-    for r in repos:
-        lines.append(f"{r['name']:<{width}}  {r['last_sync'] or '-':<20}  "
-                     f"{_size(r['bundle_bytes']):>9}  {_size(r['zip_bytes']):>9}  "
-                     f"{r['error'] or '-'}")
-    return "\n".join(lines)
-
-
-def show_command(settings: Settings, login: str, as_json: bool) -> int:
+def describe_user(settings: StoreSettings, login: str) -> dict[str, Any]:
+    """`describe` on a store opened read-only (no bucket or folder is created)."""
+    check_login(login)
+    store = open_store(settings, create=False)
     try:
-        check_login(login)
-    except InvalidName as exc:
-        raise UsageError(str(exc)) from None
-    store = open_store(settings.store)
-    try:
-        user = describe(store, login)
+        return describe(store, login)
     finally:
         store.close()
-    if as_json:
-        sys.stdout.write(orjson.dumps(user, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        print(render(user))
-    return 0

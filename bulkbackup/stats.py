@@ -8,10 +8,10 @@ prefixes of each other, at most ~39 deep), never by the number of users.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import orjson
 import redis
@@ -19,10 +19,12 @@ import redis
 from bulkbackup import keys, tracked
 from bulkbackup.backup import EMPTY_REPOSITORY, UserCounts
 from bulkbackup.config import Settings
+from bulkbackup.connection import connect
 from bulkbackup.names import is_login
 from bulkbackup.progress import Progress
 from bulkbackup.store import Store, open_store
 from bulkbackup.store.base import ERROR, SYNCD_REPOS, ObjectInfo, canonical
+from bulkbackup.timeutil import format_rfc3339
 
 HSCAN_BATCH = 500
 
@@ -172,9 +174,13 @@ class StatsPass:
 
 
 def collect(settings: Settings, write: bool, progress: bool = True) -> dict[str, object]:
-    """Run the stats pass; the figures as one JSON-ready mapping."""
-    r = tracked.connect(settings.redis)
-    store = open_store(settings.store)
+    """Run the stats pass; the figures as one JSON-ready mapping.
+
+    ``write=False`` writes nothing at all: no SyncdRepos, no cached counts, no
+    `bulkbackup:laststats`, and no bucket is created.
+    """
+    r = connect(settings.redis)
+    store = open_store(settings.store, create=write)
     try:
         totals = StatsPass(settings, r, store, write).run(progress)
     finally:
@@ -196,7 +202,7 @@ def collect(settings: Settings, write: bool, progress: bool = True) -> dict[str,
                          "empty": totals.empty},
         "bytes": {"bundles": totals.bundle_bytes, "zips": totals.zip_bytes},
         "last_run": {
-            "ended_at": _iso(last_run.get("ended_at")),
+            "ended_at": _iso(last_run.get("ended_at", "")),
             "users": int(last_run.get("users", 0)),
             "users_per_s": float(last_run.get("users_per_s", 0.0)),
         },
@@ -204,7 +210,8 @@ def collect(settings: Settings, write: bool, progress: bool = True) -> dict[str,
         "pass": {"syncd_repos_written": totals.written, "store_requests": totals.store_requests,
                  "elapsed_s": round(totals.elapsed_s, 3), "wrote": write},
     }
-    r.hset(keys.LAST_STATS, mapping={"at": int(now), "json": orjson.dumps(report)})
+    if write:
+        r.hset(keys.LAST_STATS, mapping={"at": int(now), "json": orjson.dumps(report)})
     return report
 
 
@@ -216,7 +223,7 @@ def _last_verify(r: redis.Redis) -> dict[str, object]:
     def num(name: str) -> int:
         return int(last.get(name, "0") or 0)
 
-    return {"ended_at": _iso(last.get("at")), "users": num("users"),
+    return {"ended_at": _iso(last.get("at", "")), "users": num("users"),
             "archives": num("archives"), "verified": num("verified"), "failed": num("failed"),
             "no_archive": num("no_archive"), "verified_total": num("verified_total"),
             "failed_total": num("failed_total")}
@@ -228,35 +235,8 @@ def _due(r: redis.Redis, last_run: dict[str, str]) -> int:
     return int(r.zcount(keys.TRACKED, "-inf", f"({since}" if since else "-inf"))
 
 
-def _iso(epoch: str | None) -> str | None:
-    if not epoch:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(epoch)))
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return str(value)
-
-
-def render(report: dict[str, object]) -> str:
-    rows = [(f"{section}.{name}", _cell(value))
-            for section, values in report.items() if isinstance(values, dict)
-            for name, value in values.items()]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
-def stats_command(settings: Settings, as_json: bool, write: bool) -> int:
-    report = collect(settings, write)
-    if as_json:
-        sys.stdout.write(orjson.dumps(report).decode() + "\n")
-    else:
-        print(render(report))
-    return 0
+def _iso(epoch: str) -> str | None:
+    return format_rfc3339(datetime.fromtimestamp(float(epoch), UTC)) if epoch else None
 
 
 def rebuild(settings: Settings, r: redis.Redis | None = None, store: Store | None = None,
@@ -267,7 +247,7 @@ def rebuild(settings: Settings, r: redis.Redis | None = None, store: Store | Non
 
     Costs listing pages of the top level only. Returns how many members were new.
     """
-    r = r or tracked.connect(settings.redis)
+    r = r or connect(settings.redis)
     own = store is None
     store = store or open_store(settings.store)
     bar = Progress(total=None, unit="user", desc="rebuild", enabled=progress)
@@ -284,13 +264,3 @@ def rebuild(settings: Settings, r: redis.Redis | None = None, store: Store | Non
         bar.close()
         if own:
             store.close()
-
-
-def rebuild_command(settings: Settings) -> int:
-    started = time.monotonic()
-    added = rebuild(settings)
-    r = tracked.connect(settings.redis)
-    print(f"rebuild: {added} users added, {r.zcard(keys.TRACKED)} tracked, "
-          f"{time.monotonic() - started:.1f}s", file=sys.stderr)
-    return 0
-

@@ -1,52 +1,19 @@
-"""The `tracked` sorted set: connections, claims, completion, reset (DESIGN.md "Redis")."""
+"""The `tracked` sorted set: claims, completion, reset, rebuild's scores (DESIGN.md "Redis").
+
+Connections, the server's clock and the Lua scripts are in `bulkbackup.connection`.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from importlib import resources
-from typing import TypeVar
 
 import redis
 
 from bulkbackup import keys
-from bulkbackup.config import RedisSettings
-from bulkbackup.errors import ConfigError
-
-_T = TypeVar("_T")
-
-
-def connect(settings: RedisSettings, decode: bool = True) -> redis.Redis:
-    """A client for ``settings.url``; each process builds its own."""
-    try:
-        return redis.Redis.from_url(
-            settings.url,
-            decode_responses=decode,
-            socket_timeout=settings.socket_timeout_s,
-            socket_connect_timeout=min(settings.socket_timeout_s, 10.0),
-            health_check_interval=30,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"invalid redis.url: {exc}") from None
-
-
-def _script(name: str) -> str:
-    return resources.files("bulkbackup").joinpath("lua", name).read_text(encoding="utf-8")
-
-
-class Scripts:
-    """The project's Lua scripts, registered on one client (EVALSHA, loaded on demand)."""
-
-    def __init__(self, r: redis.Redis) -> None:
-        self.claim = r.register_script(_script("claim.lua"))
-        self.refresh = r.register_script(_script("refresh.lua"))
-        self.complete = r.register_script(_script("complete.lua"))
-
-
-def server_time(r: redis.Redis) -> float:
-    sec, usec = r.time()
-    return float(sec) + usec / 1e6
+from bulkbackup.connection import Scripts
+from bulkbackup.iterutil import chunks
 
 
 @dataclass
@@ -165,17 +132,6 @@ def add_scores_gt(r: redis.Redis, scores: Iterable[tuple[str, float]], batch: in
     if len(pipe):
         added += sum(int(x) for x in pipe.execute())
     return added
-
-
-def chunks(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
-    chunk: list[_T] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def counts(r: redis.Redis) -> dict[str, int]:

@@ -25,6 +25,7 @@ import redis
 from bulkbackup import gitops, keys, tracked
 from bulkbackup.backup import UserBackup, UserResult, work_dir
 from bulkbackup.config import Settings
+from bulkbackup.connection import Scripts, connect
 from bulkbackup.errors import BulkbackupError, Interrupted, LockLost
 from bulkbackup.github import GitHub
 from bulkbackup.gitops import GitWork
@@ -135,8 +136,8 @@ class Worker:
         self.graceful = graceful
         self.budget = budget
         self.stop = threading.Event()  # set when the parent asks for a graceful stop
-        self.r = tracked.connect(s.redis)
-        scripts = tracked.Scripts(self.r)
+        self.r = connect(s.redis)
+        scripts = Scripts(self.r)
         self.claimer = tracked.Claimer(self.r, scripts, args.worker_id, s.run.lock_ttl_s,
                                        args.run_start, args.clock_offset_s)
         self.keeper = LockKeeper(self.r, scripts, args.worker_id, s.run.lock_ttl_s)

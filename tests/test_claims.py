@@ -13,16 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bulkbackup import keys, tracked
+from bulkbackup.connection import Scripts, server_time
 from bulkbackup.errors import LockLost
 from bulkbackup.locks import LockKeeper
 
 
 def claimer(r: redis.Redis, wid: str, start: float, ttl: int = 10) -> tracked.Claimer:
-    return tracked.Claimer(r, tracked.Scripts(r), wid, ttl, start)
+    return tracked.Claimer(r, Scripts(r), wid, ttl, start)
 
 
 def test_claims_never_synced_first_then_oldest_below_run_start(r: redis.Redis) -> None:
-    now = tracked.server_time(r)
+    now = server_time(r)
     r.zadd("tracked", {"github.com/old": 100, "github.com/never": -math.inf,
                        "github.com/older": 50, "github.com/fresh": now + 100})
     c = claimer(r, "1.0.h", now)
@@ -38,7 +39,7 @@ def test_claims_never_synced_first_then_oldest_below_run_start(r: redis.Redis) -
 
 def test_complete_and_give_back(r: redis.Redis) -> None:
     r.zadd("tracked", {"github.com/a": -math.inf, "github.com/b": 42})
-    start = int(tracked.server_time(r))
+    start = int(server_time(r))
     c = claimer(r, "1.0.h", start)
     assert c.claim(2)[0] == ["github.com/a", "github.com/b"]
     assert c.finish("github.com/a", True, "3 1 0 0")
@@ -53,7 +54,7 @@ def test_complete_and_give_back(r: redis.Redis) -> None:
 
 def test_a_user_failing_max_attempts_times_is_skipped_by_this_run_only(r: redis.Redis) -> None:
     r.zadd("tracked", {"github.com/bad": -math.inf, "github.com/ok1": 10, "github.com/ok2": 20})
-    start = int(tracked.server_time(r))
+    start = int(server_time(r))
     c = claimer(r, "1.0.h", start)
     for attempt in (1, 2):
         assert c.claim(1) == (["github.com/bad"], 2)
@@ -84,7 +85,7 @@ def test_a_user_failing_max_attempts_times_is_skipped_by_this_run_only(r: redis.
 
 def test_success_clears_the_failure_count(r: redis.Redis) -> None:
     r.zadd("tracked", {"github.com/a": -math.inf})
-    c = claimer(r, "1.0.h", int(tracked.server_time(r)))
+    c = claimer(r, "1.0.h", int(server_time(r)))
     c.claim(1)
     assert c.fail("github.com/a", 3) == 1
     c.claim(1)
@@ -94,7 +95,7 @@ def test_success_clears_the_failure_count(r: redis.Redis) -> None:
 
 def test_completion_refused_when_the_lock_is_not_ours(r: redis.Redis) -> None:
     r.zadd("tracked", {"github.com/a": -math.inf})
-    c = claimer(r, "1.0.h", int(tracked.server_time(r)))
+    c = claimer(r, "1.0.h", int(server_time(r)))
     c.claim(1)
     r.set("lock:github.com/a", "9.9.other")
     assert not c.finish("github.com/a", True)
@@ -104,14 +105,14 @@ def test_completion_refused_when_the_lock_is_not_ours(r: redis.Redis) -> None:
 def test_a_lock_is_never_taken_over_while_it_exists(r: redis.Redis) -> None:
     r.zadd("tracked", {"github.com/a": -math.inf, "github.com/b": -math.inf})
     r.set("lock:github.com/a", "someone.0.else", ex=60)
-    c = claimer(r, "1.0.h", int(tracked.server_time(r)))
+    c = claimer(r, "1.0.h", int(server_time(r)))
     assert c.claim(5) == (["github.com/b"], 1)  # `a` is still due, just not claimable now
     assert r.get("lock:github.com/a") == "someone.0.else"
 
 
 def test_an_abandoned_claim_is_taken_over_after_its_lock_expires(r: redis.Redis) -> None:
     r.zadd("tracked", {"github.com/a": -math.inf})
-    start = int(tracked.server_time(r))
+    start = int(server_time(r))
     dead = claimer(r, "1.0.dead", start, ttl=2)
     assert dead.claim(1)[0] == ["github.com/a"]
     other = claimer(r, "2.0.alive", start, ttl=2)
@@ -126,15 +127,15 @@ def test_an_abandoned_claim_is_taken_over_after_its_lock_expires(r: redis.Redis)
 
 def test_in_flight_counts_claims_of_this_run(r: redis.Redis) -> None:
     r.zadd("tracked", {"github.com/a": -math.inf, "github.com/b": -math.inf})
-    c = claimer(r, "1.0.h", int(tracked.server_time(r)))
+    c = claimer(r, "1.0.h", int(server_time(r)))
     c.claim(1)
     assert (c.remaining(), c.in_flight()) == (1, 1)
 
 
 def test_refresher_extends_locks_and_detects_a_lost_one(r: redis.Redis) -> None:
     r.zadd("tracked", {"github.com/a": -math.inf, "github.com/b": -math.inf})
-    scripts = tracked.Scripts(r)
-    c = tracked.Claimer(r, scripts, "1.0.h", 2, int(tracked.server_time(r)))
+    scripts = Scripts(r)
+    c = tracked.Claimer(r, scripts, "1.0.h", 2, int(server_time(r)))
     claimed, _ = c.claim(2)
     keeper = LockKeeper(r, scripts, "1.0.h", 2)
     keeper.add(claimed, time.monotonic())
@@ -155,8 +156,8 @@ def test_refresher_extends_locks_and_detects_a_lost_one(r: redis.Redis) -> None:
 def test_check_asks_redis_when_the_refresher_is_late(r: redis.Redis) -> None:
     """A stopped process (SIGSTOP) resumes with stale local state: check() must not trust it."""
     r.zadd("tracked", {"github.com/a": -math.inf})
-    scripts = tracked.Scripts(r)
-    c = tracked.Claimer(r, scripts, "1.0.h", 2, int(tracked.server_time(r)))
+    scripts = Scripts(r)
+    c = tracked.Claimer(r, scripts, "1.0.h", 2, int(server_time(r)))
     c.claim(1)
     fake_now = [time.monotonic()]
     keeper = LockKeeper(r, scripts, "1.0.h", 2, clock=lambda: fake_now[0])
@@ -176,7 +177,7 @@ def test_concurrent_claimers_never_share_a_user(
     r = redis.Redis.from_url(redis_server, decode_responses=True)
     r.flushall()
     r.zadd("tracked", {f"github.com/u{i}": -math.inf for i in range(users)})
-    start = int(tracked.server_time(r))
+    start = int(server_time(r))
     seen: Counter[str] = Counter()
     holders: dict[str, str] = {}
     mu = threading.Lock()

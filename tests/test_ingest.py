@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import redis
 
 from bulkbackup import config
 from bulkbackup.ingest import ingest
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 GOOD = [
     b'{"login": "octocat", "id": 583231}',
@@ -178,3 +180,64 @@ def test_reset_makes_everyone_due_in_one_step(clean_env: None, r: redis.Redis) -
     assert proc.returncode == 0, proc.stderr
     assert dict(r.zrange("tracked", 0, -1, withscores=True)) == {
         "github.com/a": 0, "github.com/b": 0, "github.com/c": 0}
+
+
+_MAXRSS = """
+import resource, sys
+from bulkbackup.cli import main
+code = main(sys.argv[1:])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def _ingest_rss_kb(path: Path, rejects: Path) -> tuple[subprocess.CompletedProcess[bytes], int]:
+    """Run `bulkbackup ingest` in a child that reports its own peak memory (KB) last."""
+    proc = subprocess.run([sys.executable, "-c", _MAXRSS, "ingest", str(path), "--rejects",
+                           str(rejects)], capture_output=True, timeout=300, cwd=ROOT)
+    return proc, int(proc.stderr.split()[-1])
+
+
+def test_an_over_long_line_is_rejected_in_constant_memory(
+    clean_env: None, r: redis.Redis, tmp_path: Path
+) -> None:
+    """A gzipped dump with a ~50 MB line between good ones: the good lines are ingested, the
+    long one is rejected with its line number, and it is never held in memory whole."""
+    big = tmp_path / "big.json"
+    with gzip.open(big, "wb", compresslevel=1) as f:
+        f.write(b'{"login": "before"}\n{"login": "' + b"x" * (50 * 1024 * 1024) + b'"}\n')
+        f.write(b'{"login": "after"}\n' + b"y" * 70_000)  # a long last line, no newline
+    small = tmp_path / "small.json"
+    small.write_bytes(gzip.compress(b'{"login": "before"}\n{"login": "after"}\n'))
+    _, baseline_kb = _ingest_rss_kb(small, tmp_path / "small.tsv")
+    proc, peak_kb = _ingest_rss_kb(big, tmp_path / "rejects.tsv")
+    assert proc.returncode == 0, proc.stderr
+    summary = proc.stderr.decode().splitlines()[-2]
+    assert "4 lines read, 2 logins accepted" in summary and "2 rejected" in summary
+    assert "line 2: line too long" in summary and "line 4: line too long" in summary
+    assert set(r.zrange("tracked", 0, -1)) == {"github.com/before", "github.com/after"}
+    rejects = (tmp_path / "rejects.tsv").read_text().splitlines()
+    assert [line.split("\t")[:2] for line in rejects] == [["2", "line too long"],
+                                                           ["4", "line too long"]]
+    assert peak_kb - baseline_kb < 20 * 1024, (peak_kb, baseline_kb)
+
+
+def test_a_line_at_the_cap_is_read(clean_env: None, r: redis.Redis, tmp_path: Path) -> None:
+    from bulkbackup.ingest import MAX_LINE_BYTES
+
+    line = b'{"login": "capped", "pad": "' + b"p" * (MAX_LINE_BYTES - 30) + b'"}'
+    assert len(line) == MAX_LINE_BYTES
+    path = tmp_path / "cap.json"
+    path.write_bytes(line + b"\n" + line[:-2] + b'p"}\n' + b'{"login": "next"}\n')
+    proc = run_cli("ingest", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert "2 logins accepted" in proc.stderr and "line 2: line too long" in proc.stderr
+    assert set(r.zrange("tracked", 0, -1)) == {"github.com/capped", "github.com/next"}
+
+
+def test_a_redis_url_redis_cannot_use_is_exit_2(clean_env: None, dump: Path) -> None:
+    for cmd in (["ingest", str(dump)], ["reset"]):
+        proc = run_cli(*cmd, env={"REDIS_URL": "foo://x"})
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith("bulkbackup: error: invalid redis.url: 'foo://x'")
+        assert proc.stderr.count("\n") == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 import pytest
 
@@ -55,6 +57,7 @@ def test_show_json(filled: None) -> None:
 
 
 def test_show_unknown_user(clean_env: None, store_url: str) -> None:
+    open_store(config.load().store).close()  # the store exists, without the user
     proc = run_cli("show", "nobody")
     assert proc.returncode == 1
     assert proc.stderr.strip() == "bulkbackup: error: user nobody is not in the store"
@@ -63,3 +66,17 @@ def test_show_unknown_user(clean_env: None, store_url: str) -> None:
 def test_show_invalid_login(clean_env: None, store_url: str) -> None:
     proc = run_cli("show", "../x")
     assert proc.returncode == 2 and "invalid login" in proc.stderr
+
+
+def test_show_never_creates_the_store(clean_env: None, store_url: str) -> None:
+    """A read-only command on a missing bucket (or folder) says so; it does not create it."""
+    proc = run_cli("show", "octocat")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr
+    if store_url.startswith("s3://"):
+        import boto3
+
+        names = [b["Name"] for b in boto3.client("s3").list_buckets()["Buckets"]]
+        assert names == []
+    else:
+        assert not Path(store_url).exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -124,3 +125,41 @@ def test_rebuild_keeps_newer_scores_and_redis_only_users(
     assert r.zscore("tracked", "github.com/alice") == future
     assert r.zscore("tracked", "github.com/only-in-redis") == -math.inf
     assert r.zscore("tracked", "github.com/octocat") is not None
+
+
+def _redis_snapshot(r: redis.Redis) -> dict[str, object]:
+    return {k: r.dump(k) for k in r.scan_iter("*")}
+
+
+def _store_snapshot(store: Store) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for info in store.list(""):
+        head = store.head(info.key)
+        out[info.key] = (info.size, info.last_modified, head and dict(head.metadata))
+    return out
+
+
+def test_no_write_writes_nothing_anywhere(store: Store, forge: Forge, r: redis.Redis) -> None:
+    """`stats --no-write`: Redis and the store are the same, key for key, before and after."""
+    build(forge)
+    store.delete("alice/only.bundle")  # SyncdRepos is now stale: a writing pass would fix it
+    r.hdel("bulkbackup:syncd", "octocat")  # and a cache entry is missing
+    before = (_redis_snapshot(r), _store_snapshot(store))
+    report = stats("--no-write")
+    assert report["pass"]["wrote"] is False
+    assert (_redis_snapshot(r), _store_snapshot(store)) == before
+    assert not r.exists("bulkbackup:laststats")
+
+
+def test_no_write_never_creates_the_store(
+    clean_env: None, redis_url: str, store_url: str, r: redis.Redis
+) -> None:
+    proc = run_cli("stats", "--no-write")
+    assert proc.returncode == 2 and "does not exist" in proc.stderr, proc.stderr
+    if store_url.startswith("s3://"):
+        import boto3
+
+        assert boto3.client("s3").list_buckets()["Buckets"] == []
+    else:
+        assert not Path(store_url).exists()
+    assert r.dbsize() == 0

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
-from bulkbackup.config import StoreSettings
+from pathlib import Path
+
+from bulkbackup.config import StoreSettings, store_scheme
+from bulkbackup.errors import ConfigError
 from bulkbackup.store.base import Head, ObjectInfo, Store
 
 __all__ = ["Head", "ObjectInfo", "Store", "open_store"]
 
 
-def open_store(settings: StoreSettings, threads: int = 1) -> Store:
+def open_store(settings: StoreSettings, threads: int = 1, create: bool = True) -> Store:
     """The store named by ``settings.url``: ``s3://BUCKET`` or a local folder path.
 
     ``threads`` is how many threads of this process will use it (sizes connection pools).
-    Call it in the process that uses the store: clients are not shareable across processes.
+    ``create=False`` opens it read-only: a missing bucket or folder is a ConfigError, never
+    created (`show`, `stats --no-write`). Call it in the process that uses the store:
+    clients are not shareable across processes.
     """
-    if settings.url.startswith("s3://"):
+    if store_scheme(settings.url) == "s3":
         from bulkbackup.store.s3 import S3Store
 
-        return S3Store(settings, threads=threads)
+        return S3Store(settings, threads=threads, create=create)
+    if not create and not Path(settings.url).expanduser().is_dir():
+        raise ConfigError(f"store folder {settings.url} does not exist")
     from bulkbackup.store.local import LocalStore
 
     return LocalStore(settings)

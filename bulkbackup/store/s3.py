@@ -22,7 +22,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from bulkbackup.config import StoreSettings
-from bulkbackup.errors import NotFound, StoreError
+from bulkbackup.errors import ConfigError, NotFound, StoreError, one_line
 from bulkbackup.store.base import Head, ObjectInfo, Store, check_key, clean_metadata
 
 _MIB = 1024 * 1024
@@ -40,10 +40,11 @@ def _code(exc: BaseException) -> str:
     return ""
 
 
-def _one_line(exc: BaseException) -> str:
-    # botocore messages name the operation and the server's reason; never the credentials.
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+# botocore messages name the operation and the server's reason; never the credentials.
+_one_line = one_line
+# Answers that no retry or restart can change: the configuration must be fixed.
+_REFUSED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+            "InvalidBucketName", "AllAccessDisabled", "AccountProblem"}
 
 
 def _content_type(key: str) -> str:
@@ -95,10 +96,11 @@ class _Body(io.RawIOBase):
 class S3Store(Store):
     byte_ordered = True
 
-    def __init__(self, settings: StoreSettings, threads: int = 1) -> None:
+    def __init__(self, settings: StoreSettings, threads: int = 1, create: bool = True) -> None:
+        """``create=False``: read-only use; a missing bucket is an error, never created."""
         bucket = settings.url.removeprefix("s3://").rstrip("/")
         if not bucket or "/" in bucket:
-            raise StoreError(f"store.url must be s3://BUCKET, not {settings.url!r}")
+            raise ConfigError(f"store.url must be s3://BUCKET, not {settings.url!r}")
         self.bucket = bucket
         self.settings = settings
         self._requests = 0
@@ -113,8 +115,8 @@ class S3Store(Store):
         try:
             # A fresh session: the default one is shared module state, unsafe across forks.
             self._client: Any = boto3.session.Session().client("s3", config=config)
-        except _BOTO_ERRORS as exc:
-            raise StoreError(f"cannot create the S3 client: {_one_line(exc)}") from None
+        except (*_BOTO_ERRORS, ValueError) as exc:  # ValueError: a malformed endpoint URL
+            raise ConfigError(f"cannot create the S3 client: {_one_line(exc)}") from None
         # Every HTTP request, retries included: what a gateway counts and bills.
         self._client.meta.events.register("before-send.s3.*", self._on_send)
         self._transfer = TransferConfig(
@@ -122,7 +124,7 @@ class S3Store(Store):
             multipart_chunksize=settings.multipart_part_mb * _MIB,
             use_threads=False,  # one part in memory at a time; workers parallelise users
         )
-        self._check_bucket()
+        self._check_bucket(create and settings.create_bucket)
 
     def _on_send(self, **_: Any) -> None:
         with self._lock:
@@ -140,16 +142,25 @@ class S3Store(Store):
                 raise NotFound(f"no such object: {key!r}") from None
             raise StoreError(f"cannot {action} {key!r}: {_one_line(exc)}") from None
 
-    def _check_bucket(self) -> None:
+    def _check_bucket(self, create: bool) -> None:
+        """The bucket exists and these credentials may use it, or a ConfigError (exit 2: a
+        restart cannot help) — except a failure that may pass (network, 5xx): StoreError."""
         try:
             self._client.head_bucket(Bucket=self.bucket)
             return
+        except botocore.exceptions.ParamValidationError as exc:  # e.g. an invalid bucket name
+            raise ConfigError(f"store.url {self.settings.url!r}: {_one_line(exc)}") from None
         except _BOTO_ERRORS as exc:
-            if _code(exc) not in _NO_BUCKET:
+            code = _code(exc)
+            if code in _REFUSED:
+                raise ConfigError(f"the store refuses access to bucket {self.bucket} "
+                                  f"(check the credentials): {_one_line(exc)}") from None
+            if code not in _NO_BUCKET:
                 raise StoreError(f"cannot access bucket {self.bucket}: {_one_line(exc)}") from None
-        if not self.settings.create_bucket:
-            raise StoreError(f"bucket {self.bucket} does not exist "
-                             "(set store.create_bucket: true to create it)")
+        if not create:
+            raise ConfigError(f"bucket {self.bucket} does not exist" + (
+                " (set store.create_bucket: true to create it)"
+                if not self.settings.create_bucket else ""))
         kwargs: dict[str, Any] = {"Bucket": self.bucket}
         region = self._client.meta.region_name
         if region and region != "us-east-1":
@@ -158,7 +169,11 @@ class S3Store(Store):
             self._client.create_bucket(**kwargs)
         except _BOTO_ERRORS as exc:
             # Several worker processes start at once: one of them wins the race.
-            if _code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            code = _code(exc)
+            if code in _REFUSED or isinstance(exc, botocore.exceptions.ParamValidationError):
+                raise ConfigError(f"cannot create bucket {self.bucket}: {_one_line(exc)}"
+                                  ) from None
+            if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise StoreError(f"cannot create bucket {self.bucket}: {_one_line(exc)}"
                                  ) from None
 

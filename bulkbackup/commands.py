@@ -1,0 +1,271 @@
+"""Every subcommand's "call the library, render, print, choose the exit code".
+
+The only module that prints results: library functions return them (a web server reuses the
+library without this). Exit codes (README "Exit codes"): 0 the command did its work, even when
+users or repositories have problems that are recorded in the store (a user gone, a failed
+clone: results, counted in the summary); 1 something could not be done or recorded (store or
+Redis failure), raised as a BulkbackupError; 2 usage or configuration.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from bulkbackup.config import Settings
+from bulkbackup.errors import InvalidName, UsageError
+from bulkbackup.timeutil import parse_rfc3339
+
+if TYPE_CHECKING:
+    from bulkbackup.verify import VerifyReport
+
+
+def ingest_command(settings: Settings, dump: str, limit: int | None, batch_size: int | None,
+                   rejects: str | None) -> int:
+    from bulkbackup.ingest import ingest
+
+    result = ingest(settings, dump, limit=limit, batch_size=batch_size, rejects_path=rejects)
+    print(result.summary(), file=sys.stderr)
+    return 0
+
+
+def reset_command(settings: Settings) -> int:
+    from bulkbackup import tracked
+    from bulkbackup.connection import connect
+
+    n = tracked.reset(connect(settings.redis))
+    print(f"reset: {n} users are due again", file=sys.stderr)
+    return 0
+
+
+def stats_command(settings: Settings, as_json: bool, write: bool) -> int:
+    from bulkbackup.stats import collect
+
+    report = collect(settings, write)
+    if as_json:
+        sys.stdout.write(orjson.dumps(report).decode() + "\n")
+    else:
+        print(render_stats(report))
+    return 0
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def render_stats(report: dict[str, object]) -> str:
+    rows = [(f"{section}.{name}", _cell(value))
+            for section, values in report.items() if isinstance(values, dict)
+            for name, value in values.items()]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def rebuild_command(settings: Settings) -> int:
+    from bulkbackup import keys
+    from bulkbackup.connection import connect
+    from bulkbackup.stats import rebuild
+
+    started = time.monotonic()
+    r = connect(settings.redis)
+    added = rebuild(settings, r)
+    print(f"rebuild: {added} users added, {r.zcard(keys.TRACKED)} tracked, "
+          f"{time.monotonic() - started:.1f}s", file=sys.stderr)
+    return 0
+
+
+def sync_command(settings: Settings, logins: list[str]) -> int:
+    """Back up the named users now. A user whose problem is recorded in the store (gone,
+    a failed clone) is a result, counted in the summary: exit 0, as `run`."""
+    from bulkbackup.backup import sync_users
+
+    with_errors = 0
+    for result in sync_users(settings, logins):
+        print(result.line(), file=sys.stdout, flush=True)
+        with_errors += bool(result.error)
+    print(f"sync: {len(logins)} users, {with_errors} with errors", file=sys.stderr)
+    return 0
+
+
+def show_command(settings: Settings, login: str, as_json: bool) -> int:
+    from bulkbackup.show import describe_user
+
+    try:
+        user = describe_user(settings.store, login)
+    except InvalidName as exc:
+        raise UsageError(str(exc)) from None
+    if as_json:
+        sys.stdout.write(orjson.dumps(user, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(render_user(user))
+    return 0
+
+
+def _dash(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "kB", "MB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
+
+
+def render_user(user: dict[str, Any]) -> str:
+    lines = [
+        f"user {user['login']}",
+        f"  last sync        {user['last_sync'] or '-'}",
+        f"  synced repos     {_dash(user['syncd_repos'])}",
+        f"  reported repos   {_dash(user['reported_repos'])}",
+        f"  error            {user['error'] or '-'}",
+    ]
+    repos = user["repositories"]
+    if not repos:
+        lines.append("no repositories stored")
+        return "\n".join(lines)
+    width = max(10, *(len(r["name"]) for r in repos))
+    lines.append(f"{'repository':<{width}}  {'last sync':<20}  {'bundle':>9}  {'zip':>9}  error")
+    for r in repos:
+        lines.append(f"{r['name']:<{width}}  {r['last_sync'] or '-':<20}  "
+                     f"{_size(r['bundle_bytes']):>9}  {_size(r['zip_bytes']):>9}  "
+                     f"{r['error'] or '-'}")
+    return "\n".join(lines)
+
+
+def run_command(settings: Settings, procs: int | None, max_users: int | None,
+                with_stats: bool) -> int:
+    # runner.run still prints its summary and runs the stats pass: its reshaping into
+    # `runner.run_command` is another change; this is the one place `run` is called from.
+    from bulkbackup.runner import run
+
+    _preflight(settings)
+    return run(settings, procs=procs, max_users=max_users, with_stats=with_stats)
+
+
+def _preflight(settings: Settings) -> None:
+    """Open the store once before any worker starts: a missing bucket or refused credentials
+    is then a ConfigError (exit 2, so systemd stops restarting), not N workers failing."""
+    from bulkbackup.store import open_store
+
+    open_store(settings.store).close()
+
+
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)")
+
+
+def _parse_time(text: str) -> datetime:
+    """An RFC 3339 time from the command line (`2026-11-28T17:00:00Z`)."""
+    parsed = parse_rfc3339(text.upper()) if _RFC3339.fullmatch(text) else None
+    if parsed is None:
+        raise UsageError(f"--at: not an RFC 3339 time: {text!r:.60} "
+                         "(e.g. 2026-11-28T17:00:00Z)")
+    return parsed
+
+
+def restore_command(settings: Settings, target: str, to: str, at: str | None, with_zip: bool,
+                    force: bool) -> int:
+    from bulkbackup.restore import RestoreOptions, Status, parse_target, restore
+    from bulkbackup.store import open_store
+
+    try:
+        login, repo = parse_target(target)
+    except InvalidName as exc:
+        raise UsageError(str(exc)) from None
+    opts = RestoreOptions(to=Path(to), at=_parse_time(at) if at else None, with_zip=with_zip,
+                          force=force)
+    store = open_store(settings.store, create=False)
+    try:
+        report = restore(store, settings, login, repo, opts)
+    finally:
+        store.close()
+    for r in report.repos:
+        if r.status is Status.FAILED:
+            print(f"{r.login}/{r.repo}: FAILED: {r.reason}", flush=True)
+            continue
+        what = "empty repository" if r.status is Status.EMPTY else f"{r.refs} refs"
+        extra = f", HEAD {r.branch}" if r.branch else ""
+        extra += f", zip {r.zip_path}" if r.zip_path else ""
+        print(f"{r.login}/{r.repo}: restored to {r.path} ({what}{extra})", flush=True)
+    done = len(report.repos) - len(report.failed)
+    print(f"restore: {done} repositories restored, {len(report.failed)} failed",
+          file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def verify_command(settings: Settings, logins: list[str], sample: int | None,
+                   as_json: bool) -> int:
+    from bulkbackup.backup import work_dir
+    from bulkbackup.names import check_login
+    from bulkbackup.store import open_store
+    from bulkbackup.verify import sample_logins, verify
+
+    for login in logins:
+        try:
+            check_login(login)
+        except InvalidName as exc:
+            raise UsageError(str(exc)) from None
+    if bool(logins) == (sample is not None):
+        raise UsageError("verify: name users (LOGIN...) or give --sample N, one of the two")
+    store = open_store(settings.store, create=False)
+    try:
+        chosen = logins or sample_logins(store, sample or 0)
+        with work_dir(settings, "verify") as scratch:
+            report = verify(store, settings, chosen, scratch)
+    finally:
+        store.close()
+    _save_verify_figures(settings, report)
+    if as_json:
+        sys.stdout.write(orjson.dumps(report.as_json()).decode() + "\n")
+    else:
+        print(_render_verify(report), flush=True)
+    t = report.totals()
+    print(f"verify: {t['users']} users, {t['archives']} archives: {t['verified']} verified, "
+          f"{t['failed']} failed, {t['no_archive']} without archive "
+          f"({t['elapsed_s']:.1f}s)", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def _save_verify_figures(settings: Settings, report: VerifyReport) -> None:
+    """The figures for `stats`; Redis being away does not make the verify fail."""
+    import redis
+
+    from bulkbackup.connection import connect
+    from bulkbackup.verify import save_figures
+
+    try:
+        r = connect(settings.redis)
+        save_figures(r, report)
+        r.close()
+    except redis.RedisError as exc:
+        print(f"bulkbackup: warning: verify figures not saved in Redis: {exc}", file=sys.stderr)
+
+
+def _render_verify(report: VerifyReport) -> str:
+    from bulkbackup.verify import Outcome
+
+    lines = []
+    for user in report.users:
+        if user.error:
+            lines.append(f"{user.login}: FAILED: {user.error}")
+            continue
+        lines.append(f"{user.login}: {len(user.repos)} archives, "
+                     f"{user.count(Outcome.VERIFIED)} verified, {user.count(Outcome.FAILED)} "
+                     f"failed, {user.count(Outcome.NO_ARCHIVE)} without archive")
+        lines += [f"  {r.name}: FAILED: {r.reason}" for r in user.repos
+                  if r.outcome is Outcome.FAILED]
+    return "\n".join(lines) if lines else "no users to verify"

@@ -1,0 +1,51 @@
+"""The one way every command reaches Redis: the client, the server's clock, the Lua scripts."""
+
+from __future__ import annotations
+
+from importlib import resources
+from urllib.parse import urlsplit
+
+import redis
+
+from bulkbackup.config import RedisSettings
+from bulkbackup.errors import ConfigError, one_line
+
+SCHEMES = ("redis", "rediss", "unix")
+
+
+def connect(settings: RedisSettings, decode: bool = True) -> redis.Redis:
+    """A client for ``settings.url``; each process builds its own. A URL redis-py cannot use
+    is a ConfigError (exit 2), whichever command meets it first."""
+    scheme = urlsplit(settings.url).scheme
+    if scheme not in SCHEMES:
+        raise ConfigError(f"invalid redis.url: {settings.url!r}: the scheme must be one of "
+                          f"{', '.join(s + '://' for s in SCHEMES)}")
+    try:
+        return redis.Redis.from_url(
+            settings.url,
+            decode_responses=decode,
+            socket_timeout=settings.socket_timeout_s,
+            socket_connect_timeout=min(settings.socket_timeout_s, 10.0),
+            health_check_interval=30,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"invalid redis.url: {one_line(exc)}") from None
+
+
+def server_time(r: redis.Redis) -> float:
+    """Redis's clock in seconds: leases and scores are in server time, shared by all hosts."""
+    sec, usec = r.time()
+    return float(sec) + usec / 1e6
+
+
+def _script(name: str) -> str:
+    return resources.files("bulkbackup").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+class Scripts:
+    """The project's Lua scripts, registered on one client (EVALSHA, loaded on demand)."""
+
+    def __init__(self, r: redis.Redis) -> None:
+        self.claim = r.register_script(_script("claim.lua"))
+        self.refresh = r.register_script(_script("refresh.lua"))
+        self.complete = r.register_script(_script("complete.lua"))

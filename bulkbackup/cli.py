@@ -97,10 +97,10 @@ def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:
         print(f"reset: {n} users are due again", file=sys.stderr)
         return 0
     if cmd == "run":
-        from bulkbackup.runner import run
+        from bulkbackup.runner import run_command
 
-        return run(settings, procs=args.procs, max_users=args.max_users,
-                   with_stats=not args.no_stats)
+        return run_command(settings, procs=args.procs, max_users=args.max_users,
+                           with_stats=not args.no_stats)
     if cmd == "stats":
         from bulkbackup.stats import stats_command
 

@@ -16,6 +16,9 @@ DEFERRED_TTL_S = 7 * 24 * 3600
 # Figures of the last run and the last stats pass (a hash).
 LAST_RUN = "bulkbackup:lastrun"
 LAST_STATS = "bulkbackup:laststats"
+# Set by `run` once `tracked` is whole (checked, built or rebuilt from the store). Redis
+# flushed, or restarted without persistence, loses it: the run then rebuilds `tracked`.
+INTACT = "bulkbackup:intact"
 
 MEMBER_PREFIX = HOST + "/"
 LOCK_PREFIX = "lock:"

@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from multiprocessing import forkserver, resource_tracker
 from multiprocessing.connection import Connection, wait
@@ -127,8 +127,11 @@ class Supervisor:
     """One run of the pool: start it, count its reports, stop it, say what it did."""
 
     def __init__(self, settings: Settings, procs: int | None = None,
-                 max_users: int | None = None) -> None:
+                 max_users: int | None = None,
+                 notify: Callable[[str], None] | None = None) -> None:
         self.settings = settings
+        # Tells the operator, at once, what a signal changed (the caller renders it).
+        self.notify = notify or log.warning
         self.procs = procs or settings.run.procs
         self.max_users = max_users
         self.r = tracked.connect(settings.redis)
@@ -206,8 +209,8 @@ class Supervisor:
         self.signals.count += 1
         if self.signals.count == 1:
             self._stop_claiming()
-            print(f"bulkbackup: stopping: in-flight users have {self.settings.run.grace_s:g}s "
-                  "to finish (signal again to stop now)", file=sys.stderr)
+            self.notify(f"stopping: in-flight users have {self.settings.run.grace_s:g}s "
+                        "to finish (signal again to stop now)")
 
     def _stop_claiming(self) -> None:
         if not self.graceful.value:
@@ -294,10 +297,11 @@ class Supervisor:
         })
 
 
-def run(settings: Settings, procs: int | None = None,
-        max_users: int | None = None) -> RunReport:
-    """Drain `tracked` with a pool of worker processes; prints nothing."""
-    return Supervisor(settings, procs, max_users).run()
+def run(settings: Settings, procs: int | None = None, max_users: int | None = None,
+        notify: Callable[[str], None] | None = None) -> RunReport:
+    """Drain `tracked` with a pool of worker processes; prints nothing (``notify`` gets
+    what the operator should see at once: default, the log)."""
+    return Supervisor(settings, procs, max_users, notify).run()
 
 
 def _drain(readers: Iterable[Connection], totals: RunTotals, bar: Progress,
@@ -357,7 +361,8 @@ def _stop_now(workers: Iterable[BaseProcess]) -> None:
 def run_command(settings: Settings, procs: int | None, max_users: int | None,
                 with_stats: bool) -> int:
     """`bulkbackup run`: the run, its summary line, the stats pass; the exit code."""
-    report = run(settings, procs, max_users)
+    report = run(settings, procs, max_users,
+                 notify=lambda message: print(f"bulkbackup: {message}", file=sys.stderr))
     totals = report.totals
     print(totals.summary(), file=sys.stderr)
     if report.fatal:

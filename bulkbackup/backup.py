@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,6 +34,7 @@ from bulkbackup.store.base import (
     canonical,
 )
 from bulkbackup.timeutil import format_rfc3339, now
+from bulkbackup.workdir import work_dir
 
 log = logging.getLogger(__name__)
 
@@ -316,19 +313,6 @@ class UserBackup:
 def _newer(head: Head, pushed: str, updated: str) -> bool:
     """Is the stored archive newer than what the API just described?"""
     return (head.get(PUSHED_AT), head.get(UPDATED_AT)) > (pushed, updated)
-
-
-@contextmanager
-def work_dir(settings: Settings, name: str) -> Iterator[Path]:
-    """A private work directory for one process, removed afterwards."""
-    base = Path(settings.run.work_dir) if settings.run.work_dir else None
-    if base is not None:
-        base.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f"bulkbackup-{name}-", dir=base))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def sync_users(settings: Settings, logins: list[str]) -> Iterator[UserResult]:

@@ -149,12 +149,33 @@ def render_user(user: dict[str, Any]) -> str:
 
 def run_command(settings: Settings, procs: int | None, max_users: int | None,
                 with_stats: bool) -> int:
-    # runner.run still prints its summary and runs the stats pass: its reshaping into
-    # `runner.run_command` is another change; this is the one place `run` is called from.
+    """`bulkbackup run`: the run, its summary line, the stats pass; the exit code."""
+    from bulkbackup.errors import BulkbackupError
     from bulkbackup.runner import run
 
     _preflight(settings)
-    return run(settings, procs=procs, max_users=max_users, with_stats=with_stats)
+    report = run(settings, procs, max_users,
+                 notify=lambda message: print(f"bulkbackup: {message}", file=sys.stderr))
+    totals = report.totals
+    print(totals.summary(), file=sys.stderr)
+    if report.fatal:
+        raise BulkbackupError(f"{report.fatal}: {totals.failure}" if totals.failure
+                              else report.fatal)
+    code = 0
+    if with_stats and not report.stopped_by_signal:
+        code = stats_command(settings, as_json=False, write=True)
+    problems = []
+    if report.users_lost:
+        problems.append(
+            f"{report.users_lost} users were lost from `tracked` mid-run (Redis flushed or "
+            "restarted without persistence) and are not in the store: ingest them again")
+    if report.deferred:
+        problems.append(
+            f"{report.deferred} users failed {settings.run.max_attempts} times on store or "
+            "Redis errors and are left for the next run (see the log)")
+    if problems:
+        raise BulkbackupError("; ".join(problems))
+    return code
 
 
 def _preflight(settings: Settings) -> None:
@@ -209,10 +230,10 @@ def restore_command(settings: Settings, target: str, to: str, at: str | None, wi
 
 def verify_command(settings: Settings, logins: list[str], sample: int | None,
                    as_json: bool) -> int:
-    from bulkbackup.backup import work_dir
     from bulkbackup.names import check_login
     from bulkbackup.store import open_store
     from bulkbackup.verify import sample_logins, verify
+    from bulkbackup.workdir import work_dir
 
     for login in logins:
         try:

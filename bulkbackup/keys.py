@@ -18,6 +18,9 @@ LAST_RUN = "bulkbackup:lastrun"
 LAST_STATS = "bulkbackup:laststats"
 # Figures of the last verify pass, and totals of all passes (a hash; `stats` reports them).
 LAST_VERIFY = "bulkbackup:lastverify"
+# Set by `run` once `tracked` is whole (checked, built or rebuilt from the store). Redis
+# flushed, or restarted without persistence, loses it: the run then rebuilds `tracked`.
+INTACT = "bulkbackup:intact"
 
 MEMBER_PREFIX = HOST + "/"
 LOCK_PREFIX = "lock:"

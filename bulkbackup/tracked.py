@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import IntEnum
 
 import redis
 
@@ -64,25 +65,27 @@ class Claimer:
                 return claimed, max(remaining - len(claimed), 0)
             # More were given up on than this read stepped over: read again, further.
 
-    def finish(self, member: str, synced: bool, counts: str = "") -> bool:
-        """Synced: score := now. Not synced: the score it had is restored. False: lock lost.
+    def finish(self, member: str, synced: bool, counts: str = "") -> Completion:
+        """Synced: score := now. Not synced: the score it had is restored. DONE, or LOST when
+        the lock was no longer ours (nothing changed).
 
         ``counts`` (see stats.UserCounts) is cached for the stats pass in the same call.
         """
-        return self._complete(member, 1 if synced else 0, counts) != 0
+        return self._complete(member, 1 if synced else 0, counts)
 
-    def fail(self, member: str, max_attempts: int) -> int:
-        """Give back after a failure: 1 retried in this run, 2 deferred to the next run
-        (its ``max_attempts``-th failure in a row), 0 lock lost."""
+    def fail(self, member: str, max_attempts: int) -> Completion:
+        """Give back after a failure: DONE (retried in this run), DEFERRED (its
+        ``max_attempts``-th failure in a row: left for the next run), or LOST."""
         return self._complete(member, 2, "", max_attempts)
 
-    def _complete(self, member: str, mode: int, counts: str, max_attempts: int = 0) -> int:
-        return int(self.scripts.complete(
+    def _complete(self, member: str, mode: int, counts: str, max_attempts: int = 0) -> Completion:
+        code = self.scripts.complete(
             keys=[keys.TRACKED, keys.LEASES, keys.CLAIMS, keys.lock(member), keys.SYNCD,
                   keys.FAILURES, keys.deferred(self.run_start)],
             args=[member, self.worker_id, mode, keys.login_of(member), counts, max_attempts,
                   keys.DEFERRED_TTL_S],
-        ))
+        )
+        return Completion(int(code))  # ValueError on anything else: a script out of step
 
     def remaining(self) -> int:
         """Users still due in this run (not counting those claimed right now, nor those it
@@ -104,6 +107,14 @@ class Claimer:
             return 0
         prev = self.r.hmget(keys.CLAIMS, members)
         return sum(1 for p in prev if p is None or float(p) < self.run_start)
+
+
+class Completion(IntEnum):
+    """What complete.lua did (its return value)."""
+
+    LOST = 0  # the lock was not ours: nothing changed
+    DONE = 1  # completed, or given back for another attempt in this run
+    DEFERRED = 2  # given back after its last allowed failure: left for the next run
 
 
 def reset(r: redis.Redis) -> int:

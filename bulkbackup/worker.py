@@ -1,16 +1,19 @@
 """One worker process of `bulkbackup run`: claim users in batches, back each up under its lock.
 
 A worker receives settings, never live clients: it builds its own Redis, store and HTTP
-clients. It reports to the parent through its own pipe and never prints.
+clients. It reports to the parent through its own pipe (typed reports) and never prints.
+When the parent dies (SIGKILL, a crash) it gives its users back and exits quietly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -18,20 +21,31 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import redis
 
 from bulkbackup import gitops, keys, tracked
-from bulkbackup.backup import UserBackup, UserResult, work_dir
+from bulkbackup.backup import UserBackup, UserResult
 from bulkbackup.config import Settings
 from bulkbackup.connection import Scripts, connect
 from bulkbackup.errors import BulkbackupError, Interrupted, LockLost
 from bulkbackup.github import GitHub
 from bulkbackup.gitops import GitWork
 from bulkbackup.locks import LockKeeper
+from bulkbackup.messages import (
+    Deferred,
+    Failed,
+    GivenBack,
+    Lost,
+    Report,
+    Synced,
+    WorkerExit,
+)
 from bulkbackup.redact import install_redaction
 from bulkbackup.store import open_store
+from bulkbackup.tracked import Completion
+from bulkbackup.workdir import work_dir
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -39,12 +53,12 @@ _T = TypeVar("_T")
 # Longest wait between two users while every attempt fails (see Worker._back_off).
 MAX_BACKOFF_S = 60.0
 
-# Report kinds sent to the parent: (kind, worker index, payload...)
-DONE = "done"      # (DONE, i, login, repos, archived, bytes, error: bool)
-LOST = "lost"      # (LOST, i, login)
-GIVEN_BACK = "back"  # (GIVEN_BACK, i, login)
-DEFERRED = "deferred"  # (DEFERRED, i, login): failed max_attempts times, left for the next run
-FAILED = "failed"  # (FAILED, i, message): the worker gives up (e.g. Redis unreachable)
+# How often the watch thread looks at the parent's flag and at the parent itself.
+WATCH_S = 0.1
+# Signal the kernel sends a worker when its parent dies (Linux, PR_SET_PDEATHSIG).
+PARENT_DEATH_SIGNAL = signal.SIGUSR2
+
+
 
 
 @dataclass(frozen=True)
@@ -104,32 +118,71 @@ def _retrying(what: str, fn: Callable[[], _T], give_up_s: float,
             delay = min(delay * 2, 5.0)
 
 
+class _ParentDeath:
+    """Set from PARENT_DEATH_SIGNAL's handler; the watch thread acts on it."""
+
+    signalled = False
+
+    @classmethod
+    def on_signal(cls, _sig: int, _frame: object) -> None:
+        cls.signalled = True  # nothing else: a handler must not take locks
+
+    @classmethod
+    def arm(cls) -> None:
+        signal.signal(PARENT_DEATH_SIGNAL, cls.on_signal)
+        set_parent_death_signal(PARENT_DEATH_SIGNAL)
+
+
+def set_parent_death_signal(sig: signal.Signals) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (PR_SET_PDEATHSIG; a
+    no-op elsewhere: the watch thread's look at os.getppid() covers every platform)."""
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, int(sig), 0, 0, 0)
+
+
 def worker_main(args: WorkerArgs, reports: Connection,
                 graceful: ctypes.c_bool, budget: Synchronized[int]) -> None:
     """Entry point of a worker process."""
-    # The parent decides when to stop: a terminal's Ctrl-C reaches the whole process group,
-    # and must not cut a user short here. SIGUSR1 is the parent's "stop at once".
+    # The parent decides when to stop: a terminal's Ctrl-C, and `kill -- -PGID`, systemd
+    # or `timeout` with SIGTERM reach the whole process group and must not cut a user short
+    # here. The fork server hands them to us ignored and blocked (see runner._start_fork_server),
+    # so there is no moment when they could kill this process. SIGUSR1 is "stop at once".
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
     def hard_stop(_sig: int, _frame: object) -> None:
         gitops.kill_all()
-        os._exit(1)
+        os._exit(WorkerExit.STOPPED)
 
     signal.signal(signal.SIGUSR1, hard_stop)
+    parent = os.getppid()
+    _ParentDeath.arm()
     logging.basicConfig(level=logging.WARNING,
                         format=f"%(asctime)s %(levelname)s worker {args.index}: %(message)s")
     install_redaction(args.settings.github.tokens)
+    worker = None
     try:
-        Worker(args, reports, graceful, budget).run()
+        worker = Worker(args, reports, graceful, budget, parent)
+        worker.run()
+    except Interrupted:
+        pass  # stopping (a signal, or Redis failed while stopping): users were given back
     except BulkbackupError as exc:
-        reports.send((FAILED, args.index, str(exc)))
-        raise SystemExit(3) from None
+        with contextlib.suppress(OSError):  # the parent may be gone
+            reports.send(Failed(args.index, str(exc)))
+        raise SystemExit(WorkerExit.FATAL) from None
+    finally:
+        if worker is not None:
+            worker.wait_for_orphan_exit()
 
 
 class Worker:
     def __init__(self, args: WorkerArgs, reports: Connection,
-                 graceful: ctypes.c_bool, budget: Synchronized[int]) -> None:
+                 graceful: ctypes.c_bool, budget: Synchronized[int], parent_pid: int) -> None:
         s = args.settings
         self.args = args
         self.reports = reports
@@ -144,10 +197,17 @@ class Worker:
         self.sizer = BatchSizer(s.run.claim_target_s, s.run.claim_batch_max, args.procs)
         self.queue: deque[str] = deque()
         self.failures_in_a_row = 0  # store or Redis failures since the last user that worked
+        self.parent_pid = parent_pid
+        self._finished = threading.Event()  # run() has returned: the watch thread ends
+        # Held while a claim is made and its users are handed to the keeper, so that the give
+        # back on the parent's death sees every user this process holds.
+        self._claim_mu = threading.Lock()
+        self._closed = False  # the parent is gone: no more claims
+        self._orphan_mu = threading.Lock()
 
     def run(self) -> None:
         s = self.args.settings
-        threading.Thread(target=self._watch_graceful, daemon=True).start()
+        threading.Thread(target=self._watch, name="watch", daemon=True).start()
         store = open_store(s.store)
         github = GitHub(s.github, stop=self.stop)
         self.keeper.start()
@@ -160,13 +220,51 @@ class Worker:
             self.keeper.stop()
             github.close()
             store.close()
+            self._finished.set()
 
-    def _watch_graceful(self) -> None:
+    def _watch(self) -> None:
         # Polled, not a multiprocessing.Event: a process that dies while waiting on one
         # leaves its Condition expecting a wake-up, and the parent's set() then hangs forever.
-        while not self.stop.wait(0.1):
+        while not self._finished.wait(WATCH_S):
             if self.graceful.value:
                 self.stop.set()
+            if _ParentDeath.signalled or os.getppid() != self.parent_pid:
+                self._orphaned("the run's parent process is gone")
+
+    def _report(self, report: Report) -> None:
+        try:
+            self.reports.send(report)
+        except OSError:  # BrokenPipeError: nobody reads any more
+            self._orphaned("the run's parent process is gone (its pipe is closed)")
+
+    def _orphaned(self, why: str) -> NoReturn:
+        """The parent died: nobody will count, replace or stop this process. Give back every
+        user it holds (queued and in flight), kill git, exit. Either thread may get here
+        first; the other waits here until the process exits."""
+        with self._orphan_mu:
+            self.stop.set()
+            # A claim in progress lands first (bounded: it would expire anyway by then).
+            if self._claim_mu.acquire(timeout=self.args.settings.run.lock_ttl_s):
+                self._closed = True
+            held = self.keeper.held()
+            for member in held:
+                self.keeper.drop(member)  # the main thread's next lock check fails: no write
+            gitops.kill_all()
+            back = 0
+            for member in held:
+                try:
+                    back += self.claimer.finish(member, False) is Completion.DONE
+                except redis.RedisError as exc:
+                    log.warning("could not give %s back (its lock will expire): %s", member, exc)
+            log.warning("%s: gave %d of %d users back; exiting", why, back, len(held))
+            logging.shutdown()
+            os._exit(WorkerExit.ORPHANED)
+
+    def wait_for_orphan_exit(self) -> None:
+        """Called last on the main thread: if the watch thread is giving users back after the
+        parent's death, the process must not end before it has (it ends the process)."""
+        with self._orphan_mu:
+            pass
 
     def _unlimited(self) -> bool:
         # Read without the lock (-1 never changes): without --max-users no worker ever takes
@@ -191,11 +289,14 @@ class Worker:
         want = self._take_budget(self.sizer.size(remaining))
         if want == 0:
             return [], 0
-        claimed, left = _retrying("claim", lambda: self.claimer.claim(want),
-                                  self.args.settings.run.redis_retry_s, self.stop)
+        with self._claim_mu:
+            if self._closed:
+                return [], 0
+            claimed, left = _retrying("claim", lambda: self.claimer.claim(want),
+                                      self.args.settings.run.redis_retry_s, self.stop)
+            if claimed:
+                self.keeper.add(claimed, time.monotonic())
         self._return_budget(want - len(claimed))
-        if claimed:
-            self.keeper.add(claimed, time.monotonic())
         return claimed, left
 
     def _loop(self, job: UserBackup) -> None:
@@ -221,7 +322,11 @@ class Worker:
                     return True
         rs = self.args.settings.run.redis_retry_s
         return (_retrying("claim", self.claimer.remaining, rs, self.stop) == 0
-                and _retrying("claim", self.claimer.in_flight, rs, self.stop) == 0)
+                and _retrying("claim", self.claimer.in_flight, rs, self.stop) == 0
+                # Read last: gone, Redis lost `tracked` (flushed, restarted) after the counts
+                # above were read, and the parent is rebuilding it: wait for the users back.
+                and bool(_retrying("claim", lambda: self.r.exists(keys.INTACT), rs,
+                                   self.stop)))
 
     def _one(self, job: UserBackup, member: str) -> None:
         login = keys.login_of(member)
@@ -234,7 +339,7 @@ class Worker:
             result = job.sync(login, check)
         except LockLost:
             self.keeper.drop(member)
-            self.reports.send((LOST, self.args.index, login))
+            self._report(Lost(self.args.index, login))
             return
         except Interrupted:
             self._give_back(member)
@@ -262,31 +367,36 @@ class Worker:
         finished = _retrying("complete", lambda: self.claimer.finish(member, True, cached), rs,
                              threading.Event())
         self.keeper.drop(member)
-        if not finished:
-            self.reports.send((LOST, self.args.index, login))
+        if finished is Completion.LOST:
+            self._report(Lost(self.args.index, login))
             return
-        self.reports.send((DONE, self.args.index, login, result.reported, result.archived,
-                          result.bytes, bool(result.error)))
+        self._report(Synced(self.args.index, login, result.reported, result.archived,
+                            result.bytes, bool(result.error)))
 
     def _give_back(self, member: str, failure: str = "") -> None:
         login = keys.login_of(member)
-        code = 1
+        max_attempts = self.args.settings.run.max_attempts
+        # A Redis error: the lock expires and the user is claimable again, as if given back.
+        outcome = Completion.DONE
         try:
-            if failure:
-                code = self.claimer.fail(member, self.args.settings.run.max_attempts)
-            else:
-                self.claimer.finish(member, False)
+            outcome = (self.claimer.fail(member, max_attempts) if failure
+                       else self.claimer.finish(member, False))
         except redis.RedisError as exc:
             log.warning("could not give %s back (its lock will expire): %s", member, exc)
         self.keeper.drop(member)
-        if code == 2:
+        if outcome is Completion.LOST:
+            # Someone else holds it now (or nobody): it is theirs to finish, not given back.
+            log.warning("%s: lock lost before it could be given back%s", login,
+                        f" ({failure})" if failure else "")
+            self._report(Lost(self.args.index, login))
+        elif outcome is Completion.DEFERRED:
             log.warning("%s: %s (failed %d times in a row: left for the next run)", login,
-                        failure, self.args.settings.run.max_attempts)
-            self.reports.send((DEFERRED, self.args.index, login))
-            return
-        if failure:
-            log.warning("%s: %s (given back for another attempt)", login, failure)
-        self.reports.send((GIVEN_BACK, self.args.index, login))
+                        failure, max_attempts)
+            self._report(Deferred(self.args.index, login))
+        else:
+            if failure:
+                log.warning("%s: %s (given back for another attempt)", login, failure)
+            self._report(GivenBack(self.args.index, login))
 
     def _back_off(self) -> None:
         """After a failure: wait 1, 2, 4 ... up to MAX_BACKOFF_S seconds while failures follow

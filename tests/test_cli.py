@@ -12,8 +12,8 @@ import boto3
 import pytest
 import redis
 
+from bulkbackup.testing.forge import Forge, RepoSpec
 from tests.conftest import free_port, run_cli, start_moto
-from tests.forge import Forge, RepoSpec
 
 
 def one_line_error(proc: object, *needles: str) -> None:

@@ -1,7 +1,8 @@
 """git against a hostile or broken server: redirects that would carry the token elsewhere,
 GitHub's pull refs, transfers that stall, big files, and `sync` interrupted by a signal.
 
-Real git over smart HTTP from the stand-in (bulkbackup/testing/forge.py); the signal tests run the real CLI.
+Real git over smart HTTP from the stand-in (bulkbackup/testing/forge.py); the signal tests
+run the real CLI.
 """
 
 from __future__ import annotations

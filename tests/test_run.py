@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -15,7 +17,10 @@ import boto3
 import pytest
 import redis
 
+from bulkbackup import config
+from bulkbackup.messages import GivenBack, Lost
 from bulkbackup.testing.forge import Forge, RepoSpec
+from bulkbackup.worker import Worker, WorkerArgs
 from tests.conftest import ROOT, free_port, start_moto
 
 
@@ -34,11 +39,14 @@ def run_env(
     return {**os.environ}
 
 
-def start_run(env: dict[str, str], *args: str, host: str = "hostA") -> subprocess.Popen[str]:
+def start_run(env: dict[str, str], *args: str, host: str = "hostA",
+              new_session: bool = False) -> subprocess.Popen[str]:
+    """`bulkbackup run ARGS` in a child process; ``new_session``: in a process group of its
+    own (group id = its pid), as systemd or a shell's job control starts it."""
     return subprocess.Popen(
         [sys.executable, "-m", "bulkbackup", "run", *args],
         env={**env, "BULKBACKUP_WORKER_HOST": host}, cwd=ROOT, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=new_session,
     )
 
 
@@ -372,3 +380,34 @@ def test_a_store_outage_mid_run_passes_and_leaves_no_user_behind(
     assert " 0 left for the next run" in err
     assert all_synced(r, logins, start)
     assert r.hlen("bulkbackup:failures") == 0
+
+
+def test_a_lock_lost_before_a_give_back_counts_as_lost(
+    clean_env: None, r: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A give-back (after a failure, or plain) that finds the lock no longer ours changes
+    nothing and reports the user lost, not given back."""
+    monkeypatch.setenv("BULKBACKUP_STORE", str(tmp_path / "store"))
+    settings = config.load()
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    graceful = multiprocessing.RawValue(ctypes.c_bool, False)
+    budget = multiprocessing.Value("q", -1)
+    args = WorkerArgs(settings=settings, index=0, worker_id="1.0.here", run_start=time.time(),
+                      clock_offset_s=0.0, procs=1)
+    worker = Worker(args, writer, graceful, budget, os.getppid())
+    track(r, "failing", "plain", "fine")
+    claimed, _ = worker.claimer.claim(3)
+    assert len(claimed) == 3
+    worker.keeper.add(claimed, time.monotonic())
+    r.set("lock:github.com/failing", "2.0.elsewhere")  # another owner took it over
+    r.delete("lock:github.com/plain")  # expired
+    worker._give_back("github.com/failing", "store failed: boom")
+    worker._give_back("github.com/plain")
+    worker._give_back("github.com/fine", "store failed: boom")
+    reports = [reader.recv() for _ in range(3)]
+    assert reports == [Lost(0, "failing"), Lost(0, "plain"), GivenBack(0, "fine")]
+    assert r.get("lock:github.com/failing") == "2.0.elsewhere"  # untouched: not ours
+    assert r.zscore("tracked", "github.com/failing") == float("inf")  # still the other's claim
+    assert r.hget("bulkbackup:failures", "github.com/failing") is None
+    assert r.zscore("tracked", "github.com/fine") == float("-inf")  # given back
+    worker.r.close()

@@ -9,8 +9,8 @@
 --         the member joins KEYS[7] and waits for the next run)
 -- ARGV[4] login    ARGV[5] counts for KEYS[5] ('' = leave it)
 -- ARGV[6] max attempts   ARGV[7] seconds KEYS[7] is kept
--- Returns 0 when the lock is not ours (nothing changed), 1 when done, 2 when deferred to the
--- next run.
+-- Returns (tracked.Completion) 0 LOST: the lock is not ours, nothing changed; 1 DONE: done or
+-- given back; 2 DEFERRED: given back and left for the next run.
 -- The lock is deleted (compare-and-delete) rather than left to expire, so a user given
 -- back is claimable again at once.
 if redis.call('GET', KEYS[4]) ~= ARGV[2] then return 0 end

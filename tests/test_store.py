@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,26 +38,17 @@ def keys_of(listing: Iterator[Any]) -> list[str]:
     return [info.key for info in listing]
 
 
-class FailingReader(io.RawIOBase):
-    """A source that yields ``good`` bytes and then fails, like a disk or pipe going away."""
-
-    def __init__(self, good: int) -> None:
-        self.left = good
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self.left <= 0:
-            raise OSError("source went away")
-        n = min(len(buffer), self.left)
-        buffer[:n] = b"x" * n
-        self.left -= n
-        return n
+def read(store: Store, key: str) -> bytes:
+    with store.open(key) as f:
+        return f.read()
 
 
-def put_stream(store: Store, key: str, src: Any, meta: dict[str, str]) -> None:
-    store.put_fileobj(key, src, meta)
+class Refused(Exception):
+    """What a before_commit raises when the write must not land (a lock lost)."""
+
+
+def refuse() -> None:
+    raise Refused("lock lost")
 
 
 def tmp_files(root: Path) -> list[Path]:
@@ -73,7 +63,7 @@ def test_open_store_from_config(clean_env: None, store_url: str) -> None:
     try:
         assert isinstance(store, S3Store if store_url.startswith("s3://") else LocalStore)
         store.put_bytes("octocat", b"[]", {"LastSync": "2026-11-28T17:00:00Z"})
-        assert store.read_bytes("octocat") == b"[]"
+        assert read(store, "octocat") == b"[]"
     finally:
         store.close()
 
@@ -103,7 +93,7 @@ def test_replace_metadata_keeps_data(store: Store) -> None:
     head = store.head("octocat/Hello-World.bundle")
     assert head is not None and head.size == len(data)
     assert head.metadata == {"lastsync": "2026-02-02T00:00:00Z"}
-    assert store.read_bytes("octocat/Hello-World.bundle") == data
+    assert read(store, "octocat/Hello-World.bundle") == data
     if isinstance(store, S3Store):
         raw = store._client.head_object(Bucket=store.bucket, Key="octocat/Hello-World.bundle")
         assert raw["ContentType"] == "application/x-git-bundle"
@@ -218,7 +208,7 @@ def test_odd_names_round_trip(store: Store) -> None:
     for key in ODD_KEYS:
         head = store.head(key)
         assert head is not None and head.size == len(key.encode()), key
-        assert store.read_bytes(key) == key.encode()
+        assert read(store, key) == key.encode()
     assert sorted(keys_of(store.list())) == sorted(ODD_KEYS)
     assert sorted(keys_of(store.list("50%off/"))) == sorted(k for k in ODD_KEYS
                                                             if k.startswith("50%off/"))
@@ -265,7 +255,7 @@ def test_clean_metadata_limit() -> None:
         clean_metadata({"bad name": "x"})
 
 
-# -- missing, delete, failures -----------------------------------------------------------------
+# -- missing, ranges, refused commits ----------------------------------------------------------
 
 
 def test_missing_objects(store: Store) -> None:
@@ -274,55 +264,87 @@ def test_missing_objects(store: Store) -> None:
     with pytest.raises(NotFound):
         store.open("nobody/x.bundle")
     with pytest.raises(NotFound):
-        store.read_bytes("nobody")
+        store.open("nobody", 0, 0)
     with pytest.raises(NotFound):
         store.replace_metadata("nobody/x.bundle", {"LastSync": "t"})
-    store.delete("nobody/x.bundle")  # not an error
-    assert store.head("nobody/x.bundle") is None
 
 
-def test_delete(store: Store) -> None:
-    store.put_bytes("octocat", b"[]", {})
-    store.put_bytes("octocat/a.bundle", b"a", {"LastSync": "t"})
-    store.delete("octocat/a.bundle")
-    assert store.head("octocat/a.bundle") is None
-    assert keys_of(store.list()) == ["octocat"]
-    store.delete("octocat")
-    assert store.head("octocat") is None
-    assert keys_of(store.list()) == []
-    if isinstance(store, LocalStore):
-        assert list(store.root.iterdir()) == []  # no sidecars or empty folders left
-
-
-def test_interrupted_write_leaves_nothing(store: Store, tmp_path: Path) -> None:
-    for size in (1000, 11 * MIB):  # a single PUT, and a multipart upload on S3
-        with pytest.raises(StoreError, match="source went away"):
-            put_stream(store, "octocat/half.bundle", FailingReader(size), {"LastSync": "t"})
-        assert store.head("octocat/half.bundle") is None
-        assert keys_of(store.list()) == []
+def test_open_ranges(store: Store) -> None:
+    data = bytes(range(256)) * 40
+    store.put_bytes("octocat/r.zip", data, {"LastSync": "t"})
+    for start, end in ((0, None), (0, 10), (100, 356), (10_000, None), (10_230, 20_000),
+                       (20_000, None), (5, 5)):
+        with store.open("octocat/r.zip", start, end) as f:
+            assert f.read() == data[start:end], (start, end)
     with pytest.raises(StoreError):
-        store.put_file("octocat/gone.bundle", tmp_path / "missing", {})
-    assert store.head("octocat/gone.bundle") is None
+        store.open("octocat/r.zip", -1)
+    with pytest.raises(StoreError):
+        store.open("octocat/r.zip", 10, 5)
+
+
+def no_leftovers(store: Store) -> None:
+    """No temp file (local), no pending multipart upload (S3)."""
     if isinstance(store, S3Store):
         uploads = store._client.list_multipart_uploads(Bucket=store.bucket)
-        assert not uploads.get("Uploads")  # the failed multipart upload was aborted
+        assert not uploads.get("Uploads")  # the refused multipart upload was aborted
     else:
         assert isinstance(store, LocalStore)
         assert tmp_files(store.root) == []
 
 
-def test_interrupted_overwrite_keeps_old(store: Store) -> None:
-    store.put_bytes("octocat/a.bundle", b"old", {"LastSync": "old"})
+def big_file(tmp_path: Path, size: int) -> Path:
+    path = tmp_path / f"f{size}"
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def test_refused_commit_leaves_nothing(store: Store, tmp_path: Path) -> None:
+    """A before_commit that raises (the lock is lost): nothing visible, nothing left over."""
+    calls: list[str] = []
+
+    def refuse_once_uploaded() -> None:
+        calls.append("confirm")
+        refuse()
+
+    with pytest.raises(Refused):
+        store.put_bytes("octocat", b"[]", {"LastSync": "t"}, before_commit=refuse_once_uploaded)
+    for size in (1000, 11 * MIB):  # a single PUT, and a multipart upload on S3
+        with pytest.raises(Refused):
+            store.put_file("octocat/half.bundle", big_file(tmp_path, size), {"LastSync": "t"},
+                           before_commit=refuse_once_uploaded)
+    assert calls == ["confirm"] * 3  # once each, after the data was uploaded
+    assert store.head("octocat/half.bundle") is None and store.head("octocat") is None
+    assert keys_of(store.list()) == []
+    no_leftovers(store)
     with pytest.raises(StoreError):
-        put_stream(store, "octocat/a.bundle", FailingReader(100), {"LastSync": "new"})
+        store.put_file("octocat/gone.bundle", tmp_path / "missing", {})
+    assert store.head("octocat/gone.bundle") is None
+
+
+def test_refused_commit_keeps_the_object_in_place(store: Store, tmp_path: Path) -> None:
+    store.put_bytes("octocat/a.bundle", b"old", {"LastSync": "old"})
+    with pytest.raises(Refused):
+        store.put_bytes("octocat/a.bundle", b"new", {"LastSync": "new"}, before_commit=refuse)
+    for size in (1000, 11 * MIB):
+        with pytest.raises(Refused):
+            store.put_file("octocat/a.bundle", big_file(tmp_path, size), {"LastSync": "new"},
+                           before_commit=refuse)
+    with pytest.raises(Refused):
+        store.replace_metadata("octocat/a.bundle", {"LastSync": "new"}, before_commit=refuse)
     head = store.head("octocat/a.bundle")
-    assert head is not None and head.get("LastSync") == "old"
-    assert store.read_bytes("octocat/a.bundle") == b"old"
-
-
-def test_put_fileobj_streams(store: Store) -> None:
-    put_stream(store, "octocat/s.zip", io.BytesIO(b"z" * 1000), {"LastSync": "t"})
-    assert store.read_bytes("octocat/s.zip") == b"z" * 1000
+    assert head is not None and head.metadata == {"lastsync": "old"} and head.size == 3
+    assert read(store, "octocat/a.bundle") == b"old"
+    no_leftovers(store)
+    # A before_commit that passes lets each write land.
+    confirmed: list[int] = []
+    store.put_file("octocat/a.bundle", big_file(tmp_path, 11 * MIB), {"LastSync": "new"},
+                   before_commit=lambda: confirmed.append(1))
+    store.replace_metadata("octocat/a.bundle", {"LastSync": "newer"},
+                           before_commit=lambda: confirmed.append(1))
+    head = store.head("octocat/a.bundle")
+    assert head is not None and head.size == 11 * MIB and head.get("LastSync") == "newer"
+    assert confirmed == [1, 1]
+    no_leftovers(store)
 
 
 def test_s3_missing_bucket_not_created(s3_endpoint: str) -> None:
@@ -338,9 +360,12 @@ class Crash(BaseException):
 
 
 class CrashBeforeRename(LocalStore):
-    def _before_rename(self, dest: Path, tmp: Path) -> None:
+    def _write_sidecar(self, data: Path, doc: Mapping[str, Any],
+                       before_commit: Callable[[], None]) -> None:
+        super()._write_sidecar(data, doc, before_commit)
         # Keep the temp file's inode alive as a real crash would leave it on disk.
-        os.link(tmp, tmp.with_name(f"%tmp-survivor-{tmp.name}"))
+        for tmp in tmp_files(self.root):
+            os.link(tmp, tmp.with_name(f"%tmp-survivor-{tmp.name}"))
         raise Crash
 
 
@@ -401,11 +426,8 @@ def test_local_file_folder_conflicts(local_root: Path) -> None:
     assert sorted(keys_of(store.list())) == ["a/b", "d/e/f"]
     assert keys_of(store.list("d/e/")) == ["d/e/f"]
     assert tmp_files(local_root) == []
-    store.delete("a/b/c")  # below an object: missing, not an error
-    store.delete("d/e")  # a folder, not an object: missing too
-    assert sorted(keys_of(store.list())) == ["a/b", "d/e/f"]
-    store.delete("d/e/f")
-    assert not (local_root / "d").exists()
+    assert store.head("a/b/c") is None  # below an object: missing, not an error
+    assert store.head("d/e") is None  # a folder, not an object: missing too
 
 
 def test_local_listing_skips_backend_files(local_root: Path) -> None:
@@ -424,6 +446,5 @@ def test_local_request_count(local_root: Path) -> None:
     store.put_bytes("octocat", b"[]", {})
     store.head("octocat")
     store.replace_metadata("octocat", {"LastSync": "t"})
-    store.read_bytes("octocat")
-    store.delete("octocat/none")
-    assert store.request_count == 5
+    read(store, "octocat")
+    assert store.request_count == 4

@@ -1,7 +1,7 @@
 """The durable store in an S3-compatible bucket (Storj gateway, MinIO, R2, AWS).
 
 Only calls every such gateway supports are used: PutObject, multipart upload, HeadObject,
-GetObject, CopyObject onto itself (metadata), ListObjectsV2, DeleteObject. Endpoint and
+GetObject, CopyObject onto itself (metadata), ListObjectsV2, AbortMultipartUpload. Endpoint and
 credentials come from boto3's own environment variables.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -23,12 +24,41 @@ from botocore.config import Config
 
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import NotFound, StoreError
-from bulkbackup.store.base import Head, ObjectInfo, Store, check_key, clean_metadata
+from bulkbackup.store import layout
+from bulkbackup.store.base import (
+    BeforeCommit,
+    Head,
+    ObjectInfo,
+    Store,
+    check_key,
+    check_range,
+    clean_metadata,
+    no_fence,
+)
 
 _MIB = 1024 * 1024
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 _NO_BUCKET = {"404", "NoSuchBucket", "NotFound"}
 _T = TypeVar("_T")
+_MAX_PARTS = 10_000  # S3's limit on the parts of one upload
+# The requests that make an object visible: each attempt is fenced (see S3Store._committing).
+_COMMITS = ("PutObject", "CompleteMultipartUpload", "CopyObject")
+_PART_CHECKSUMS = ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumSHA1", "ChecksumSHA256",
+                   "ChecksumCRC64NVME")
+
+
+class _Fence(threading.local):
+    before_commit: BeforeCommit | None = None
+
+
+# The write in progress on this thread (a client is used by one write at a time per thread).
+_FENCE = _Fence()
+
+
+def _fence_hook(**_: Any) -> None:
+    """botocore's before-send event: raising here sends nothing, and is not retried."""
+    if _FENCE.before_commit is not None:
+        _FENCE.before_commit()
 # What boto3 raises for a failed call, after its own retries.
 _BOTO_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
                 boto3.exceptions.Boto3Error)
@@ -44,18 +74,6 @@ def _one_line(exc: BaseException) -> str:
     # botocore messages name the operation and the server's reason; never the credentials.
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
-def _content_type(key: str) -> str:
-    """The Content-Type of every object: derived from its key, so a metadata-replacing copy
-    can set it again without first asking the store for it (one request fewer)."""
-    if "/" not in key:
-        return "application/json"
-    if key.endswith(".zip"):
-        return "application/zip"
-    if key.endswith(".bundle"):
-        return "application/x-git-bundle"
-    return "application/octet-stream"
 
 
 def _utc(value: datetime) -> datetime:
@@ -165,45 +183,87 @@ class S3Store(Store):
     # -- writes ------------------------------------------------------------------------------
 
     def _extra(self, key: str, metadata: Mapping[str, str]) -> dict[str, Any]:
-        return {"Metadata": clean_metadata(metadata), "ContentType": _content_type(key)}
+        # The Content-Type is derived from the key, so a metadata-replacing copy can set it
+        # again without first asking the store for it (one request fewer).
+        return {"Metadata": clean_metadata(metadata), "ContentType": layout.content_type(key)}
 
-    def put_file(self, key: str, path: Path, metadata: Mapping[str, str]) -> None:
-        extra = self._extra(check_key(key), metadata)
-        # Above the threshold this is a multipart upload: the object appears only when it
-        # completes, and a failure aborts it (no orphaned parts are left on purpose).
+    @contextlib.contextmanager
+    def _committing(self, before_commit: BeforeCommit) -> Iterator[None]:
+        """Within: ``before_commit`` runs right before each attempt (retries included) of a
+        request that makes an object visible, so a retry long after a pause is fenced too."""
+        for operation in _COMMITS:
+            # Registered on first use (the same unique id registers once per client).
+            self._client.meta.events.register(f"before-send.s3.{operation}", _fence_hook,
+                                              unique_id=f"bulkbackup-fence-{operation}")
+        _FENCE.before_commit = before_commit
         try:
-            self._call(key, "store", lambda: self._client.upload_file(
-                str(path), self.bucket, key, ExtraArgs=extra, Config=self._transfer))
+            yield
+        finally:
+            _FENCE.before_commit = None
+
+    def put_file(self, key: str, path: Path, metadata: Mapping[str, str],
+                 before_commit: BeforeCommit = no_fence) -> None:
+        extra = self._extra(check_key(key), metadata)
+        try:
+            with open(path, "rb") as src:
+                size = os.fstat(src.fileno()).st_size
+                if size < self.settings.multipart_threshold_mb * _MIB:
+                    with self._committing(before_commit):
+                        self._call(key, "store", lambda: self._client.put_object(
+                            Bucket=self.bucket, Key=key, Body=src, **extra))
+                else:
+                    self._multipart(key, src, size, extra, before_commit)
         except OSError as exc:
             raise StoreError(f"cannot store {key!r}: {exc.strerror or _one_line(exc)}") from None
 
-    def put_fileobj(self, key: str, src: BinaryIO, metadata: Mapping[str, str]) -> None:
-        """Store what ``src`` yields until EOF; nothing appears if reading it fails."""
-        extra = self._extra(check_key(key), metadata)
+    def _multipart(self, key: str, src: BinaryIO, size: int, extra: Mapping[str, Any],
+                   before_commit: BeforeCommit) -> None:
+        """A multipart upload done here, not by boto3's transfer manager, so that the commit
+        (CompleteMultipartUpload) is fenced and any failure aborts the upload: no orphaned
+        parts. One part in memory at a time; workers parallelise users, not parts."""
+        part_bytes = max(self.settings.multipart_part_mb * _MIB, -(-size // _MAX_PARTS))
+        upload_id = str(self._call(key, "store", lambda: self._client.create_multipart_upload(
+            Bucket=self.bucket, Key=key, **extra))["UploadId"])
         try:
-            self._call(key, "store", lambda: self._client.upload_fileobj(
-                src, self.bucket, key, ExtraArgs=extra, Config=self._transfer))
-        except OSError as exc:
-            raise StoreError(f"cannot store {key!r}: {exc.strerror or _one_line(exc)}") from None
+            parts: list[dict[str, Any]] = []
+            while chunk := src.read(part_bytes):
+                parts.append(self._upload_part(key, upload_id, len(parts) + 1, chunk))
+            with self._committing(before_commit):
+                self._call(key, "store", lambda: self._client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id,
+                    MultipartUpload={"Parts": parts}))
+        except BaseException:
+            with contextlib.suppress(*_BOTO_ERRORS):
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=key,
+                                                    UploadId=upload_id)
+            raise
 
-    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> None:
+    def _upload_part(self, key: str, upload_id: str, number: int, chunk: bytes
+                     ) -> dict[str, Any]:
+        resp = self._call(key, "store", lambda: self._client.upload_part(
+            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk))
+        part: dict[str, Any] = {"PartNumber": number, "ETag": resp["ETag"]}
+        for name in _PART_CHECKSUMS:  # flexible checksums sent with a part are completed with it
+            if resp.get(name):
+                part[name] = resp[name]
+        return part
+
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str],
+                  before_commit: BeforeCommit = no_fence) -> None:
         extra = self._extra(check_key(key), metadata)
-        self._call(key, "store", lambda: self._client.put_object(
-            Bucket=self.bucket, Key=key, Body=data, **extra))
+        with self._committing(before_commit):
+            self._call(key, "store", lambda: self._client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, **extra))
 
-    def replace_metadata(self, key: str, metadata: Mapping[str, str]) -> None:
+    def replace_metadata(self, key: str, metadata: Mapping[str, str],
+                         before_commit: BeforeCommit = no_fence) -> None:
         extra = self._extra(check_key(key), metadata)
         # The client's CopyObject, not the managed copy(): that one switches to
         # UploadPartCopy for large objects, which Storj does not implement.
-        self._call(key, "update metadata of", lambda: self._client.copy_object(
-            Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": key},
-            MetadataDirective="REPLACE", **extra))
-
-    def delete(self, key: str) -> None:
-        check_key(key)
-        with contextlib.suppress(NotFound):  # S3 itself answers 204 for missing keys
-            self._call(key, "delete", lambda: self._client.delete_object(
-                Bucket=self.bucket, Key=key))
+        with self._committing(before_commit):
+            self._call(key, "update metadata of", lambda: self._client.copy_object(
+                Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": key},
+                MetadataDirective="REPLACE", **extra))
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -218,10 +278,23 @@ class S3Store(Store):
         return Head(size=int(resp["ContentLength"]), last_modified=_utc(resp["LastModified"]),
                     metadata=meta)
 
-    def open(self, key: str) -> BinaryIO:
+    def open(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
         check_key(key)
-        resp = self._call(key, "open", lambda: self._client.get_object(
-            Bucket=self.bucket, Key=key))
+        check_range(start, end)
+        if end == start:  # nothing to read, but a missing key is still NotFound
+            if self.head(key) is None:
+                raise NotFound(f"no such object: {key!r}")
+            return io.BytesIO(b"")
+        extra: dict[str, Any] = {}
+        if start or end is not None:
+            extra["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        try:
+            resp = self._call(key, "open", lambda: self._client.get_object(
+                Bucket=self.bucket, Key=key, **extra))
+        except StoreError as exc:
+            if "InvalidRange" not in str(exc):
+                raise
+            return io.BytesIO(b"")  # the range starts at or after the end: no bytes
         return io.BufferedReader(_Body(resp["Body"], key), buffer_size=_MIB)
 
     # -- listings ----------------------------------------------------------------------------

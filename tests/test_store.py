@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,10 +17,12 @@ import pytest
 from bulkbackup import config
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import NotFound, StoreError
-from bulkbackup.store import Store, open_store
-from bulkbackup.store.base import METADATA_LIMIT_BYTES, clean_metadata
+from bulkbackup.store import Store, clean_stale_temp, layout, open_store
+from bulkbackup.store.base import METADATA_LIMIT_BYTES, Head, clean_metadata
+from bulkbackup.store.layout import Kind, StoreKey, UserCounts
 from bulkbackup.store.local import LocalStore
 from bulkbackup.store.s3 import S3Store
+from tests.conftest import ROOT
 
 MIB = 1024 * 1024
 
@@ -448,3 +453,99 @@ def test_local_request_count(local_root: Path) -> None:
     store.replace_metadata("octocat", {"LastSync": "t"})
     read(store, "octocat")
     assert store.request_count == 4
+
+
+# -- leftovers of killed writers ---------------------------------------------------------------
+
+HOLD_AT_COMMIT = """
+import sys, time
+from bulkbackup.config import StoreSettings
+from bulkbackup.store.local import LocalStore
+
+def hold():
+    print("ready", flush=True)
+    time.sleep(600)
+
+LocalStore(StoreSettings(url=sys.argv[1])).put_bytes("octocat/a.bundle", b"x" * 1000, {},
+                                                     before_commit=hold)
+"""
+
+
+def writer_at_commit(root: Path) -> subprocess.Popen[str]:
+    """A process in the middle of a local put (its temp files written), holding there."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_AT_COMMIT, str(root)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    return proc
+
+
+def test_local_clean_stale_temp_removes_only_what_dead_writers_left(local_root: Path) -> None:
+    store = LocalStore(StoreSettings(url=str(local_root)))
+    dead, live = writer_at_commit(local_root), writer_at_commit(local_root)
+    try:
+        dead.kill()
+        dead.wait(10)
+        left = tmp_files(local_root)
+        assert {p.parent.name for p in left} == {"%incoming"}
+        assert len([p for p in left if f"-{dead.pid}-" in p.name]) == 2  # data and sidecar
+        # Another host's: kept while recent (its writer may be alive), removed once a day old.
+        other = local_root / "%incoming" / "%tmp-elsewhere-1-abc"
+        old = local_root / "%incoming" / "%tmp-elsewhere-2-def"
+        other.write_bytes(b"")
+        old.write_bytes(b"")
+        os.utime(old, (time.time() - 2 * 86400,) * 2)
+        assert store.clean_stale_temp() == 3
+        kept = tmp_files(local_root)
+        assert sorted(p.name for p in kept if f"-{live.pid}-" not in p.name) == [other.name]
+        assert len(kept) == 3  # the live writer's two files, untouched
+        assert clean_stale_temp(StoreSettings(url=str(local_root))) == 0
+    finally:
+        live.kill()
+        live.wait(10)
+    assert store.clean_stale_temp() == 2
+    assert store.head("octocat/a.bundle") is None
+
+
+def test_clean_stale_temp_on_a_clean_store(store: Store) -> None:
+    assert store.clean_stale_temp() == 0
+
+
+# -- the layout --------------------------------------------------------------------------------
+
+
+def test_layout_builds_and_parses_keys() -> None:
+    assert layout.user_key("octocat") == "octocat"
+    assert layout.bundle_key("octocat", "a.b") == "octocat/a.b.bundle"
+    assert layout.zip_key("octocat", "a.b") == "octocat/a.b.zip"
+    assert layout.parse_key("octocat") == StoreKey("octocat", "", Kind.USER)
+    assert layout.parse_key("octocat/a.b.bundle") == StoreKey("octocat", "a.b", Kind.BUNDLE)
+    assert layout.parse_key("octocat/r1.bundle.zip") == StoreKey("octocat", "r1.bundle", Kind.ZIP)
+    for other in ("octocat/x/y.bundle", "octocat/.bundle", "octocat/notes.txt"):
+        assert layout.parse_key(other) == StoreKey("octocat", "", Kind.OTHER)
+    assert layout.is_below("a/x.zip", "a") and not layout.is_below("a-b/x.zip", "a")
+    assert [layout.content_type(k) for k in ("a", "a/b.zip", "a/b.bundle", "a/b/c")] == [
+        "application/json", "application/zip", "application/x-git-bundle",
+        "application/octet-stream"]
+
+
+def test_user_counts_round_trip_and_the_old_form() -> None:
+    counts = UserCounts(syncd=3, empty=1, failed=2, error=True, reported=7)
+    assert counts.encode() == "3 1 2 1 7"
+    assert UserCounts.decode(counts.encode()) == counts
+    assert UserCounts.decode("3 1 2 0") == UserCounts(3, 1, 2, False, 0)  # before ReportedRepos
+    for bad in (None, "", "1 2 3", "1 2 3 4 5 6", "a b c d", "1 -2 3 0 4"):
+        assert UserCounts.decode(bad) is None
+
+
+def test_updated_metadata_hides_the_lower_casing() -> None:
+    head = Head(size=1, last_modified=datetime.now(UTC),
+                metadata={"lastsync": "t", "error": "old", "pushedat": "p"})
+    assert layout.updated_metadata(head, {"Error": "new"}) == {
+        "LastSync": "t", "Error": "new", "PushedAt": "p"}
+
+
+def test_stats_does_not_import_the_backup_job() -> None:
+    code = "import sys, bulkbackup.stats; print('bulkbackup.backup' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "False"

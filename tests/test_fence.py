@@ -26,8 +26,9 @@ from bulkbackup.errors import Interrupted, LockLost
 from bulkbackup.locks import LockKeeper
 from bulkbackup.store import Store, open_store
 from bulkbackup.store.fenced import FencedStore, StopFence
-from bulkbackup.store.local import INCOMING, LocalStore
+from bulkbackup.store.local import LocalStore
 from bulkbackup.store.s3 import S3Store
+from bulkbackup.store.tempfiles import INCOMING
 from tests.conftest import free_port
 from tests.forge import Forge, RepoSpec
 from tests.test_run import start_run, track, wait_for, workers_of

@@ -19,17 +19,13 @@ that matches the current data file gets that data's metadata whatever the moment
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import re
-import secrets
 import shutil
-import socket
 import stat
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +33,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import NotFound, StoreError
+from bulkbackup.store import tempfiles
 from bulkbackup.store.base import (
     BeforeCommit,
     Head,
@@ -50,11 +47,6 @@ from bulkbackup.store.base import (
 
 OBJECT = "%object"
 META_SUFFIX = "%meta"
-TMP_PREFIX = "%tmp-"
-# Temp files live in one folder (same file system as the store, so renames are atomic), so
-# that cleaning them is one directory read, not a walk of millions of user folders.
-INCOMING = "%incoming"
-STALE_TEMP_AGE_S = 24 * 3600
 _CHUNK = 1024 * 1024
 # A name is one of ours (not an encoded key segment) when a `%` is not the start of `%25`.
 _RESERVED = re.compile(r"%(?!25)")
@@ -75,30 +67,6 @@ def decode_segment(name: str) -> str | None:
 def _one_line(exc: OSError) -> str:
     text = exc.strerror or str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
-def _host_tag() -> str:
-    """This host's name as it may appear in a file name (no `-` needed to parse it back)."""
-    name = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64]
-    return name or "_"
-
-
-_HOST = _host_tag()
-
-
-def _writer_is_gone(name: str) -> bool:
-    """Was temp file ``name`` written on this host by a process that no longer exists?"""
-    host, _, rest = name.removeprefix(TMP_PREFIX).partition("-")
-    pid_text = rest.partition("-")[0]
-    if host != _HOST or not pid_text.isdigit():
-        return False  # another host's (or an older version's): only its age tells
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False  # exists, owned by another user
-    return False
 
 
 class _Slice(io.RawIOBase):
@@ -252,10 +220,7 @@ class LocalStore(Store):
             raise
 
     def _temp_path(self) -> Path:
-        """A new temp file name that says who writes it (see clean_stale_temp)."""
-        folder = self.root / INCOMING
-        folder.mkdir(exist_ok=True)
-        return folder / f"{TMP_PREFIX}{_HOST}-{os.getpid()}-{secrets.token_hex(8)}"
+        return tempfiles.new_path(self.root)
 
     def _write_temp(self, src: BinaryIO | None, data: bytes) -> Path:
         tmp = self._temp_path()
@@ -328,27 +293,14 @@ class LocalStore(Store):
 
     # -- leftovers ---------------------------------------------------------------------------
 
-    def clean_stale_temp(self, max_age_s: float = STALE_TEMP_AGE_S) -> int:
+    def clean_stale_temp(self, max_age_s: float = tempfiles.STALE_AGE_S) -> int:
         """Remove temp files whose writer is gone: written on this host by a process that no
         longer exists, or older than ``max_age_s`` (any host: a store folder shared over
         NFS, or a pid reused since). A live writer's file is kept."""
-        removed = 0
-        now = time.time()
         try:
-            entries = list(os.scandir(self.root / INCOMING))
-        except FileNotFoundError:
-            return 0
+            return tempfiles.clean(self.root, max_age_s)
         except OSError as exc:
             raise StoreError(f"cannot clean the store's temp files: {_one_line(exc)}") from None
-        for entry in entries:
-            if not entry.name.startswith(TMP_PREFIX):
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                age_s = now - entry.stat(follow_symlinks=False).st_mtime
-                if age_s > max_age_s or _writer_is_gone(entry.name):
-                    os.unlink(entry.path)
-                    removed += 1
-        return removed
 
     # -- reads -------------------------------------------------------------------------------
 

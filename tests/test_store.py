@@ -68,7 +68,7 @@ def test_open_store_from_config(clean_env: None, store_url: str) -> None:
     try:
         assert isinstance(store, S3Store if store_url.startswith("s3://") else LocalStore)
         store.put_bytes("octocat", b"[]", {"LastSync": "2026-11-28T17:00:00Z"})
-        assert read(store, "octocat") == b"[]"
+        assert store.read_bytes("octocat") == b"[]"
     finally:
         store.close()
 

@@ -150,6 +150,11 @@ class Store(abc.ABC):
     def list_top(self) -> Iterator[ObjectInfo]:
         """The top-level objects (keys without '/': the usernames), streamed."""
 
+    def read_bytes(self, key: str) -> bytes:
+        """The whole object in memory (small objects only: the user object, tests)."""
+        with self.open(key) as f:
+            return f.read()
+
     def clean_stale_temp(self) -> int:
         """Remove what killed writers left behind; how many were removed (S3: none, an
         aborted or abandoned multipart upload is not an object, and the bucket's lifecycle

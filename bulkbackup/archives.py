@@ -2,7 +2,7 @@
 
 `archive_at` is the one function that answers it (today: the one full bundle
 `<login>/<repo>.bundle`; with increments, a base bundle and a chain of increment bundles,
-which `restore.build_mirror` fetches in order). Keys are spelled in one private helper.
+which `restore.build_mirror` fetches in order). Keys come from store/layout.py.
 """
 
 from __future__ import annotations
@@ -13,29 +13,14 @@ from pathlib import Path
 
 import orjson
 
-from bulkbackup.backup import EMPTY_REPOSITORY
 from bulkbackup.errors import ArchiveError, NotFound
 from bulkbackup.progress import Progress
-from bulkbackup.store import Head, Store
+from bulkbackup.store import Head, Store, layout
 from bulkbackup.store.base import ERROR, LAST_SYNC
 from bulkbackup.timeutil import format_rfc3339, parse_rfc3339
 
 CHUNK_BYTES = 1 << 20
 MAX_USER_OBJECT_BYTES = 256 << 20
-
-
-def _key(login: str, repo: str | None = None, ext: str = "") -> str:
-    """The store key of a user object (repo None), or of a repository's `.bundle`/`.zip`.
-
-    The only place these modules spell keys (store/layout.py takes over at merge).
-    """
-    return login if repo is None else f"{login}/{repo}.{ext}"
-
-
-def _repo_of(login: str, key: str, ext: str) -> str | None:
-    """The repository name in ``key`` when it is ``_key(login, name, ext)``, else None."""
-    name = key.removeprefix(_key(login) + "/").removesuffix("." + ext)
-    return name if name and _key(login, name, ext) == key and "/" not in name else None
 
 
 @dataclass(frozen=True)
@@ -70,18 +55,18 @@ class RepoArchive:
 
     @property
     def empty_repository(self) -> bool:
-        return not self.parts and self.error == EMPTY_REPOSITORY
+        return not self.parts and self.error == layout.EMPTY_REPOSITORY
 
 
 def latest_archive(store: Store, login: str, repo: str) -> RepoArchive:
     """The objects of the newest archive of ``login/repo``; raises ArchiveError if none."""
-    key = _key(login, repo, "bundle")
+    key = layout.bundle_key(login, repo)
     head = store.head(key)
     if head is None:
         raise ArchiveError(f"missing object {key}")
     last_sync = head.get(LAST_SYNC)
     parts = (ArchivePart(key, head.size, last_sync),) if head.size > 0 else ()
-    zip_key = _key(login, repo, "zip")
+    zip_key = layout.zip_key(login, repo)
     return RepoArchive(login, repo, parts, key, head,
                        zip_key, store.head(zip_key) is not None, last_sync, last_sync)
 
@@ -98,14 +83,15 @@ def archive_at(store: Store, login: str, repo: str, at: datetime | None) -> Repo
 
 def repositories(store: Store, login: str) -> list[str]:
     """Names of the repositories with a bundle (data or not) stored for ``login``."""
-    names = (_repo_of(login, info.key, "bundle") for info in store.list(_key(login) + "/"))
+    keys = (layout.parse_key(info.key) for info in store.list(layout.user_prefix(login)))
+    names = (k.repo for k in keys if k.kind is layout.Kind.BUNDLE and k.login == login)
     return sorted(n for n in names if n is not None)
 
 
 def listed_branches(store: Store, login: str) -> dict[str, str]:
     """Repository name -> default branch, as the stored user object says (API data:
     only strings are kept; a branch is used only when the bundle has it)."""
-    key = _key(login)
+    key = layout.user_key(login)
     head = store.head(key)
     if head is None or head.size > MAX_USER_OBJECT_BYTES:
         return {}

@@ -1,14 +1,16 @@
 """Back up one user: list repositories, mirror the changed ones, upload archives and metadata.
 
-`bulkbackup sync` calls this directly; the run job's workers call it under a lock, passing a
-``check`` that raises LockLost (or Interrupted) so no write happens once the user is not ours.
+`bulkbackup sync` calls this directly; the run job's workers call it under a lock, passing the
+lock's fence. Every store write goes through a FencedStore built from that fence, so none can
+start, nor commit, once the user is not ours (see bulkbackup.store.fenced).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,7 +23,7 @@ from bulkbackup.github import GitHub, Listing
 from bulkbackup.gitops import GitWork
 from bulkbackup.interrupts import signals_interrupt
 from bulkbackup.names import check_login, check_repo_name
-from bulkbackup.store import Store, open_store
+from bulkbackup.store import Store, layout, open_store
 from bulkbackup.store.base import (
     ERROR,
     LAST_SYNC,
@@ -31,38 +33,13 @@ from bulkbackup.store.base import (
     SYNCD_REPOS,
     UPDATED_AT,
     Head,
-    canonical,
 )
+from bulkbackup.store.fenced import Fence, FencedStore, StopFence
+from bulkbackup.store.layout import EMPTY_REPOSITORY, UserCounts
 from bulkbackup.timeutil import format_rfc3339, now
 from bulkbackup.workdir import work_dir
 
 log = logging.getLogger(__name__)
-
-EMPTY_REPOSITORY = "empty repository"
-
-
-@dataclass(frozen=True)
-class UserCounts:
-    """What the stats pass needs per user, cached in Redis by whoever last wrote the user:
-    bundles with data (= SyncdRepos), zero-byte bundles of empty repositories, other
-    zero-byte bundles (failed), and whether the user's object has an Error."""
-
-    syncd: int
-    empty: int
-    failed: int
-    error: bool
-
-    def encode(self) -> str:
-        return f"{self.syncd} {self.empty} {self.failed} {int(self.error)}"
-
-    @classmethod
-    def decode(cls, text: str | None) -> UserCounts | None:
-        try:
-            s, e, f, u = (int(x) for x in (text or "").split())
-        except ValueError:
-            return None
-        return cls(s, e, f, bool(u))
-
 
 @dataclass
 class UserResult:
@@ -94,7 +71,7 @@ class UserResult:
             return None
         zero = [n for n, size in self.bundles.items() if size == 0]
         empty = sum(1 for n in zero if n in self.empty_names)
-        return UserCounts(self.syncd, empty, len(zero) - empty, bool(self.error))
+        return UserCounts(self.syncd, empty, len(zero) - empty, bool(self.error), self.reported)
 
     def line(self) -> str:
         if self.not_modified:
@@ -123,63 +100,67 @@ def _repo_times(repo: dict[str, Any]) -> tuple[str, str]:
 class UserBackup:
     """Everything that happens to one user; one instance per process, reused across users."""
 
-    def __init__(self, settings: Settings, store: Store, github: GitHub, gitwork: GitWork) -> None:
+    def __init__(self, settings: Settings, store: Store, github: GitHub, gitwork: GitWork,
+                 stop: threading.Event | None = None) -> None:
         self.settings = settings
-        self.store = store
+        self._store = store  # only ever written through a FencedStore (see _fenced)
         self.github = github
         self.gitwork = gitwork
         self.clone_host = settings.github.clone_host
+        self.stop = stop or threading.Event()
 
-    def sync(self, login: str, check: Callable[[], None] = lambda: None) -> UserResult:
+    def _fenced(self, fence: Fence | None) -> FencedStore:
+        """The store for one user's writes; without a lock, only interruption stops them."""
+        return FencedStore(self._store, fence or StopFence(self.stop))
+
+    def sync(self, login: str, fence: Fence | None = None) -> UserResult:
         check_login(login)
         result = UserResult(login)
         try:
-            self._sync(login, result, check)
+            self._sync(self._fenced(fence), login, result)
         finally:
             self.gitwork.cleanup(login)
         return result
 
-    def _sync(self, login: str, result: UserResult, check: Callable[[], None]) -> None:
-        previous = self.store.head(login)
+    def _sync(self, store: FencedStore, login: str, result: UserResult) -> None:
+        previous = store.head(layout.user_key(login))
         etags = previous.get(LISTING_ETAGS).split() if previous else []
         stamp = format_rfc3339(now())
         try:
             listing = self.github.list_repos(login, etags)
         except GitHubError as exc:  # a 404 (UserGone), or the API failing after retries
             result.error = str(exc)
-            check()
-            self._write_user(login, previous, None, result, stamp)
+            self._write_user(store, login, previous, None, result, stamp)
             return
         if listing.not_modified and previous is not None:
             result.not_modified = True
-            check()
-            meta = dict(previous.metadata)
-            meta[LAST_SYNC.lower()] = stamp
-            self.store.replace_metadata(login, canonical(meta))
+            store.replace_metadata(layout.user_key(login),
+                                   layout.updated_metadata(previous, {LAST_SYNC: stamp}))
             return
         result.reported = len(listing.repos)
         result.listed = True
         # One listing of what is stored, not a request per repository (none for no repos).
-        stored = self._stored_bundles(login) if listing.repos else {}
+        stored = self._stored_bundles(store, login) if listing.repos else {}
         result.bundles = dict(stored)
         for repo in listing.repos:
-            check()
-            self._sync_repo(login, repo, stored, result, check)
+            store.fence.check()  # abandon early: no clone for a user that is not ours
+            self._sync_repo(store, login, repo, stored, result)
         result.error = self._summary(result)
-        check()
-        self._write_user(login, previous, listing, result, stamp)
+        self._write_user(store, login, previous, listing, result, stamp)
 
-    def _stored_bundles(self, login: str) -> dict[str, int]:
+    @staticmethod
+    def _stored_bundles(store: FencedStore, login: str) -> dict[str, int]:
         """Sizes of the bundles stored for ``login``: one listing, not a request per repo."""
-        return {
-            info.key[len(login) + 1 : -len(".bundle")]: info.size
-            for info in self.store.list(f"{login}/")
-            if info.key.endswith(".bundle")
-        }
+        out: dict[str, int] = {}
+        for info in store.list(layout.user_prefix(login)):
+            key = layout.parse_key(info.key)
+            if key.kind is layout.Kind.BUNDLE and key.login == login:
+                out[key.repo] = info.size
+        return out
 
     def _sync_repo(
-        self, login: str, repo: dict[str, Any], stored: dict[str, int], result: UserResult,
-        check: Callable[[], None],
+        self, store: FencedStore, login: str, repo: dict[str, Any], stored: dict[str, int],
+        result: UserResult,
     ) -> None:
         try:
             name = check_repo_name(repo.get("name"))
@@ -191,12 +172,11 @@ class UserBackup:
         if repo.get("fork") and self.settings.run.skip_forks:
             result.skipped += 1
             return
-        key = f"{login}/{name}.bundle"
         pushed, updated = _repo_times(repo)
-        head = self.store.head(key) if name in stored else None
-        has_archive = head is not None and head.size > 0
+        head = store.head(layout.bundle_key(login, name)) if name in stored else None
         if (head is not None and pushed
-                and (head.get(PUSHED_AT), head.get(UPDATED_AT)) == (pushed, updated)):
+                and (head.get(PUSHED_AT), head.get(UPDATED_AT)) == (pushed, updated)
+                and not head.get(ERROR).startswith(layout.VERIFY_FAILED)):
             if head.size > 0:
                 result.unchanged += 1
             else:
@@ -207,62 +187,62 @@ class UserBackup:
         if isinstance(size_kb, int) and size_kb > self.settings.run.max_repo_kb:
             reason = (f"skipped: {size_kb} KB is above run.max_repo_kb "
                       f"({self.settings.run.max_repo_kb})")
-            self._record_failure(login, name, head, reason, result, check)
+            self._record_failure(store, login, name, head, reason, result)
             return
+        self._archive(store, login, name, repo, head, result)
+
+    def _archive(self, store: FencedStore, login: str, name: str, repo: dict[str, Any],
+                 head: Head | None, result: UserResult) -> None:
+        """Mirror one changed repository and store its archives (the bundle last)."""
         branch = repo.get("default_branch")
         try:
             archive = self.gitwork.archive(
                 login, name, self._clone_url(repo), branch if isinstance(branch, str) else None,
-                self.github.tokens.any_token(), check)
+                self.github.token_for_git(), store.fence.check)
         except (GitError, InvalidName) as exc:
-            self._record_failure(login, name, head, str(exc), result, check)
+            self._record_failure(store, login, name, head, str(exc), result)
             return
-        check()
-        fresh = self.store.head(key)
+        key = layout.bundle_key(login, name)
+        pushed, updated = _repo_times(repo)
+        fresh = store.head(key)
         if fresh is not None and fresh.size > 0 and _newer(fresh, pushed, updated):
             # Another worker stored a newer archive meanwhile: never go back in time.
             result.unchanged += 1
             return
         stamp = format_rfc3339(now())
         if archive.bundle is None:
-            if has_archive:
-                self._record_failure(login, name, head, EMPTY_REPOSITORY, result, check)
+            if head is not None and head.size > 0:
+                self._record_failure(store, login, name, head, EMPTY_REPOSITORY, result)
                 return
-            self.store.put_bytes(key, b"", {LAST_SYNC: stamp, PUSHED_AT: pushed,
-                                            UPDATED_AT: updated, ERROR: EMPTY_REPOSITORY})
+            store.put_bytes(key, b"", {LAST_SYNC: stamp, PUSHED_AT: pushed,
+                                       UPDATED_AT: updated, ERROR: EMPTY_REPOSITORY})
             result.empty += 1
             result.empty_names.add(name)
             result.bundles[name] = 0
             return
         if archive.zip is not None:
-            check()
-            self.store.put_file(f"{login}/{name}.zip", archive.zip, {LAST_SYNC: stamp})
+            store.put_file(layout.zip_key(login, name), archive.zip, {LAST_SYNC: stamp})
             result.bytes += archive.zip.stat().st_size
-        check()
         # The bundle goes last: its PushedAt/UpdatedAt say the archives are complete.
-        self.store.put_file(key, archive.bundle, {LAST_SYNC: stamp, PUSHED_AT: pushed,
-                                                  UPDATED_AT: updated})
+        store.put_file(key, archive.bundle, {LAST_SYNC: stamp, PUSHED_AT: pushed,
+                                             UPDATED_AT: updated})
         size = archive.bundle.stat().st_size
         result.bytes += size
         result.bundles[name] = size
         result.archived += 1
 
-    def _record_failure(
-        self, login: str, name: str, head: Head | None, error: str, result: UserResult,
-        check: Callable[[], None],
-    ) -> None:
+    @staticmethod
+    def _record_failure(store: FencedStore, login: str, name: str, head: Head | None,
+                        error: str, result: UserResult) -> None:
         result.failed += 1
         result.failures.append(f"{name}: {error}")
         log.info("%s/%s: %s", login, name, error)
-        key = f"{login}/{name}.bundle"
-        check()
+        key = layout.bundle_key(login, name)
         if head is not None and head.size > 0:
             # A good archive is never replaced by a failure: only its Error changes.
-            meta = dict(head.metadata)
-            meta[ERROR.lower()] = error
-            self.store.replace_metadata(key, canonical(meta))
+            store.replace_metadata(key, layout.updated_metadata(head, {ERROR: error}))
         else:
-            self.store.put_bytes(key, b"", {LAST_SYNC: format_rfc3339(now()), ERROR: error})
+            store.put_bytes(key, b"", {LAST_SYNC: format_rfc3339(now()), ERROR: error})
             result.bundles[name] = 0
 
     def _clone_url(self, repo: dict[str, Any]) -> str:
@@ -282,16 +262,19 @@ class UserBackup:
         return f"{result.failed} of {result.reported} repositories failed: " + "; ".join(
             result.failures)
 
-    def record_error(self, login: str, error: str, check: Callable[[], None]) -> None:
+    def record_error(self, login: str, error: str, fence: Fence | None = None) -> None:
         """Record ``error`` on the user's object, keeping its listing and counts."""
+        store = self._fenced(fence)
         result = UserResult(login, error=error)
-        check()
-        self._write_user(login, self.store.head(login), None, result, format_rfc3339(now()))
+        self._write_user(store, login, store.head(layout.user_key(login)), None, result,
+                         format_rfc3339(now()))
 
+    @staticmethod
     def _write_user(
-        self, login: str, previous: Head | None, listing: Listing | None, result: UserResult,
-        stamp: str,
+        store: FencedStore, login: str, previous: Head | None, listing: Listing | None,
+        result: UserResult, stamp: str,
     ) -> None:
+        key = layout.user_key(login)
         meta = {LAST_SYNC: stamp, SYNCD_REPOS: str(result.syncd),
                 REPORTED_REPOS: str(result.reported), ERROR: result.error}
         if listing is not None:
@@ -299,15 +282,15 @@ class UserBackup:
             # retried even when the listing has not changed.
             if listing.etags and not result.failed:
                 meta[LISTING_ETAGS] = " ".join(listing.etags)
-            self.store.put_bytes(login, orjson.dumps(listing.repos), meta)
+            store.put_bytes(key, orjson.dumps(listing.repos), meta)
             return
         if previous is None:
-            self.store.put_bytes(login, b"[]", meta)
+            store.put_bytes(key, b"[]", meta)
             return
         # The API failed or the user is gone: keep the last listing and counts, record why.
         meta[SYNCD_REPOS] = previous.get(SYNCD_REPOS, "0")
         meta[REPORTED_REPOS] = previous.get(REPORTED_REPOS, "0")
-        self.store.replace_metadata(login, meta)
+        store.replace_metadata(key, meta)
 
 
 def _newer(head: Head, pushed: str, updated: str) -> bool:

@@ -109,6 +109,10 @@ class GitHub:
     def close(self) -> None:
         self._http.clear()
 
+    def token_for_git(self) -> str | None:
+        """A token for cloning (git is not subject to the API's rate limit), without waiting."""
+        return self.tokens.any_token()
+
     def list_repos(self, login: str, etags: list[str] | None = None) -> Listing:
         """All of ``login``'s repositories.
 

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import redis
 
@@ -94,6 +95,39 @@ class LockKeeper:
         if self._clock() >= until:
             raise LockLost(f"lock could not be refreshed in time: {member}")
 
+    def confirm(self, member: str) -> None:
+        """Raise LockLost unless Redis says now that ``member``'s lock is ours; extend it.
+
+        One round trip (the refresh script for this one lock), made right before a write
+        commits: a process that was stopped, or cut off from Redis, longer than the TTL learns
+        it here, whatever its refresher last believed. On success the lock has a whole TTL
+        left, counted from when the request left.
+        """
+        with self._mu:
+            if member in self._lost or member not in self._valid_until:
+                raise LockLost(f"lock lost: {member}")
+        sent = self._clock()
+        try:
+            result = self._scripts.refresh(keys=[keys.LEASES, keys.lock(member)],
+                                           args=[self.worker_id, self.ttl_s, member])
+        except redis.RedisError as exc:
+            raise LockLost(f"lock could not be confirmed: {member}: {exc}") from None
+        with self._mu:
+            if member not in self._valid_until:
+                raise LockLost(f"lock dropped: {member}")
+            if not int(result[0]):
+                log.warning("lock lost: %s", member)
+                del self._valid_until[member]
+                self._lost.add(member)
+                raise LockLost(f"lock lost: {member}")
+            self._valid_until[member] = max(self._valid_until[member], sent + self.ttl_s)
+        if self._clock() >= sent + self.ttl_s - self.margin_s:
+            raise LockLost(f"lock confirmed too late to rely on: {member}")
+
+    def fence(self, member: str) -> LockFence:
+        """The fence of writes for ``member`` (see bulkbackup.store.fenced)."""
+        return LockFence(self, member)
+
     def refresh_once(self) -> bool:
         """One compare-and-expire round for every held lock; False if Redis failed."""
         members = self.held()
@@ -128,3 +162,17 @@ class LockKeeper:
             ok = self.refresh_once()
             # After a failure retry soon: a lock not refreshed within its ttl is gone.
             wait = interval if ok else min(1.0, interval / 4)
+
+
+@dataclass(frozen=True)
+class LockFence:
+    """A Fence (bulkbackup.store.fenced) for one user's lock."""
+
+    keeper: LockKeeper
+    member: str
+
+    def check(self) -> None:
+        self.keeper.check(self.member)
+
+    def confirm(self) -> None:
+        self.keeper.confirm(self.member)

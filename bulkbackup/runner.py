@@ -33,6 +33,7 @@ from bulkbackup.connection import connect, server_time
 from bulkbackup.errors import BulkbackupError
 from bulkbackup.messages import Deferred, Failed, GivenBack, Lost, Synced, WorkerExit
 from bulkbackup.progress import Progress
+from bulkbackup.store import clean_stale_temp
 from bulkbackup.worker import WorkerArgs, worker_main
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,9 @@ class Supervisor:
             log.warning("`tracked` was missing: rebuilt %d users from the store", added)
         self.r.set(keys.INTACT, int(time.time()))
         self.tracked_size = int(self.r.zcard(keys.TRACKED))
+        # What killed processes left: work folders and the local store's temp files.
         workdir.clean_stale(self.settings)
+        clean_stale_temp(self.settings.store)
         server_now = server_time(self.r)
         self.clock_offset_s = server_now - time.time()
         # Whole seconds, like the scores completion writes: a user finished in this very

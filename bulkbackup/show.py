@@ -7,7 +7,7 @@ from typing import Any
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import BulkbackupError
 from bulkbackup.names import check_login
-from bulkbackup.store import Store, open_store
+from bulkbackup.store import Store, layout, open_store
 from bulkbackup.store.base import (
     ERROR,
     LAST_SYNC,
@@ -20,18 +20,20 @@ from bulkbackup.store.base import (
 
 def describe(store: Store, login: str) -> dict[str, Any]:
     """The user's entry and, per repository, last sync, sizes and last error."""
-    head = store.head(login)
+    head = store.head(layout.user_key(login))
     if head is None:
         raise BulkbackupError(f"user {login} is not in the store")
     repos: dict[str, dict[str, Any]] = {}
-    for info in store.list(f"{login}/"):
-        name, dot, kind = info.key[len(login) + 1 :].rpartition(".")
-        if not dot or kind not in ("bundle", "zip"):
+    for info in store.list(layout.user_prefix(login)):
+        key = layout.parse_key(info.key)
+        if key.login != login or key.kind not in (layout.Kind.BUNDLE, layout.Kind.ZIP):
             continue
-        entry = repos.setdefault(name, {"name": name, "bundle_bytes": None, "zip_bytes": None})
-        entry[f"{kind}_bytes"] = info.size
+        entry = repos.setdefault(key.repo, {"name": key.repo, "bundle_bytes": None,
+                                            "zip_bytes": None})
+        entry[f"{key.kind.value}_bytes"] = info.size
     for name, entry in repos.items():
-        bundle = store.head(f"{login}/{name}.bundle") if entry["bundle_bytes"] is not None else None
+        bundle = (store.head(layout.bundle_key(login, name))
+                  if entry["bundle_bytes"] is not None else None)
         entry.update(
             last_sync=bundle.get(LAST_SYNC) if bundle else None,
             pushed_at=bundle.get(PUSHED_AT) or None if bundle else None,

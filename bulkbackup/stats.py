@@ -17,13 +17,13 @@ import orjson
 import redis
 
 from bulkbackup import keys, tracked
-from bulkbackup.backup import EMPTY_REPOSITORY, UserCounts
 from bulkbackup.config import Settings
 from bulkbackup.connection import connect
 from bulkbackup.names import is_login
 from bulkbackup.progress import Progress
-from bulkbackup.store import Store, open_store
-from bulkbackup.store.base import ERROR, SYNCD_REPOS, ObjectInfo, canonical
+from bulkbackup.store import Store, layout, open_store
+from bulkbackup.store.base import ERROR, REPORTED_REPOS, SYNCD_REPOS, ObjectInfo
+from bulkbackup.store.layout import EMPTY_REPOSITORY, UserCounts
 from bulkbackup.timeutil import format_rfc3339
 
 HSCAN_BATCH = 500
@@ -60,11 +60,12 @@ def group_by_user(listing: Iterator[ObjectInfo], byte_ordered: bool) -> Iterator
     """Fold a flat listing into one UserKeys per user, each yielded once it is complete."""
     open_users: dict[str, UserKeys] = {}
     for info in listing:
-        login, _, rest = info.key.partition("/")
+        key = layout.parse_key(info.key)
+        login = key.login
         if byte_ordered:
             # In byte order `a`, `a-b`, `a-b/x`, `a/x`: user `a` is done only after `a/`.
-            for done in [u for u in open_users if info.key > u + "/" and
-                         not info.key.startswith(u + "/")]:
+            for done in [u for u in open_users if info.key > layout.user_prefix(u) and
+                         not layout.is_below(info.key, u)]:
                 yield open_users.pop(done)
         else:
             for done in [u for u in open_users if u != login]:
@@ -72,16 +73,16 @@ def group_by_user(listing: Iterator[ObjectInfo], byte_ordered: bool) -> Iterator
         if not is_login(login):
             continue
         user = open_users.setdefault(login, UserKeys(login))
-        if not rest:
+        if key.kind is layout.Kind.USER:
             user.has_object = True
             user.last_modified = info.last_modified.timestamp()
-        elif rest.endswith(".bundle") and "/" not in rest:
+        elif key.kind is layout.Kind.BUNDLE:
             if info.size > 0:
                 user.with_data += 1
                 user.bundle_bytes += info.size
             else:
                 user.zero.append(info.key)
-        elif rest.endswith(".zip") and "/" not in rest:
+        elif key.kind is layout.Kind.ZIP:
             user.zip_bytes += info.size
     yield from open_users.values()
 
@@ -144,8 +145,7 @@ class StatsPass:
 
     def _from_store(self, user: UserKeys, cached: UserCounts | None) -> UserCounts:
         """The cache is missing or disagrees with the listing: the store is the truth."""
-        head = self.store.head(user.login)
-        meta = dict(head.metadata) if head is not None else {}
+        head = self.store.head(layout.user_key(user.login))
         empty = 0
         if cached is not None and cached.empty + cached.failed == len(user.zero):
             empty = cached.empty
@@ -153,12 +153,14 @@ class StatsPass:
             for key in user.zero:
                 bundle = self.store.head(key)
                 empty += bundle is not None and bundle.get(ERROR) == EMPTY_REPOSITORY
+        reported = head.get(REPORTED_REPOS) if head is not None else ""
         counts = UserCounts(user.with_data, empty, len(user.zero) - empty,
-                            bool(meta.get(ERROR.lower())))
+                            bool(head and head.get(ERROR)),
+                            int(reported) if reported.isdigit() else 0)
         if head is not None and head.get(SYNCD_REPOS) != str(user.with_data):
             if self.write:
-                meta[SYNCD_REPOS.lower()] = str(user.with_data)
-                self.store.replace_metadata(user.login, canonical(meta))
+                self.store.replace_metadata(layout.user_key(user.login), layout.updated_metadata(
+                    head, {SYNCD_REPOS: str(user.with_data)}))
                 self.totals.written += 1
             else:
                 return counts  # nothing written: the cache must not claim it was
@@ -254,9 +256,10 @@ def rebuild(settings: Settings, r: redis.Redis | None = None, store: Store | Non
 
     def scores() -> Iterator[tuple[str, float]]:
         for info in store.list_top():
-            if is_login(info.key):
+            login = layout.parse_key(info.key).login
+            if is_login(login):
                 bar.update(1)
-                yield keys.member(info.key), info.last_modified.timestamp()
+                yield keys.member(login), info.last_modified.timestamp()
 
     try:
         return tracked.add_scores_gt(r, scores())

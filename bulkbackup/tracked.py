@@ -69,7 +69,7 @@ class Claimer:
         """Synced: score := now. Not synced: the score it had is restored. DONE, or LOST when
         the lock was no longer ours (nothing changed).
 
-        ``counts`` (see stats.UserCounts) is cached for the stats pass in the same call.
+        ``counts`` (store.layout.UserCounts, encoded) is cached for the stats pass in the same call.
         """
         return self._complete(member, 1 if synced else 0, counts)
 

@@ -32,11 +32,11 @@ from bulkbackup.config import Settings
 from bulkbackup.errors import ArchiveError, InvalidName, StoreError
 from bulkbackup.names import check_repo_name, is_login
 from bulkbackup.restore import Built, Git, build_mirror
-from bulkbackup.store import Store
-from bulkbackup.store.base import ERROR, LAST_SYNC, VERIFIED_AT, canonical
+from bulkbackup.store import Store, layout
+from bulkbackup.store.base import ERROR, LAST_SYNC, LISTING_ETAGS, VERIFIED_AT
 from bulkbackup.timeutil import format_rfc3339, now
 
-VERIFY_FAILED = "verify failed: "
+VERIFY_FAILED = layout.VERIFY_FAILED
 
 
 class Outcome(enum.Enum):
@@ -229,18 +229,29 @@ def record(store: Store, archive: RepoArchive, result: RepoVerify) -> bool:
     if fresh is None or (fresh.size, fresh.get(LAST_SYNC)) != (
             archive.bundle.size, archive.bundle.get(LAST_SYNC)):
         return False
-    meta = dict(fresh.metadata)
-    error = meta.get(ERROR.lower(), "")
+    error = fresh.get(ERROR)
+    changes: dict[str, str] = {}
     if result.outcome is Outcome.VERIFIED:
-        meta[VERIFIED_AT.lower()] = format_rfc3339(now())
+        changes[VERIFIED_AT] = format_rfc3339(now())
         if error.startswith(VERIFY_FAILED):
-            meta[ERROR.lower()] = ""  # a failure seen earlier (e.g. a store read) is gone
+            changes[ERROR] = ""  # a failure seen earlier (e.g. a store read) is gone
     else:
-        meta[ERROR.lower()] = VERIFY_FAILED + result.reason
-        if meta[ERROR.lower()] == error:
+        changes[ERROR] = VERIFY_FAILED + result.reason
+        if changes[ERROR] == error:
             return True
-    store.replace_metadata(archive.bundle_key, canonical(meta))
+    store.replace_metadata(archive.bundle_key, layout.updated_metadata(fresh, changes))
+    if result.outcome is not Outcome.VERIFIED:
+        _forget_listing_etags(store, archive.login)
     return True
+
+
+def _forget_listing_etags(store: Store, login: str) -> None:
+    """The next sync must list the user in full (no 304), or it would skip the repository
+    whose archive just failed and never archive it again."""
+    key = layout.user_key(login)
+    head = store.head(key)
+    if head is not None and head.get(LISTING_ETAGS):
+        store.replace_metadata(key, layout.updated_metadata(head, {LISTING_ETAGS: ""}))
 
 
 def save_figures(r: redis.Redis, report: VerifyReport) -> None:

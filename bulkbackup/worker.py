@@ -331,12 +331,9 @@ class Worker:
     def _one(self, job: UserBackup, member: str) -> None:
         login = keys.login_of(member)
         started = time.monotonic()
-
-        def check() -> None:
-            self.keeper.check(member)
-
+        fence = self.keeper.fence(member)  # every write of this user is fenced by its lock
         try:
-            result = job.sync(login, check)
+            result = job.sync(login, fence)
         except LockLost:
             self.keeper.drop(member)
             self._report(Lost(self.args.index, login))
@@ -356,7 +353,7 @@ class Worker:
             log.exception("%s: internal error", login)
             result = UserResult(login, error=f"internal error: {type(exc).__name__}")
             try:
-                job.record_error(login, result.error, lambda: self.keeper.check(member))
+                job.record_error(login, result.error, fence)
             except BulkbackupError as again:
                 log.warning("%s: could not record the error: %s", login, again)
         self.failures_in_a_row = 0

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-from collections.abc import Iterator
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,10 +17,12 @@ import pytest
 from bulkbackup import config
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import NotFound, StoreError
-from bulkbackup.store import Store, open_store
-from bulkbackup.store.base import METADATA_LIMIT_BYTES, clean_metadata
+from bulkbackup.store import Store, clean_stale_temp, layout, open_store
+from bulkbackup.store.base import METADATA_LIMIT_BYTES, Head, clean_metadata
+from bulkbackup.store.layout import Kind, StoreKey, UserCounts
 from bulkbackup.store.local import LocalStore
 from bulkbackup.store.s3 import S3Store
+from tests.conftest import ROOT
 
 MIB = 1024 * 1024
 
@@ -39,26 +43,17 @@ def keys_of(listing: Iterator[Any]) -> list[str]:
     return [info.key for info in listing]
 
 
-class FailingReader(io.RawIOBase):
-    """A source that yields ``good`` bytes and then fails, like a disk or pipe going away."""
-
-    def __init__(self, good: int) -> None:
-        self.left = good
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self.left <= 0:
-            raise OSError("source went away")
-        n = min(len(buffer), self.left)
-        buffer[:n] = b"x" * n
-        self.left -= n
-        return n
+def read(store: Store, key: str) -> bytes:
+    with store.open(key) as f:
+        return f.read()
 
 
-def put_stream(store: Store, key: str, src: Any, meta: dict[str, str]) -> None:
-    store.put_fileobj(key, src, meta)
+class Refused(Exception):
+    """What a before_commit raises when the write must not land (a lock lost)."""
+
+
+def refuse() -> None:
+    raise Refused("lock lost")
 
 
 def tmp_files(root: Path) -> list[Path]:
@@ -103,7 +98,7 @@ def test_replace_metadata_keeps_data(store: Store) -> None:
     head = store.head("octocat/Hello-World.bundle")
     assert head is not None and head.size == len(data)
     assert head.metadata == {"lastsync": "2026-02-02T00:00:00Z"}
-    assert store.read_bytes("octocat/Hello-World.bundle") == data
+    assert read(store, "octocat/Hello-World.bundle") == data
     if isinstance(store, S3Store):
         raw = store._client.head_object(Bucket=store.bucket, Key="octocat/Hello-World.bundle")
         assert raw["ContentType"] == "application/x-git-bundle"
@@ -218,7 +213,7 @@ def test_odd_names_round_trip(store: Store) -> None:
     for key in ODD_KEYS:
         head = store.head(key)
         assert head is not None and head.size == len(key.encode()), key
-        assert store.read_bytes(key) == key.encode()
+        assert read(store, key) == key.encode()
     assert sorted(keys_of(store.list())) == sorted(ODD_KEYS)
     assert sorted(keys_of(store.list("50%off/"))) == sorted(k for k in ODD_KEYS
                                                             if k.startswith("50%off/"))
@@ -265,7 +260,7 @@ def test_clean_metadata_limit() -> None:
         clean_metadata({"bad name": "x"})
 
 
-# -- missing, delete, failures -----------------------------------------------------------------
+# -- missing, ranges, refused commits ----------------------------------------------------------
 
 
 def test_missing_objects(store: Store) -> None:
@@ -274,55 +269,87 @@ def test_missing_objects(store: Store) -> None:
     with pytest.raises(NotFound):
         store.open("nobody/x.bundle")
     with pytest.raises(NotFound):
-        store.read_bytes("nobody")
+        store.open("nobody", 0, 0)
     with pytest.raises(NotFound):
         store.replace_metadata("nobody/x.bundle", {"LastSync": "t"})
-    store.delete("nobody/x.bundle")  # not an error
-    assert store.head("nobody/x.bundle") is None
 
 
-def test_delete(store: Store) -> None:
-    store.put_bytes("octocat", b"[]", {})
-    store.put_bytes("octocat/a.bundle", b"a", {"LastSync": "t"})
-    store.delete("octocat/a.bundle")
-    assert store.head("octocat/a.bundle") is None
-    assert keys_of(store.list()) == ["octocat"]
-    store.delete("octocat")
-    assert store.head("octocat") is None
-    assert keys_of(store.list()) == []
-    if isinstance(store, LocalStore):
-        assert list(store.root.iterdir()) == []  # no sidecars or empty folders left
-
-
-def test_interrupted_write_leaves_nothing(store: Store, tmp_path: Path) -> None:
-    for size in (1000, 11 * MIB):  # a single PUT, and a multipart upload on S3
-        with pytest.raises(StoreError, match="source went away"):
-            put_stream(store, "octocat/half.bundle", FailingReader(size), {"LastSync": "t"})
-        assert store.head("octocat/half.bundle") is None
-        assert keys_of(store.list()) == []
+def test_open_ranges(store: Store) -> None:
+    data = bytes(range(256)) * 40
+    store.put_bytes("octocat/r.zip", data, {"LastSync": "t"})
+    for start, end in ((0, None), (0, 10), (100, 356), (10_000, None), (10_230, 20_000),
+                       (20_000, None), (5, 5)):
+        with store.open("octocat/r.zip", start, end) as f:
+            assert f.read() == data[start:end], (start, end)
     with pytest.raises(StoreError):
-        store.put_file("octocat/gone.bundle", tmp_path / "missing", {})
-    assert store.head("octocat/gone.bundle") is None
+        store.open("octocat/r.zip", -1)
+    with pytest.raises(StoreError):
+        store.open("octocat/r.zip", 10, 5)
+
+
+def no_leftovers(store: Store) -> None:
+    """No temp file (local), no pending multipart upload (S3)."""
     if isinstance(store, S3Store):
         uploads = store._client.list_multipart_uploads(Bucket=store.bucket)
-        assert not uploads.get("Uploads")  # the failed multipart upload was aborted
+        assert not uploads.get("Uploads")  # the refused multipart upload was aborted
     else:
         assert isinstance(store, LocalStore)
         assert tmp_files(store.root) == []
 
 
-def test_interrupted_overwrite_keeps_old(store: Store) -> None:
-    store.put_bytes("octocat/a.bundle", b"old", {"LastSync": "old"})
+def big_file(tmp_path: Path, size: int) -> Path:
+    path = tmp_path / f"f{size}"
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def test_refused_commit_leaves_nothing(store: Store, tmp_path: Path) -> None:
+    """A before_commit that raises (the lock is lost): nothing visible, nothing left over."""
+    calls: list[str] = []
+
+    def refuse_once_uploaded() -> None:
+        calls.append("confirm")
+        refuse()
+
+    with pytest.raises(Refused):
+        store.put_bytes("octocat", b"[]", {"LastSync": "t"}, before_commit=refuse_once_uploaded)
+    for size in (1000, 11 * MIB):  # a single PUT, and a multipart upload on S3
+        with pytest.raises(Refused):
+            store.put_file("octocat/half.bundle", big_file(tmp_path, size), {"LastSync": "t"},
+                           before_commit=refuse_once_uploaded)
+    assert calls == ["confirm"] * 3  # once each, after the data was uploaded
+    assert store.head("octocat/half.bundle") is None and store.head("octocat") is None
+    assert keys_of(store.list()) == []
+    no_leftovers(store)
     with pytest.raises(StoreError):
-        put_stream(store, "octocat/a.bundle", FailingReader(100), {"LastSync": "new"})
+        store.put_file("octocat/gone.bundle", tmp_path / "missing", {})
+    assert store.head("octocat/gone.bundle") is None
+
+
+def test_refused_commit_keeps_the_object_in_place(store: Store, tmp_path: Path) -> None:
+    store.put_bytes("octocat/a.bundle", b"old", {"LastSync": "old"})
+    with pytest.raises(Refused):
+        store.put_bytes("octocat/a.bundle", b"new", {"LastSync": "new"}, before_commit=refuse)
+    for size in (1000, 11 * MIB):
+        with pytest.raises(Refused):
+            store.put_file("octocat/a.bundle", big_file(tmp_path, size), {"LastSync": "new"},
+                           before_commit=refuse)
+    with pytest.raises(Refused):
+        store.replace_metadata("octocat/a.bundle", {"LastSync": "new"}, before_commit=refuse)
     head = store.head("octocat/a.bundle")
-    assert head is not None and head.get("LastSync") == "old"
-    assert store.read_bytes("octocat/a.bundle") == b"old"
-
-
-def test_put_fileobj_streams(store: Store) -> None:
-    put_stream(store, "octocat/s.zip", io.BytesIO(b"z" * 1000), {"LastSync": "t"})
-    assert store.read_bytes("octocat/s.zip") == b"z" * 1000
+    assert head is not None and head.metadata == {"lastsync": "old"} and head.size == 3
+    assert read(store, "octocat/a.bundle") == b"old"
+    no_leftovers(store)
+    # A before_commit that passes lets each write land.
+    confirmed: list[int] = []
+    store.put_file("octocat/a.bundle", big_file(tmp_path, 11 * MIB), {"LastSync": "new"},
+                   before_commit=lambda: confirmed.append(1))
+    store.replace_metadata("octocat/a.bundle", {"LastSync": "newer"},
+                           before_commit=lambda: confirmed.append(1))
+    head = store.head("octocat/a.bundle")
+    assert head is not None and head.size == 11 * MIB and head.get("LastSync") == "newer"
+    assert confirmed == [1, 1]
+    no_leftovers(store)
 
 
 def test_s3_missing_bucket_not_created(s3_endpoint: str) -> None:
@@ -338,9 +365,12 @@ class Crash(BaseException):
 
 
 class CrashBeforeRename(LocalStore):
-    def _before_rename(self, dest: Path, tmp: Path) -> None:
+    def _write_sidecar(self, data: Path, doc: Mapping[str, Any],
+                       before_commit: Callable[[], None]) -> None:
+        super()._write_sidecar(data, doc, before_commit)
         # Keep the temp file's inode alive as a real crash would leave it on disk.
-        os.link(tmp, tmp.with_name(f"%tmp-survivor-{tmp.name}"))
+        for tmp in tmp_files(self.root):
+            os.link(tmp, tmp.with_name(f"%tmp-survivor-{tmp.name}"))
         raise Crash
 
 
@@ -401,11 +431,8 @@ def test_local_file_folder_conflicts(local_root: Path) -> None:
     assert sorted(keys_of(store.list())) == ["a/b", "d/e/f"]
     assert keys_of(store.list("d/e/")) == ["d/e/f"]
     assert tmp_files(local_root) == []
-    store.delete("a/b/c")  # below an object: missing, not an error
-    store.delete("d/e")  # a folder, not an object: missing too
-    assert sorted(keys_of(store.list())) == ["a/b", "d/e/f"]
-    store.delete("d/e/f")
-    assert not (local_root / "d").exists()
+    assert store.head("a/b/c") is None  # below an object: missing, not an error
+    assert store.head("d/e") is None  # a folder, not an object: missing too
 
 
 def test_local_listing_skips_backend_files(local_root: Path) -> None:
@@ -424,6 +451,101 @@ def test_local_request_count(local_root: Path) -> None:
     store.put_bytes("octocat", b"[]", {})
     store.head("octocat")
     store.replace_metadata("octocat", {"LastSync": "t"})
-    store.read_bytes("octocat")
-    store.delete("octocat/none")
-    assert store.request_count == 5
+    read(store, "octocat")
+    assert store.request_count == 4
+
+
+# -- leftovers of killed writers ---------------------------------------------------------------
+
+HOLD_AT_COMMIT = """
+import sys, time
+from bulkbackup.config import StoreSettings
+from bulkbackup.store.local import LocalStore
+
+def hold():
+    print("ready", flush=True)
+    time.sleep(600)
+
+LocalStore(StoreSettings(url=sys.argv[1])).put_bytes("octocat/a.bundle", b"x" * 1000, {},
+                                                     before_commit=hold)
+"""
+
+
+def writer_at_commit(root: Path) -> subprocess.Popen[str]:
+    """A process in the middle of a local put (its temp files written), holding there."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_AT_COMMIT, str(root)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    return proc
+
+
+def test_local_clean_stale_temp_removes_only_what_dead_writers_left(local_root: Path) -> None:
+    store = LocalStore(StoreSettings(url=str(local_root)))
+    dead, live = writer_at_commit(local_root), writer_at_commit(local_root)
+    try:
+        dead.kill()
+        dead.wait(10)
+        left = tmp_files(local_root)
+        assert {p.parent.name for p in left} == {"%incoming"}
+        assert len([p for p in left if f"-{dead.pid}-" in p.name]) == 2  # data and sidecar
+        # Another host's: kept while recent (its writer may be alive), removed once a day old.
+        other = local_root / "%incoming" / "%tmp-elsewhere-1-abc"
+        old = local_root / "%incoming" / "%tmp-elsewhere-2-def"
+        other.write_bytes(b"")
+        old.write_bytes(b"")
+        os.utime(old, (time.time() - 2 * 86400,) * 2)
+        assert store.clean_stale_temp() == 3
+        kept = tmp_files(local_root)
+        assert sorted(p.name for p in kept if f"-{live.pid}-" not in p.name) == [other.name]
+        assert len(kept) == 3  # the live writer's two files, untouched
+        assert clean_stale_temp(StoreSettings(url=str(local_root))) == 0
+    finally:
+        live.kill()
+        live.wait(10)
+    assert store.clean_stale_temp() == 2
+    assert store.head("octocat/a.bundle") is None
+
+
+def test_clean_stale_temp_on_a_clean_store(store: Store) -> None:
+    assert store.clean_stale_temp() == 0
+
+
+# -- the layout --------------------------------------------------------------------------------
+
+
+def test_layout_builds_and_parses_keys() -> None:
+    assert layout.user_key("octocat") == "octocat"
+    assert layout.bundle_key("octocat", "a.b") == "octocat/a.b.bundle"
+    assert layout.zip_key("octocat", "a.b") == "octocat/a.b.zip"
+    assert layout.parse_key("octocat") == StoreKey("octocat", "", Kind.USER)
+    assert layout.parse_key("octocat/a.b.bundle") == StoreKey("octocat", "a.b", Kind.BUNDLE)
+    assert layout.parse_key("octocat/r1.bundle.zip") == StoreKey("octocat", "r1.bundle", Kind.ZIP)
+    for other in ("octocat/x/y.bundle", "octocat/.bundle", "octocat/notes.txt"):
+        assert layout.parse_key(other) == StoreKey("octocat", "", Kind.OTHER)
+    assert layout.is_below("a/x.zip", "a") and not layout.is_below("a-b/x.zip", "a")
+    assert [layout.content_type(k) for k in ("a", "a/b.zip", "a/b.bundle", "a/b/c")] == [
+        "application/json", "application/zip", "application/x-git-bundle",
+        "application/octet-stream"]
+
+
+def test_user_counts_round_trip_and_the_old_form() -> None:
+    counts = UserCounts(syncd=3, empty=1, failed=2, error=True, reported=7)
+    assert counts.encode() == "3 1 2 1 7"
+    assert UserCounts.decode(counts.encode()) == counts
+    assert UserCounts.decode("3 1 2 0") == UserCounts(3, 1, 2, False, 0)  # before ReportedRepos
+    for bad in (None, "", "1 2 3", "1 2 3 4 5 6", "a b c d", "1 -2 3 0 4"):
+        assert UserCounts.decode(bad) is None
+
+
+def test_updated_metadata_hides_the_lower_casing() -> None:
+    head = Head(size=1, last_modified=datetime.now(UTC),
+                metadata={"lastsync": "t", "error": "old", "pushedat": "p"})
+    assert layout.updated_metadata(head, {"Error": "new"}) == {
+        "LastSync": "t", "Error": "new", "PushedAt": "p"}
+
+
+def test_stats_does_not_import_the_backup_job() -> None:
+    code = "import sys, bulkbackup.stats; print('bulkbackup.backup' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "False"

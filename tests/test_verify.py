@@ -177,3 +177,26 @@ def test_sampling_is_uniform_and_keeps_only_the_sample() -> None:
     assert min(counts.values()) > 15 and max(counts.values()) < 70
     few = sample_logins(_Listing(3), 5, random.Random(1))  # type: ignore[arg-type]
     assert few == ["user0", "user1", "user2"]
+
+
+def test_a_bundle_that_failed_verification_is_archived_again(
+    env: None, forge: Forge, store: Store, r: redis.Redis
+) -> None:
+    """Unchanged upstream (same pushed_at/updated_at), a bundle marked `verify failed:` is not
+    skipped by the next sync: it is archived again, and verifies."""
+    forge.add_user("vera", [RepoSpec("cut")])
+    assert run_cli("sync", "vera").returncode == 0
+    data = store.read_bytes("vera/cut.bundle")
+    damage(store, "vera/cut.bundle", data[: len(data) // 2])
+    assert verify("vera")[0] == 1
+    head = store.head("vera/cut.bundle")
+    assert head is not None and head.get("Error").startswith("verify failed: ")
+    clones = forge.clones("vera", "cut")
+
+    assert run_cli("sync", "vera").returncode == 0
+    assert forge.clones("vera", "cut") == clones + 1
+    assert store.read_bytes("vera/cut.bundle") == data
+    head = store.head("vera/cut.bundle")
+    assert head is not None and head.get("Error") == ""
+    code, report = verify("vera")
+    assert code == 0, report

@@ -1,6 +1,7 @@
 -- Finish a user: record the sync time, only if the lock is still the worker's own.
 -- KEYS[1] tracked   KEYS[2] bulkbackup:leases   KEYS[3] bulkbackup:claims   KEYS[4] lock:<member>
--- KEYS[5] bulkbackup:syncd (hash: login -> the counts last written to the user's object)
+-- KEYS[5] bulkbackup:syncd (hash: login -> the counts last written to the user's object,
+--         in the format of bulkbackup.store.layout.UserCounts.encode)
 -- KEYS[6] bulkbackup:failures (hash: member -> failed attempts since its last sync)
 -- KEYS[7] bulkbackup:deferred:<run start> (set: members this run's claims skip)
 -- ARGV[1] member   ARGV[2] worker id

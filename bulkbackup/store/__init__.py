@@ -8,7 +8,7 @@ from bulkbackup.config import StoreSettings, store_scheme
 from bulkbackup.errors import ConfigError
 from bulkbackup.store.base import Head, ObjectInfo, Store
 
-__all__ = ["Head", "ObjectInfo", "Store", "open_store"]
+__all__ = ["Head", "ObjectInfo", "Store", "clean_stale_temp", "open_store"]
 
 
 def open_store(settings: StoreSettings, threads: int = 1, create: bool = True) -> Store:
@@ -28,3 +28,15 @@ def open_store(settings: StoreSettings, threads: int = 1, create: bool = True) -
     from bulkbackup.store.local import LocalStore
 
     return LocalStore(settings)
+
+
+def clean_stale_temp(settings: StoreSettings) -> int:
+    """Remove the temp files that killed writers left in the store (only those no live process
+    owns); how many. Call it where a run starts, before its workers: S3 needs nothing (an
+    aborted multipart upload leaves nothing; one a killed process left is a lifecycle rule's).
+    """
+    if settings.url.startswith("s3://"):
+        return 0
+    from bulkbackup.store.local import LocalStore
+
+    return LocalStore(settings).clean_stale_temp()

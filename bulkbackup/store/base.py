@@ -8,7 +8,7 @@ them lower-cased (S3 lower-cases them anyway).
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -73,6 +73,11 @@ def check_key(key: str) -> str:
     return key
 
 
+def check_range(start: int, end: int | None) -> None:
+    if start < 0 or (end is not None and end < start):
+        raise StoreError(f"invalid byte range: {start} to {end}")
+
+
 def clean_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     """Make metadata safe for every backend: ASCII, one line, under Storj's size limit.
 
@@ -93,36 +98,51 @@ def clean_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+#: Called right before a write becomes visible; raising aborts the write (nothing appears).
+BeforeCommit = Callable[[], None]
+
+
+def no_fence() -> None:
+    """The default before_commit: nothing to confirm."""
+
+
 class Store(abc.ABC):
-    """A bucket of objects with metadata. One instance per process (clients are not shared)."""
+    """A bucket of objects with metadata. One instance per process (clients are not shared).
+
+    Every write takes a ``before_commit`` callback, called once the data is uploaded and just
+    before the object (or its new metadata) becomes visible: the local store's rename, S3's
+    PutObject, CompleteMultipartUpload or CopyObject (before every attempt of that request,
+    retries included). If it raises, the write is aborted, nothing of it is left behind, and
+    the exception propagates. The run uses it to confirm the user's lock (see FencedStore).
+    """
 
     #: True when listings come in byte order of keys (S3); False when the backend only
     #: promises that a user's objects (`<login>` then `<login>/...`) come together.
     byte_ordered: bool = True
 
     @abc.abstractmethod
-    def put_file(self, key: str, path: Path, metadata: Mapping[str, str]) -> None:
+    def put_file(self, key: str, path: Path, metadata: Mapping[str, str],
+                 before_commit: BeforeCommit = no_fence) -> None:
         """Upload a local file, streamed; the object appears whole or not at all."""
 
     @abc.abstractmethod
-    def put_fileobj(self, key: str, src: BinaryIO, metadata: Mapping[str, str]) -> None:
-        """Store what ``src`` yields until EOF; nothing appears if reading it fails."""
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str],
+                  before_commit: BeforeCommit = no_fence) -> None:
+        """Store ``data``; the object appears whole or not at all."""
 
     @abc.abstractmethod
-    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> None:
-        """Store ``data``; the object appears whole or not at all."""
+    def replace_metadata(self, key: str, metadata: Mapping[str, str],
+                         before_commit: BeforeCommit = no_fence) -> None:
+        """Replace all metadata of an existing object without re-uploading its data."""
 
     @abc.abstractmethod
     def head(self, key: str) -> Head | None:
         """Size, time and metadata of ``key``, or None when it does not exist."""
 
     @abc.abstractmethod
-    def open(self, key: str) -> BinaryIO:
-        """A stream of the object's data; raises NotFound."""
-
-    @abc.abstractmethod
-    def replace_metadata(self, key: str, metadata: Mapping[str, str]) -> None:
-        """Replace all metadata of an existing object without re-uploading its data."""
+    def open(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        """A stream of the object's bytes ``start`` to ``end`` (exclusive; None: to the end),
+        clamped to its size; raises NotFound. The caller closes it."""
 
     @abc.abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
@@ -132,13 +152,16 @@ class Store(abc.ABC):
     def list_top(self) -> Iterator[ObjectInfo]:
         """The top-level objects (keys without '/': the usernames), streamed."""
 
-    @abc.abstractmethod
-    def delete(self, key: str) -> None:
-        """Delete ``key``; deleting a missing key is not an error."""
-
     def read_bytes(self, key: str) -> bytes:
+        """The whole object in memory (small objects only: the user object, tests)."""
         with self.open(key) as f:
             return f.read()
+
+    def clean_stale_temp(self) -> int:
+        """Remove what killed writers left behind; how many were removed (S3: none, an
+        aborted or abandoned multipart upload is not an object, and the bucket's lifecycle
+        rule for incomplete uploads removes it)."""
+        return 0
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -6,21 +6,23 @@ files and can never collide with a key):
     <root>/<login>/%object            data of the top-level key `<login>` (the repository list)
     <root>/<login>/<repo>.bundle      data of `<login>/<repo>.bundle`
     <file>%meta                       JSON sidecar with the metadata of <file>
-    %tmp-<random>                     a write in progress (or left by a crash)
+    <root>/%incoming/%tmp-<host>-<pid>-<random>
+                                      a write in progress (or left by a killed writer:
+                                      clean_stale_temp removes those)
 
 Crash safety without extended attributes: a put writes the data to a temp file, then the
-sidecar, then renames the data into place. The sidecar names the inode (and size) of the data
+sidecar, then renames the data into place; the write's before_commit runs just before the
+sidecar's rename. The sidecar names the inode (and size) of the data
 it describes, for the new data (`cur`) and for the data still in place (`prev`), so a reader
 that matches the current data file gets that data's metadata whatever the moment of a crash.
 """
 
 from __future__ import annotations
 
-import contextlib
+import io
 import json
 import os
 import re
-import secrets
 import shutil
 import stat
 import threading
@@ -31,11 +33,20 @@ from typing import Any, BinaryIO, TypeVar
 
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import NotFound, StoreError
-from bulkbackup.store.base import Head, ObjectInfo, Store, check_key, clean_metadata
+from bulkbackup.store import tempfiles
+from bulkbackup.store.base import (
+    BeforeCommit,
+    Head,
+    ObjectInfo,
+    Store,
+    check_key,
+    check_range,
+    clean_metadata,
+    no_fence,
+)
 
 OBJECT = "%object"
 META_SUFFIX = "%meta"
-TMP_PREFIX = "%tmp-"
 _CHUNK = 1024 * 1024
 # A name is one of ours (not an encoded key segment) when a `%` is not the start of `%25`.
 _RESERVED = re.compile(r"%(?!25)")
@@ -56,6 +67,30 @@ def decode_segment(name: str) -> str | None:
 def _one_line(exc: OSError) -> str:
     text = exc.strerror or str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+class _Slice(io.RawIOBase):
+    """Bytes ``start`` to ``end`` of an open file."""
+
+    def __init__(self, f: BinaryIO, start: int, end: int | None) -> None:
+        self._f = f
+        f.seek(start)
+        self._left = None if end is None else max(end - start, 0)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        want = len(buffer) if self._left is None else min(len(buffer), self._left)
+        data = self._f.read(want)
+        buffer[: len(data)] = data
+        if self._left is not None:
+            self._left -= len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
 
 
 def _mtime(st: os.stat_result) -> datetime:
@@ -132,85 +167,76 @@ class LocalStore(Store):
                 return entry
         return None
 
-    @staticmethod
-    def _write_sidecar(data: Path, doc: Mapping[str, Any]) -> None:
+    def _write_sidecar(self, data: Path, doc: Mapping[str, Any],
+                       before_commit: BeforeCommit) -> None:
         payload = json.dumps(doc, separators=(",", ":")).encode("ascii")
-        tmp = data.with_name(f"{TMP_PREFIX}{secrets.token_hex(8)}")
+        tmp = self._temp_path()
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             with os.fdopen(fd, "wb") as f:
                 f.write(payload)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, LocalStore._meta_path(data))
+            before_commit()
+            os.replace(tmp, self._meta_path(data))
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         # The new sidecar must be on disk before the data rename that follows can be, or a
         # power cut could keep the new data with the old sidecar (and lose its metadata).
-        LocalStore._fsync_dir(data.parent)
+        self._fsync_dir(data.parent)
 
     # -- writes ------------------------------------------------------------------------------
 
-    def put_file(self, key: str, path: Path, metadata: Mapping[str, str]) -> None:
+    def put_file(self, key: str, path: Path, metadata: Mapping[str, str],
+                 before_commit: BeforeCommit = no_fence) -> None:
         def put() -> None:
             with open(path, "rb") as src:
-                self._put(key, src, metadata)
+                self._put(key, src, b"", metadata, before_commit)
 
         self._guard(key, "store", put)
 
-    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> None:
-        self._guard(key, "store", lambda: self._put(key, None, metadata, data))
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str],
+                  before_commit: BeforeCommit = no_fence) -> None:
+        self._guard(key, "store", lambda: self._put(key, None, data, metadata, before_commit))
 
-    def put_fileobj(self, key: str, src: BinaryIO, metadata: Mapping[str, str]) -> None:
-        """Store what ``src`` yields until EOF; nothing appears if reading it fails."""
-        self._guard(key, "store", lambda: self._put(key, src, metadata))
-
-    def _put(self, key: str, src: BinaryIO | None, metadata: Mapping[str, str],
-             data: bytes = b"") -> None:
+    def _put(self, key: str, src: BinaryIO | None, data: bytes, metadata: Mapping[str, str],
+             before_commit: BeforeCommit) -> None:
         meta = clean_metadata(metadata)
         dest = self._path(key)
-        tmp = self._write_temp(dest, src, data)
+        self._make_parent(dest)
+        tmp = self._write_temp(src, data)
         try:
             st = os.stat(tmp)
+            # The fence sits inside the sidecar write: from it to the data rename below
+            # there are only a rename and two directory fsyncs (README: the lock fence).
             self._write_sidecar(dest, {"cur": {"ino": st.st_ino, "size": st.st_size,
                                                "meta": meta},
-                                       "prev": self._current_entry(dest)})
-            self._before_rename(dest, tmp)
+                                       "prev": self._current_entry(dest)}, before_commit)
             os.replace(tmp, dest)
             self._fsync_dir(dest.parent)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
 
-    def _before_rename(self, dest: Path, tmp: Path) -> None:
-        """A hook between the sidecar write and the data rename (tests simulate crashes)."""
+    def _temp_path(self) -> Path:
+        return tempfiles.new_path(self.root)
 
-    def _write_temp(self, dest: Path, src: BinaryIO | None, data: bytes) -> Path:
-        # The directory can vanish between mkdir and open when a concurrent delete removes
-        # the user's last object; one retry covers that race.
-        for attempt in range(2):
-            self._make_parent(dest)
-            tmp = dest.with_name(f"{TMP_PREFIX}{secrets.token_hex(8)}")
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileNotFoundError:
-                if attempt:
-                    raise
-                continue
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    if src is None:
-                        f.write(data)
-                    else:
-                        shutil.copyfileobj(src, f, _CHUNK)
-                    f.flush()
-                    os.fsync(f.fileno())
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            return tmp
-        raise AssertionError("unreachable")  # pragma: no cover
+    def _write_temp(self, src: BinaryIO | None, data: bytes) -> Path:
+        tmp = self._temp_path()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                if src is None:
+                    f.write(data)
+                else:
+                    shutil.copyfileobj(src, f, _CHUNK)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
 
     def _make_parent(self, dest: Path) -> None:
         created = not dest.parent.is_dir()
@@ -251,42 +277,30 @@ class LocalStore(Store):
         finally:
             os.close(fd)
 
-    def replace_metadata(self, key: str, metadata: Mapping[str, str]) -> None:
+    def replace_metadata(self, key: str, metadata: Mapping[str, str],
+                         before_commit: BeforeCommit = no_fence) -> None:
         meta = clean_metadata(metadata)
         dest = self._path(key)
 
         def replace() -> None:
             st = self._stat_file(key, dest)
             self._write_sidecar(dest, {"cur": {"ino": st.st_ino, "size": st.st_size,
-                                               "meta": meta}, "prev": None})
+                                               "meta": meta}, "prev": None}, before_commit)
             # S3 gives a copied object a new LastModified; listings use it as the sync time.
             os.utime(dest)
 
         self._guard(key, "update metadata of", replace)
 
-    def delete(self, key: str) -> None:
-        dest = self._path(key)
+    # -- leftovers ---------------------------------------------------------------------------
 
-        def delete() -> None:
-            # Data first: a crash in between leaves a sidecar that describes nothing.
-            try:
-                dest.unlink()
-            except (FileNotFoundError, NotADirectoryError):
-                pass
-            except OSError:
-                if not dest.is_dir():  # a folder (keys below it) is not this object
-                    raise
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                self._meta_path(dest).unlink()
-            folder = dest.parent
-            while folder != self.root:
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
-                folder = folder.parent
-
-        self._guard(key, "delete", delete)
+    def clean_stale_temp(self, max_age_s: float = tempfiles.STALE_AGE_S) -> int:
+        """Remove temp files whose writer is gone: written on this host by a process that no
+        longer exists, or older than ``max_age_s`` (any host: a store folder shared over
+        NFS, or a pid reused since). A live writer's file is kept."""
+        try:
+            return tempfiles.clean(self.root, max_age_s)
+        except OSError as exc:
+            raise StoreError(f"cannot clean the store's temp files: {_one_line(exc)}") from None
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -315,14 +329,18 @@ class LocalStore(Store):
 
         return self._guard(key, "read", head)
 
-    def open(self, key: str) -> BinaryIO:
+    def open(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        check_range(start, end)
         dest = self._path(key)
 
         def opener() -> BinaryIO:
             try:
-                return open(dest, "rb")
+                f = open(dest, "rb")  # noqa: SIM115 - the caller closes it
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 raise NotFound(f"no such object: {key!r}") from None
+            if start == 0 and end is None:
+                return f
+            return io.BufferedReader(_Slice(f, start, end), buffer_size=_CHUNK)
 
         return self._guard(key, "open", opener)
 

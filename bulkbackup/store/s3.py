@@ -1,7 +1,7 @@
 """The durable store in an S3-compatible bucket (Storj gateway, MinIO, R2, AWS).
 
 Only calls every such gateway supports are used: PutObject, multipart upload, HeadObject,
-GetObject, CopyObject onto itself (metadata), ListObjectsV2, DeleteObject. Endpoint and
+GetObject, CopyObject onto itself (metadata), ListObjectsV2, AbortMultipartUpload. Endpoint and
 credentials come from boto3's own environment variables.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -18,17 +19,45 @@ from typing import Any, BinaryIO, TypeVar
 import boto3
 import boto3.exceptions
 import botocore.exceptions
-from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import ConfigError, NotFound, StoreError, one_line
-from bulkbackup.store.base import Head, ObjectInfo, Store, check_key, clean_metadata
+from bulkbackup.store import layout
+from bulkbackup.store.base import (
+    BeforeCommit,
+    Head,
+    ObjectInfo,
+    Store,
+    check_key,
+    check_range,
+    clean_metadata,
+    no_fence,
+)
 
 _MIB = 1024 * 1024
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 _NO_BUCKET = {"404", "NoSuchBucket", "NotFound"}
 _T = TypeVar("_T")
+_MAX_PARTS = 10_000  # S3's limit on the parts of one upload
+# The requests that make an object visible: each attempt is fenced (see S3Store._committing).
+_COMMITS = ("PutObject", "CompleteMultipartUpload", "CopyObject")
+_PART_CHECKSUMS = ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumSHA1", "ChecksumSHA256",
+                   "ChecksumCRC64NVME")
+
+
+class _Fence(threading.local):
+    before_commit: BeforeCommit | None = None
+
+
+# The write in progress on this thread (a client is used by one write at a time per thread).
+_FENCE = _Fence()
+
+
+def _fence_hook(**_: Any) -> None:
+    """botocore's before-send event: raising here sends nothing, and is not retried."""
+    if _FENCE.before_commit is not None:
+        _FENCE.before_commit()
 # What boto3 raises for a failed call, after its own retries.
 _BOTO_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
                 boto3.exceptions.Boto3Error)
@@ -40,23 +69,9 @@ def _code(exc: BaseException) -> str:
     return ""
 
 
-# botocore messages name the operation and the server's reason; never the credentials.
-_one_line = one_line
 # Answers that no retry or restart can change: the configuration must be fixed.
 _REFUSED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
             "InvalidBucketName", "AllAccessDisabled", "AccountProblem"}
-
-
-def _content_type(key: str) -> str:
-    """The Content-Type of every object: derived from its key, so a metadata-replacing copy
-    can set it again without first asking the store for it (one request fewer)."""
-    if "/" not in key:
-        return "application/json"
-    if key.endswith(".zip"):
-        return "application/zip"
-    if key.endswith(".bundle"):
-        return "application/x-git-bundle"
-    return "application/octet-stream"
 
 
 def _utc(value: datetime) -> datetime:
@@ -85,7 +100,7 @@ class _Body(io.RawIOBase):
         try:
             return bytes(self._body.read(size))
         except (*_BOTO_ERRORS, OSError) as exc:
-            raise StoreError(f"cannot read {self._key!r}: {_one_line(exc)}") from None
+            raise StoreError(f"cannot read {self._key!r}: {one_line(exc)}") from None
 
     def close(self) -> None:
         if not self.closed:
@@ -116,14 +131,9 @@ class S3Store(Store):
             # A fresh session: the default one is shared module state, unsafe across forks.
             self._client: Any = boto3.session.Session().client("s3", config=config)
         except (*_BOTO_ERRORS, ValueError) as exc:  # ValueError: a malformed endpoint URL
-            raise ConfigError(f"cannot create the S3 client: {_one_line(exc)}") from None
+            raise ConfigError(f"cannot create the S3 client: {one_line(exc)}") from None
         # Every HTTP request, retries included: what a gateway counts and bills.
         self._client.meta.events.register("before-send.s3.*", self._on_send)
-        self._transfer = TransferConfig(
-            multipart_threshold=settings.multipart_threshold_mb * _MIB,
-            multipart_chunksize=settings.multipart_part_mb * _MIB,
-            use_threads=False,  # one part in memory at a time; workers parallelise users
-        )
         self._check_bucket(create and settings.create_bucket)
 
     def _on_send(self, **_: Any) -> None:
@@ -140,7 +150,7 @@ class S3Store(Store):
         except _BOTO_ERRORS as exc:
             if _code(exc) in _MISSING:
                 raise NotFound(f"no such object: {key!r}") from None
-            raise StoreError(f"cannot {action} {key!r}: {_one_line(exc)}") from None
+            raise StoreError(f"cannot {action} {key!r}: {one_line(exc)}") from None
 
     def _check_bucket(self, create: bool) -> None:
         """The bucket exists and these credentials may use it, or a ConfigError (exit 2: a
@@ -149,14 +159,14 @@ class S3Store(Store):
             self._client.head_bucket(Bucket=self.bucket)
             return
         except botocore.exceptions.ParamValidationError as exc:  # e.g. an invalid bucket name
-            raise ConfigError(f"store.url {self.settings.url!r}: {_one_line(exc)}") from None
+            raise ConfigError(f"store.url {self.settings.url!r}: {one_line(exc)}") from None
         except _BOTO_ERRORS as exc:
             code = _code(exc)
             if code in _REFUSED:
                 raise ConfigError(f"the store refuses access to bucket {self.bucket} "
-                                  f"(check the credentials): {_one_line(exc)}") from None
+                                  f"(check the credentials): {one_line(exc)}") from None
             if code not in _NO_BUCKET:
-                raise StoreError(f"cannot access bucket {self.bucket}: {_one_line(exc)}") from None
+                raise StoreError(f"cannot access bucket {self.bucket}: {one_line(exc)}") from None
         if not create:
             raise ConfigError(f"bucket {self.bucket} does not exist" + (
                 " (set store.create_bucket: true to create it)"
@@ -171,54 +181,96 @@ class S3Store(Store):
             # Several worker processes start at once: one of them wins the race.
             code = _code(exc)
             if code in _REFUSED or isinstance(exc, botocore.exceptions.ParamValidationError):
-                raise ConfigError(f"cannot create bucket {self.bucket}: {_one_line(exc)}"
+                raise ConfigError(f"cannot create bucket {self.bucket}: {one_line(exc)}"
                                   ) from None
             if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                raise StoreError(f"cannot create bucket {self.bucket}: {_one_line(exc)}"
+                raise StoreError(f"cannot create bucket {self.bucket}: {one_line(exc)}"
                                  ) from None
 
     # -- writes ------------------------------------------------------------------------------
 
     def _extra(self, key: str, metadata: Mapping[str, str]) -> dict[str, Any]:
-        return {"Metadata": clean_metadata(metadata), "ContentType": _content_type(key)}
+        # The Content-Type is derived from the key, so a metadata-replacing copy can set it
+        # again without first asking the store for it (one request fewer).
+        return {"Metadata": clean_metadata(metadata), "ContentType": layout.content_type(key)}
 
-    def put_file(self, key: str, path: Path, metadata: Mapping[str, str]) -> None:
-        extra = self._extra(check_key(key), metadata)
-        # Above the threshold this is a multipart upload: the object appears only when it
-        # completes, and a failure aborts it (no orphaned parts are left on purpose).
+    @contextlib.contextmanager
+    def _committing(self, before_commit: BeforeCommit) -> Iterator[None]:
+        """Within: ``before_commit`` runs right before each attempt (retries included) of a
+        request that makes an object visible, so a retry long after a pause is fenced too."""
+        for operation in _COMMITS:
+            # Registered on first use (the same unique id registers once per client).
+            self._client.meta.events.register(f"before-send.s3.{operation}", _fence_hook,
+                                              unique_id=f"bulkbackup-fence-{operation}")
+        _FENCE.before_commit = before_commit
         try:
-            self._call(key, "store", lambda: self._client.upload_file(
-                str(path), self.bucket, key, ExtraArgs=extra, Config=self._transfer))
-        except OSError as exc:
-            raise StoreError(f"cannot store {key!r}: {exc.strerror or _one_line(exc)}") from None
+            yield
+        finally:
+            _FENCE.before_commit = None
 
-    def put_fileobj(self, key: str, src: BinaryIO, metadata: Mapping[str, str]) -> None:
-        """Store what ``src`` yields until EOF; nothing appears if reading it fails."""
+    def put_file(self, key: str, path: Path, metadata: Mapping[str, str],
+                 before_commit: BeforeCommit = no_fence) -> None:
         extra = self._extra(check_key(key), metadata)
         try:
-            self._call(key, "store", lambda: self._client.upload_fileobj(
-                src, self.bucket, key, ExtraArgs=extra, Config=self._transfer))
+            with open(path, "rb") as src:
+                size = os.fstat(src.fileno()).st_size
+                if size < self.settings.multipart_threshold_mb * _MIB:
+                    with self._committing(before_commit):
+                        self._call(key, "store", lambda: self._client.put_object(
+                            Bucket=self.bucket, Key=key, Body=src, **extra))
+                else:
+                    self._multipart(key, src, size, extra, before_commit)
         except OSError as exc:
-            raise StoreError(f"cannot store {key!r}: {exc.strerror or _one_line(exc)}") from None
+            raise StoreError(f"cannot store {key!r}: {exc.strerror or one_line(exc)}") from None
 
-    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> None:
+    def _multipart(self, key: str, src: BinaryIO, size: int, extra: Mapping[str, Any],
+                   before_commit: BeforeCommit) -> None:
+        """A multipart upload done here, not by boto3's transfer manager, so that the commit
+        (CompleteMultipartUpload) is fenced and any failure aborts the upload: no orphaned
+        parts. One part in memory at a time; workers parallelise users, not parts."""
+        part_bytes = max(self.settings.multipart_part_mb * _MIB, -(-size // _MAX_PARTS))
+        upload_id = str(self._call(key, "store", lambda: self._client.create_multipart_upload(
+            Bucket=self.bucket, Key=key, **extra))["UploadId"])
+        try:
+            parts: list[dict[str, Any]] = []
+            while chunk := src.read(part_bytes):
+                parts.append(self._upload_part(key, upload_id, len(parts) + 1, chunk))
+            with self._committing(before_commit):
+                self._call(key, "store", lambda: self._client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id,
+                    MultipartUpload={"Parts": parts}))
+        except BaseException:
+            with contextlib.suppress(*_BOTO_ERRORS):
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=key,
+                                                    UploadId=upload_id)
+            raise
+
+    def _upload_part(self, key: str, upload_id: str, number: int, chunk: bytes
+                     ) -> dict[str, Any]:
+        resp = self._call(key, "store", lambda: self._client.upload_part(
+            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk))
+        part: dict[str, Any] = {"PartNumber": number, "ETag": resp["ETag"]}
+        for name in _PART_CHECKSUMS:  # flexible checksums sent with a part are completed with it
+            if resp.get(name):
+                part[name] = resp[name]
+        return part
+
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str],
+                  before_commit: BeforeCommit = no_fence) -> None:
         extra = self._extra(check_key(key), metadata)
-        self._call(key, "store", lambda: self._client.put_object(
-            Bucket=self.bucket, Key=key, Body=data, **extra))
+        with self._committing(before_commit):
+            self._call(key, "store", lambda: self._client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, **extra))
 
-    def replace_metadata(self, key: str, metadata: Mapping[str, str]) -> None:
+    def replace_metadata(self, key: str, metadata: Mapping[str, str],
+                         before_commit: BeforeCommit = no_fence) -> None:
         extra = self._extra(check_key(key), metadata)
         # The client's CopyObject, not the managed copy(): that one switches to
         # UploadPartCopy for large objects, which Storj does not implement.
-        self._call(key, "update metadata of", lambda: self._client.copy_object(
-            Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": key},
-            MetadataDirective="REPLACE", **extra))
-
-    def delete(self, key: str) -> None:
-        check_key(key)
-        with contextlib.suppress(NotFound):  # S3 itself answers 204 for missing keys
-            self._call(key, "delete", lambda: self._client.delete_object(
-                Bucket=self.bucket, Key=key))
+        with self._committing(before_commit):
+            self._call(key, "update metadata of", lambda: self._client.copy_object(
+                Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": key},
+                MetadataDirective="REPLACE", **extra))
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -233,10 +285,23 @@ class S3Store(Store):
         return Head(size=int(resp["ContentLength"]), last_modified=_utc(resp["LastModified"]),
                     metadata=meta)
 
-    def open(self, key: str) -> BinaryIO:
+    def open(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
         check_key(key)
-        resp = self._call(key, "open", lambda: self._client.get_object(
-            Bucket=self.bucket, Key=key))
+        check_range(start, end)
+        if end == start:  # nothing to read, but a missing key is still NotFound
+            if self.head(key) is None:
+                raise NotFound(f"no such object: {key!r}")
+            return io.BytesIO(b"")
+        extra: dict[str, Any] = {}
+        if start or end is not None:
+            extra["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        try:
+            resp = self._call(key, "open", lambda: self._client.get_object(
+                Bucket=self.bucket, Key=key, **extra))
+        except StoreError as exc:
+            if "InvalidRange" not in str(exc):
+                raise
+            return io.BytesIO(b"")  # the range starts at or after the end: no bytes
         return io.BufferedReader(_Body(resp["Body"], key), buffer_size=_MIB)
 
     # -- listings ----------------------------------------------------------------------------
@@ -248,7 +313,7 @@ class S3Store(Store):
         try:
             yield from pages
         except _BOTO_ERRORS as exc:
-            raise StoreError(f"cannot list {what}: {_one_line(exc)}") from None
+            raise StoreError(f"cannot list {what}: {one_line(exc)}") from None
 
     @staticmethod
     def _infos(page: Mapping[str, Any]) -> Iterator[ObjectInfo]:

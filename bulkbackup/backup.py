@@ -37,7 +37,7 @@ from bulkbackup.store.base import (
     Head,
     canonical,
 )
-from bulkbackup.timeutil import format_rfc3339, now
+from bulkbackup.timeutil import format_rfc3339, now, parse_api_time
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +114,15 @@ _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:
 
 
 def _timestamp(value: object) -> str:
-    return value if isinstance(value, str) and _TIMESTAMP.fullmatch(value) else ""
+    """The API's time as given, or "" unless it is a real date in a sane range (a
+    far-future `9999-12-31T23:59:59Z` would otherwise look newer than every later push)."""
+    if not isinstance(value, str) or not _TIMESTAMP.fullmatch(value):
+        return ""
+    return value if parse_api_time(value) is not None else ""
 
 
 def _repo_times(repo: dict[str, Any]) -> tuple[str, str]:
-    """(pushed_at, updated_at); "" for a value that is not a timestamp: such a repository
+    """(pushed_at, updated_at); "" for a value that is not a real time: such a repository
     cannot be seen to be unchanged, so it is archived again each pass."""
     return _timestamp(repo.get("pushed_at")), _timestamp(repo.get("updated_at"))
 
@@ -314,8 +318,19 @@ class UserBackup:
 
 
 def _newer(head: Head, pushed: str, updated: str) -> bool:
-    """Is the stored archive newer than what the API just described?"""
-    return (head.get(PUSHED_AT), head.get(UPDATED_AT)) > (pushed, updated)
+    """Is the stored archive newer than what the API just described?
+
+    Times are compared as dates, never as text. Only a real stored time can be newer: a
+    stored value that is malformed or in the future (written by an older version, or by
+    hand) must not block a repository forever; nor can anything be newer than unknown
+    times (then the fresh archive is stored, as on every pass for such a repository)."""
+    stored = parse_api_time(head.get(PUSHED_AT)), parse_api_time(head.get(UPDATED_AT))
+    listed = parse_api_time(pushed), parse_api_time(updated)
+    if stored[0] is None or listed[0] is None:
+        return False
+    if stored[0] != listed[0]:
+        return stored[0] > listed[0]
+    return stored[1] is not None and listed[1] is not None and stored[1] > listed[1]
 
 
 @contextmanager

@@ -48,6 +48,10 @@ class GitHubSettings:
     backoff_s: float = 1.0
     max_rate_wait_s: float = 4000.0
     token_for_git: bool = True
+    page_size: int = 100
+    max_pages: int = 1000
+    user_deadline_s: float = 600.0
+    max_response_mb: int = 16
 
     @property
     def clone_host(self) -> str:
@@ -148,6 +152,16 @@ def _validate(s: Settings) -> None:
     host = s.run.worker_host
     if not host or any(c.isspace() for c in host):
         raise ConfigError(f"worker host must be non-empty without spaces: {host!r}")
+    _validate_github_bounds(s.github)
+
+
+def _validate_github_bounds(gh: GitHubSettings) -> None:
+    if not 1 <= gh.page_size <= 100:
+        raise ConfigError("github.page_size must be between 1 and 100 (GitHub's maximum)")
+    if gh.max_pages < 1 or gh.max_response_mb < 1:
+        raise ConfigError("github.max_pages and github.max_response_mb must be at least 1")
+    if not 0 < gh.user_deadline_s < float("inf"):
+        raise ConfigError("github.user_deadline_s must be a positive number of seconds")
 
 
 _T = typing.TypeVar("_T")

@@ -52,6 +52,7 @@ class GitHubSettings:
     max_pages: int = 1000
     user_deadline_s: float = 600.0
     max_response_mb: int = 16
+    max_listing_mb: int = 1024
 
     @property
     def clone_host(self) -> str:
@@ -158,8 +159,9 @@ def _validate(s: Settings) -> None:
 def _validate_github_bounds(gh: GitHubSettings) -> None:
     if not 1 <= gh.page_size <= 100:
         raise ConfigError("github.page_size must be between 1 and 100 (GitHub's maximum)")
-    if gh.max_pages < 1 or gh.max_response_mb < 1:
-        raise ConfigError("github.max_pages and github.max_response_mb must be at least 1")
+    if min(gh.max_pages, gh.max_response_mb, gh.max_listing_mb) < 1:
+        raise ConfigError("github.max_pages, github.max_response_mb and github.max_listing_mb "
+                          "must be at least 1")
     if not 0 < gh.user_deadline_s < float("inf"):
         raise ConfigError("github.user_deadline_s must be a positive number of seconds")
 

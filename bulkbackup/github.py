@@ -175,6 +175,7 @@ class GitHub:
         seen: set[str] = set()
         url: str | None = first
         page = 0
+        listing_bytes = 0
         while url is not None:
             if url in seen:
                 raise GitHubError(f"{what}: pagination loops (page {page + 1} is a page "
@@ -196,6 +197,10 @@ class GitHub:
                 raise GitHubError(f"{what}: HTTP {status}")
             if page > 0 and not out.repos:
                 return out, False
+            listing_bytes += len(body)
+            if listing_bytes > self.settings.max_listing_mb << 20:
+                raise GitHubError(f"{what}: listing larger than github.max_listing_mb "
+                                  f"({self.settings.max_listing_mb} MB)")
             out.repos.extend(_page_items(body, what))
             out.etags.append(headers.get("ETag", ""))
             page += 1

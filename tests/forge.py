@@ -179,6 +179,7 @@ class Forge:
         self.api_drip_s = 0.0  # > 0: a listing body goes out one byte per api_drip_s
         self.api_drip_head = False  # with api_drip_s: the status line and headers drip too
         self.api_pad_mb = 0  # > 0: listing bodies padded with this many MB of spaces (streamed)
+        self.api_pad_unsized = False  # padded bodies without Content-Length (end at EOF)
         self.api_retry_after: str | None = None  # set: every answer is 429 with this Retry-After
         self.api_reset: str | None = None  # set: every answer is 403, Remaining 0, this Reset
 
@@ -546,8 +547,9 @@ class _Handler(BaseHTTPRequestHandler):
         headers too) or padded (api_pad_mb of spaces inside the array, streamed)."""
         f = self.forge
         pad = 0 if f.api_drip_s > 0 else f.api_pad_mb << 20
-        lines = ["HTTP/1.1 200 OK", *(f"{k}: {v}" for k, v in headers.items()),
-                 f"Content-Length: {len(body) + pad}"]
+        size = (["Connection: close"] if f.api_pad_unsized
+                else [f"Content-Length: {len(body) + pad}"])  # unsized: the body ends at EOF
+        lines = ["HTTP/1.1 200 OK", *(f"{k}: {v}" for k, v in headers.items()), *size]
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         if f.api_drip_s > 0:
             slow = head + body if f.api_drip_head else body
@@ -564,6 +566,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(spaces[:pad])
             pad -= len(spaces)
         self.wfile.write(body[1:])
+        self.close_connection = f.api_pad_unsized
 
     def _netloc(self) -> str:
         return self.headers.get("Host") or urlsplit(self.forge.url).netloc

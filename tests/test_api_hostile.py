@@ -196,11 +196,13 @@ def test_run_gives_rate_limited_users_back_and_ends(
 
 # -- item 7: size of an answer ---------------------------------------------------------------
 
+@pytest.mark.parametrize("unsized", [False, True], ids=["sized", "unsized"])
 def test_a_huge_answer_is_refused_at_github_max_response_mb(
-    env: None, forge: Forge, store: Store
+    env: None, forge: Forge, store: Store, unsized: bool
 ) -> None:
     forge.add_user("huge", [RepoSpec("a")])
     forge.api_pad_mb = 20  # valid JSON: the array padded with 20 MB of spaces
+    forge.api_pad_unsized = unsized  # no Content-Length: refused while reading, not before
     proc = sync("huge", "github:\n  max_response_mb: 1\n")
     assert proc.returncode == 1
     user = store.head("huge")
@@ -213,7 +215,7 @@ def test_a_huge_answer_is_refused_at_github_max_response_mb(
 # -- the settings ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("setting", [
-    "page_size: 0", "page_size: 101", "max_pages: 0", "max_response_mb: 0",
+    "page_size: 0", "page_size: 101", "max_pages: 0", "max_response_mb: 0", "max_listing_mb: 0",
     "user_deadline_s: 0", "user_deadline_s: .inf",
 ])
 def test_bounds_out_of_range_are_configuration_errors(clean_env: None, setting: str) -> None:
@@ -221,3 +223,18 @@ def test_bounds_out_of_range_are_configuration_errors(clean_env: None, setting: 
     assert proc.returncode == 2
     name = setting.split(":")[0]
     assert proc.stderr.count("\n") == 1 and f"github.{name}" in proc.stderr
+
+
+def test_a_listing_larger_than_github_max_listing_mb_is_refused(
+    env: None, forge: Forge, store: Store
+) -> None:
+    forge.add_user("heavy", [RepoSpec("a")])
+    forge.api_endless = True
+    forge.api_pad_mb = 1  # pages of 1 MB each, never ending
+    proc = sync("heavy", "github:\n  max_response_mb: 2\n  max_listing_mb: 5\n")
+    assert proc.returncode == 1
+    user = store.head("heavy")
+    assert user is not None
+    assert "listing larger than github.max_listing_mb (5 MB)" in user.get("Error")
+    assert forge.counters["api_200"] == 5  # the fifth page passes 5 MB
+    assert store.read_bytes("heavy") == b"[]"

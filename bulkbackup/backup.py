@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from bulkbackup.config import Settings
-from bulkbackup.errors import GitError, GitHubError, InvalidName, UsageError
+from bulkbackup.errors import GitError, GitHubError, InvalidName, RateLimited, UsageError
 from bulkbackup.github import GitHub, Listing
 from bulkbackup.gitops import GitWork
 from bulkbackup.interrupts import signals_interrupt
@@ -36,7 +36,7 @@ from bulkbackup.store.base import (
 )
 from bulkbackup.store.fenced import Fence, FencedStore, StopFence
 from bulkbackup.store.layout import EMPTY_REPOSITORY, UserCounts
-from bulkbackup.timeutil import format_rfc3339, now
+from bulkbackup.timeutil import format_rfc3339, now, parse_api_time
 from bulkbackup.workdir import work_dir
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ class UserResult:
     not_modified: bool = False
     listed: bool = False
     error: str = ""
+    # Not synced at all, nothing recorded (a rate limit past the user's deadline): try later.
+    not_done: str = ""
     failures: list[str] = field(default_factory=list)
     # Bundle sizes in the store after this sync (name -> bytes; 0 = no archive), and which
     # of the zero-byte ones are empty repositories.
@@ -74,6 +76,8 @@ class UserResult:
         return UserCounts(self.syncd, empty, len(zero) - empty, bool(self.error), self.reported)
 
     def line(self) -> str:
+        if self.not_done:
+            return f"{self.login}: not synced: {self.not_done}"
         if self.not_modified:
             return f"{self.login}: unchanged since the last sync (304)"
         text = (f"{self.login}: {self.reported} repositories, {self.archived} archived, "
@@ -88,11 +92,15 @@ _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:
 
 
 def _timestamp(value: object) -> str:
-    return value if isinstance(value, str) and _TIMESTAMP.fullmatch(value) else ""
+    """The API's time as given, or "" unless it is a real date in a sane range (a
+    far-future `9999-12-31T23:59:59Z` would otherwise look newer than every later push)."""
+    if not isinstance(value, str) or not _TIMESTAMP.fullmatch(value):
+        return ""
+    return value if parse_api_time(value) is not None else ""
 
 
 def _repo_times(repo: dict[str, Any]) -> tuple[str, str]:
-    """(pushed_at, updated_at); "" for a value that is not a timestamp: such a repository
+    """(pushed_at, updated_at); "" for a value that is not a real time: such a repository
     cannot be seen to be unchanged, so it is archived again each pass."""
     return _timestamp(repo.get("pushed_at")), _timestamp(repo.get("updated_at"))
 
@@ -294,8 +302,19 @@ class UserBackup:
 
 
 def _newer(head: Head, pushed: str, updated: str) -> bool:
-    """Is the stored archive newer than what the API just described?"""
-    return (head.get(PUSHED_AT), head.get(UPDATED_AT)) > (pushed, updated)
+    """Is the stored archive newer than what the API just described?
+
+    Times are compared as dates, never as text. Only a real stored time can be newer: a
+    stored value that is malformed or in the future (written by an older version, or by
+    hand) must not block a repository forever; nor can anything be newer than unknown
+    times (then the fresh archive is stored, as on every pass for such a repository)."""
+    stored = parse_api_time(head.get(PUSHED_AT)), parse_api_time(head.get(UPDATED_AT))
+    listed = parse_api_time(pushed), parse_api_time(updated)
+    if stored[0] is None or listed[0] is None:
+        return False
+    if stored[0] != listed[0]:
+        return stored[0] > listed[0]
+    return stored[1] is not None and listed[1] is not None and stored[1] > listed[1]
 
 
 def sync_users(settings: Settings, logins: list[str]) -> Iterator[UserResult]:
@@ -315,7 +334,10 @@ def sync_users(settings: Settings, logins: list[str]) -> Iterator[UserResult]:
         with signals_interrupt(), work_dir(settings, "sync") as path:
             job = UserBackup(settings, store, github, GitWork(settings.run, settings.github, path))
             for login in logins:
-                yield job.sync(login)
+                try:
+                    yield job.sync(login)
+                except RateLimited as exc:
+                    yield UserResult(login, not_done=str(exc))
     finally:
         github.close()
         store.close()

@@ -86,15 +86,18 @@ def rebuild_command(settings: Settings) -> int:
 
 def sync_command(settings: Settings, logins: list[str]) -> int:
     """Back up the named users now. A user whose problem is recorded in the store (gone,
-    a failed clone) is a result, counted in the summary: exit 0, as `run`."""
+    a failed clone) is a result, counted in the summary: exit 0, as `run`. A user that could
+    not be synced at all (rate limited past its deadline: nothing recorded) makes it exit 1."""
     from bulkbackup.backup import sync_users
 
-    with_errors = 0
+    with_errors = not_done = 0
     for result in sync_users(settings, logins):
         print(result.line(), file=sys.stdout, flush=True)
         with_errors += bool(result.error)
-    print(f"sync: {len(logins)} users, {with_errors} with errors", file=sys.stderr)
-    return 0
+        not_done += bool(result.not_done)
+    print(f"sync: {len(logins)} users, {with_errors} with errors, {not_done} not synced",
+          file=sys.stderr)
+    return 1 if not_done else 0
 
 
 def show_command(settings: Settings, login: str, as_json: bool) -> int:
@@ -172,7 +175,7 @@ def run_command(settings: Settings, procs: int | None, max_users: int | None,
     if report.deferred:
         problems.append(
             f"{report.deferred} users failed {settings.run.max_attempts} times on store or "
-            "Redis errors and are left for the next run (see the log)")
+            "Redis errors or rate limits and are left for the next run (see the log)")
     if problems:
         raise BulkbackupError("; ".join(problems))
     return code

@@ -50,6 +50,11 @@ class GitHubSettings:
     max_rate_wait_s: float = 4000.0
     token_for_git: bool = True
     allow_http_token: bool = False  # test/dev only: also send git the token over plain http
+    page_size: int = 100
+    max_pages: int = 1000
+    user_deadline_s: float = 600.0
+    max_response_mb: int = 16
+    max_listing_mb: int = 1024
 
     @property
     def clone_host(self) -> str:
@@ -160,6 +165,11 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "github.max_retries": (0, 100),
     "github.backoff_s": (0, 3600),
     "github.max_rate_wait_s": (0, 86_400),
+    "github.page_size": (1, 100),  # GitHub's maximum per_page
+    "github.max_pages": (1, None),
+    "github.user_deadline_s": (0.1, 7 * 86_400),
+    "github.max_response_mb": (1, None),
+    "github.max_listing_mb": (1, None),
     "ingest.batch_size": (1, 1_000_000),
     "ingest.pipeline_depth": (1, 10_000),
     "run.procs": (1, 1024),
@@ -171,6 +181,10 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "run.grace_s": (0, 86_400),
     "run.redis_retry_s": (0, 86_400),
     "run.max_attempts": (1, 1000),
+    "run.git_low_speed_bytes_s": (0, None),  # 0: no low-speed limit
+    "run.git_low_speed_time_s": (1, 86_400),
+    "run.git_threads": (1, 64),
+    "run.git_big_file_mb": (1, 4096),
 }
 
 
@@ -233,17 +247,6 @@ def _validate(s: Settings) -> None:
     host = s.run.worker_host
     if not host or any(c.isspace() for c in host):
         raise ConfigError(f"worker host must be non-empty without spaces: {host!r}")
-    _validate_git_limits(s.run)
-
-
-def _validate_git_limits(run: RunSettings) -> None:
-    if run.git_low_speed_bytes_s < 0 or run.git_low_speed_time_s < 1:
-        raise ConfigError("run.git_low_speed_bytes_s must be at least 0 (0: no limit) and "
-                          "run.git_low_speed_time_s at least 1")
-    if not 1 <= run.git_threads <= 64:
-        raise ConfigError("run.git_threads must be between 1 and 64")
-    if not 1 <= run.git_big_file_mb <= 4096:
-        raise ConfigError("run.git_big_file_mb must be between 1 and 4096")
 
 
 _T = typing.TypeVar("_T")

@@ -43,6 +43,19 @@ class UserGone(GitHubError):
     """The API answered 404 for the user."""
 
 
+class RateLimited(BulkbackupError):
+    """Every token is rate limited past this user's deadline (github.user_deadline_s).
+
+    Not a GitHubError on purpose: a rate limit never marks a user failed, so it is not
+    recorded as the user's Error; the caller gives the user back for a later attempt.
+    ``until`` is the unix time at which the earliest token resets.
+    """
+
+    def __init__(self, message: str, until: float) -> None:
+        super().__init__(message)
+        self.until = until
+
+
 class GitError(BulkbackupError):
     """A git command failed or timed out."""
 

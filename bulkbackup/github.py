@@ -2,16 +2,21 @@
 
 One urllib3 pool per process. A rate limit is waited out (or another token used); it never
 fails a user. 5xx answers and connection errors get bounded retries with backoff and jitter.
+Everything the API says is bounded: each answer in time (github.timeout_s) and size
+(github.max_response_mb), a listing in pages (github.max_pages, no page twice) and in time
+(github.user_deadline_s, rate-limit waits included: past it a rate limit raises RateLimited).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
@@ -19,20 +24,23 @@ import orjson
 import urllib3
 
 from bulkbackup import __version__
+from bulkbackup.bounded_http import BoundedPool, Overdue, TooLarge
 from bulkbackup.config import GitHubSettings
-from bulkbackup.errors import GitHubError, Interrupted, UserGone
+from bulkbackup.errors import GitHubError, Interrupted, RateLimited, UserGone
 from bulkbackup.names import check_login
 from bulkbackup.redact import add_secrets, redact
+from bulkbackup.timeutil import format_rfc3339
 
 log = logging.getLogger(__name__)
 
 _LINK = re.compile(r'<([^>]+)>\s*;\s*rel="([a-z]+)"')
-PER_PAGE = 100
 # ETags are kept for users with at most this many pages (they live in the user's metadata).
 MAX_ETAG_PAGES = 10
 # What an ETag may look like to be kept (RFC 9110 entity-tag, bounded): it comes from the
 # network and goes into metadata, space-separated, under the store's size limit.
 _ETAG = re.compile(r'(W/)?"[!#-~]{1,80}"')
+# Wait for a rate limit that gives no usable time (GitHub asks for at least a minute).
+_DEFAULT_RATE_WAIT_S = 60.0
 
 
 @dataclass
@@ -54,27 +62,48 @@ class TokenPool:
         self._next = 0
         self._stop = stop
 
-    def acquire(self, max_wait_s: float) -> tuple[int, str | None]:
-        """A usable token (index, value), waiting for the earliest reset if all are exhausted."""
+    def acquire(self, max_wait_s: float, deadline: float | None = None) -> tuple[int, str | None]:
+        """A usable token (index, value), waiting for the earliest reset if all are exhausted;
+        RateLimited instead of a wait that would pass ``deadline`` (time.monotonic())."""
         while True:
-            now = time.time()
-            n = len(self._tokens)
-            for k in range(n):
-                i = (self._next + k) % n
-                if self._blocked_until.get(i, 0.0) <= now:
-                    self._next = (i + 1) % n
-                    return i, self._tokens[i]
-            until = min(self._blocked_until.values())
-            wait = min(max(until - now, 0.0) + random.uniform(0.5, 2.0), max_wait_s)
-            which = "the token" if n == 1 else f"all {n} tokens"
-            log.warning(
-                "GitHub rate limit: %s exhausted; waiting %.0fs (until %s UTC)",
-                which, wait, time.strftime("%H:%M:%S", time.gmtime(now + wait)),
-            )
-            if self._stop.wait(wait):
-                raise Interrupted("stopping while waiting for the rate limit")
-            # After a capped wait, try again rather than trusting a far-away reset.
-            self._blocked_until = {i: t for i, t in self._blocked_until.items() if t > time.time()}
+            index = self._usable()
+            if index is not None:
+                self._next = (index + 1) % len(self._tokens)
+                return index, self._tokens[index]
+            self._wait(max_wait_s, deadline)
+
+    def wait_ready(self, max_wait_s: float) -> None:
+        """Wait (at most max_wait_s at a time) until a token is usable, without taking it."""
+        while self._usable() is None:
+            self._wait(max_wait_s, None)
+
+    def _usable(self) -> int | None:
+        now = time.time()
+        n = len(self._tokens)
+        for k in range(n):
+            i = (self._next + k) % n
+            if self._blocked_until.get(i, 0.0) <= now:
+                return i
+        return None
+
+    def _wait(self, max_wait_s: float, deadline: float | None) -> None:
+        now = time.time()
+        n = len(self._tokens)
+        until = min(self._blocked_until.values())
+        wait = min(max(until - now, 0.0) + random.uniform(0.5, 2.0), max_wait_s)
+        which = "the token" if n == 1 else f"all {n} tokens"
+        if deadline is not None and time.monotonic() + wait > deadline:
+            stamp = format_rfc3339(datetime.fromtimestamp(until, UTC))
+            raise RateLimited(f"GitHub rate limit: {which} exhausted until {stamp}, past this "
+                              "user's deadline (github.user_deadline_s)", until)
+        log.warning(
+            "GitHub rate limit: %s exhausted; waiting %.0fs (until %s UTC)",
+            which, wait, time.strftime("%H:%M:%S", time.gmtime(now + wait)),
+        )
+        if self._stop.wait(wait):
+            raise Interrupted("stopping while waiting for the rate limit")
+        # After a capped wait, try again rather than trusting a far-away reset.
+        self._blocked_until = {i: t for i, t in self._blocked_until.items() if t > time.time()}
 
     def any_token(self) -> str | None:
         """A token for git (not subject to the API's rate limit), without waiting."""
@@ -94,16 +123,11 @@ class GitHub:
         add_secrets(settings.tokens)
         api = urlsplit(settings.api_url)
         self._origin = (api.scheme, api.netloc.lower())
-        self._http = urllib3.PoolManager(
-            maxsize=pool_size,
-            retries=False,
-            timeout=urllib3.Timeout(connect=min(settings.timeout_s, 10.0), read=settings.timeout_s),
-            headers={
-                "Accept": "application/vnd.github+json",
-                "X-GitHub-Api-Version": "2022-11-28",
-                "User-Agent": f"bulkbackup/{__version__}",
-            },
-        )
+        self._http = BoundedPool(pool_size, {
+            "Accept": "application/vnd.github+json",
+            "X-GitHub-Api-Version": "2022-11-28",
+            "User-Agent": f"bulkbackup/{__version__}",
+        })
         self.requests = 0
 
     def close(self) -> None:
@@ -113,6 +137,11 @@ class GitHub:
         """A token for cloning (git is not subject to the API's rate limit), without waiting."""
         return self.tokens.any_token()
 
+    def wait_for_quota(self) -> None:
+        """Wait until a token is usable (at most github.max_rate_wait_s at a time); for a
+        caller that gave a RateLimited user back, so it waits holding no user."""
+        self.tokens.wait_ready(self.settings.max_rate_wait_s)
+
     def list_repos(self, login: str, etags: list[str] | None = None) -> Listing:
         """All of ``login``'s repositories.
 
@@ -121,15 +150,46 @@ class GitHub:
         ``not_modified`` and nothing else is fetched.
         """
         check_login(login)
-        query = urlencode({"per_page": PER_PAGE, "type": "owner"})
-        first = f"{self.settings.api_url}/users/{login}/repos?{query}"
+        # Waiting for quota before the user's first request is this process waiting for
+        # GitHub (at most max_rate_wait_s at a time), not the user being slow: the user's
+        # deadline starts after it, so a rate limit does not turn user after user away.
+        self.wait_for_quota()
+        deadline = time.monotonic() + self.settings.user_deadline_s
         old = list(etags or [])
+        out, complete = self._list(login, old, deadline)
+        if not complete:
+            # Earlier pages were unchanged but a later one changed: fetch all in full.
+            again, _ = self._list(login, [], deadline)
+            again.requests += out.requests
+            return again
+        if old and len(out.etags) == 0 and out.requests == len(old):
+            out.not_modified = True
+            out.etags = old
+        elif len(out.etags) > MAX_ETAG_PAGES or not all(map(_ETAG.fullmatch, out.etags)):
+            out.etags = []
+        return out
+
+    def _list(self, login: str, old: list[str], deadline: float) -> tuple[Listing, bool]:
+        """The pages, asked conditionally with ``old``; (listing, False) when a page changed
+        after unchanged ones (then all pages must be fetched again in full)."""
+        query = urlencode({"per_page": self.settings.page_size, "type": "owner"})
+        first = f"{self.settings.api_url}/users/{login}/repos?{query}"
+        what = f"GET /users/{login}/repos"
         out = Listing()
+        seen: set[str] = set()
         url: str | None = first
         page = 0
+        listing_bytes = 0
         while url is not None:
+            if url in seen:
+                raise GitHubError(f"{what}: pagination loops (page {page + 1} is a page "
+                                  "already fetched)")
+            if page >= self.settings.max_pages:
+                raise GitHubError(f"{what}: more than {self.settings.max_pages} pages "
+                                  "(github.max_pages)")
+            seen.add(url)
             conditional = page < len(old) and len(out.repos) == 0
-            status, headers, body = self._get(url, old[page] if conditional else None)
+            status, headers, body = self._get(url, old[page] if conditional else None, deadline)
             out.requests += 1
             if status == 304 and conditional:
                 page += 1
@@ -138,28 +198,18 @@ class GitHub:
             if status == 404:
                 raise UserGone(f"user {login} not found on GitHub (404)")
             if status != 200:
-                raise GitHubError(f"GET /users/{login}/repos: HTTP {status}")
+                raise GitHubError(f"{what}: HTTP {status}")
             if page > 0 and not out.repos:
-                # Earlier pages were unchanged but this one changed: fetch all in full.
-                again = self.list_repos(login)
-                again.requests += out.requests
-                return again
-            try:
-                items = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                raise GitHubError(f"GET /users/{login}/repos: invalid JSON") from None
-            if not isinstance(items, list):
-                raise GitHubError(f"GET /users/{login}/repos: expected a JSON array")
-            out.repos.extend(i for i in items if isinstance(i, dict))
+                return out, False
+            listing_bytes += len(body)
+            if listing_bytes > self.settings.max_listing_mb << 20:
+                raise GitHubError(f"{what}: listing larger than github.max_listing_mb "
+                                  f"({self.settings.max_listing_mb} MB)")
+            out.repos.extend(_page_items(body, what))
             out.etags.append(headers.get("ETag", ""))
             page += 1
             url = self._next_link(headers.get("Link", ""))
-        if old and page == len(old) and not out.etags:
-            out.not_modified = True
-            out.etags = old
-        elif len(out.etags) > MAX_ETAG_PAGES or not all(map(_ETAG.fullmatch, out.etags)):
-            out.etags = []
-        return out
+        return out, True
 
     def _next_link(self, link: str) -> str | None:
         for url, rel in _LINK.findall(link):
@@ -175,14 +225,19 @@ class GitHub:
             raise GitHubError(f"refusing a link to another host: {parts.netloc[:100]}")
         return url
 
-    def _get(self, url: str, etag: str | None) -> tuple[int, urllib3.HTTPHeaderDict, bytes]:
+    def _get(
+        self, url: str, etag: str | None, deadline: float
+    ) -> tuple[int, urllib3.HTTPHeaderDict, bytes]:
         """GET with rate-limit waits and bounded retries; returns (status, headers, body)."""
         failures = 0
         redirects = 0
         while True:
             if self.stop.is_set():
                 raise Interrupted("stopping")
-            index, token = self.tokens.acquire(self.settings.max_rate_wait_s)
+            if time.monotonic() >= deadline:
+                raise GitHubError(f"listing took longer than github.user_deadline_s "
+                                  f"({self.settings.user_deadline_s:g}s)")
+            index, token = self.tokens.acquire(self.settings.max_rate_wait_s, deadline)
             headers = {}
             if token:
                 headers["Authorization"] = f"Bearer {token}"
@@ -190,56 +245,99 @@ class GitHub:
                 headers["If-None-Match"] = etag
             try:
                 self.requests += 1
-                resp = self._http.request("GET", url, headers=headers, redirect=False)
+                status, got, body = self._request(url, headers, deadline)
+            except Overdue:
+                failures += 1
+                self._retry_or_raise(failures, "GitHub API too slow: no whole answer within "
+                                     f"{self.settings.timeout_s:g}s", deadline)
+                continue
             except urllib3.exceptions.HTTPError as exc:
                 failures += 1
                 reason = redact(f"{type(exc).__name__}: {exc}")
-                self._retry_or_raise(failures, f"GitHub API unreachable: {reason}")
+                self._retry_or_raise(failures, f"GitHub API unreachable: {reason}", deadline)
                 continue
-            status = resp.status
-            if status in (403, 429) and self._rate_limited(resp, index):
+            if status in (403, 429) and self._rate_limited(status, got, body, index):
                 continue
             if status >= 500:
                 failures += 1
-                self._retry_or_raise(failures, f"GitHub API answered HTTP {status}")
+                self._retry_or_raise(failures, f"GitHub API answered HTTP {status}", deadline)
                 continue
             if status in (401, 403):
                 raise GitHubError(f"GitHub API refused the request: HTTP {status}")
             if status in (301, 302, 307, 308) and redirects < 3:
                 # A renamed user: follow, but only on the API's own host (the token goes too).
                 redirects += 1
-                url = self._same_origin(urljoin(url, resp.headers.get("Location", "")))
+                url = self._same_origin(urljoin(url, got.get("Location", "")))
                 continue
-            return status, resp.headers, resp.data
+            return status, got, body
 
-    def _rate_limited(self, resp: urllib3.BaseHTTPResponse, index: int) -> bool:
-        """Block the token until the limit resets; False if this 403 is not a rate limit."""
-        h = resp.headers
+    def _request(
+        self, url: str, headers: dict[str, str], deadline: float
+    ) -> tuple[int, urllib3.HTTPHeaderDict, bytes]:
+        """One GET, whole within timeout_s (and the user's deadline) and max_response_mb."""
+        ends = min(time.monotonic() + self.settings.timeout_s, deadline)
+        limit_mb = self.settings.max_response_mb
+        try:
+            return self._http.get(url, headers, ends, limit_mb << 20)
+        except TooLarge:
+            raise GitHubError(f"GitHub API answer larger than github.max_response_mb "
+                              f"({limit_mb} MB)") from None
+
+    def _rate_limited(
+        self, status: int, h: urllib3.HTTPHeaderDict, body: bytes, index: int
+    ) -> bool:
+        """Block the token until the limit resets; False if this 403 is not a rate limit.
+
+        The times come from the network: `inf`, `nan`, negative or far-away values are
+        bounded to 1 s .. github.max_rate_wait_s."""
         now = time.time()
+        cap_s = self.settings.max_rate_wait_s
         retry_after = h.get("Retry-After")
         if retry_after is not None:
-            try:
-                self.tokens.block(index, now + max(float(retry_after), 1.0))
-            except ValueError:
-                self.tokens.block(index, now + 60)
+            wait_s = _number(retry_after)
+            self.tokens.block(index, now + _bounded(
+                _DEFAULT_RATE_WAIT_S if wait_s is None else wait_s, cap_s))
             return True
         if h.get("X-RateLimit-Remaining") == "0":
-            try:
-                reset = float(h.get("X-RateLimit-Reset", "0"))
-            except ValueError:
-                reset = 0.0
-            self.tokens.block(index, reset if reset > now else now + 60)
+            reset = _number(h.get("X-RateLimit-Reset", ""))
+            wait_s = reset - now if reset is not None and reset > now else _DEFAULT_RATE_WAIT_S
+            self.tokens.block(index, now + _bounded(wait_s, cap_s))
             return True
-        if resp.status == 429 or b"rate limit" in resp.data[:500].lower():
+        if status == 429 or b"rate limit" in body[:500].lower():
             # A secondary limit without Retry-After: GitHub asks for at least a minute.
-            self.tokens.block(index, now + 60)
+            self.tokens.block(index, now + _bounded(_DEFAULT_RATE_WAIT_S, cap_s))
             return True
         return False
 
-    def _retry_or_raise(self, failures: int, message: str) -> None:
+    def _retry_or_raise(self, failures: int, message: str, deadline: float) -> None:
         if failures > self.settings.max_retries:
             raise GitHubError(message)
         delay = self.settings.backoff_s * 2 ** (failures - 1) * random.uniform(0.5, 1.5)
+        delay = max(min(delay, deadline - time.monotonic()), 0.0)
         log.info("%s; retry %d in %.1fs", message, failures, delay)
         if self.stop.wait(delay):
             raise Interrupted("stopping")
+
+
+def _page_items(body: bytes, what: str) -> list[dict[str, Any]]:
+    try:
+        items = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise GitHubError(f"{what}: invalid JSON") from None
+    if not isinstance(items, list):
+        raise GitHubError(f"{what}: expected a JSON array")
+    return [i for i in items if isinstance(i, dict)]
+
+
+def _number(text: str) -> float | None:
+    """A finite number of an untrusted header, else None."""
+    try:
+        value = float(text[:40])
+    except ValueError:
+        return None
+    return value if math.isfinite(value) or value > 0 else None
+
+
+def _bounded(wait_s: float, cap_s: float) -> float:
+    """A rate-limit wait between 1 s and cap_s (an infinite one is the cap)."""
+    return min(max(wait_s, 1.0), cap_s)

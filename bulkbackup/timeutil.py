@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 
 def now() -> datetime:
@@ -23,4 +23,22 @@ def parse_rfc3339(text: str) -> datetime | None:
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00 is past year 9999 in UTC
+        return None
+
+
+# Times from the API must be real dates in this range: nothing on GitHub is older, and a
+# time in the future (beyond clock skew) is not a time anything happened.
+EARLIEST_API_TIME = datetime(2005, 1, 1, tzinfo=UTC)
+API_CLOCK_SKEW = timedelta(days=1)
+
+
+def parse_api_time(text: str) -> datetime | None:
+    """An untrusted (API or stored) time as a datetime; None when it is malformed, not a
+    real date (`9999-99-99`), before 2005 or more than a day in the future."""
+    parsed = parse_rfc3339(text)
+    if parsed is None or not EARLIEST_API_TIME <= parsed <= now() + API_CLOCK_SKEW:
+        return None
+    return parsed

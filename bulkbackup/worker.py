@@ -29,7 +29,7 @@ from bulkbackup import gitops, keys, tracked
 from bulkbackup.backup import UserBackup, UserResult
 from bulkbackup.config import Settings
 from bulkbackup.connection import Scripts, connect
-from bulkbackup.errors import BulkbackupError, Interrupted, LockLost
+from bulkbackup.errors import BulkbackupError, Interrupted, LockLost, RateLimited
 from bulkbackup.github import GitHub
 from bulkbackup.gitops import GitWork
 from bulkbackup.locks import LockKeeper
@@ -340,6 +340,14 @@ class Worker:
             return
         except Interrupted:
             self._give_back(member)
+            return
+        except RateLimited as exc:
+            # Never recorded as the user's failure; it still counts an attempt, so a server
+            # that is rate limited forever cannot keep a run from ending. The wait for the
+            # quota is spent holding no user.
+            self._give_back(member, str(exc))
+            self._give_back_queue()
+            job.github.wait_for_quota()
             return
         except BulkbackupError as exc:
             # The store or Redis failed for this user: give it back for a later attempt, in

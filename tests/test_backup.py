@@ -100,17 +100,19 @@ def test_branches_tags_bundle_and_zip_round_trip(
 
 
 def test_many_pages_empty_failed_and_unchanged(env: None, forge: Forge, store: Store) -> None:
-    repos = [RepoSpec(f"r{i:03d}") for i in range(205)]
+    # github.page_size 5: three pages from 12 repositories (GitHub's 100 would need 207).
+    small_pages = {"BULKBACKUP_CONFIG": _config_with("github:\n  page_size: 5\n")}
+    repos = [RepoSpec(f"r{i:03d}") for i in range(10)]
     repos += [RepoSpec("empty", empty=True), RepoSpec("gone", missing=True)]
     forge.add_user("many", repos)
-    proc = sync("many")
+    proc = sync("many", extra=small_pages)
     assert proc.returncode == 0  # one repository failed: recorded, a result
     assert "1 failed" in proc.stdout
     listed = orjson.loads(read(store, "many"))
-    assert len(listed) == 207  # three pages, as the API returned them
+    assert len(listed) == 12  # three pages, as the API returned them
     assert forge.counters["api_200"] == 3
     keys = {i.key for i in store.list("many/")}
-    assert len([k for k in keys if k.endswith(".bundle")]) == 207
+    assert len([k for k in keys if k.endswith(".bundle")]) == 12
     empty = store.head("many/empty.bundle")
     assert empty is not None and empty.size == 0 and empty.get("Error") == "empty repository"
     assert "many/empty.zip" not in keys
@@ -118,15 +120,16 @@ def test_many_pages_empty_failed_and_unchanged(env: None, forge: Forge, store: S
     assert gone is not None and gone.size == 0 and gone.get("Error").startswith("git clone")
     user = store.head("many")
     assert user is not None
-    assert user.get("SyncdRepos") == "205" and user.get("ReportedRepos") == "207"
+    assert user.get("SyncdRepos") == "10" and user.get("ReportedRepos") == "12"
     assert "gone" in user.get("Error")
-    assert forge.counters["info_refs"] == 207  # one clone each, `empty` and `gone` included
+    assert forge.counters["info_refs"] == 12  # one clone each, `empty` and `gone` included
 
     # Second sync: the listing changed (one push), so pages are fetched again, but only the
     # pushed repository (and the failed one) is cloned.
     forge.push("many", "r007", {"new.txt": b"new\n"})
     forge.reset_counters()
-    proc = sync("many")
+    proc = sync("many", extra=small_pages)
+    assert forge.counters["api_200"] == 3
     assert forge.clones("many", "r007") == 1
     assert forge.clones("many", "r008") == 0
     assert forge.counters["info_refs"] == 2  # r007 and the failing `gone`, nothing else

@@ -188,6 +188,15 @@ class Forge:
         # root): every `info/refs` answers 302 to the same path there.
         self.git_redirect = ""
         self._stalled_mid: set[tuple[str, str]] = set()
+        # A hostile API (tests of the client's bounds); each applies to every listing request.
+        self.api_next_loop = False  # Link rel="next" names the page just served
+        self.api_endless = False  # every page links to a next one, forever
+        self.api_drip_s = 0.0  # > 0: a listing body goes out one byte per api_drip_s
+        self.api_drip_head = False  # with api_drip_s: the status line and headers drip too
+        self.api_pad_mb = 0  # > 0: listing bodies padded with this many MB of spaces (streamed)
+        self.api_pad_unsized = False  # padded bodies without Content-Length (end at EOF)
+        self.api_retry_after: str | None = None  # set: every answer is 429 with this Retry-After
+        self.api_reset: str | None = None  # set: every answer is 403, Remaining 0, this Reset
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -489,6 +498,12 @@ class _Handler(BaseHTTPRequestHandler):
             if auth:
                 f.auth_headers_seen.append(auth)
             status, body, limits = f._admit(auth)
+            if status == 0 and f.api_retry_after is not None:
+                status, body = 429, b'{"message": "You have exceeded a secondary rate limit."}'
+                limits["Retry-After"] = f.api_retry_after
+            elif status == 0 and f.api_reset is not None:
+                status, body = 403, b'{"message": "API rate limit exceeded for user."}'
+                limits.update({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": f.api_reset})
             repos = f.users.get(login)
             if status == 0 and login in f.renamed:  # as GitHub, for a renamed user
                 status, body = 301, b'{"message": "Moved Permanently"}'
@@ -505,10 +520,14 @@ class _Handler(BaseHTTPRequestHandler):
             repos = list(repos or [])
         per_page, page = _int(query, "per_page", 30, 1, 100), _int(query, "page", 1, 1, 10**9)
         pages = max(1, math.ceil(len(repos) / per_page))
+        if f.api_endless:  # pages never end: past the last, the first again
+            pages = page + 1
         # Clone URLs name the host the client asked for (as github.com's do), so clients in
         # other network namespaces get addresses they can reach.
         netloc = self._netloc()
         chunk = repos[(page - 1) * per_page : page * per_page]
+        if not chunk and f.api_endless:
+            chunk = repos[:per_page]
         body = json.dumps(chunk, ensure_ascii=False).replace(PLACEHOLDER, netloc).encode()
         etag = f'W/"{hashlib.sha1(body).hexdigest()}{f.etag_suffix}"'
         headers = {**limits, **_JSON, "ETag": etag, "Cache-Control": "private, max-age=60",
@@ -524,6 +543,9 @@ class _Handler(BaseHTTPRequestHandler):
             if page < pages:
                 rels = [link(page + 1, "next"), link(pages, "last"), *rels]
             headers["Link"] = ", ".join(rels)
+        if f.api_next_loop:
+            base = f"http://{netloc}/users/{login}/repos"
+            headers["Link"] = f'<{base}?{urlencode(_last(query))}>; rel="next"'
         seen = {t.strip().removeprefix("W/") for t in
                 self.headers.get("If-None-Match", "").split(",")}
         with f.lock:
@@ -533,7 +555,36 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 f.counters["api_200"] += 1
                 status = 200
-        self._send(status, body, headers)
+        if status == 200 and (f.api_drip_s > 0 or f.api_pad_mb > 0):
+            self._send_hostile(body, headers)
+        else:
+            self._send(status, body, headers)
+
+    def _send_hostile(self, body: bytes, headers: dict[str, str]) -> None:
+        """A 200 whose body is dripped (api_drip_s; with api_drip_head the status line and
+        headers too) or padded (api_pad_mb of spaces inside the array, streamed)."""
+        f = self.forge
+        pad = 0 if f.api_drip_s > 0 else f.api_pad_mb << 20
+        size = (["Connection: close"] if f.api_pad_unsized
+                else [f"Content-Length: {len(body) + pad}"])  # unsized: the body ends at EOF
+        lines = ["HTTP/1.1 200 OK", *(f"{k}: {v}" for k, v in headers.items()), *size]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if f.api_drip_s > 0:
+            slow = head + body if f.api_drip_head else body
+            self.wfile.write(b"" if f.api_drip_head else head)
+            for i in range(len(slow)):
+                if f._stopping.wait(f.api_drip_s):
+                    break
+                self.wfile.write(slow[i : i + 1])
+            self.close_connection = True
+            return
+        self.wfile.write(head + body[:1])  # "[": the padding is whitespace inside the array
+        spaces = b" " * (1 << 16)
+        while pad > 0:
+            self.wfile.write(spaces[:pad])
+            pad -= len(spaces)
+        self.wfile.write(body[1:])
+        self.close_connection = f.api_pad_unsized
 
     def _netloc(self) -> str:
         return self.headers.get("Host") or urlsplit(self.forge.url).netloc

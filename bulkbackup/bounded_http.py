@@ -1,0 +1,134 @@
+"""HTTP GETs bounded in time and size, whatever the server does.
+
+urllib3's read timeout applies to each socket read: a server that drips a byte at a time
+holds a request forever, and a huge body is read whole. Here an answer (status line, headers
+and body) arrives whole by its deadline and within its size, or the GET fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+import urllib3
+import urllib3.connection
+import urllib3.response
+
+_R = TypeVar("_R")
+_CHUNK = 1 << 16  # bytes per read of a body
+
+
+class Overdue(Exception):
+    """The answer did not arrive whole by its deadline (to be treated as a timeout)."""
+
+
+class TooLarge(Exception):
+    """The answer is larger than allowed."""
+
+
+# The time.monotonic() by which this thread's current answer must be whole (see get).
+_answer_deadline = threading.local()
+
+
+def _headers_by_deadline(sock: socket.socket | None, read: Callable[[], _R]) -> _R:
+    """Run ``read`` (http.client reading the status line and headers, with a timeout per
+    socket read only) under a watchdog that shuts the socket down at the answer's deadline."""
+    ends: float | None = getattr(_answer_deadline, "at", None)
+    if ends is None or sock is None:
+        return read()
+    watchdog = threading.Timer(max(ends - time.monotonic(), 0.0), _shut, (sock,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        return read()
+    finally:
+        watchdog.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _HTTPConnection(urllib3.connection.HTTPConnection):
+    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
+        return _headers_by_deadline(self.sock, super().getresponse)
+
+
+class _HTTPSConnection(urllib3.connection.HTTPSConnection):
+    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
+        return _headers_by_deadline(self.sock, super().getresponse)
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class BoundedPool:
+    """A urllib3 pool (no retries, no redirects followed) whose GETs are bounded."""
+
+    def __init__(self, pool_size: int, headers: Mapping[str, str]) -> None:
+        self._http = urllib3.PoolManager(maxsize=pool_size, retries=False, headers=dict(headers))
+        self._http.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+    def clear(self) -> None:
+        self._http.clear()
+
+    def get(
+        self, url: str, headers: Mapping[str, str], ends: float, max_bytes: int
+    ) -> tuple[int, urllib3.HTTPHeaderDict, bytes]:
+        """(status, headers, body) of a GET that must be whole by ``ends`` (monotonic) and at
+        most ``max_bytes`` long; Overdue, TooLarge, or urllib3's HTTPError otherwise."""
+        left_s = max(ends - time.monotonic(), 0.001)
+        _answer_deadline.at = ends
+        try:
+            resp = self._http.request(
+                "GET", url, headers=dict(headers), redirect=False, preload_content=False,
+                timeout=urllib3.Timeout(connect=min(left_s, 10.0), read=left_s))
+        except urllib3.exceptions.HTTPError:
+            if time.monotonic() >= ends:  # the watchdog cut it, or the last read timed out
+                raise Overdue() from None
+            raise
+        finally:
+            _answer_deadline.at = None
+        try:
+            body = _read_body(resp, ends, max_bytes)
+        except BaseException:
+            resp.close()  # the rest of the answer is unread: the connection cannot be reused
+            raise
+        finally:
+            resp.release_conn()
+        return resp.status, resp.headers, body
+
+
+def _read_body(resp: urllib3.BaseHTTPResponse, ends: float, max_bytes: int) -> bytes:
+    declared = resp.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise TooLarge()
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        left_s = ends - time.monotonic()
+        if left_s <= 0:
+            raise Overdue()
+        sock = getattr(resp.connection, "sock", None)
+        if sock is not None:
+            sock.settimeout(left_s)  # no single read may pass the answer's deadline
+        try:
+            chunk = resp.read1(_CHUNK)
+        except urllib3.exceptions.ReadTimeoutError:
+            raise Overdue() from None
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > max_bytes:
+            raise TooLarge()
+        chunks.append(chunk)

@@ -7,7 +7,8 @@ LEASES = "bulkbackup:leases"
 CLAIMS = "bulkbackup:claims"
 # Last SyncdRepos value written per user by the stats pass, so it writes only changes.
 SYNCD = "bulkbackup:syncd"
-# Failed attempts (store or Redis errors, rate limits) per member since its last sync; see complete.lua.
+# Failed attempts (store or Redis errors, rate limits) per member since its last sync
+# (see complete.lua).
 FAILURES = "bulkbackup:failures"
 # Members a run gave up on after run.max_attempts failures: its claims skip them (a set per
 # run, named by the run's start; it expires).

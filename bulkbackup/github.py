@@ -128,7 +128,6 @@ class GitHub:
             "X-GitHub-Api-Version": "2022-11-28",
             "User-Agent": f"bulkbackup/{__version__}",
         })
-        self.requests = 0
 
     def close(self) -> None:
         self._http.clear()
@@ -244,7 +243,6 @@ class GitHub:
             if etag:
                 headers["If-None-Match"] = etag
             try:
-                self.requests += 1
                 status, got, body = self._request(url, headers, deadline)
             except Overdue:
                 failures += 1

@@ -40,8 +40,6 @@ class Archive:
 
     bundle: Path | None
     zip: Path | None
-    branch: str | None
-    refs: int
 
 
 def kill_all() -> None:
@@ -221,15 +219,14 @@ class GitWork:
             check()
             refs, branch = self._inspect(mirror, default_branch)
             if refs == 0:
-                return Archive(bundle=None, zip=None, branch=None, refs=0)
+                return Archive(bundle=None, zip=None)
             run_git(["bundle", "create", "--quiet", str(bundle), "--all"], mirror, env, left())
             check()
             if branch is not None:
                 prefix = f"{name}-{branch.replace('/', '-')}/"
                 run_git(["archive", "--format=zip", f"--prefix={prefix}", "-o", str(zipfile),
                          f"refs/heads/{branch}"], mirror, env, left())
-            return Archive(bundle=bundle, zip=zipfile if branch else None, branch=branch,
-                           refs=refs)
+            return Archive(bundle=bundle, zip=zipfile if branch else None)
         finally:
             shutil.rmtree(mirror, ignore_errors=True)
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-import math
 import os
 import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -27,6 +25,7 @@ import redis
 
 from bulkbackup import gitops, keys, tracked
 from bulkbackup.backup import UserBackup, UserResult
+from bulkbackup.batching import BatchSizer
 from bulkbackup.config import Settings
 from bulkbackup.connection import Scripts, connect
 from bulkbackup.errors import BulkbackupError, Interrupted, LockLost, RateLimited
@@ -42,6 +41,7 @@ from bulkbackup.messages import (
     Synced,
     WorkerExit,
 )
+from bulkbackup.parentdeath import ParentDeath
 from bulkbackup.redact import install_redaction
 from bulkbackup.store import open_store
 from bulkbackup.tracked import Completion
@@ -55,8 +55,6 @@ MAX_BACKOFF_S = 60.0
 
 # How often the watch thread looks at the parent's flag and at the parent itself.
 WATCH_S = 0.1
-# Signal the kernel sends a worker when its parent dies (Linux, PR_SET_PDEATHSIG).
-PARENT_DEATH_SIGNAL = signal.SIGUSR2
 
 
 
@@ -69,36 +67,6 @@ class WorkerArgs:
     run_start: float
     clock_offset_s: float
     procs: int
-
-
-class BatchSizer:
-    """Claim batch size from measured throughput.
-
-    Rule: a batch holds about ``target_s`` seconds of this process's work (EWMA of seconds
-    per user), at least 1 and at most ``batch_max``; and never more than a 1/(2*procs) share
-    of the users still due, so at the end of a run no process sits on a queue others could
-    be draining.
-    """
-
-    def __init__(self, target_s: float, batch_max: int, procs: int) -> None:
-        self.target_s = target_s
-        self.batch_max = batch_max
-        self.procs = procs
-        self.s_per_user: float | None = None
-
-    def observe(self, seconds: float) -> None:
-        alpha = 0.2
-        self.s_per_user = (seconds if self.s_per_user is None
-                           else alpha * seconds + (1 - alpha) * self.s_per_user)
-
-    def size(self, remaining: int | None) -> int:
-        if self.s_per_user is None:
-            n = min(4, self.batch_max)
-        else:
-            n = int(self.target_s / max(self.s_per_user, 1e-3))
-        if remaining is not None:
-            n = min(n, math.ceil(remaining / (2 * self.procs)))
-        return max(1, min(n, self.batch_max))
 
 
 def _retrying(what: str, fn: Callable[[], _T], give_up_s: float,
@@ -118,32 +86,6 @@ def _retrying(what: str, fn: Callable[[], _T], give_up_s: float,
             delay = min(delay * 2, 5.0)
 
 
-class _ParentDeath:
-    """Set from PARENT_DEATH_SIGNAL's handler; the watch thread acts on it."""
-
-    signalled = False
-
-    @classmethod
-    def on_signal(cls, _sig: int, _frame: object) -> None:
-        cls.signalled = True  # nothing else: a handler must not take locks
-
-    @classmethod
-    def arm(cls) -> None:
-        signal.signal(PARENT_DEATH_SIGNAL, cls.on_signal)
-        set_parent_death_signal(PARENT_DEATH_SIGNAL)
-
-
-def set_parent_death_signal(sig: signal.Signals) -> None:
-    """Ask Linux to send ``sig`` to this process when its parent dies (PR_SET_PDEATHSIG; a
-    no-op elsewhere: the watch thread's look at os.getppid() covers every platform)."""
-    if not sys.platform.startswith("linux"):
-        return
-    pr_set_pdeathsig = 1
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(pr_set_pdeathsig, int(sig), 0, 0, 0)
-
-
 def worker_main(args: WorkerArgs, reports: Connection,
                 graceful: ctypes.c_bool, budget: Synchronized[int]) -> None:
     """Entry point of a worker process."""
@@ -161,7 +103,7 @@ def worker_main(args: WorkerArgs, reports: Connection,
 
     signal.signal(signal.SIGUSR1, hard_stop)
     parent = os.getppid()
-    _ParentDeath.arm()
+    ParentDeath.arm()
     logging.basicConfig(level=logging.WARNING,
                         format=f"%(asctime)s %(levelname)s worker {args.index}: %(message)s")
     install_redaction(args.settings.github.tokens)
@@ -228,7 +170,7 @@ class Worker:
         while not self._finished.wait(WATCH_S):
             if self.graceful.value:
                 self.stop.set()
-            if _ParentDeath.signalled or os.getppid() != self.parent_pid:
+            if ParentDeath.signalled or os.getppid() != self.parent_pid:
                 self._orphaned("the run's parent process is gone")
 
     def _report(self, report: Report) -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from bulkbackup.config import StoreSettings
-from bulkbackup.errors import NotFound, StoreError
+from bulkbackup.errors import NotFound, StoreError, one_line
 from bulkbackup.store import tempfiles
 from bulkbackup.store.base import (
     BeforeCommit,
@@ -65,8 +65,8 @@ def decode_segment(name: str) -> str | None:
 
 
 def _one_line(exc: OSError) -> str:
-    text = exc.strerror or str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    # strerror alone: the path is already in every message, and only once.
+    return exc.strerror or one_line(exc)
 
 
 class _Slice(io.RawIOBase):

@@ -20,8 +20,8 @@ import redis
 from bulkbackup import config
 from bulkbackup.store import Store, open_store
 from bulkbackup.store.base import canonical
+from bulkbackup.testing.forge import BASE_TIME, Forge, RepoSpec, rfc3339
 from tests.conftest import ROOT, run_cli
-from tests.forge import BASE_TIME, Forge, RepoSpec, rfc3339
 
 # Every case must end well within this (the hostile answers would last minutes or forever).
 END_S = 90

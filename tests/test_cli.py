@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from bulkbackup.testing.forge import Forge, RepoSpec
-from bulkbackup.testing.services import free_port, run_cli, start_moto
+from tests.conftest import free_port, run_cli, start_moto
 
 
 def one_line_error(proc: object, *needles: str) -> None:

@@ -48,6 +48,23 @@ class GitHubSettings:
     backoff_s: float = 1.0
     max_rate_wait_s: float = 4000.0
     token_for_git: bool = True
+    # Listing API: "graphql" (a claimed batch in one query) or "rest" (one request per user).
+    api: str = "graphql"
+    # GraphQL endpoint; empty: derived from api_url (see graphql_endpoint).
+    graphql_url: str = ""
+    # Users per GraphQL query (100 costs 1 point; more would cost more).
+    graphql_batch: int = 100
+
+    @property
+    def graphql_endpoint(self) -> str:
+        """`graphql_url`, else `{api_url}/graphql`, or `{host}/api/graphql` for a GitHub
+        Enterprise REST base ending in `/api/v3`."""
+        if self.graphql_url:
+            return self.graphql_url.rstrip("/")
+        base = self.api_url.rstrip("/")
+        if base.endswith("/api/v3"):
+            return base.removesuffix("/v3") + "/graphql"
+        return base + "/graphql"
 
     @property
     def clone_host(self) -> str:
@@ -120,6 +137,8 @@ def _apply_env(s: Settings, env: typing.Mapping[str, str]) -> Settings:
         store_s = dataclasses.replace(store_s, url=env["BULKBACKUP_STORE"])
     if env.get("GITHUB_API_URL"):
         gh = dataclasses.replace(gh, api_url=env["GITHUB_API_URL"].rstrip("/"))
+    if env.get("GITHUB_GRAPHQL_URL"):
+        gh = dataclasses.replace(gh, graphql_url=env["GITHUB_GRAPHQL_URL"].rstrip("/"))
     if env.get("GITHUB_GIT_HOST"):
         gh = dataclasses.replace(gh, git_host=env["GITHUB_GIT_HOST"])
     tokens = [t.strip() for t in env.get("GITHUB_TOKENS", "").split(",") if t.strip()]
@@ -137,6 +156,12 @@ def _apply_env(s: Settings, env: typing.Mapping[str, str]) -> Settings:
 def _validate(s: Settings) -> None:
     if urlsplit(s.github.api_url).scheme not in ("http", "https"):
         raise ConfigError(f"github.api_url must be http(s): {s.github.api_url!r}")
+    if s.github.api not in ("graphql", "rest"):
+        raise ConfigError(f"github.api must be graphql or rest: {s.github.api!r}")
+    if s.github.graphql_url and urlsplit(s.github.graphql_url).scheme not in ("http", "https"):
+        raise ConfigError(f"github.graphql_url must be http(s): {s.github.graphql_url!r}")
+    if not 1 <= s.github.graphql_batch <= 100:
+        raise ConfigError("github.graphql_batch must be between 1 and 100")
     if s.run.lock_ttl_s < 2:
         raise ConfigError("run.lock_ttl_s must be at least 2")
     if not 1 <= s.run.claim_batch_max <= 10_000:

@@ -219,8 +219,10 @@ def _page_size(node: FieldNode, variables: Mapping[str, Any]) -> int:
 
 
 def top_level_fields(document: DocumentNode) -> int:
-    return sum(len(op.selection_set.selections) for op in document.definitions
-               if isinstance(op, OperationDefinitionNode))
+    """The batch size of a query: its top-level fields but `rateLimit` and `__typename`."""
+    return sum(1 for op in document.definitions if isinstance(op, OperationDefinitionNode)
+               for f in op.selection_set.selections
+               if not (isinstance(f, FieldNode) and f.name.value in ("rateLimit", "__typename")))
 
 
 # -- answering ---------------------------------------------------------------------------------
@@ -340,9 +342,10 @@ def _admit(c: Controls, auth: str, cost: Cost, fields: int
         if limited:
             c.rate_limited -= 1
         c.counters["rate_limited"] += 1
-        reset = c.limit_reset if limited else points.reset_at
-        headers = {**points.headers(), "X-RateLimit-Remaining": "0",
-                   "X-RateLimit-Reset": str(math.ceil(reset))}
+        headers = points.headers()  # a budget short of this query's cost: as it stands
+        if limited:
+            headers.update({"X-RateLimit-Remaining": "0",
+                            "X-RateLimit-Reset": str(math.ceil(c.limit_reset))})
         body = {"errors": [{"type": "RATE_LIMITED", "code": "graphql_rate_limit",
                             "message": "API rate limit exceeded for user ID 1."}]}
         return Answer(200, json.dumps(body).encode(), {**headers, **_JSON})

@@ -44,7 +44,7 @@ PAGE = 100  # repositories per owner and query (GitHub's most)
 MAX_BODY_BYTES = 32 << 20  # larger answers split the batch
 MAX_REPOS_PER_OWNER = 200_000
 MAX_CURSOR_CHARS = 1000
-GROW_AFTER = 4  # successful queries before a split batch size doubles again
+GROW_AFTER = 2  # full batches passing before a split batch size doubles again
 
 
 def _same(value: Any) -> Any:
@@ -218,13 +218,14 @@ class GraphQLLister:
                 for login, _ in chunk:
                     results[login].fail(Outcome.FAILED, reply.error or "GraphQL query failed")
                 continue
-            self._grow()
+            self._grow(len(chunk))
             for i, (login, _) in enumerate(chunk):
                 self._absorb(results[login], reply.payload, f"u{i}", pending)
         return results
 
-    def _grow(self) -> None:
-        if self.batch < self.max_batch:
+    def _grow(self, size: int) -> None:
+        """Only full batches passing show that the size may grow again."""
+        if size == self.batch < self.max_batch:
             self._good += 1
             if self._good >= GROW_AFTER:
                 self.batch, self._good = min(self.max_batch, self.batch * 2), 0

@@ -18,7 +18,7 @@ import random
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from importlib import resources
 
 import redis
@@ -31,10 +31,10 @@ log = logging.getLogger(__name__)
 WINDOW_S = 3600  # GitHub's rate-limit window
 KEY_TTL_S = 2 * WINDOW_S
 MAX_PAUSE_S = 3600
-NO_TOKEN_ID = "anonymous"
+NO_TOKEN_ID = "anonymous"  # noqa: S105 - the name of "no token", not a secret
 
 
-class Resource(str, Enum):
+class Resource(StrEnum):
     CORE = "core"  # REST
     GRAPHQL = "graphql"
 

@@ -62,7 +62,7 @@ def test_the_clients_query_is_valid_against_githubs_schema() -> None:
 ])
 def test_a_query_that_fails_on_github_fails_here_and_costs_nothing(
         populated: Forge, query: str) -> None:
-    status, headers, body = post(populated, query)
+    status, _, body = post(populated, query)
     assert status == 200
     assert body["errors"] and "data" not in body
     assert forge_graphql.controls(populated).counters["points"] == 0

@@ -193,3 +193,23 @@ def test_the_token_never_reaches_redis(world: Forge, lister: GraphQLLister,
     assert found
     for key in found:
         assert TOKEN not in key and TOKEN not in json.dumps(r.hgetall(key))
+
+
+def test_settings(tmp_path: Any) -> None:
+    from bulkbackup import config
+    from bulkbackup.errors import ConfigError
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("{}\n")
+    s = config.load(cfg, {})
+    assert (s.github.api, s.github.graphql_batch) == ("graphql", 100)
+    assert s.github.graphql_endpoint == "https://api.github.com/graphql"
+    ghe = config.load(cfg, {"GITHUB_API_URL": "https://ghe.example.com/api/v3"})
+    assert ghe.github.graphql_endpoint == "https://ghe.example.com/api/graphql"
+    env = config.load(cfg, {"GITHUB_GRAPHQL_URL": "http://127.0.0.1:9/gql/"})
+    assert env.github.graphql_endpoint == "http://127.0.0.1:9/gql"
+    for bad in ("github: {api: soap}", "github: {graphql_batch: 101}",
+                "github: {graphql_url: 'ftp://x'}"):
+        cfg.write_text(bad + "\n")
+        with pytest.raises(ConfigError):
+            config.load(cfg, {})

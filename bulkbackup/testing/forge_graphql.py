@@ -24,14 +24,13 @@ has "requests", "points", "status_<code>", "rate_limited", "secondary", "oversiz
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.message import Message
 from enum import Enum
@@ -58,7 +57,8 @@ from graphql import (
     validate,
 )
 
-from bulkbackup.testing.forge import PLACEHOLDER, Forge, rfc3339
+from bulkbackup.testing.forge import Forge
+from bulkbackup.testing.forge_graphql_data import Context, NotFound, root
 
 SCHEMA_FILE = Path(__file__).with_name("github_schema.graphql")
 DEFAULT_POINTS = 5000  # GitHub's GraphQL budget per token and hour
@@ -228,19 +228,6 @@ def top_level_fields(document: DocumentNode) -> int:
 # -- answering ---------------------------------------------------------------------------------
 
 
-class _NotFound(Exception):
-    """An unknown login: the alias is null and its error has type NOT_FOUND (as GitHub)."""
-
-
-@dataclass
-class _Context:
-    forge: Forge
-    controls: Controls
-    netloc: str
-    cost: Cost
-    points: tuple[int, int, float]  # full, remaining, reset_at after this query's charge
-
-
 def answer(forge: Forge, headers: Message, body: bytes, netloc: str) -> Answer:
     """The answer to one `POST /graphql` (called by the stand-in's request handler)."""
     c = controls(forge)
@@ -279,8 +266,11 @@ def answer(forge: Forge, headers: Message, body: bytes, netloc: str) -> Answer:
             c.counters[f"status_{refused.status}"] += 1
             return refused
         limits, points = refused
-    ctx = _Context(forge, c, netloc, cost, points)
-    result = execute(schema(), document, root_value=_root(ctx), variable_values=variables)
+    with forge.lock:
+        organizations = frozenset(c.organizations)
+    ctx = Context(forge, organizations, netloc, (cost.points, cost.nodes), points)
+    result = execute(schema(), document, root_value=root(ctx), variable_values=variables)
+    assert isinstance(result, ExecutionResult)  # no async resolvers
     return _status(c, forge, 200, _result(result), limits)
 
 
@@ -298,7 +288,7 @@ def _result(result: ExecutionResult) -> dict[str, Any]:
         errors = []
         for err in result.errors:
             item = dict(err.formatted)
-            if isinstance(err.original_error, _NotFound):
+            if isinstance(err.original_error, NotFound):
                 item["type"] = "NOT_FOUND"
             errors.append(item)
         out["errors"] = errors
@@ -322,9 +312,9 @@ def _admit(c: Controls, auth: str, cost: Cost, fields: int
     if c.max_batch is not None and fields > c.max_batch:
         c.counters["oversize"] += 1
         if c.oversize is Oversize.RESOURCE_LIMITS:
-            body = {"errors": [{"type": "RESOURCE_LIMITS_EXCEEDED",
-                                "message": "Resource limits for this query exceeded."}]}
-            return Answer(200, json.dumps(body).encode(), dict(_JSON))
+            limits = {"errors": [{"type": "RESOURCE_LIMITS_EXCEEDED",
+                                  "message": "Resource limits for this query exceeded."}]}
+            return Answer(200, json.dumps(limits).encode(), dict(_JSON))
         return Answer(c.oversize.value, b'{"message": "We couldn\'t respond to your request '
                                         b'in time. Sorry about that."}', dict(_JSON))
     budget = c.budgets.get(_token(auth))
@@ -334,9 +324,9 @@ def _admit(c: Controls, auth: str, cost: Cost, fields: int
         c.secondary -= 1
         c.counters["secondary"] += 1
         extra = {} if c.retry_after_s is None else {"Retry-After": str(c.retry_after_s)}
-        body = b'{"message": "You have exceeded a secondary rate limit. Please wait a few ' \
+        text = b'{"message": "You have exceeded a secondary rate limit. Please wait a few ' \
                b'minutes before you try again."}'
-        return Answer(403, body, {**points.headers(), **extra, **_JSON})
+        return Answer(403, text, {**points.headers(), **extra, **_JSON})
     limited = c.rate_limited > 0 and now < c.limit_reset
     if limited or (budget is not None and points.remaining < cost.points):
         if limited:
@@ -346,179 +336,11 @@ def _admit(c: Controls, auth: str, cost: Cost, fields: int
         if limited:
             headers.update({"X-RateLimit-Remaining": "0",
                             "X-RateLimit-Reset": str(math.ceil(c.limit_reset))})
-        body = {"errors": [{"type": "RATE_LIMITED", "code": "graphql_rate_limit",
-                            "message": "API rate limit exceeded for user ID 1."}]}
-        return Answer(200, json.dumps(body).encode(), {**headers, **_JSON})
+        refusal = {"errors": [{"type": "RATE_LIMITED", "code": "graphql_rate_limit",
+                               "message": "API rate limit exceeded for user ID 1."}]}
+        return Answer(200, json.dumps(refusal).encode(), {**headers, **_JSON})
     if points.remaining < cost.points:  # the default budget is never exhausted: a new window
         points.remaining, points.reset_at = points.full, now + WINDOW_S
     points.remaining -= cost.points
     c.counters["points"] += cost.points
     return points.headers(), (points.full, points.remaining, points.reset_at)
-
-
-# -- content -----------------------------------------------------------------------------------
-
-
-def _root(ctx: _Context) -> dict[str, Callable[..., Any]]:
-    def owner(info: Any, login: str) -> dict[str, Any]:
-        return _owner(ctx, login, "RepositoryOwner")
-
-    def user(info: Any, login: str) -> dict[str, Any]:
-        return _owner(ctx, login, "User")
-
-    def organization(info: Any, login: str) -> dict[str, Any]:
-        return _owner(ctx, login, "Organization")
-
-    def repository(info: Any, owner: str, name: str, followRenames: bool = True  # noqa: N803
-                   ) -> dict[str, Any] | None:
-        return _find_repo(ctx, _owner(ctx, owner, "RepositoryOwner"), name)
-
-    def rate_limit(info: Any, dryRun: bool = False) -> dict[str, Any]:  # noqa: N803
-        full, remaining, reset_at = ctx.points
-        return {"cost": ctx.cost.points, "limit": full, "nodeCount": ctx.cost.nodes,
-                "remaining": remaining, "used": full - remaining, "resetAt": rfc3339(reset_at)}
-
-    return {"repositoryOwner": owner, "user": user, "organization": organization,
-            "repository": repository, "rateLimit": rate_limit}
-
-
-def _owner(ctx: _Context, login: str, wanted: str) -> dict[str, Any]:
-    with ctx.forge.lock:
-        known = login in ctx.forge.users
-        kind = "Organization" if login in ctx.controls.organizations else "User"
-    if not known or wanted not in ("RepositoryOwner", kind):
-        raise _NotFound(f"Could not resolve to a{'n' if wanted[0] in 'AEIOU' else ''} "
-                        f"{wanted} with the login of '{login}'.")
-    base = f"http://{ctx.netloc}"
-    out: dict[str, Any] = {
-        "__typename": kind, "id": _node_id(kind[0], login), "login": login,
-        "url": f"{base}/{login}", "resourcePath": f"/{login}",
-        "avatarUrl": lambda info, size=None: f"{base}/{login}.png",
-    }
-    out["repositories"] = lambda info, **args: _connection(ctx, out, args)
-    out["repository"] = lambda info, name, followRenames=True: _find_repo(ctx, out, name)
-    return out
-
-
-def _node_id(prefix: str, text: str) -> str:
-    return prefix + "_" + base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
-
-
-def _entries(ctx: _Context, login: str) -> list[dict[str, Any]]:
-    with ctx.forge.lock:
-        return list(ctx.forge.users.get(login) or [])
-
-
-def _find_repo(ctx: _Context, owner: dict[str, Any], name: str) -> dict[str, Any] | None:
-    for entry in _entries(ctx, owner["login"]):
-        if entry.get("name") == name:
-            return _repo(ctx, entry, owner)
-    raise _NotFound(f"Could not resolve to a Repository with the name "
-                    f"'{owner['login']}/{name}'.")
-
-
-_ORDER_KEYS: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "CREATED_AT": lambda e: str(e.get("created_at") or ""),
-    "NAME": lambda e: str(e.get("name") or "").lower(),
-    "PUSHED_AT": lambda e: str(e.get("pushed_at") or ""),
-    "UPDATED_AT": lambda e: str(e.get("updated_at") or ""),
-    "STARGAZERS": lambda e: int(e.get("stargazers_count") or 0),
-}
-
-
-def _selected(entries: list[dict[str, Any]], args: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The owner's repositories the arguments select, in the asked order (the stand-in's
-    repositories are all owned by their owner: no COLLABORATOR or member ones)."""
-    owned = args.get("ownerAffiliations")
-    if owned is not None and "OWNER" not in owned:
-        return []
-    out = [e for e in entries
-           if (args.get("isFork") is None or bool(e.get("fork")) == args["isFork"])
-           and (args.get("isArchived") is None or bool(e.get("archived")) == args["isArchived"])
-           and (args.get("privacy") is None
-                or ("PRIVATE" if e.get("private") else "PUBLIC") == args["privacy"])
-           and (args.get("visibility") is None
-                or str(e.get("visibility", "")).upper() == args["visibility"])]
-    order = args.get("orderBy")
-    if order:
-        out.sort(key=_ORDER_KEYS[order["field"]], reverse=order["direction"] == "DESC")
-    return out
-
-
-def _cursor(index: int) -> str:
-    return base64.b64encode(f"cursor:v2:{index}".encode()).decode()
-
-
-def _position(cursor: str) -> int:
-    try:
-        text = base64.b64decode(cursor.encode(), validate=True).decode()
-        if text.startswith("cursor:v2:"):
-            return int(text.removeprefix("cursor:v2:"))
-    except ValueError:
-        pass
-    raise GraphQLError(f"`{cursor}` does not appear to be a valid cursor.")
-
-
-def _connection(ctx: _Context, owner: dict[str, Any], args: Mapping[str, Any]) -> dict[str, Any]:
-    repos = _selected(_entries(ctx, owner["login"]), args)
-    start, end = 0, len(repos)
-    if args.get("after") is not None:
-        start = max(start, _position(args["after"]) + 1)
-    if args.get("before") is not None:
-        end = min(end, _position(args["before"]))
-    if args.get("first") is not None:
-        end = min(end, start + args["first"])
-    if args.get("last") is not None:
-        start = max(start, end - args["last"])
-    window = range(start, max(start, end))
-    nodes = [_repo(ctx, repos[i], owner) for i in window]
-    sizes = sum(e.get("size") or 0 for e in repos if isinstance(e.get("size"), int))
-    return {
-        "nodes": nodes,
-        "edges": [{"cursor": _cursor(i), "node": n} for i, n in zip(window, nodes, strict=True)],
-        "pageInfo": {"hasNextPage": window.stop < len(repos), "hasPreviousPage": start > 0,
-                     "startCursor": _cursor(window.start) if nodes else None,
-                     "endCursor": _cursor(window.stop - 1) if nodes else None},
-        "totalCount": len(repos), "totalDiskUsage": min(sizes, 2**31 - 1),
-    }
-
-
-def _repo(ctx: _Context, e: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
-    """One REST listing entry as a GraphQL Repository (the REST side serves the same entry)."""
-    name, full = e.get("name"), e.get("full_name")
-    empty = _is_empty(ctx.forge, owner["login"], name)
-    branch = e.get("default_branch")
-    return {
-        "__typename": "Repository", "id": e.get("node_id"), "databaseId": e.get("id"),
-        "name": name, "nameWithOwner": full, "description": e.get("description"),
-        "isFork": e.get("fork"), "isPrivate": e.get("private"),
-        "isArchived": e.get("archived", False), "isDisabled": e.get("disabled", False),
-        "isEmpty": empty, "isLocked": False, "isMirror": False, "isTemplate": False,
-        "pushedAt": e.get("pushed_at"), "updatedAt": e.get("updated_at"),
-        "createdAt": e.get("created_at"), "archivedAt": None, "diskUsage": e.get("size"),
-        "url": str(e.get("html_url", "")).replace(PLACEHOLDER, ctx.netloc),
-        "resourcePath": f"/{full}", "homepageUrl": None, "stargazerCount": 0, "forkCount": 0,
-        "visibility": "PRIVATE" if e.get("private") else "PUBLIC",
-        # GitHub has no default branch ref before the first push.
-        "defaultBranchRef": None if empty or branch is None else {
-            "id": _node_id("REF", f"{full}:{branch}"), "name": branch, "prefix": "refs/heads/"},
-        "owner": owner,
-    }
-
-
-def _is_empty(forge: Forge, login: str, name: object) -> bool:
-    """A repository with no refs (a listed repository with nothing behind it is not empty:
-    GitHub would list it with its default branch and fail the clone)."""
-    if not isinstance(name, str) or "/" in name or name.startswith("."):
-        return False
-    repo = forge.git_root / login / f"{name}.git"
-    if not repo.is_dir():
-        return False
-    heads = repo / "refs" / "heads"
-    if heads.is_dir() and any(p.is_file() for p in heads.rglob("*")):
-        return False
-    packed = repo / "packed-refs"
-    if packed.is_file() and any(line[:1] not in (b"#", b"^", b"")
-                                for line in packed.read_bytes().splitlines()):
-        return False
-    return True

@@ -292,15 +292,12 @@ class GraphQLLister:
         try:
             resp = self._http.request("POST", self.url, body=body, headers=headers,
                                       redirect=False, preload_content=False)
-            try:
-                data = _read(resp, MAX_BODY_BYTES, self.settings.timeout_s)
-            finally:
-                resp.release_conn()
+            data = _read(resp, MAX_BODY_BYTES, self.settings.timeout_s)
         except _TooBig:
             return _Reply(_Kind.SPLIT if size > 1 else _Kind.FAILED,
                           error=f"GraphQL answer above {MAX_BODY_BYTES} bytes")
-        except urllib3.exceptions.HTTPError as exc:
-            timed_out = isinstance(exc, urllib3.exceptions.ReadTimeoutError)
+        except (urllib3.exceptions.HTTPError, _TooSlow) as exc:
+            timed_out = isinstance(exc, urllib3.exceptions.ReadTimeoutError | _TooSlow)
             if timed_out and size > 1:  # GitHub gives up on a query after 10 s
                 return _Reply(_Kind.SPLIT)
             reason = redact(f"{type(exc).__name__}: {exc}")[:300]
@@ -359,18 +356,28 @@ class _TooBig(Exception):
     pass
 
 
+class _TooSlow(Exception):
+    def __str__(self) -> str:
+        return "the answer took too long"
+
+
 def _read(resp: urllib3.BaseHTTPResponse, limit: int, timeout_s: float) -> bytes:
-    """The whole body, at most `limit` bytes and about `timeout_s` seconds past each read's
-    own timeout (a server trickling bytes cannot hold a worker forever)."""
+    """The whole body, at most `limit` bytes, within 4 x `timeout_s` in all (a server
+    trickling bytes cannot hold a worker). An aborted read closes the connection."""
     deadline = time.monotonic() + 4 * timeout_s
     chunks, total = [], 0
-    for chunk in resp.stream(1 << 16):
-        total += len(chunk)
-        if total > limit:
-            raise _TooBig
-        if time.monotonic() > deadline:
-            raise urllib3.exceptions.ReadTimeoutError(None, "", "answer too slow")  # type: ignore[arg-type]
-        chunks.append(chunk)
+    try:
+        for chunk in resp.stream(1 << 16):
+            total += len(chunk)
+            if total > limit:
+                raise _TooBig
+            if time.monotonic() > deadline:
+                raise _TooSlow
+            chunks.append(chunk)
+    except BaseException:
+        resp.close()
+        raise
+    resp.release_conn()
     return b"".join(chunks)
 
 

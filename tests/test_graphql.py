@@ -98,11 +98,13 @@ def test_an_unknown_user_inside_a_batch_of_good_ones(lister: GraphQLLister) -> N
 
 @pytest.mark.parametrize("oversize", list(forge_graphql.Oversize))
 def test_a_batch_refused_as_too_big_is_split_until_it_passes(
-        world: Forge, lister: GraphQLLister, oversize: forge_graphql.Oversize) -> None:
+        world: Forge, r: redis.Redis, oversize: forge_graphql.Oversize) -> None:
+    s = settings(world, timeout_s=1.0)  # a stalled batch: the read times out
+    lister = GraphQLLister(s, Broker(r, s.tokens))
     expected = {k: v.repos for k, v in lister.list_owners(ALL).items()}
     c = forge_graphql.controls(world)
     with world.lock:
-        c.max_batch, c.oversize = 2, oversize
+        c.max_batch, c.oversize, c.stall_s = 2, oversize, 5.0
         c.counters.clear()
     results = lister.list_owners(ALL)
     assert {k: v.repos for k, v in results.items()} == expected

@@ -17,8 +17,8 @@ cost 2, 250 cost 3 (2.5 rounds up). `first`/`last` are required on connections a
 
 Switches and counters live in `controls(forge)` (a `Controls`, guarded by `forge.lock`):
 RATE_LIMITED answers (200 with an error of type RATE_LIMITED), secondary limits (403 with
-Retry-After), 5xx on demand, an answer for batches larger than `max_batch` aliases (502, 504
-or a "resource limits" error, to exercise splitting), per-token point budgets; `counters`
+Retry-After), 5xx on demand, an answer for batches larger than `max_batch` aliases (502, 504,
+a "resource limits" error or a stall, to exercise splitting), per-token point budgets; `counters`
 has "requests", "points", "status_<code>", "rate_limited", "secondary", "oversize".
 """
 
@@ -78,6 +78,7 @@ class Oversize(Enum):
     BAD_GATEWAY = 502
     GATEWAY_TIMEOUT = 504
     RESOURCE_LIMITS = 200  # 200 with an error "Resource limits for this query exceeded."
+    STALL = 0  # answered normally, after `Controls.stall_s` (the client's read times out)
 
 
 @dataclass
@@ -105,6 +106,7 @@ class Controls:
     counters: Counter[str] = field(default_factory=Counter)
     max_batch: int | None = None  # more top-level fields than this: answered by `oversize`
     oversize: Oversize = Oversize.BAD_GATEWAY
+    stall_s: float = 30.0  # Oversize.STALL: how long such a batch waits (cut short by stop)
     rate_limited: int = 0  # the next N queries: RATE_LIMITED until `limit_reset`
     secondary: int = 0  # the next N queries: 403 with Retry-After
     retry_after_s: int | None = 60  # None: a secondary limit without Retry-After
@@ -260,8 +262,15 @@ def answer(forge: Forge, headers: Message, body: bytes, netloc: str) -> Answer:
     except PaginationError as exc:
         return _status(c, forge, 200, {"errors": [{"type": "MISSING_PAGINATION_BOUNDARIES",
                                                    "message": str(exc)}]}, {})
+    fields = top_level_fields(document)
     with forge.lock:
-        refused = _admit(c, auth, cost, top_level_fields(document))
+        stall = c.oversize is Oversize.STALL and c.max_batch is not None and fields > c.max_batch
+        if stall:
+            c.counters["oversize"] += 1
+    if stall and forge._stopping.wait(c.stall_s):
+        return Answer(503, b"", {})
+    with forge.lock:
+        refused = _admit(c, auth, cost, fields)
         if isinstance(refused, Answer):
             c.counters[f"status_{refused.status}"] += 1
             return refused
@@ -309,7 +318,7 @@ def _admit(c: Controls, auth: str, cost: Cost, fields: int
     if c.fail > 0:
         c.fail -= 1
         return Answer(c.fail_status, b'{"message": "Server Error"}', dict(_JSON))
-    if c.max_batch is not None and fields > c.max_batch:
+    if c.max_batch is not None and fields > c.max_batch and c.oversize is not Oversize.STALL:
         c.counters["oversize"] += 1
         if c.oversize is Oversize.RESOURCE_LIMITS:
             limits = {"errors": [{"type": "RESOURCE_LIMITS_EXCEEDED",

@@ -334,8 +334,11 @@ class GraphQLLister:
                 size: int) -> _Reply | None:
         errors = [e for e in payload.get("errors") or [] if isinstance(e, dict)]
         if any(e.get("type") == "RATE_LIMITED" for e in errors):
-            if RateHeaders.parse(headers) is None:
-                self.broker.pause(res, None)  # no reset to wait for: wait as for a secondary
+            rate = RateHeaders.parse(headers)
+            if rate is None or rate.remaining >= res.cost:
+                # No spent quota to wait for (no headers, or they still show points): wait
+                # as for a secondary limit rather than ask again at once.
+                self.broker.pause(res, None)
             return None
         if any(e.get("type") == "RESOURCE_LIMITS_EXCEEDED"
                or "resource limits" in _message(e).lower() for e in errors):

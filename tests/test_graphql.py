@@ -215,3 +215,21 @@ def test_settings(tmp_path: Any) -> None:
         cfg.write_text(bad + "\n")
         with pytest.raises(ConfigError):
             config.load(cfg, {})
+
+
+@pytest.mark.parametrize("headers", ["none", "stale"])
+def test_rate_limited_without_spent_headers_pauses_instead_of_spinning(
+        world: Forge, lister: GraphQLLister, r: redis.Redis, headers: Any) -> None:
+    c = forge_graphql.controls(world)
+    with world.lock:
+        c.rate_limited, c.limit_reset, c.limit_headers = 5, time.time() + 60, headers
+    stop = threading.Event()
+    lister.stop = stop
+    timer = threading.Timer(1.0, stop.set)
+    timer.start()
+    with pytest.raises(Interrupted):
+        lister.list_owners(["one"])
+    timer.join()
+    assert c.counters["rate_limited"] == 1  # asked once, then waited (a 60 s pause)
+    [pause] = list(r.scan_iter("bulkbackup:quota:pause:*"))
+    assert r.hget(pause, "length_s") == "60"

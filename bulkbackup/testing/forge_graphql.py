@@ -36,7 +36,7 @@ from email.message import Message
 from enum import Enum
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from graphql import (
     DocumentNode,
@@ -113,6 +113,9 @@ class Controls:
     fail: int = 0  # the next N queries answer `fail_status`
     fail_status: int = 502
     limit_reset: float = 0.0
+    # x-ratelimit-* of `rate_limited` answers: "spent" (remaining 0 until `limit_reset`),
+    # "none" (no headers), "stale" (the budget as it stands, points left).
+    limit_headers: Literal["spent", "none", "stale"] = "spent"
     budgets: dict[str, Points] = field(default_factory=dict)  # token -> its points
     default: Points = field(
         default_factory=lambda: Points(DEFAULT_POINTS, time.time() + WINDOW_S, DEFAULT_POINTS))
@@ -342,9 +345,11 @@ def _admit(c: Controls, auth: str, cost: Cost, fields: int
             c.rate_limited -= 1
         c.counters["rate_limited"] += 1
         headers = points.headers()  # a budget short of this query's cost: as it stands
-        if limited:
+        if limited and c.limit_headers == "spent":
             headers.update({"X-RateLimit-Remaining": "0",
                             "X-RateLimit-Reset": str(math.ceil(c.limit_reset))})
+        elif limited and c.limit_headers == "none":
+            headers = {}
         refusal = {"errors": [{"type": "RATE_LIMITED", "code": "graphql_rate_limit",
                                "message": "API rate limit exceeded for user ID 1."}]}
         return Answer(200, json.dumps(refusal).encode(), {**headers, **_JSON})

@@ -6,7 +6,7 @@ import json
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -67,6 +67,15 @@ def rest_listing(forge: Forge, login: str) -> list[dict[str, Any]]:
 ALL = [*SIZES, "acme-org", "octo"]
 
 
+def stop_when(stop: threading.Event, done: Callable[[], bool], timeout_s: float = 60) -> None:
+    """Set `stop` once `done()` holds (and a moment more, for the client to be waiting)."""
+    deadline = time.monotonic() + timeout_s
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    stop.set()
+
+
 def test_listing_matches_rest_field_by_field(world: Forge, lister: GraphQLLister) -> None:
     results = lister.list_owners(ALL)
     for login in ALL:
@@ -99,12 +108,13 @@ def test_an_unknown_user_inside_a_batch_of_good_ones(lister: GraphQLLister) -> N
 @pytest.mark.parametrize("oversize", list(forge_graphql.Oversize))
 def test_a_batch_refused_as_too_big_is_split_until_it_passes(
         world: Forge, r: redis.Redis, oversize: forge_graphql.Oversize) -> None:
-    s = settings(world, timeout_s=1.0)  # a stalled batch: the read times out
+    stalls = oversize is forge_graphql.Oversize.STALL
+    s = settings(world, timeout_s=3.0 if stalls else 20.0)  # stalled: the read times out
     lister = GraphQLLister(s, Broker(r, s.tokens))
     expected = {k: v.repos for k, v in lister.list_owners(ALL).items()}
     c = forge_graphql.controls(world)
     with world.lock:
-        c.max_batch, c.oversize, c.stall_s = 2, oversize, 5.0
+        c.max_batch, c.oversize, c.stall_s = 2, oversize, 10.0
         c.counters.clear()
     results = lister.list_owners(ALL)
     assert {k: v.repos for k, v in results.items()} == expected
@@ -225,11 +235,12 @@ def test_rate_limited_without_spent_headers_pauses_instead_of_spinning(
         c.rate_limited, c.limit_reset, c.limit_headers = 5, time.time() + 60, headers
     stop = threading.Event()
     lister.stop = stop
-    timer = threading.Timer(1.0, stop.set)
-    timer.start()
+    watcher = threading.Thread(target=stop_when, args=(
+        stop, lambda: c.counters["rate_limited"] >= 1 and lister.stats.waits >= 1))
+    watcher.start()
     with pytest.raises(Interrupted):
         lister.list_owners(["one"])
-    timer.join()
+    watcher.join()
     assert c.counters["rate_limited"] == 1  # asked once, then waited (a 60 s pause)
     [pause] = list(r.scan_iter("bulkbackup:quota:pause:*"))
     assert r.hget(pause, "length_s") == "60"

@@ -6,8 +6,8 @@
 by cursor, their later pages batched together too. 100 owners cost 1 point (GitHub's rule:
 connection requests / 100, rounded, at least 1), where REST needs 100+ requests.
 
-Every repository is stored with the REST field names (`MAPPING`, one table that also builds
-the query), so readers of the store see one shape whichever API listed it.
+Every repository is stored with the REST field names (`graphql_query.MAPPING`, one table
+that also builds the query), so readers of the store see one shape whichever API listed it.
 
 Failure handling: an alias answered null (`NOT_FOUND`) is a gone owner and fails no other;
 502/504, a "resource limits" error, a read timeout or an oversized answer split the batch in
@@ -18,12 +18,11 @@ secondary limits (403/429 + Retry-After) are waits through the quota broker, nev
 from __future__ import annotations
 
 import logging
-import math
 import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -34,98 +33,17 @@ import urllib3
 from bulkbackup import __version__
 from bulkbackup.config import GitHubSettings
 from bulkbackup.errors import Interrupted, InvalidName
+from bulkbackup.graphql_query import build_query, points_for, to_rest
 from bulkbackup.names import check_login
 from bulkbackup.quota import Broker, RateHeaders, Reservation, Resource
 from bulkbackup.redact import add_secrets, redact
 
 log = logging.getLogger(__name__)
 
-PAGE = 100  # repositories per owner and query (GitHub's most)
 MAX_BODY_BYTES = 32 << 20  # larger answers split the batch
 MAX_REPOS_PER_OWNER = 200_000
 MAX_CURSOR_CHARS = 1000
 GROW_AFTER = 2  # full batches passing before a split batch size doubles again
-
-
-def _same(value: Any) -> Any:
-    return value
-
-
-def _git_url(url: Any) -> Any:
-    return url + ".git" if isinstance(url, str) else None
-
-
-def _ref_name(ref: Any) -> Any:
-    return ref.get("name") if isinstance(ref, dict) and isinstance(ref.get("name"), str) else None
-
-
-def _lower(value: Any) -> Any:
-    return value.lower() if isinstance(value, str) else None
-
-
-@dataclass(frozen=True)
-class FieldMap:
-    """REST field `rest` <- GraphQL field `graphql` (selected as `selection`), converted."""
-
-    rest: str
-    graphql: str
-    selection: str = ""
-    convert: Callable[[Any], Any] = _same
-
-
-# The stored shape: REST names on the left. Values come as GitHub sends them (the pipeline
-# validates what it uses: names, timestamps, clone URLs).
-MAPPING: tuple[FieldMap, ...] = (
-    FieldMap("id", "databaseId"),
-    FieldMap("node_id", "id"),
-    FieldMap("name", "name"),
-    FieldMap("full_name", "nameWithOwner"),
-    FieldMap("private", "isPrivate"),
-    FieldMap("html_url", "url"),
-    FieldMap("description", "description"),
-    FieldMap("fork", "isFork"),
-    FieldMap("clone_url", "url", convert=_git_url),  # GitHub's https clone URL is url + .git
-    # Empty repositories have no default branch ref on GraphQL (REST names the configured
-    # branch): null here.
-    FieldMap("default_branch", "defaultBranchRef", "defaultBranchRef { name }", _ref_name),
-    FieldMap("size", "diskUsage"),  # KB, as REST `size`
-    FieldMap("pushed_at", "pushedAt"),
-    FieldMap("updated_at", "updatedAt"),
-    FieldMap("created_at", "createdAt"),
-    FieldMap("archived", "isArchived"),
-    FieldMap("visibility", "visibility", convert=_lower),  # PUBLIC -> public
-)
-NODE_FIELDS = " ".join(dict.fromkeys(m.selection or m.graphql for m in MAPPING))
-
-
-def to_rest(node: dict[str, Any]) -> dict[str, Any]:
-    """One GraphQL repository node as the REST listing entry the store keeps."""
-    return {m.rest: m.convert(node.get(m.graphql)) for m in MAPPING}
-
-
-def points_for(owners: int) -> int:
-    """GitHub's cost of a query with `owners` top-level repository connections."""
-    return max(1, math.floor(owners / 100 + 0.5))
-
-
-def build_query(items: Sequence[tuple[str, str | None]]) -> tuple[str, dict[str, str]]:
-    """One query for (login, cursor or None) items, aliases u0..; values go as variables."""
-    decls, parts, variables = [], [], {}
-    for i, (login, cursor) in enumerate(items):
-        decls.append(f"$l{i}: String!")
-        variables[f"l{i}"] = login
-        after = ""
-        if cursor is not None:
-            decls.append(f"$c{i}: String")
-            variables[f"c{i}"] = cursor
-            after = f", after: $c{i}"
-        parts.append(
-            f"u{i}: repositoryOwner(login: $l{i}) {{ login repositories(first: {PAGE}, "
-            f"ownerAffiliations: OWNER, orderBy: {{field: CREATED_AT, direction: ASC}}{after}) "
-            f"{{ nodes {{ {NODE_FIELDS} }} pageInfo {{ hasNextPage endCursor }} }} }}")
-    query = (f"query({', '.join(decls)}) {{ rateLimit {{ cost remaining resetAt }} "
-             f"{' '.join(parts)} }}")
-    return query, variables
 
 
 class Outcome(Enum):
@@ -167,8 +85,15 @@ class _Reply:
 
 
 class GraphQLLister:
-    """Lists claimed batches of owners; one per process, reused (the batch size it learned
-    from splits carries over)."""
+    """Lists owners in batched queries; one per process, reused (the batch size it learned
+    from splits carries over).
+
+    Two ways to use it: `list_owners(logins)` lists a claimed batch and returns when every
+    owner is done; or a stream, `submit(logins)` then `step()` (one query each) while
+    `queued`, each step returning the owners it finished. In a stream the next pages of big
+    owners ride along with the first pages of owners submitted later, so their cursor chains
+    cost no extra queries.
+    """
 
     def __init__(self, settings: GitHubSettings, broker: Broker,
                  stop: threading.Event | None = None, pool_size: int = 4) -> None:
@@ -179,6 +104,9 @@ class GraphQLLister:
         self.batch = self.max_batch = settings.graphql_batch
         self.stats = Stats()
         self._good = 0
+        self._queue: deque[tuple[str, str | None]] = deque()  # (login, cursor): next pages
+        self._open: dict[str, OwnerResult] = {}  # submitted, not finished
+        self._ready: list[OwnerResult] = []  # finished, not yet returned by step()
         add_secrets(settings.tokens)
         self._http = urllib3.PoolManager(
             maxsize=pool_size, retries=False,
@@ -190,38 +118,84 @@ class GraphQLLister:
     def close(self) -> None:
         self._http.clear()
 
+    @property
+    def queued(self) -> int:
+        """Pages waiting for a query (owners submitted and not finished have one each)."""
+        return len(self._queue)
+
     def list_owners(self, logins: Sequence[str]) -> dict[str, OwnerResult]:
-        """Every login's repositories (REST field names), or gone, or failed."""
+        """Every login's repositories (REST field names), or gone, or failed. Owners of an
+        open stream finished meanwhile are kept for the next `step()`."""
+        wanted = set(logins)
         results: dict[str, OwnerResult] = {}
-        pending: deque[tuple[str, str | None]] = deque()
+        for r in self.submit(logins):
+            results[r.login] = r
+        while wanted - results.keys() and self._queue:
+            for r in self.step():
+                if r.login in wanted:
+                    results[r.login] = r
+                else:
+                    self._ready.append(r)
+        return results
+
+    def submit(self, logins: Sequence[str]) -> list[OwnerResult]:
+        """Queue owners for listing; returns those finished at once (invalid logins)."""
+        done: list[OwnerResult] = []
         for login in dict.fromkeys(logins):
-            results[login] = OwnerResult(login)
+            if login in self._open:
+                continue
+            result = OwnerResult(login)
             try:
                 check_login(login)
             except InvalidName as exc:
-                results[login].fail(Outcome.FAILED, str(exc))
+                result.fail(Outcome.FAILED, str(exc))
+                done.append(result)
                 continue
-            pending.append((login, None))
-        while pending:
-            chunk = [pending.popleft() for _ in range(min(self.batch, len(pending)))]
-            chunk = [c for c in chunk if results[c[0]].outcome is Outcome.LISTED]
-            if not chunk:
-                continue
+            self._open[login] = result
+            self._queue.append((login, None))
+        return done
+
+    def abandon(self) -> list[str]:
+        """Forget every owner not finished (after Interrupted): their logins."""
+        logins = list(self._open)
+        self._queue.clear()
+        self._open.clear()
+        return logins
+
+    def step(self) -> list[OwnerResult]:
+        """One query for the next queued pages (next pages of owners already started come
+        first); the owners it finished (listed, gone or failed)."""
+        finished, self._ready = self._ready, []
+        if not self._queue:
+            return finished
+        chunk = [self._queue.popleft() for _ in range(min(self.batch, len(self._queue)))]
+        try:
             reply = self._send(chunk)
-            if reply.kind is _Kind.SPLIT and len(chunk) > 1:
-                self.batch, self._good = max(1, len(chunk) // 2), 0
-                self.stats.splits += 1
-                log.info("GraphQL: batch of %d too big; splitting to %d", len(chunk), self.batch)
-                pending.extendleft(reversed(chunk))
-                continue
-            if reply.kind is not _Kind.OK:
-                for login, _ in chunk:
-                    results[login].fail(Outcome.FAILED, reply.error or "GraphQL query failed")
-                continue
-            self._grow(len(chunk))
-            for i, (login, _) in enumerate(chunk):
-                self._absorb(results[login], reply.payload, f"u{i}", pending)
-        return results
+        except Interrupted:
+            self._queue.extendleft(reversed(chunk))
+            raise
+        if reply.kind is _Kind.SPLIT and len(chunk) > 1:
+            self.batch, self._good = max(1, len(chunk) // 2), 0
+            self.stats.splits += 1
+            log.info("GraphQL: batch of %d too big; splitting to %d", len(chunk), self.batch)
+            self._queue.extendleft(reversed(chunk))
+            return finished
+        if reply.kind is not _Kind.OK:
+            for login, _ in chunk:
+                result = self._open.pop(login)
+                result.fail(Outcome.FAILED, reply.error or "GraphQL query failed")
+                finished.append(result)
+            return finished
+        self._grow(len(chunk))
+        more: list[tuple[str, str | None]] = []
+        for i, (login, _) in enumerate(chunk):
+            cursor = self._absorb(self._open[login], reply.payload, f"u{i}")
+            if cursor is not None:
+                more.append((login, cursor))
+            else:
+                finished.append(self._open.pop(login))
+        self._queue.extendleft(reversed(more))
+        return finished
 
     def _grow(self, size: int) -> None:
         """Only full batches passing show that the size may grow again."""
@@ -230,8 +204,8 @@ class GraphQLLister:
             if self._good >= GROW_AFTER:
                 self.batch, self._good = min(self.max_batch, self.batch * 2), 0
 
-    def _absorb(self, result: OwnerResult, payload: dict[str, Any], alias: str,
-                pending: deque[tuple[str, str | None]]) -> None:
+    def _absorb(self, result: OwnerResult, payload: dict[str, Any], alias: str) -> str | None:
+        """Add one alias's answer to `result`; the cursor of its next page, if any."""
         data = payload.get("data")
         node = data.get(alias) if isinstance(data, dict) else None
         errors = [e for e in payload.get("errors") or [] if isinstance(e, dict)
@@ -241,24 +215,25 @@ class GraphQLLister:
                 result.fail(Outcome.FAILED, "GraphQL: " + _message(errors[0]))
             else:
                 result.fail(Outcome.GONE, f"user {result.login} not found on GitHub (NOT_FOUND)")
-            return
+            return None
         conn = node.get("repositories") if isinstance(node, dict) else None
         nodes = conn.get("nodes") if isinstance(conn, dict) else None
         page = conn.get("pageInfo") if isinstance(conn, dict) else None
         if errors or not isinstance(nodes, list) or not isinstance(page, dict):
             reason = _message(errors[0]) if errors else "malformed repositories connection"
             result.fail(Outcome.FAILED, "GraphQL: " + reason)
-            return
+            return None
         result.repos.extend(to_rest(n) for n in nodes if isinstance(n, dict))
         if len(result.repos) > MAX_REPOS_PER_OWNER:
             result.fail(Outcome.FAILED, f"more than {MAX_REPOS_PER_OWNER} repositories")
-            return
+            return None
         cursor = page.get("endCursor")
-        if page.get("hasNextPage") is True:
-            if not isinstance(cursor, str) or not 0 < len(cursor) <= MAX_CURSOR_CHARS:
-                result.fail(Outcome.FAILED, "GraphQL: invalid pagination cursor")
-                return
-            pending.append((result.login, cursor))
+        if page.get("hasNextPage") is not True:
+            return None
+        if not isinstance(cursor, str) or not 0 < len(cursor) <= MAX_CURSOR_CHARS:
+            result.fail(Outcome.FAILED, "GraphQL: invalid pagination cursor")
+            return None
+        return cursor
 
     def _send(self, chunk: list[tuple[str, str | None]]) -> _Reply:
         """One query for `chunk`, with quota reservations, waits and bounded retries."""

@@ -14,7 +14,8 @@ import redis
 
 from bulkbackup.config import GitHubSettings
 from bulkbackup.errors import Interrupted
-from bulkbackup.graphql import MAPPING, GraphQLLister, Outcome
+from bulkbackup.graphql import GraphQLLister, Outcome
+from bulkbackup.graphql_query import MAPPING
 from bulkbackup.quota import Broker
 from bulkbackup.testing import forge_graphql
 from bulkbackup.testing.forge import Forge, RepoSpec
@@ -244,3 +245,30 @@ def test_rate_limited_without_spent_headers_pauses_instead_of_spinning(
     assert c.counters["rate_limited"] == 1  # asked once, then waited (a 60 s pause)
     [pause] = list(r.scan_iter("bulkbackup:quota:pause:*"))
     assert r.hget(pause, "length_s") == "60"
+
+
+def test_a_stream_carries_big_owners_pages_along_with_new_owners(
+        world: Forge, lister: GraphQLLister) -> None:
+    small = [f"small-{i}" for i in range(99)]  # unknown: answered null, one query each
+    assert lister.submit(["big"]) == []
+    assert lister.step() == [] and lister.queued == 1  # page 1 of 3
+    lister.submit(small)
+    finished = lister.step()  # big's page 2 and the 99 first pages: one query of 100
+    assert {r.login for r in finished} == set(small) and lister.queued == 1
+    [big] = lister.step()
+    assert big.login == "big" and len(big.repos) == 250 and big.outcome is Outcome.LISTED
+    assert lister.stats.queries == 3 and lister.stats.points == 3
+    last = forge_graphql.controls(world).queries[-2]
+    assert last.count("repositoryOwner(") == 100
+
+
+def test_an_interrupted_stream_keeps_its_pages_and_can_be_abandoned(
+        world: Forge, lister: GraphQLLister) -> None:
+    lister.submit(["one", "big"])
+    lister.stop.set()
+    with pytest.raises(Interrupted):
+        lister.step()
+    assert lister.queued == 2
+    assert sorted(lister.abandon()) == ["big", "one"] and lister.queued == 0
+    lister.stop.clear()
+    assert lister.list_owners(["one"])["one"].outcome is Outcome.LISTED

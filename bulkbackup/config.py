@@ -55,6 +55,23 @@ class GitHubSettings:
     user_deadline_s: float = 600.0
     max_response_mb: int = 16
     max_listing_mb: int = 1024
+    # Listing API: "graphql" (a claimed batch in one query) or "rest" (one request per user).
+    api: str = "graphql"
+    # GraphQL endpoint; empty: derived from api_url (see graphql_endpoint).
+    graphql_url: str = ""
+    # Users per GraphQL query (100 costs 1 point; more would cost more).
+    graphql_batch: int = 100
+
+    @property
+    def graphql_endpoint(self) -> str:
+        """`graphql_url`, else `{api_url}/graphql`, or `{host}/api/graphql` for a GitHub
+        Enterprise REST base ending in `/api/v3`."""
+        if self.graphql_url:
+            return self.graphql_url.rstrip("/")
+        base = self.api_url.rstrip("/")
+        if base.endswith("/api/v3"):
+            return base.removesuffix("/v3") + "/graphql"
+        return base + "/graphql"
 
     @property
     def clone_host(self) -> str:
@@ -137,6 +154,8 @@ def _apply_env(s: Settings, env: typing.Mapping[str, str]) -> Settings:
         store_s = dataclasses.replace(store_s, url=env["BULKBACKUP_STORE"])
     if env.get("GITHUB_API_URL"):
         gh = dataclasses.replace(gh, api_url=env["GITHUB_API_URL"].rstrip("/"))
+    if env.get("GITHUB_GRAPHQL_URL"):
+        gh = dataclasses.replace(gh, graphql_url=env["GITHUB_GRAPHQL_URL"].rstrip("/"))
     if env.get("GITHUB_GIT_HOST"):
         gh = dataclasses.replace(gh, git_host=env["GITHUB_GIT_HOST"])
     tokens = [t.strip() for t in env.get("GITHUB_TOKENS", "").split(",") if t.strip()]
@@ -170,6 +189,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "github.user_deadline_s": (0.1, 7 * 86_400),
     "github.max_response_mb": (1, None),
     "github.max_listing_mb": (1, None),
+    "github.graphql_batch": (1, 100),  # 100 aliases cost 1 point; more would cost more
     "ingest.batch_size": (1, 1_000_000),
     "ingest.pipeline_depth": (1, 10_000),
     "run.procs": (1, 1024),
@@ -244,6 +264,10 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"github.api_url must be http(s): {s.github.api_url!r}")
     _check_numbers(s)
     store_scheme(s.store.url)
+    if s.github.api not in ("graphql", "rest"):
+        raise ConfigError(f"github.api must be graphql or rest: {s.github.api!r}")
+    if s.github.graphql_url and urlsplit(s.github.graphql_url).scheme not in ("http", "https"):
+        raise ConfigError(f"github.graphql_url must be http(s): {s.github.graphql_url!r}")
     host = s.run.worker_host
     if not host or any(c.isspace() for c in host):
         raise ConfigError(f"worker host must be non-empty without spaces: {host!r}")

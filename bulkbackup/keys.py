@@ -41,3 +41,17 @@ def lock(member_name: str) -> str:
 
 def deferred(run_start: float) -> str:
     return f"{DEFERRED_PREFIX}{int(run_start)}"
+
+
+# The quota broker (quota.py), shared by every process: per resource ("core", "graphql") and
+# token hash, GitHub's last known remaining/reset (a hash), and per token hash a
+# secondary-limit pause (a hash). Keys and values hold hashes of tokens, never tokens.
+QUOTA_PREFIX = "bulkbackup:quota:"
+
+
+def quota(resource: str, token_id: str) -> str:
+    return f"{QUOTA_PREFIX}{resource}:{token_id}"
+
+
+def quota_pause(token_id: str) -> str:
+    return f"{QUOTA_PREFIX}pause:{token_id}"

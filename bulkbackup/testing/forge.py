@@ -463,7 +463,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         parts = urlsplit(self.path)
         segs = parts.path.split("/")
-        if len(segs) == 4 and segs[3] == "git-upload-pack":
+        if parts.path in ("/graphql", "/api/graphql"):  # GitHub's, GitHub Enterprise's
+            from bulkbackup.testing import forge_graphql  # imports this module: import here
+
+            reply = forge_graphql.answer(self.forge, self.headers, self._body(), self._netloc())
+            self._send(reply.status, reply.body, reply.headers)
+        elif len(segs) == 4 and segs[3] == "git-upload-pack":
             self._git(segs[1], segs[2], parts.path, parts.query, self._body())
         else:  # receive-pack and anything else: refused without reading the body
             self.close_connection = True

@@ -1,0 +1,364 @@
+"""GitHub GraphQL listing of a claimed batch: many owners' repositories in one query.
+
+`GraphQLLister.list_owners(logins)` asks, in one query, `repositoryOwner(login:)` for up to
+`github.graphql_batch` logins (aliases u0..uN-1), each with its first 100 owned repositories
+(`ownerAffiliations: OWNER`, forks included, as REST `type=owner`); owners with more follow
+by cursor, their later pages batched together too. 100 owners cost 1 point (GitHub's rule:
+connection requests / 100, rounded, at least 1), where REST needs 100+ requests.
+
+Every repository is stored with the REST field names (`graphql_query.MAPPING`, one table
+that also builds the query), so readers of the store see one shape whichever API listed it.
+
+Failure handling: an alias answered null (`NOT_FOUND`) is a gone owner and fails no other;
+502/504, a "resource limits" error, a read timeout or an oversized answer split the batch in
+halves (the batch size adapts down, and back up after successes); RATE_LIMITED answers and
+secondary limits (403/429 + Retry-After) are waits through the quota broker, never failures.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import orjson
+import urllib3
+
+from bulkbackup import __version__
+from bulkbackup.config import GitHubSettings
+from bulkbackup.errors import Interrupted, InvalidName
+from bulkbackup.graphql_query import build_query, points_for, to_rest
+from bulkbackup.names import check_login
+from bulkbackup.quota import Broker, RateHeaders, Reservation, Resource
+from bulkbackup.redact import add_secrets, redact
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 32 << 20  # larger answers split the batch
+MAX_REPOS_PER_OWNER = 200_000
+MAX_CURSOR_CHARS = 1000
+GROW_AFTER = 2  # full batches passing before a split batch size doubles again
+
+
+class Outcome(Enum):
+    LISTED = "listed"
+    GONE = "gone"  # NOT_FOUND: the owner does not exist (REST's 404)
+    FAILED = "failed"
+
+
+@dataclass
+class OwnerResult:
+    login: str
+    outcome: Outcome = Outcome.LISTED
+    repos: list[dict[str, Any]] = field(default_factory=list)
+    error: str = ""
+
+    def fail(self, outcome: Outcome, error: str) -> None:
+        self.outcome, self.error, self.repos = outcome, error, []
+
+
+@dataclass
+class Stats:
+    queries: int = 0  # HTTP requests sent
+    points: int = 0  # as GitHub reported (rateLimit.cost)
+    splits: int = 0
+    waits: int = 0  # rate-limit answers (RATE_LIMITED, secondary limits)
+
+
+class _Kind(Enum):
+    OK = "ok"
+    SPLIT = "split"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class _Reply:
+    kind: _Kind
+    payload: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+
+class GraphQLLister:
+    """Lists owners in batched queries; one per process, reused (the batch size it learned
+    from splits carries over).
+
+    Two ways to use it: `list_owners(logins)` lists a claimed batch and returns when every
+    owner is done; or a stream, `submit(logins)` then `step()` (one query each) while
+    `queued`, each step returning the owners it finished. In a stream the next pages of big
+    owners ride along with the first pages of owners submitted later, so their cursor chains
+    cost no extra queries.
+    """
+
+    def __init__(self, settings: GitHubSettings, broker: Broker,
+                 stop: threading.Event | None = None, pool_size: int = 4) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.stop = stop or threading.Event()
+        self.url = settings.graphql_endpoint
+        self.batch = self.max_batch = settings.graphql_batch
+        self.stats = Stats()
+        self._good = 0
+        self._queue: deque[tuple[str, str | None]] = deque()  # (login, cursor): next pages
+        self._open: dict[str, OwnerResult] = {}  # submitted, not finished
+        self._ready: list[OwnerResult] = []  # finished, not yet returned by step()
+        add_secrets(settings.tokens)
+        self._http = urllib3.PoolManager(
+            maxsize=pool_size, retries=False,
+            timeout=urllib3.Timeout(connect=min(settings.timeout_s, 10.0),
+                                    read=settings.timeout_s),
+            headers={"Content-Type": "application/json", "Accept": "application/json",
+                     "User-Agent": f"bulkbackup/{__version__}"})
+
+    def close(self) -> None:
+        self._http.clear()
+
+    @property
+    def queued(self) -> int:
+        """Pages waiting for a query (owners submitted and not finished have one each)."""
+        return len(self._queue)
+
+    def list_owners(self, logins: Sequence[str]) -> dict[str, OwnerResult]:
+        """Every login's repositories (REST field names), or gone, or failed. Owners of an
+        open stream finished meanwhile are kept for the next `step()`."""
+        wanted = set(logins)
+        results: dict[str, OwnerResult] = {}
+        for r in self.submit(logins):
+            results[r.login] = r
+        while wanted - results.keys() and self._queue:
+            for r in self.step():
+                if r.login in wanted:
+                    results[r.login] = r
+                else:
+                    self._ready.append(r)
+        return results
+
+    def submit(self, logins: Sequence[str]) -> list[OwnerResult]:
+        """Queue owners for listing; returns those finished at once (invalid logins)."""
+        done: list[OwnerResult] = []
+        for login in dict.fromkeys(logins):
+            if login in self._open:
+                continue
+            result = OwnerResult(login)
+            try:
+                check_login(login)
+            except InvalidName as exc:
+                result.fail(Outcome.FAILED, str(exc))
+                done.append(result)
+                continue
+            self._open[login] = result
+            self._queue.append((login, None))
+        return done
+
+    def abandon(self) -> list[str]:
+        """Forget every owner not finished (after Interrupted): their logins."""
+        logins = list(self._open)
+        self._queue.clear()
+        self._open.clear()
+        return logins
+
+    def step(self) -> list[OwnerResult]:
+        """One query for the next queued pages (next pages of owners already started come
+        first); the owners it finished (listed, gone or failed)."""
+        finished, self._ready = self._ready, []
+        if not self._queue:
+            return finished
+        chunk = [self._queue.popleft() for _ in range(min(self.batch, len(self._queue)))]
+        try:
+            reply = self._send(chunk)
+        except Interrupted:
+            self._queue.extendleft(reversed(chunk))
+            raise
+        if reply.kind is _Kind.SPLIT and len(chunk) > 1:
+            self.batch, self._good = max(1, len(chunk) // 2), 0
+            self.stats.splits += 1
+            log.info("GraphQL: batch of %d too big; splitting to %d", len(chunk), self.batch)
+            self._queue.extendleft(reversed(chunk))
+            return finished
+        if reply.kind is not _Kind.OK:
+            for login, _ in chunk:
+                result = self._open.pop(login)
+                result.fail(Outcome.FAILED, reply.error or "GraphQL query failed")
+                finished.append(result)
+            return finished
+        self._grow(len(chunk))
+        more: list[tuple[str, str | None]] = []
+        for i, (login, _) in enumerate(chunk):
+            cursor = self._absorb(self._open[login], reply.payload, f"u{i}")
+            if cursor is not None:
+                more.append((login, cursor))
+            else:
+                finished.append(self._open.pop(login))
+        self._queue.extendleft(reversed(more))
+        return finished
+
+    def _grow(self, size: int) -> None:
+        """Only full batches passing show that the size may grow again."""
+        if size == self.batch < self.max_batch:
+            self._good += 1
+            if self._good >= GROW_AFTER:
+                self.batch, self._good = min(self.max_batch, self.batch * 2), 0
+
+    def _absorb(self, result: OwnerResult, payload: dict[str, Any], alias: str) -> str | None:
+        """Add one alias's answer to `result`; the cursor of its next page, if any."""
+        data = payload.get("data")
+        node = data.get(alias) if isinstance(data, dict) else None
+        errors = [e for e in payload.get("errors") or [] if isinstance(e, dict)
+                  and isinstance(e.get("path"), list) and e["path"][:1] == [alias]]
+        if node is None:
+            if errors and not any(e.get("type") == "NOT_FOUND" for e in errors):
+                result.fail(Outcome.FAILED, "GraphQL: " + _message(errors[0]))
+            else:
+                result.fail(Outcome.GONE, f"user {result.login} not found on GitHub (NOT_FOUND)")
+            return None
+        conn = node.get("repositories") if isinstance(node, dict) else None
+        nodes = conn.get("nodes") if isinstance(conn, dict) else None
+        page = conn.get("pageInfo") if isinstance(conn, dict) else None
+        if errors or not isinstance(nodes, list) or not isinstance(page, dict):
+            reason = _message(errors[0]) if errors else "malformed repositories connection"
+            result.fail(Outcome.FAILED, "GraphQL: " + reason)
+            return None
+        result.repos.extend(to_rest(n) for n in nodes if isinstance(n, dict))
+        if len(result.repos) > MAX_REPOS_PER_OWNER:
+            result.fail(Outcome.FAILED, f"more than {MAX_REPOS_PER_OWNER} repositories")
+            return None
+        cursor = page.get("endCursor")
+        if page.get("hasNextPage") is not True:
+            return None
+        if not isinstance(cursor, str) or not 0 < len(cursor) <= MAX_CURSOR_CHARS:
+            result.fail(Outcome.FAILED, "GraphQL: invalid pagination cursor")
+            return None
+        return cursor
+
+    def _send(self, chunk: list[tuple[str, str | None]]) -> _Reply:
+        """One query for `chunk`, with quota reservations, waits and bounded retries."""
+        query, variables = build_query(chunk)
+        body = orjson.dumps({"query": query, "variables": variables})
+        failures = 0
+        while True:
+            if self.stop.is_set():
+                raise Interrupted("stopping")
+            res = self.broker.acquire(Resource.GRAPHQL, points_for(len(chunk)), self.stop,
+                                      self.settings.max_rate_wait_s)
+            reply = self._post(body, res, len(chunk))
+            if reply is None:  # a rate limit: the broker now knows; reserve again
+                self.stats.waits += 1
+                continue
+            if reply.kind is _Kind.FAILED and reply.payload.get("retry"):
+                failures += 1
+                if failures > self.settings.max_retries:
+                    return _Reply(_Kind.FAILED, error=reply.error)
+                delay = self.settings.backoff_s * 2 ** (failures - 1) * random.uniform(0.5, 1.5)
+                log.info("%s; retry %d in %.1fs", reply.error, failures, delay)
+                if self.stop.wait(delay):
+                    raise Interrupted("stopping")
+                continue
+            return reply
+
+    def _post(self, body: bytes, res: Reservation, size: int) -> _Reply | None:
+        """One POST; None when the answer was a rate limit (recorded with the broker)."""
+        headers = {"Authorization": f"bearer {res.token}"} if res.token else {}
+        self.stats.queries += 1
+        try:
+            resp = self._http.request("POST", self.url, body=body, headers=headers,
+                                      redirect=False, preload_content=False)
+            data = _read(resp, MAX_BODY_BYTES, self.settings.timeout_s)
+        except _TooBig:
+            return _Reply(_Kind.SPLIT if size > 1 else _Kind.FAILED,
+                          error=f"GraphQL answer above {MAX_BODY_BYTES} bytes")
+        except (urllib3.exceptions.HTTPError, _TooSlow) as exc:
+            timed_out = isinstance(exc, urllib3.exceptions.ReadTimeoutError | _TooSlow)
+            if timed_out and size > 1:  # GitHub gives up on a query after 10 s
+                return _Reply(_Kind.SPLIT)
+            reason = redact(f"{type(exc).__name__}: {exc}")[:300]
+            return _Reply(_Kind.FAILED, {"retry": True}, f"GitHub GraphQL unreachable: {reason}")
+        self.broker.record(res, resp.headers)
+        return self._judge(resp.status, resp.headers, data, res, size)
+
+    def _judge(self, status: int, headers: Any, data: bytes, res: Reservation,
+               size: int) -> _Reply | None:
+        if status in (403, 429):
+            rate = RateHeaders.parse(headers)
+            if rate is not None and rate.remaining == 0 and headers.get("Retry-After") is None:
+                return None  # primary limit: recorded, the broker waits for the reset
+            if (headers.get("Retry-After") is not None or status == 429
+                    or b"secondary rate limit" in data[:2000].lower()):
+                self.broker.pause(res, headers.get("Retry-After"))
+                return None
+            return _Reply(_Kind.FAILED, error=f"GitHub GraphQL refused the request: HTTP {status}")
+        if status in (502, 504) and size > 1:
+            return _Reply(_Kind.SPLIT)
+        if status >= 500:
+            return _Reply(_Kind.FAILED, {"retry": True}, f"GitHub GraphQL answered HTTP {status}")
+        if status != 200:
+            return _Reply(_Kind.FAILED, error=f"GitHub GraphQL answered HTTP {status}")
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return _Reply(_Kind.FAILED, {"retry": True}, "GitHub GraphQL: invalid JSON")
+        if not isinstance(payload, dict):
+            return _Reply(_Kind.FAILED, error="GitHub GraphQL: expected a JSON object")
+        return self._errors(payload, headers, res, size)
+
+    def _errors(self, payload: dict[str, Any], headers: Any, res: Reservation,
+                size: int) -> _Reply | None:
+        errors = [e for e in payload.get("errors") or [] if isinstance(e, dict)]
+        if any(e.get("type") == "RATE_LIMITED" for e in errors):
+            rate = RateHeaders.parse(headers)
+            if rate is None or rate.remaining >= res.cost:
+                # No spent quota to wait for (no headers, or they still show points): wait
+                # as for a secondary limit rather than ask again at once.
+                self.broker.pause(res, None)
+            return None
+        if any(e.get("type") == "RESOURCE_LIMITS_EXCEEDED"
+               or "resource limits" in _message(e).lower() for e in errors):
+            if size > 1:
+                return _Reply(_Kind.SPLIT)
+            return _Reply(_Kind.FAILED, error="GraphQL: resource limits exceeded for one owner")
+        data = payload.get("data")
+        if not isinstance(data, dict):
+            first = _message(errors[0]) if errors else "no data"
+            return _Reply(_Kind.FAILED, error=f"GitHub GraphQL: {first}")
+        rate = data.get("rateLimit")
+        if isinstance(rate, dict) and isinstance(rate.get("cost"), int):
+            self.stats.points += max(0, min(rate["cost"], 10**6))
+        return _Reply(_Kind.OK, payload)
+
+
+class _TooBig(Exception):
+    pass
+
+
+class _TooSlow(Exception):
+    def __str__(self) -> str:
+        return "the answer took too long"
+
+
+def _read(resp: urllib3.BaseHTTPResponse, limit: int, timeout_s: float) -> bytes:
+    """The whole body, at most `limit` bytes, within 4 x `timeout_s` in all (a server
+    trickling bytes cannot hold a worker). An aborted read closes the connection."""
+    deadline = time.monotonic() + 4 * timeout_s
+    chunks, total = [], 0
+    try:
+        for chunk in resp.stream(1 << 16):
+            total += len(chunk)
+            if total > limit:
+                raise _TooBig
+            if time.monotonic() > deadline:
+                raise _TooSlow
+            chunks.append(chunk)
+    except BaseException:
+        resp.close()
+        raise
+    resp.release_conn()
+    return b"".join(chunks)
+
+
+def _message(error: dict[str, Any]) -> str:
+    message = error.get("message")
+    return redact(message)[:300] if isinstance(message, str) else "error"

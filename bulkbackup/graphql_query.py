@@ -1,0 +1,95 @@
+"""The GraphQL listing query and the stored shape: REST field names from GraphQL fields.
+
+`MAPPING` is the one table of the stored repository fields; the query's node selection is
+built from it, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+PAGE = 100  # repositories per owner and query (GitHub's most)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _git_url(url: Any) -> Any:
+    return url + ".git" if isinstance(url, str) else None
+
+
+def _ref_name(ref: Any) -> Any:
+    return ref.get("name") if isinstance(ref, dict) and isinstance(ref.get("name"), str) else None
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    """REST field `rest` <- GraphQL field `graphql` (selected as `selection`), converted."""
+
+    rest: str
+    graphql: str
+    selection: str = ""
+    convert: Callable[[Any], Any] = _same
+
+
+# The stored shape: REST names on the left. Values come as GitHub sends them (the pipeline
+# validates what it uses: names, timestamps, clone URLs).
+MAPPING: tuple[FieldMap, ...] = (
+    FieldMap("id", "databaseId"),
+    FieldMap("node_id", "id"),
+    FieldMap("name", "name"),
+    FieldMap("full_name", "nameWithOwner"),
+    FieldMap("private", "isPrivate"),
+    FieldMap("html_url", "url"),
+    FieldMap("description", "description"),
+    FieldMap("fork", "isFork"),
+    FieldMap("clone_url", "url", convert=_git_url),  # GitHub's https clone URL is url + .git
+    # Empty repositories have no default branch ref on GraphQL (REST names the configured
+    # branch): null here.
+    FieldMap("default_branch", "defaultBranchRef", "defaultBranchRef { name }", _ref_name),
+    FieldMap("size", "diskUsage"),  # KB, as REST `size`
+    FieldMap("pushed_at", "pushedAt"),
+    FieldMap("updated_at", "updatedAt"),
+    FieldMap("created_at", "createdAt"),
+    FieldMap("archived", "isArchived"),
+    FieldMap("visibility", "visibility", convert=_lower),  # PUBLIC -> public
+)
+NODE_FIELDS = " ".join(dict.fromkeys(m.selection or m.graphql for m in MAPPING))
+
+
+def to_rest(node: dict[str, Any]) -> dict[str, Any]:
+    """One GraphQL repository node as the REST listing entry the store keeps."""
+    return {m.rest: m.convert(node.get(m.graphql)) for m in MAPPING}
+
+
+def points_for(owners: int) -> int:
+    """GitHub's cost of a query with `owners` top-level repository connections."""
+    return max(1, math.floor(owners / 100 + 0.5))
+
+
+def build_query(items: Sequence[tuple[str, str | None]]) -> tuple[str, dict[str, str]]:
+    """One query for (login, cursor or None) items, aliases u0..; values go as variables."""
+    decls, parts, variables = [], [], {}
+    for i, (login, cursor) in enumerate(items):
+        decls.append(f"$l{i}: String!")
+        variables[f"l{i}"] = login
+        after = ""
+        if cursor is not None:
+            decls.append(f"$c{i}: String")
+            variables[f"c{i}"] = cursor
+            after = f", after: $c{i}"
+        parts.append(
+            f"u{i}: repositoryOwner(login: $l{i}) {{ login repositories(first: {PAGE}, "
+            f"ownerAffiliations: OWNER, orderBy: {{field: CREATED_AT, direction: ASC}}{after}) "
+            f"{{ nodes {{ {NODE_FIELDS} }} pageInfo {{ hasNextPage endCursor }} }} }}")
+    query = (f"query({', '.join(decls)}) {{ rateLimit {{ cost remaining resetAt }} "
+             f"{' '.join(parts)} }}")
+    return query, variables

@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("rebuild", help="rebuild `tracked` from the durable store")
     sub.add_parser("reset", help="set every score to 0: every user is due again")
+
+    s = sub.add_parser("serve", help="the web server: status, search, downloads, metrics")
+    s.add_argument("--host", metavar="H", help="address to listen on (default: serve.host)")
+    s.add_argument("--port", type=_non_negative, metavar="P",
+                   help="port to listen on (default: serve.port)")
+
+    s = sub.add_parser("track", help="add users by hand (as ingest: ZADD NX -inf)")
+    s.add_argument("logins", nargs="+", metavar="LOGIN")
     return p
 
 
@@ -117,6 +125,14 @@ def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:
         from bulkbackup.stats import rebuild_command
 
         return rebuild_command(settings)
+    if cmd == "serve":
+        from bulkbackup.web.command import serve_command
+
+        return serve_command(settings, args.host, args.port)
+    if cmd == "track":
+        from bulkbackup.web.command import track_command
+
+        return track_command(settings, args.logins)
     raise AssertionError(cmd)  # pragma: no cover - argparse refuses unknown commands
 
 

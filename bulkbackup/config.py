@@ -82,12 +82,21 @@ class RunSettings:
 
 
 @dataclass(frozen=True)
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    admin_token: str = field(default="", repr=False)  # a secret: never in a repr
+    redirect_downloads: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     github: GitHubSettings = field(default_factory=GitHubSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
     run: RunSettings = field(default_factory=RunSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
 
 
 def load(
@@ -129,7 +138,11 @@ def _apply_env(s: Settings, env: typing.Mapping[str, str]) -> Settings:
         gh = dataclasses.replace(gh, tokens=tuple(dict.fromkeys(tokens)))
     if env.get("BULKBACKUP_WORKER_HOST"):
         run = dataclasses.replace(run, worker_host=env["BULKBACKUP_WORKER_HOST"])
-    out = Settings(redis=redis_s, store=store_s, github=gh, ingest=s.ingest, run=run)
+    serve = s.serve
+    if env.get("BULKBACKUP_ADMIN_TOKEN", "").strip():
+        serve = dataclasses.replace(serve, admin_token=env["BULKBACKUP_ADMIN_TOKEN"].strip())
+    out = Settings(redis=redis_s, store=store_s, github=gh, ingest=s.ingest, run=run,
+                   serve=serve)
     _validate(out)
     return out
 
@@ -145,6 +158,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError("ingest.batch_size and ingest.pipeline_depth must be positive")
     if s.store.multipart_part_mb < 5:
         raise ConfigError("store.multipart_part_mb must be at least 5 (the S3 minimum)")
+    if not 0 <= s.serve.port <= 65535 or not s.serve.host:
+        raise ConfigError("serve.port must be 0-65535 and serve.host non-empty")
     host = s.run.worker_host
     if not host or any(c.isspace() for c in host):
         raise ConfigError(f"worker host must be non-empty without spaces: {host!r}")

@@ -97,24 +97,29 @@ class Claimer:
                 return claimed, max(remaining - len(claimed), 0)
             # More were given up on than this read stepped over: read again, further.
 
-    def finish(self, member: str, synced: bool, counts: str = "") -> bool:
+    def finish(self, member: str, synced: bool, counts: str = "", repos: int = 0,
+               nbytes: int = 0) -> bool:
         """Synced: score := now. Not synced: the score it had is restored. False: lock lost.
 
-        ``counts`` (see stats.UserCounts) is cached for the stats pass in the same call.
+        ``counts`` (see stats.UserCounts) is cached for the stats pass in the same call;
+        ``repos`` and ``nbytes`` (archived by this sync) go to the per-minute counters.
         """
-        return self._complete(member, 1 if synced else 0, counts) != 0
+        return self._complete(member, 1 if synced else 0, counts, 0, repos, nbytes) != 0
 
     def fail(self, member: str, max_attempts: int) -> int:
         """Give back after a failure: 1 retried in this run, 2 deferred to the next run
         (its ``max_attempts``-th failure in a row), 0 lock lost."""
         return self._complete(member, 2, "", max_attempts)
 
-    def _complete(self, member: str, mode: int, counts: str, max_attempts: int = 0) -> int:
+    def _complete(self, member: str, mode: int, counts: str, max_attempts: int = 0,
+                  repos: int = 0, nbytes: int = 0) -> int:
+        # The minute in Redis server time (the clock every host shares), for the rate key.
+        minute = int((time.time() + self.clock_offset_s) // 60)
         return int(self.scripts.complete(
             keys=[keys.TRACKED, keys.LEASES, keys.CLAIMS, keys.lock(member), keys.SYNCD,
-                  keys.FAILURES, keys.deferred(self.run_start)],
+                  keys.FAILURES, keys.deferred(self.run_start), keys.rate(minute)],
             args=[member, self.worker_id, mode, keys.login_of(member), counts, max_attempts,
-                  keys.DEFERRED_TTL_S],
+                  keys.DEFERRED_TTL_S, repos, nbytes, keys.RATE_TTL_S],
         ))
 
     def remaining(self) -> int:

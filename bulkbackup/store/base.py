@@ -127,12 +127,32 @@ class Store(abc.ABC):
         """Every key starting with ``prefix`` (no delimiter), streamed page by page."""
 
     @abc.abstractmethod
-    def list_top(self) -> Iterator[ObjectInfo]:
-        """The top-level objects (keys without '/': the usernames), streamed."""
+    def list_top(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """The top-level objects (keys without '/': the usernames) starting with ``prefix``,
+        streamed."""
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:
         """Delete ``key``; deleting a missing key is not an error."""
+
+    def open_range(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        """A stream of the object's bytes ``start`` to ``end`` (inclusive; None: to the end).
+
+        The caller reads no more than the range's length. Raises NotFound.
+        """
+        f = self.open(key)
+        if start:
+            try:
+                f.seek(start)
+            except (OSError, ValueError):
+                f.close()
+                raise StoreError(f"cannot seek in {key!r}") from None
+        return f
+
+    def presigned_url(self, key: str, expires_s: int) -> str | None:
+        """A URL that downloads ``key`` without credentials, or None when the store has none
+        (the local store)."""
+        return None
 
     def read_bytes(self, key: str) -> bytes:
         with self.open(key) as f:

@@ -244,10 +244,27 @@ class S3Store(Store):
         for page in self._pages(repr(prefix) if prefix else "the store", Prefix=prefix):
             yield from self._infos(page)
 
-    def list_top(self) -> Iterator[ObjectInfo]:
+    def list_top(self, prefix: str = "") -> Iterator[ObjectInfo]:
         # With a delimiter each user's folder is one CommonPrefixes entry, not a page of keys.
-        for page in self._pages("the users", Delimiter="/"):
+        for page in self._pages("the users", Delimiter="/", Prefix=prefix):
             yield from self._infos(page)
+
+    def open_range(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        check_key(key)
+        if not start and end is None:
+            return self.open(key)
+        wanted = f"bytes={start}-{'' if end is None else end}"
+        resp = self._call(key, "open", lambda: self._client.get_object(
+            Bucket=self.bucket, Key=key, Range=wanted))
+        return io.BufferedReader(_Body(resp["Body"], key), buffer_size=_MIB)
+
+    def presigned_url(self, key: str, expires_s: int) -> str | None:
+        check_key(key)
+        name = key.rsplit("/", 1)[-1]
+        return str(self._call(key, "sign", lambda: self._client.generate_presigned_url(
+            "get_object", ExpiresIn=expires_s, Params={
+                "Bucket": self.bucket, "Key": key,
+                "ResponseContentDisposition": f'attachment; filename="{name}"'})))
 
     def close(self) -> None:
         self._client.close()

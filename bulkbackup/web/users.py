@@ -1,0 +1,243 @@
+"""Users for the pages: a page of `tracked`, a prefix search, one user, adding users.
+
+A page costs one script call (a range from the cursor's rank, O(log N + page)) and one
+pipelined round trip for its users' locks, summaries and saved scores. A search costs one
+store listing with a prefix (S3 and the local store answer it without reading other users)
+plus ZSCORE for the exact login. Calls block; the app runs them in the threadpool.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from importlib import resources
+from typing import Any
+
+import orjson
+import redis
+
+from bulkbackup import keys
+from bulkbackup.backup import UserCounts
+from bulkbackup.errors import BulkbackupError, NotFound
+from bulkbackup.names import is_login
+from bulkbackup.show import describe
+from bulkbackup.store import Store
+from bulkbackup.store.base import ERROR, REPORTED_REPOS, SYNCD_REPOS
+from bulkbackup.web.data import iso
+
+PAGE_SIZE = 50
+PAGE_MAX = 200
+# The stored repository list is read for descriptions only up to this size.
+OBJECT_READ_MAX_BYTES = 8 * 1024 * 1024
+TRACK_MAX = 1000
+
+
+class Status:
+    SYNCED = "synced"
+    SYNCING = "syncing"
+    UNSYNCED = "unsynced"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class UserRow:
+    login: str
+    status: str
+    last_sync: str | None
+    syncd_repos: int | None
+    reported_repos: int | None
+    error: bool | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page ends: the last row's score and member (ties are ordered by member)."""
+
+    score: float
+    login: str
+
+    def encode(self) -> str:
+        s = "inf" if self.score == math.inf else "-inf" if self.score == -math.inf else (
+            repr(int(self.score)) if self.score == int(self.score) else repr(self.score))
+        return f"{s}_{self.login}"
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor | None:
+        """None for anything that is not a cursor this server made."""
+        head, sep, login = text[:80].partition("_")
+        if not sep or len(text) > 80 or not is_login(login):
+            return None
+        try:
+            score = float(head)
+        except ValueError:
+            return None
+        if score != score or head.strip() != head:
+            return None
+        return cls(score, login)
+
+
+def _script(r: redis.Redis) -> Any:
+    text = resources.files("bulkbackup.web").joinpath("page.lua").read_text(encoding="utf-8")
+    return r.register_script(text)
+
+
+class Users:
+    def __init__(self, r: redis.Redis) -> None:
+        self.r = r
+        self._page = _script(r)
+
+    def page(self, cursor: Cursor | None, limit: int, store: Store | None
+             ) -> tuple[list[UserRow], Cursor | None]:
+        """Users, newest sync first, after ``cursor``; and the cursor of the next page."""
+        args = ["", "", limit] if cursor is None else [
+            Cursor.encode(cursor).partition("_")[0], keys.member(cursor.login), limit]
+        flat = self._page(keys=[keys.TRACKED], args=args)
+        pairs = [(str(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+        rows = self.rows([(keys.login_of(m), s) for m, s in pairs if m.startswith(
+            keys.MEMBER_PREFIX)], store)
+        nxt = None
+        if len(pairs) == limit:
+            member, score = pairs[-1]
+            login = keys.login_of(member)
+            nxt = Cursor(score, login) if is_login(login) else None
+        return rows, nxt
+
+    def search(self, prefix: str, limit: int, store: Store) -> tuple[list[UserRow], bool]:
+        """Users whose login starts with ``prefix`` (the store's listing, plus the exact
+        login when it is tracked but not stored yet), ordered by login; and whether there
+        are more than ``limit``."""
+        found: list[str] = []
+        listing = store.list_top(prefix)
+        try:
+            for info in listing:
+                if is_login(info.key):
+                    found.append(info.key)
+                if len(found) > limit:
+                    break
+        finally:
+            close = getattr(listing, "close", None)
+            if close is not None:
+                close()
+        more = len(found) > limit
+        logins = sorted(set(found))[:limit]
+        if prefix not in logins and self.r.zscore(keys.TRACKED, keys.member(prefix)) is not None:
+            logins = sorted([prefix, *logins])[:limit]
+        scores = self.r.zmscore(keys.TRACKED, [keys.member(x) for x in logins]) if logins else []
+        return self.rows(list(zip(logins, scores, strict=True)), store), more
+
+    def rows(self, users: list[tuple[str, float | None]], store: Store | None) -> list[UserRow]:
+        """One pipelined round trip: each user's lock, summary and score before a claim."""
+        users = [(login, score) for login, score in users if is_login(login)]
+        if not users:
+            return []
+        members = [keys.member(login) for login, _ in users]
+        pipe = self.r.pipeline(transaction=False)
+        for m in members:
+            pipe.exists(keys.lock(m))
+        pipe.hmget(keys.SYNCD, [login for login, _ in users])
+        pipe.hmget(keys.CLAIMS, members)
+        out = pipe.execute()
+        locked, summaries, before = out[:len(users)], out[len(users)], out[len(users) + 1]
+        rows = []
+        for i, (login, score) in enumerate(users):
+            if score == math.inf and before[i] is not None:
+                score = float(before[i])  # parked while claimed: its last sync is saved
+            rows.append(_row(login, score, bool(locked[i]), summaries[i], store))
+        return rows
+
+    def track(self, logins: list[str]) -> tuple[list[str], list[str]]:
+        return add_tracked(self.r, logins)
+
+    def detail(self, login: str, store: Store) -> dict[str, Any] | None:
+        """`show --json`'s object (or its empty form for a user tracked but not stored), and
+        the page's extras under ``page``; None for a user unknown to both."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zscore(keys.TRACKED, keys.member(login))
+        pipe.exists(keys.lock(keys.member(login)))
+        pipe.hget(keys.SYNCD, login)
+        pipe.hget(keys.CLAIMS, keys.member(login))
+        score, locked, summary, before = pipe.execute()
+        try:
+            user = describe(store, login)
+        except NotFound:
+            user = None
+        except BulkbackupError as exc:
+            if "not in the store" not in str(exc):
+                raise
+            user = None
+        if user is None and score is None:
+            return None
+        if user is None:
+            user = {"login": login, "last_sync": None, "syncd_repos": None,
+                    "reported_repos": None, "error": None, "repositories": []}
+        if score == math.inf and before is not None:
+            score = float(before)
+        row = _row(login, None if score is None else float(score), bool(locked), summary, None,
+                   has_error=bool(user["error"]) if user["last_sync"] else None)
+        descriptions = _descriptions(store, login) if user["repositories"] else {}
+        return {"user": user, "status": row.status, "score_sync": row.last_sync,
+                "descriptions": descriptions}
+
+
+def _row(login: str, score: float | None, locked: bool, summary: str | None,
+         store: Store | None, has_error: bool | None = None) -> UserRow:
+    counts = UserCounts.decode(summary)
+    syncd = counts.syncd if counts else None
+    reported: int | None = getattr(counts, "reported", None)
+    error = counts.error if counts else has_error
+    if counts is None and store is not None and score is not None and score > -math.inf:
+        # No summary in Redis (lost, or written before summaries existed): the store knows.
+        head = store.head(login)
+        if head is not None:
+            syncd = _digits(head.get(SYNCD_REPOS))
+            reported = _digits(head.get(REPORTED_REPOS))
+            error = bool(head.get(ERROR))
+    if locked:
+        status = Status.SYNCING
+    elif score is None or score == -math.inf:
+        status = Status.UNSYNCED
+    elif error:
+        status = Status.ERROR
+    else:
+        status = Status.SYNCED
+    last = iso(score) if score is not None else None
+    return UserRow(login, status, last, syncd, reported, error)
+
+
+def _digits(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
+
+
+def _descriptions(store: Store, login: str) -> dict[str, str]:
+    """Repository name -> description, from the stored listing (read up to a bound)."""
+    head = store.head(login)
+    if head is None or head.size > OBJECT_READ_MAX_BYTES:
+        return {}
+    try:
+        with store.open(login) as f:
+            doc = orjson.loads(f.read(OBJECT_READ_MAX_BYTES + 1))
+    except (NotFound, orjson.JSONDecodeError):
+        return {}
+    out: dict[str, str] = {}
+    if isinstance(doc, list):
+        for entry in doc:
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                text = entry.get("description")
+                if isinstance(text, str) and text:
+                    out[entry["name"][:100]] = text[:500]
+    return out
+
+
+def add_tracked(r: redis.Redis, logins: list[str]) -> tuple[list[str], list[str]]:
+    """Add ``logins`` (already validated) with ZADD NX -inf, as ingest does:
+    (added, already tracked)."""
+    unique = list(dict.fromkeys(logins))
+    pipe = r.pipeline(transaction=False)
+    for login in unique:
+        pipe.zadd(keys.TRACKED, {keys.member(login): -math.inf}, nx=True)
+    added = [int(x) for x in pipe.execute()]
+    return ([x for x, a in zip(unique, added, strict=True) if a],
+            [x for x, a in zip(unique, added, strict=True) if not a])

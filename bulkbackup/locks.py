@@ -165,3 +165,4 @@ class LockKeeper:
             self.heartbeat()
             # After a failure retry soon: a lock not refreshed within its ttl is gone.
             wait = interval if ok else min(1.0, interval / 4)
+        self.heartbeat()  # the last figures of a process that stops

@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bulkbackup.config import Settings
 from bulkbackup.errors import StoreError
 from bulkbackup.names import is_login, is_repo_name
+from bulkbackup.store import Store
 from bulkbackup.web import data, downloads, metrics
 from bulkbackup.web.render import svg
 from bulkbackup.web.users import PAGE_MAX, PAGE_SIZE, TRACK_MAX, Cursor, Users
@@ -113,6 +114,13 @@ def create_app(settings: Settings) -> Starlette:
         context.setdefault("banner", "")
         return templates.TemplateResponse(request, name, context, status_code=status)
 
+    async def live_store() -> Store:
+        """The store, when it answers (checked at most every few seconds): a local store
+        whose folder is gone would otherwise look empty and answer 404s."""
+        if await run_in_threadpool(backend.store_problem):
+            raise Unavailable("store")
+        return await blocking(backend.store)
+
     async def store_banner() -> str:
         problem = await run_in_threadpool(backend.store_problem)
         return "The archive store does not answer right now." if problem else ""
@@ -143,7 +151,7 @@ def create_app(settings: Settings) -> Starlette:
         if raw_cursor and cursor is None:
             return {"error": "invalid cursor", "users": [], "next": None, "q": q}, 400
         if q:
-            store = await blocking(backend.store)
+            store = await live_store()
             rows, more = await blocking(users.search, q, limit, store)
             return {"users": [r.to_json() for r in rows], "next": None, "more": more,
                     "q": q}, 200
@@ -166,7 +174,7 @@ def create_app(settings: Settings) -> Starlette:
         login = request.path_params["login"]
         if not is_login(login):
             raise HTTPException(404)
-        store = await blocking(backend.store)
+        store = await live_store()
         detail = await blocking(users.detail, login, store)
         if detail is None:
             raise HTTPException(404)
@@ -184,7 +192,7 @@ def create_app(settings: Settings) -> Starlette:
         login = request.path_params["login"]
         if not is_login(login):
             raise HTTPException(404)
-        store = await blocking(backend.store)
+        store = await live_store()
         head = await blocking(store.head, login)
         if head is None:
             raise HTTPException(404)
@@ -197,7 +205,7 @@ def create_app(settings: Settings) -> Starlette:
                 or not is_repo_name(repo):
             raise HTTPException(404)
         key = f"{login}/{repo}.{kind}"
-        store = await blocking(backend.store)
+        store = await live_store()
         head = await blocking(store.head, key)
         if head is None or head.size == 0:  # a zero-byte bundle means "no archive"
             raise HTTPException(404)

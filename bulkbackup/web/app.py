@@ -117,11 +117,16 @@ def create_app(settings: Settings) -> Starlette:
     async def live_store() -> Store:
         """The store, when it answers (checked at most every few seconds): a local store
         whose folder is gone would otherwise look empty and answer 404s."""
+        store = backend.fresh_store()
+        if store is not None:
+            return store
         if await run_in_threadpool(backend.store_problem):
             raise Unavailable("store")
         return await blocking(backend.store)
 
     async def store_banner() -> str:
+        if backend.fresh_store() is not None:
+            return ""
         problem = await run_in_threadpool(backend.store_problem)
         return "The archive store does not answer right now." if problem else ""
 
@@ -155,8 +160,9 @@ def create_app(settings: Settings) -> Starlette:
             rows, more = await blocking(users.search, q, limit, store)
             return {"users": [r.to_json() for r in rows], "next": None, "more": more,
                     "q": q}, 200
-        store_or_none = None if await run_in_threadpool(backend.store_problem) else (
-            await blocking(backend.store))
+        store_or_none = backend.fresh_store()
+        if store_or_none is None and not await run_in_threadpool(backend.store_problem):
+            store_or_none = await blocking(backend.store)
         rows, nxt = await blocking(users.page, cursor, limit, store_or_none)
         return {"users": [r.to_json() for r in rows], "next": nxt.encode() if nxt else None,
                 "q": ""}, 200

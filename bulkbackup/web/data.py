@@ -92,6 +92,15 @@ class Backend:
             self._store_error = ""
             return self._store
 
+    def fresh_store(self) -> Store | None:
+        """The open store when its last check is recent and found it answering; else None
+        (then ask store_problem()). No I/O: cheap enough for the event loop."""
+        with self._mu:
+            if (self._store is not None and not self._store_error
+                    and time.monotonic() - self._checked_at < STORE_CHECK_S):
+                return self._store
+        return None
+
     def store_problem(self) -> str:
         """'' when the store answers (checked at most every STORE_CHECK_S), else why not."""
         with self._mu:

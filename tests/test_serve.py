@@ -228,6 +228,7 @@ def test_pagination_by_cursor(archive: Archive) -> None:
     fake = {f"github.com/p-{i:03d}": float("-inf") for i in range(40)}
     fake.update({f"github.com/t-{i:03d}": 2e9 for i in range(30)})  # ties, at the top
     fake.update({f"github.com/s-{i:03d}": 1000.0 + i for i in range(30)})
+    fake.update({f"github.com/c-{i:03d}": float("inf") for i in range(9)})  # claimed now
     r.zadd("tracked", fake)
     try:
         expected = [m.removeprefix("github.com/") for m in r.zrange("tracked", 0, -1, desc=True)]
@@ -243,10 +244,10 @@ def test_pagination_by_cursor(archive: Archive) -> None:
             cursor = doc["next"]
         assert seen == expected and pages == math.ceil(len(expected) / 7) + (
             len(expected) % 7 == 0)
-        # The cursor's member moves (it got synced): the next page still starts after it.
+        # The cursor's member moves (given back): the next page still starts after its place.
         first = archive.served.get("/api/users", params={"limit": 7}).json()
         assert [u["login"] for u in first["users"]] == expected[:7]
-        r.zadd("tracked", {f"github.com/{expected[6]}": 3e9})
+        r.zadd("tracked", {f"github.com/{expected[6]}": 1.0})  # now far down the list
         second = archive.served.get("/api/users", params={"cursor": first["next"],
                                                           "limit": 7}).json()
         assert [u["login"] for u in second["users"]] == expected[7:14]
@@ -367,6 +368,11 @@ def test_track_cli(archive: Archive) -> None:
     assert bad.returncode == 2 and "invalid login" in bad.stderr
     assert archive.r.zscore("tracked", "github.com/fine") is None
     archive.r.zrem("tracked", "github.com/cli-added")
+
+
+def test_serve_refuses_a_bad_port(archive: Archive) -> None:
+    out = run_cli("serve", "--port", "70000", env=archive.env, timeout=60)
+    assert out.returncode == 2 and "--port must be 0-65535" in out.stderr
 
 
 def test_workers_metrics_healthz(archive: Archive) -> None:

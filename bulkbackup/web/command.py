@@ -24,6 +24,8 @@ def serve_command(settings: Settings, host: str | None, port: int | None) -> int
                           f"'bulkbackup[serve]' ({exc.name} is missing)") from None
     host = host or settings.serve.host
     port = settings.serve.port if port is None else port
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be 0-65535, not {port}")
     app = create_app(settings)
     print(f"bulkbackup serve: http://{host}:{port}/ (Ctrl-C stops)", file=sys.stderr,
           flush=True)

@@ -27,7 +27,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.conftest import ROOT
 from tests.forge import Forge, sample
-from tests.test_serve import base_env, run_backup, start_serve, stop_serve
+from tests.test_serve import TOKEN, base_env, run_backup, start_serve, stop_serve
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -75,7 +75,7 @@ def demo_served(redis_server: str, tmp_path: Path) -> Iterator[str]:
         env = base_env(tmp_path, redis_server, str(store))
         env["GITHUB_API_URL"] = forge.url
         run_backup(env, ["octocat", "torvalds-demo", "ghost-user"])
-    served = start_serve(env, tmp_path / "serve.log")
+    served = start_serve({**env, "BULKBACKUP_ADMIN_TOKEN": TOKEN}, tmp_path / "serve.log")
     yield served.url
     stop_serve(served)
 
@@ -103,6 +103,14 @@ def test_dashboard_search_user_download_clone(
         assert driver.find_element(By.ID, "tracked").text == "3"
         assert len(driver.find_elements(By.CSS_SELECTOR, "svg.chart")) == 2
         driver.save_screenshot(str(artifacts / "dashboard.png"))
+
+        # The add form (static JavaScript under the CSP) sends the token as a bearer header.
+        driver.find_element(By.ID, "add-logins").send_keys("newcomer octocat")
+        driver.find_element(By.ID, "add-token").send_keys(TOKEN)
+        driver.find_element(By.CSS_SELECTOR, "#add-form button").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "add-result"), "added"))
+        assert driver.find_element(By.ID, "add-result").text == \
+            "added: newcomer; already tracked: octocat"
 
         box = driver.find_element(By.ID, "q")
         box.send_keys("octo")

@@ -18,7 +18,7 @@ import redis
 
 from bulkbackup import keys
 from bulkbackup.backup import UserCounts
-from bulkbackup.errors import BulkbackupError, NotFound
+from bulkbackup.errors import BulkbackupError, NotFound, StoreError
 from bulkbackup.names import is_login
 from bulkbackup.show import describe
 from bulkbackup.store import Store
@@ -164,9 +164,9 @@ class Users:
             user = describe(store, login)
         except NotFound:
             user = None
-        except BulkbackupError as exc:
-            if "not in the store" not in str(exc):
-                raise
+        except StoreError:
+            raise  # the store failing is not the user missing
+        except BulkbackupError:  # describe's "not in the store"
             user = None
         if user is None and score is None:
             return None

@@ -114,8 +114,7 @@ def direct_page(r: redis.Redis, script: object, cursor: Cursor | None) -> None:
     flat = script(keys=[keys.TRACKED], args=args)  # type: ignore[operator]
     members = [flat[i] for i in range(0, len(flat), 2)]
     pipe = r.pipeline(transaction=False)
-    for m in members:
-        pipe.exists(keys.lock(m))
+    pipe.mget([keys.lock(m) for m in members])
     pipe.hmget(keys.SYNCD, [keys.login_of(m) for m in members])
     pipe.hmget(keys.CLAIMS, members)
     pipe.execute()

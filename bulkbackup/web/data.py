@@ -51,7 +51,7 @@ class Stats:
     last_run: dict[str, Any]
 
     def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out.pop("users_per_minute")
         out["series"] = {"users_per_minute": self.users_per_minute}
         return out

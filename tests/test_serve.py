@@ -266,6 +266,9 @@ def test_user_page_and_json(archive: Archive) -> None:
     page = archive.served.get("/users/alice").text
     assert 'href="/users/alice/hello.bundle"' in page and 'href="/users/alice/hello.zip"' in page
     assert f"git clone {archive.served.url}/users/alice/hello.bundle hello" in page
+    # Behind a TLS proxy on this machine, the restore command names the public scheme.
+    proxied = archive.served.get("/users/alice", headers={"X-Forwarded-Proto": "https"}).text
+    assert "git clone https://127.0.0.1:" in proxied
     # A hostile description (and the error that quotes the repository) render as text.
     assert XSS not in page and "&lt;script&gt;alert(&#39;xss&#39;)&lt;/script&gt;" in page
     stored = archive.served.get("/users/alice.json")
@@ -505,5 +508,11 @@ def test_s3_range_redirect_and_no_bucket_created(
         assert location.startswith(s3_endpoint) and "Signature" in location
         with urllib.request.urlopen(location, timeout=30) as f:
             assert f.read() == data
+        # The bucket goes away while serving: the health check notices.
+        wait_status(served, "/healthz", 200)
+        for obj in s3.list_objects_v2(Bucket="github.com").get("Contents", []):
+            s3.delete_object(Bucket="github.com", Key=obj["Key"])
+        s3.delete_bucket(Bucket="github.com")
+        assert wait_status(served, "/healthz", 503).text.strip() == "store unavailable"
     finally:
         stop_serve(served)

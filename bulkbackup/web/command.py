@@ -30,8 +30,10 @@ def serve_command(settings: Settings, host: str | None, port: int | None) -> int
     print(f"bulkbackup serve: http://{host}:{port}/ (Ctrl-C stops)", file=sys.stderr,
           flush=True)
     # Access logs carry paths and query strings only: tokens travel in headers, never logged.
+    # X-Forwarded-Proto/For are believed from a proxy on this machine only (uvicorn's
+    # FORWARDED_ALLOW_IPS, default 127.0.0.1), so restore commands show the public https URL.
     uvicorn.run(app, host=host, port=port, log_level="info", server_header=False,
-                proxy_headers=False, timeout_graceful_shutdown=5)
+                proxy_headers=True, timeout_graceful_shutdown=5)
     return 0
 
 

@@ -30,7 +30,7 @@ RATE_WINDOWS_MIN = (1, 15, 60)
 WORKERS_MAX = 1000
 # How long a store check (and a failed store opening) is remembered.
 STORE_CHECK_S = 5.0
-# A key that can never be an object (not a login): HEAD on it answers "missing" quickly.
+# A key that can never be an object (not a login): probing it answers "nothing" quickly.
 PROBE_KEY = "%healthz"
 
 
@@ -109,9 +109,14 @@ class Backend:
         try:
             store = self.store()
             root = getattr(store, "root", None)
-            if isinstance(root, Path) and not root.is_dir():
-                raise StoreError(f"store folder {root} does not exist")
-            store.head(PROBE_KEY)
+            if isinstance(root, Path):
+                if not root.is_dir():
+                    raise StoreError(f"store folder {root} does not exist")
+                store.head(PROBE_KEY)
+            else:
+                # One listing request: unlike a HEAD of a missing key, it fails when the
+                # bucket itself is gone.
+                next(iter(store.list_top(PROBE_KEY)), None)
             problem = ""
         except StoreError as exc:
             problem = str(exc).splitlines()[0][:300] if str(exc) else "store error"

@@ -7,6 +7,7 @@ than redis.asyncio for a page's pipelined reads.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 _T = TypeVar("_T")
 Doc = dict[str, Any]
+DETAIL_CONCURRENCY = 4
 
 
 class Site:
@@ -53,6 +55,8 @@ class Site:
         env.filters["iso"] = data.iso
         self.templates = Jinja2Templates(env=env)
         self.registry = metrics.registry(self.backend)
+        # Users described at once (each runs up to detail.HEAD_THREADS store requests).
+        self.detail_slots = asyncio.Semaphore(DETAIL_CONCURRENCY)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -143,7 +147,9 @@ class Site:
         if not is_login(login):
             raise HTTPException(404)
         store = await self.live_store()
-        detail = await self.blocking(self.users.detail, login, store)
+        # Waiting here holds no thread: the threadpool stays free for other requests.
+        async with self.detail_slots:
+            detail = await self.blocking(self.users.detail, login, store)
         if detail is None:
             raise HTTPException(404)
         return detail
@@ -260,6 +266,7 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         yield
+        site.users.stored.close()
         site.backend.close()
 
     app = Starlette(routes=site.routes(), lifespan=lifespan, exception_handlers={

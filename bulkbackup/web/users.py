@@ -13,22 +13,18 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import orjson
 import redis
 
 from bulkbackup import keys
 from bulkbackup.backup import UserCounts
-from bulkbackup.errors import BulkbackupError, NotFound, StoreError
 from bulkbackup.names import is_login
-from bulkbackup.show import describe
 from bulkbackup.store import Store
 from bulkbackup.store.base import ERROR, REPORTED_REPOS, SYNCD_REPOS
 from bulkbackup.web.data import iso
+from bulkbackup.web.detail import StoredUsers
 
 PAGE_SIZE = 50
 PAGE_MAX = 200
-# The stored repository list is read for descriptions only up to this size.
-OBJECT_READ_MAX_BYTES = 8 * 1024 * 1024
 TRACK_MAX = 1000
 
 
@@ -91,6 +87,7 @@ class Users:
     def __init__(self, r: redis.Redis) -> None:
         self.r = r
         self._page = _script(r)
+        self.stored = StoredUsers()
 
     def page(self, cursor: Cursor | None, limit: int, store: Store | None
              ) -> tuple[list[UserRow], Cursor | None]:
@@ -154,22 +151,15 @@ class Users:
         return add_tracked(self.r, logins)
 
     def detail(self, login: str, store: Store) -> dict[str, Any] | None:
-        """`show --json`'s object (or its empty form for a user tracked but not stored), and
-        the page's extras under ``page``; None for a user unknown to both."""
+        """`show --json`'s object (or its empty form for a user tracked but not stored) under
+        ``user``, with the page's extras; None for a user unknown to both."""
         pipe = self.r.pipeline(transaction=False)
         pipe.zscore(keys.TRACKED, keys.member(login))
         pipe.exists(keys.lock(keys.member(login)))
         pipe.hget(keys.SYNCD, login)
         pipe.hget(keys.CLAIMS, keys.member(login))
         score, locked, summary, before = pipe.execute()
-        try:
-            user = describe(store, login)
-        except NotFound:
-            user = None
-        except StoreError:
-            raise  # the store failing is not the user missing
-        except BulkbackupError:  # describe's "not in the store"
-            user = None
+        user, descriptions = self.stored.get(store, login)
         if user is None and score is None:
             return None
         if user is None:
@@ -179,7 +169,6 @@ class Users:
             score = float(before)
         row = _row(login, None if score is None else float(score), bool(locked), summary, None,
                    has_error=bool(user["error"]) if user["last_sync"] else None)
-        descriptions = _descriptions(store, login) if user["repositories"] else {}
         return {"user": user, "status": row.status, "score_sync": row.last_sync,
                 "descriptions": descriptions}
 
@@ -211,26 +200,6 @@ def _row(login: str, score: float | None, locked: bool, summary: str | None,
 
 def _digits(text: str) -> int | None:
     return int(text) if text.isdigit() else None
-
-
-def _descriptions(store: Store, login: str) -> dict[str, str]:
-    """Repository name -> description, from the stored listing (read up to a bound)."""
-    head = store.head(login)
-    if head is None or head.size > OBJECT_READ_MAX_BYTES:
-        return {}
-    try:
-        with store.open(login) as f:
-            doc = orjson.loads(f.read(OBJECT_READ_MAX_BYTES + 1))
-    except (NotFound, orjson.JSONDecodeError):
-        return {}
-    out: dict[str, str] = {}
-    if isinstance(doc, list):
-        for entry in doc:
-            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-                text = entry.get("description")
-                if isinstance(text, str) and text:
-                    out[entry["name"][:100]] = text[:500]
-    return out
 
 
 def add_tracked(r: redis.Redis, logins: list[str]) -> tuple[list[str], list[str]]:

@@ -516,3 +516,28 @@ def test_s3_range_redirect_and_no_bucket_created(
         assert wait_status(served, "/healthz", 503).text.strip() == "store unavailable"
     finally:
         stop_serve(served)
+
+
+def test_user_detail_is_describe_read_in_parallel_and_reused(tmp_path: Path) -> None:
+    from bulkbackup.config import StoreSettings
+    from bulkbackup.show import describe
+    from bulkbackup.store.local import LocalStore
+    from bulkbackup.web.detail import StoredUsers
+
+    store = LocalStore(StoreSettings(url=str(tmp_path / "store")))
+    store.put_bytes("many", json.dumps([{"name": f"r{i}", "description": f"<b>{i}</b>"}
+                                        for i in range(40)]).encode(), {"LastSync": "x"})
+    for i in range(40):
+        store.put_bytes(f"many/r{i}.bundle", b"" if i % 7 == 0 else b"data" * i,
+                        {"LastSync": "t", "Error": "empty repository" if i % 7 == 0 else ""})
+    stored = StoredUsers()
+    try:
+        user, descriptions = stored.get(store, "many")
+        assert user == describe(store, "many")
+        assert descriptions["r3"] == "<b>3</b>" and len(descriptions) == 40
+        before = store.request_count
+        assert stored.get(store, "many") == (user, descriptions)
+        assert store.request_count == before  # reused, not read again
+        assert stored.get(store, "nobody") == (None, {})
+    finally:
+        stored.close()

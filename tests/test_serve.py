@@ -541,3 +541,23 @@ def test_user_detail_is_describe_read_in_parallel_and_reused(tmp_path: Path) -> 
         assert stored.get(store, "nobody") == (None, {})
     finally:
         stored.close()
+
+
+def test_a_stalled_download_does_not_stall_the_server(archive: Archive) -> None:
+    from bulkbackup.config import StoreSettings
+    from bulkbackup.store.local import LocalStore
+
+    store = LocalStore(StoreSettings(url=str(archive.store)))
+    big = os.urandom(1 << 20) * 64  # 64 MiB: far more than the socket buffers hold
+    store.put_bytes("bob/big.bundle", big, {"LastSync": "2026-01-01T00:00:00Z"})
+    try:
+        with httpx.stream("GET", archive.served.url + "/users/bob/big.bundle",
+                          timeout=30) as slow:
+            first = next(slow.iter_raw(65536))
+            assert first == big[:len(first)]
+            # The client reads no more; the server still answers everyone else.
+            for _ in range(5):
+                assert archive.served.get("/api/stats").status_code == 200
+                assert archive.served.get("/users/alice/hello.bundle").status_code == 200
+    finally:
+        store.delete("bob/big.bundle")

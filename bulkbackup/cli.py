@@ -106,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("rebuild", "rebuild `tracked` from the durable store")
     command("reset", "set every score to 0: every user is due again")
+
+    s = command("serve", "the web server: status, search, downloads, metrics")
+    s.add_argument("--host", metavar="H", help="address to listen on (default: serve.host)")
+    s.add_argument("--port", type=at_least(0), metavar="P",
+                   help="port to listen on (default: serve.port)")
+
+    s = command("track", "add users by hand (as ingest: ZADD NX -inf)")
+    s.add_argument("logins", nargs="+", metavar="LOGIN")
     return p
 
 
@@ -133,6 +141,10 @@ def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:
         return commands.verify_command(settings, args.logins, args.sample, as_json=args.json)
     if cmd == "rebuild":
         return commands.rebuild_command(settings)
+    if cmd == "serve":
+        return commands.serve_command(settings, args.host, args.port)
+    if cmd == "track":
+        return commands.track_command(settings, args.logins)
     raise AssertionError(cmd)  # pragma: no cover - argparse refuses unknown commands
 
 

@@ -293,3 +293,42 @@ def _render_verify(report: VerifyReport) -> str:
         lines += [f"  {r.name}: FAILED: {r.reason}" for r in user.repos
                   if r.outcome is Outcome.FAILED]
     return "\n".join(lines) if lines else "no users to verify"
+
+
+def serve_command(settings: Settings, host: str | None, port: int | None) -> int:
+    """Serve until SIGINT/SIGTERM. Binds serve.host (127.0.0.1 unless told otherwise)."""
+    from bulkbackup.errors import ConfigError
+
+    try:
+        from bulkbackup.web.server import serve
+    except ImportError as exc:
+        raise ConfigError(f"serve needs the optional dependencies: pip install "
+                          f"'bulkbackup[serve]' ({exc.name} is missing)") from None
+    host = host or settings.serve.host
+    port = settings.serve.port if port is None else port
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be 0-65535, not {port}")
+    print(f"bulkbackup serve: http://{host}:{port}/ (Ctrl-C stops)", file=sys.stderr,
+          flush=True)
+    serve(settings, host, port)
+    return 0
+
+
+def track_command(settings: Settings, logins: list[str]) -> int:
+    """Add users by hand (ZADD NX -inf, as ingest): each one added or already tracked."""
+    from bulkbackup import tracked
+    from bulkbackup.connection import connect
+    from bulkbackup.names import check_login
+
+    for login in logins:
+        try:
+            check_login(login)
+        except InvalidName as exc:
+            raise UsageError(str(exc)) from None
+    added, existing = tracked.add_never_synced(connect(settings.redis), logins)
+    for login in added:
+        print(f"{login}: added")
+    for login in existing:
+        print(f"{login}: already tracked")
+    print(f"track: {len(added)} added, {len(existing)} already tracked", file=sys.stderr)
+    return 0

@@ -110,12 +110,21 @@ class RunSettings:
 
 
 @dataclass(frozen=True)
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    admin_token: str = field(default="", repr=False)  # a secret: never in a repr
+    redirect_downloads: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     github: GitHubSettings = field(default_factory=GitHubSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
     run: RunSettings = field(default_factory=RunSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
 
 
 def load(
@@ -165,7 +174,11 @@ def _apply_env(s: Settings, env: typing.Mapping[str, str]) -> Settings:
         gh = dataclasses.replace(gh, tokens=tuple(dict.fromkeys(tokens)))
     if env.get("BULKBACKUP_WORKER_HOST"):
         run = dataclasses.replace(run, worker_host=env["BULKBACKUP_WORKER_HOST"])
-    out = Settings(redis=redis_s, store=store_s, github=gh, ingest=s.ingest, run=run)
+    serve = s.serve
+    if env.get("BULKBACKUP_ADMIN_TOKEN", "").strip():
+        serve = dataclasses.replace(serve, admin_token=env["BULKBACKUP_ADMIN_TOKEN"].strip())
+    out = Settings(redis=redis_s, store=store_s, github=gh, ingest=s.ingest, run=run,
+                   serve=serve)
     _validate(out)
     if store_scheme(out.store.url) == "s3":
         _check_endpoints(env)
@@ -201,6 +214,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "run.grace_s": (0, 86_400),
     "run.redis_retry_s": (0, 86_400),
     "run.max_attempts": (1, 1000),
+    "serve.port": (0, 65535),
     "run.git_low_speed_bytes_s": (0, None),  # 0: no low-speed limit
     "run.git_low_speed_time_s": (1, 86_400),
     "run.git_threads": (1, 64),
@@ -268,6 +282,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"github.api must be graphql or rest: {s.github.api!r}")
     if s.github.graphql_url and urlsplit(s.github.graphql_url).scheme not in ("http", "https"):
         raise ConfigError(f"github.graphql_url must be http(s): {s.github.graphql_url!r}")
+    if not s.serve.host:
+        raise ConfigError("serve.host must not be empty")
     host = s.run.worker_host
     if not host or any(c.isspace() for c in host):
         raise ConfigError(f"worker host must be non-empty without spaces: {host!r}")

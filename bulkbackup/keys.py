@@ -55,3 +55,23 @@ def quota(resource: str, token_id: str) -> str:
 
 def quota_pause(token_id: str) -> str:
     return f"{QUOTA_PREFIX}pause:{token_id}"
+
+
+# -- the web server's figures (bulkbackup serve) ----------------------------------------------
+# Per-minute counters, a hash per minute (fields users, repos, bytes), incremented by
+# complete.lua for each synced user; named by the minute (Redis server time // 60).
+RATE_PREFIX = "bulkbackup:rate:"
+RATE_TTL_S = 2 * 3600
+# Worker heartbeats: a sorted set worker id -> last seen (unix s), and per worker a string
+# (JSON figures) that expires on its own; both written by the lock refresher thread.
+WORKERS = "bulkbackup:workers"
+WORKER_PREFIX = "bulkbackup:worker:"
+WORKER_TTL_S = 60
+
+
+def rate(minute: int) -> str:
+    return f"{RATE_PREFIX}{minute}"
+
+
+def worker(worker_id: str) -> str:
+    return WORKER_PREFIX + worker_id

@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import orjson
 import redis
 
 from bulkbackup import keys
@@ -46,6 +48,10 @@ class LockKeeper:
         self._thread: threading.Thread | None = None
         # Below this much validity left, a write asks Redis instead of trusting the refresher.
         self.margin_s = min(2.0, lock_ttl_s / 4)
+        # For the heartbeat (see heartbeat()): when this process started, and what it
+        # completed in the last minute: (unix time, repos, bytes) per user.
+        self.started_at = time.time()
+        self._done: deque[tuple[float, int, int]] = deque()
 
     def start(self) -> LockKeeper:
         self._thread = threading.Thread(target=self._run, name="lock-refresher", daemon=True)
@@ -155,13 +161,45 @@ class LockKeeper:
                     self._lost.add(member)
         return True
 
+    def note_done(self, repos: int, nbytes: int) -> None:
+        """Count one completed user (for the heartbeat's per-minute figures)."""
+        with self._mu:
+            self._done.append((time.time(), repos, nbytes))
+
+    def heartbeat(self) -> None:
+        """Tell `bulkbackup serve` this process is alive, in one pipelined round trip: its
+        figures under a key that expires on its own, and its last-seen time in a sorted set
+        that the heartbeats themselves keep pruned. A failure only loses one beat."""
+        now = time.time()
+        with self._mu:
+            while self._done and self._done[0][0] < now - 60:
+                self._done.popleft()
+            done = list(self._done)
+            held = len(self._valid_until)
+        host = self.worker_id.split(".", 2)[-1]
+        figures = {"id": self.worker_id, "host": host, "since": int(self.started_at),
+                   "seen": int(now), "users_per_min": len(done),
+                   "repos_per_min": sum(d[1] for d in done),
+                   "bytes_per_min": sum(d[2] for d in done), "users": held}
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            pipe.set(keys.worker(self.worker_id), orjson.dumps(figures), ex=keys.WORKER_TTL_S)
+            pipe.zadd(keys.WORKERS, {self.worker_id: now})
+            pipe.zremrangebyscore(keys.WORKERS, "-inf", now - 10 * keys.WORKER_TTL_S)
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.debug("heartbeat failed: %s", exc)
+
     def _run(self) -> None:
         interval = self.ttl_s / 2
         wait = interval
+        self.heartbeat()
         while not self._stop.wait(wait):
             ok = self.refresh_once()
+            self.heartbeat()
             # After a failure retry soon: a lock not refreshed within its ttl is gone.
             wait = interval if ok else min(1.0, interval / 4)
+        self.heartbeat()  # the last figures of a process that stops
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ Connections, the server's clock and the Lua scripts are in `bulkbackup.connectio
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -65,25 +66,30 @@ class Claimer:
                 return claimed, max(remaining - len(claimed), 0)
             # More were given up on than this read stepped over: read again, further.
 
-    def finish(self, member: str, synced: bool, counts: str = "") -> Completion:
+    def finish(self, member: str, synced: bool, counts: str = "", repos: int = 0,
+               nbytes: int = 0) -> Completion:
         """Synced: score := now. Not synced: the score it had is restored. DONE, or LOST when
         the lock was no longer ours (nothing changed).
 
-        ``counts`` (store.layout.UserCounts, encoded) is cached for the stats pass in the same call.
+        ``counts`` (store.layout.UserCounts, encoded) is cached for the stats pass in the same
+        call; ``repos`` and ``nbytes`` (archived by this sync) go to the per-minute counters.
         """
-        return self._complete(member, 1 if synced else 0, counts)
+        return self._complete(member, 1 if synced else 0, counts, 0, repos, nbytes)
 
     def fail(self, member: str, max_attempts: int) -> Completion:
         """Give back after a failure: DONE (retried in this run), DEFERRED (its
         ``max_attempts``-th failure in a row: left for the next run), or LOST."""
         return self._complete(member, 2, "", max_attempts)
 
-    def _complete(self, member: str, mode: int, counts: str, max_attempts: int = 0) -> Completion:
+    def _complete(self, member: str, mode: int, counts: str, max_attempts: int = 0,
+                  repos: int = 0, nbytes: int = 0) -> Completion:
+        # The minute in Redis server time (the clock every host shares), for the rate key.
+        minute = int((time.time() + self.clock_offset_s) // 60)
         code = self.scripts.complete(
             keys=[keys.TRACKED, keys.LEASES, keys.CLAIMS, keys.lock(member), keys.SYNCD,
-                  keys.FAILURES, keys.deferred(self.run_start)],
+                  keys.FAILURES, keys.deferred(self.run_start), keys.rate(minute)],
             args=[member, self.worker_id, mode, keys.login_of(member), counts, max_attempts,
-                  keys.DEFERRED_TTL_S],
+                  keys.DEFERRED_TTL_S, repos, nbytes, keys.RATE_TTL_S],
         )
         return Completion(int(code))  # ValueError on anything else: a script out of step
 
@@ -153,3 +159,15 @@ def counts(r: redis.Redis) -> dict[str, int]:
     pipe.zcard(keys.LEASES)
     tracked, never, claimed = pipe.execute()
     return {"tracked": tracked, "never_synced": never, "claimed": claimed}
+
+
+def add_never_synced(r: redis.Redis, logins: list[str]) -> tuple[list[str], list[str]]:
+    """Add ``logins`` (already validated) with ZADD NX -inf, as ingest does:
+    (added, already tracked)."""
+    unique = list(dict.fromkeys(logins))
+    pipe = r.pipeline(transaction=False)
+    for login in unique:
+        pipe.zadd(keys.TRACKED, {keys.member(login): -math.inf}, nx=True)
+    added = [int(x) for x in pipe.execute()]
+    return ([x for x, a in zip(unique, added, strict=True) if a],
+            [x for x, a in zip(unique, added, strict=True) if not a])

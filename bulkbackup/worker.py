@@ -311,9 +311,10 @@ class Worker:
         rs = self.args.settings.run.redis_retry_s
         counts = result.counts()
         cached = counts.encode() if counts is not None else ""
-        finished = _retrying("complete", lambda: self.claimer.finish(member, True, cached), rs,
-                             threading.Event())
+        finished = _retrying("complete", lambda: self.claimer.finish(
+            member, True, cached, result.archived, result.bytes), rs, threading.Event())
         self.keeper.drop(member)
+        self.keeper.note_done(result.archived, result.bytes)
         if finished is Completion.LOST:
             self._report(Lost(self.args.index, login))
             return

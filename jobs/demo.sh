@@ -80,3 +80,5 @@ git clone --quiet "$bundle" "$work/restored"
 git -C "$work/restored" log --oneline -3
 ls "$work/restored"
 echo "== done: archives are in $STORE"
+echo "== look at it in a browser (pip install -e '.[serve]'; a Redis started by this demo stops with it, \`bulkbackup rebuild\` refills another):"
+echo "   REDIS_URL=$REDIS_URL BULKBACKUP_STORE=$STORE bulkbackup serve   # then open http://127.0.0.1:8000/"

@@ -14,6 +14,9 @@ import pytest
 import redis
 
 from bulkbackup import config
+from bulkbackup.store import Store
+from bulkbackup.store.local import LocalStore
+from bulkbackup.store.s3 import S3Store
 from bulkbackup.testing.forge import Forge
 from bulkbackup.testing.services import free_port, start_moto, start_redis
 
@@ -127,3 +130,13 @@ def run_cli(*args: str, stdin: bytes | None = None, env: dict[str, str] | None =
         proc.args, proc.returncode, proc.stdout.decode("utf-8", "replace"),
         proc.stderr.decode("utf-8", "replace"),
     )
+
+
+def remove_object(store: Store, key: str) -> None:
+    """Delete an object the way an operator would, not through the store (which has no
+    delete)."""
+    if isinstance(store, S3Store):
+        store._client.delete_object(Bucket=store.bucket, Key=key)
+    else:
+        assert isinstance(store, LocalStore)
+        store._path(key).unlink()

@@ -13,11 +13,9 @@ import redis
 
 from bulkbackup import config
 from bulkbackup.store import Store, open_store
-from bulkbackup.store.local import LocalStore
-from bulkbackup.store.s3 import S3Store
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.timeutil import parse_rfc3339
-from tests.conftest import run_cli
+from tests.conftest import remove_object, run_cli
 
 
 @pytest.fixture
@@ -29,15 +27,6 @@ def store(
     s = open_store(config.load().store)
     yield s
     s.close()
-
-
-def remove_behind_its_back(store: Store, key: str) -> None:
-    """Delete an object the way an operator would, not through the store (which has no delete)."""
-    if isinstance(store, S3Store):
-        store._client.delete_object(Bucket=store.bucket, Key=key)
-    else:
-        assert isinstance(store, LocalStore)
-        store._path(key).unlink()
 
 
 def build(forge: Forge) -> None:
@@ -79,7 +68,7 @@ def test_syncd_repos_written_only_where_it_changed(store: Store, forge: Forge,
     build(forge)
     first = stats()
     assert first["pass"]["syncd_repos_written"] == 0  # the sync job wrote the right values
-    remove_behind_its_back(store, "octocat/a.bundle")  # the store changed behind our back
+    remove_object(store, "octocat/a.bundle")  # the store changed behind our back
     second = stats()
     assert second["pass"]["syncd_repos_written"] == 1
     head = store.head("octocat")
@@ -94,7 +83,7 @@ def test_syncd_repos_written_only_where_it_changed(store: Store, forge: Forge,
 
 def test_no_write_reports_only(store: Store, forge: Forge, r: redis.Redis) -> None:
     build(forge)
-    remove_behind_its_back(store, "alice/only.bundle")
+    remove_object(store, "alice/only.bundle")
     report = stats("--no-write")
     assert report["pass"]["syncd_repos_written"] == 0
     head = store.head("alice")
@@ -154,7 +143,7 @@ def _store_snapshot(store: Store) -> dict[str, object]:
 def test_no_write_writes_nothing_anywhere(store: Store, forge: Forge, r: redis.Redis) -> None:
     """`stats --no-write`: Redis and the store are the same, key for key, before and after."""
     build(forge)
-    store.delete("alice/only.bundle")  # SyncdRepos is now stale: a writing pass would fix it
+    remove_object(store, "alice/only.bundle")  # SyncdRepos is stale: a writing pass would fix it
     r.hdel("bulkbackup:syncd", "octocat")  # and a cache entry is missing
     before = (_redis_snapshot(r), _store_snapshot(store))
     report = stats("--no-write")

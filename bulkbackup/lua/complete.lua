@@ -10,6 +10,8 @@
 --         the member joins KEYS[7] and waits for the next run)
 -- ARGV[4] login    ARGV[5] counts for KEYS[5] ('' = leave it)
 -- ARGV[6] max attempts   ARGV[7] seconds KEYS[7] is kept
+-- KEYS[8] bulkbackup:rate:<minute> (optional: per-minute counters users/repos/bytes, synced
+--         only)   ARGV[8] repositories archived   ARGV[9] bytes uploaded   ARGV[10] its TTL (s)
 -- Returns (tracked.Completion) 0 LOST: the lock is not ours, nothing changed; 1 DONE: done or
 -- given back; 2 DEFERRED: given back and left for the next run.
 -- The lock is deleted (compare-and-delete) rather than left to expire, so a user given
@@ -38,4 +40,10 @@ if ARGV[5] ~= '' then redis.call('HSET', KEYS[5], ARGV[4], ARGV[5]) end
 redis.call('ZREM', KEYS[2], member)
 redis.call('HDEL', KEYS[3], member)
 redis.call('DEL', KEYS[4])
+if ARGV[3] == '1' and KEYS[8] then
+  redis.call('HINCRBY', KEYS[8], 'users', 1)
+  redis.call('HINCRBY', KEYS[8], 'repos', tonumber(ARGV[8]) or 0)
+  redis.call('HINCRBY', KEYS[8], 'bytes', tonumber(ARGV[9]) or 0)
+  redis.call('EXPIRE', KEYS[8], tonumber(ARGV[10]) or 7200)
+end
 return result

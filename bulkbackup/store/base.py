@@ -149,8 +149,14 @@ class Store(abc.ABC):
         """Every key starting with ``prefix`` (no delimiter), streamed page by page."""
 
     @abc.abstractmethod
-    def list_top(self) -> Iterator[ObjectInfo]:
-        """The top-level objects (keys without '/': the usernames), streamed."""
+    def list_top(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """The top-level objects (keys without '/': the usernames) starting with ``prefix``,
+        streamed."""
+
+    def presigned_url(self, key: str, expires_s: int) -> str | None:
+        """A URL that downloads ``key`` without credentials, or None when the store has none
+        (the local store)."""
+        return None
 
     def read_bytes(self, key: str) -> bytes:
         """The whole object in memory (small objects only: the user object, tests)."""

@@ -349,8 +349,8 @@ class LocalStore(Store):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         return self._paged(self._list(prefix))
 
-    def list_top(self) -> Iterator[ObjectInfo]:
-        return self._paged(self._list_top())
+    def list_top(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self._paged(self._list_top(prefix))
 
     def _paged(self, infos: Iterator[ObjectInfo]) -> Iterator[ObjectInfo]:
         """Count a listing as S3 would: one request per page of ``list_page_size`` keys.
@@ -376,8 +376,8 @@ class LocalStore(Store):
         yield from (info for info in self._user_objects("/".join(parents), folder, False)
                     if info.key.startswith(prefix))
 
-    def _list_top(self) -> Iterator[ObjectInfo]:
-        for login, folder in self._users(""):
+    def _list_top(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        for login, folder in self._users(prefix):
             try:
                 st = os.stat(folder / OBJECT)
             except (FileNotFoundError, NotADirectoryError):

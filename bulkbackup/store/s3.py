@@ -324,10 +324,18 @@ class S3Store(Store):
         for page in self._pages(repr(prefix) if prefix else "the store", Prefix=prefix):
             yield from self._infos(page)
 
-    def list_top(self) -> Iterator[ObjectInfo]:
+    def list_top(self, prefix: str = "") -> Iterator[ObjectInfo]:
         # With a delimiter each user's folder is one CommonPrefixes entry, not a page of keys.
-        for page in self._pages("the users", Delimiter="/"):
+        for page in self._pages("the users", Delimiter="/", Prefix=prefix):
             yield from self._infos(page)
+
+    def presigned_url(self, key: str, expires_s: int) -> str | None:
+        check_key(key)
+        name = key.rsplit("/", 1)[-1]
+        return str(self._call(key, "sign", lambda: self._client.generate_presigned_url(
+            "get_object", ExpiresIn=expires_s, Params={
+                "Bucket": self.bucket, "Key": key,
+                "ResponseContentDisposition": f'attachment; filename="{name}"'})))
 
     def close(self) -> None:
         self._client.close()

@@ -1,0 +1,1 @@
+"""`bulkbackup serve`: the archive's web face (status, search, downloads, rates, metrics)."""

@@ -1,0 +1,276 @@
+"""The Starlette application: routes, error pages, security headers.
+
+Every page has a JSON twin under /api. Nothing but POST /api/users changes state. Blocking
+reads (redis-py, boto3, files) run in Starlette's threadpool: measured, that is cheaper here
+than redis.asyncio for a page's pipelined reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import jinja2
+import redis
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from bulkbackup.config import Settings
+from bulkbackup.errors import StoreError
+from bulkbackup.names import is_login, is_repo_name
+from bulkbackup.store import Store
+from bulkbackup.web import data, downloads, http, metrics
+from bulkbackup.web.http import JSONResponse, Unavailable
+from bulkbackup.web.render import svg
+from bulkbackup.web.users import Cursor, Users
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).resolve().parent
+_T = TypeVar("_T")
+Doc = dict[str, Any]
+DETAIL_CONCURRENCY = 4
+
+
+class Site:
+    """The handlers, sharing one Redis client, one store and the templates."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.backend = data.Backend(settings)
+        self.users = Users(self.backend.r)
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
+                                 autoescape=True, undefined=jinja2.StrictUndefined)
+        env.filters["size"] = http.size
+        env.filters["iso"] = data.iso
+        self.templates = Jinja2Templates(env=env)
+        self.registry = metrics.registry(self.backend)
+        # Users described at once (each runs up to detail.HEAD_THREADS store requests).
+        self.detail_slots = asyncio.Semaphore(DETAIL_CONCURRENCY)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    async def blocking(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run a blocking read in the threadpool; a failing backend becomes Unavailable."""
+        try:
+            return await run_in_threadpool(fn, *args)
+        except redis.RedisError as exc:
+            log.warning("redis: %s", exc)
+            raise Unavailable("redis") from None
+        except StoreError as exc:
+            if type(exc) is not StoreError:
+                raise
+            log.warning("store: %s", exc)
+            raise Unavailable("store") from None
+
+    def page(self, request: Request, name: str, context: Doc, status: int = 200) -> Response:
+        context.setdefault("banner", "")
+        return self.templates.TemplateResponse(request, name, context, status_code=status)
+
+    async def live_store(self) -> Store:
+        """The store, when it answers (checked at most every few seconds): a local store
+        whose folder is gone would otherwise look empty and answer 404s."""
+        store = self.backend.fresh_store()
+        if store is not None:
+            return store
+        if await run_in_threadpool(self.backend.store_problem):
+            raise Unavailable("store")
+        return await self.blocking(self.backend.store)
+
+    async def store_or_none(self) -> Store | None:
+        try:
+            return await self.live_store()
+        except Unavailable:
+            return None
+
+    async def store_banner(self) -> str:
+        if await self.store_or_none() is None:
+            return "The archive store does not answer right now."
+        return ""
+
+    # -- dashboard ---------------------------------------------------------------------------
+
+    async def api_stats(self, request: Request) -> Response:
+        stats = await self.blocking(data.stats, self.backend.r)
+        return JSONResponse(stats.to_json())
+
+    async def index(self, request: Request) -> Response:
+        stats = await self.blocking(data.stats, self.backend.r)
+        return self.page(request, "index.html", {
+            "s": stats, "banner": await self.store_banner(),
+            "rate_svg": svg.users_per_minute(stats.users_per_minute),
+            "fresh_svg": svg.freshness(stats.freshness)})
+
+    # -- users -------------------------------------------------------------------------------
+
+    async def list_users(self, request: Request) -> tuple[Doc, int]:
+        q = request.query_params.get("q", "")
+        raw_cursor = request.query_params.get("cursor", "")
+        limit = http.page_limit(request.query_params.get("limit"))
+        if q and not is_login(q):
+            return {"error": "q must be the start of a login (letters, digits, hyphens)",
+                    "users": [], "next": None, "q": q}, 400
+        cursor = Cursor.decode(raw_cursor) if raw_cursor else None
+        if raw_cursor and cursor is None:
+            return {"error": "invalid cursor", "users": [], "next": None, "q": q}, 400
+        if q:
+            store = await self.live_store()
+            rows, more = await self.blocking(self.users.search, q, limit, store)
+            return {"users": [r.to_json() for r in rows], "next": None, "more": more,
+                    "q": q}, 200
+        store_or_none = await self.store_or_none()  # only for users without a summary
+        rows, nxt = await self.blocking(self.users.page, cursor, limit, store_or_none)
+        return {"users": [r.to_json() for r in rows], "next": nxt.encode() if nxt else None,
+                "q": ""}, 200
+
+    async def api_users(self, request: Request) -> Response:
+        doc, status = await self.list_users(request)
+        return JSONResponse(doc, status_code=status)
+
+    async def users_page(self, request: Request) -> Response:
+        doc, status = await self.list_users(request)
+        return self.page(request, "users.html", {"doc": doc,
+                                                 "banner": await self.store_banner()}, status)
+
+    async def user_detail(self, request: Request) -> Doc:
+        login = request.path_params["login"]
+        if not is_login(login):
+            raise HTTPException(404)
+        store = await self.live_store()
+        # Waiting here holds no thread: the threadpool stays free for other requests.
+        async with self.detail_slots:
+            detail = await self.blocking(self.users.detail, login, store)
+        if detail is None:
+            raise HTTPException(404)
+        return detail
+
+    async def api_user(self, request: Request) -> Response:
+        return JSONResponse((await self.user_detail(request))["user"])
+
+    async def user_page(self, request: Request) -> Response:
+        detail = await self.user_detail(request)
+        return self.page(request, "user.html", {"d": detail, "u": detail["user"],
+                                                "base": str(request.base_url).rstrip("/")})
+
+    async def user_object(self, request: Request) -> Response:
+        login = request.path_params["login"]
+        if not is_login(login):
+            raise HTTPException(404)
+        store = await self.live_store()
+        head = await self.blocking(store.head, login)
+        if head is None:
+            raise HTTPException(404)
+        return await self.blocking(downloads.respond_json, request, store, login, head)
+
+    async def download(self, request: Request) -> Response:
+        login, file = request.path_params["login"], request.path_params["file"]
+        repo, dot, kind = file.rpartition(".")
+        if not dot or kind not in downloads.CONTENT_TYPES or not is_login(login) \
+                or not is_repo_name(repo):
+            raise HTTPException(404)
+        key = f"{login}/{repo}.{kind}"
+        store = await self.live_store()
+        head = await self.blocking(store.head, key)
+        if head is None or head.size == 0:  # a zero-byte bundle means "no archive"
+            raise HTTPException(404)
+        return await self.blocking(downloads.respond, request, store, key, kind, head,
+                                   self.settings.serve.redirect_downloads)
+
+    # -- workers, writes, health ---------------------------------------------------------------
+
+    async def api_workers(self, request: Request) -> Response:
+        rows = await self.blocking(data.workers, self.backend.r)
+        return JSONResponse({"workers": [vars(w) for w in rows]})
+
+    async def workers_page(self, request: Request) -> Response:
+        rows = await self.blocking(data.workers, self.backend.r)
+        return self.page(request, "workers.html", {"workers": rows})
+
+    async def add_users(self, request: Request) -> Response:
+        token = self.settings.serve.admin_token
+        if not token:
+            return JSONResponse({"error": "adding users is disabled (no admin token)"}, 403)
+        if not hmac.compare_digest(http.bearer(request).encode(), token.encode()):
+            return JSONResponse({"error": "wrong or missing admin token"}, 401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        logins, error = await http.read_logins(request)
+        if error:
+            return JSONResponse({"error": error}, 400)
+        added, existing = await self.blocking(self.users.track, logins)
+        log.info("added %d users by the API (%d already tracked)", len(added), len(existing))
+        return JSONResponse({"added": added, "existing": existing})
+
+    async def healthz(self, request: Request) -> Response:
+        try:
+            await run_in_threadpool(self.backend.r.ping)
+        except redis.RedisError:
+            return PlainTextResponse("redis unavailable\n", 503)
+        if await run_in_threadpool(self.backend.store_problem):
+            return PlainTextResponse("store unavailable\n", 503)
+        return PlainTextResponse("ok\n")
+
+    async def metrics_text(self, request: Request) -> Response:
+        body = await self.blocking(metrics.render, self.registry)
+        return Response(body, media_type=metrics.CONTENT_TYPE)
+
+    # -- errors ------------------------------------------------------------------------------
+
+    async def unavailable(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Unavailable)
+        if http.is_api(request):
+            return JSONResponse({"error": str(exc)}, 503)
+        what = "The database (Redis)" if exc.part == "redis" else "The archive store"
+        return self.page(request, "error.html", {
+            "banner": f"{what} does not answer right now.", "title": "unavailable"}, 503)
+
+    async def http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        text = "not found" if exc.status_code == 404 else "error"
+        if http.is_api(request):
+            return JSONResponse({"error": text}, exc.status_code)
+        return self.page(request, "error.html", {"title": text}, exc.status_code)
+
+    async def internal(self, request: Request, exc: Exception) -> Response:
+        log.error("internal error on %s: %s", request.url.path, type(exc).__name__,
+                  exc_info=exc)
+        return PlainTextResponse("internal error\n", 500)
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/", self.index), Route("/api/stats", self.api_stats),
+            Route("/users", self.users_page),
+            Route("/api/users", self.api_users, methods=["GET"]),
+            Route("/api/users", self.add_users, methods=["POST"]),
+            Route("/users/{login}.json", self.user_object),  # before /users/{login}
+            Route("/users/{login}", self.user_page), Route("/api/users/{login}", self.api_user),
+            Route("/users/{login}/{file}", self.download),
+            Route("/workers", self.workers_page), Route("/api/workers", self.api_workers),
+            Route("/healthz", self.healthz), Route("/metrics", self.metrics_text),
+            Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+        ]
+
+
+def create_app(settings: Settings) -> Starlette:
+    site = Site(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        site.users.stored.close()
+        site.backend.close()
+
+    app = Starlette(routes=site.routes(), lifespan=lifespan, exception_handlers={
+        Unavailable: site.unavailable, HTTPException: site.http_error,
+        Exception: site.internal})
+    app.add_middleware(http.SecurityHeaders)
+    return app

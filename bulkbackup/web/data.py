@@ -1,0 +1,286 @@
+"""What the pages read from Redis and the store: totals, rates, freshness, workers.
+
+Every figure costs a bounded number of Redis commands whatever the number of users (ZCARD,
+ZCOUNT ranges, a few hashes): nothing here scans `tracked` or the store. Calls block; the app
+runs them in Starlette's threadpool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+from bulkbackup import keys
+from bulkbackup.config import Settings
+from bulkbackup.connection import connect, server_time
+from bulkbackup.errors import ConfigError, StoreError
+from bulkbackup.store import Store, open_store
+
+DAY_S = 86400
+# (name, youngest age, oldest age) of the freshness buckets, by last-sync age.
+FRESHNESS = (("lt_1d", 0, DAY_S), ("lt_7d", DAY_S, 7 * DAY_S),
+             ("lt_30d", 7 * DAY_S, 30 * DAY_S), ("older", 30 * DAY_S, None))
+RATE_WINDOWS_MIN = (1, 15, 60)
+WORKERS_MAX = 1000
+# How long a store check (and a failed store opening) is remembered.
+STORE_CHECK_S = 5.0
+# A key that can never be an object (not a login): probing it answers "nothing" quickly.
+PROBE_KEY = "%healthz"
+
+
+@dataclass(frozen=True)
+class Stats:
+    tracked: int
+    never_synced: int
+    due: int
+    claimed: int
+    synced: int
+    errors: int | None
+    repos: int | None
+    bytes: int | None
+    stats_at: int | None
+    rates: dict[str, dict[str, float]]
+    users_per_minute: list[int]  # the last 60 minutes, oldest first (the current one last)
+    freshness: dict[str, int]
+    last_run: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out.pop("users_per_minute")
+        out["series"] = {"users_per_minute": self.users_per_minute}
+        return out
+
+
+@dataclass
+class Backend:
+    """The server's Redis client and store, shared by the threadpool's threads."""
+
+    settings: Settings
+    r: redis.Redis = field(init=False)
+    _store: Store | None = field(default=None, init=False)
+    _store_error: str = field(default="", init=False)
+    _checked_at: float = field(default=-1e9, init=False)
+    _mu: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def __post_init__(self) -> None:
+        self.r = connect(dataclasses.replace(
+            self.settings.redis, socket_timeout_s=min(self.settings.redis.socket_timeout_s, 5.0)))
+
+    def store(self) -> Store:
+        """The store, opened on first use and again after a failed opening (at most every
+        STORE_CHECK_S). Never creates a bucket or a folder: serve only reads."""
+        with self._mu:
+            if self._store is not None:
+                return self._store
+            if time.monotonic() - self._checked_at < STORE_CHECK_S and self._store_error:
+                raise StoreError(self._store_error)
+            self._checked_at = time.monotonic()
+            try:
+                # Read-only: a missing bucket or folder is reported, never created.
+                self._store = open_store(self.settings.store, threads=8, create=False)
+            except (StoreError, ConfigError) as exc:  # missing now, perhaps back later
+                self._store_error = str(exc)
+                raise StoreError(str(exc)) from None
+            self._store_error = ""
+            return self._store
+
+    def fresh_store(self) -> Store | None:
+        """The open store when its last check is recent and found it answering; else None
+        (then ask store_problem()). No I/O: cheap enough for the event loop."""
+        with self._mu:
+            if (self._store is not None and not self._store_error
+                    and time.monotonic() - self._checked_at < STORE_CHECK_S):
+                return self._store
+        return None
+
+    def store_problem(self) -> str:
+        """'' when the store answers (checked at most every STORE_CHECK_S), else why not."""
+        with self._mu:
+            if time.monotonic() - self._checked_at < STORE_CHECK_S:
+                return self._store_error
+        try:
+            store = self.store()
+            root = getattr(store, "root", None)
+            if isinstance(root, Path):
+                if not root.is_dir():
+                    raise StoreError(f"store folder {root} does not exist")
+                store.head(PROBE_KEY)
+            else:
+                # One listing request: unlike a HEAD of a missing key, it fails when the
+                # bucket itself is gone.
+                next(iter(store.list_top(PROBE_KEY)), None)
+            problem = ""
+        except StoreError as exc:
+            problem = str(exc).splitlines()[0][:300] if str(exc) else "store error"
+        with self._mu:
+            self._store_error, self._checked_at = problem, time.monotonic()
+        return problem
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+        self.r.close()
+
+
+def server_now(r: redis.Redis) -> float:
+    return server_time(r)
+
+
+def stats(r: redis.Redis) -> Stats:
+    """Every figure of the dashboard in two pipelined round trips."""
+    pipe = r.pipeline(transaction=False)
+    pipe.time()
+    pipe.hgetall(keys.LAST_RUN)
+    pipe.hmget(keys.LAST_STATS, "json", "at")
+    (sec, usec), last_run, (last_stats, stats_at) = pipe.execute()
+    now = float(sec) + usec / 1e6
+    minute = int(now // 60)
+    since = _float(last_run.get("started_at"))
+    pipe = r.pipeline(transaction=False)
+    pipe.zcard(keys.TRACKED)
+    pipe.zcount(keys.TRACKED, "-inf", "-inf")
+    pipe.zcount(keys.TRACKED, "-inf", f"({since}" if since else "-inf")
+    pipe.zcard(keys.LEASES)
+    for _, young, old in FRESHNESS:
+        pipe.zcount(keys.TRACKED, "(-inf" if old is None else now - old,
+                    f"({now - young}" if young else "(inf")
+    for m in range(minute - 60, minute + 1):
+        pipe.hmget(keys.rate(m), "users", "repos", "bytes")
+    out = pipe.execute()
+    n_tracked, never, due, claimed = (int(x) for x in out[:4])
+    fresh = [int(x) for x in out[4:4 + len(FRESHNESS)]]
+    buckets = [[_int(v) or 0 for v in row] for row in out[4 + len(FRESHNESS):]]
+    report = _json(last_stats)
+    return Stats(
+        tracked=n_tracked, never_synced=never, due=due, claimed=claimed,
+        synced=n_tracked - never,
+        errors=_dig(report, "users", "with_errors"),
+        repos=_dig(report, "repositories", "archived"),
+        bytes=_sum(_dig(report, "bytes", "bundles"), _dig(report, "bytes", "zips")),
+        stats_at=_int(stats_at) if report else None,
+        rates=_rates(buckets, now),
+        users_per_minute=[b[0] for b in buckets[1:]],
+        freshness={"never": never, **{name: n for (name, _, _), n in zip(FRESHNESS, fresh,
+                                                                         strict=True)}},
+        last_run=_last_run(last_run),
+    )
+
+
+def _rates(buckets: list[list[int]], now: float) -> dict[str, dict[str, float]]:
+    """Per-minute rates over the last N minutes: the N complete minutes before the current
+    one plus the current one so far, divided by the time they span (never inflated by a
+    minute that has just begun)."""
+    into = now % 60
+    out: dict[str, dict[str, float]] = {}
+    for n in RATE_WINDOWS_MIN:
+        window = buckets[-(n + 1):]
+        span_min = (n * 60 + into) / 60
+        out[f"{n}m"] = {what: round(sum(b[i] for b in window) / span_min, 2)
+                        for i, what in enumerate(("users", "repos", "bytes"))}
+    return out
+
+
+def _last_run(raw: dict[str, str]) -> dict[str, Any]:
+    if not raw:
+        return {}
+    out: dict[str, Any] = {}
+    for name in ("started_at", "ended_at"):
+        value = _float(raw.get(name))
+        out[name] = _iso(value) if value else None
+    for name in ("users", "repos", "archived", "bytes", "errors", "deferred", "procs"):
+        out[name] = _int(raw.get(name))
+    out["elapsed_s"] = _float(raw.get("elapsed_s"))
+    out["users_per_s"] = _float(raw.get("users_per_s"))
+    return out
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    id: str
+    host: str
+    since: str | None
+    seen: str | None
+    users_per_min: int
+    repos_per_min: int
+    bytes_per_min: int
+    users: int
+
+
+def workers(r: redis.Redis) -> list[WorkerRow]:
+    """Worker processes whose heartbeat (see LockKeeper.heartbeat) is under a minute old."""
+    now = time.time()
+    ids = r.zrange(keys.WORKERS, now - keys.WORKER_TTL_S, "+inf", byscore=True, offset=0,
+                   num=WORKERS_MAX)
+    if not ids:
+        return []
+    rows = []
+    for wid, raw in zip(ids, r.mget([keys.worker(str(i)) for i in ids]), strict=True):
+        doc = _json(raw)
+        if not doc:
+            continue  # the figures expired between the two reads
+        rows.append(WorkerRow(
+            id=str(wid)[:200], host=str(doc.get("host", ""))[:200],
+            since=_iso(_float(doc.get("since"))), seen=_iso(_float(doc.get("seen"))),
+            users_per_min=_int(doc.get("users_per_min")) or 0,
+            repos_per_min=_int(doc.get("repos_per_min")) or 0,
+            bytes_per_min=_int(doc.get("bytes_per_min")) or 0,
+            users=_int(doc.get("users")) or 0))
+    rows.sort(key=lambda w: (w.host, w.id))
+    return rows
+
+
+def iso(epoch: float | None) -> str | None:
+    return _iso(epoch)
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None or epoch != epoch or epoch in (float("inf"), float("-inf")):
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _json(raw: object) -> dict[str, Any]:
+    if not isinstance(raw, str | bytes) or not raw:
+        return {}
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _dig(doc: dict[str, Any], *path: str) -> int | None:
+    value: Any = doc
+    for name in path:
+        value = value.get(name) if isinstance(value, dict) else None
+    return _int(value)
+
+
+def _sum(*values: int | None) -> int | None:
+    return None if any(v is None for v in values) else sum(v or 0 for v in values)
+
+
+def _int(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        return int(float(str(value))) if value is not None else None
+    except (ValueError, OverflowError):
+        return None
+
+
+def _float(value: object) -> float | None:
+    try:
+        f = float(str(value)) if value is not None and not isinstance(value, bool) else None
+    except ValueError:
+        return None
+    return f if f is not None and f == f else None

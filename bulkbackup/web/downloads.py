@@ -1,0 +1,147 @@
+"""Archive downloads streamed from the store: HEAD, ETag/Last-Modified, single-range Range.
+
+The data never sits whole in memory: it is read in CHUNK_BYTES pieces in the threadpool and
+written as the client takes it (the server's flow control pauses reading for slow clients).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.utils import format_datetime, parsedate_to_datetime
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response, StreamingResponse
+
+from bulkbackup.store import Head, Store
+
+CHUNK_BYTES = 1024 * 1024
+PRESIGN_S = 300
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+CONTENT_TYPES = {"bundle": "application/x-git-bundle", "zip": "application/zip"}
+JSON_TYPE = "application/json"
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    start: int
+    end: int  # inclusive
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+class Unsatisfiable(Exception):
+    """The Range asks for bytes the object does not have (416)."""
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """The one range ``header`` asks for; None for the whole object (no header, a header
+    this server does not serve such as several ranges, which RFC 9110 lets it ignore)."""
+    if not header:
+        return None
+    m = _RANGE.fullmatch(header.strip())
+    if m is None:
+        return None
+    first, last = m.group(1), m.group(2)
+    if not first and not last:
+        return None
+    if len(first) > 19 or len(last) > 19:
+        raise Unsatisfiable
+    if not first:  # the last N bytes
+        n = int(last)
+        if n == 0 or size == 0:
+            raise Unsatisfiable
+        return ByteRange(max(size - n, 0), size - 1)
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or (last and int(last) < start):
+        raise Unsatisfiable
+    return ByteRange(start, end)
+
+
+def etag(head: Head) -> str:
+    return f'"{head.size:x}-{int(head.last_modified.timestamp() * 1e6):x}"'
+
+
+def _not_modified(request: Request, tag: str, head: Head) -> bool:
+    match = request.headers.get("if-none-match")
+    if match is not None:
+        return match.strip() == "*" or tag in [t.strip() for t in match.split(",")]
+    since = request.headers.get("if-modified-since")
+    if since:
+        try:
+            return head.last_modified.replace(microsecond=0) <= parsedate_to_datetime(since)
+        except (TypeError, ValueError):
+            return False
+    return False
+
+
+def _range_applies(request: Request, tag: str, head: Head) -> bool:
+    """If-Range: a range of a changed object must not be spliced onto an older one."""
+    cond = request.headers.get("if-range")
+    if cond is None:
+        return True
+    cond = cond.strip()
+    if cond.startswith('"') or cond.startswith("W/"):
+        return cond == tag
+    try:
+        return head.last_modified.replace(microsecond=0) <= parsedate_to_datetime(cond)
+    except (TypeError, ValueError):
+        return False
+
+
+def _chunks(store: Store, key: str, start: int, length: int) -> Iterator[bytes]:
+    with store.open(key, start, start + length if length else None) as f:
+        left = length
+        while left > 0:
+            data = f.read(min(CHUNK_BYTES, left))
+            if not data:
+                return  # the object changed under us: the client sees a short body
+            left -= len(data)
+            yield data
+
+
+def respond(request: Request, store: Store, key: str, kind: str, head: Head,
+            redirect: bool) -> Response:
+    """The download response for ``key`` (already known to exist with data)."""
+    name = key.rsplit("/", 1)[-1] + ("" if "/" in key else ".json")
+    tag = etag(head)
+    headers = {
+        "Content-Disposition": f'{"inline" if kind == "json" else "attachment"}; '
+                               f'filename="{name}"',
+        "Accept-Ranges": "bytes",
+        "ETag": tag,
+        "Last-Modified": format_datetime(head.last_modified, usegmt=True),
+        "Cache-Control": "public, max-age=60",
+    }
+    if redirect:
+        url = store.presigned_url(key, PRESIGN_S)
+        if url is not None:
+            return RedirectResponse(url, status_code=302, headers={"Cache-Control": "no-store"})
+    if _not_modified(request, tag, head):
+        return Response(status_code=304, headers=headers)
+    try:
+        wanted = parse_range(request.headers.get("range"), head.size)
+    except Unsatisfiable:
+        return Response(status_code=416, headers={**headers,
+                                                  "Content-Range": f"bytes */{head.size}"})
+    if wanted is not None and not _range_applies(request, tag, head):
+        wanted = None
+    status, start, length = 200, 0, head.size
+    if wanted is not None:
+        status, start, length = 206, wanted.start, wanted.length
+        headers["Content-Range"] = f"bytes {wanted.start}-{wanted.end}/{head.size}"
+    headers["Content-Length"] = str(length)
+    media = CONTENT_TYPES.get(kind, JSON_TYPE)
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type=media)
+    return StreamingResponse(_chunks(store, key, start, length), status_code=status,
+                             headers=headers, media_type=media)
+
+
+def respond_json(request: Request, store: Store, login: str, head: Head) -> Response:
+    """The user's stored object (the repository list), as stored."""
+    return respond(request, store, login, "json", head, redirect=False)

@@ -1,0 +1,111 @@
+"""HTTP helpers of the app: JSON responses, security headers, request bodies, formatting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bulkbackup.names import is_login
+from bulkbackup.web.users import PAGE_MAX, PAGE_SIZE, TRACK_MAX
+
+BODY_MAX_BYTES = 64 * 1024
+SECURITY_HEADERS = [
+    (b"content-security-policy",
+     b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+     b"connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+BAD_BODY = 'body must be JSON: {"logins": ["login", ...]}'
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class Unavailable(Exception):
+    """Redis or the store does not answer: 503 and a banner, never a traceback."""
+
+    def __init__(self, part: str) -> None:
+        super().__init__(f"{part} unavailable")
+        self.part = part
+
+
+class SecurityHeaders:
+    """Adds the security headers to every response, errors included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def is_api(request: Request) -> bool:
+    """Answered in JSON or plain text rather than a page."""
+    path = request.url.path
+    return path.startswith("/api/") or path in ("/healthz", "/metrics") or path.endswith(
+        (".json", ".bundle", ".zip"))
+
+
+def bearer(request: Request) -> str:
+    auth = request.headers.get("authorization", "")
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+
+
+async def read_logins(request: Request) -> tuple[list[str], str]:
+    """The body's logins, validated (read up to BODY_MAX_BYTES); or an error message."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > BODY_MAX_BYTES:
+            return [], f"body larger than {BODY_MAX_BYTES} bytes"
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return [], BAD_BODY
+    logins = doc.get("logins") if isinstance(doc, dict) else None
+    if not isinstance(logins, list) or not logins:
+        return [], BAD_BODY
+    if len(logins) > TRACK_MAX:
+        return [], f"at most {TRACK_MAX} logins per request"
+    for login in logins:
+        if not is_login(login):
+            return [], f"invalid login: {str(login)[:60]!r}"
+    return [str(x) for x in logins], ""
+
+
+def page_limit(text: str | None) -> int:
+    try:
+        return max(1, min(int(text or PAGE_SIZE), PAGE_MAX))
+    except ValueError:
+        return PAGE_SIZE
+
+
+def size(n: object) -> str:
+    """Bytes for people: 1.2 MB."""
+    if not isinstance(n, int):
+        return "-"
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return str(n)  # pragma: no cover

@@ -1,0 +1,66 @@
+"""`/metrics`: the dashboard's figures in Prometheus text format, read at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from bulkbackup.web import data
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class ArchiveCollector(Collector):
+    def __init__(self, backend: data.Backend) -> None:
+        self.backend = backend
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        s = data.stats(self.backend.r)
+        users = GaugeMetricFamily("bulkbackup_users", "Tracked users by status", labels=["status"])
+        for name in ("tracked", "never_synced", "due", "claimed", "synced"):
+            users.add_metric([name], getattr(s, name))
+        if s.errors is not None:
+            users.add_metric(["errors"], s.errors)
+        yield users
+        fresh = GaugeMetricFamily("bulkbackup_freshness_users",
+                                  "Users by the age of their last sync", labels=["age"])
+        for name, n in s.freshness.items():
+            fresh.add_metric([name], n)
+        yield fresh
+        rates = GaugeMetricFamily("bulkbackup_rate_per_minute",
+                                  "Synced users, archived repositories and bytes per minute",
+                                  labels=["what", "window"])
+        for window, figures in s.rates.items():
+            for what, value in figures.items():
+                rates.add_metric([what, window], value)
+        yield rates
+        yield GaugeMetricFamily("bulkbackup_workers_active",
+                                "Worker processes seen in the last minute",
+                                value=len(data.workers(self.backend.r)))
+        if s.repos is not None:
+            yield GaugeMetricFamily("bulkbackup_last_stats_repositories",
+                                    "Archived repositories at the last stats pass", value=s.repos)
+        if s.bytes is not None:
+            yield GaugeMetricFamily("bulkbackup_last_stats_bytes",
+                                    "Archive bytes at the last stats pass", value=s.bytes)
+        if s.stats_at is not None:
+            yield GaugeMetricFamily("bulkbackup_last_stats_timestamp_seconds",
+                                    "When the last stats pass ended", value=s.stats_at)
+        for name in ("users", "repos", "bytes", "errors"):
+            figure = s.last_run.get(name)
+            if isinstance(figure, int):
+                yield GaugeMetricFamily(f"bulkbackup_last_run_{name}",
+                                        f"{name} of the last run", value=figure)
+
+
+def registry(backend: data.Backend) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(ArchiveCollector(backend))
+    return reg
+
+
+def render(reg: CollectorRegistry) -> bytes:
+    return generate_latest(reg)

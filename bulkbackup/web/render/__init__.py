@@ -1,0 +1,1 @@
+"""Server-side pictures (inline SVG)."""

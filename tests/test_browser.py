@@ -1,0 +1,143 @@
+"""`bulkbackup serve` in a real browser: Debian's chromium driven by selenium.
+
+The archive is the demo's (the stand-in's sample users, backed up by a real run). The test
+loads the dashboard, searches a login, opens the user, downloads a bundle by clicking its link,
+and restores it with `git clone`. A screenshot of each page is saved under the artifacts
+folder it prints (BULKBACKUP_ARTIFACTS, or a temporary folder); with
+BULKBACKUP_UPDATE_SCREENSHOT=1 the dashboard's becomes docs/dashboard.png.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import WebDriverWait
+
+from bulkbackup.testing.forge import Forge, sample
+from tests.conftest import ROOT
+from tests.test_serve import TOKEN, base_env, run_backup, start_serve, stop_serve
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def _browser(profile: Path, downloads: Path) -> webdriver.Chrome:
+    exe = shutil.which("chromium") or CHROMIUM
+    driver_exe = shutil.which("chromedriver") or CHROMEDRIVER
+    if not (Path(exe).exists() and Path(driver_exe).exists()):
+        pytest.fail("chromium and chromium-driver are not installed (see .ci/run)")
+    opts = Options()
+    opts.binary_location = exe
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                 f"--user-data-dir={profile}", "--window-size=1280,1500"):
+        opts.add_argument(flag)
+    opts.add_experimental_option("prefs", {
+        "download.default_directory": str(downloads), "download.prompt_for_download": False,
+        "download.directory_upgrade": True, "safebrowsing.enabled": False})
+    driver = webdriver.Chrome(service=Service(driver_exe), options=opts)
+    driver.set_page_load_timeout(60)
+    # Headless chromium needs to be told where downloads go (the prefs alone may not do).
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior",
+                           {"behavior": "allow", "downloadPath": str(downloads)})
+    return driver
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("BULKBACKUP_ARTIFACTS") or tmp_path / "artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"\nbrowser screenshots: {folder}")
+    return folder
+
+
+@pytest.fixture
+def demo_served(redis_server: str, tmp_path: Path) -> Iterator[str]:
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    client.close()
+    store = tmp_path / "backup" / "github.com"
+    with Forge(tmp_path / "forge") as forge:
+        sample(forge)
+        env = base_env(tmp_path, redis_server, str(store))
+        env["GITHUB_API_URL"] = forge.url
+        run_backup(env, ["octocat", "torvalds-demo", "ghost-user"])
+    served = start_serve({**env, "BULKBACKUP_ADMIN_TOKEN": TOKEN}, tmp_path / "serve.log")
+    yield served.url
+    stop_serve(served)
+
+
+def _wait_download(folder: Path, name: str, timeout_s: float = 60) -> Path:
+    deadline = time.monotonic() + timeout_s
+    target = folder / name
+    while time.monotonic() < deadline:
+        if target.exists() and not list(folder.glob("*.crdownload")):
+            return target
+        time.sleep(0.1)
+    raise AssertionError(f"no download of {name}: {sorted(p.name for p in folder.iterdir())}")
+
+
+def test_dashboard_search_user_download_clone(
+    demo_served: str, tmp_path: Path, artifacts: Path
+) -> None:
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    driver = _browser(tmp_path / "profile", downloads)
+    wait = WebDriverWait(driver, 30)
+    try:
+        driver.get(demo_served + "/")
+        wait.until(ec.presence_of_element_located((By.ID, "tracked")))
+        assert driver.find_element(By.ID, "tracked").text == "3"
+        assert len(driver.find_elements(By.CSS_SELECTOR, "svg.chart")) == 2
+        driver.save_screenshot(str(artifacts / "dashboard.png"))
+
+        # The add form (static JavaScript under the CSP) sends the token as a bearer header.
+        driver.find_element(By.ID, "add-logins").send_keys("newcomer octocat")
+        driver.find_element(By.ID, "add-token").send_keys(TOKEN)
+        driver.find_element(By.CSS_SELECTOR, "#add-form button").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "add-result"), "added"))
+        assert driver.find_element(By.ID, "add-result").text == \
+            "added: newcomer; already tracked: octocat"
+
+        box = driver.find_element(By.ID, "q")
+        box.send_keys("octo")
+        driver.find_element(By.ID, "search-button").click()
+        wait.until(ec.presence_of_element_located((By.ID, "users")))
+        assert "/users?q=octo" in driver.current_url
+        driver.save_screenshot(str(artifacts / "search.png"))
+
+        driver.find_element(By.LINK_TEXT, "octocat").click()
+        wait.until(ec.presence_of_element_located((By.ID, "repos")))
+        assert driver.find_element(By.ID, "status").text in ("synced", "error")
+        driver.save_screenshot(str(artifacts / "user.png"))
+
+        link = driver.find_element(By.CSS_SELECTOR, 'a.dl[href$="/Hello-World.bundle"]')
+        link.click()
+        bundle = _wait_download(downloads, "Hello-World.bundle")
+        driver.get(demo_served + "/workers")
+        driver.save_screenshot(str(artifacts / "workers.png"))
+    finally:
+        driver.quit()
+    restored = tmp_path / "restored"
+    subprocess.run(["git", "clone", "--quiet", str(bundle), str(restored)], check=True,
+                   capture_output=True, timeout=60)
+    branches = subprocess.run(["git", "-C", str(restored), "branch", "-a"], check=True,
+                              capture_output=True, text=True).stdout
+    assert "dev" in branches
+    assert (restored / "README.md").exists() or any(restored.iterdir())
+    if os.environ.get("BULKBACKUP_UPDATE_SCREENSHOT") == "1":
+        (ROOT / "docs").mkdir(exist_ok=True)
+        shutil.copyfile(artifacts / "dashboard.png", ROOT / "docs" / "dashboard.png")

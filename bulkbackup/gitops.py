@@ -40,6 +40,7 @@ class Archive:
 
     bundle: Path | None
     zip: Path | None
+    branch: str | None  # the branch zipped, and the bundle's HEAD
 
 
 def kill_all() -> None:
@@ -219,14 +220,14 @@ class GitWork:
             check()
             refs, branch = self._inspect(mirror, default_branch)
             if refs == 0:
-                return Archive(bundle=None, zip=None)
+                return Archive(bundle=None, zip=None, branch=None)
             run_git(["bundle", "create", "--quiet", str(bundle), "--all"], mirror, env, left())
             check()
             if branch is not None:
                 prefix = f"{name}-{branch.replace('/', '-')}/"
                 run_git(["archive", "--format=zip", f"--prefix={prefix}", "-o", str(zipfile),
                          f"refs/heads/{branch}"], mirror, env, left())
-            return Archive(bundle=bundle, zip=zipfile if branch else None)
+            return Archive(bundle=bundle, zip=zipfile if branch else None, branch=branch)
         finally:
             shutil.rmtree(mirror, ignore_errors=True)
 

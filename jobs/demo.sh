@@ -23,7 +23,7 @@ trap cleanup EXIT
 
 if [ "${BULKBACKUP_DEMO_SKIP_INSTALL:-}" != 1 ]; then
     echo "== installing bulkbackup"
-    "$PYTHON" -m pip install --quiet --disable-pip-version-check -e . 2>&1 | grep -v "as the 'root' user" || true
+    "$PYTHON" -m pip install --quiet --disable-pip-version-check -e '.[standin,serve]' 2>&1 | grep -v "as the 'root' user" || true
 fi
 
 ping_redis() { "$PYTHON" -c "import redis,sys; redis.Redis.from_url(sys.argv[1], socket_timeout=2).ping()" "$REDIS_URL" 2>/dev/null; }
@@ -80,5 +80,5 @@ git clone --quiet "$bundle" "$work/restored"
 git -C "$work/restored" log --oneline -3
 ls "$work/restored"
 echo "== done: archives are in $STORE"
-echo "== look at it in a browser (pip install -e '.[serve]'; a Redis started by this demo stops with it, \`bulkbackup rebuild\` refills another):"
+echo "== look at it in a browser (a Redis started by this demo stops with it; \`bulkbackup rebuild\` refills another):"
 echo "   REDIS_URL=$REDIS_URL BULKBACKUP_STORE=$STORE bulkbackup serve   # then open http://127.0.0.1:8000/"

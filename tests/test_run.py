@@ -327,7 +327,8 @@ def test_a_user_that_always_fails_is_left_for_the_next_run(
     assert "failed 3 times in a row: left for the next run" in err
     assert "1 left for the next run" in err
     assert err.strip().splitlines()[-1] == (
-        "bulkbackup: error: 1 users failed 3 times on store or Redis errors and are left for "
+        "bulkbackup: error: 1 users failed 3 times on store or Redis errors or rate limits and "
+        "are left for "
         "the next run (see the log)")
     assert all_synced(r, ["fine"], math.floor(before))
     assert r.zscore("tracked", "github.com/poison") == float("-inf")  # never synced, truly

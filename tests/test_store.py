@@ -16,7 +16,7 @@ import pytest
 
 from bulkbackup import config
 from bulkbackup.config import StoreSettings
-from bulkbackup.errors import NotFound, StoreError
+from bulkbackup.errors import ConfigError, NotFound, StoreError
 from bulkbackup.store import Store, clean_stale_temp, layout, open_store
 from bulkbackup.store.base import METADATA_LIMIT_BYTES, Head, clean_metadata
 from bulkbackup.store.layout import Kind, StoreKey, UserCounts
@@ -353,7 +353,7 @@ def test_refused_commit_keeps_the_object_in_place(store: Store, tmp_path: Path) 
 
 
 def test_s3_missing_bucket_not_created(s3_endpoint: str) -> None:
-    with pytest.raises(StoreError, match=r"bucket nope\.example does not exist .*create_bucket"):
+    with pytest.raises(ConfigError, match=r"bucket nope\.example does not exist .*create_bucket"):
         S3Store(StoreSettings(url="s3://nope.example", create_bucket=False))
 
 

@@ -29,7 +29,7 @@ from starlette.templating import Jinja2Templates
 from bulkbackup.config import Settings
 from bulkbackup.errors import StoreError
 from bulkbackup.names import is_login, is_repo_name
-from bulkbackup.store import Store
+from bulkbackup.store import Store, layout
 from bulkbackup.web import data, downloads, http, metrics
 from bulkbackup.web.http import JSONResponse, Unavailable
 from bulkbackup.web.render import svg
@@ -178,7 +178,7 @@ class Site:
         if not dot or kind not in downloads.CONTENT_TYPES or not is_login(login) \
                 or not is_repo_name(repo):
             raise HTTPException(404)
-        key = f"{login}/{repo}.{kind}"
+        key = layout.bundle_key(login, repo) if kind == "bundle" else layout.zip_key(login, repo)
         store = await self.live_store()
         head = await self.blocking(store.head, key)
         if head is None or head.size == 0:  # a zero-byte bundle means "no archive"

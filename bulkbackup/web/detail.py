@@ -19,7 +19,7 @@ import orjson
 
 from bulkbackup.errors import BulkbackupError, NotFound, StoreError
 from bulkbackup.show import describe
-from bulkbackup.store import Head, ObjectInfo, Store
+from bulkbackup.store import Head, ObjectInfo, Store, layout
 
 HEAD_THREADS = 8
 CACHE_S = 30.0
@@ -44,7 +44,7 @@ class _Prefetching:
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         infos = list(self._store.list(prefix))
         for info in infos:
-            if info.key.endswith(".bundle"):
+            if layout.parse_key(info.key).kind is layout.Kind.BUNDLE:
                 self._heads[info.key] = self._pool.submit(self._store.head, info.key)
         return iter(infos)
 

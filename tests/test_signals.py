@@ -103,7 +103,7 @@ def test_a_killed_workers_folder_is_removed_at_the_next_start_and_live_ones_kept
     run_env: dict[str, str], r: redis.Redis, forge: Forge, tmp_path: Path
 ) -> None:
     work = tmp_path / "work"
-    forge.stall_s = 15
+    forge.stall_s = 8  # long enough to kill one clone and start a second run beside it
     forge.add_user("u1", [RepoSpec("slow", stall=True)])
     forge.add_user("u2", [RepoSpec("slow", stall=True)])
     track(r, "u1", "u2")

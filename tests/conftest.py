@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from bulkbackup import config
-from bulkbackup.store import Store
+from bulkbackup.store import Store, open_store
 from bulkbackup.store.local import LocalStore
 from bulkbackup.store.s3 import S3Store
 from bulkbackup.testing.forge import Forge
@@ -140,3 +140,25 @@ def remove_object(store: Store, key: str) -> None:
     else:
         assert isinstance(store, LocalStore)
         store._path(key).unlink()
+
+
+@pytest.fixture
+def env(clean_env: None, redis_url: str, store_url: str, forge: Forge,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """For the CLI: the stand-in's API (GITHUB_API_URL), the test's Redis, a fresh store of
+    each kind, no stray configuration."""
+    monkeypatch.setenv("GITHUB_API_URL", forge.url)
+
+
+@pytest.fixture
+def store(env: None) -> Iterator[Store]:
+    """The store the CLI of ``env`` writes to, opened here to look at it."""
+    s = open_store(config.load().store)
+    yield s
+    s.close()
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    """``git args`` (must succeed); its standard output."""
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                          text=True).stdout

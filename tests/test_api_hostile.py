@@ -11,32 +11,18 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from bulkbackup import config
-from bulkbackup.store import Store, open_store
+from bulkbackup.store import Store
 from bulkbackup.store.base import canonical
 from bulkbackup.testing.forge import BASE_TIME, Forge, RepoSpec, rfc3339
 from tests.conftest import ROOT, run_cli
 
 # Every case must end well within this (the hostile answers would last minutes or forever).
 END_S = 90
-
-
-@pytest.fixture
-def env(clean_env: None, store_url: str, forge: Forge, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GITHUB_API_URL", forge.url)
-
-
-@pytest.fixture
-def store(env: None) -> Iterator[Store]:
-    s = open_store(config.load().store)
-    yield s
-    s.close()
 
 
 def sync(login: str, cfg: str = "") -> subprocess.CompletedProcess[str]:

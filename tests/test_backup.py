@@ -6,30 +6,15 @@ from __future__ import annotations
 import io
 import subprocess
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
-import pytest
 
-from bulkbackup import config
-from bulkbackup.store import Store, open_store
+from bulkbackup.store import Store
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.conftest import run_cli
+from tests.conftest import git, run_cli
 
 TOKEN = "ghp_SECRETtoken0123456789abcdefABCDEF0123"
-
-
-@pytest.fixture
-def env(clean_env: None, store_url: str, forge: Forge, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GITHUB_API_URL", forge.url)
-
-
-@pytest.fixture
-def store(env: None) -> Iterator[Store]:
-    s = open_store(config.load().store)
-    yield s
-    s.close()
 
 
 def read(store: Store, key: str) -> bytes:
@@ -49,11 +34,6 @@ def _config_with(text: str) -> str:
 
 def sync(*logins: str, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return run_cli("sync", *logins, env=extra)
-
-
-def git(*args: str, cwd: Path | None = None) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                          text=True).stdout
 
 
 def refs_of(repo: Path) -> dict[str, str]:

@@ -10,7 +10,6 @@ import io
 import math
 import os
 import signal
-import subprocess
 import threading
 import time
 import zipfile
@@ -32,6 +31,7 @@ from bulkbackup.store.s3 import S3Store
 from bulkbackup.store.tempfiles import INCOMING
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.services import free_port
+from tests.conftest import git
 from tests.test_run import start_run, track, wait_for, workers_of
 
 MIB = 1024 * 1024
@@ -193,11 +193,6 @@ def uploading_bundle(store: Store, login: str, repo: str) -> bool:
 def read(store: Store, key: str) -> bytes:
     with store.open(key) as f:
         return f.read()
-
-
-def git(*args: str, cwd: Path | None = None) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                          text=True).stdout
 
 
 def stop_mid_upload(store: Store, run_pid: int, login: str, repo: str) -> int:

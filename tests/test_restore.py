@@ -3,34 +3,14 @@ filled by a real `bulkbackup sync` from the GitHub stand-in, then damaged with t
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bulkbackup import config
-from bulkbackup.store import Store, open_store
+from bulkbackup.store import Store
 from bulkbackup.store.base import canonical
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.conftest import run_cli
-
-
-@pytest.fixture
-def env(clean_env: None, store_url: str, forge: Forge, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GITHUB_API_URL", forge.url)
-
-
-@pytest.fixture
-def store(env: None) -> Iterator[Store]:
-    s = open_store(config.load().store)
-    yield s
-    s.close()
-
-
-def git(*args: str, cwd: Path | None = None) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                          text=True).stdout
+from tests.conftest import git, run_cli
 
 
 def refs_of(repo: Path) -> dict[str, str]:

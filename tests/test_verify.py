@@ -5,39 +5,18 @@ result is recorded on the bundle without touching its data. The store is filled 
 from __future__ import annotations
 
 import random
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 import redis
 
-from bulkbackup import config
-from bulkbackup.store import Store, open_store
+from bulkbackup.store import Store
 from bulkbackup.store.base import ObjectInfo, canonical
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.verify import sample_logins
-from tests.conftest import run_cli
-
-
-@pytest.fixture
-def env(clean_env: None, redis_url: str, store_url: str, forge: Forge,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GITHUB_API_URL", forge.url)
-
-
-@pytest.fixture
-def store(env: None) -> Iterator[Store]:
-    s = open_store(config.load().store)
-    yield s
-    s.close()
-
-
-def git(*args: str, cwd: Path | None = None) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                          text=True).stdout
+from tests.conftest import git, run_cli
 
 
 def damage(store: Store, key: str, data: bytes, drop: tuple[str, ...] = ()) -> None:

@@ -33,8 +33,8 @@ import boto3
 import httpx
 import redis
 
-from benchmarks.common import free_port, redis_server
 from bulkbackup import keys
+from bulkbackup.testing.services import free_port, redis_server
 from bulkbackup.web.users import Cursor
 
 CLIENTS = 4
@@ -299,8 +299,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     (tmp / "empty.yaml").write_text("{}\n")
     try:
-        with redis_server(tmp) as port:
-            redis_url = f"redis://127.0.0.1:{port}/0"
+        with redis_server(tmp / "redis") as redis_url:
             r = redis.Redis.from_url(redis_url, decode_responses=True)
             started = time.monotonic()
             fill_redis(r, args.users)

@@ -1,17 +1,24 @@
 -- Correct one token's quota from an answer's x-ratelimit-* headers.
 -- KEYS[1] bulkbackup:quota:<resource>:<token id> (hash: remaining, reset, limit)
 -- ARGV[1] remaining   ARGV[2] reset (unix s)   ARGV[3] limit   ARGV[4] key ttl (s)
+-- ARGV[5] window (s)
 -- Returns the remaining now stored.
+--
+-- A reset is never further than one window from now (Redis's clock): a far-away value from
+-- a broken or hostile server would otherwise stop every process for the key's lifetime.
 --
 -- Within the same window (same reset) the lower of the stored and the answered remaining
 -- wins: the stored one also counts reservations whose answers are still in flight. An
 -- answer from a new window replaces the state.
 local h = redis.call('HMGET', KEYS[1], 'remaining', 'reset')
 local left, reset = tonumber(h[1]), tonumber(h[2])
-local new_left, new_reset = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local new_left = tonumber(ARGV[1])
+local new_reset = math.min(tonumber(ARGV[2]), math.ceil(now + tonumber(ARGV[5])))
 if left and reset and math.abs(reset - new_reset) < 2 then
   new_left = math.min(left, new_left)
 end
-redis.call('HSET', KEYS[1], 'remaining', new_left, 'reset', ARGV[2], 'limit', ARGV[3])
+redis.call('HSET', KEYS[1], 'remaining', new_left, 'reset', new_reset, 'limit', ARGV[3])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
 return new_left

@@ -88,10 +88,11 @@ class Points:
     reset_at: float
     full: int
     told_spent: bool = False  # an answer of this window said remaining 0
+    window_s: float = WINDOW_S
 
     def refill_if_due(self, now: float) -> None:
         if now >= self.reset_at:
-            self.remaining, self.reset_at = self.full, now + WINDOW_S
+            self.remaining, self.reset_at = self.full, now + self.window_s
             self.told_spent = False
 
     def headers(self) -> dict[str, str]:
@@ -127,7 +128,8 @@ class Controls:
     def set_token_budget(self, token: str, points: int, reset_in_s: float) -> None:
         """Queries with this token may spend `points`, then RATE_LIMITED until the reset,
         when the budget refills for another `reset_in_s`... (as GitHub's hourly window)."""
-        self.budgets[token] = Points(points, time.time() + reset_in_s, points)
+        self.budgets[token] = Points(points, time.time() + reset_in_s, points,
+                                     window_s=reset_in_s)
 
 
 _CONTROLS: weakref.WeakKeyDictionary[Forge, Controls] = weakref.WeakKeyDictionary()

@@ -110,11 +110,15 @@ def passes(bench: Bench, sizes: dict[str, int]) -> None:
           f"bulkbackup run --procs {bench.procs}")
     print(f"{'api':<8} {'pass':<10} {'points/1000 users':>18} {'requests/1000 users':>20} "
           f"{'seconds':>8}")
+    # A token with quota to spare (the stand-in's answers without one say 5 000 an hour, and
+    # the broker believes them): these passes measure cost, not waits.
+    bench.forge.set_token_budget(TOKEN, 10**9, 3600)
+    forge_graphql.controls(bench.forge).set_token_budget(TOKEN, 10**9, 3600)
     for api in ("rest", "graphql"):
         bench.track(logins)
         for name in ("first", "re-pass"):
             bench.reset()
-            seconds = bench.run([bench.env(api, f"store-{api}")], logins)
+            seconds = bench.run([bench.env(api, f"store-{api}", token=True)], logins)
             got = bench.counted(api)
             print(f"{api:<8} {name:<10} {got.points * per_k:>18.1f} "
                   f"{got.requests * per_k:>20.1f} {seconds:>8.1f}")

@@ -419,6 +419,10 @@ class Forge:
             quota.remaining, quota.reset_at = quota.full, now + quota.window_s
         quota.remaining -= 1
         quota.told_spent = quota.remaining == 0
+        if budget is None and quota.remaining == 0:
+            # Never exhausted, and never said to be: a client that believes the headers (the
+            # quota broker) would otherwise wait for a reset an hour away.
+            quota.remaining, quota.reset_at = quota.full, now + quota.window_s
         return 0, b"", quota.headers()
 
 

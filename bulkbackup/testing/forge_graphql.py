@@ -367,5 +367,7 @@ def _admit(c: Controls, auth: str, cost: Cost, fields: int
         points.remaining, points.reset_at = points.full, now + WINDOW_S
     points.remaining -= cost.points
     points.told_spent = points.remaining == 0
+    if budget is None and points.remaining == 0:  # never said to be exhausted either
+        points.remaining, points.reset_at = points.full, now + WINDOW_S
     c.counters["points"] += cost.points
     return points.headers(), (points.full, points.remaining, points.reset_at)

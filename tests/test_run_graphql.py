@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,13 @@ import pytest
 import redis
 
 from bulkbackup.config import StoreSettings
+from bulkbackup.errors import RateLimited
 from bulkbackup.graphql_query import MAPPING
+from bulkbackup.quota import Broker, Reservation, Resource, Wait, WaitReason
 from bulkbackup.store import open_store
 from bulkbackup.testing import forge_graphql
 from bulkbackup.testing.forge import Forge, RepoSpec
+from bulkbackup.testing.services import free_port
 from tests.conftest import ROOT, run_cli
 
 TOKEN = "ghp_wire14SECRETtoken0123456789abcdef"
@@ -263,3 +267,30 @@ def test_two_hosts_sharing_a_token_stop_once_its_quota_is_known_spent(
     assert any(TOKEN in h for h in forge.auth_headers_seen)  # the token was used
     assert_no_token(TOKEN, r, out_a + err_a + out_b + err_b, store_dir)
     assert json.dumps(r.keys("bulkbackup:quota:*")).count("sha256-") >= 1
+
+
+# -- the broker's additions for the wiring ----------------------------------------------------
+
+def test_broker_peeks_bounds_resets_and_pauses_and_survives_redis(redis_url: str) -> None:
+    broker = Broker(redis.Redis.from_url(redis_url), [TOKEN])
+    first = broker.reserve(Resource.CORE)
+    assert isinstance(first, Reservation) and first.remaining == 4999
+    peeked = broker.reserve(Resource.CORE, peek=True)  # a look charges nothing
+    assert isinstance(peeked, Reservation) and peeked.remaining == 4999
+    # A reset a century away is taken as at most GitHub's hour.
+    broker.record(first, {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "4000000000"})
+    wait = broker.reserve(Resource.CORE)
+    assert isinstance(wait, Wait) and 3500 < wait.seconds <= 3601
+    # A secondary limit's pause is bounded by github.max_rate_wait_s.
+    assert broker.pause(first, "900", max_s=5).length_s == 5
+    # Redis gone: the same rules on the process's own state; nothing fails.
+    port = free_port()
+    lost = Broker(redis.Redis(port=port, socket_connect_timeout=1), [TOKEN])
+    got = lost.reserve(Resource.GRAPHQL, 2)
+    assert isinstance(got, Reservation) and got.remaining == 4998
+    assert lost.record(got, {"X-RateLimit-Remaining": "0",
+                             "X-RateLimit-Reset": str(int(time.time()) + 30)}) == 0
+    spent = lost.reserve(Resource.GRAPHQL)
+    assert isinstance(spent, Wait) and spent.reason is WaitReason.SPENT
+    with pytest.raises(RateLimited, match="the token exhausted until"):
+        lost.acquire(Resource.GRAPHQL, 1, threading.Event(), 60, time.monotonic() + 1)

@@ -154,7 +154,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=14)
     ap.add_argument("--procs", type=int, default=4)
-    ap.add_argument("--fleet-users", type=int, default=400)
+    ap.add_argument("--fleet-users", type=int, default=400, help="0: no fleet figure")
     args = ap.parse_args()
     sizes = population(args.users, args.seed)
     with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp) / "redis") as url, \
@@ -163,7 +163,8 @@ def main() -> None:
                          for login, n in sizes.items()})
         bench = Bench(Path(tmp), forge, url, args.procs)
         passes(bench, sizes)
-        fleet(bench, args.fleet_users)
+        if args.fleet_users:
+            fleet(bench, args.fleet_users)
 
 
 if __name__ == "__main__":

@@ -255,43 +255,46 @@ class LocalQuota:
 
     def __init__(self) -> None:
         self._mu = threading.Lock()
-        self._quota: dict[tuple[str, str], tuple[int, float, int]] = {}  # remaining, reset, limit
+        # (resource, token id) -> remaining, reset, limit, assumed (no answer in this window)
+        self._quota: dict[tuple[str, str], tuple[int, float, int, bool]] = {}
         self._pauses: dict[str, tuple[float, float]] = {}  # token id -> until, length_s
 
     def reserve(self, resource: str, ids: Sequence[str], cost: int, default: int,
                 peek: bool) -> list[object]:
         now = time.time()
         with self._mu:
-            best: tuple[int, int, float] | None = None  # remaining, index, reset
+            best: tuple[int, int, float, bool] | None = None  # remaining, index, reset, assumed
             soonest, why = math.inf, "spent"
             for i, tid in enumerate(ids):
                 until = self._pauses.get(tid, (0.0, 0.0))[0]
                 if until > now:
                     soonest, why = (until, "paused") if until < soonest else (soonest, why)
                     continue
-                left, reset, limit = self._quota.get((resource, tid), (0, 0.0, default))
+                left, reset, limit, assumed = self._quota.get((resource, tid),
+                                                              (0, 0.0, default, True))
                 if reset <= now:
-                    left, reset = limit, now + WINDOW_S
+                    left, reset, assumed = limit, now + WINDOW_S, True
                 if left >= cost and (best is None or left > best[0]):
-                    best = (left, i, reset)
+                    best = (left, i, reset, assumed)
                 elif left < cost and reset < soonest:
                     soonest, why = reset, "spent"
             if best is None:
                 return ["wait", max(1, math.ceil((soonest - now) * 1000)), why]
-            left, i, reset = best
+            left, i, reset, assumed = best
             if not peek:
                 left -= cost
-                limit = self._quota.get((resource, ids[i]), (0, 0.0, default))[2]
-                self._quota[(resource, ids[i])] = (left, reset, limit)
+                limit = self._quota.get((resource, ids[i]), (0, 0.0, default, True))[2]
+                self._quota[(resource, ids[i])] = (left, reset, limit, assumed)
             return ["reserved", i + 1, left]
 
     def record(self, resource: str, tid: str, rate: RateHeaders) -> int:
         reset = min(float(rate.reset), math.ceil(time.time() + WINDOW_S))
         with self._mu:
-            left, old_reset, _ = self._quota.get((resource, tid), (rate.remaining, 0.0, 0))
-            remaining = min(left, rate.remaining) if abs(old_reset - reset) < 2 \
-                else rate.remaining
-            self._quota[(resource, tid)] = (remaining, reset, rate.limit)
+            left, old_reset, _, assumed = self._quota.get((resource, tid),
+                                                          (rate.remaining, 0.0, 0, True))
+            same = not assumed and abs(old_reset - reset) < 2
+            remaining = min(left, rate.remaining) if same else rate.remaining
+            self._quota[(resource, tid)] = (remaining, reset, rate.limit, False)
             return remaining
 
     def pause(self, tid: str, seconds: int | None, longest: int) -> list[object]:

@@ -9,9 +9,11 @@
 --
 -- Within the same window (same reset) the lower of the stored and the answered remaining
 -- wins: the stored one also counts reservations whose answers are still in flight. An
--- answer from a new window replaces the state.
-local h = redis.call('HMGET', KEYS[1], 'remaining', 'reset')
+-- answer from a new window, or the first answer after the broker assumed a full window
+-- (field `assumed`), replaces the state.
+local h = redis.call('HMGET', KEYS[1], 'remaining', 'reset', 'assumed')
 local left, reset = tonumber(h[1]), tonumber(h[2])
+if h[3] == '1' then left = nil end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local new_left = tonumber(ARGV[1])
@@ -20,5 +22,6 @@ if left and reset and math.abs(reset - new_reset) < 2 then
   new_left = math.min(left, new_left)
 end
 redis.call('HSET', KEYS[1], 'remaining', new_left, 'reset', new_reset, 'limit', ARGV[3])
+redis.call('HDEL', KEYS[1], 'assumed')
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
 return new_left

@@ -48,7 +48,10 @@ end
 if best then
   local key = KEYS[2 * best - 1]
   redis.call('HSET', key, 'remaining', best_left - cost)
-  if best_fresh then redis.call('HSET', key, 'reset', string.format('%.3f', best_reset)) end
+  if best_fresh then
+    -- An assumed window (no answer yet): the next answer replaces it whatever its reset.
+    redis.call('HSET', key, 'reset', string.format('%.3f', best_reset), 'assumed', '1')
+  end
   redis.call('EXPIRE', key, ttl)
   return {'reserved', best, best_left - cost}
 end

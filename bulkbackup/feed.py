@@ -10,6 +10,7 @@ most one batch: one query, then the syncs of the users listed with it.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 from bulkbackup import keys
@@ -36,6 +37,17 @@ class ListingFeed:
     def room(self) -> int:
         """How many users a claim may add before the next query."""
         return max(0, self.batch - self.lister.queued)
+
+    def wanted(self, remaining: int | None, first: int, procs: int, claim_max: int) -> int:
+        """Users the next claim should ask for: up to a full query (github.graphql_batch
+        pages), at most `claim_max` (run.claim_batch_max) a claim, holding no more than the
+        batch size rule's share of the `remaining` users still due (1/(2 x procs)); before
+        any claim, `first` (the rule's first size)."""
+        if remaining is None:
+            share = first
+        else:
+            share = max(1, math.ceil(remaining / (2 * procs))) - self.listing
+        return min(self.room(), claim_max, share)
 
     def add(self, members: list[str]) -> None:
         """Claimed users, to be listed in the next query."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-import math
 import os
 import signal
 import threading
@@ -290,18 +289,10 @@ class Worker:
             self.stop.wait(idle_wait)
 
     def _fill(self, feed: ListingFeed, remaining: int | None) -> int | None:
-        """Claim until the next query is full (github.graphql_batch pages), in claims of at
-        most run.claim_batch_max, holding no more than the batch size rule's share of the
-        users still due (the first claim: the rule's first size)."""
+        """Claim until the next query is full (see ListingFeed.wanted)."""
         run = self.args.settings.run
-        while feed.room() > 0:
-            if remaining is None:
-                share = self.sizer.size(None)
-            else:
-                share = max(1, math.ceil(remaining / (2 * self.args.procs))) - feed.listing
-            want = min(feed.room(), run.claim_batch_max, share)
-            if want <= 0:
-                break
+        first = self.sizer.size(None)
+        while (want := feed.wanted(remaining, first, self.args.procs, run.claim_batch_max)) > 0:
             claimed, remaining = self._claim(remaining, want)
             if not claimed:
                 break

@@ -228,8 +228,9 @@ class Broker:
         key = keys.quota(resource.value, reservation.token_id)
         return int(self._shared(
             lambda: self._record(keys=[key], args=[rate.remaining, rate.reset, rate.limit,
-                                                   KEY_TTL_S, WINDOW_S]),
-            lambda: self.local.record(resource.value, reservation.token_id, rate)))
+                                                   KEY_TTL_S, WINDOW_S, reservation.cost]),
+            lambda: self.local.record(resource.value, reservation.token_id, rate,
+                                      reservation.cost)))
 
     def pause(self, reservation: Reservation, retry_after: str | None,
               max_s: float = MAX_PAUSE_S) -> Pause:
@@ -255,15 +256,16 @@ class LocalQuota:
 
     def __init__(self) -> None:
         self._mu = threading.Lock()
-        # (resource, token id) -> remaining, reset, limit, assumed (no answer in this window)
-        self._quota: dict[tuple[str, str], tuple[int, float, int, bool]] = {}
+        # (resource, token id) -> remaining, reset, limit, reserved under an assumed window
+        # (-1: the window is known from an answer)
+        self._quota: dict[tuple[str, str], tuple[int, float, int, int]] = {}
         self._pauses: dict[str, tuple[float, float]] = {}  # token id -> until, length_s
 
     def reserve(self, resource: str, ids: Sequence[str], cost: int, default: int,
                 peek: bool) -> list[object]:
         now = time.time()
         with self._mu:
-            best: tuple[int, int, float, bool] | None = None  # remaining, index, reset, assumed
+            best: tuple[int, int, float, int] | None = None  # remaining, index, reset, assumed
             soonest, why = math.inf, "spent"
             for i, tid in enumerate(ids):
                 until = self._pauses.get(tid, (0.0, 0.0))[0]
@@ -271,9 +273,9 @@ class LocalQuota:
                     soonest, why = (until, "paused") if until < soonest else (soonest, why)
                     continue
                 left, reset, limit, assumed = self._quota.get((resource, tid),
-                                                              (0, 0.0, default, True))
+                                                              (0, 0.0, default, 0))
                 if reset <= now:
-                    left, reset, assumed = limit, now + WINDOW_S, True
+                    left, reset, assumed = limit, now + WINDOW_S, 0
                 if left >= cost and (best is None or left > best[0]):
                     best = (left, i, reset, assumed)
                 elif left < cost and reset < soonest:
@@ -283,18 +285,20 @@ class LocalQuota:
             left, i, reset, assumed = best
             if not peek:
                 left -= cost
-                limit = self._quota.get((resource, ids[i]), (0, 0.0, default, True))[2]
+                limit = self._quota.get((resource, ids[i]), (0, 0.0, default, 0))[2]
+                assumed = assumed + cost if assumed >= 0 else -1
                 self._quota[(resource, ids[i])] = (left, reset, limit, assumed)
             return ["reserved", i + 1, left]
 
-    def record(self, resource: str, tid: str, rate: RateHeaders) -> int:
+    def record(self, resource: str, tid: str, rate: RateHeaders, cost: int) -> int:
         reset = min(float(rate.reset), math.ceil(time.time() + WINDOW_S))
         with self._mu:
             left, old_reset, _, assumed = self._quota.get((resource, tid),
-                                                          (rate.remaining, 0.0, 0, True))
-            same = not assumed and abs(old_reset - reset) < 2
+                                                          (rate.remaining, 0.0, 0, 0))
+            same = assumed < 0 and abs(old_reset - reset) < 2
             remaining = min(left, rate.remaining) if same else rate.remaining
-            self._quota[(resource, tid)] = (remaining, reset, rate.limit, False)
+            remaining = max(0, remaining - max(0, assumed - cost))
+            self._quota[(resource, tid)] = (remaining, reset, rate.limit, -1)
             return remaining
 
     def pause(self, tid: str, seconds: int | None, longest: int) -> list[object]:

@@ -287,6 +287,14 @@ def test_broker_peeks_bounds_resets_and_pauses_and_survives_redis(redis_url: str
     broker.record(first, {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "4000000000"})
     wait = broker.reserve(Resource.CORE)
     assert isinstance(wait, Wait) and 3500 < wait.seconds <= 3601
+    # Four processes reserve before any answer of a new window: the first answer (12 - 1)
+    # cannot have counted the three others still in flight.
+    fresh = Broker(redis.Redis.from_url(redis_url), ["ghp_another_token_for_the_window"])
+    held = [fresh.reserve(Resource.GRAPHQL) for _ in range(4)]
+    assert isinstance(held[0], Reservation) and isinstance(held[1], Reservation)
+    small = {"X-RateLimit-Limit": "12", "X-RateLimit-Reset": str(int(time.time()) + 60)}
+    assert fresh.record(held[0], {**small, "X-RateLimit-Remaining": "11"}) == 8
+    assert fresh.record(held[1], {**small, "X-RateLimit-Remaining": "10"}) == 8  # already off
     # A secondary limit's pause is bounded by github.max_rate_wait_s.
     assert broker.pause(first, "900", max_s=5).length_s == 5
     # Redis gone: the same rules on the process's own state; nothing fails.

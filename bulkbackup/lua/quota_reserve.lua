@@ -49,8 +49,12 @@ if best then
   local key = KEYS[2 * best - 1]
   redis.call('HSET', key, 'remaining', best_left - cost)
   if best_fresh then
-    -- An assumed window (no answer yet): the next answer replaces it whatever its reset.
-    redis.call('HSET', key, 'reset', string.format('%.3f', best_reset), 'assumed', '1')
+    -- An assumed window (no answer yet): the next answer replaces it whatever its reset;
+    -- assumed_n counts what was reserved meanwhile (see quota_record.lua).
+    redis.call('HSET', key, 'reset', string.format('%.3f', best_reset), 'assumed', '1',
+               'assumed_n', cost)
+  elseif redis.call('HGET', key, 'assumed') == '1' then
+    redis.call('HINCRBY', key, 'assumed_n', cost)
   end
   redis.call('EXPIRE', key, ttl)
   return {'reserved', best, best_left - cost}

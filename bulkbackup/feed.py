@@ -4,8 +4,9 @@ The worker claims users until the lister has `github.graphql_batch` pages queued
 next pages count), so one query carries up to that many owners; the next pages of big owners
 ride along with the first pages of users claimed later. Each query's finished owners become
 `ready`: a user's listing is always complete before its sync starts. The worker syncs the
-ready users, and only then claims and queries again, so a user is held past its claim for at
-most one batch: one query, then the syncs of the users listed with it.
+ready users, and only then claims and queries again, so a user is held past its claim for
+the queries its listing needs (one per 100 repositories) and the syncs of the users they
+finished; never more users than one query carries.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,11 +19,20 @@ from urllib.parse import urlsplit
 import orjson
 
 from bulkbackup.config import Settings
-from bulkbackup.errors import GitError, GitHubError, InvalidName, RateLimited, UsageError
+from bulkbackup.errors import (
+    GitError,
+    GitHubError,
+    InvalidName,
+    RateLimited,
+    UsageError,
+    UserGone,
+)
 from bulkbackup.github import GitHub, Listing
 from bulkbackup.gitops import GitWork
+from bulkbackup.graphql import GraphQLLister, Outcome, OwnerResult
 from bulkbackup.interrupts import signals_interrupt
 from bulkbackup.names import check_login, check_repo_name
+from bulkbackup.quota import Resource
 from bulkbackup.store import Store, layout, open_store
 from bulkbackup.store.base import (
     ERROR,
@@ -121,21 +131,36 @@ class UserBackup:
         """The store for one user's writes; without a lock, only interruption stops them."""
         return FencedStore(self._store, fence or StopFence(self.stop))
 
-    def sync(self, login: str, fence: Fence | None = None) -> UserResult:
+    def sync(self, login: str, fence: Fence | None = None,
+             listed: OwnerResult | None = None) -> UserResult:
+        """Back up ``login``: its repositories listed here with REST, or ``listed`` elsewhere
+        (a GraphQL batch: gone is recorded as REST's 404, failed as an API failure)."""
         check_login(login)
+        if listed is not None and listed.login != login:
+            raise ValueError(f"listing of {listed.login!r} given for {login!r}")
         result = UserResult(login)
         try:
-            self._sync(self._fenced(fence), login, result)
+            self._sync(self._fenced(fence), login, result, listed)
         finally:
             self.gitwork.cleanup(login)
         return result
 
-    def _sync(self, store: FencedStore, login: str, result: UserResult) -> None:
+    def _listing(self, login: str, etags: list[str], listed: OwnerResult | None) -> Listing:
+        if listed is None:
+            return self.github.list_repos(login, etags)
+        if listed.outcome is Outcome.GONE:
+            raise UserGone(listed.error)
+        if listed.outcome is Outcome.FAILED:
+            raise GitHubError(listed.error)
+        return Listing(repos=listed.repos)
+
+    def _sync(self, store: FencedStore, login: str, result: UserResult,
+              listed: OwnerResult | None) -> None:
         previous = store.head(layout.user_key(login))
         etags = previous.get(LISTING_ETAGS).split() if previous else []
         stamp = format_rfc3339(now())
         try:
-            listing = self.github.list_repos(login, etags)
+            listing = self._listing(login, etags, listed)
         except GitHubError as exc:  # a 404 (UserGone), or the API failing after retries
             result.error = str(exc)
             self._write_user(store, login, previous, None, result, stamp)
@@ -320,8 +345,10 @@ def _newer(head: Head, pushed: str, updated: str) -> bool:
 def sync_users(settings: Settings, logins: list[str]) -> Iterator[UserResult]:
     """Back up the named users now, without queue or locks: each one's result as it ends.
 
-    A problem recorded in the store (a user gone, a failed clone) is in its result; a failure
-    to record (store unreachable) raises.
+    With `github.api: graphql` all of them are listed first, in batched queries (one for up
+    to `github.graphql_batch` users). The quota is this process's own (no Redis). A problem
+    recorded in the store (a user gone, a failed clone) is in its result; a failure to record
+    (store unreachable) raises.
     """
     for login in logins:
         try:
@@ -330,14 +357,34 @@ def sync_users(settings: Settings, logins: list[str]) -> Iterator[UserResult]:
             raise UsageError(str(exc)) from None
     store = open_store(settings.store)
     github = GitHub(settings.github)
+    lister = (GraphQLLister(settings.github, github.broker, github.stop)
+              if settings.github.api == "graphql" else None)
     try:
         with signals_interrupt(), work_dir(settings, "sync") as path:
             job = UserBackup(settings, store, github, GitWork(settings.run, settings.github, path))
+            listed: dict[str, OwnerResult] = {}
+            if lister is not None:
+                try:
+                    listed = _list_all(github, lister, logins)
+                except RateLimited as exc:
+                    yield from (UserResult(login, not_done=str(exc)) for login in logins)
+                    return
             for login in logins:
                 try:
-                    yield job.sync(login)
+                    yield job.sync(login, listed=listed[login] if lister else None)
                 except RateLimited as exc:
                     yield UserResult(login, not_done=str(exc))
     finally:
+        if lister is not None:
+            lister.close()
         github.close()
         store.close()
+
+
+def _list_all(github: GitHub, lister: GraphQLLister, logins: list[str]
+              ) -> dict[str, OwnerResult]:
+    """Every login listed with GraphQL; the deadline (github.user_deadline_s) starts once a
+    token is usable, as REST's per user."""
+    github.broker.wait_ready(Resource.GRAPHQL, github.stop, github.settings.max_rate_wait_s)
+    deadline = time.monotonic() + github.settings.user_deadline_s
+    return lister.list_owners(logins, deadline)

@@ -165,6 +165,8 @@ def _apply_env(s: Settings, env: typing.Mapping[str, str]) -> Settings:
         gh = dataclasses.replace(gh, api_url=env["GITHUB_API_URL"].rstrip("/"))
     if env.get("GITHUB_GRAPHQL_URL"):
         gh = dataclasses.replace(gh, graphql_url=env["GITHUB_GRAPHQL_URL"].rstrip("/"))
+    if env.get("GITHUB_API"):
+        gh = dataclasses.replace(gh, api=env["GITHUB_API"].strip())
     if env.get("GITHUB_GIT_HOST"):
         gh = dataclasses.replace(gh, git_host=env["GITHUB_GIT_HOST"])
     tokens = [t.strip() for t in env.get("GITHUB_TOKENS", "").split(",") if t.strip()]

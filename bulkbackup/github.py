@@ -1,7 +1,10 @@
-"""GitHub REST client: list a user's repositories, with token rotation and rate limits.
+"""GitHub REST client: list a user's repositories, with the shared quota broker's tokens.
 
-One urllib3 pool per process. A rate limit is waited out (or another token used); it never
-fails a user. 5xx answers and connection errors get bounded retries with backoff and jitter.
+One urllib3 pool per process. Every request is reserved with the quota broker first
+(quota.py: shared by every process on every host, or this process's own without Redis), and
+its answer's x-ratelimit-* headers are recorded there; when every token is known spent or
+paused nothing is sent until the earliest reset. A rate limit never fails a user. 5xx
+answers and connection errors get bounded retries with backoff and jitter.
 Everything the API says is bounded: each answer in time (github.timeout_s) and size
 (github.max_response_mb), a listing in pages (github.max_pages, no page twice) and in time
 (github.user_deadline_s, rate-limit waits included: past it a rate limit raises RateLimited).
@@ -10,13 +13,11 @@ Everything the API says is bounded: each answer in time (github.timeout_s) and s
 from __future__ import annotations
 
 import logging
-import math
 import random
 import re
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
@@ -26,10 +27,10 @@ import urllib3
 from bulkbackup import __version__
 from bulkbackup.bounded_http import BoundedPool, Overdue, TooLarge
 from bulkbackup.config import GitHubSettings
-from bulkbackup.errors import GitHubError, Interrupted, RateLimited, UserGone
+from bulkbackup.errors import GitHubError, Interrupted, UserGone
 from bulkbackup.names import check_login
+from bulkbackup.quota import Broker, RateHeaders, Reservation, Resource
 from bulkbackup.redact import add_secrets, redact
-from bulkbackup.timeutil import format_rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,6 @@ MAX_ETAG_PAGES = 10
 # What an ETag may look like to be kept (RFC 9110 entity-tag, bounded): it comes from the
 # network and goes into metadata, space-separated, under the store's size limit.
 _ETAG = re.compile(r'(W/)?"[!#-~]{1,80}"')
-# Wait for a rate limit that gives no usable time (GitHub asks for at least a minute).
-_DEFAULT_RATE_WAIT_S = 60.0
 
 
 @dataclass
@@ -53,73 +52,15 @@ class Listing:
     requests: int = 0
 
 
-class TokenPool:
-    """Tokens in rotation; each with the time until which it is known to be exhausted."""
-
-    def __init__(self, tokens: tuple[str, ...], stop: threading.Event) -> None:
-        self._tokens: list[str | None] = list(tokens) or [None]
-        self._blocked_until: dict[int, float] = {}
-        self._next = 0
-        self._stop = stop
-
-    def acquire(self, max_wait_s: float, deadline: float | None = None) -> tuple[int, str | None]:
-        """A usable token (index, value), waiting for the earliest reset if all are exhausted;
-        RateLimited instead of a wait that would pass ``deadline`` (time.monotonic())."""
-        while True:
-            index = self._usable()
-            if index is not None:
-                self._next = (index + 1) % len(self._tokens)
-                return index, self._tokens[index]
-            self._wait(max_wait_s, deadline)
-
-    def wait_ready(self, max_wait_s: float) -> None:
-        """Wait (at most max_wait_s at a time) until a token is usable, without taking it."""
-        while self._usable() is None:
-            self._wait(max_wait_s, None)
-
-    def _usable(self) -> int | None:
-        now = time.time()
-        n = len(self._tokens)
-        for k in range(n):
-            i = (self._next + k) % n
-            if self._blocked_until.get(i, 0.0) <= now:
-                return i
-        return None
-
-    def _wait(self, max_wait_s: float, deadline: float | None) -> None:
-        now = time.time()
-        n = len(self._tokens)
-        until = min(self._blocked_until.values())
-        wait = min(max(until - now, 0.0) + random.uniform(0.5, 2.0), max_wait_s)
-        which = "the token" if n == 1 else f"all {n} tokens"
-        if deadline is not None and time.monotonic() + wait > deadline:
-            stamp = format_rfc3339(datetime.fromtimestamp(until, UTC))
-            raise RateLimited(f"GitHub rate limit: {which} exhausted until {stamp}, past this "
-                              "user's deadline (github.user_deadline_s)", until)
-        log.warning(
-            "GitHub rate limit: %s exhausted; waiting %.0fs (until %s UTC)",
-            which, wait, time.strftime("%H:%M:%S", time.gmtime(now + wait)),
-        )
-        if self._stop.wait(wait):
-            raise Interrupted("stopping while waiting for the rate limit")
-        # After a capped wait, try again rather than trusting a far-away reset.
-        self._blocked_until = {i: t for i, t in self._blocked_until.items() if t > time.time()}
-
-    def any_token(self) -> str | None:
-        """A token for git (not subject to the API's rate limit), without waiting."""
-        return self._tokens[self._next % len(self._tokens)]
-
-    def block(self, index: int, until: float) -> None:
-        self._blocked_until[index] = max(self._blocked_until.get(index, 0.0), until)
-
-
 class GitHub:
     def __init__(
-        self, settings: GitHubSettings, stop: threading.Event | None = None, pool_size: int = 4
+        self, settings: GitHubSettings, stop: threading.Event | None = None, pool_size: int = 4,
+        broker: Broker | None = None,
     ) -> None:
         self.settings = settings
         self.stop = stop or threading.Event()
-        self.tokens = TokenPool(settings.tokens, self.stop)
+        # Without a shared broker (`bulkbackup sync`), this process's own count.
+        self.broker = broker or Broker(None, settings.tokens)
         add_secrets(settings.tokens)
         api = urlsplit(settings.api_url)
         self._origin = (api.scheme, api.netloc.lower())
@@ -134,12 +75,12 @@ class GitHub:
 
     def token_for_git(self) -> str | None:
         """A token for cloning (git is not subject to the API's rate limit), without waiting."""
-        return self.tokens.any_token()
+        return self.broker.any_token()
 
     def wait_for_quota(self) -> None:
         """Wait until a token is usable (at most github.max_rate_wait_s at a time); for a
         caller that gave a RateLimited user back, so it waits holding no user."""
-        self.tokens.wait_ready(self.settings.max_rate_wait_s)
+        self.broker.wait_ready(Resource.CORE, self.stop, self.settings.max_rate_wait_s)
 
     def list_repos(self, login: str, etags: list[str] | None = None) -> Listing:
         """All of ``login``'s repositories.
@@ -236,10 +177,11 @@ class GitHub:
             if time.monotonic() >= deadline:
                 raise GitHubError(f"listing took longer than github.user_deadline_s "
                                   f"({self.settings.user_deadline_s:g}s)")
-            index, token = self.tokens.acquire(self.settings.max_rate_wait_s, deadline)
+            res = self.broker.acquire(Resource.CORE, 1, self.stop,
+                                      self.settings.max_rate_wait_s, deadline)
             headers = {}
-            if token:
-                headers["Authorization"] = f"Bearer {token}"
+            if res.token:
+                headers["Authorization"] = f"Bearer {res.token}"
             if etag:
                 headers["If-None-Match"] = etag
             try:
@@ -254,7 +196,8 @@ class GitHub:
                 reason = redact(f"{type(exc).__name__}: {exc}")
                 self._retry_or_raise(failures, f"GitHub API unreachable: {reason}", deadline)
                 continue
-            if status in (403, 429) and self._rate_limited(status, got, body, index):
+            known = self.broker.record(res, got)
+            if status in (403, 429) and self._rate_limited(status, got, body, res, known):
                 continue
             if status >= 500:
                 failures += 1
@@ -281,29 +224,27 @@ class GitHub:
             raise GitHubError(f"GitHub API answer larger than github.max_response_mb "
                               f"({limit_mb} MB)") from None
 
-    def _rate_limited(
-        self, status: int, h: urllib3.HTTPHeaderDict, body: bytes, index: int
-    ) -> bool:
-        """Block the token until the limit resets; False if this 403 is not a rate limit.
+    def _rate_limited(self, status: int, h: urllib3.HTTPHeaderDict, body: bytes,
+                      res: Reservation, known: int | None) -> bool:
+        """Tell the broker (every process) about a rate limit; False if this 403 is not one.
 
-        The times come from the network: `inf`, `nan`, negative or far-away values are
-        bounded to 1 s .. github.max_rate_wait_s."""
-        now = time.time()
-        cap_s = self.settings.max_rate_wait_s
+        A primary limit with usable headers is already recorded (remaining 0 until its
+        reset, at most an hour away); anything else pauses the token: Retry-After (bounded),
+        else 60 s, doubling while they repeat. Values from the network (`inf`, `nan`,
+        negative) are never trusted as times."""
         retry_after = h.get("Retry-After")
+        cap_s = self.settings.max_rate_wait_s
         if retry_after is not None:
-            wait_s = _number(retry_after)
-            self.tokens.block(index, now + _bounded(
-                _DEFAULT_RATE_WAIT_S if wait_s is None else wait_s, cap_s))
+            self.broker.pause(res, retry_after, cap_s)
             return True
         if h.get("X-RateLimit-Remaining") == "0":
-            reset = _number(h.get("X-RateLimit-Reset", ""))
-            wait_s = reset - now if reset is not None and reset > now else _DEFAULT_RATE_WAIT_S
-            self.tokens.block(index, now + _bounded(wait_s, cap_s))
+            rate = RateHeaders.parse(h)
+            if known != 0 or rate is None or rate.reset <= time.time():
+                # No usable reset: wait as for a secondary limit.
+                self.broker.pause(res, None, cap_s)
             return True
         if status == 429 or b"rate limit" in body[:500].lower():
-            # A secondary limit without Retry-After: GitHub asks for at least a minute.
-            self.tokens.block(index, now + _bounded(_DEFAULT_RATE_WAIT_S, cap_s))
+            self.broker.pause(res, None, cap_s)
             return True
         return False
 
@@ -325,17 +266,3 @@ def _page_items(body: bytes, what: str) -> list[dict[str, Any]]:
     if not isinstance(items, list):
         raise GitHubError(f"{what}: expected a JSON array")
     return [i for i in items if isinstance(i, dict)]
-
-
-def _number(text: str) -> float | None:
-    """A finite number of an untrusted header, else None."""
-    try:
-        value = float(text[:40])
-    except ValueError:
-        return None
-    return value if math.isfinite(value) or value > 0 else None
-
-
-def _bounded(wait_s: float, cap_s: float) -> float:
-    """A rate-limit wait between 1 s and cap_s (an infinite one is the cap)."""
-    return min(max(wait_s, 1.0), cap_s)

@@ -32,7 +32,7 @@ import urllib3
 
 from bulkbackup import __version__
 from bulkbackup.config import GitHubSettings
-from bulkbackup.errors import Interrupted, InvalidName
+from bulkbackup.errors import Interrupted, InvalidName, RateLimited
 from bulkbackup.graphql_query import build_query, points_for, to_rest
 from bulkbackup.names import check_login
 from bulkbackup.quota import Broker, RateHeaders, Reservation, Resource
@@ -123,15 +123,17 @@ class GraphQLLister:
         """Pages waiting for a query (owners submitted and not finished have one each)."""
         return len(self._queue)
 
-    def list_owners(self, logins: Sequence[str]) -> dict[str, OwnerResult]:
+    def list_owners(self, logins: Sequence[str], deadline: float | None = None
+                    ) -> dict[str, OwnerResult]:
         """Every login's repositories (REST field names), or gone, or failed. Owners of an
-        open stream finished meanwhile are kept for the next `step()`."""
+        open stream finished meanwhile are kept for the next `step()`. RateLimited when a
+        wait for quota would pass `deadline` (time.monotonic())."""
         wanted = set(logins)
         results: dict[str, OwnerResult] = {}
         for r in self.submit(logins):
             results[r.login] = r
         while wanted - results.keys() and self._queue:
-            for r in self.step():
+            for r in self.step(deadline):
                 if r.login in wanted:
                     results[r.login] = r
                 else:
@@ -156,23 +158,26 @@ class GraphQLLister:
         return done
 
     def abandon(self) -> list[str]:
-        """Forget every owner not finished (after Interrupted): their logins."""
-        logins = list(self._open)
+        """Forget every owner not returned yet (after Interrupted): their logins."""
+        logins = list(self._open) + [r.login for r in self._ready]
         self._queue.clear()
         self._open.clear()
+        self._ready.clear()
         return logins
 
-    def step(self) -> list[OwnerResult]:
+    def step(self, deadline: float | None = None) -> list[OwnerResult]:
         """One query for the next queued pages (next pages of owners already started come
-        first); the owners it finished (listed, gone or failed)."""
+        first); the owners it finished (listed, gone or failed). RateLimited (nothing lost:
+        the pages stay queued) when a wait for quota would pass `deadline`."""
         finished, self._ready = self._ready, []
         if not self._queue:
             return finished
         chunk = [self._queue.popleft() for _ in range(min(self.batch, len(self._queue)))]
         try:
-            reply = self._send(chunk)
-        except Interrupted:
+            reply = self._send(chunk, deadline)
+        except (Interrupted, RateLimited):
             self._queue.extendleft(reversed(chunk))
+            self._ready = finished + self._ready
             raise
         if reply.kind is _Kind.SPLIT and len(chunk) > 1:
             self.batch, self._good = max(1, len(chunk) // 2), 0
@@ -235,7 +240,7 @@ class GraphQLLister:
             return None
         return cursor
 
-    def _send(self, chunk: list[tuple[str, str | None]]) -> _Reply:
+    def _send(self, chunk: list[tuple[str, str | None]], deadline: float | None) -> _Reply:
         """One query for `chunk`, with quota reservations, waits and bounded retries."""
         query, variables = build_query(chunk)
         body = orjson.dumps({"query": query, "variables": variables})
@@ -244,7 +249,7 @@ class GraphQLLister:
             if self.stop.is_set():
                 raise Interrupted("stopping")
             res = self.broker.acquire(Resource.GRAPHQL, points_for(len(chunk)), self.stop,
-                                      self.settings.max_rate_wait_s)
+                                      self.settings.max_rate_wait_s, deadline)
             reply = self._post(body, res, len(chunk))
             if reply is None:  # a rate limit: the broker now knows; reserve again
                 self.stats.waits += 1
@@ -288,7 +293,7 @@ class GraphQLLister:
                 return None  # primary limit: recorded, the broker waits for the reset
             if (headers.get("Retry-After") is not None or status == 429
                     or b"secondary rate limit" in data[:2000].lower()):
-                self.broker.pause(res, headers.get("Retry-After"))
+                self.broker.pause(res, headers.get("Retry-After"), self.settings.max_rate_wait_s)
                 return None
             return _Reply(_Kind.FAILED, error=f"GitHub GraphQL refused the request: HTTP {status}")
         if status in (502, 504) and size > 1:
@@ -313,7 +318,7 @@ class GraphQLLister:
             if rate is None or rate.remaining >= res.cost:
                 # No spent quota to wait for (no headers, or they still show points): wait
                 # as for a secondary limit rather than ask again at once.
-                self.broker.pause(res, None)
+                self.broker.pause(res, None, self.settings.max_rate_wait_s)
             return None
         if any(e.get("type") == "RESOURCE_LIMITS_EXCEEDED"
                or "resource limits" in _message(e).lower() for e in errors):

@@ -8,23 +8,34 @@ until the earliest reset, and nothing is sent. `record` corrects the state from 
 headers; `pause` stops a token for every process after a secondary-limit answer
 (Retry-After, else 60 s, doubling while they repeat). A token the broker knows nothing about
 is assumed to have its full quota, so losing the keys loses nothing.
+
+Without Redis (`Broker(None, ...)`: `bulkbackup sync`), or while Redis does not answer, the
+same rules run on this process's own state (`LocalQuota`): nothing is shared then, nothing
+fails either.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import Enum, StrEnum
 from importlib import resources
+from typing import TypeVar
 
 import redis
 
 from bulkbackup import keys
-from bulkbackup.errors import Interrupted
+from bulkbackup.errors import Interrupted, RateLimited
+from bulkbackup.timeutil import format_rfc3339
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +43,9 @@ WINDOW_S = 3600  # GitHub's rate-limit window
 KEY_TTL_S = 2 * WINDOW_S
 MAX_PAUSE_S = 3600
 NO_TOKEN_ID = "anonymous"  # noqa: S105 - the name of "no token", not a secret
+DEFAULT_PAUSE_S = 60  # a secondary limit without Retry-After (GitHub: at least a minute)
+# After Redis failed to answer, this process counts on its own for this long, then asks again.
+FALLBACK_S = 10.0
 
 
 class Resource(StrEnum):
@@ -110,51 +124,99 @@ def _script(name: str) -> str:
 class Broker:
     """The shared quota of `tokens` (this process's tokens; other processes may share them).
 
+    `r`: the Redis that shares the state (None: this process's own, see `LocalQuota`).
     `limits`: the points per window assumed for a token before any answer (GitHub: 5000).
     """
 
-    def __init__(self, r: redis.Redis, tokens: Sequence[str],
+    def __init__(self, r: redis.Redis | None, tokens: Sequence[str],
                  limits: Mapping[Resource, int] | None = None) -> None:
         self._r = r
         values = [t for t in dict.fromkeys(tokens) if t]
         self._tokens: list[str | None] = list(values) or [None]
         self._ids = [token_id(t) for t in self._tokens]
         self._limits = {Resource.CORE: 5000, Resource.GRAPHQL: 5000, **(limits or {})}
-        self._reserve = r.register_script(_script("quota_reserve.lua"))
-        self._record = r.register_script(_script("quota_record.lua"))
-        self._pause = r.register_script(_script("quota_pause.lua"))
+        self.local = LocalQuota()
+        self._down_until = 0.0  # monotonic: Redis is not asked before this
+        self._git_next = 0
+        if r is not None:
+            self._reserve = r.register_script(_script("quota_reserve.lua"))
+            self._record = r.register_script(_script("quota_record.lua"))
+            self._pause = r.register_script(_script("quota_pause.lua"))
 
     @property
     def token_ids(self) -> list[str]:
         return list(self._ids)
 
-    def reserve(self, resource: Resource, cost: int = 1) -> Reservation | Wait:
-        """Reserve `cost` on the token with the most headroom, or say how long to wait."""
+    def any_token(self) -> str | None:
+        """A token for git (not subject to the API's quota), in rotation, without waiting."""
+        self._git_next = (self._git_next + 1) % len(self._tokens)
+        return self._tokens[self._git_next]
+
+    def _shared(self, redis_call: Callable[[], _T], local_call: Callable[[], _T]) -> _T:
+        """Redis's answer; this process's own while Redis does not answer (nothing fails)."""
+        if self._r is not None and time.monotonic() >= self._down_until:
+            try:
+                return redis_call()
+            except redis.RedisError as exc:
+                self._down_until = time.monotonic() + FALLBACK_S
+                log.warning("quota broker: Redis did not answer (%s); this process counts "
+                            "GitHub's quota on its own for %.0fs", type(exc).__name__,
+                            FALLBACK_S)
+        return local_call()
+
+    def reserve(self, resource: Resource, cost: int = 1, peek: bool = False
+                ) -> Reservation | Wait:
+        """Reserve `cost` on the token with the most headroom, or say how long to wait;
+        `peek`: charge nothing (is a token usable now?)."""
         cost = max(1, min(cost, self._limits[resource]))
-        names: list[str] = []
-        for tid in self._ids:
-            names += [keys.quota(resource.value, tid), keys.quota_pause(tid)]
-        out = self._reserve(keys=names, args=[cost, self._limits[resource], WINDOW_S,
-                                              KEY_TTL_S])
-        kind = _text(out[0])
-        if kind == "reserved":
-            i = int(out[1]) - 1
-            return Reservation(resource, self._ids[i], cost, int(out[2]), self._tokens[i])
-        return Wait(resource, int(out[1]) / 1000, WaitReason(_text(out[2])))
+        limit = self._limits[resource]
+
+        def shared() -> list[object]:
+            names: list[str] = []
+            for tid in self._ids:
+                names += [keys.quota(resource.value, tid), keys.quota_pause(tid)]
+            return list(self._reserve(keys=names, args=[cost, limit, WINDOW_S, KEY_TTL_S,
+                                                        "1" if peek else "0"]))
+
+        out = self._shared(shared, lambda: self.local.reserve(
+            resource.value, self._ids, cost, limit, peek))
+        if _text(out[0]) == "reserved":
+            i = int(_text(out[1])) - 1
+            return Reservation(resource, self._ids[i], cost, int(_text(out[2])),
+                               self._tokens[i])
+        return Wait(resource, int(_text(out[1])) / 1000, WaitReason(_text(out[2])))
 
     def acquire(self, resource: Resource, cost: int, stop: threading.Event,
-                max_wait_s: float) -> Reservation:
-        """`reserve`, waiting (sending nothing) while every token is spent or paused;
-        raises Interrupted when `stop` is set during a wait."""
+                max_wait_s: float, deadline: float | None = None) -> Reservation:
+        """`reserve`, waiting (sending nothing) while every token is spent or paused (at most
+        `max_wait_s` at a time); Interrupted when `stop` is set during a wait; RateLimited
+        instead of a wait that would pass `deadline` (time.monotonic())."""
         while True:
             got = self.reserve(resource, cost)
             if isinstance(got, Reservation):
                 return got
-            wait = min(got.seconds + random.uniform(0.0, 0.5), max_wait_s)
-            log.warning("GitHub %s quota: every token %s; waiting %.0fs", resource.value,
-                        got.reason.value, wait)
-            if stop.wait(wait):
-                raise Interrupted(f"stopping while waiting for the {resource.value} quota")
+            self._wait(got, stop, max_wait_s, deadline)
+
+    def wait_ready(self, resource: Resource, stop: threading.Event, max_wait_s: float) -> None:
+        """Wait until a token could be reserved, without reserving (after a RateLimited user
+        was given back: the process waits holding no user)."""
+        while isinstance(got := self.reserve(resource, 1, peek=True), Wait):
+            self._wait(got, stop, max_wait_s, None)
+
+    def _wait(self, got: Wait, stop: threading.Event, max_wait_s: float,
+              deadline: float | None) -> None:
+        wait = min(got.seconds + random.uniform(0.0, 0.5), max_wait_s)
+        which = "the token" if len(self._tokens) == 1 else f"all {len(self._tokens)} tokens"
+        if deadline is not None and time.monotonic() + wait > deadline:
+            until = time.time() + got.seconds
+            stamp = format_rfc3339(datetime.fromtimestamp(until, UTC))
+            raise RateLimited(f"GitHub rate limit: {which} exhausted until {stamp}, past this "
+                              "user's deadline (github.user_deadline_s)", until)
+        log.warning("GitHub rate limit (%s): %s %s; waiting %.0fs (until %s UTC)",
+                    got.resource.value, which, got.reason.value, wait,
+                    time.strftime("%H:%M:%S", time.gmtime(time.time() + wait)))
+        if stop.wait(wait):
+            raise Interrupted(f"stopping while waiting for the {got.resource.value} quota")
 
     def record(self, reservation: Reservation, headers: Mapping[str, str]) -> int | None:
         """Correct the token's state from an answer's x-ratelimit-* headers; the remaining
@@ -164,20 +226,94 @@ class Broker:
             return None
         resource = rate.resource or reservation.resource
         key = keys.quota(resource.value, reservation.token_id)
-        out = self._record(keys=[key], args=[rate.remaining, rate.reset, rate.limit, KEY_TTL_S])
-        return int(out)
+        return int(self._shared(
+            lambda: self._record(keys=[key], args=[rate.remaining, rate.reset, rate.limit,
+                                                   KEY_TTL_S, WINDOW_S, reservation.cost]),
+            lambda: self.local.record(resource.value, reservation.token_id, rate,
+                                      reservation.cost)))
 
-    def pause(self, reservation: Reservation, retry_after: str | None) -> Pause:
-        """A secondary-limit answer: pause this token for every process."""
+    def pause(self, reservation: Reservation, retry_after: str | None,
+              max_s: float = MAX_PAUSE_S) -> Pause:
+        """A secondary-limit answer: pause this token for every process (at most `max_s`,
+        github.max_rate_wait_s: the longest wait the operator allows)."""
+        longest = max(1, min(math.ceil(max_s), MAX_PAUSE_S))
         seconds = ""
         if retry_after is not None and retry_after.strip().isdigit():
-            seconds = str(max(1, min(int(retry_after), MAX_PAUSE_S)))
-        out = self._pause(keys=[keys.quota_pause(reservation.token_id)],
-                          args=[seconds, MAX_PAUSE_S])
+            seconds = str(max(1, min(int(retry_after), longest)))
+        tid = reservation.token_id
+        out = self._shared(
+            lambda: list(self._pause(keys=[keys.quota_pause(tid)], args=[seconds, longest])),
+            lambda: self.local.pause(tid, int(seconds) if seconds else None, longest))
         pause = Pause(float(_text(out[0])), float(_text(out[1])))
         log.warning("GitHub secondary rate limit on token %s: paused %.0fs",
                     reservation.token_id[:15], pause.seconds)
         return pause
+
+
+class LocalQuota:
+    """The rules of the Lua scripts (quota_*.lua) on one process's own state: for
+    `bulkbackup sync` (no Redis) and for a worker while Redis does not answer."""
+
+    def __init__(self) -> None:
+        self._mu = threading.Lock()
+        # (resource, token id) -> remaining, reset, limit, reserved under an assumed window
+        # (-1: the window is known from an answer)
+        self._quota: dict[tuple[str, str], tuple[int, float, int, int]] = {}
+        self._pauses: dict[str, tuple[float, float]] = {}  # token id -> until, length_s
+
+    def reserve(self, resource: str, ids: Sequence[str], cost: int, default: int,
+                peek: bool) -> list[object]:
+        now = time.time()
+        with self._mu:
+            best: tuple[int, int, float, int] | None = None  # remaining, index, reset, assumed
+            soonest, why = math.inf, "spent"
+            for i, tid in enumerate(ids):
+                until = self._pauses.get(tid, (0.0, 0.0))[0]
+                if until > now:
+                    soonest, why = (until, "paused") if until < soonest else (soonest, why)
+                    continue
+                left, reset, limit, assumed = self._quota.get((resource, tid),
+                                                              (0, 0.0, default, 0))
+                if reset <= now:
+                    left, reset, assumed = limit, now + WINDOW_S, 0
+                if left >= cost and (best is None or left > best[0]):
+                    best = (left, i, reset, assumed)
+                elif left < cost and reset < soonest:
+                    soonest, why = reset, "spent"
+            if best is None:
+                return ["wait", max(1, math.ceil((soonest - now) * 1000)), why]
+            left, i, reset, assumed = best
+            if not peek:
+                left -= cost
+                limit = self._quota.get((resource, ids[i]), (0, 0.0, default, 0))[2]
+                assumed = assumed + cost if assumed >= 0 else -1
+                self._quota[(resource, ids[i])] = (left, reset, limit, assumed)
+            return ["reserved", i + 1, left]
+
+    def record(self, resource: str, tid: str, rate: RateHeaders, cost: int) -> int:
+        reset = min(float(rate.reset), math.ceil(time.time() + WINDOW_S))
+        with self._mu:
+            left, old_reset, _, assumed = self._quota.get((resource, tid),
+                                                          (rate.remaining, 0.0, 0, 0))
+            same = assumed < 0 and abs(old_reset - reset) < 2
+            remaining = min(left, rate.remaining) if same else rate.remaining
+            remaining = max(0, remaining - max(0, assumed - cost))
+            self._quota[(resource, tid)] = (remaining, reset, rate.limit, -1)
+            return remaining
+
+    def pause(self, tid: str, seconds: int | None, longest: int) -> list[object]:
+        now = time.time()
+        with self._mu:
+            prev_until, prev_len = self._pauses.get(tid, (0.0, 0.0))
+            length = float(seconds or DEFAULT_PAUSE_S)
+            if prev_len and prev_until <= now < prev_until + prev_len:
+                length = max(length, prev_len * 2)
+            elif prev_len and now < prev_until:
+                length = max(length, prev_len)
+            length = min(length, longest)
+            until = max(now + length, prev_until)
+            self._pauses[tid] = (until, length)
+            return [f"{until - now:.3f}", str(length)]
 
 
 def _text(value: object) -> str:

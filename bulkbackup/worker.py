@@ -29,8 +29,10 @@ from bulkbackup.batching import BatchSizer
 from bulkbackup.config import Settings
 from bulkbackup.connection import Scripts, connect
 from bulkbackup.errors import BulkbackupError, Interrupted, LockLost, RateLimited
+from bulkbackup.feed import ListingFeed
 from bulkbackup.github import GitHub
 from bulkbackup.gitops import GitWork
+from bulkbackup.graphql import GraphQLLister, OwnerResult
 from bulkbackup.locks import LockKeeper
 from bulkbackup.messages import (
     Deferred,
@@ -42,6 +44,7 @@ from bulkbackup.messages import (
     WorkerExit,
 )
 from bulkbackup.parentdeath import ParentDeath
+from bulkbackup.quota import Broker, Resource
 from bulkbackup.redact import install_redaction
 from bulkbackup.store import open_store
 from bulkbackup.tracked import Completion
@@ -138,6 +141,7 @@ class Worker:
         self.keeper = LockKeeper(self.r, scripts, args.worker_id, s.run.lock_ttl_s)
         self.sizer = BatchSizer(s.run.claim_target_s, s.run.claim_batch_max, args.procs)
         self.queue: deque[str] = deque()
+        self.feed: ListingFeed | None = None  # github.api: graphql
         self.failures_in_a_row = 0  # store or Redis failures since the last user that worked
         self.parent_pid = parent_pid
         self._finished = threading.Event()  # run() has returned: the watch thread ends
@@ -151,16 +155,26 @@ class Worker:
         s = self.args.settings
         threading.Thread(target=self._watch, name="watch", daemon=True).start()
         store = open_store(s.store)
-        github = GitHub(s.github, stop=self.stop)
+        # One view of every token's quota for all processes on all hosts, REST and GraphQL.
+        broker = Broker(self.r, s.github.tokens)
+        github = GitHub(s.github, stop=self.stop, broker=broker)
+        if s.github.api == "graphql":
+            self.feed = ListingFeed(GraphQLLister(s.github, broker, self.stop),
+                                    s.github.graphql_batch)
         self.keeper.start()
         try:
             with work_dir(s, f"w{self.args.index}") as path:
                 job = UserBackup(s, store, github, GitWork(s.run, s.github, path))
-                self._loop(job)
+                if self.feed is not None:
+                    self._loop_listed(job, self.feed)
+                else:
+                    self._loop(job)
         finally:
             self._give_back_queue()
             self.keeper.stop()
             github.close()
+            if self.feed is not None:
+                self.feed.lister.close()
             store.close()
             self._finished.set()
 
@@ -227,8 +241,8 @@ class Worker:
         with self.budget.get_lock():
             self.budget.value += n
 
-    def _claim(self, remaining: int | None) -> tuple[list[str], int]:
-        want = self._take_budget(self.sizer.size(remaining))
+    def _claim(self, remaining: int | None, size: int | None = None) -> tuple[list[str], int]:
+        want = self._take_budget(self.sizer.size(remaining) if size is None else size)
         if want == 0:
             return [], 0
         with self._claim_mu:
@@ -257,6 +271,47 @@ class Worker:
                 self.queue.extend(claimed)
             self._one(job, self.queue.popleft())
 
+    def _loop_listed(self, job: UserBackup, feed: ListingFeed) -> None:
+        """As `_loop`, each user synced with the listing its GraphQL batch brought."""
+        remaining: int | None = None
+        idle_wait = min(0.25, self.args.settings.run.lock_ttl_s / 8)
+        while not self.stop.is_set():
+            if feed.ready:
+                member, listed = feed.ready.popleft()
+                self._one(job, member, listed)
+                continue
+            remaining = self._fill(feed, remaining)
+            if feed.queued:
+                self._list(job, feed)
+                continue
+            if self._drained():
+                return
+            self.stop.wait(idle_wait)
+
+    def _fill(self, feed: ListingFeed, remaining: int | None) -> int | None:
+        """Claim until the next query is full (see ListingFeed.wanted)."""
+        run = self.args.settings.run
+        first = self.sizer.size(None)
+        while (want := feed.wanted(remaining, first, self.args.procs, run.claim_batch_max)) > 0:
+            claimed, remaining = self._claim(remaining, want)
+            if not claimed:
+                break
+            feed.add(claimed)
+        return remaining
+
+    def _list(self, job: UserBackup, feed: ListingFeed) -> None:
+        """One GraphQL query. Waiting for quota before it is this process waiting for GitHub
+        (its users' locks are kept alive meanwhile); a wait during it past
+        github.user_deadline_s gives the users back, as REST's RateLimited does."""
+        gh = self.args.settings.github
+        job.github.broker.wait_ready(Resource.GRAPHQL, self.stop, gh.max_rate_wait_s)
+        try:
+            feed.step(time.monotonic() + gh.user_deadline_s)
+        except RateLimited as exc:
+            for member in feed.take_back():
+                self._give_back(member, str(exc))
+            job.github.broker.wait_ready(Resource.GRAPHQL, self.stop, gh.max_rate_wait_s)
+
     def _drained(self) -> bool:
         if not self._unlimited():
             with self.budget.get_lock():
@@ -270,12 +325,12 @@ class Worker:
                 and bool(_retrying("claim", lambda: self.r.exists(keys.INTACT), rs,
                                    self.stop)))
 
-    def _one(self, job: UserBackup, member: str) -> None:
+    def _one(self, job: UserBackup, member: str, listed: OwnerResult | None = None) -> None:
         login = keys.login_of(member)
         started = time.monotonic()
         fence = self.keeper.fence(member)  # every write of this user is fenced by its lock
         try:
-            result = job.sync(login, fence)
+            result = job.sync(login, fence, listed)
         except LockLost:
             self.keeper.drop(member)
             self._report(Lost(self.args.index, login))
@@ -360,3 +415,6 @@ class Worker:
     def _give_back_queue(self) -> None:
         while self.queue:
             self._give_back(self.queue.popleft())
+        if self.feed is not None:  # listed or being listed, not started
+            for member in self.feed.take_back():
+                self._give_back(member)

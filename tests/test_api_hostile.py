@@ -21,6 +21,14 @@ from bulkbackup.store.base import canonical
 from bulkbackup.testing.forge import BASE_TIME, Forge, RepoSpec, rfc3339
 from tests.conftest import ROOT, run_cli
 
+
+@pytest.fixture(autouse=True)
+def rest_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These cases test the REST client (github.api: rest); GraphQL's are in test_graphql.py
+    and test_run_graphql.py."""
+    monkeypatch.setenv("GITHUB_API", "rest")
+
+
 # Every case must end well within this (the hostile answers would last minutes or forever).
 END_S = 90
 

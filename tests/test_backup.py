@@ -14,6 +14,14 @@ from bulkbackup.store import Store
 from bulkbackup.testing.forge import Forge, RepoSpec
 from tests.conftest import git, run_cli
 
+
+@pytest.fixture(autouse=True)
+def rest_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These cases test the REST client (github.api: rest); GraphQL's are in test_graphql.py
+    and test_run_graphql.py."""
+    monkeypatch.setenv("GITHUB_API", "rest")
+
+
 TOKEN = "ghp_SECRETtoken0123456789abcdefABCDEF0123"
 
 

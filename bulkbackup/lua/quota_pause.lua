@@ -9,7 +9,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local h = redis.call('HMGET', KEYS[1], 'until', 'length_s')
 local prev_until, prev_len = tonumber(h[1]), tonumber(h[2])
-local length = tonumber(ARGV[1]) or 60
+local length = math.min(tonumber(ARGV[1]) or 60, tonumber(ARGV[2]))
 if prev_until and prev_len and now >= prev_until and now < prev_until + prev_len then
   length = math.max(length, prev_len * 2)
 elseif prev_until and prev_len and now < prev_until then

@@ -3,7 +3,7 @@
 -- KEYS[2i]   bulkbackup:quota:pause:<token id>      (hash: until, length_s)
 --            for each token i of the caller, in the caller's order
 -- ARGV[1] cost   ARGV[2] limit assumed for a token without state   ARGV[3] window (s)
--- ARGV[4] key ttl (s)
+-- ARGV[4] key ttl (s)   ARGV[5] '1': only look (charge nothing: is a token usable now?)
 -- Returns {'reserved', i, remaining after the reservation} (i: 1-based token position)
 --      or {'wait', milliseconds until the earliest reset or pause end, 'spent'|'paused'}.
 --
@@ -16,6 +16,7 @@ local cost = tonumber(ARGV[1])
 local default = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
+local peek = ARGV[5] == '1'
 
 local function state(key)
   local h = redis.call('HMGET', key, 'remaining', 'reset', 'limit')
@@ -41,10 +42,20 @@ for i = 1, #KEYS / 2 do
     end
   end
 end
+if best and peek then
+  return {'reserved', best, best_left}
+end
 if best then
   local key = KEYS[2 * best - 1]
   redis.call('HSET', key, 'remaining', best_left - cost)
-  if best_fresh then redis.call('HSET', key, 'reset', string.format('%.3f', best_reset)) end
+  if best_fresh then
+    -- An assumed window (no answer yet): the next answer replaces it whatever its reset;
+    -- assumed_n counts what was reserved meanwhile (see quota_record.lua).
+    redis.call('HSET', key, 'reset', string.format('%.3f', best_reset), 'assumed', '1',
+               'assumed_n', cost)
+  elseif redis.call('HGET', key, 'assumed') == '1' then
+    redis.call('HINCRBY', key, 'assumed_n', cost)
+  end
   redis.call('EXPIRE', key, ttl)
   return {'reserved', best, best_left - cost}
 end

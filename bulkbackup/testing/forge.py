@@ -133,10 +133,12 @@ class _Budget:
     reset_at: float
     full: int
     window_s: float
+    told_spent: bool = False  # an answer of this window said Remaining 0
 
     def refill_if_due(self, now: float) -> None:
         if now >= self.reset_at:
             self.remaining, self.reset_at = self.full, now + self.window_s
+            self.told_spent = False
 
     def headers(self) -> dict[str, str]:
         return {"X-RateLimit-Limit": str(self.full), "X-RateLimit-Remaining": str(self.remaining),
@@ -152,7 +154,9 @@ class Forge:
     `renamed` (old login -> new: 301) and `link_host` (pagination links to another host).
     Failures: rate_limit, fail_5xx, set_token_budget, `require_known_tokens` (unknown token:
     401), RepoSpec.stall with `stall_s`. Observation: `counters` ("api", "api_<status>",
-    "api_5xx", "info_refs", "upload_pack"), clones(), upload_packs(), `auth_headers_seen`.
+    "api_5xx", "info_refs", "upload_pack"; "api_after_spent": requests with a budgeted token
+    after an answer had said its quota was spent), clones(), upload_packs(),
+    `auth_headers_seen`.
     `counters`, `users` and the switches are guarded by `lock`.
     """
 
@@ -395,6 +399,9 @@ class Forge:
             return self._fail_status, b'{"message": "Server Error"}', {}
         quota = budget or self._core
         quota.refill_if_due(now)
+        if budget is not None and budget.told_spent:
+            # Sent although an answer had already said this token's quota was spent.
+            self.counters["api_after_spent"] += 1
         if self._limited > 0 and now < self._limit_reset:
             self._limited -= 1
             if self._limit_secondary:
@@ -407,9 +414,15 @@ class Forge:
                 "X-RateLimit-Reset": str(math.ceil(self._limit_reset))}
         if quota.remaining <= 0:
             if budget is not None:
+                budget.told_spent = True
                 return 403, b'{"message": "API rate limit exceeded for user."}', quota.headers()
             quota.remaining, quota.reset_at = quota.full, now + quota.window_s
         quota.remaining -= 1
+        quota.told_spent = quota.remaining == 0
+        if budget is None and quota.remaining == 0:
+            # Never exhausted, and never said to be: a client that believes the headers (the
+            # quota broker) would otherwise wait for a reset an hour away.
+            quota.remaining, quota.reset_at = quota.full, now + quota.window_s
         return 0, b"", quota.headers()
 
 

@@ -19,7 +19,8 @@ Switches and counters live in `controls(forge)` (a `Controls`, guarded by `forge
 RATE_LIMITED answers (200 with an error of type RATE_LIMITED), secondary limits (403 with
 Retry-After), 5xx on demand, an answer for batches larger than `max_batch` aliases (502, 504,
 a "resource limits" error or a stall, to exercise splitting), per-token point budgets; `counters`
-has "requests", "points", "status_<code>", "rate_limited", "secondary", "oversize".
+has "requests", "points", "status_<code>", "rate_limited", "secondary", "oversize", and
+"after_spent": queries with a budgeted token after an answer had said its points were spent.
 """
 
 from __future__ import annotations
@@ -86,10 +87,13 @@ class Points:
     remaining: int
     reset_at: float
     full: int
+    told_spent: bool = False  # an answer of this window said remaining 0
+    window_s: float = WINDOW_S
 
     def refill_if_due(self, now: float) -> None:
         if now >= self.reset_at:
-            self.remaining, self.reset_at = self.full, now + WINDOW_S
+            self.remaining, self.reset_at = self.full, now + self.window_s
+            self.told_spent = False
 
     def headers(self) -> dict[str, str]:
         return {"X-RateLimit-Limit": str(self.full), "X-RateLimit-Remaining": str(self.remaining),
@@ -124,7 +128,8 @@ class Controls:
     def set_token_budget(self, token: str, points: int, reset_in_s: float) -> None:
         """Queries with this token may spend `points`, then RATE_LIMITED until the reset,
         when the budget refills for another `reset_in_s`... (as GitHub's hourly window)."""
-        self.budgets[token] = Points(points, time.time() + reset_in_s, points)
+        self.budgets[token] = Points(points, time.time() + reset_in_s, points,
+                                     window_s=reset_in_s)
 
 
 _CONTROLS: weakref.WeakKeyDictionary[Forge, Controls] = weakref.WeakKeyDictionary()
@@ -332,6 +337,9 @@ def _admit(c: Controls, auth: str, cost: Cost, fields: int
     budget = c.budgets.get(_token(auth))
     points = budget or c.default
     points.refill_if_due(now)
+    if budget is not None and budget.told_spent:
+        # Sent although an answer had already said this token's points were spent.
+        c.counters["after_spent"] += 1
     if c.secondary > 0:
         c.secondary -= 1
         c.counters["secondary"] += 1
@@ -350,11 +358,16 @@ def _admit(c: Controls, auth: str, cost: Cost, fields: int
                             "X-RateLimit-Reset": str(math.ceil(c.limit_reset))})
         elif limited and c.limit_headers == "none":
             headers = {}
+        if budget is not None and headers.get("X-RateLimit-Remaining") == "0":
+            budget.told_spent = True
         refusal = {"errors": [{"type": "RATE_LIMITED", "code": "graphql_rate_limit",
                                "message": "API rate limit exceeded for user ID 1."}]}
         return Answer(200, json.dumps(refusal).encode(), {**headers, **_JSON})
     if points.remaining < cost.points:  # the default budget is never exhausted: a new window
         points.remaining, points.reset_at = points.full, now + WINDOW_S
     points.remaining -= cost.points
+    points.told_spent = points.remaining == 0
+    if budget is None and points.remaining == 0:  # never said to be exhausted either
+        points.remaining, points.reset_at = points.full, now + WINDOW_S
     c.counters["points"] += cost.points
     return points.headers(), (points.full, points.remaining, points.reset_at)

@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import orjson
+import pytest
 
 from bulkbackup.store import Store
 from bulkbackup.testing.forge import Forge, RepoSpec

@@ -12,7 +12,8 @@ from typing import Any
 
 from graphql import GraphQLError
 
-from bulkbackup.testing.forge import PLACEHOLDER, Forge, rfc3339
+from bulkbackup.testing.forge import Forge
+from bulkbackup.testing.repos import PLACEHOLDER, rfc3339
 
 
 class NotFound(Exception):

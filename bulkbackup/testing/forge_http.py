@@ -1,0 +1,320 @@
+"""The stand-in's HTTP side: the REST listing (with its hostile modes), the GraphQL hook, and
+git's smart HTTP protocol through `git http-backend`."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import math
+import os
+import subprocess
+import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from bulkbackup.testing.repos import NAME, PLACEHOLDER
+
+if TYPE_CHECKING:
+    from bulkbackup.testing.forge import Forge
+
+_JSON = {"Content-Type": "application/json; charset=utf-8"}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # many parallel clones and benchmark clients
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # quiet: a client hanging up mid-answer is not news
+
+
+class _Handler(BaseHTTPRequestHandler):
+    forge: Forge
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without this, Nagle's algorithm and the
+    # client's delayed ACK add ~40 ms to every keep-alive request.
+    disable_nagle_algorithm = True
+
+    def setup(self) -> None:
+        super().setup()
+        with self.forge.lock:
+            self.forge._conns[self.connection] = threading.current_thread()
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            with self.forge.lock:
+                self.forge._conns.pop(self.connection, None)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        segs = parts.path.split("/")
+        if len(segs) == 4 and segs[:2] == ["", "users"] and segs[3] == "repos":
+            self._api(segs[2], parse_qs(parts.query))
+        elif len(segs) == 5 and segs[3:] == ["info", "refs"]:
+            service = parse_qs(parts.query).get("service", [""])[0]
+            if service == "git-upload-pack":
+                self._git(segs[1], segs[2], parts.path, parts.query, b"")
+            else:
+                self._send(403, b"only git-upload-pack is served\n", {})
+        else:
+            if parts.path.startswith("/users/"):
+                with self.forge.lock:
+                    self.forge.counters.update(("api", "api_404"))
+            self._send(404, b'{"message": "Not Found"}', _JSON)
+
+    def do_POST(self) -> None:
+        parts = urlsplit(self.path)
+        segs = parts.path.split("/")
+        if parts.path in ("/graphql", "/api/graphql"):  # GitHub's, GitHub Enterprise's
+            from bulkbackup.testing import forge_graphql  # imports this module: import here
+
+            reply = forge_graphql.answer(self.forge, self.headers, self._body(), self._netloc())
+            self._send(reply.status, reply.body, reply.headers)
+        elif len(segs) == 4 and segs[3] == "git-upload-pack":
+            self._git(segs[1], segs[2], parts.path, parts.query, self._body())
+        else:  # receive-pack and anything else: refused without reading the body
+            self.close_connection = True
+            self._send(403, b"forbidden\n", {"Connection": "close"})
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            return b"".join(chunks)
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        if status != 304:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if status != 304:
+            self.wfile.write(body)
+
+    def _api(self, login: str, query: dict[str, list[str]]) -> None:
+        f = self.forge
+        auth = self.headers.get("Authorization", "")
+        with f.lock:
+            f.counters["api"] += 1
+            if auth:
+                f.auth_headers_seen.append(auth)
+            status, body, limits = f._admit(auth)
+            if status == 0 and f.api_retry_after is not None:
+                status, body = 429, b'{"message": "You have exceeded a secondary rate limit."}'
+                limits["Retry-After"] = f.api_retry_after
+            elif status == 0 and f.api_reset is not None:
+                status, body = 403, b'{"message": "API rate limit exceeded for user."}'
+                limits.update({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": f.api_reset})
+            repos = f.users.get(login)
+            if status == 0 and login in f.renamed:  # as GitHub, for a renamed user
+                status, body = 301, b'{"message": "Moved Permanently"}'
+                new = f"/users/{f.renamed[login]}/repos?{urlencode(_last(query))}"
+                limits["Location"] = f"http://{self._netloc()}{new}"
+            elif status == 0 and repos is None:
+                status, body = 404, (b'{"message": "Not Found", "documentation_url": '
+                                     b'"https://docs.github.com/rest/repos/repos'
+                                     b'#list-repositories-for-a-user", "status": "404"}')
+            if status:
+                f.counters[f"api_{status}" if status < 500 else "api_5xx"] += 1
+                self._send(status, body, {**limits, **_JSON})
+                return
+            repos = list(repos or [])
+        per_page, page = _int(query, "per_page", 30, 1, 100), _int(query, "page", 1, 1, 10**9)
+        pages = max(1, math.ceil(len(repos) / per_page))
+        if f.api_endless:  # pages never end: past the last, the first again
+            pages = page + 1
+        # Clone URLs name the host the client asked for (as github.com's do), so clients in
+        # other network namespaces get addresses they can reach.
+        netloc = self._netloc()
+        chunk = repos[(page - 1) * per_page : page * per_page]
+        if not chunk and f.api_endless:
+            chunk = repos[:per_page]
+        body = json.dumps(chunk, ensure_ascii=False).replace(PLACEHOLDER, netloc).encode()
+        etag = f'W/"{hashlib.sha1(body).hexdigest()}{f.etag_suffix}"'
+        headers = {**limits, **_JSON, "ETag": etag, "Cache-Control": "private, max-age=60",
+                   "Vary": "Accept, Authorization"}
+        if pages > 1:
+            extra = {k: v for k, v in _last(query).items() if k != "page"}
+            base = f"http://{f.link_host or netloc}/users/{login}/repos"
+
+            def link(p: int, rel: str) -> str:
+                return f'<{base}?{urlencode({**extra, "page": p})}>; rel="{rel}"'
+
+            rels = [link(page - 1, "prev"), link(1, "first")] if page > 1 else []
+            if page < pages:
+                rels = [link(page + 1, "next"), link(pages, "last"), *rels]
+            headers["Link"] = ", ".join(rels)
+        if f.api_next_loop:
+            base = f"http://{netloc}/users/{login}/repos"
+            headers["Link"] = f'<{base}?{urlencode(_last(query))}>; rel="next"'
+        seen = {t.strip().removeprefix("W/") for t in
+                self.headers.get("If-None-Match", "").split(",")}
+        with f.lock:
+            if etag.removeprefix("W/") in seen or "*" in seen:
+                f.counters["api_304"] += 1
+                status = 304
+            else:
+                f.counters["api_200"] += 1
+                status = 200
+        if status == 200 and (f.api_drip_s > 0 or f.api_pad_mb > 0):
+            self._send_hostile(body, headers)
+        else:
+            self._send(status, body, headers)
+
+    def _send_hostile(self, body: bytes, headers: dict[str, str]) -> None:
+        """A 200 whose body is dripped (api_drip_s; with api_drip_head the status line and
+        headers too) or padded (api_pad_mb of spaces inside the array, streamed)."""
+        f = self.forge
+        pad = 0 if f.api_drip_s > 0 else f.api_pad_mb << 20
+        size = (["Connection: close"] if f.api_pad_unsized
+                else [f"Content-Length: {len(body) + pad}"])  # unsized: the body ends at EOF
+        lines = ["HTTP/1.1 200 OK", *(f"{k}: {v}" for k, v in headers.items()), *size]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if f.api_drip_s > 0:
+            slow = head + body if f.api_drip_head else body
+            self.wfile.write(b"" if f.api_drip_head else head)
+            for i in range(len(slow)):
+                if f._stopping.wait(f.api_drip_s):
+                    break
+                self.wfile.write(slow[i : i + 1])
+            self.close_connection = True
+            return
+        self.wfile.write(head + body[:1])  # "[": the padding is whitespace inside the array
+        spaces = b" " * (1 << 16)
+        while pad > 0:
+            self.wfile.write(spaces[:pad])
+            pad -= len(spaces)
+        self.wfile.write(body[1:])
+        self.close_connection = f.api_pad_unsized
+
+    def _netloc(self) -> str:
+        return self.headers.get("Host") or urlsplit(self.forge.url).netloc
+
+    def _git(self, login: str, repo: str, path: str, query: str, body: bytes) -> None:
+        f = self.forge
+        name = repo.removesuffix(".git")
+        kind = "upload_pack" if path.endswith("/git-upload-pack") else "info_refs"
+        auth = self.headers.get("Authorization")
+        with f.lock:
+            f.counters[kind] += 1
+            f._per_repo[(kind, login, name)] += 1
+            if auth:
+                f.auth_headers_seen.append(auth)
+            stall = (login, name) in f._stalled
+            stall_mid = (login, name) in f._stalled_mid
+            redirect = f.git_redirect
+        if redirect and kind == "info_refs":
+            self._send(302, b"", {"Location": f"{redirect}{path}?{query}"})
+            return
+        ok = all(NAME.fullmatch(s) and ".." not in s for s in (login, repo))
+        if not ok or not repo.endswith(".git") or not (f.git_root / login / repo).is_dir():
+            self._send(404, b"Repository not found.\n", {"Content-Type": "text/plain"})
+            return
+        if stall and kind == "upload_pack" and f._stopping.wait(f.stall_s):
+            self.close_connection = True
+            return
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_PROJECT_ROOT": str(f.git_root),
+               "GIT_HTTP_EXPORT_ALL": "1", "REQUEST_METHOD": self.command, "PATH_INFO": path,
+               "QUERY_STRING": query, "REMOTE_ADDR": self.client_address[0],
+               "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+               "CONTENT_LENGTH": str(len(body)), "HOME": str(f.root)}
+        for header, var in (("Git-Protocol", "GIT_PROTOCOL"),
+                            ("Content-Encoding", "HTTP_CONTENT_ENCODING")):
+            if self.headers.get(header):
+                env[var] = self.headers[header]
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(["git", "http-backend"], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=err, env=env)
+            with f.lock:
+                f._procs.add(proc)
+            try:
+                self._relay(proc, body, err, stall_mid and _wants(body, self.headers))
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+                with f.lock:
+                    f._procs.discard(proc)
+
+    def _relay(self, proc: subprocess.Popen[bytes], body: bytes, err: Any,
+               stall_mid: bool = False) -> None:
+        """Feed the request to the CGI, then stream its answer (chunked unless it is sized);
+        ``stall_mid``: send the answer's first bytes, then stall (until stop)."""
+        assert proc.stdin is not None and proc.stdout is not None
+        threading.Thread(target=_feed, args=(proc.stdin, body), daemon=True).start()
+        status, headers = 200, {}
+        while (line := proc.stdout.readline()) not in (b"\r\n", b"\n"):
+            if not line:  # no CGI header block: the backend failed
+                proc.wait()
+                err.seek(0)
+                self._send(500, err.read() or b"git http-backend failed\n", {})
+                return
+            key, _, value = line.decode("latin-1").partition(":")
+            if key.lower() == "status":
+                status = int(value.split()[0])
+            else:
+                headers[key.strip()] = value.strip()
+        sized = "Content-Length" in headers
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        if not sized:
+            self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        out = cast(io.BufferedReader, proc.stdout)
+        while data := out.read1(1 << 16):
+            if stall_mid:
+                data = data[:64]
+            self.wfile.write(data if sized else b"%x\r\n%s\r\n" % (len(data), data))
+            if stall_mid:
+                self.wfile.flush()
+                self.forge._stopping.wait(self.forge.stall_s)
+                self.close_connection = True
+                return
+        if proc.wait() != 0:
+            self.close_connection = True  # no last chunk: the client sees a broken answer
+        elif not sized:
+            self.wfile.write(b"0\r\n\r\n")
+
+
+def _wants(body: bytes, headers: Any) -> bool:
+    """Does this upload-pack request ask for objects (a fetch, not a ref listing)?"""
+    if headers.get("Content-Encoding", "").lower() in ("gzip", "x-gzip"):
+        with contextlib.suppress(OSError, EOFError):
+            body = gzip.decompress(body)
+    return b"want " in body
+
+
+def _feed(pipe: Any, body: bytes) -> None:
+    try:
+        pipe.write(body)
+        pipe.close()
+    except OSError:
+        pass  # the backend exited early
+
+
+def _last(query: dict[str, list[str]]) -> dict[str, str]:
+    return {k: v[-1] for k, v in query.items()}
+
+
+def _int(query: dict[str, list[str]], key: str, default: int, low: int, high: int) -> int:
+    try:
+        return max(low, min(int(query.get(key, [str(default)])[-1]), high))
+    except ValueError:
+        return default

@@ -1,8 +1,9 @@
-"""How many users a `run` worker claims at once."""
+"""How many users a `run` worker claims at once, and the `--max-users` budget the workers share."""
 
 from __future__ import annotations
 
 import math
+from multiprocessing.sharedctypes import Synchronized
 
 
 class BatchSizer:
@@ -33,3 +34,37 @@ class BatchSizer:
         if remaining is not None:
             n = min(n, math.ceil(remaining / (2 * self.procs)))
         return max(1, min(n, self.batch_max))
+
+
+class UserBudget:
+    """`run --max-users`: how many users the workers may still claim, shared between processes
+    (-1: no limit)."""
+
+    def __init__(self, shared: Synchronized[int]) -> None:
+        self._shared = shared
+
+    def unlimited(self) -> bool:
+        # Read without the lock (-1 never changes): without --max-users no worker ever takes
+        # it, so one killed while holding it cannot block the others.
+        return bool(self._shared.get_obj().value < 0)
+
+    def take(self, n: int) -> int:
+        """Up to ``n`` users from the budget; how many were granted."""
+        if self.unlimited():
+            return n
+        with self._shared.get_lock():
+            n = min(n, self._shared.value)
+            self._shared.value -= n
+            return n
+
+    def give_back(self, n: int) -> None:
+        if self.unlimited() or n == 0:
+            return
+        with self._shared.get_lock():
+            self._shared.value += n
+
+    def spent(self) -> bool:
+        if self.unlimited():
+            return False
+        with self._shared.get_lock():
+            return bool(self._shared.value == 0)

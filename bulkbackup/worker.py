@@ -25,7 +25,7 @@ import redis
 
 from bulkbackup import gitops, keys, tracked
 from bulkbackup.backup import UserBackup, UserResult
-from bulkbackup.batching import BatchSizer
+from bulkbackup.batching import BatchSizer, UserBudget
 from bulkbackup.config import Settings
 from bulkbackup.connection import Scripts, connect
 from bulkbackup.errors import BulkbackupError, Interrupted, LockLost, RateLimited
@@ -132,7 +132,7 @@ class Worker:
         self.args = args
         self.reports = reports
         self.graceful = graceful
-        self.budget = budget
+        self.budget = UserBudget(budget)
         self.stop = threading.Event()  # set when the parent asks for a graceful stop
         self.r = connect(s.redis)
         scripts = Scripts(self.r)
@@ -222,27 +222,8 @@ class Worker:
         with self._orphan_mu:
             pass
 
-    def _unlimited(self) -> bool:
-        # Read without the lock (-1 never changes): without --max-users no worker ever takes
-        # it, so one killed while holding it cannot block the others.
-        return bool(self.budget.get_obj().value < 0)
-
-    def _take_budget(self, n: int) -> int:
-        if self._unlimited():
-            return n
-        with self.budget.get_lock():
-            n = min(n, self.budget.value)
-            self.budget.value -= n
-            return n
-
-    def _return_budget(self, n: int) -> None:
-        if self._unlimited() or n == 0:
-            return
-        with self.budget.get_lock():
-            self.budget.value += n
-
     def _claim(self, remaining: int | None, size: int | None = None) -> tuple[list[str], int]:
-        want = self._take_budget(self.sizer.size(remaining) if size is None else size)
+        want = self.budget.take(self.sizer.size(remaining) if size is None else size)
         if want == 0:
             return [], 0
         with self._claim_mu:
@@ -252,7 +233,7 @@ class Worker:
                                       self.args.settings.run.redis_retry_s, self.stop)
             if claimed:
                 self.keeper.add(claimed, time.monotonic())
-        self._return_budget(want - len(claimed))
+        self.budget.give_back(want - len(claimed))
         return claimed, left
 
     def _loop(self, job: UserBackup) -> None:
@@ -313,10 +294,8 @@ class Worker:
             job.github.broker.wait_ready(Resource.GRAPHQL, self.stop, gh.max_rate_wait_s)
 
     def _drained(self) -> bool:
-        if not self._unlimited():
-            with self.budget.get_lock():
-                if self.budget.value == 0:
-                    return True
+        if self.budget.spent():
+            return True
         rs = self.args.settings.run.redis_retry_s
         return (_retrying("claim", self.claimer.remaining, rs, self.stop) == 0
                 and _retrying("claim", self.claimer.in_flight, rs, self.stop) == 0

@@ -33,7 +33,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import NotFound, StoreError, one_line
-from bulkbackup.store import tempfiles
+from bulkbackup.store import sidecar, tempfiles
 from bulkbackup.store.base import (
     BeforeCommit,
     Head,
@@ -46,7 +46,6 @@ from bulkbackup.store.base import (
 )
 
 OBJECT = "%object"
-META_SUFFIX = "%meta"
 _CHUNK = 1024 * 1024
 # A name is one of ours (not an encoded key segment) when a `%` is not the start of `%25`.
 _RESERVED = re.compile(r"%(?!25)")
@@ -118,10 +117,6 @@ class LocalStore(Store):
             segments.append(OBJECT)
         return self.root.joinpath(*segments)
 
-    @staticmethod
-    def _meta_path(data: Path) -> Path:
-        return data.with_name(data.name + META_SUFFIX)
-
     def _count(self, n: int = 1) -> None:
         with self._lock:
             self._requests += n
@@ -142,31 +137,6 @@ class LocalStore(Store):
 
     # -- sidecar -----------------------------------------------------------------------------
 
-    @staticmethod
-    def _read_sidecar(data: Path) -> dict[str, Any]:
-        try:
-            raw = LocalStore._meta_path(data).read_bytes()
-        except FileNotFoundError:
-            return {}
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            # Sidecars are replaced atomically, so this is outside damage: an entry without
-            # metadata only makes the next run sync the object again.
-            return {}
-        return doc if isinstance(doc, dict) else {}
-
-    @staticmethod
-    def _entry_for(doc: Mapping[str, Any], st: os.stat_result) -> dict[str, Any] | None:
-        # The size guards against an inode freed by an earlier put and reused by a file
-        # written into the store by hand: such a file must not inherit old metadata.
-        for slot in ("cur", "prev"):
-            entry = doc.get(slot)
-            if (isinstance(entry, dict) and entry.get("ino") == st.st_ino
-                    and entry.get("size", st.st_size) == st.st_size):
-                return entry
-        return None
-
     def _write_sidecar(self, data: Path, doc: Mapping[str, Any],
                        before_commit: BeforeCommit) -> None:
         payload = json.dumps(doc, separators=(",", ":")).encode("ascii")
@@ -178,13 +148,13 @@ class LocalStore(Store):
                 f.flush()
                 os.fsync(f.fileno())
             before_commit()
-            os.replace(tmp, self._meta_path(data))
+            os.replace(tmp, sidecar.meta_path(data))
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         # The new sidecar must be on disk before the data rename that follows can be, or a
         # power cut could keep the new data with the old sidecar (and lose its metadata).
-        self._fsync_dir(data.parent)
+        sidecar.fsync_dir(data.parent)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -214,7 +184,7 @@ class LocalStore(Store):
                                                "meta": meta},
                                        "prev": self._current_entry(dest)}, before_commit)
             os.replace(tmp, dest)
-            self._fsync_dir(dest.parent)
+            sidecar.fsync_dir(dest.parent)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -248,7 +218,7 @@ class LocalStore(Store):
         if created:
             # A new user's folder: its own entry must reach the disk too, or a power cut
             # could lose the folder with every fsynced file in it.
-            self._fsync_dir(dest.parent.parent)
+            sidecar.fsync_dir(dest.parent.parent)
         if dest.is_dir():
             raise StoreError(f"cannot store {self._key_of(dest)!r}: keys exist below it")
 
@@ -262,20 +232,7 @@ class LocalStore(Store):
             st = os.stat(dest)
         except FileNotFoundError:
             return None
-        return self._entry_for(self._read_sidecar(dest), st)
-
-    @staticmethod
-    def _fsync_dir(folder: Path) -> None:
-        try:
-            fd = os.open(folder, os.O_RDONLY)
-        except OSError:  # pragma: no cover - platforms without directory fds
-            return
-        try:
-            os.fsync(fd)
-        except OSError:  # pragma: no cover - some file systems refuse fsync on folders
-            pass
-        finally:
-            os.close(fd)
+        return sidecar.entry_for(sidecar.read(dest), st)
 
     def replace_metadata(self, key: str, metadata: Mapping[str, str],
                          before_commit: BeforeCommit = no_fence) -> None:
@@ -322,7 +279,7 @@ class LocalStore(Store):
                 st = self._stat_file(key, dest)
             except NotFound:
                 return None
-            entry = self._entry_for(self._read_sidecar(dest), st)
+            entry = sidecar.entry_for(sidecar.read(dest), st)
             raw = entry.get("meta") if entry else None
             meta = {str(k).lower(): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
             return Head(size=st.st_size, last_modified=_mtime(st), metadata=meta)

@@ -61,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=text, description=text, parents=common,
                               allow_abbrev=False)
 
+    _job_commands(command)
+    _archive_commands(command)
+    return p
+
+
+_Command = Callable[[str, str], argparse.ArgumentParser]
+
+
+def _job_commands(command: _Command) -> None:
+    """The commands that fill and drain `tracked`."""
     s = command("ingest", "stream a GitHub users dump into the `tracked` set")
     s.add_argument("dump", metavar="DUMP", help="dump path, or - for stdin (plain or gzip)")
     s.add_argument("--limit", type=at_least(0), metavar="N",
@@ -85,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = command("sync", "back up the named users now, without the queue")
     s.add_argument("logins", nargs="+", metavar="LOGIN")
 
+    command("rebuild", "rebuild `tracked` from the durable store")
+    command("reset", "set every score to 0: every user is due again")
+
+    s = command("track", "add users by hand (as ingest: ZADD NX -inf)")
+    s.add_argument("logins", nargs="+", metavar="LOGIN")
+
+
+def _archive_commands(command: _Command) -> None:
+    """The commands that read (and check) what the store holds."""
     s = command("show", "what the store holds for one user (read-only)")
     s.add_argument("login", metavar="LOGIN")
     s.add_argument("--json", action="store_true", help="print as JSON")
@@ -104,17 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="verify N users drawn at random from the store")
     s.add_argument("--json", action="store_true", help="print the figures as one JSON object")
 
-    command("rebuild", "rebuild `tracked` from the durable store")
-    command("reset", "set every score to 0: every user is due again")
-
     s = command("serve", "the web server: status, search, downloads, metrics")
     s.add_argument("--host", metavar="H", help="address to listen on (default: serve.host)")
     s.add_argument("--port", type=at_least(0), metavar="P",
                    help="port to listen on (default: serve.port)")
-
-    s = command("track", "add users by hand (as ingest: ZADD NX -inf)")
-    s.add_argument("logins", nargs="+", metavar="LOGIN")
-    return p
 
 
 def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -27,24 +26,13 @@ from pathlib import Path
 
 import redis
 
+from benchmarks.graphql_listing import population
 from bulkbackup.testing import forge_graphql
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.services import redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-quota-token"  # the stand-in's, not a secret
-
-
-def population(users: int, seed: int) -> dict[str, int]:
-    rng = random.Random(seed)
-
-    def size() -> int:
-        x = rng.random()
-        if x < 0.90:
-            return rng.randint(0, 10)
-        return rng.randint(11, 100) if x < 0.99 else rng.randint(1000, 1500)
-
-    return {f"user{i:06d}": size() for i in range(users)}
 
 
 @dataclass

@@ -269,6 +269,12 @@ def test_user_page_and_json(archive: Archive) -> None:
     # Behind a TLS proxy on this machine, the restore command names the public scheme.
     proxied = archive.served.get("/users/alice", headers={"X-Forwarded-Proto": "https"}).text
     assert "git clone https://127.0.0.1:" in proxied
+    # From any other address the header is not believed (uvicorn's FORWARDED_ALLOW_IPS).
+    elsewhere = httpx.HTTPTransport(local_address="127.0.0.2")
+    with httpx.Client(transport=elsewhere, timeout=30) as other:
+        spoofed = other.get(archive.served.url + "/users/alice",
+                            headers={"X-Forwarded-Proto": "https"}).text
+    assert f"git clone {archive.served.url}/users/alice/hello.bundle hello" in spoofed
     # A hostile description (and the error that quotes the repository) render as text.
     assert XSS not in page and "&lt;script&gt;alert(&#39;xss&#39;)&lt;/script&gt;" in page
     stored = archive.served.get("/users/alice.json")
@@ -331,6 +337,9 @@ def test_security_headers(archive: Archive) -> None:
         csp = h["content-security-policy"]
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp, path
         assert h["x-content-type-options"] == "nosniff", path
+        assert h["x-frame-options"] == "DENY" and h["referrer-policy"] == "no-referrer", path
+    assert "attachment" in archive.served.get(
+        "/users/alice/hello.bundle").headers["content-disposition"]
     page = archive.served.get("/").text
     assert "<script>" not in page and '<script src="/static/app.js" defer></script>' in page
     assert "style=" not in page  # the CSP forbids inline styles too

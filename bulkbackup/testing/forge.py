@@ -102,6 +102,7 @@ class Forge:
         self._per_repo: Counter[tuple[str, str, str]] = Counter()
         self._stalled: set[tuple[str, str]] = set()
         self._limited, self._limit_reset, self._limit_secondary = 0, 0.0, False
+        self._limit_window_s = 0.0
         self._fail, self._fail_status = 0, 502
         self._budgets: dict[str, _Budget] = {}
         self._core = _Budget(5000, time.time() + 3600, 5000, 3600)  # reported, never exhausted
@@ -276,11 +277,13 @@ class Forge:
     # -- switches and counters -------------------------------------------------------------
 
     def rate_limit(self, requests: int, reset_in_s: float, secondary: bool = False) -> None:
-        """The next `requests` API calls made before the reset time answer 403 (primary:
-        Remaining 0, Reset) or 429 (secondary: Retry-After); at the reset time it lifts."""
+        """The next `requests` API calls answer 403 (primary: Remaining 0, Reset) or 429
+        (secondary: Retry-After), until the reset time, `reset_in_s` after the first of them
+        (counted from that call, not from now: a client's start-up, however slow, never
+        misses the limit); at the reset time it lifts."""
         with self.lock:
             self._limited, self._limit_secondary = requests, secondary
-            self._limit_reset = time.time() + reset_in_s
+            self._limit_window_s, self._limit_reset = reset_in_s, math.inf
 
     def fail_5xx(self, requests: int, status: int = 502) -> None:
         with self.lock:
@@ -325,6 +328,8 @@ class Forge:
         if budget is not None and budget.told_spent:
             # Sent although an answer had already said this token's quota was spent.
             self.counters["api_after_spent"] += 1
+        if self._limited > 0 and self._limit_reset == math.inf:
+            self._limit_reset = now + self._limit_window_s  # the window opens with its first call
         if self._limited > 0 and now < self._limit_reset:
             self._limited -= 1
             if self._limit_secondary:

@@ -8,7 +8,6 @@ start, nor commit, once the user is not ours (see bulkbackup.store.fenced).
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -96,17 +95,13 @@ class UserResult:
         return text + (f"; error: {self.error}" if self.error else "")
 
 
-# GitHub's timestamps, e.g. 2026-01-01T00:00:00Z. Anything else from the API is not stored
-# (it would go into metadata, and could exceed the store's limit on every attempt).
-_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)")
-
-
 def _timestamp(value: object) -> str:
-    """The API's time as given, or "" unless it is a real date in a sane range (a
-    far-future `9999-12-31T23:59:59Z` would otherwise look newer than every later push)."""
-    if not isinstance(value, str) or not _TIMESTAMP.fullmatch(value):
+    """The API's time as given, or "" unless it is a real date in a sane range: anything
+    else would go into metadata (and a far-future `9999-12-31T23:59:59Z` would look newer
+    than every later push)."""
+    if not isinstance(value, str) or parse_api_time(value) is None:
         return ""
-    return value if parse_api_time(value) is not None else ""
+    return value
 
 
 def _repo_times(repo: dict[str, Any]) -> tuple[str, str]:

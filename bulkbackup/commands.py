@@ -9,7 +9,6 @@ Redis failure), raised as a BulkbackupError; 2 usage or configuration.
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from datetime import datetime
@@ -20,7 +19,7 @@ import orjson
 
 from bulkbackup.config import Settings
 from bulkbackup.errors import InvalidName, UsageError
-from bulkbackup.timeutil import parse_rfc3339
+from bulkbackup.timeutil import parse_strict
 
 if TYPE_CHECKING:
     from bulkbackup.verify import VerifyReport
@@ -189,12 +188,9 @@ def _preflight(settings: Settings) -> None:
     open_store(settings.store).close()
 
 
-_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)")
-
-
 def _parse_time(text: str) -> datetime:
     """An RFC 3339 time from the command line (`2026-11-28T17:00:00Z`)."""
-    parsed = parse_rfc3339(text.upper()) if _RFC3339.fullmatch(text) else None
+    parsed = parse_strict(text)
     if parsed is None:
         raise UsageError(f"--at: not an RFC 3339 time: {text!r:.60} "
                          "(e.g. 2026-11-28T17:00:00Z)")

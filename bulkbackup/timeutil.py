@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
+
+# RFC 3339 date-time as GitHub and the store write it (2026-01-01T00:00:00Z); nothing looser.
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)")
 
 
 def now() -> datetime:
@@ -38,7 +42,12 @@ API_CLOCK_SKEW = timedelta(days=1)
 def parse_api_time(text: str) -> datetime | None:
     """An untrusted (API or stored) time as a datetime; None when it is malformed, not a
     real date (`9999-99-99`), before 2005 or more than a day in the future."""
-    parsed = parse_rfc3339(text)
+    parsed = parse_strict(text)
     if parsed is None or not EARLIEST_API_TIME <= parsed <= now() + API_CLOCK_SKEW:
         return None
     return parsed
+
+
+def parse_strict(text: str) -> datetime | None:
+    """An RFC 3339 date-time (the whole text, nothing looser than GitHub writes); else None."""
+    return parse_rfc3339(text.upper()) if _RFC3339.fullmatch(text) else None

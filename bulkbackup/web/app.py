@@ -175,7 +175,7 @@ class Site:
     async def download(self, request: Request) -> Response:
         login, file = request.path_params["login"], request.path_params["file"]
         repo, dot, kind = file.rpartition(".")
-        if not dot or kind not in downloads.CONTENT_TYPES or not is_login(login) \
+        if not dot or kind not in downloads.KINDS or not is_login(login) \
                 or not is_repo_name(repo):
             raise HTTPException(404)
         key = layout.bundle_key(login, repo) if kind == "bundle" else layout.zip_key(login, repo)

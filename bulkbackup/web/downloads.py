@@ -14,13 +14,13 @@ from email.utils import format_datetime, parsedate_to_datetime
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from bulkbackup.store import Head, Store
+from bulkbackup.store import Head, Store, layout
 
 CHUNK_BYTES = 1024 * 1024
 PRESIGN_S = 300
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
-CONTENT_TYPES = {"bundle": "application/x-git-bundle", "zip": "application/zip"}
-JSON_TYPE = "application/json"
+# What can be downloaded (its Content-Type comes from the key: store.layout.content_type).
+KINDS = ("bundle", "zip")
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def respond(request: Request, store: Store, key: str, kind: str, head: Head,
         status, start, length = 206, wanted.start, wanted.length
         headers["Content-Range"] = f"bytes {wanted.start}-{wanted.end}/{head.size}"
     headers["Content-Length"] = str(length)
-    media = CONTENT_TYPES.get(kind, JSON_TYPE)
+    media = layout.content_type(key)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=media)
     return StreamingResponse(_chunks(store, key, start, length), status_code=status,

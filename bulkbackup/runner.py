@@ -186,7 +186,9 @@ class Supervisor:
         self.tracked_size = int(self.r.zcard(keys.TRACKED))
         # What killed processes left: work folders and the local store's temp files.
         workdir.clean_stale(self.settings)
-        clean_stale_temp(self.settings.store)
+        removed = clean_stale_temp(self.settings.store)
+        if removed:
+            log.warning("removed %d temp files of the store left by killed writers", removed)
         server_now = server_time(self.r)
         self.clock_offset_s = server_now - time.time()
         # Whole seconds, like the scores completion writes: a user finished in this very

@@ -19,6 +19,7 @@ import redis
 
 from bulkbackup import config
 from bulkbackup.messages import GivenBack, Lost
+from bulkbackup.store import tempfiles
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.worker import Worker, WorkerArgs
 from tests.conftest import ROOT, free_port, start_moto
@@ -412,3 +413,23 @@ def test_a_lock_lost_before_a_give_back_counts_as_lost(
     assert r.hget("bulkbackup:failures", "github.com/failing") is None
     assert r.zscore("tracked", "github.com/fine") == float("-inf")  # given back
     worker.r.close()
+
+
+def test_a_run_removes_the_temp_files_dead_writers_left_in_the_store(
+    run_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A put killed mid-write leaves its temp file in the local store; the next run removes
+    it at start, and keeps one whose writer still lives."""
+    incoming = tmp_path / "backup" / "github.com" / tempfiles.INCOMING
+    incoming.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = incoming / f"{tempfiles.PREFIX}{tempfiles.HOST}-{dead.pid}-0123abcd"
+    live = incoming / f"{tempfiles.PREFIX}{tempfiles.HOST}-{os.getpid()}-4567abcd"
+    stale.write_bytes(b"half a bundle")
+    live.write_bytes(b"a write in progress")
+    proc = start_run(run_env, "--procs", "1", "--no-stats")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert not stale.exists() and live.exists()
+    assert "removed 1 temp files of the store left by killed writers" in err

@@ -77,7 +77,9 @@ class Incremental:
         old = stored_header(store, latest)
         dest = self.gitwork.user_dir(login) / f"{name}.increment.bundle"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fetched = fetch_increment(change.clone_url, old.refs, change.default_branch, dest,
+        # With HEAD: a default branch that moved alone is a change too.
+        old_refs = {**old.refs, "HEAD": old.head} if old.head else old.refs
+        fetched = fetch_increment(change.clone_url, old_refs, change.default_branch, dest,
                                   self.settings.run, self.settings.github, token,
                                   store.fence.check)
         if not fetched.refs:

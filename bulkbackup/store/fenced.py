@@ -14,8 +14,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from bulkbackup.errors import Interrupted
 from bulkbackup import faults
+from bulkbackup.errors import Interrupted
 from bulkbackup.store.base import Head, ObjectInfo, Store
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from bulkbackup.archives import latest_archive
 from bulkbackup.store import Store
 from bulkbackup.store.base import canonical
 from bulkbackup.testing.forge import BASE_TIME, Forge, RepoSpec, rfc3339
@@ -85,7 +86,9 @@ def test_a_far_future_pushed_at_does_not_freeze_a_repository(
     source = forge.root / "git" / "future" / "a.git"
     tip = subprocess.run(["git", "rev-parse", "refs/heads/main"], cwd=source, check=True,
                          capture_output=True, text=True).stdout.strip()
-    assert f"{tip} refs/heads/main" in bundle_heads(store, "future/a.bundle", tmp_path)
+    newest = latest_archive(store, "future", "a").parts[-1].key  # the increment
+    assert newest != "future/a.bundle"
+    assert f"{tip} refs/heads/main" in bundle_heads(store, newest, tmp_path)
 
     # Real times again: the repository is seen unchanged, as any other.
     forge.reset_counters()

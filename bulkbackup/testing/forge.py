@@ -5,7 +5,8 @@ It serves `GET /users/<login>/repos` in GitHub's JSON shape (Link pagination, we
 5xx answers) and the bare repositories it builds with `git fast-import` over git's smart HTTP
 protocol through `git http-backend` (read-only). It counts what it serves so tests can assert
 what was fetched. Also `POST /graphql` (forge_graphql.py). The repositories' content is in
-repos.py, the HTTP side in forge_http.py; this module holds the state, switches and counters.
+repos.py, the HTTP side in forge_http.py, changes to built repositories in forge_changes.py;
+this module holds the state, switches and counters.
 
     python -m bulkbackup.testing.forge --root DIR [--port PORT] [--sample] [--users N --repos M]
 """
@@ -32,6 +33,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from bulkbackup.testing.forge_changes import ForgeChanges
 from bulkbackup.testing.forge_http import _Handler, _Server
 from bulkbackup.testing.repos import (
     BASE_TIME,
@@ -70,10 +72,11 @@ class _Budget:
                 "X-RateLimit-Resource": "core"}
 
 
-class Forge:
+class Forge(ForgeChanges):
     """The stand-in: `start()` (or `with`) serves it on `url`, `stop()` ends it.
 
     Content: add_user/add_users (built repositories), add_raw_repo_entry, push, remove_user;
+    changes to a built repository (force_push, add_branch, ...) in forge_changes.py;
     `renamed` (old login -> new: 301) and `link_host` (pagination links to another host).
     Failures: rate_limit, fail_5xx, set_token_budget, `require_known_tokens` (unknown token:
     401), RepoSpec.stall with `stall_s`. Observation: `counters` ("api", "api_<status>",
@@ -352,88 +355,6 @@ class Forge:
             # quota broker) would otherwise wait for a reset an hour away.
             quota.remaining, quota.reset_at = quota.full, now + quota.window_s
         return 0, b"", quota.headers()
-
-
-    # -- mutations of a built repository (tests of increments) -------------------------------
-
-    def _repo_of(self, login: str, name: str) -> tuple[dict[str, Any], Path]:
-        with self.lock:
-            entry = next(e for e in self.users[login] if e.get("name") == name)
-        repo = self.git_root / login / f"{name}.git"
-        if not repo.is_dir():
-            raise FileNotFoundError(repo)
-        return entry, repo
-
-    def _moved(self, entry: dict[str, Any]) -> None:
-        """pushed_at/updated_at strictly later, as `push` does."""
-        with self.lock:
-            later = max(time.time(), epoch(entry["pushed_at"]) + 1,
-                        epoch(entry["updated_at"]) + 1)
-            entry["pushed_at"] = entry["updated_at"] = rfc3339(later)
-
-    def force_push(self, login: str, name: str, files: dict[str, bytes]) -> None:
-        """The default branch replaced by a new root commit (unrelated history)."""
-        entry, repo = self._repo_of(login, name)
-        ref = f"refs/heads/{entry['default_branch']}"
-        stream = f"reset {ref}\n\n".encode() + commit(ref, int(time.time()), files, None,
-                                                       "force push")
-        git("fast-import", "--quiet", "--force", cwd=repo, data=stream)
-        self._moved(entry)
-
-    def add_branch(self, login: str, name: str, branch: str, files: dict[str, bytes]) -> None:
-        """A new commit with ``files`` on top of the default branch, as branch ``branch``."""
-        entry, repo = self._repo_of(login, name)
-        parent = f"refs/heads/{entry['default_branch']}^0"
-        git("fast-import", "--quiet", cwd=repo,
-            data=commit(f"refs/heads/{branch}", int(time.time()), files, parent, branch))
-        self._moved(entry)
-
-    def add_tag(self, login: str, name: str, tag: str, annotated: bool = True) -> None:
-        """Tag ``refs/tags/<tag>`` on the default branch's tip (an annotated tag object, or a
-        lightweight tag)."""
-        entry, repo = self._repo_of(login, name)
-        tip = f"refs/heads/{entry['default_branch']}^0"
-        if annotated:
-            msg = f"release {tag}\n".encode()
-            stream = b"tag %s\nfrom %s\ntagger A U Thor <author@example.com> %d +0000\n" \
-                     b"data %d\n%s\n" % (tag.encode(), tip.encode(), int(time.time()), len(msg),
-                                          msg)
-        else:
-            stream = f"reset refs/tags/{tag}\nfrom {tip}\n\n".encode()
-        git("fast-import", "--quiet", "--force", cwd=repo, data=stream)
-        self._moved(entry)
-
-    def delete_ref(self, login: str, name: str, ref: str) -> None:
-        """Delete one ref (``refs/heads/dev``, ``refs/tags/v1``, ...)."""
-        entry, repo = self._repo_of(login, name)
-        git("update-ref", "-d", ref, cwd=repo)
-        self._moved(entry)
-
-    def empty_repo(self, login: str, name: str) -> None:
-        """Every ref deleted: the repository serves no refs (its objects stay)."""
-        entry, repo = self._repo_of(login, name)
-        refs = git("for-each-ref", "--format=%(refname)", cwd=repo).split()
-        git("update-ref", "--stdin", cwd=repo, data="".join(f"delete {r}\n" for r in refs).encode())
-        self._moved(entry)
-
-    def rename_repo(self, login: str, old: str, new: str) -> None:
-        """The repository is now ``new``: its listing entry (name, URLs) and its git folder;
-        the old name answers 404."""
-        if not NAME.fullmatch(new) or ".." in new:
-            raise ValueError(f"unsafe name {login}/{new}")
-        entry, repo = self._repo_of(login, old)
-        repo.rename(self.git_root / login / f"{new}.git")
-        base, full = f"http://{PLACEHOLDER}", f"{login}/{new}"
-        with self.lock:
-            entry.update(name=new, full_name=full, html_url=f"{base}/{full}",
-                         url=f"{base}/repos/{full}", clone_url=f"{base}/{full}.git",
-                         git_url=f"git://{PLACEHOLDER}/{full}.git",
-                         ssh_url=f"git@localhost:{full}.git")
-            for stalled in (self._stalled, self._stalled_mid):
-                if (login, old) in stalled:
-                    stalled.discard((login, old))
-                    stalled.add((login, new))
-        self._moved(entry)
 
 
 def make_users(forge: Forge, n_users: int, repos_per_user: int, prefix: str = "user",

@@ -1,0 +1,312 @@
+"""The HTTP under packfetch's fetch: dulwich speaks git's protocol (discovery, the request,
+side-band); the HTTP under it is ours. Kept apart from the fetch (wants, haves, the bundle)
+because this is where the untrusted server is bounded.
+
+`Http`: a urllib3 PoolManager per fetch with redirects and retries off, only the two smart URLs
+ever requested, the token as gitops.git_env would send it (`authorization`), only smart answers
+(a dumb or non-git answer is a GitError, never dulwich's fallback to the dumb protocol), every
+body bounded in bytes, by the deadline (a watchdog shuts the sockets) and by git's low-speed
+rule. `Client`: dulwich's AbstractHttpGitClient over it, for one stateless protocol v0 fetch.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, cast
+from urllib.parse import urlsplit
+
+import urllib3
+import urllib3.connection
+from dulwich.client import AbstractHttpGitClient, default_user_agent_string
+from dulwich.objects import ObjectID
+from dulwich.refs import Ref
+
+from bulkbackup.config import GitHubSettings, RunSettings
+from bulkbackup.errors import GitError, one_line
+from bulkbackup.redact import redact
+
+if TYPE_CHECKING:
+    from dulwich.client import HTTPResponse
+
+_GET, _POST = "info/refs?service=git-upload-pack", "git-upload-pack"
+_ADVERT_TYPE = "application/x-git-upload-pack-advertisement"
+_RESULT_TYPE = "application/x-git-upload-pack-result"
+_MAX_ADVERT_BYTES = 64 << 20  # held whole while dulwich parses it
+_CHUNK = 1 << 16
+
+
+def base_url(clone_url: str) -> str:
+    """`scheme://host[:port]/path/` of an http(s) URL without credentials, query or fragment."""
+    try:
+        parts = urlsplit(clone_url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise GitError("git fetch refused: the clone URL is not a URL") from None
+    if parts.scheme not in ("http", "https"):
+        raise GitError("git fetch refused: only http(s) clone URLs")
+    if "@" in parts.netloc or parts.query or parts.fragment or "?" in clone_url:
+        raise GitError("git fetch refused: a clone URL with credentials, a query or a fragment")
+    if not re.fullmatch(r"[A-Za-z0-9.:\[\]-]+", parts.netloc) or not re.fullmatch(
+            r"[A-Za-z0-9._~%/+-]*", parts.path):
+        raise GitError("git fetch refused: unexpected characters in the clone URL")
+    return f"{parts.scheme}://{parts.netloc.lower()}{parts.path.rstrip('/')}/"
+
+
+def _origin(scheme: str, netloc: str) -> str:
+    default = {"https": ":443", "http": ":80"}[scheme]
+    return netloc.lower().removesuffix(default)
+
+
+def authorization(base: str, gh: GitHubSettings, token: str | None) -> str | None:
+    """The token's header, under gitops.git_env's rule: only if github.token_for_git, only to
+    https://<github.clone_host>/ (plain http too only with github.allow_http_token)."""
+    parts = urlsplit(base)
+    schemes = ("https", "http") if gh.allow_http_token else ("https",)
+    if not token or not gh.token_for_git or parts.scheme not in schemes:
+        return None
+    if _origin(parts.scheme, parts.netloc) != _origin(parts.scheme, gh.clone_host):
+        return None
+    return "Basic " + base64.b64encode(f"x-access-token:{token}".encode()).decode()
+
+
+class _Haves:
+    """dulwich's graph walker: the old ids, in order; acks change nothing (one request)."""
+
+    def __init__(self) -> None:
+        self.ids: Iterator[str] = iter(())
+
+    def __next__(self) -> ObjectID | None:
+        oid = next(self.ids, None)
+        return ObjectID(oid.encode()) if oid else None
+
+    def ack(self, sha: ObjectID, /) -> None:
+        pass
+
+    def nak(self) -> None:
+        pass
+
+
+class Client(AbstractHttpGitClient):
+    """dulwich's smart HTTP client over `Http`. Discovery hands the advertised refs and symrefs
+    to ``discovered`` (with HEAD's target, which fetch_pack does not return before it asks for
+    the pack); `wants` takes the ids to want and to have from ``want``."""
+
+    def __init__(self, base: str, http: Http,
+                 discovered: Callable[[Mapping[Ref, ObjectID | None], Mapping[Ref, Ref]], None],
+                 want: Callable[[], tuple[list[str], list[str]]]) -> None:
+        super().__init__(base, dumb=False, thin_packs=True, quiet=True)
+        self._wire, self._discovered, self._want = http, discovered, want
+        self.haves = _Haves()
+
+    def wants(self, refs: Mapping[Ref, ObjectID], depth: int | None = None) -> list[ObjectID]:
+        wanted, haves = self._want()
+        self.haves.ids = iter(haves)
+        return [ObjectID(w.encode()) for w in wanted]
+
+    def _http_request(self, url: str, headers: dict[str, str] | None = None,
+                      data: bytes | Iterator[bytes] | None = None, raise_for_status: bool = True
+                      ) -> tuple[HTTPResponse, Callable[[int], bytes]]:
+        return self._wire.request(url, headers or {}, data)
+
+    def _discover_references(
+        self, service: bytes, base_url: str, protocol_version: int | None = None,
+        ref_prefix: Sequence[bytes] | None = None,
+    ) -> tuple[dict[Ref, ObjectID | None], set[bytes], str, dict[Ref, Ref], dict[Ref, ObjectID]]:
+        found = super()._discover_references(service, base_url, protocol_version, ref_prefix)
+        if self.dumb:  # Http refuses non-smart answers: never reached, never allowed
+            raise GitError("git fetch refused: the server speaks only the dumb HTTP protocol")
+        self._discovered(found[0], found[3])
+        return found
+
+
+# The sockets of the fetch running on this thread (see Http): the watchdog shuts them down.
+_live = threading.local()
+
+
+def _register(sock: socket.socket | None) -> None:
+    socks = getattr(_live, "socks", None)
+    if socks is not None and sock is not None:
+        socks.append(sock)
+
+
+class _Conn(urllib3.connection.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _register(self.sock)
+
+
+class _TLSConn(urllib3.connection.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _register(self.sock)
+
+
+class _Pool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _Conn
+
+
+class _TLSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _TLSConn
+
+
+class Http:
+    """The fetch's HTTP: two URLs, bounded answers; `with` arms the deadline's watchdog.
+    ``max_pack``: the most pack bytes the fetch takes (packfetch.pack_limit)."""
+
+    def __init__(self, base: str, auth: str | None, run: RunSettings, max_pack: int) -> None:
+        self.base, self.auth, self.run, self.max_pack = base, auth, run, max_pack
+        self.deadline = time.monotonic() + run.git_timeout_s
+        self.expired = False
+        self.socks: list[socket.socket] = []
+        self.pool = urllib3.PoolManager(num_pools=1, maxsize=1, retries=False)
+        self.pool.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
+        self.window_start, self.window_bytes = time.monotonic(), 0
+        self._timer = threading.Timer(run.git_timeout_s, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> Http:
+        _live.socks = self.socks
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        _live.socks = None
+        self.pool.clear()
+
+    def _expire(self) -> None:
+        self.expired = True
+        for sock in list(self.socks):
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def left(self) -> float:
+        left = self.deadline - time.monotonic()
+        if self.expired or left <= 0:
+            raise GitError(f"git fetch timed out after {self.run.git_timeout_s:g}s")
+        return left
+
+    def failure(self, exc: BaseException) -> GitError:
+        if self.expired or time.monotonic() >= self.deadline:
+            return GitError(f"git fetch timed out after {self.run.git_timeout_s:g}s")
+        return GitError(f"git fetch failed: {redact(one_line(exc))[:300]}")
+
+    def waited_too_long(self) -> GitError:
+        """A socket read's timeout: the low-speed time, or what was left of the deadline."""
+        if self.run.git_low_speed_bytes_s > 0 and time.monotonic() < self.deadline:
+            return self.stalled()
+        return GitError(f"git fetch timed out after {self.run.git_timeout_s:g}s")
+
+    def stalled(self) -> GitError:
+        return GitError(f"git fetch failed: stalled: less than {self.run.git_low_speed_bytes_s}"
+                        f" bytes/s for {self.run.git_low_speed_time_s}s")
+
+    def request(self, url: str, headers: Mapping[str, str], data: bytes | Iterator[bytes] | None
+                ) -> tuple[_Body, Callable[[int], bytes]]:
+        post = data is not None
+        if url != self.base + (_POST if post else _GET):
+            raise GitError("git fetch refused: a request to another URL (dumb HTTP, packfile URI)")
+        left = self.left()
+        low = self.run.git_low_speed_bytes_s > 0
+        send = {"User-Agent": default_user_agent_string(), **headers, "Pragma": "no-cache"}
+        if self.auth:
+            send["Authorization"] = self.auth
+        try:
+            resp = self.pool.request(
+                "POST" if post else "GET", url, body=data, headers=send, redirect=False,
+                retries=False, preload_content=False,
+                timeout=urllib3.Timeout(connect=min(left, 60.0), read=min(
+                    left, self.run.git_low_speed_time_s) if low else left))
+        except urllib3.exceptions.ReadTimeoutError:
+            raise self.waited_too_long() from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise self.failure(exc) from None
+        self.window_start, self.window_bytes = time.monotonic(), 0
+        _refuse(resp, _RESULT_TYPE if post else _ADVERT_TYPE)
+        if post:
+            body = _Body(self, resp, self.max_pack + (16 << 20), "the answer")
+            return body, body.read
+        whole = _Body(self, resp, _MAX_ADVERT_BYTES, "the ref advertisement")
+        return whole, io.BytesIO(whole.read(_MAX_ADVERT_BYTES + 1)).read
+
+    def received(self, size: int) -> None:
+        """git's low-speed rule (curl's): fewer than git_low_speed_bytes_s bytes/s over
+        git_low_speed_time_s seconds ends the fetch (a read waiting that long ends it too)."""
+        if self.run.git_low_speed_bytes_s <= 0:
+            return
+        self.window_bytes += size
+        now = time.monotonic()
+        if now - self.window_start >= self.run.git_low_speed_time_s:
+            if self.window_bytes < self.run.git_low_speed_bytes_s * (now - self.window_start):
+                raise self.stalled()
+            self.window_start, self.window_bytes = now, 0
+
+
+def _refuse(resp: urllib3.BaseHTTPResponse, content_type: str) -> None:
+    """Only a 200 with the smart protocol's Content-Type; never a redirect (not followed)."""
+    got = resp.headers.get("Content-Type", "")
+    if resp.status == 200 and got.split(";")[0].strip().lower() == content_type:
+        return
+    resp.close()
+    if 300 <= resp.status < 400:
+        raise GitError(f"git fetch failed: HTTP {resp.status}, a redirect (never followed)")
+    if resp.status == 404:
+        raise GitError("git fetch failed: HTTP 404, repository not found")
+    if resp.status != 200:
+        raise GitError(f"git fetch failed: HTTP {resp.status}")
+    shown = re.sub(r"[^ -~]", "?", got)[:80]
+    raise GitError(f"git fetch refused: not a smart git server (dumb HTTP or not git): "
+                   f"Content-Type {shown!r}")
+
+
+class _Body:
+    """One answer as dulwich expects it (its HTTPResponse), read in exact sizes (pkt-lines
+    need them), bounded in bytes, by the deadline and by the low-speed rule."""
+
+    def __init__(self, http: Http, resp: urllib3.BaseHTTPResponse, budget: int,
+                 what: str) -> None:
+        self.http, self.resp, self.budget, self.what = http, resp, budget, what
+        self.status, self.headers = resp.status, cast(Mapping[str, str], resp.headers)
+        self.content_type: str | None = resp.headers.get("Content-Type")
+        self.redirect_location = ""
+        self.size = 0
+        self.eof = False
+
+    def geturl(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        if self.eof:
+            self.resp.release_conn()  # read whole: the connection can serve the next request
+        else:
+            self.resp.close()
+
+    def read(self, amt: int | None = None) -> bytes:
+        n, parts = _CHUNK if amt is None else amt, list[bytes]()
+        while n > 0 and not self.eof:
+            self.http.left()
+            try:
+                chunk = self.resp.read1(min(n, _CHUNK))
+            except urllib3.exceptions.ReadTimeoutError:
+                raise self.http.waited_too_long() from None
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise self.http.failure(exc) from None
+            if not chunk:
+                self.eof = True
+                break
+            self.size += len(chunk)
+            if self.size > self.budget:
+                raise GitError(f"git fetch refused: {self.what} is larger than "
+                               f"{self.budget} bytes")
+            self.http.received(len(chunk))
+            parts.append(chunk)
+            n -= len(chunk)
+        return b"".join(parts)
+

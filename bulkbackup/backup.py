@@ -189,7 +189,7 @@ class UserBackup:
         branch = repo.get("default_branch")
         pushed, updated = repo_times(repo)
         return Change(self._clone_url(repo), branch if isinstance(branch, str) else None,
-                      pushed, updated, format_rfc3339(now()))
+                      pushed, updated, now())
 
     def _increment(self, store: FencedStore, login: str, name: str, repo: dict[str, Any],
                    head: Head, parts: chains.StoredParts, result: UserResult) -> bool:
@@ -235,7 +235,7 @@ class UserBackup:
             return
         keep_days = self.settings.run.keep_history_days
         meta = {LAST_SYNC: change.stamp, PUSHED_AT: change.pushed_at,
-                UPDATED_AT: change.updated_at, CHAIN: chains.new_chain(parts, fresh, now()),
+                UPDATED_AT: change.updated_at, CHAIN: chains.new_chain(parts, fresh, change.when),
                 INCREMENTS: "0"}
         if archive.bundle is None:
             if fresh is not None and fresh.size > 0 and keep_days == 0:

@@ -31,6 +31,7 @@ from bulkbackup.store.base import (
     VERIFIED_AT,
 )
 from bulkbackup.store.fenced import FencedStore
+from bulkbackup.timeutil import format_rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,11 @@ class Change:
     default_branch: str | None
     pushed_at: str
     updated_at: str
-    stamp: str  # LastSync of what is written
+    when: datetime  # when this sync saw it: LastSync of what is written, a new chain's id
+
+    @property
+    def stamp(self) -> str:
+        return format_rfc3339(self.when)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """The stand-in's HTTP side: the REST listing (with its hostile modes), the GraphQL hook, and
-git's smart HTTP protocol through `git http-backend`."""
+git's smart HTTP protocol through `git http-backend` (its answers' body bytes are counted in
+`forge.counters["git_bytes_sent"]`, for the benchmarks of what a sync fetches)."""
 
 from __future__ import annotations
 
@@ -282,6 +283,8 @@ class _Handler(BaseHTTPRequestHandler):
             if stall_mid:
                 data = data[:64]
             self.wfile.write(data if sized else b"%x\r\n%s\r\n" % (len(data), data))
+            with self.forge.lock:  # the answer's body as git sent it, without chunk framing
+                self.forge.counters["git_bytes_sent"] += len(data)
             if stall_mid:
                 self.wfile.flush()
                 self.forge._stopping.wait(self.forge.stall_s)

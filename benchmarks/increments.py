@@ -44,7 +44,7 @@ from bulkbackup.testing.repos import BASE_TIME, commit
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(tempfile.gettempdir()) / "bulkbackup-bench-increments"
 KB, MB = 1024, 1024 * 1024
-GENERATOR = 1  # bump when the generated content changes: the cache key names it
+GENERATOR = 2  # bump when the generated content changes: the cache key names it
 
 
 class BenchError(Exception):
@@ -88,11 +88,11 @@ def _history(size: int, commits: int) -> Iterator[bytes]:
     blob = max(64 * KB, min(4 * MB, size // 50))
     rewrites = max(1, math.ceil(size / blob))
     total = max(commits, rewrites)
-    at = {round(i * total / rewrites) for i in range(rewrites)}
+    at = {round(j * total / rewrites): j for j in range(rewrites)}
     for i in range(total):
         files = {f"notes/{i:05d}.txt": f"change {i}\n{rng.random()}\n".encode()}
         if i in at:
-            files[f"data/blob{i % 4}.bin"] = rng.randbytes(blob)
+            files[f"data/blob{at[i] % 4}.bin"] = rng.randbytes(blob)
         yield commit("refs/heads/main", BASE_TIME - (total - i) * 600, files, None,
                      f"commit {i}")
 

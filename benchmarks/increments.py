@@ -246,7 +246,8 @@ def restore_rates(forge: Forge, arms: list[Arm], tmp: Path, increments: int) -> 
     for k in range(2, increments + 1):  # the first increment is one_change's
         push_all(forge, "big", ["big"], f"change-{k}")
         bulkbackup(inc, "sync", "big")
-    chain = sorted(p.name for p in inc.store.glob("big/big.bundle.d/*/*.bundle"))
+    chain = [p for p in inc.store.glob("big/big.bundle.d/*/*.bundle")
+             if p.name != "000000.bundle"]  # 000000: a history chain's base, not restored
     print(f"  restoring a base and {len(chain)} increments ...", file=sys.stderr, flush=True)
     out = tmp / "restored"
     seconds = bulkbackup(inc, "restore", "big/big", "--to", str(out / "inc"))

@@ -1,18 +1,20 @@
 """Which objects of the store make up a repository's archive, and reading them.
 
-`archive_at` is the one function that answers it (today: the one full bundle
-`<login>/<repo>.bundle`; with increments, a base bundle and a chain of increment bundles,
-which `restore.build_mirror` fetches in order). Keys come from store/layout.py.
+`archive_at` is the one function that answers it: the full base `<login>/<repo>.bundle` and
+the increments committed on it (its `Increments` metadata), or, for an earlier time, a kept
+chain (README "Incremental archives"). `restore.build_mirror` fetches the parts in order.
+Keys come from store/layout.py.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
 import orjson
 
+from bulkbackup import chains
 from bulkbackup.errors import ArchiveError, NotFound
 from bulkbackup.progress import Progress
 from bulkbackup.store import Head, Store, layout
@@ -48,6 +50,7 @@ class RepoArchive:
     has_zip: bool  # whether a zip is stored
     last_sync: str
     oldest: str  # the oldest time a restore can go back to
+    latest: bool = True  # the newest state (only it has a zip: zips are not kept)
 
     @property
     def error(self) -> str:
@@ -64,21 +67,87 @@ def latest_archive(store: Store, login: str, repo: str) -> RepoArchive:
     head = store.head(key)
     if head is None:
         raise ArchiveError(f"missing object {key}")
+    chain = chains.chain_of(head)
     last_sync = head.get(LAST_SYNC)
-    parts = (ArchivePart(key, head.size, last_sync),) if head.size > 0 else ()
+    parts: tuple[ArchivePart, ...] = ()
+    if head.size > 0:
+        parts = (ArchivePart(key, head.size, last_sync),
+                 *_increments(store, login, repo, chain, chains.committed(head)))
     zip_key = layout.zip_key(login, repo)
-    return RepoArchive(login, repo, parts, key, head,
-                       zip_key, store.head(zip_key) is not None, last_sync, last_sync)
+    return RepoArchive(login, repo, parts, key, head, zip_key, store.head(zip_key) is not None,
+                       last_sync, format_rfc3339(layout.chain_time(chain) or head.last_modified))
+
+
+def _increments(store: Store, login: str, repo: str, chain: str, n: int
+                ) -> list[ArchivePart]:
+    """Increments 1..n of ``chain`` (one listing for their sizes); a missing one is an
+    ArchiveError: the chain cannot be restored past it."""
+    if n == 0:
+        return []
+    found = {layout.parse_key(i.key).seq: i for i in store.list(layout.parts_prefix(
+        login, repo, chain))}
+    parts = []
+    for seq in range(1, n + 1):
+        info = found.get(seq)
+        if info is None:
+            raise ArchiveError(f"missing object {layout.part_key(login, repo, chain, seq)}")
+        parts.append(ArchivePart(info.key, info.size, format_rfc3339(info.last_modified)))
+    return parts
 
 
 def archive_at(store: Store, login: str, repo: str, at: datetime | None) -> RepoArchive:
-    """The archive as it was at ``at`` (None: the latest). Today only the latest exists, so a
-    time before it is refused; increments will keep older states."""
+    """The archive as it was at ``at`` (None: the latest): the newest state archived at or
+    before ``at``, from the current chain or a kept one."""
     archive = latest_archive(store, login, repo)
-    oldest = parse_rfc3339(archive.oldest)
-    if at is not None and oldest is not None and at < oldest:
-        raise ArchiveError(f"no archive at {format_rfc3339(at)}: the oldest is {archive.oldest}")
-    return archive
+    kept = chains.parts_by_repo(store.list(layout.parts_prefix(login, repo)), login
+                                ).get(repo, chains.StoredParts()).kept()
+    oldest = min([archive.oldest, *(_chain_start(c) for c in kept)])
+    archive = replace(archive, oldest=oldest)
+    if at is None:
+        return archive
+    current = chains.chain_of(archive.bundle)
+    started = [(layout.chain_time(c), c) for c in [*kept, current]]
+    candidates = sorted((t, c) for t, c in started if t is not None and t <= at)
+    if not candidates:
+        raise ArchiveError(f"no archive at {format_rfc3339(at)}: the oldest is {oldest}")
+    chain = candidates[-1][1]
+    if chain == current:
+        return _until(store, archive, at, chain)
+    base_key = layout.part_key(login, repo, chain, 0)
+    base = store.head(base_key)
+    if base is None:
+        raise ArchiveError(f"missing object {base_key}")
+    parts = ((ArchivePart(base_key, base.size, base.get(LAST_SYNC)),
+              *_increments(store, login, repo, chain, chains.committed(base)))
+             if base.size > 0 else ())
+    kept_archive = replace(archive, parts=parts, bundle=base, last_sync=base.get(LAST_SYNC),
+                           latest=False, has_zip=False)
+    return _until(store, kept_archive, at, chain)
+
+
+def _chain_start(chain: str) -> str:
+    when = layout.chain_time(chain)
+    return format_rfc3339(when) if when else ""
+
+
+def _until(store: Store, archive: RepoArchive, at: datetime, chain: str) -> RepoArchive:
+    """``archive`` without the increments archived after ``at`` (each increment's
+    `LastSync` says when; one HEAD per increment, newest first, until one is old enough)."""
+    parts = list(archive.parts)
+    while len(parts) > 1:
+        head = store.head(parts[-1].key)
+        when = parse_rfc3339(head.get(LAST_SYNC)) if head else None
+        if head is None:
+            raise ArchiveError(f"missing object {parts[-1].key}")
+        if (when or head.last_modified) <= at:
+            latest = archive.latest and len(parts) == len(archive.parts)
+            return replace(archive, parts=tuple(parts), last_sync=head.get(LAST_SYNC),
+                           latest=latest, has_zip=archive.has_zip and latest)
+        parts.pop()
+    if len(parts) == len(archive.parts):
+        return archive
+    return replace(archive, parts=tuple(parts), last_sync=_chain_start(chain), latest=False,
+                   has_zip=False)
 
 
 def repositories(store: Store, login: str) -> list[str]:

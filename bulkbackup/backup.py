@@ -11,14 +11,15 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
+from bulkbackup import chains
 from bulkbackup.config import Settings
 from bulkbackup.errors import (
+    ArchiveError,
     GitError,
     GitHubError,
     InvalidName,
@@ -29,12 +30,16 @@ from bulkbackup.errors import (
 from bulkbackup.github import GitHub, Listing
 from bulkbackup.gitops import GitWork
 from bulkbackup.graphql import GraphQLLister, Outcome, OwnerResult
+from bulkbackup.incremental import Change, Incremental, IncrementOutcome, keep_history, prune
 from bulkbackup.interrupts import signals_interrupt
 from bulkbackup.names import check_login, check_repo_name
 from bulkbackup.quota import Resource
+from bulkbackup.results import Stored, UserResult, newer_than, repo_times
 from bulkbackup.store import Store, layout, open_store
 from bulkbackup.store.base import (
+    CHAIN,
     ERROR,
+    INCREMENTS,
     LAST_SYNC,
     LISTING_ETAGS,
     PUSHED_AT,
@@ -44,71 +49,11 @@ from bulkbackup.store.base import (
     Head,
 )
 from bulkbackup.store.fenced import Fence, FencedStore, StopFence
-from bulkbackup.store.layout import EMPTY_REPOSITORY, UserCounts
-from bulkbackup.timeutil import format_rfc3339, now, parse_api_time
+from bulkbackup.store.layout import EMPTY_REPOSITORY
+from bulkbackup.timeutil import format_rfc3339, now
 from bulkbackup.workdir import work_dir
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class UserResult:
-    login: str
-    reported: int = 0
-    archived: int = 0
-    unchanged: int = 0
-    empty: int = 0
-    failed: int = 0
-    skipped: int = 0
-    bytes: int = 0
-    not_modified: bool = False
-    listed: bool = False
-    error: str = ""
-    # Not synced at all, nothing recorded (a rate limit past the user's deadline): try later.
-    not_done: str = ""
-    failures: list[str] = field(default_factory=list)
-    # Bundle sizes in the store after this sync (name -> bytes; 0 = no archive), and which
-    # of the zero-byte ones are empty repositories.
-    bundles: dict[str, int] = field(default_factory=dict)
-    empty_names: set[str] = field(default_factory=set)
-
-    @property
-    def syncd(self) -> int:
-        """SyncdRepos: repositories with an archive (a bundle with data) in the store."""
-        return sum(1 for size in self.bundles.values() if size > 0)
-
-    def counts(self) -> UserCounts | None:
-        """None when this sync did not see the user's repositories (304, 404, API failure)."""
-        if not self.listed:
-            return None
-        zero = [n for n, size in self.bundles.items() if size == 0]
-        empty = sum(1 for n in zero if n in self.empty_names)
-        return UserCounts(self.syncd, empty, len(zero) - empty, bool(self.error), self.reported)
-
-    def line(self) -> str:
-        if self.not_done:
-            return f"{self.login}: not synced: {self.not_done}"
-        if self.not_modified:
-            return f"{self.login}: unchanged since the last sync (304)"
-        text = (f"{self.login}: {self.reported} repositories, {self.archived} archived, "
-                f"{self.unchanged} unchanged, {self.empty} empty, {self.failed} failed, "
-                f"{self.bytes / 1e6:.1f} MB uploaded")
-        return text + (f"; error: {self.error}" if self.error else "")
-
-
-def _timestamp(value: object) -> str:
-    """The API's time as given, or "" unless it is a real date in a sane range: anything
-    else would go into metadata (and a far-future `9999-12-31T23:59:59Z` would look newer
-    than every later push)."""
-    if not isinstance(value, str) or parse_api_time(value) is None:
-        return ""
-    return value
-
-
-def _repo_times(repo: dict[str, Any]) -> tuple[str, str]:
-    """(pushed_at, updated_at); "" for a value that is not a real time: such a repository
-    cannot be seen to be unchanged, so it is archived again each pass."""
-    return _timestamp(repo.get("pushed_at")), _timestamp(repo.get("updated_at"))
-
 
 class UserBackup:
     """Everything that happens to one user; one instance per process, reused across users."""
@@ -120,6 +65,7 @@ class UserBackup:
         self.github = github
         self.gitwork = gitwork
         self.clone_host = settings.github.clone_host
+        self.incremental = Incremental(settings, gitwork)
         self.stop = stop or threading.Event()
 
     def _fenced(self, fence: Fence | None) -> FencedStore:
@@ -168,8 +114,8 @@ class UserBackup:
         result.reported = len(listing.repos)
         result.listed = True
         # One listing of what is stored, not a request per repository (none for no repos).
-        stored = self._stored_bundles(store, login) if listing.repos else {}
-        result.bundles = dict(stored)
+        stored = self._stored(store, login) if listing.repos else Stored({}, {})
+        result.bundles = dict(stored.bundles)
         for repo in listing.repos:
             store.fence.check()  # abandon early: no clone for a user that is not ours
             self._sync_repo(store, login, repo, stored, result)
@@ -177,17 +123,24 @@ class UserBackup:
         self._write_user(store, login, previous, listing, result, stamp)
 
     @staticmethod
-    def _stored_bundles(store: FencedStore, login: str) -> dict[str, int]:
-        """Sizes of the bundles stored for ``login``: one listing, not a request per repo."""
-        out: dict[str, int] = {}
+    def _stored(store: FencedStore, login: str) -> Stored:
+        """Sizes of the bundles stored for ``login`` and their chains' parts: one listing,
+        not a request per repository."""
+        bundles: dict[str, int] = {}
+        parts: dict[str, chains.StoredParts] = {}
         for info in store.list(layout.user_prefix(login)):
             key = layout.parse_key(info.key)
-            if key.kind is layout.Kind.BUNDLE and key.login == login:
-                out[key.repo] = info.size
-        return out
+            if key.login != login:
+                continue
+            if key.kind is layout.Kind.BUNDLE:
+                bundles[key.repo] = info.size
+            elif key.kind is layout.Kind.PART:
+                parts.setdefault(key.repo, chains.StoredParts()).add(key.chain, key.seq,
+                                                                      info.size)
+        return Stored(bundles, parts)
 
     def _sync_repo(
-        self, store: FencedStore, login: str, repo: dict[str, Any], stored: dict[str, int],
+        self, store: FencedStore, login: str, repo: dict[str, Any], stored: Stored,
         result: UserResult,
     ) -> None:
         try:
@@ -200,11 +153,14 @@ class UserBackup:
         if repo.get("fork") and self.settings.run.skip_forks:
             result.skipped += 1
             return
-        pushed, updated = _repo_times(repo)
-        head = store.head(layout.bundle_key(login, name)) if name in stored else None
+        pushed, updated = repo_times(repo)
+        head = store.head(layout.bundle_key(login, name)) if name in stored.bundles else None
+        parts = stored.parts.get(name)
         if (head is not None and pushed
                 and (head.get(PUSHED_AT), head.get(UPDATED_AT)) == (pushed, updated)
                 and not head.get(ERROR).startswith(layout.VERIFY_FAILED)):
+            if parts is not None and chains.has_archive(head):  # history past its retention
+                self._prune(store, login, name, parts, chains.chain_of(head))
             if head.size > 0:
                 result.unchanged += 1
             else:
@@ -217,47 +173,100 @@ class UserBackup:
                       f"({self.settings.run.max_repo_kb})")
             self._record_failure(store, login, name, head, reason, result)
             return
-        self._archive(store, login, name, repo, head, result)
+        self._archive(store, login, name, repo, head, parts or chains.StoredParts(), result)
 
     def _archive(self, store: FencedStore, login: str, name: str, repo: dict[str, Any],
-                 head: Head | None, result: UserResult) -> None:
-        """Mirror one changed repository and store its archives (the bundle last)."""
+                 head: Head | None, parts: chains.StoredParts, result: UserResult) -> None:
+        """Store one changed repository: an increment on its chain when it can be one,
+        else a full archive."""
+        if (head is not None and not head.get(ERROR).startswith(layout.VERIFY_FAILED)
+                and chains.next_step(head, parts, self.settings.run) is chains.Step.INCREMENT
+                and self._increment(store, login, name, repo, head, parts, result)):
+            return
+        self._full(store, login, name, repo, head, parts, result)
+
+    def _change(self, repo: dict[str, Any]) -> Change:
         branch = repo.get("default_branch")
+        pushed, updated = repo_times(repo)
+        return Change(self._clone_url(repo), branch if isinstance(branch, str) else None,
+                      pushed, updated, format_rfc3339(now()))
+
+    def _increment(self, store: FencedStore, login: str, name: str, repo: dict[str, Any],
+                   head: Head, parts: chains.StoredParts, result: UserResult) -> bool:
+        """True when done (stored, or nothing to store); False: a full archive is needed
+        (the repository was emptied, or its stored chain cannot be read)."""
         try:
-            archive = self.gitwork.archive(
-                login, name, self._clone_url(repo), branch if isinstance(branch, str) else None,
-                self.github.token_for_git(), store.fence.check)
+            change = self._change(repo)
+            done = self.incremental.archive(store, login, name, head, change,
+                                            self.github.token_for_git())
+        except (GitError, InvalidName) as exc:
+            self._record_failure(store, login, name, head, str(exc), result)
+            return True
+        except ArchiveError as exc:
+            log.warning("%s/%s: a full archive instead of an increment: %s", login, name, exc)
+            return False
+        if done.outcome is IncrementOutcome.EMPTIED:
+            return False
+        if done.outcome is IncrementOutcome.STORED:
+            result.archived += 1
+            result.bytes += done.bytes
+            self._prune(store, login, name, parts, chains.chain_of(head))
+        else:
+            result.unchanged += 1
+        return True
+
+    def _full(self, store: FencedStore, login: str, name: str, repo: dict[str, Any],
+              head: Head | None, parts: chains.StoredParts, result: UserResult) -> None:
+        """Mirror one changed repository and store its archives (the bundle last): a new
+        chain, the one it replaces kept as history first."""
+        try:
+            change = self._change(repo)
+            archive = self.gitwork.archive(login, name, change.clone_url, change.default_branch,
+                                           self.github.token_for_git(), store.fence.check)
         except (GitError, InvalidName) as exc:
             self._record_failure(store, login, name, head, str(exc), result)
             return
         key = layout.bundle_key(login, name)
-        pushed, updated = _repo_times(repo)
         fresh = store.head(key)
-        if fresh is not None and fresh.size > 0 and _newer(fresh, pushed, updated):
+        if fresh is not None and fresh.size > 0 and newer_than(fresh, change.pushed_at,
+                                                           change.updated_at):
             # Another worker stored a newer archive meanwhile: never go back in time.
             result.unchanged += 1
             return
-        stamp = format_rfc3339(now())
+        keep_days = self.settings.run.keep_history_days
+        meta = {LAST_SYNC: change.stamp, PUSHED_AT: change.pushed_at,
+                UPDATED_AT: change.updated_at, CHAIN: chains.new_chain(parts, fresh, now()),
+                INCREMENTS: "0"}
         if archive.bundle is None:
-            if head is not None and head.size > 0:
-                self._record_failure(store, login, name, head, EMPTY_REPOSITORY, result)
+            if fresh is not None and fresh.size > 0 and keep_days == 0:
+                # Without history, the last archive with data is all there is: keep it.
+                self._record_failure(store, login, name, fresh, EMPTY_REPOSITORY, result)
                 return
-            store.put_bytes(key, b"", {LAST_SYNC: stamp, PUSHED_AT: pushed,
-                                       UPDATED_AT: updated, ERROR: EMPTY_REPOSITORY})
+            if fresh is not None and fresh.size == 0:  # empty before too: the same chain
+                meta[CHAIN] = fresh.get(CHAIN) or meta[CHAIN]
+            else:
+                keep_history(store, login, name, fresh, parts, keep_days)
+            store.put_bytes(key, b"", {**meta, ERROR: EMPTY_REPOSITORY})
             result.empty += 1
             result.empty_names.add(name)
             result.bundles[name] = 0
-            return
-        if archive.zip is not None:
-            store.put_file(layout.zip_key(login, name), archive.zip, {LAST_SYNC: stamp})
-            result.bytes += archive.zip.stat().st_size
-        # The bundle goes last: its PushedAt/UpdatedAt say the archives are complete.
-        store.put_file(key, archive.bundle, {LAST_SYNC: stamp, PUSHED_AT: pushed,
-                                             UPDATED_AT: updated})
-        size = archive.bundle.stat().st_size
-        result.bytes += size
-        result.bundles[name] = size
-        result.archived += 1
+        else:
+            if archive.zip is not None:
+                store.put_file(layout.zip_key(login, name), archive.zip,
+                               {LAST_SYNC: change.stamp})
+                result.bytes += archive.zip.stat().st_size
+            keep_history(store, login, name, fresh, parts, keep_days)
+            # The bundle goes last: its PushedAt/UpdatedAt say the archives are complete.
+            store.put_file(key, archive.bundle, meta)
+            size = archive.bundle.stat().st_size
+            result.bytes += size
+            result.bundles[name] = size
+            result.archived += 1
+        self._prune(store, login, name, parts, meta[CHAIN])
+
+    def _prune(self, store: FencedStore, login: str, name: str, parts: chains.StoredParts,
+               current: str) -> None:
+        prune(store, login, name, parts, current, now(), self.settings.run.keep_history_days)
 
     @staticmethod
     def _record_failure(store: FencedStore, login: str, name: str, head: Head | None,
@@ -319,22 +328,6 @@ class UserBackup:
         meta[SYNCD_REPOS] = previous.get(SYNCD_REPOS, "0")
         meta[REPORTED_REPOS] = previous.get(REPORTED_REPOS, "0")
         store.replace_metadata(key, meta)
-
-
-def _newer(head: Head, pushed: str, updated: str) -> bool:
-    """Is the stored archive newer than what the API just described?
-
-    Times are compared as dates, never as text. Only a real stored time can be newer: a
-    stored value that is malformed or in the future (written by an older version, or by
-    hand) must not block a repository forever; nor can anything be newer than unknown
-    times (then the fresh archive is stored, as on every pass for such a repository)."""
-    stored = parse_api_time(head.get(PUSHED_AT)), parse_api_time(head.get(UPDATED_AT))
-    listed = parse_api_time(pushed), parse_api_time(updated)
-    if stored[0] is None or listed[0] is None:
-        return False
-    if stored[0] != listed[0]:
-        return stored[0] > listed[0]
-    return stored[1] is not None and listed[1] is not None and stored[1] > listed[1]
 
 
 def sync_users(settings: Settings, logins: list[str]) -> Iterator[UserResult]:

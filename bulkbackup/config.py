@@ -107,6 +107,8 @@ class RunSettings:
     git_low_speed_time_s: int = 120
     git_threads: int = 1
     git_big_file_mb: int = 64
+    max_increments: int = 16
+    keep_history_days: int = 365
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,8 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "run.git_low_speed_time_s": (1, 86_400),
     "run.git_threads": (1, 64),
     "run.git_big_file_mb": (1, 4096),
+    "run.max_increments": (0, 10_000),  # 0: every change is a full archive
+    "run.keep_history_days": (0, 100 * 366),  # 0: no history kept past the current chain
 }
 
 

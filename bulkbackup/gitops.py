@@ -207,14 +207,7 @@ class GitWork:
             stale.unlink(missing_ok=True)
         shutil.rmtree(mirror, ignore_errors=True)
         env = git_env(self.work_dir, self.gh, token, self.run)
-        deadline = time.monotonic() + self.run.git_timeout_s
-
-        def left() -> float:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise GitError(f"git timed out after {self.run.git_timeout_s:g}s")
-            return remaining
-
+        left = self._time_left()
         try:
             self._mirror(clone_url, mirror, base, env, left)
             check()
@@ -230,6 +223,44 @@ class GitWork:
             return Archive(bundle=bundle, zip=zipfile if branch else None, branch=branch)
         finally:
             shutil.rmtree(mirror, ignore_errors=True)
+
+    def _time_left(self) -> Callable[[], float]:
+        """Seconds left of one repository's `run.git_timeout_s`, for each git call in turn."""
+        deadline = time.monotonic() + self.run.git_timeout_s
+
+        def left() -> float:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise GitError(f"git timed out after {self.run.git_timeout_s:g}s")
+            return remaining
+
+        return left
+
+    def zip_at(self, login: str, name: str, clone_url: str, branch: str, commit: str,
+               token: str | None, check: Callable[[], None] = lambda: None) -> Path:
+        """`<name>.zip` of ``commit`` (the tip of ``branch``) without the repository's
+        history: a depth-1 fetch of that one commit (its tree, what the zip holds), for an
+        archive stored as an increment, which has no local mirror to zip from."""
+        base = self.user_dir(login)
+        base.mkdir(parents=True, exist_ok=True)
+        shallow = base / f"{name}.zip.git"
+        zipfile = base / f"{name}.zip"
+        zipfile.unlink(missing_ok=True)
+        shutil.rmtree(shallow, ignore_errors=True)
+        env = git_env(self.work_dir, self.gh, token, self.run)
+        left = self._time_left()
+        try:
+            run_git(["init", "--bare", "--quiet", "--template=", str(shallow)], base, env,
+                    left(), what="fetch")
+            run_git(["fetch", "--quiet", "--depth=1", "--no-write-fetch-head", "--", clone_url,
+                     f"{commit}:refs/zip"], shallow, env, left(), what="fetch")
+            check()
+            prefix = f"{name}-{branch.replace('/', '-')}/"
+            run_git(["archive", "--format=zip", f"--prefix={prefix}", "-o", str(zipfile),
+                     commit], shallow, env, left())
+            return zipfile
+        finally:
+            shutil.rmtree(shallow, ignore_errors=True)
 
     def _mirror(self, clone_url: str, mirror: Path, base: Path, env: dict[str, str],
                 left: Callable[[], float]) -> None:

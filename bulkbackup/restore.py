@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
-import re
 import signal
 import subprocess
 import tempfile
@@ -25,60 +24,19 @@ from bulkbackup.archives import (
     listed_branches,
     repositories,
 )
+from bulkbackup.bundles import BundleHeader, read_header
 from bulkbackup.config import Settings
 from bulkbackup.errors import ArchiveError, InvalidName, StoreError
 from bulkbackup.gitops import git_env
 from bulkbackup.names import check_login, check_repo_name
 from bulkbackup.store import Store
 
-MAX_BUNDLE_HEADER_BYTES = 64 << 20
-_SHA = re.compile(rb"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 # Written into a restored repository's config: what it is a restore of (see --force).
 MARKER = "bulkbackup.restoredFrom"
 
 
 # ---------------------------------------------------------------------------------------------
 # Bundles and git
-
-
-@dataclass(frozen=True)
-class BundleHeader:
-    prerequisites: tuple[str, ...]
-    refs: dict[str, str]  # ref name -> object id, HEAD excluded
-    head: str | None  # the object id of HEAD when the bundle records it
-
-
-def read_header(path: Path, key: str) -> BundleHeader:
-    """Parse a bundle's header (v2/v3); a bundle cut short names itself truncated."""
-    prereqs: list[str] = []
-    refs: dict[str, str] = {}
-    head: str | None = None
-    with path.open("rb") as f:
-        first = f.readline(64)
-        if first not in (b"# v2 git bundle\n", b"# v3 git bundle\n"):
-            raise ArchiveError(f"{key}: not a git bundle")
-        while True:
-            line = f.readline(MAX_BUNDLE_HEADER_BYTES)
-            if f.tell() > MAX_BUNDLE_HEADER_BYTES:
-                raise ArchiveError(f"{key}: bundle header above {MAX_BUNDLE_HEADER_BYTES} bytes")
-            if not line.endswith(b"\n"):
-                raise ArchiveError(f"{key}: bundle truncated in its header")
-            if line == b"\n":
-                break
-            if line.startswith(b"@"):
-                continue  # v3 capabilities
-            sha, _, rest = line[:-1].lstrip(b"-").partition(b" ")
-            if not _SHA.fullmatch(sha):
-                raise ArchiveError(f"{key}: corrupt bundle header line {line[:80]!r}")
-            if line.startswith(b"-"):
-                prereqs.append(sha.decode())
-            elif rest == b"HEAD":
-                head = sha.decode()
-            else:
-                refs[rest.decode("utf-8", "replace")] = sha.decode()
-        if f.read(4) != b"PACK":
-            raise ArchiveError(f"{key}: bundle truncated: no pack data after the header")
-    return BundleHeader(tuple(prereqs), refs, head)
 
 
 class Git:
@@ -144,7 +102,7 @@ def build_mirror(store: Store, git: Git, archive: RepoArchive, dest: Path, work:
         git("bundle", "verify", "--quiet", str(path), cwd=dest)
         try:
             git("fetch", "--quiet", "--prune", "--no-write-fetch-head", str(path),
-                "refs/*:refs/*", cwd=dest)
+                "+refs/*:refs/*", cwd=dest)  # + : an increment may move refs anywhere
         except ArchiveError as exc:
             if "early EOF" in str(exc) or "premature" in str(exc):
                 raise ArchiveError(f"{part.key}: bundle truncated ({exc})") from None
@@ -268,7 +226,7 @@ def _restore_repo(store: Store, settings: Settings, login: str, repo: str,
                 raise ArchiveError(f"missing object {archive.zip_key}")
             download(store, archive.zip_key, work / "repo.zip", head.size, opts.progress)
             got_zip = True
-        elif opts.with_zip and built.branch is not None:
+        elif opts.with_zip and built.branch is not None and archive.latest:
             raise ArchiveError(f"missing object {archive.zip_key}")
         _swap(work / "repo.git", target, work / "old.git")
         if got_zip:

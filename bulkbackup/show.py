@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bulkbackup import chains
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import BulkbackupError
 from bulkbackup.names import check_login
@@ -26,11 +27,17 @@ def describe(store: Store, login: str) -> dict[str, Any]:
     repos: dict[str, dict[str, Any]] = {}
     for info in store.list(layout.user_prefix(login)):
         key = layout.parse_key(info.key)
-        if key.login != login or key.kind not in (layout.Kind.BUNDLE, layout.Kind.ZIP):
+        if key.login != login or key.kind not in (layout.Kind.BUNDLE, layout.Kind.ZIP,
+                                                  layout.Kind.PART):
             continue
         entry = repos.setdefault(key.repo, {"name": key.repo, "bundle_bytes": None,
-                                            "zip_bytes": None})
-        entry[f"{key.kind.value}_bytes"] = info.size
+                                            "zip_bytes": None, "increment_bytes": 0,
+                                            "history_chains": 0})
+        if key.kind is layout.Kind.PART:
+            entry["increment_bytes"] += info.size if key.seq else 0
+            entry["history_chains"] += 0 if key.seq else 1
+        else:
+            entry[f"{key.kind.value}_bytes"] = info.size
     for name, entry in repos.items():
         bundle = (store.head(layout.bundle_key(login, name))
                   if entry["bundle_bytes"] is not None else None)
@@ -39,6 +46,7 @@ def describe(store: Store, login: str) -> dict[str, Any]:
             pushed_at=bundle.get(PUSHED_AT) or None if bundle else None,
             updated_at=bundle.get(UPDATED_AT) or None if bundle else None,
             error=bundle.get(ERROR) or None if bundle else None,
+            increments=chains.committed(bundle) if bundle else 0,
         )
     return {
         "login": login,

@@ -40,6 +40,7 @@ class UserKeys:
     zero: list[str] = field(default_factory=list)  # keys of zero-byte bundles
     bundle_bytes: int = 0
     zip_bytes: int = 0
+    part_bytes: int = 0  # increments and kept chains (README "Incremental archives")
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Totals:
     empty: int = 0
     bundle_bytes: int = 0
     zip_bytes: int = 0
+    part_bytes: int = 0
     written: int = 0
     store_requests: int = 0
     elapsed_s: float = 0.0
@@ -84,6 +86,8 @@ def group_by_user(listing: Iterator[ObjectInfo], byte_ordered: bool) -> Iterator
                 user.zero.append(info.key)
         elif key.kind is layout.Kind.ZIP:
             user.zip_bytes += info.size
+        elif key.kind is layout.Kind.PART:
+            user.part_bytes += info.size
     yield from open_users.values()
 
 
@@ -129,6 +133,7 @@ class StatsPass:
         t = self.totals
         t.bundle_bytes += user.bundle_bytes
         t.zip_bytes += user.zip_bytes
+        t.part_bytes += user.part_bytes
         t.archived += user.with_data
         if not user.has_object:
             # Archives without the user's object (a sync that died midway): count them only.
@@ -202,7 +207,8 @@ def collect(settings: Settings, write: bool, progress: bool = True) -> dict[str,
         },
         "repositories": {"archived": totals.archived, "failed": totals.failed,
                          "empty": totals.empty},
-        "bytes": {"bundles": totals.bundle_bytes, "zips": totals.zip_bytes},
+        "bytes": {"bundles": totals.bundle_bytes, "zips": totals.zip_bytes,
+                  "increments": totals.part_bytes},
         "last_run": {
             "ended_at": _iso(last_run.get("ended_at", "")),
             "users": int(last_run.get("users", 0)),

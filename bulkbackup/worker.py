@@ -24,7 +24,7 @@ from typing import NoReturn, TypeVar
 import redis
 
 from bulkbackup import gitops, keys, tracked
-from bulkbackup.backup import UserBackup, UserResult
+from bulkbackup.backup import UserBackup
 from bulkbackup.batching import BatchSizer, UserBudget
 from bulkbackup.config import Settings
 from bulkbackup.connection import Scripts, connect
@@ -46,6 +46,7 @@ from bulkbackup.messages import (
 from bulkbackup.parentdeath import ParentDeath
 from bulkbackup.quota import Broker, Resource
 from bulkbackup.redact import install_redaction
+from bulkbackup.results import UserResult
 from bulkbackup.store import open_store
 from bulkbackup.tracked import Completion
 from bulkbackup.workdir import work_dir

@@ -133,8 +133,8 @@ def run_cli(*args: str, stdin: bytes | None = None, env: dict[str, str] | None =
 
 
 def remove_object(store: Store, key: str) -> None:
-    """Delete an object the way an operator would, not through the store (which has no
-    delete)."""
+    """Delete an object the way an operator would: behind the store's back (not with
+    Store.delete, whose own tests are in test_store.py)."""
     if isinstance(store, S3Store):
         store._client.delete_object(Bucket=store.bucket, Key=key)
     else:

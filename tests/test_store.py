@@ -549,3 +549,46 @@ def test_stats_does_not_import_the_backup_job() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_copy_keeps_data_and_metadata_and_delete_removes(store: Store) -> None:
+    store.put_bytes("u/r.bundle", b"base data", {"Chain": "20260101T000000000000Z",
+                                                   "Increments": "3"})
+    dest = "u/r.bundle.d/20260101T000000000000Z/000000.bundle"
+    store.copy("u/r.bundle", dest)
+    head = store.head(dest)
+    assert head is not None and read(store, dest) == b"base data"
+    assert (head.get("Chain"), head.get("Increments")) == ("20260101T000000000000Z", "3")
+    # The copy is its own object: replacing the source leaves it as it was.
+    store.put_bytes("u/r.bundle", b"new base", {"Chain": "20270101T000000000000Z"})
+    assert read(store, dest) == b"base data"
+    with pytest.raises(NotFound):
+        store.copy("u/missing.bundle", "u/r.bundle.d/20260101T000000000000Z/000001.bundle")
+    with pytest.raises(Refused):
+        store.copy("u/r.bundle", "u/x.bundle", before_commit=refuse)
+    assert store.head("u/x.bundle") is None
+    with pytest.raises(Refused):
+        store.delete(dest, before_commit=refuse)
+    assert store.head(dest) is not None
+    store.delete(dest)
+    store.delete(dest)  # deleting what is gone is not an error
+    assert store.head(dest) is None
+    assert keys_of(store.list("u/")) == ["u/r.bundle"]  # no leftover folders or sidecars
+
+
+def test_layout_parts_of_a_chain() -> None:
+    when = datetime(2026, 11, 29, 12, 0, 1, 5, tzinfo=UTC)
+    chain = layout.chain_id(when)
+    assert chain == "20261129T120001000005Z" and layout.chain_time(chain) == when
+    key = layout.part_key("ann", "r.bundle", chain, 7)
+    assert key == f"ann/r.bundle.bundle.d/{chain}/000007.bundle"
+    assert layout.parse_key(key) == StoreKey("ann", "r.bundle", Kind.PART, chain, 7)
+    # A repository named like a parts folder is still a repository.
+    assert layout.parse_key("ann/x.bundle.d.bundle") == StoreKey("ann", "x.bundle.d",
+                                                                 Kind.BUNDLE)
+    for other in ("ann/r.bundle.d/notachain/000001.bundle", f"ann/r.bundle.d/{chain}/1.bundle",
+                  f"ann/.bundle.d/{chain}/000001.bundle", f"ann/r.bundle.d/{chain}/x/y"):
+        assert layout.parse_key(other).kind is Kind.OTHER
+    with pytest.raises(ValueError):
+        layout.part_key("ann", "r", "../x", 1)
+    assert layout.content_type(key) == "application/x-git-bundle"

@@ -26,6 +26,10 @@ ERROR = "Error"
 # The per-page ETags of the last listing, for conditional requests (not in DESIGN.md's
 # table: an addition, kept in the user object's metadata rather than in Redis memory).
 LISTING_ETAGS = "ListingETags"
+# Incremental archives (README "Incremental archives"): on a full bundle, the id of the chain
+# it is the base of, and how many increments on top of it are committed.
+CHAIN = "Chain"
+INCREMENTS = "Increments"
 # When `verify` last proved the bundle restorable (RFC 3339 UTC).
 VERIFIED_AT = "VerifiedAt"
 
@@ -55,7 +59,8 @@ class Head:
 
 
 _CANONICAL = {n.lower(): n for n in (LAST_SYNC, SYNCD_REPOS, REPORTED_REPOS, UPDATED_AT,
-                                     PUSHED_AT, ERROR, LISTING_ETAGS, VERIFIED_AT)}
+                                     PUSHED_AT, ERROR, LISTING_ETAGS, VERIFIED_AT,
+                                     CHAIN, INCREMENTS)}
 
 
 def canonical(metadata: Mapping[str, str]) -> dict[str, str]:
@@ -134,6 +139,15 @@ class Store(abc.ABC):
     def replace_metadata(self, key: str, metadata: Mapping[str, str],
                          before_commit: BeforeCommit = no_fence) -> None:
         """Replace all metadata of an existing object without re-uploading its data."""
+
+    @abc.abstractmethod
+    def copy(self, src: str, dest: str, before_commit: BeforeCommit = no_fence) -> None:
+        """Copy ``src`` with its metadata to ``dest`` inside the store (S3: server-side, no
+        bytes through this process); raises NotFound when ``src`` does not exist."""
+
+    @abc.abstractmethod
+    def delete(self, key: str, before_commit: BeforeCommit = no_fence) -> None:
+        """Remove ``key`` (nothing happens when it does not exist)."""
 
     @abc.abstractmethod
     def head(self, key: str) -> Head | None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from bulkbackup import faults
 from bulkbackup.errors import Interrupted
 from bulkbackup.store.base import Head, ObjectInfo, Store
 
@@ -55,14 +56,27 @@ class FencedStore:
     def put_file(self, key: str, path: Path, metadata: Mapping[str, str]) -> None:
         self.fence.check()
         self._store.put_file(key, path, metadata, before_commit=self.fence.confirm)
+        faults.after_write()
 
     def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> None:
         self.fence.check()
         self._store.put_bytes(key, data, metadata, before_commit=self.fence.confirm)
+        faults.after_write()
 
     def replace_metadata(self, key: str, metadata: Mapping[str, str]) -> None:
         self.fence.check()
         self._store.replace_metadata(key, metadata, before_commit=self.fence.confirm)
+        faults.after_write()
+
+    def copy(self, src: str, dest: str) -> None:
+        self.fence.check()
+        self._store.copy(src, dest, before_commit=self.fence.confirm)
+        faults.after_write()
+
+    def delete(self, key: str) -> None:
+        self.fence.check()
+        self._store.delete(key, before_commit=self.fence.confirm)
+        faults.after_write()
 
     # -- reads -------------------------------------------------------------------------------
 

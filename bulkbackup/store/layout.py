@@ -3,6 +3,9 @@
     <login>                   the user's repository list (JSON array), with the user's metadata
     <login>/<repo>.bundle     `git bundle create --all` of a mirror clone (zero bytes: no archive)
     <login>/<repo>.zip        the default branch as GitHub's zip archive
+    <login>/<repo>.bundle.d/<chain>/<seq>.bundle
+                              part <seq> of chain <chain> (README "Incremental archives"):
+                              000001.. increments on the base; 000000 a kept chain's base
 
 Also the per-user counts cached in Redis for the stats pass (`UserCounts`), the `Error` of an
 empty repository, and the metadata update that hides the lower-casing of names on read.
@@ -11,14 +14,18 @@ empty repository, and the metadata update that hides the lower-casing of names o
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from bulkbackup.store.base import Head, canonical
 
 SEPARATOR = "/"
 BUNDLE_SUFFIX = ".bundle"
 ZIP_SUFFIX = ".zip"
+PARTS_SUFFIX = ".bundle.d"
+SEQ_DIGITS = 6
 
 #: The `Error` of a zero-byte bundle of a repository without commits (not a failure).
 EMPTY_REPOSITORY = "empty repository"
@@ -30,16 +37,20 @@ class Kind(enum.Enum):
     USER = "user"
     BUNDLE = "bundle"
     ZIP = "zip"
+    PART = "part"  # one bundle of a chain: an increment, or a kept chain's base
     OTHER = "other"  # a key the layout does not define (left alone by every pass)
 
 
 @dataclass(frozen=True)
 class StoreKey:
-    """A key taken apart: ``repo`` is "" unless ``kind`` is BUNDLE or ZIP."""
+    """A key taken apart: ``repo`` is "" unless ``kind`` is BUNDLE, ZIP or PART; ``chain``
+    and ``seq`` are a PART's."""
 
     login: str
     repo: str
     kind: Kind
+    chain: str = ""
+    seq: int = 0
 
 
 def user_key(login: str) -> str:
@@ -59,6 +70,38 @@ def zip_key(login: str, repo: str) -> str:
     return f"{login}{SEPARATOR}{repo}{ZIP_SUFFIX}"
 
 
+def parts_prefix(login: str, repo: str, chain: str = "") -> str:
+    """What the keys of every part of ``repo`` (or of one chain) start with."""
+    base = f"{login}{SEPARATOR}{repo}{PARTS_SUFFIX}{SEPARATOR}"
+    return f"{base}{chain}{SEPARATOR}" if chain else base
+
+
+def part_key(login: str, repo: str, chain: str, seq: int) -> str:
+    """Part ``seq`` of ``chain``: 0 is a kept chain's base, 1.. its increments."""
+    if not CHAIN_ID.fullmatch(chain) or not 0 <= seq < 10**SEQ_DIGITS:
+        raise ValueError(f"invalid chain part {chain!r}/{seq}")
+    return f"{parts_prefix(login, repo, chain)}{seq:0{SEQ_DIGITS}d}{BUNDLE_SUFFIX}"
+
+
+# A chain id is the base's archive time, to the microsecond (so ids sort by time).
+CHAIN_ID = re.compile(r"[0-9]{8}T[0-9]{12}Z")
+_PART_NAME = re.compile(rf"([0-9]{{{SEQ_DIGITS}}}){re.escape(BUNDLE_SUFFIX)}")
+
+
+def chain_id(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def chain_time(chain: str) -> datetime | None:
+    """When the chain's base was archived; None for anything that is not a chain id."""
+    if not CHAIN_ID.fullmatch(chain):
+        return None
+    try:
+        return datetime.strptime(chain, "%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
 def parse_key(key: str) -> StoreKey:
     """The login, repository and kind of ``key`` (names are not validated here)."""
     login, sep, rest = key.partition(SEPARATOR)
@@ -68,6 +111,13 @@ def parse_key(key: str) -> StoreKey:
         for suffix, kind in ((BUNDLE_SUFFIX, Kind.BUNDLE), (ZIP_SUFFIX, Kind.ZIP)):
             if rest.endswith(suffix) and len(rest) > len(suffix):
                 return StoreKey(login, rest[: -len(suffix)], kind)
+        return StoreKey(login, "", Kind.OTHER)
+    folder, _, tail = rest.partition(SEPARATOR)
+    chain, _, name = tail.partition(SEPARATOR)
+    seq = _PART_NAME.fullmatch(name)
+    if (folder.endswith(PARTS_SUFFIX) and len(folder) > len(PARTS_SUFFIX)
+            and chain_time(chain) is not None and seq is not None):
+        return StoreKey(login, folder[: -len(PARTS_SUFFIX)], Kind.PART, chain, int(seq[1]))
     return StoreKey(login, "", Kind.OTHER)
 
 
@@ -83,7 +133,7 @@ def content_type(key: str) -> str:
         return "application/json"
     if kind is Kind.ZIP:
         return "application/zip"
-    if kind is Kind.BUNDLE:
+    if kind in (Kind.BUNDLE, Kind.PART):
         return "application/x-git-bundle"
     return "application/octet-stream"
 

@@ -19,6 +19,7 @@ that matches the current data file gets that data's metadata whatever the moment
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -247,6 +248,42 @@ class LocalStore(Store):
             os.utime(dest)
 
         self._guard(key, "update metadata of", replace)
+
+    def copy(self, src: str, dest: str, before_commit: BeforeCommit = no_fence) -> None:
+        source = self._path(src)
+
+        def copy() -> None:
+            try:
+                f = open(source, "rb")  # noqa: SIM115 - closed below
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                raise NotFound(f"no such object: {src!r}") from None
+            with f:
+                entry = sidecar.entry_for(sidecar.read(source), os.fstat(f.fileno()))
+                meta = entry.get("meta") if entry else None
+                self._put(dest, f, b"", meta if isinstance(meta, dict) else {}, before_commit)
+
+        self._guard(dest, "copy to", copy)
+
+    def delete(self, key: str, before_commit: BeforeCommit = no_fence) -> None:
+        dest = self._path(key)
+
+        def delete() -> None:
+            before_commit()
+            # Data first: a sidecar without its data is ignored, data without one is not.
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                os.unlink(dest)
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                os.unlink(sidecar.meta_path(dest))
+            # Folders below a user's folder that this left empty go too (a chain's folder).
+            parent = dest.parent
+            while parent != self.root and parent.parent != self.root:
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+                parent = parent.parent
+
+        self._guard(key, "delete", delete)
 
     # -- leftovers ---------------------------------------------------------------------------
 

@@ -272,6 +272,22 @@ class S3Store(Store):
                 Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": key},
                 MetadataDirective="REPLACE", **extra))
 
+    def copy(self, src: str, dest: str, before_commit: BeforeCommit = no_fence) -> None:
+        check_key(src)
+        check_key(dest)
+        # CopyObject (up to 5 GB, as replace_metadata): the managed copy's UploadPartCopy is
+        # not implemented by every S3-compatible store.
+        with self._committing(before_commit):
+            self._call(src, "copy", lambda: self._client.copy_object(
+                Bucket=self.bucket, Key=dest, CopySource={"Bucket": self.bucket, "Key": src},
+                MetadataDirective="COPY"))
+
+    def delete(self, key: str, before_commit: BeforeCommit = no_fence) -> None:
+        check_key(key)
+        before_commit()
+        self._call(key, "delete", lambda: self._client.delete_object(
+            Bucket=self.bucket, Key=key))
+
     # -- reads -------------------------------------------------------------------------------
 
     def head(self, key: str) -> Head | None:

@@ -354,6 +354,88 @@ class Forge:
         return 0, b"", quota.headers()
 
 
+    # -- mutations of a built repository (tests of increments) -------------------------------
+
+    def _repo_of(self, login: str, name: str) -> tuple[dict[str, Any], Path]:
+        with self.lock:
+            entry = next(e for e in self.users[login] if e.get("name") == name)
+        repo = self.git_root / login / f"{name}.git"
+        if not repo.is_dir():
+            raise FileNotFoundError(repo)
+        return entry, repo
+
+    def _moved(self, entry: dict[str, Any]) -> None:
+        """pushed_at/updated_at strictly later, as `push` does."""
+        with self.lock:
+            later = max(time.time(), epoch(entry["pushed_at"]) + 1,
+                        epoch(entry["updated_at"]) + 1)
+            entry["pushed_at"] = entry["updated_at"] = rfc3339(later)
+
+    def force_push(self, login: str, name: str, files: dict[str, bytes]) -> None:
+        """The default branch replaced by a new root commit (unrelated history)."""
+        entry, repo = self._repo_of(login, name)
+        ref = f"refs/heads/{entry['default_branch']}"
+        stream = f"reset {ref}\n\n".encode() + commit(ref, int(time.time()), files, None,
+                                                       "force push")
+        git("fast-import", "--quiet", "--force", cwd=repo, data=stream)
+        self._moved(entry)
+
+    def add_branch(self, login: str, name: str, branch: str, files: dict[str, bytes]) -> None:
+        """A new commit with ``files`` on top of the default branch, as branch ``branch``."""
+        entry, repo = self._repo_of(login, name)
+        parent = f"refs/heads/{entry['default_branch']}^0"
+        git("fast-import", "--quiet", cwd=repo,
+            data=commit(f"refs/heads/{branch}", int(time.time()), files, parent, branch))
+        self._moved(entry)
+
+    def add_tag(self, login: str, name: str, tag: str, annotated: bool = True) -> None:
+        """Tag ``refs/tags/<tag>`` on the default branch's tip (an annotated tag object, or a
+        lightweight tag)."""
+        entry, repo = self._repo_of(login, name)
+        tip = f"refs/heads/{entry['default_branch']}^0"
+        if annotated:
+            msg = f"release {tag}\n".encode()
+            stream = b"tag %s\nfrom %s\ntagger A U Thor <author@example.com> %d +0000\n" \
+                     b"data %d\n%s\n" % (tag.encode(), tip.encode(), int(time.time()), len(msg),
+                                          msg)
+        else:
+            stream = f"reset refs/tags/{tag}\nfrom {tip}\n\n".encode()
+        git("fast-import", "--quiet", "--force", cwd=repo, data=stream)
+        self._moved(entry)
+
+    def delete_ref(self, login: str, name: str, ref: str) -> None:
+        """Delete one ref (``refs/heads/dev``, ``refs/tags/v1``, ...)."""
+        entry, repo = self._repo_of(login, name)
+        git("update-ref", "-d", ref, cwd=repo)
+        self._moved(entry)
+
+    def empty_repo(self, login: str, name: str) -> None:
+        """Every ref deleted: the repository serves no refs (its objects stay)."""
+        entry, repo = self._repo_of(login, name)
+        refs = git("for-each-ref", "--format=%(refname)", cwd=repo).split()
+        git("update-ref", "--stdin", cwd=repo, data="".join(f"delete {r}\n" for r in refs).encode())
+        self._moved(entry)
+
+    def rename_repo(self, login: str, old: str, new: str) -> None:
+        """The repository is now ``new``: its listing entry (name, URLs) and its git folder;
+        the old name answers 404."""
+        if not NAME.fullmatch(new) or ".." in new:
+            raise ValueError(f"unsafe name {login}/{new}")
+        entry, repo = self._repo_of(login, old)
+        repo.rename(self.git_root / login / f"{new}.git")
+        base, full = f"http://{PLACEHOLDER}", f"{login}/{new}"
+        with self.lock:
+            entry.update(name=new, full_name=full, html_url=f"{base}/{full}",
+                         url=f"{base}/repos/{full}", clone_url=f"{base}/{full}.git",
+                         git_url=f"git://{PLACEHOLDER}/{full}.git",
+                         ssh_url=f"git@localhost:{full}.git")
+            for stalled in (self._stalled, self._stalled_mid):
+                if (login, old) in stalled:
+                    stalled.discard((login, old))
+                    stalled.add((login, new))
+        self._moved(entry)
+
+
 def make_users(forge: Forge, n_users: int, repos_per_user: int, prefix: str = "user",
                spec: RepoSpec | None = None) -> list[str]:
     """Synthetic users `<prefix>0000...`, each with `repos_per_user` repositories `repo<j>`

@@ -1,0 +1,122 @@
+"""A repository's archive over time: a full base bundle and a chain of increments on it, and
+the chains kept from before for `restore --at` (README "Incremental archives").
+
+Everything here is decided from what the store says: the base's metadata (`Chain`,
+`Increments`) and one listing of the user's keys; no worker needs state from an earlier run.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from bulkbackup.config import RunSettings
+from bulkbackup.store import Head, ObjectInfo, layout
+from bulkbackup.store.base import CHAIN, ERROR, INCREMENTS, LAST_SYNC
+from bulkbackup.timeutil import parse_rfc3339
+
+# More than this many increments in metadata is damage, not a chain (the setting's bound).
+MAX_COMMITTED = 10_000
+
+
+@dataclass
+class StoredParts:
+    """The parts of one repository found in a listing: chain id -> seq -> size."""
+
+    chains: dict[str, dict[int, int]] = field(default_factory=dict)
+
+    def add(self, chain: str, seq: int, size: int) -> None:
+        self.chains.setdefault(chain, {})[seq] = size
+
+    def kept(self) -> list[str]:
+        """Ids of the chains kept as history (their base copied as part 0), oldest first."""
+        return sorted(c for c, parts in self.chains.items() if 0 in parts)
+
+
+def parts_by_repo(infos: Iterable[ObjectInfo], login: str) -> dict[str, StoredParts]:
+    """Every chain part below ``login`` in a listing, by repository name."""
+    out: dict[str, StoredParts] = {}
+    for info in infos:
+        key = layout.parse_key(info.key)
+        if key.kind is layout.Kind.PART and key.login == login:
+            out.setdefault(key.repo, StoredParts()).add(key.chain, key.seq, info.size)
+    return out
+
+
+def committed(head: Head) -> int:
+    """How many increments the base's metadata says are committed (0 when none or damaged)."""
+    text = head.get(INCREMENTS)
+    return int(text) if text.isdigit() and int(text) <= MAX_COMMITTED else 0
+
+
+def chain_of(head: Head) -> str:
+    """The id of the chain ``head`` is the base of. A base written before increments existed
+    has none: its id is then its archive time (`LastSync`), the same on every read."""
+    stored = head.get(CHAIN)
+    if layout.chain_time(stored) is not None:
+        return stored
+    when = parse_rfc3339(head.get(LAST_SYNC)) or head.last_modified
+    return layout.chain_id(when)
+
+
+def has_archive(head: Head | None) -> bool:
+    """Is ``head`` a state worth keeping: a bundle with data, or an emptied repository."""
+    return head is not None and (head.size > 0 or head.get(ERROR) == layout.EMPTY_REPOSITORY)
+
+
+class Step(enum.Enum):
+    INCREMENT = "increment"
+    FULL = "full"
+
+
+def next_step(head: Head, parts: StoredParts | None, run: RunSettings) -> Step:
+    """Whether the next archive of a changed repository can be an increment on ``head``.
+
+    A full bundle again after `run.max_increments` increments, or once they add up to more
+    than half of the base (a restore would then download more than a fresh full bundle), or
+    when a committed increment is missing from the listing (never build on a broken chain).
+    """
+    n = committed(head)
+    if run.max_increments == 0 or head.size == 0 or n >= run.max_increments:
+        return Step.FULL
+    sizes = (parts.chains.get(chain_of(head), {}) if parts else {})
+    if any(k not in sizes for k in range(1, n + 1)):
+        return Step.FULL
+    if 2 * sum(sizes[k] for k in range(1, n + 1)) > head.size:
+        return Step.FULL
+    return Step.INCREMENT
+
+
+def expired(parts: StoredParts, current: str, now: datetime, keep_days: int) -> list[str]:
+    """Keys to delete: chains no restore within the retention can need.
+
+    A kept chain serves `restore --at` from its base's time until the next chain's base:
+    it goes once that next base is older than `keep_days`. Increments of a chain that is
+    neither current nor kept (its base was replaced without history) serve nothing.
+    Returns chain ids; the caller deletes every part of them.
+    """
+    ids = sorted(set(parts.chains) | {current})
+    limit = now - timedelta(days=keep_days)
+    doomed: list[str] = []
+    for i, chain in enumerate(ids):
+        if chain == current:
+            continue
+        successor = layout.chain_time(ids[i + 1]) if i + 1 < len(ids) else None
+        kept = 0 in parts.chains.get(chain, {})
+        if not kept or keep_days == 0 or (successor is not None and successor <= limit):
+            doomed.append(chain)
+    return doomed
+
+
+def new_chain(parts: StoredParts | None, head: Head | None, now: datetime) -> str:
+    """The id of a new base written ``now``: later than every chain already stored, even
+    when this host's clock is behind the one that wrote them (ids order `restore --at`)."""
+    ids = list(parts.chains) if parts else []
+    if head is not None and has_archive(head):
+        ids.append(chain_of(head))
+    times = [t for t in map(layout.chain_time, ids) if t is not None]
+    latest = max(times, default=None)
+    when = now if latest is None or now > latest else latest + timedelta(microseconds=1)
+    return layout.chain_id(when)

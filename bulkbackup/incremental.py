@@ -1,0 +1,150 @@
+"""Store a changed repository as an increment on its chain, keep replaced chains as history,
+and drop what the retention no longer needs (README "Incremental archives").
+
+The order of writes is what makes a kill at any point harmless: an increment object is
+written first under a key no reader follows yet, and becomes part of the archive only when
+the base's metadata says `Increments: n+1` (one atomic metadata replace). A new full base
+is written only after the chain it replaces was copied to history. Deletions come last and
+touch only chains that no reader follows.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from bulkbackup import chains
+from bulkbackup.bundles import BundleHeader, stored_header
+from bulkbackup.config import Settings
+from bulkbackup.gitops import GitWork
+from bulkbackup.packfetch import FetchedIncrement, fetch_increment
+from bulkbackup.store import Head, layout
+from bulkbackup.store.base import (
+    CHAIN,
+    ERROR,
+    INCREMENTS,
+    LAST_SYNC,
+    PUSHED_AT,
+    UPDATED_AT,
+    VERIFIED_AT,
+)
+from bulkbackup.store.fenced import FencedStore
+
+log = logging.getLogger(__name__)
+
+
+class IncrementOutcome(enum.Enum):
+    STORED = "stored"  # an increment was committed
+    SAME_REFS = "same refs"  # git has nothing new (only the API's times moved): recorded
+    SUPERSEDED = "superseded"  # the base changed meanwhile (another writer): nothing written
+    EMPTIED = "emptied"  # the remote has no refs left: the caller stores a full archive
+
+
+@dataclass(frozen=True)
+class Change:
+    """What the API says about the repository now, and when this sync saw it."""
+
+    clone_url: str
+    default_branch: str | None
+    pushed_at: str
+    updated_at: str
+    stamp: str  # LastSync of what is written
+
+
+@dataclass(frozen=True)
+class IncrementResult:
+    outcome: IncrementOutcome
+    bytes: int = 0  # uploaded: the increment, and the zip when the default branch moved
+
+
+class Incremental:
+    """Increments for one worker process (one per UserBackup)."""
+
+    def __init__(self, settings: Settings, gitwork: GitWork) -> None:
+        self.settings = settings
+        self.gitwork = gitwork
+
+    def archive(self, store: FencedStore, login: str, name: str, head: Head, change: Change,
+                token: str | None) -> IncrementResult:
+        """Fetch what is new since the state ``head`` (a base with data) describes and
+        commit it as increment n+1. Raises ArchiveError when the stored chain cannot be read
+        (the caller then stores a full archive), GitError when the fetch fails."""
+        chain, n = chains.chain_of(head), chains.committed(head)
+        latest = layout.bundle_key(login, name) if n == 0 else layout.part_key(
+            login, name, chain, n)
+        old = stored_header(store, latest)
+        dest = self.gitwork.user_dir(login) / f"{name}.increment.bundle"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # With HEAD: a default branch that moved alone is a change too.
+        old_refs = {**old.refs, "HEAD": old.head} if old.head else old.refs
+        fetched = fetch_increment(change.clone_url, old_refs, change.default_branch, dest,
+                                  self.settings.run, self.settings.github, token,
+                                  store.fence.check)
+        if not fetched.refs:
+            return IncrementResult(IncrementOutcome.EMPTIED)
+        base_key = layout.bundle_key(login, name)
+        fresh = store.head(base_key)
+        if fresh is None or (chains.chain_of(fresh), chains.committed(fresh)) != (chain, n):
+            return IncrementResult(IncrementOutcome.SUPERSEDED)
+        times = {LAST_SYNC: change.stamp, PUSHED_AT: change.pushed_at,
+                 UPDATED_AT: change.updated_at}
+        if fetched.bundle is None:
+            store.replace_metadata(base_key, layout.updated_metadata(fresh, times))
+            return IncrementResult(IncrementOutcome.SAME_REFS)
+        uploaded = self._zip(store, login, name, change, old, fetched, token)
+        store.put_file(layout.part_key(login, name, chain, n + 1), fetched.bundle, times)
+        uploaded += fetched.bundle.stat().st_size
+        # The commit: from here a restore applies increment n+1.
+        meta = layout.updated_metadata(fresh, {**times, CHAIN: chain, INCREMENTS: str(n + 1),
+                                               ERROR: ""})
+        meta.pop(VERIFIED_AT, None)  # the new state has not been verified
+        store.replace_metadata(base_key, meta)
+        return IncrementResult(IncrementOutcome.STORED, uploaded)
+
+    def _zip(self, store: FencedStore, login: str, name: str, change: Change,
+             old: BundleHeader, fetched: FetchedIncrement, token: str | None) -> int:
+        """A new zip when the default branch moved (or was renamed); the zip is written
+        before the increment, as a full archive writes it before the bundle."""
+        branch, tip = fetched.branch, fetched.head
+        if branch is None or tip is None:
+            return 0
+        if old.head == tip and old.refs.get(f"refs/heads/{branch}") == tip:
+            return 0
+        path = self.gitwork.zip_at(login, name, change.clone_url, branch, tip, token,
+                                   store.fence.check)
+        store.put_file(layout.zip_key(login, name), path, {LAST_SYNC: change.stamp})
+        return path.stat().st_size
+
+
+def keep_history(store: FencedStore, login: str, name: str, head: Head | None,
+                 parts: chains.StoredParts, keep_days: int) -> None:
+    """Before a new base replaces ``head``: copy it to part 0 of its chain, so the chain's
+    states stay restorable (`restore --at`). Its metadata goes with it (`Increments`);
+    ``parts`` learns of the copy (it is the listing prune decides from)."""
+    if keep_days == 0 or head is None or not chains.has_archive(head):
+        return
+    chain = chains.chain_of(head)
+    parts.add(chain, 0, head.size)
+    meta_chain = head.get(CHAIN)
+    key = layout.part_key(login, name, chain, 0)
+    store.copy(layout.bundle_key(login, name), key)
+    if meta_chain != chain:  # a base from before increments: name its chain on the copy
+        copied = store.head(key)
+        if copied is not None:
+            store.replace_metadata(key, layout.updated_metadata(copied, {CHAIN: chain}))
+
+
+def prune(store: FencedStore, login: str, name: str, parts: chains.StoredParts,
+          current: str, now: datetime, keep_days: int) -> int:
+    """Delete the chains the retention no longer needs; how many objects were deleted."""
+    deleted = 0
+    for chain in chains.expired(parts, current, now, keep_days):
+        # Part 0 last: while it exists the chain is still listed as kept.
+        for seq in sorted(parts.chains[chain], reverse=True):
+            store.delete(layout.part_key(login, name, chain, seq))
+            deleted += 1
+        del parts.chains[chain]
+    return deleted
+

@@ -1,0 +1,97 @@
+"""What one user's sync found and did (`UserResult`), and the API's times of a repository
+read safely (a time that is not a real date never makes a repository look unchanged)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bulkbackup import chains
+from bulkbackup.store.base import PUSHED_AT, UPDATED_AT, Head
+from bulkbackup.store.layout import UserCounts
+from bulkbackup.timeutil import parse_api_time
+
+
+@dataclass
+class UserResult:
+    login: str
+    reported: int = 0
+    archived: int = 0
+    unchanged: int = 0
+    empty: int = 0
+    failed: int = 0
+    skipped: int = 0
+    bytes: int = 0
+    not_modified: bool = False
+    listed: bool = False
+    error: str = ""
+    # Not synced at all, nothing recorded (a rate limit past the user's deadline): try later.
+    not_done: str = ""
+    failures: list[str] = field(default_factory=list)
+    # Bundle sizes in the store after this sync (name -> bytes; 0 = no archive), and which
+    # of the zero-byte ones are empty repositories.
+    bundles: dict[str, int] = field(default_factory=dict)
+    empty_names: set[str] = field(default_factory=set)
+
+    @property
+    def syncd(self) -> int:
+        """SyncdRepos: repositories with an archive (a bundle with data) in the store."""
+        return sum(1 for size in self.bundles.values() if size > 0)
+
+    def counts(self) -> UserCounts | None:
+        """None when this sync did not see the user's repositories (304, 404, API failure)."""
+        if not self.listed:
+            return None
+        zero = [n for n, size in self.bundles.items() if size == 0]
+        empty = sum(1 for n in zero if n in self.empty_names)
+        return UserCounts(self.syncd, empty, len(zero) - empty, bool(self.error), self.reported)
+
+    def line(self) -> str:
+        if self.not_done:
+            return f"{self.login}: not synced: {self.not_done}"
+        if self.not_modified:
+            return f"{self.login}: unchanged since the last sync (304)"
+        text = (f"{self.login}: {self.reported} repositories, {self.archived} archived, "
+                f"{self.unchanged} unchanged, {self.empty} empty, {self.failed} failed, "
+                f"{self.bytes / 1e6:.1f} MB uploaded")
+        return text + (f"; error: {self.error}" if self.error else "")
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What one listing of a user's keys says: bundle sizes (0 = no archive) and the parts
+    of each repository's chains."""
+
+    bundles: dict[str, int]
+    parts: dict[str, chains.StoredParts]
+
+
+def _timestamp(value: object) -> str:
+    """The API's time as given, or "" unless it is a real date in a sane range: anything
+    else would go into metadata (and a far-future `9999-12-31T23:59:59Z` would look newer
+    than every later push)."""
+    if not isinstance(value, str) or parse_api_time(value) is None:
+        return ""
+    return value
+
+
+def repo_times(repo: dict[str, Any]) -> tuple[str, str]:
+    """(pushed_at, updated_at); "" for a value that is not a real time: such a repository
+    cannot be seen to be unchanged, so it is archived again each pass."""
+    return _timestamp(repo.get("pushed_at")), _timestamp(repo.get("updated_at"))
+
+
+def newer_than(head: Head, pushed: str, updated: str) -> bool:
+    """Is the stored archive newer than what the API just described?
+
+    Times are compared as dates, never as text. Only a real stored time can be newer: a
+    stored value that is malformed or in the future (written by an older version, or by
+    hand) must not block a repository forever; nor can anything be newer than unknown
+    times (then the fresh archive is stored, as on every pass for such a repository)."""
+    stored = parse_api_time(head.get(PUSHED_AT)), parse_api_time(head.get(UPDATED_AT))
+    listed = parse_api_time(pushed), parse_api_time(updated)
+    if stored[0] is None or listed[0] is None:
+        return False
+    if stored[0] != listed[0]:
+        return stored[0] > listed[0]
+    return stored[1] is not None and listed[1] is not None and stored[1] > listed[1]

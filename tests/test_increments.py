@@ -1,0 +1,205 @@
+"""Incremental archives end to end, on both stores: a real `bulkbackup sync` from the GitHub
+stand-in stores increments, `bulkbackup restore` (and `--at`) rebuilds each state exactly,
+consolidation keeps history, and a sync killed between any two store writes leaves the
+previous or the new state, never a mix."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from bulkbackup import faults
+from bulkbackup.store import Store, layout
+from bulkbackup.testing.forge import Forge, RepoSpec
+from tests.conftest import git, run_cli
+
+BIG = os.urandom(400_000)  # incompressible: a full bundle is far larger than an increment
+
+
+def configure(tmp_path: Path, **run: int) -> None:
+    lines = "".join(f"  {k}: {v}\n" for k, v in run.items())
+    (tmp_path / "config.yaml").write_text(f"run:\n{lines}" if lines else "{}\n")
+
+
+def refs_of(repo: Path) -> dict[str, str]:
+    out = git("for-each-ref", "--format=%(objectname) %(refname)", cwd=repo)
+    return {ref: sha for sha, ref in (line.split() for line in out.splitlines())}
+
+
+def source(forge: Forge, login: str, name: str) -> Path:
+    return forge.git_root / login / f"{name}.git"
+
+
+def remote_refs(forge: Forge, login: str, name: str) -> dict[str, str]:
+    return {r: s for r, s in refs_of(source(forge, login, name)).items()
+            if not r.startswith("refs/pull/")}
+
+
+def sync(login: str, env: dict[str, str] | None = None) -> str:
+    proc = run_cli("sync", login, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def restore(login: str, name: str, to: Path, at: str | None = None) -> Path:
+    args = ["restore", f"{login}/{name}", "--to", str(to), "--force"]
+    proc = run_cli(*args, *(["--at", at] if at else []))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    mirror = to / login / f"{name}.git"
+    git("fsck", "--full", "--no-dangling", cwd=mirror)
+    return mirror
+
+
+def base_meta(store: Store, login: str, name: str) -> tuple[str, int]:
+    head = store.head(layout.bundle_key(login, name))
+    assert head is not None
+    return head.get("Chain"), int(head.get("Increments") or 0)
+
+
+def parts(store: Store, login: str, name: str) -> list[tuple[str, int, int]]:
+    out = []
+    for info in store.list(layout.parts_prefix(login, name)):
+        key = layout.parse_key(info.key)
+        out.append((key.chain, key.seq, info.size))
+    return sorted(out)
+
+
+def stamp() -> str:
+    time.sleep(1.1)  # `--at` has one-second resolution
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def test_a_change_is_stored_as_a_small_increment_and_restores_exactly(
+        env: None, forge: Forge, store: Store, tmp_path: Path) -> None:
+    forge.add_user("ann", [RepoSpec("big", files={"blob.bin": BIG, "a.txt": b"a\n"},
+                                    branches={"dev": {"d.txt": b"d\n"}}, tags=["v1"])])
+    sync("ann")
+    full = store.head(layout.bundle_key("ann", "big"))
+    assert full is not None and full.size > len(BIG)
+    chain, n = base_meta(store, "ann", "big")
+    assert layout.chain_time(chain) is not None and n == 0
+
+    forge.push("ann", "big", {"a.txt": b"a2\n"})
+    assert "1 archived" in sync("ann")
+    assert base_meta(store, "ann", "big") == (chain, 1)
+    (part,) = parts(store, "ann", "big")
+    assert part[:2] == (chain, 1) and part[2] < full.size // 20
+    mirror = restore("ann", "big", tmp_path / "r1")
+    assert refs_of(mirror) == remote_refs(forge, "ann", "big")
+
+    # A second change, a deleted branch and tag, a new annotated tag: increment 2.
+    forge.push("ann", "big", {"b.txt": b"b\n"})
+    forge.delete_ref("ann", "big", "refs/heads/dev")
+    forge.delete_ref("ann", "big", "refs/tags/v1")
+    forge.add_tag("ann", "big", "v2")
+    sync("ann")
+    assert base_meta(store, "ann", "big") == (chain, 2)
+    mirror = restore("ann", "big", tmp_path / "r2")
+    assert refs_of(mirror) == remote_refs(forge, "ann", "big")
+    assert "refs/heads/dev" not in refs_of(mirror)
+
+    # verify checks the whole chain; stats and show count one repository.
+    proc = run_cli("verify", "ann")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    shown = run_cli("show", "ann", "--json")
+    assert '"increments": 2' in shown.stdout
+
+
+def test_force_push_is_an_increment_and_restore_at_gives_the_old_history_back(
+        env: None, forge: Forge, store: Store, tmp_path: Path) -> None:
+    forge.add_user("bo", [RepoSpec("r", files={"blob.bin": BIG})])
+    sync("bo")
+    before = remote_refs(forge, "bo", "r")
+    when = stamp()
+    forge.force_push("bo", "r", {"new.txt": b"rewritten\n"})
+    sync("bo")
+    assert base_meta(store, "bo", "r")[1] == 1
+    now = restore("bo", "r", tmp_path / "now")
+    assert refs_of(now) == remote_refs(forge, "bo", "r") != before
+    old = restore("bo", "r", tmp_path / "old", at=when)
+    assert refs_of(old) == before
+    proc = run_cli("restore", "bo/r", "--to", str(tmp_path / "x"), "--at", "2001-01-01T00:00:00Z")
+    assert proc.returncode == 1 and "no archive at" in proc.stdout
+
+
+def test_consolidation_keeps_the_old_chain_for_restore_at_and_retention_drops_it(
+        env: None, forge: Forge, store: Store, tmp_path: Path) -> None:
+    configure(tmp_path, max_increments=2)
+    forge.add_user("cy", [RepoSpec("r", files={"blob.bin": BIG})])
+    sync("cy")
+    first, _ = base_meta(store, "cy", "r")
+    states = []
+    for i in range(3):
+        states.append((stamp(), remote_refs(forge, "cy", "r")))
+        forge.push("cy", "r", {f"f{i}.txt": f"{i}\n".encode()})
+        sync("cy")
+    # Two increments on the first chain, then a full bundle again: a new chain.
+    second, n = base_meta(store, "cy", "r")
+    assert second > first and n == 0
+    assert [(c, s) for c, s, _ in parts(store, "cy", "r")] == [
+        (first, 0), (first, 1), (first, 2)]
+    latest = restore("cy", "r", tmp_path / "latest")
+    assert refs_of(latest) == remote_refs(forge, "cy", "r")
+    for i, (when, refs) in enumerate(states):
+        assert refs_of(restore("cy", "r", tmp_path / f"at{i}", at=when)) == refs
+
+    # Without history, the next full bundle drops the kept chain.
+    configure(tmp_path, max_increments=0, keep_history_days=0)
+    forge.push("cy", "r", {"g.txt": b"g\n"})
+    sync("cy")
+    assert parts(store, "cy", "r") == []
+    assert refs_of(restore("cy", "r", tmp_path / "end")) == remote_refs(forge, "cy", "r")
+
+
+def test_emptied_renamed_and_huge_blob(env: None, forge: Forge, store: Store,
+                                       tmp_path: Path) -> None:
+    forge.add_user("dee", [RepoSpec("r", files={"blob.bin": BIG}),
+                           RepoSpec("old-name", files={"x.txt": b"x\n"})])
+    sync("dee")
+    huge = os.urandom(3_000_000)
+    forge.push("dee", "r", {"huge.bin": huge})
+    sync("dee")
+    assert base_meta(store, "dee", "r")[1] == 1
+    mirror = restore("dee", "r", tmp_path / "huge")
+    assert refs_of(mirror) == remote_refs(forge, "dee", "r")
+    tip = refs_of(mirror)["refs/heads/main"]
+    assert git("cat-file", "-s", f"{tip}:huge.bin", cwd=mirror).strip() == str(len(huge))
+
+    when = stamp()
+    forge.empty_repo("dee", "r")
+    forge.rename_repo("dee", "old-name", "new-name")
+    sync("dee")
+    head = store.head(layout.bundle_key("dee", "r"))
+    assert head is not None and head.size == 0 and head.get("Error") == "empty repository"
+    assert refs_of(restore("dee", "r", tmp_path / "empty")) == {}
+    assert refs_of(restore("dee", "r", tmp_path / "before", at=when)) == refs_of(mirror)
+    renamed = restore("dee", "new-name", tmp_path / "renamed")
+    assert refs_of(renamed) == remote_refs(forge, "dee", "new-name")
+    assert store.head(layout.bundle_key("dee", "old-name")) is not None  # kept as it was
+
+
+def _state(tmp_path: Path, name: str) -> dict[str, str]:
+    return refs_of(restore("kim", "r", tmp_path / name))
+
+
+@pytest.mark.parametrize("kill_after", [1, 2, 3, 4])
+def test_a_sync_killed_between_any_two_writes_leaves_a_whole_state(
+        env: None, forge: Forge, store: Store, tmp_path: Path, kill_after: int) -> None:
+    """Four writes each: an increment's zip, increment, base metadata, user object; then a
+    consolidation's (max_increments 1, second change) zip, history copy, base, user object."""
+    configure(tmp_path, max_increments=1)
+    forge.add_user("kim", [RepoSpec("r", files={"blob.bin": BIG})])
+    sync("kim")
+    for step in range(2):  # an increment, then a consolidation
+        old = remote_refs(forge, "kim", "r")
+        forge.push("kim", "r", {f"s{step}.txt": f"{step}\n".encode()})
+        new = remote_refs(forge, "kim", "r")
+        proc = run_cli("sync", "kim", env={faults.ENV: str(kill_after)})
+        assert proc.returncode == -9, proc.stdout + proc.stderr  # killed after that write
+        assert _state(tmp_path, f"k{step}") in (old, new)
+        sync("kim")  # the next sync completes the change
+        assert _state(tmp_path, f"d{step}") == new
+        assert run_cli("verify", "kim").returncode == 0

@@ -10,8 +10,10 @@ next run). The stand-in forge serves hard-linked copies; each arm has its own lo
 
 1. One change: the --size-mb repository synced by both arms, then one 1-commit push, then
    synced again. For that re-sync: the bytes the forge's git endpoints sent, and the bytes
-   written to the store (bundles and increments apart from zips; `%meta` sidecars left out).
-   Target (DESIGN): incremental <= 5 % of the full archive + 64 KB, for both.
+   written to the store (bundles and increments; `%meta` sidecars left out). Counted apart:
+   the shallow fetch of a zip's tree, the zips, and the copy of a replaced base to history
+   (server-side on S3). Target (DESIGN): incremental <= 5 % of the full archive + 64 KB,
+   for both.
 2. Re-pass time: --repos repositories of 2 MB, each with one new commit; the time of one
    `bulkbackup sync` of their user, full vs incremental (a ratio > 1: incremental is faster),
    the median of --rounds rounds.

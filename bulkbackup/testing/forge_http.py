@@ -1,5 +1,7 @@
 """The stand-in's HTTP side: the REST listing (with its hostile modes), the GraphQL hook, and
-git's smart HTTP protocol through `git http-backend`."""
+git's smart HTTP protocol through `git http-backend` (its answers' body bytes are counted in
+`forge.counters["git_bytes_sent"]`, those to shallow fetches (`deepen`: a zip's tree) also in
+"git_bytes_sent_shallow", for the benchmarks of what a sync fetches)."""
 
 from __future__ import annotations
 
@@ -244,7 +246,10 @@ class _Handler(BaseHTTPRequestHandler):
             with f.lock:
                 f._procs.add(proc)
             try:
-                self._relay(proc, body, err, stall_mid and _wants(body, self.headers))
+                counts = ("git_bytes_sent", "git_bytes_sent_shallow") if _says(
+                    body, self.headers, b"deepen ") else ("git_bytes_sent",)
+                self._relay(proc, body, err, stall_mid and _says(body, self.headers, b"want "),
+                            counts)
             finally:
                 if proc.poll() is None:
                     proc.kill()
@@ -253,7 +258,7 @@ class _Handler(BaseHTTPRequestHandler):
                     f._procs.discard(proc)
 
     def _relay(self, proc: subprocess.Popen[bytes], body: bytes, err: Any,
-               stall_mid: bool = False) -> None:
+               stall_mid: bool = False, counts: tuple[str, ...] = ()) -> None:
         """Feed the request to the CGI, then stream its answer (chunked unless it is sized);
         ``stall_mid``: send the answer's first bytes, then stall (until stop)."""
         assert proc.stdin is not None and proc.stdout is not None
@@ -282,6 +287,8 @@ class _Handler(BaseHTTPRequestHandler):
             if stall_mid:
                 data = data[:64]
             self.wfile.write(data if sized else b"%x\r\n%s\r\n" % (len(data), data))
+            with self.forge.lock:  # the answer's body as git sent it, without chunk framing
+                self.forge.counters.update(dict.fromkeys(counts, len(data)))
             if stall_mid:
                 self.wfile.flush()
                 self.forge._stopping.wait(self.forge.stall_s)
@@ -293,12 +300,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
 
 
-def _wants(body: bytes, headers: Any) -> bool:
-    """Does this upload-pack request ask for objects (a fetch, not a ref listing)?"""
+def _says(body: bytes, headers: Any, word: bytes) -> bool:
+    """Does this upload-pack request hold ``word`` (b"want ": a fetch, not a ref listing;
+    b"deepen ": a shallow fetch)?"""
     if headers.get("Content-Encoding", "").lower() in ("gzip", "x-gzip"):
         with contextlib.suppress(OSError, EOFError):
             body = gzip.decompress(body)
-    return b"want " in body
+    return word in body
 
 
 def _feed(pipe: Any, body: bytes) -> None:

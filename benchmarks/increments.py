@@ -1,4 +1,5 @@
-"""Incremental archives against full ones (`run.max_increments: 0`), side by side in one run.
+"""Incremental archives against full ones (`run.max_increments: 0` and
+`run.keep_history_days: 0`: the behaviour before increments), side by side in one run.
 
     python -m benchmarks.increments [--size-mb 200] [--repos 100] [--rounds 3]
                                     [--increments 4] [--keep]
@@ -22,8 +23,6 @@ next run). The stand-in forge serves hard-linked copies; each arm has its own lo
    restored repository per second (target: ratio >= 0.8), the median of --rounds rounds.
    Only a big repository makes this meaningful: fixed costs (Python's start, the checks)
    dominate a small one.
-
-Until `bulkbackup` has increments (no `run.max_increments` setting) both arms archive in full.
 """
 
 from __future__ import annotations
@@ -43,7 +42,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bulkbackup import config
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.repos import BASE_TIME, commit
 
@@ -135,10 +133,6 @@ def push_all(forge: Forge, login: str, names: list[str], tag: str) -> None:
 # -- the two arms --------------------------------------------------------------------------
 
 
-def has_increments() -> bool:
-    return any(f.name == "max_increments" for f in dataclasses.fields(config.RunSettings))
-
-
 @dataclasses.dataclass
 class Arm:
     name: str
@@ -150,8 +144,8 @@ def make_arms(tmp: Path, forge: Forge) -> list[Arm]:
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("GITHUB_", "BULKBACKUP_", "AWS_"))}
     arms = []
-    for name, cfg_text in (("full", "run:\n  max_increments: 0\n" if has_increments()
-                            else "{}\n"), ("incremental", "{}\n")):
+    for name, cfg_text in (("full", "run:\n  max_increments: 0\n  keep_history_days: 0\n"),
+                           ("incremental", "{}\n")):
         cfg = tmp / f"{name}.yaml"
         cfg.write_text(cfg_text)
         store = tmp / f"store-{name}" / "github.com"
@@ -376,8 +370,7 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(args.cache, ignore_errors=True)
     print(f"big repository: {_mb(big_size)} packed, "
-          f"re-pass repositories: {args.repos} x {args.repo_mb:g} MB; increments in this "
-          f"bulkbackup: {'yes' if has_increments() else 'NO (both arms archive in full)'}")
+          f"re-pass repositories: {args.repos} x {args.repo_mb:g} MB")
     print_table(report(change, again, rates, args.repos))
 
 

@@ -203,3 +203,26 @@ def test_a_sync_killed_between_any_two_writes_leaves_a_whole_state(
         sync("kim")  # the next sync completes the change
         assert _state(tmp_path, f"d{step}") == new
         assert run_cli("verify", "kim").returncode == 0
+
+
+def test_increments_above_half_the_full_bundle_make_the_next_archive_full(
+        env: None, forge: Forge, store: Store, tmp_path: Path) -> None:
+    forge.add_user("eve", [RepoSpec("r", files={"a.txt": b"a\n"},
+                                    branches={"dev": {"d.txt": b"d\n"}}, tags=["v1"])])
+    sync("eve")
+    first, _ = base_meta(store, "eve", "r")
+    forge.push("eve", "r", {"big.bin": os.urandom(200_000)})  # far more than the base
+    sync("eve")
+    assert base_meta(store, "eve", "r") == (first, 1)
+    before = remote_refs(forge, "eve", "r")
+    when = stamp()
+    # Force-push, deleted branch and tag: consolidated into a full bundle, not an increment.
+    forge.force_push("eve", "r", {"n.txt": b"n\n"})
+    forge.delete_ref("eve", "r", "refs/heads/dev")
+    forge.delete_ref("eve", "r", "refs/tags/v1")
+    sync("eve")
+    second, n = base_meta(store, "eve", "r")
+    assert second > first and n == 0
+    assert [(c, s) for c, s, _ in parts(store, "eve", "r")] == [(first, 0), (first, 1)]
+    assert refs_of(restore("eve", "r", tmp_path / "now")) == remote_refs(forge, "eve", "r")
+    assert refs_of(restore("eve", "r", tmp_path / "then", at=when)) == before

@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from bulkbackup import tracked
+from bulkbackup.archives import latest_archive
 from bulkbackup.config import StoreSettings
 from bulkbackup.connection import Scripts, server_time
 from bulkbackup.errors import Interrupted, LockLost
@@ -235,8 +236,10 @@ def test_a_worker_stopped_mid_upload_cannot_land_a_stale_archive(
     assert "1 locks lost" in err  # its upload was refused at the commit
     # The stored archives are the newer ones: the bundle's refs are the pushed ones (and the
     # zip, stored by both workers before the pause, has the pushed file).
+    # The newest part of the archive: the full bundle, or an increment on it when the first
+    # worker's full bundle had landed before it stopped.
     bundle = tmp_path / "stored.bundle"
-    bundle.write_bytes(read(store, "racer/big.bundle"))
+    bundle.write_bytes(read(store, latest_archive(store, "racer", "big").parts[-1].key))
     git("init", "-q", str(tmp_path / "verifier"))
     heads = git("bundle", "list-heads", str(bundle), cwd=tmp_path / "verifier")
     stored = {ref: sha for sha, ref in (line.split() for line in heads.splitlines())}

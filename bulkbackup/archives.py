@@ -17,7 +17,7 @@ import orjson
 from bulkbackup import chains
 from bulkbackup.errors import ArchiveError, NotFound
 from bulkbackup.progress import Progress
-from bulkbackup.store import Head, Store, layout
+from bulkbackup.store import Head, ObjectInfo, Store, layout
 from bulkbackup.store.base import ERROR, LAST_SYNC
 from bulkbackup.timeutil import format_rfc3339, parse_rfc3339
 
@@ -27,11 +27,10 @@ MAX_USER_OBJECT_BYTES = 256 << 20
 
 @dataclass(frozen=True)
 class ArchivePart:
-    """One bundle of an archive: the full base, or (later) an increment on top of it."""
+    """One bundle of an archive: the full bundle, or an increment on top of it."""
 
     key: str
     size: int
-    last_sync: str
 
 
 @dataclass(frozen=True)
@@ -61,46 +60,59 @@ class RepoArchive:
         return not self.parts and self.error == layout.EMPTY_REPOSITORY
 
 
-def latest_archive(store: Store, login: str, repo: str) -> RepoArchive:
-    """The objects of the newest archive of ``login/repo``; raises ArchiveError if none."""
+def latest_archive(store: Store, login: str, repo: str, index: PartsIndex | None = None
+                   ) -> RepoArchive:
+    """The objects of the newest archive of ``login/repo``; raises ArchiveError if none.
+    ``index``: the repository's parts, when the caller has listed them already."""
     key = layout.bundle_key(login, repo)
     head = store.head(key)
     if head is None:
         raise ArchiveError(f"missing object {key}")
-    chain = chains.chain_of(head)
+    chain, n = chains.chain_of(head), chains.committed(head)
     last_sync = head.get(LAST_SYNC)
     parts: tuple[ArchivePart, ...] = ()
     if head.size > 0:
-        parts = (ArchivePart(key, head.size, last_sync),
-                 *_increments(store, login, repo, chain, chains.committed(head)))
+        if n and index is None:
+            index = parts_index(store, login, repo)
+        parts = (ArchivePart(key, head.size), *_increments(index or {}, login, repo, chain, n))
     zip_key = layout.zip_key(login, repo)
     return RepoArchive(login, repo, parts, key, head, zip_key, store.head(zip_key) is not None,
                        last_sync, format_rfc3339(layout.chain_time(chain) or head.last_modified))
 
 
-def _increments(store: Store, login: str, repo: str, chain: str, n: int
+#: (chain, seq) -> the part's listing entry, for one repository.
+PartsIndex = dict[tuple[str, int], ObjectInfo]
+
+
+def parts_index(store: Store, login: str, repo: str) -> PartsIndex:
+    """Every part of every chain of ``login/repo``: one listing."""
+    out: PartsIndex = {}
+    for info in store.list(layout.parts_prefix(login, repo)):
+        key = layout.parse_key(info.key)
+        if key.kind is layout.Kind.PART and (key.login, key.repo) == (login, repo):
+            out[(key.chain, key.seq)] = info
+    return out
+
+
+def _increments(index: PartsIndex, login: str, repo: str, chain: str, n: int
                 ) -> list[ArchivePart]:
-    """Increments 1..n of ``chain`` (one listing for their sizes); a missing one is an
-    ArchiveError: the chain cannot be restored past it."""
-    if n == 0:
-        return []
-    found = {layout.parse_key(i.key).seq: i for i in store.list(layout.parts_prefix(
-        login, repo, chain))}
+    """Increments 1..n of ``chain``; a missing one is an ArchiveError: the chain cannot be
+    restored past it."""
     parts = []
     for seq in range(1, n + 1):
-        info = found.get(seq)
+        info = index.get((chain, seq))
         if info is None:
             raise ArchiveError(f"missing object {layout.part_key(login, repo, chain, seq)}")
-        parts.append(ArchivePart(info.key, info.size, format_rfc3339(info.last_modified)))
+        parts.append(ArchivePart(info.key, info.size))
     return parts
 
 
 def archive_at(store: Store, login: str, repo: str, at: datetime | None) -> RepoArchive:
     """The archive as it was at ``at`` (None: the latest): the newest state archived at or
     before ``at``, from the current chain or a kept one."""
-    archive = latest_archive(store, login, repo)
-    kept = chains.parts_by_repo(store.list(layout.parts_prefix(login, repo)), login
-                                ).get(repo, chains.StoredParts()).kept()
+    index = parts_index(store, login, repo)
+    archive = latest_archive(store, login, repo, index)
+    kept = sorted(chain for chain, seq in index if seq == 0)
     oldest = min([archive.oldest, *(_chain_start(c) for c in kept)])
     archive = replace(archive, oldest=oldest)
     if at is None:
@@ -117,8 +129,8 @@ def archive_at(store: Store, login: str, repo: str, at: datetime | None) -> Repo
     base = store.head(base_key)
     if base is None:
         raise ArchiveError(f"missing object {base_key}")
-    parts = ((ArchivePart(base_key, base.size, base.get(LAST_SYNC)),
-              *_increments(store, login, repo, chain, chains.committed(base)))
+    parts = ((ArchivePart(base_key, base.size),
+              *_increments(index, login, repo, chain, chains.committed(base)))
              if base.size > 0 else ())
     kept_archive = replace(archive, parts=parts, bundle=base, last_sync=base.get(LAST_SYNC),
                            latest=False, has_zip=False)

@@ -8,12 +8,11 @@ Everything here is decided from what the store says: the base's metadata (`Chain
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from bulkbackup.config import RunSettings
-from bulkbackup.store import Head, ObjectInfo, layout
+from bulkbackup.store import Head, layout
 from bulkbackup.store.base import CHAIN, ERROR, INCREMENTS, LAST_SYNC
 from bulkbackup.timeutil import parse_rfc3339
 
@@ -29,20 +28,6 @@ class StoredParts:
 
     def add(self, chain: str, seq: int, size: int) -> None:
         self.chains.setdefault(chain, {})[seq] = size
-
-    def kept(self) -> list[str]:
-        """Ids of the chains kept as history (their base copied as part 0), oldest first."""
-        return sorted(c for c, parts in self.chains.items() if 0 in parts)
-
-
-def parts_by_repo(infos: Iterable[ObjectInfo], login: str) -> dict[str, StoredParts]:
-    """Every chain part below ``login`` in a listing, by repository name."""
-    out: dict[str, StoredParts] = {}
-    for info in infos:
-        key = layout.parse_key(info.key)
-        if key.kind is layout.Kind.PART and key.login == login:
-            out.setdefault(key.repo, StoredParts()).add(key.chain, key.seq, info.size)
-    return out
 
 
 def committed(head: Head) -> int:

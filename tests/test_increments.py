@@ -179,6 +179,12 @@ def test_emptied_renamed_and_huge_blob(env: None, forge: Forge, store: Store,
     renamed = restore("dee", "new-name", tmp_path / "renamed")
     assert refs_of(renamed) == remote_refs(forge, "dee", "new-name")
     assert store.head(layout.bundle_key("dee", "old-name")) is not None  # kept as it was
+    # The renamed repository's own chain: its next change is an increment on it.
+    forge.push("dee", "new-name", {"y.txt": b"y\n"})
+    sync("dee")
+    assert base_meta(store, "dee", "new-name")[1] == 1
+    renamed = restore("dee", "new-name", tmp_path / "renamed2")
+    assert refs_of(renamed) == remote_refs(forge, "dee", "new-name")
 
 
 def _state(tmp_path: Path, name: str) -> dict[str, str]:
@@ -211,7 +217,8 @@ def test_increments_above_half_the_full_bundle_make_the_next_archive_full(
                                     branches={"dev": {"d.txt": b"d\n"}}, tags=["v1"])])
     sync("eve")
     first, _ = base_meta(store, "eve", "r")
-    forge.push("eve", "r", {"big.bin": os.urandom(200_000)})  # far more than the base
+    big = os.urandom(200_000)
+    forge.push("eve", "r", {"big.bin": big})  # far more than the base
     sync("eve")
     assert base_meta(store, "eve", "r") == (first, 1)
     before = remote_refs(forge, "eve", "r")
@@ -225,4 +232,8 @@ def test_increments_above_half_the_full_bundle_make_the_next_archive_full(
     assert second > first and n == 0
     assert [(c, s) for c, s, _ in parts(store, "eve", "r")] == [(first, 0), (first, 1)]
     assert refs_of(restore("eve", "r", tmp_path / "now")) == remote_refs(forge, "eve", "r")
-    assert refs_of(restore("eve", "r", tmp_path / "then", at=when)) == before
+    then = restore("eve", "r", tmp_path / "then", at=when)
+    assert refs_of(then) == before
+    # The big blob comes back from the kept chain's increment.
+    tip = before["refs/heads/main"]
+    assert git("cat-file", "-s", f"{tip}:big.bin", cwd=then).strip() == str(len(big))

@@ -252,3 +252,48 @@ def test_a_worker_stopped_mid_upload_cannot_land_a_stale_archive(
     else:
         assert isinstance(store, LocalStore)
         assert not [p for p in store.root.rglob("%tmp-*")]
+
+
+def test_a_worker_stopped_mid_increment_cannot_commit_a_stale_one(
+    fence_env: dict[str, str], store: Store, r: redis.Redis, forge: Forge
+) -> None:
+    """The increment's writes (part, then the full bundle's `Increments`) are fenced as a full
+    archive's: a worker paused in its fetch while another host stores the newer change
+    never commits increment 2 on top of it."""
+    forge.add_user("inc", [RepoSpec("r", files={"a.txt": b"a\n"})])
+    track(r, "inc")
+    done = start_run(fence_env, "--procs", "1", "--no-stats", host="hostA")
+    _, err = done.communicate(timeout=240)
+    assert done.returncode == 0 and "1 users synced" in err, err
+    forge.push("inc", "r", {"b.txt": b"first change\n"})
+    forge.stall_s = 6
+    forge.set_stall("inc", "r", True)
+    r.zadd("tracked", {"github.com/inc": 0})  # due again
+    forge.reset_counters()
+    first = start_run(fence_env, "--procs", "1", "--no-stats", host="hostA")
+    worker = 0
+    try:
+        wait_for(lambda: forge.counters["upload_pack"] >= 1, 60, "the increment's fetch")
+        (worker,) = workers_of(first.pid)
+        os.kill(worker, signal.SIGSTOP)
+        wait_for(lambda: r.get("lock:github.com/inc") is None, 30, "the lock to expire")
+        forge.set_stall("inc", "r", False)
+        forge.push("inc", "r", {"c.txt": b"second change\n"})
+        second = start_run(fence_env, "--procs", "1", "--no-stats", host="hostB")
+        _, err = second.communicate(timeout=240)
+        assert second.returncode == 0 and "1 users synced" in err, err
+    finally:
+        if worker:
+            os.kill(worker, signal.SIGCONT)
+        else:
+            first.kill()
+    _, err = first.communicate(timeout=240)
+    assert first.returncode == 0, err
+    assert "1 locks lost" in err
+    head = store.head("inc/r.bundle")
+    assert head is not None and head.get("Increments") == "1"
+    archive = latest_archive(store, "inc", "r")
+    assert len(archive.parts) == 2  # no increment 2 from the paused worker
+    heads = store.read_bytes(archive.parts[-1].key).split(b"\n\n", 1)[0].decode()
+    source = forge.root / "git" / "inc" / "r.git"
+    assert f"{git('rev-parse', 'refs/heads/main', cwd=source).strip()} refs/heads/main" in heads

@@ -38,6 +38,15 @@ class ForgeChanges:
                         epoch(entry["updated_at"]) + 1)
             entry["pushed_at"] = entry["updated_at"] = rfc3339(later)
 
+    def set_stall(self, login: str, name: str, stall: bool) -> None:
+        """From now on, POST git-upload-pack to the repository sleeps `stall_s` before
+        answering (as RepoSpec.stall), or no longer does."""
+        with self.lock:
+            if stall:
+                self._stalled.add((login, name))
+            else:
+                self._stalled.discard((login, name))
+
     def force_push(self, login: str, name: str, files: dict[str, bytes]) -> None:
         """The default branch replaced by a new root commit (unrelated history)."""
         entry, repo = self._repo_of(login, name)

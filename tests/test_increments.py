@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import datetime
 from pathlib import Path
 
+import orjson
 import pytest
 
 from bulkbackup import faults
 from bulkbackup.store import Store, layout
+from bulkbackup.store.base import canonical
 from bulkbackup.testing.forge import Forge, RepoSpec
 from tests.conftest import git, run_cli
+from tests.test_serve import start_serve, stop_serve
 
 BIG = os.urandom(400_000)  # incompressible: a full bundle is far larger than an increment
 
@@ -101,11 +105,25 @@ def test_a_change_is_stored_as_a_small_increment_and_restores_exactly(
     assert refs_of(mirror) == remote_refs(forge, "ann", "big")
     assert "refs/heads/dev" not in refs_of(mirror)
 
-    # verify checks the whole chain; stats and show count one repository.
+    # verify checks the whole chain; stats, show and serve count one repository.
     proc = run_cli("verify", "ann")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    shown = run_cli("show", "ann", "--json")
-    assert '"increments": 2' in shown.stdout
+    shown = orjson.loads(run_cli("show", "ann", "--json").stdout)
+    (repo,) = shown["repositories"]
+    sizes = [size for _, seq, size in parts(store, "ann", "big") if seq]
+    assert (repo["increments"], repo["increment_bytes"], repo["history_chains"]) == (
+        2, sum(sizes), 0)
+    report = orjson.loads(run_cli("stats", "--json", "--no-write").stdout)
+    assert report["repositories"]["archived"] == 1
+    assert report["bytes"]["increments"] == sum(sizes)
+    assert report["bytes"]["bundles"] == full.size
+    served = start_serve(dict(os.environ), tmp_path / "serve.log")
+    try:
+        page = served.get("/users/ann").text
+        assert "bulkbackup restore ann/big" in page and ">2 (" in page
+        assert served.get("/api/users/ann").json()["repositories"][0]["increments"] == 2
+    finally:
+        stop_serve(served)
 
 
 def test_force_push_is_an_increment_and_restore_at_gives_the_old_history_back(
@@ -237,3 +255,31 @@ def test_increments_above_half_the_full_bundle_make_the_next_archive_full(
     # The big blob comes back from the kept chain's increment.
     tip = before["refs/heads/main"]
     assert git("cat-file", "-s", f"{tip}:big.bin", cwd=then).strip() == str(len(big))
+
+
+def test_a_full_bundle_from_before_increments_starts_a_chain(
+        env: None, forge: Forge, store: Store, tmp_path: Path) -> None:
+    """An archive written by an earlier version (no `Chain`, no `Increments`) takes its
+    first increment with a chain id derived from its LastSync, and is kept as history."""
+    configure(tmp_path, max_increments=1)
+    forge.add_user("old", [RepoSpec("r", files={"blob.bin": BIG})])
+    sync("old")
+    head = store.head(layout.bundle_key("old", "r"))
+    assert head is not None
+    meta = {k: v for k, v in canonical(head.metadata).items()
+            if k not in ("Chain", "Increments")}
+    store.replace_metadata(layout.bundle_key("old", "r"), meta)
+    derived = layout.chain_id(datetime.fromisoformat(meta["LastSync"].replace("Z", "+00:00")))
+    forge.push("old", "r", {"one.txt": b"1\n"})
+    sync("old")
+    assert base_meta(store, "old", "r") == (derived, 1)
+    first_change = remote_refs(forge, "old", "r")
+    assert refs_of(restore("old", "r", tmp_path / "a")) == first_change
+    when = stamp()
+    forge.push("old", "r", {"two.txt": b"2\n"})
+    sync("old")  # max_increments 1: a full bundle again, the derived chain kept
+    assert base_meta(store, "old", "r")[1] == 0
+    kept = store.head(layout.part_key("old", "r", derived, 0))
+    assert kept is not None and kept.get("Chain") == derived and kept.get("Increments") == "1"
+    assert refs_of(restore("old", "r", tmp_path / "b", at=when)) == first_change
+    assert refs_of(restore("old", "r", tmp_path / "c")) == remote_refs(forge, "old", "r")

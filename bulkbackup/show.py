@@ -47,6 +47,7 @@ def describe(store: Store, login: str) -> dict[str, Any]:
             updated_at=bundle.get(UPDATED_AT) or None if bundle else None,
             error=bundle.get(ERROR) or None if bundle else None,
             increments=chains.committed(bundle) if bundle else 0,
+            chain=chains.chain_of(bundle) if bundle and bundle.size else None,
         )
     return {
         "login": login,

@@ -6,6 +6,7 @@ previous or the new state, never a mix."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from datetime import datetime
 from pathlib import Path
@@ -122,6 +123,26 @@ def test_a_change_is_stored_as_a_small_increment_and_restores_exactly(
         page = served.get("/users/ann").text
         assert "bulkbackup restore ann/big" in page and ">2 (" in page
         assert served.get("/api/users/ann").json()["repositories"][0]["increments"] == 2
+        # What the page says, done by hand with what it links to: the latest state.
+        links = re.findall(r'href="(/users/ann/big[^"]*\.bundle)"', page)
+        assert links == ["/users/ann/big.bundle", f"/users/ann/big.bundle.d/{chain}/000001.bundle",
+                         f"/users/ann/big.bundle.d/{chain}/000002.bundle"]
+        files = []
+        for link in links:
+            got = served.get(link)
+            assert got.status_code == 200
+            name = got.headers["content-disposition"].split('filename="')[1].rstrip('"')
+            (tmp_path / name).write_bytes(got.content)
+            files.append(tmp_path / name)
+        assert [f.name for f in files[1:]] == [f"big.{chain}.00000{i}.bundle" for i in (1, 2)]
+        git("clone", "-q", "--mirror", str(files[0]), str(tmp_path / "by-hand.git"))
+        for part in files[1:]:
+            git("fetch", "-q", "--prune", str(part), "+refs/*:refs/*", cwd=tmp_path / "by-hand.git")
+        assert refs_of(tmp_path / "by-hand.git") == remote_refs(forge, "ann", "big")
+        for bad in (f"/users/ann/big.bundle.d/{chain}/000003.bundle",
+                    "/users/ann/big.bundle.d/../000001.bundle",
+                    f"/users/ann/big.bundle.d/{chain}/1.bundle", "/users/ann/big.d/x/y/z"):
+            assert served.get(bad).status_code == 404, bad
     finally:
         stop_serve(served)
 

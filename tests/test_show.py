@@ -52,7 +52,9 @@ def test_show_json(filled: None) -> None:
         "name": "Hello-World", "bundle_bytes": 1500, "zip_bytes": 700,
         "last_sync": "2026-11-28T17:00:01Z", "pushed_at": "2026-01-01T00:00:00Z",
         "updated_at": "2026-01-02T00:00:00Z", "error": None, "increments": 0,
-        "increment_bytes": 0, "history_chains": 0}
+        "increment_bytes": 0, "history_chains": 0,
+        # A full bundle from before increments: its chain starts at its LastSync.
+        "chain": "20261128T170001000000Z"}
     assert repos["broken"]["bundle_bytes"] == 0 and repos["broken"]["error"].startswith("git")
     assert repos["nothing"]["error"] == "empty repository" and repos["nothing"]["zip_bytes"] is None
 

@@ -138,6 +138,18 @@ def content_type(key: str) -> str:
     return "application/octet-stream"
 
 
+def file_name(key: str) -> str:
+    """The name a downloaded object is saved under: a part's names its repository and
+    place in the chain (`<repo>.<chain>.<seq>.bundle`), so parts of one repository sort in
+    the order they apply."""
+    parsed = parse_key(key)
+    if parsed.kind is Kind.USER:
+        return f"{parsed.login}.json"
+    if parsed.kind is Kind.PART:
+        return f"{parsed.repo}.{parsed.chain}.{parsed.seq:0{SEQ_DIGITS}d}{BUNDLE_SUFFIX}"
+    return key.rsplit(SEPARATOR, 1)[-1]
+
+
 def updated_metadata(head: Head, changes: Mapping[str, str]) -> dict[str, str]:
     """``head``'s metadata with ``changes`` applied, names spelled as the contract writes them
     (they are read back lower-cased; ``changes`` may use either spelling)."""

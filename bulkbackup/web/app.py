@@ -179,6 +179,20 @@ class Site:
                 or not is_repo_name(repo):
             raise HTTPException(404)
         key = layout.bundle_key(login, repo) if kind == "bundle" else layout.zip_key(login, repo)
+        return await self._serve_object(request, key, kind)
+
+    async def download_part(self, request: Request) -> Response:
+        """An increment (or a kept chain's full bundle): `<repo>.bundle.d/<chain>/<seq>.bundle`."""
+        params = request.path_params
+        key = layout.parse_key("/".join((params["login"], params["folder"], params["chain"],
+                                         params["part"])))
+        if key.kind is not layout.Kind.PART or not is_login(key.login) \
+                or not is_repo_name(key.repo):
+            raise HTTPException(404)
+        part = layout.part_key(key.login, key.repo, key.chain, key.seq)
+        return await self._serve_object(request, part, "bundle")
+
+    async def _serve_object(self, request: Request, key: str, kind: str) -> Response:
         store = await self.live_store()
         head = await self.blocking(store.head, key)
         if head is None or head.size == 0:  # a zero-byte bundle means "no archive"
@@ -254,6 +268,7 @@ class Site:
             Route("/users/{login}.json", self.user_object),  # before /users/{login}
             Route("/users/{login}", self.user_page), Route("/api/users/{login}", self.api_user),
             Route("/users/{login}/{file}", self.download),
+            Route("/users/{login}/{folder}/{chain}/{part}", self.download_part),
             Route("/workers", self.workers_page), Route("/api/workers", self.api_workers),
             Route("/healthz", self.healthz), Route("/metrics", self.metrics_text),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),

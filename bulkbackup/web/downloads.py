@@ -107,7 +107,7 @@ def _chunks(store: Store, key: str, start: int, length: int) -> Iterator[bytes]:
 def respond(request: Request, store: Store, key: str, kind: str, head: Head,
             redirect: bool) -> Response:
     """The download response for ``key`` (already known to exist with data)."""
-    name = key.rsplit("/", 1)[-1] + ("" if "/" in key else ".json")
+    name = layout.file_name(key)
     tag = etag(head)
     headers = {
         "Content-Disposition": f'{"inline" if kind == "json" else "attachment"}; '

@@ -255,10 +255,12 @@ class UserBackup:
                 store.put_file(layout.zip_key(login, name), archive.zip,
                                {LAST_SYNC: change.stamp})
                 result.bytes += archive.zip.stat().st_size
+                archive.zip.unlink()  # a user's disk use is one repository's at a time
             keep_history(store, login, name, fresh, parts, keep_days)
             # The bundle goes last: its PushedAt/UpdatedAt say the archives are complete.
             store.put_file(key, archive.bundle, meta)
             size = archive.bundle.stat().st_size
+            archive.bundle.unlink()
             result.bytes += size
             result.bundles[name] = size
             result.archived += 1

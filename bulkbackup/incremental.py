@@ -101,6 +101,7 @@ class Incremental:
         uploaded = self._zip(store, login, name, change, old, fetched, token)
         store.put_file(layout.part_key(login, name, chain, n + 1), fetched.bundle, times)
         uploaded += fetched.bundle.stat().st_size
+        fetched.bundle.unlink()  # a user's disk use is one repository's, not all of them
         # The commit: from here a restore applies increment n+1.
         meta = layout.updated_metadata(fresh, {**times, CHAIN: chain, INCREMENTS: str(n + 1),
                                                ERROR: ""})
@@ -120,7 +121,9 @@ class Incremental:
         path = self.gitwork.zip_at(login, name, change.clone_url, branch, tip, token,
                                    store.fence.check)
         store.put_file(layout.zip_key(login, name), path, {LAST_SYNC: change.stamp})
-        return path.stat().st_size
+        size = path.stat().st_size
+        path.unlink()
+        return size
 
 
 def keep_history(store: FencedStore, login: str, name: str, head: Head | None,

@@ -336,3 +336,18 @@ def test_api_values_that_cannot_be_metadata_are_not_stored(
     assert sync("odd").returncode == 0
     assert forge.counters["api_304"] == 0  # no ETag was kept to ask with
     assert forge.counters["info_refs"] == 1  # unknown times: archived again, not "unchanged"
+
+
+def test_a_users_work_folder_holds_one_repository_at_a_time(
+    env: None, forge: Forge, store: Store, tmp_path: Path
+) -> None:
+    """A bundle and a zip are removed from the work folder once stored: a user with many
+    repositories needs the disk of one, not of all. The sync is SIGKILLed right after its
+    third store write (the second repository's zip) to look at the folder mid-user."""
+    forge.add_user("disk", [RepoSpec(name) for name in ("a", "b", "c")])
+    work = tmp_path / "work"
+    cfg = _config_with(f"run:\n  work_dir: {work}\n")
+    proc = sync("disk", extra={"BULKBACKUP_CONFIG": cfg, "BULKBACKUP_TEST_KILL_AFTER_WRITES": "3"})
+    assert proc.returncode == -9, proc.stderr
+    left = sorted(p.name for p in work.rglob("*") if p.suffix in (".bundle", ".zip"))
+    assert len(left) == 2 and len({name.split(".")[0] for name in left}) == 1, left

@@ -96,7 +96,9 @@ class Incremental:
         times = {LAST_SYNC: change.stamp, PUSHED_AT: change.pushed_at,
                  UPDATED_AT: change.updated_at}
         if fetched.bundle is None:
-            store.replace_metadata(base_key, layout.updated_metadata(fresh, times))
+            # Chain too: a base from before increments must keep the id its LastSync gave.
+            store.replace_metadata(base_key, layout.updated_metadata(fresh, {**times,
+                                                                             CHAIN: chain}))
             return IncrementResult(IncrementOutcome.SAME_REFS)
         uploaded = self._zip(store, login, name, change, old, fetched, token)
         store.put_file(layout.part_key(login, name, chain, n + 1), fetched.bundle, times)

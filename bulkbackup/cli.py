@@ -9,8 +9,6 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis
-
 from bulkbackup import __version__, config
 from bulkbackup.errors import BulkbackupError
 
@@ -160,6 +158,13 @@ def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:
     raise AssertionError(cmd)  # pragma: no cover - argparse refuses unknown commands
 
 
+def _is_redis_error(exc: Exception) -> bool:
+    """redis-py's errors, without importing it: the commands that never reach Redis
+    (restore, verify, show, sync) start faster without it, and cannot raise its errors."""
+    module = sys.modules.get("redis")
+    return module is not None and isinstance(exc, module.RedisError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("BULKBACKUP_DEBUG", "") not in ("", "0")
@@ -179,17 +184,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"bulkbackup: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except redis.RedisError as exc:
-        if debug:
-            raise
-        print(f"bulkbackup: error: redis: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("bulkbackup: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: still one line, unless debugging
         if debug:
             raise
+        if _is_redis_error(exc):
+            print(f"bulkbackup: error: redis: {exc}", file=sys.stderr)
+            return 1
         from bulkbackup.redact import redact
 
         print(f"bulkbackup: internal error: {type(exc).__name__}: {redact(str(exc))[:300]} "

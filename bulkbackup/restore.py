@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bulkbackup.archives import (
+    ArchivePart,
     RepoArchive,
     archive_at,
     download,
@@ -96,8 +97,7 @@ def build_mirror(store: Store, git: Git, archive: RepoArchive, dest: Path, work:
     git("init", "--quiet", "--bare", str(dest), cwd=work)
     header = BundleHeader((), {}, None)
     for part in archive.parts:
-        path = work / "part.bundle"
-        download(store, part.key, path, part.size, progress)
+        path = _readable(store, part, work / "part.bundle", progress)
         header = read_header(path, part.key)
         git("bundle", "verify", "--quiet", str(path), cwd=dest)
         try:
@@ -107,7 +107,7 @@ def build_mirror(store: Store, git: Git, archive: RepoArchive, dest: Path, work:
             if "early EOF" in str(exc) or "premature" in str(exc):
                 raise ArchiveError(f"{part.key}: bundle truncated ({exc})") from None
             raise ArchiveError(f"{part.key}: bundle unreadable ({exc})") from None
-        path.unlink()
+        (work / "part.bundle").unlink(missing_ok=True)
     refs = git.refs(dest)
     if refs != header.refs:
         raise ArchiveError(f"{archive.repo}: restored refs differ from the bundle's header: "
@@ -120,6 +120,16 @@ def build_mirror(store: Store, git: Git, archive: RepoArchive, dest: Path, work:
             git("symbolic-ref", "HEAD", f"refs/heads/{listed}", cwd=dest)
     git("config", MARKER, f"{archive.login}/{archive.repo}", cwd=dest)
     return Built(refs, branch)
+
+
+def _readable(store: Store, part: ArchivePart, scratch: Path, progress: bool) -> Path:
+    """A file with the part's data: the local store's own file, read in place (git only
+    reads it), else a download to ``scratch``. Either way its size is the part's."""
+    path = store.local_path(part.key)
+    if path is not None and path.stat().st_size == part.size:
+        return path
+    download(store, part.key, scratch, part.size, progress)
+    return scratch
 
 
 def _ref_diff(expected: dict[str, str], got: dict[str, str]) -> str:

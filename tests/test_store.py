@@ -592,3 +592,13 @@ def test_layout_parts_of_a_chain() -> None:
     with pytest.raises(ValueError):
         layout.part_key("ann", "r", "../x", 1)
     assert layout.content_type(key) == "application/x-git-bundle"
+
+
+def test_local_path_reads_in_place_only_on_the_local_store(store: Store) -> None:
+    store.put_bytes("u/r.bundle", b"data", {})
+    path = store.local_path("u/r.bundle")
+    if is_s3(store):
+        assert path is None
+    else:
+        assert path is not None and path.read_bytes() == b"data"
+    assert store.local_path("u/missing.bundle") is None

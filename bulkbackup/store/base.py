@@ -167,6 +167,11 @@ class Store(abc.ABC):
         """The top-level objects (keys without '/': the usernames) starting with ``prefix``,
         streamed."""
 
+    def local_path(self, key: str) -> Path | None:
+        """A file holding ``key``'s data that can be read in place (the local store), or
+        None (S3: download it). Readers must not write to it."""
+        return None
+
     def presigned_url(self, key: str, expires_s: int) -> str | None:
         """A URL that downloads ``key`` without credentials, or None when the store has none
         (the local store)."""

@@ -338,6 +338,10 @@ class LocalStore(Store):
 
         return self._guard(key, "open", opener)
 
+    def local_path(self, key: str) -> Path | None:
+        path = self._path(key)
+        return path if path.is_file() else None
+
     # -- listings ----------------------------------------------------------------------------
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:

@@ -164,7 +164,8 @@ def _until(store: Store, archive: RepoArchive, at: datetime, chain: str) -> Repo
 
 def repositories(store: Store, login: str) -> list[str]:
     """Names of the repositories with a bundle (data or not) stored for ``login``."""
-    keys = (layout.parse_key(info.key) for info in store.list(layout.user_prefix(login)))
+    keys = (layout.parse_key(info.key)
+            for info in store.list(layout.user_prefix(login), shallow=True))
     names = (k.repo for k in keys if k.kind is layout.Kind.BUNDLE and k.login == login)
     return sorted(n for n in names if n is not None)
 

@@ -28,18 +28,28 @@ from bulkbackup.errors import (
     UserGone,
 )
 from bulkbackup.github import GitHub, Listing
-from bulkbackup.gitops import GitWork
+from bulkbackup.gitops import Archive, GitWork
 from bulkbackup.graphql import GraphQLLister, Outcome, OwnerResult
-from bulkbackup.incremental import Change, Incremental, IncrementOutcome, keep_history, prune
+from bulkbackup.incremental import (
+    Change,
+    Incremental,
+    IncrementOutcome,
+    delete_chains,
+    keep_history,
+    list_parts,
+    plan_prune,
+    prune_expired,
+)
 from bulkbackup.interrupts import signals_interrupt
 from bulkbackup.names import check_login, check_repo_name
 from bulkbackup.quota import Resource
-from bulkbackup.results import Stored, UserResult, newer_than, repo_times
+from bulkbackup.results import UserResult, newer_than, repo_times
 from bulkbackup.store import Store, layout, open_store
 from bulkbackup.store.base import (
     CHAIN,
     ERROR,
     INCREMENTS,
+    KEPT_SINCE,
     LAST_SYNC,
     LISTING_ETAGS,
     PUSHED_AT,
@@ -114,8 +124,8 @@ class UserBackup:
         result.reported = len(listing.repos)
         result.listed = True
         # One listing of what is stored, not a request per repository (none for no repos).
-        stored = self._stored(store, login) if listing.repos else Stored({}, {})
-        result.bundles = dict(stored.bundles)
+        stored = self._stored(store, login) if listing.repos else {}
+        result.bundles = dict(stored)
         for repo in listing.repos:
             store.fence.check()  # abandon early: no clone for a user that is not ours
             self._sync_repo(store, login, repo, stored, result)
@@ -123,24 +133,18 @@ class UserBackup:
         self._write_user(store, login, previous, listing, result, stamp)
 
     @staticmethod
-    def _stored(store: FencedStore, login: str) -> Stored:
-        """Sizes of the bundles stored for ``login`` and their chains' parts: one listing,
-        not a request per repository."""
+    def _stored(store: FencedStore, login: str) -> dict[str, int]:
+        """Sizes of the bundles stored for ``login`` (0 = no archive): one shallow listing,
+        not a request per repository; the chains' parts below are not listed."""
         bundles: dict[str, int] = {}
-        parts: dict[str, chains.StoredParts] = {}
-        for info in store.list(layout.user_prefix(login)):
+        for info in store.list(layout.user_prefix(login), shallow=True):
             key = layout.parse_key(info.key)
-            if key.login != login:
-                continue
-            if key.kind is layout.Kind.BUNDLE:
+            if key.login == login and key.kind is layout.Kind.BUNDLE:
                 bundles[key.repo] = info.size
-            elif key.kind is layout.Kind.PART:
-                parts.setdefault(key.repo, chains.StoredParts()).add(key.chain, key.seq,
-                                                                      info.size)
-        return Stored(bundles, parts)
+        return bundles
 
     def _sync_repo(
-        self, store: FencedStore, login: str, repo: dict[str, Any], stored: Stored,
+        self, store: FencedStore, login: str, repo: dict[str, Any], stored: dict[str, int],
         result: UserResult,
     ) -> None:
         try:
@@ -154,13 +158,11 @@ class UserBackup:
             result.skipped += 1
             return
         pushed, updated = repo_times(repo)
-        head = store.head(layout.bundle_key(login, name)) if name in stored.bundles else None
-        parts = stored.parts.get(name)
+        head = store.head(layout.bundle_key(login, name)) if name in stored else None
         if (head is not None and pushed
                 and (head.get(PUSHED_AT), head.get(UPDATED_AT)) == (pushed, updated)
                 and not head.get(ERROR).startswith(layout.VERIFY_FAILED)):
-            if parts is not None and chains.has_archive(head):  # history past its retention
-                self._prune(store, login, name, parts, chains.chain_of(head))
+            self._prune_expired(store, login, name, head)
             if head.size > 0:
                 result.unchanged += 1
             else:
@@ -173,17 +175,17 @@ class UserBackup:
                       f"({self.settings.run.max_repo_kb})")
             self._record_failure(store, login, name, head, reason, result)
             return
-        self._archive(store, login, name, repo, head, parts or chains.StoredParts(), result)
+        self._archive(store, login, name, repo, head, result)
 
     def _archive(self, store: FencedStore, login: str, name: str, repo: dict[str, Any],
-                 head: Head | None, parts: chains.StoredParts, result: UserResult) -> None:
+                 head: Head | None, result: UserResult) -> None:
         """Store one changed repository: an increment on its chain when it can be one,
         else a full archive."""
         if (head is not None and not head.get(ERROR).startswith(layout.VERIFY_FAILED)
-                and chains.next_step(head, parts, self.settings.run) is chains.Step.INCREMENT
-                and self._increment(store, login, name, repo, head, parts, result)):
+                and chains.next_step(head, self.settings.run) is chains.Step.INCREMENT
+                and self._increment(store, login, name, repo, head, result)):
             return
-        self._full(store, login, name, repo, head, parts, result)
+        self._full(store, login, name, repo, head, result)
 
     def _change(self, repo: dict[str, Any]) -> Change:
         branch = repo.get("default_branch")
@@ -192,7 +194,7 @@ class UserBackup:
                       pushed, updated, now())
 
     def _increment(self, store: FencedStore, login: str, name: str, repo: dict[str, Any],
-                   head: Head, parts: chains.StoredParts, result: UserResult) -> bool:
+                   head: Head, result: UserResult) -> bool:
         """True when done (stored, or nothing to store); False: a full archive is needed
         (the repository was emptied, or its stored chain cannot be read)."""
         try:
@@ -210,13 +212,13 @@ class UserBackup:
         if done.outcome is IncrementOutcome.STORED:
             result.archived += 1
             result.bytes += done.bytes
-            self._prune(store, login, name, parts, chains.chain_of(head))
         else:
             result.unchanged += 1
+        self._prune_expired(store, login, name, head)
         return True
 
     def _full(self, store: FencedStore, login: str, name: str, repo: dict[str, Any],
-              head: Head | None, parts: chains.StoredParts, result: UserResult) -> None:
+              head: Head | None, result: UserResult) -> None:
         """Mirror one changed repository and store its archives (the bundle last): a new
         chain, the one it replaces kept as history first."""
         try:
@@ -226,37 +228,46 @@ class UserBackup:
         except (GitError, InvalidName) as exc:
             self._record_failure(store, login, name, head, str(exc), result)
             return
-        key = layout.bundle_key(login, name)
-        fresh = store.head(key)
+        fresh = store.head(layout.bundle_key(login, name))
         if fresh is not None and fresh.size > 0 and newer_than(fresh, change.pushed_at,
                                                            change.updated_at):
             # Another worker stored a newer archive meanwhile: never go back in time.
             result.unchanged += 1
             return
+        if (archive.bundle is None and fresh is not None and fresh.size > 0
+                and self.settings.run.keep_history_days == 0):
+            # Without history, the last archive with data is all there is: keep it.
+            self._record_failure(store, login, name, fresh, EMPTY_REPOSITORY, result)
+            return
+        self._store_full(store, login, name, change, archive, fresh, result)
+
+    def _store_full(self, store: FencedStore, login: str, name: str, change: Change,
+                    archive: Archive, fresh: Head | None, result: UserResult) -> None:
+        """Zip, the replaced chain kept as history, the new full bundle (the commit), then
+        what the retention no longer needs is deleted."""
+        key = layout.bundle_key(login, name)
         keep_days = self.settings.run.keep_history_days
         meta = {LAST_SYNC: change.stamp, PUSHED_AT: change.pushed_at,
-                UPDATED_AT: change.updated_at, CHAIN: chains.new_chain(parts, fresh, change.when),
+                UPDATED_AT: change.updated_at, CHAIN: chains.new_chain(fresh, change.when),
                 INCREMENTS: "0"}
+        parts = list_parts(store, login, name) if fresh is not None else chains.StoredParts()
+        if archive.zip is not None:
+            store.put_file(layout.zip_key(login, name), archive.zip, {LAST_SYNC: change.stamp})
+            result.bytes += archive.zip.stat().st_size
+            archive.zip.unlink()  # a user's disk use is one repository's at a time
+        if archive.bundle is None and fresh is not None and fresh.size == 0:
+            meta[CHAIN] = fresh.get(CHAIN) or meta[CHAIN]  # empty before too: the same chain
+        else:
+            keep_history(store, login, name, fresh, parts, keep_days)
+        doomed, kept_since = plan_prune(parts, meta[CHAIN], now(), keep_days)
+        if kept_since:
+            meta[KEPT_SINCE] = kept_since
         if archive.bundle is None:
-            if fresh is not None and fresh.size > 0 and keep_days == 0:
-                # Without history, the last archive with data is all there is: keep it.
-                self._record_failure(store, login, name, fresh, EMPTY_REPOSITORY, result)
-                return
-            if fresh is not None and fresh.size == 0:  # empty before too: the same chain
-                meta[CHAIN] = fresh.get(CHAIN) or meta[CHAIN]
-            else:
-                keep_history(store, login, name, fresh, parts, keep_days)
             store.put_bytes(key, b"", {**meta, ERROR: EMPTY_REPOSITORY})
             result.empty += 1
             result.empty_names.add(name)
             result.bundles[name] = 0
         else:
-            if archive.zip is not None:
-                store.put_file(layout.zip_key(login, name), archive.zip,
-                               {LAST_SYNC: change.stamp})
-                result.bytes += archive.zip.stat().st_size
-                archive.zip.unlink()  # a user's disk use is one repository's at a time
-            keep_history(store, login, name, fresh, parts, keep_days)
             # The bundle goes last: its PushedAt/UpdatedAt say the archives are complete.
             store.put_file(key, archive.bundle, meta)
             size = archive.bundle.stat().st_size
@@ -264,11 +275,14 @@ class UserBackup:
             result.bytes += size
             result.bundles[name] = size
             result.archived += 1
-        self._prune(store, login, name, parts, meta[CHAIN])
+        delete_chains(store, login, name, parts, doomed)
 
-    def _prune(self, store: FencedStore, login: str, name: str, parts: chains.StoredParts,
-               current: str) -> None:
-        prune(store, login, name, parts, current, now(), self.settings.run.keep_history_days)
+    def _prune_expired(self, store: FencedStore, login: str, name: str, head: Head) -> None:
+        keep_days = self.settings.run.keep_history_days
+        if chains.may_expire(head, now(), keep_days):
+            fresh = store.head(layout.bundle_key(login, name))  # an increment may have moved it
+            if fresh is not None:
+                prune_expired(store, login, name, fresh, now(), keep_days)
 
     @staticmethod
     def _record_failure(store: FencedStore, login: str, name: str, head: Head | None,
@@ -281,7 +295,9 @@ class UserBackup:
             # A good archive is never replaced by a failure: only its Error changes.
             store.replace_metadata(key, layout.updated_metadata(head, {ERROR: error}))
         else:
-            store.put_bytes(key, b"", {LAST_SYNC: format_rfc3339(now()), ERROR: error})
+            # Kept chains stay known (KeptSince) under a failure, for the retention to end.
+            kept = {KEPT_SINCE: head.get(KEPT_SINCE)} if head and head.get(KEPT_SINCE) else {}
+            store.put_bytes(key, b"", {LAST_SYNC: format_rfc3339(now()), ERROR: error, **kept})
             result.bundles[name] = 0
 
     def _clone_url(self, repo: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from bulkbackup.config import RunSettings
 from bulkbackup.store import Head, layout
-from bulkbackup.store.base import CHAIN, ERROR, INCREMENTS, LAST_SYNC
+from bulkbackup.store.base import CHAIN, CHAIN_BYTES, ERROR, INCREMENTS, KEPT_SINCE, LAST_SYNC
 from bulkbackup.timeutil import parse_rfc3339
 
 # More than this many increments in metadata is damage, not a chain (the setting's bound).
@@ -28,6 +28,10 @@ class StoredParts:
 
     def add(self, chain: str, seq: int, size: int) -> None:
         self.chains.setdefault(chain, {})[seq] = size
+
+    def kept(self) -> list[str]:
+        """Ids of the chains kept as history (their base copied as part 0), oldest first."""
+        return sorted(c for c, parts in self.chains.items() if 0 in parts)
 
 
 def committed(head: Head) -> int:
@@ -56,22 +60,34 @@ class Step(enum.Enum):
     FULL = "full"
 
 
-def next_step(head: Head, parts: StoredParts | None, run: RunSettings) -> Step:
+def chain_bytes(head: Head) -> int:
+    """The committed increments' bytes, as the base's metadata says (`ChainBytes`)."""
+    text = head.get(CHAIN_BYTES)
+    return int(text) if text.isdigit() else 0
+
+
+def next_step(head: Head, run: RunSettings) -> Step:
     """Whether the next archive of a changed repository can be an increment on ``head``.
 
     A full bundle again after `run.max_increments` increments, or once they add up to more
-    than half of the base (a restore would then download more than a fresh full bundle), or
-    when a committed increment is missing from the listing (never build on a broken chain).
+    than half of the base (a restore would then download more than a fresh full bundle).
+    Decided from the base's metadata alone: no listing of the parts (a missing one is found
+    by `verify`, and a failed verify makes the next archive full).
     """
     n = committed(head)
     if run.max_increments == 0 or head.size == 0 or n >= run.max_increments:
         return Step.FULL
-    sizes = (parts.chains.get(chain_of(head), {}) if parts else {})
-    if any(k not in sizes for k in range(1, n + 1)):
-        return Step.FULL
-    if 2 * sum(sizes[k] for k in range(1, n + 1)) > head.size:
+    if n and 2 * chain_bytes(head) > head.size:
         return Step.FULL
     return Step.INCREMENT
+
+
+def may_expire(head: Head, now: datetime, keep_days: int) -> bool:
+    """Can a kept chain of this repository have passed the retention? Its oldest kept
+    chain (`KeptSince`) started before any other kept chain ended, so none can while that
+    start is within `keep_days`: no listing is needed to know."""
+    since = layout.chain_time(head.get(KEPT_SINCE))
+    return since is not None and since <= now - timedelta(days=keep_days)
 
 
 def expired(parts: StoredParts, current: str, now: datetime, keep_days: int) -> list[str]:
@@ -95,13 +111,10 @@ def expired(parts: StoredParts, current: str, now: datetime, keep_days: int) -> 
     return doomed
 
 
-def new_chain(parts: StoredParts | None, head: Head | None, now: datetime) -> str:
-    """The id of a new base written ``now``: later than every chain already stored, even
-    when this host's clock is behind the one that wrote them (ids order `restore --at`)."""
-    ids = list(parts.chains) if parts else []
-    if head is not None and has_archive(head):
-        ids.append(chain_of(head))
-    times = [t for t in map(layout.chain_time, ids) if t is not None]
-    latest = max(times, default=None)
+def new_chain(head: Head | None, now: datetime) -> str:
+    """The id of a new base written ``now``: later than the chain it replaces, even when
+    this host's clock is behind the one that wrote it (ids order `restore --at`)."""
+    latest = layout.chain_time(chain_of(head)) if head is not None and has_archive(head) \
+        else None
     when = now if latest is None or now > latest else latest + timedelta(microseconds=1)
     return layout.chain_id(when)

@@ -23,8 +23,10 @@ from bulkbackup.packfetch import FetchedIncrement, fetch_increment
 from bulkbackup.store import Head, layout
 from bulkbackup.store.base import (
     CHAIN,
+    CHAIN_BYTES,
     ERROR,
     INCREMENTS,
+    KEPT_SINCE,
     LAST_SYNC,
     PUSHED_AT,
     UPDATED_AT,
@@ -103,11 +105,12 @@ class Incremental:
         uploaded = self._zip(store, login, name, change, old, fetched, token)
         store.put_file(layout.part_key(login, name, chain, n + 1), fetched.bundle, times)
         uploaded += fetched.bundle.stat().st_size
-        fetched.bundle.unlink()  # a user's disk use is one repository's, not all of them
         # The commit: from here a restore applies increment n+1.
+        total = chains.chain_bytes(fresh) + fetched.bundle.stat().st_size
         meta = layout.updated_metadata(fresh, {**times, CHAIN: chain, INCREMENTS: str(n + 1),
-                                               ERROR: ""})
+                                               CHAIN_BYTES: str(total), ERROR: ""})
         meta.pop(VERIFIED_AT, None)  # the new state has not been verified
+        fetched.bundle.unlink()  # a user's disk use is one repository's, not all of them
         store.replace_metadata(base_key, meta)
         return IncrementResult(IncrementOutcome.STORED, uploaded)
 
@@ -132,7 +135,7 @@ def keep_history(store: FencedStore, login: str, name: str, head: Head | None,
                  parts: chains.StoredParts, keep_days: int) -> None:
     """Before a new base replaces ``head``: copy it to part 0 of its chain, so the chain's
     states stay restorable (`restore --at`). Its metadata goes with it (`Increments`);
-    ``parts`` learns of the copy (it is the listing prune decides from)."""
+    ``parts`` learns of the copy (it is the listing plan_prune decides from)."""
     if keep_days == 0 or head is None or not chains.has_archive(head):
         return
     chain = chains.chain_of(head)
@@ -146,15 +149,43 @@ def keep_history(store: FencedStore, login: str, name: str, head: Head | None,
             store.replace_metadata(key, layout.updated_metadata(copied, {CHAIN: chain}))
 
 
-def prune(store: FencedStore, login: str, name: str, parts: chains.StoredParts,
-          current: str, now: datetime, keep_days: int) -> int:
-    """Delete the chains the retention no longer needs; how many objects were deleted."""
-    deleted = 0
-    for chain in chains.expired(parts, current, now, keep_days):
-        # Part 0 last: while it exists the chain is still listed as kept.
-        for seq in sorted(parts.chains[chain], reverse=True):
-            store.delete(layout.part_key(login, name, chain, seq))
-            deleted += 1
-        del parts.chains[chain]
-    return deleted
+def list_parts(store: FencedStore, login: str, name: str) -> chains.StoredParts:
+    """Every part of every chain of ``login/name``: one listing."""
+    parts = chains.StoredParts()
+    for info in store.list(layout.parts_prefix(login, name)):
+        key = layout.parse_key(info.key)
+        if key.kind is layout.Kind.PART and (key.login, key.repo) == (login, name):
+            parts.add(key.chain, key.seq, info.size)
+    return parts
 
+
+def plan_prune(parts: chains.StoredParts, current: str, now: datetime, keep_days: int
+               ) -> tuple[list[str], str]:
+    """(the chains to delete, the oldest kept chain left: `KeptSince`, "" for none)."""
+    doomed = chains.expired(parts, current, now, keep_days)
+    left = [c for c in parts.kept() if c not in doomed and c != current]
+    return doomed, min(left, default="")
+
+
+def delete_chains(store: FencedStore, login: str, name: str, parts: chains.StoredParts,
+                  doomed: list[str]) -> None:
+    """Delete every part of ``doomed``: only once no metadata names them (a kill midway
+    leaves parts no reader follows, found again by the next listing)."""
+    for chain in doomed:
+        for seq in sorted(parts.chains[chain], reverse=True):  # part 0 last
+            store.delete(layout.part_key(login, name, chain, seq))
+        del parts.chains[chain]
+
+
+def prune_expired(store: FencedStore, login: str, name: str, head: Head, now: datetime,
+                  keep_days: int) -> None:
+    """For a repository whose oldest kept chain may have passed the retention
+    (`chains.may_expire`): list its parts, record the new `KeptSince`, delete the rest."""
+    parts = list_parts(store, login, name)
+    doomed, since = plan_prune(parts, chains.chain_of(head), now, keep_days)
+    if since != head.get(KEPT_SINCE):
+        meta = layout.updated_metadata(head, {KEPT_SINCE: since})
+        if not since:
+            meta.pop(KEPT_SINCE, None)
+        store.replace_metadata(layout.bundle_key(login, name), meta)
+    delete_chains(store, login, name, parts, doomed)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from bulkbackup import chains
 from bulkbackup.store.base import PUSHED_AT, UPDATED_AT, Head
 from bulkbackup.store.layout import UserCounts
 from bulkbackup.timeutil import parse_api_time
@@ -55,15 +54,6 @@ class UserResult:
                 f"{self.unchanged} unchanged, {self.empty} empty, {self.failed} failed, "
                 f"{self.bytes / 1e6:.1f} MB uploaded")
         return text + (f"; error: {self.error}" if self.error else "")
-
-
-@dataclass(frozen=True)
-class Stored:
-    """What one listing of a user's keys says: bundle sizes (0 = no archive) and the parts
-    of each repository's chains."""
-
-    bundles: dict[str, int]
-    parts: dict[str, chains.StoredParts]
 
 
 def _timestamp(value: object) -> str:

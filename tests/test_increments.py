@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -73,8 +73,12 @@ def parts(store: Store, login: str, name: str) -> list[tuple[str, int, int]]:
 
 
 def stamp() -> str:
-    time.sleep(1.1)  # `--at` has one-second resolution
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    """A time strictly between what was archived before and what is archived after
+    (`--at` and archive times have one-second resolution)."""
+    time.sleep(1.1)
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    time.sleep(1.1)
+    return when
 
 
 def test_a_change_is_stored_as_a_small_increment_and_restores_exactly(
@@ -304,3 +308,31 @@ def test_a_full_bundle_from_before_increments_starts_a_chain(
     assert kept is not None and kept.get("Chain") == derived and kept.get("Increments") == "1"
     assert refs_of(restore("old", "r", tmp_path / "b", at=when)) == first_change
     assert refs_of(restore("old", "r", tmp_path / "c")) == remote_refs(forge, "old", "r")
+
+
+def test_retention_drops_a_kept_chain_once_its_successor_is_older_than_keep_history_days(
+        env: None, forge: Forge, store: Store, tmp_path: Path) -> None:
+    """Two kept chains from earlier syncs (made here by copying the full bundle, as a
+    consolidation does): 10 and 5 days old. With keep_history_days 1, the older one serves
+    no restore within the retention (its successor started 5 days ago) and goes, found
+    without a listing (`KeptSince`); the younger one stays for `restore --at`."""
+    configure(tmp_path, keep_history_days=1)
+    forge.add_user("ret", [RepoSpec("r", files={"a.txt": b"a\n"})])
+    sync("ret")
+    base = layout.bundle_key("ret", "r")
+    now = datetime.now(UTC)
+    old, younger = (layout.chain_id(now - timedelta(days=d)) for d in (10, 5))
+    for chain in (old, younger):
+        store.copy(base, layout.part_key("ret", "r", chain, 0))
+    head = store.head(base)
+    assert head is not None
+    store.replace_metadata(base, {**canonical(head.metadata), "KeptSince": old})
+    sync("ret")  # nothing changed upstream: only the retention acts
+    assert [(c, s) for c, s, _ in parts(store, "ret", "r")] == [(younger, 0)]
+    head = store.head(base)
+    assert head is not None and head.get("KeptSince") == younger
+    at = (now - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert refs_of(restore("ret", "r", tmp_path / "at", at=at)) == remote_refs(forge, "ret", "r")
+    week = (now - timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    proc = run_cli("restore", "ret/r", "--to", str(tmp_path / "x"), "--at", week)
+    assert proc.returncode == 1 and "no archive at" in proc.stdout

@@ -602,3 +602,11 @@ def test_local_path_reads_in_place_only_on_the_local_store(store: Store) -> None
     else:
         assert path is not None and path.read_bytes() == b"data"
     assert store.local_path("u/missing.bundle") is None
+
+
+def test_shallow_listing_leaves_out_what_is_below_a_further_folder(store: Store) -> None:
+    for key in ("s", "s/a.bundle", "s/a.bundle.d/20260101T000000000000Z/000001.bundle",
+                "s/b.zip", "s/b.bundle.d/20260101T000000000000Z/000000.bundle"):
+        store.put_bytes(key, b"x", {})
+    assert keys_of(store.list("s/", shallow=True)) == ["s/a.bundle", "s/b.zip"]
+    assert len(keys_of(store.list("s/"))) == 4

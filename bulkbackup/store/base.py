@@ -30,6 +30,8 @@ LISTING_ETAGS = "ListingETags"
 # it is the base of, and how many increments on top of it are committed.
 CHAIN = "Chain"
 INCREMENTS = "Increments"
+CHAIN_BYTES = "ChainBytes"  # the committed increments' bytes (the half-size rule)
+KEPT_SINCE = "KeptSince"  # the oldest kept chain's id (retention, without a listing)
 # When `verify` last proved the bundle restorable (RFC 3339 UTC).
 VERIFIED_AT = "VerifiedAt"
 
@@ -60,7 +62,7 @@ class Head:
 
 _CANONICAL = {n.lower(): n for n in (LAST_SYNC, SYNCD_REPOS, REPORTED_REPOS, UPDATED_AT,
                                      PUSHED_AT, ERROR, LISTING_ETAGS, VERIFIED_AT,
-                                     CHAIN, INCREMENTS)}
+                                     CHAIN, INCREMENTS, CHAIN_BYTES, KEPT_SINCE)}
 
 
 def canonical(metadata: Mapping[str, str]) -> dict[str, str]:
@@ -159,8 +161,9 @@ class Store(abc.ABC):
         clamped to its size; raises NotFound. The caller closes it."""
 
     @abc.abstractmethod
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every key starting with ``prefix`` (no delimiter), streamed page by page."""
+    def list(self, prefix: str = "", shallow: bool = False) -> Iterator[ObjectInfo]:
+        """Every key starting with ``prefix``, streamed page by page; ``shallow``: only those
+        without a further '/' (S3's delimiter: a folder below costs nothing)."""
 
     @abc.abstractmethod
     def list_top(self, prefix: str = "") -> Iterator[ObjectInfo]:

@@ -86,5 +86,5 @@ class FencedStore:
     def open(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
         return self._store.open(key, start, end)
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self._store.list(prefix)
+    def list(self, prefix: str = "", shallow: bool = False) -> Iterator[ObjectInfo]:
+        return self._store.list(prefix, shallow)

@@ -344,8 +344,11 @@ class LocalStore(Store):
 
     # -- listings ----------------------------------------------------------------------------
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self._paged(self._list(prefix))
+    def list(self, prefix: str = "", shallow: bool = False) -> Iterator[ObjectInfo]:
+        infos = self._list(prefix, deep=not shallow)
+        if shallow:
+            infos = (i for i in infos if "/" not in i.key[len(prefix):])
+        return self._paged(infos)
 
     def list_top(self, prefix: str = "") -> Iterator[ObjectInfo]:
         return self._paged(self._list_top(prefix))
@@ -361,17 +364,17 @@ class LocalStore(Store):
                 self._count()  # the first key of a further page
             yield info
 
-    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def _list(self, prefix: str, deep: bool = True) -> Iterator[ObjectInfo]:
         if "/" not in prefix:
             for login, folder in self._users(prefix):
-                yield from self._user_objects(login, folder, include_own=True)
+                yield from self._user_objects(login, folder, include_own=True, deep=deep)
             return
         login, _, rest = prefix.partition("/")
         parents = [login, *rest.split("/")[:-1]]
         if any(s in ("", ".", "..") or "\x00" in s for s in parents):
             return  # no valid key can start with it
         folder = self.root.joinpath(*(encode_segment(s) for s in parents))
-        yield from (info for info in self._user_objects("/".join(parents), folder, False)
+        yield from (info for info in self._user_objects("/".join(parents), folder, False, deep)
                     if info.key.startswith(prefix))
 
     def _list_top(self, prefix: str = "") -> Iterator[ObjectInfo]:
@@ -399,9 +402,10 @@ class LocalStore(Store):
         except OSError as exc:
             raise StoreError(f"cannot list the store: {_one_line(exc)}") from None
 
-    def _user_objects(self, base_key: str, folder: Path, include_own: bool
+    def _user_objects(self, base_key: str, folder: Path, include_own: bool, deep: bool = True
                       ) -> Iterator[ObjectInfo]:
-        """The objects below ``folder`` (key ``base_key``) in key order, own object first."""
+        """The objects below ``folder`` (key ``base_key``) in key order, own object first;
+        not ``deep``: only those directly in it."""
         found: list[ObjectInfo] = []
         own: ObjectInfo | None = None
         try:
@@ -420,7 +424,8 @@ class LocalStore(Store):
                             continue
                         key = f"{key_prefix}/{segment}"
                         if entry.is_dir(follow_symlinks=False):
-                            pending.append((Path(entry.path), key))
+                            if deep:
+                                pending.append((Path(entry.path), key))
                         elif entry.is_file(follow_symlinks=False):
                             st = entry.stat(follow_symlinks=False)
                             found.append(ObjectInfo(key, st.st_size, _mtime(st)))

@@ -336,8 +336,10 @@ class S3Store(Store):
         for obj in page.get("Contents") or ():
             yield ObjectInfo(str(obj["Key"]), int(obj["Size"]), _utc(obj["LastModified"]))
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        for page in self._pages(repr(prefix) if prefix else "the store", Prefix=prefix):
+    def list(self, prefix: str = "", shallow: bool = False) -> Iterator[ObjectInfo]:
+        extra = {"Delimiter": "/"} if shallow else {}
+        for page in self._pages(repr(prefix) if prefix else "the store", Prefix=prefix,
+                                **extra):
             yield from self._infos(page)
 
     def list_top(self, prefix: str = "") -> Iterator[ObjectInfo]:

@@ -41,8 +41,8 @@ class _Prefetching:
         pending = self._heads.pop(key, None)
         return pending.result() if pending is not None else self._store.head(key)
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        infos = list(self._store.list(prefix))
+    def list(self, prefix: str = "", shallow: bool = False) -> Iterator[ObjectInfo]:
+        infos = list(self._store.list(prefix, shallow))
         for info in infos:
             if layout.parse_key(info.key).kind is layout.Kind.BUNDLE:
                 self._heads[info.key] = self._pool.submit(self._store.head, info.key)

@@ -2,7 +2,8 @@
 the chains kept from before for `restore --at` (README "Incremental archives").
 
 Everything here is decided from what the store says: the base's metadata (`Chain`,
-`Increments`) and one listing of the user's keys; no worker needs state from an earlier run.
+`Increments`, `ChainBytes`, `KeptSince`), and a listing of the repository's parts when a
+chain is replaced or may have expired; no worker needs state from an earlier run.
 """
 
 from __future__ import annotations

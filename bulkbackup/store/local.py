@@ -23,50 +23,37 @@ import contextlib
 import io
 import json
 import os
-import re
 import shutil
 import stat
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from bulkbackup.config import StoreSettings
-from bulkbackup.errors import NotFound, StoreError, one_line
+from bulkbackup.errors import NotFound, StoreError
 from bulkbackup.store import sidecar, tempfiles
 from bulkbackup.store.base import (
     BeforeCommit,
     Head,
-    ObjectInfo,
     Store,
     check_key,
     check_range,
     clean_metadata,
     no_fence,
 )
+from bulkbackup.store.local_listing import (
+    OBJECT,
+    FolderListing,
+    decode_segment,
+    encode_segment,
+    file_time,
+    os_error_line,
+)
 
-OBJECT = "%object"
 _CHUNK = 1024 * 1024
 # A name is one of ours (not an encoded key segment) when a `%` is not the start of `%25`.
-_RESERVED = re.compile(r"%(?!25)")
 _T = TypeVar("_T")
-
-
-def encode_segment(segment: str) -> str:
-    return segment.replace("%", "%25")
-
-
-def decode_segment(name: str) -> str | None:
-    """The key segment stored under ``name``, or None for the backend's own files."""
-    if _RESERVED.search(name):
-        return None
-    return name.replace("%25", "%")
-
-
-def _one_line(exc: OSError) -> str:
-    # strerror alone: the path is already in every message, and only once.
-    return exc.strerror or one_line(exc)
 
 
 class _Slice(io.RawIOBase):
@@ -93,11 +80,7 @@ class _Slice(io.RawIOBase):
         super().close()
 
 
-def _mtime(st: os.stat_result) -> datetime:
-    return datetime.fromtimestamp(st.st_mtime, tz=UTC)
-
-
-class LocalStore(Store):
+class LocalStore(FolderListing, Store):
     byte_ordered = False
 
     def __init__(self, settings: StoreSettings) -> None:
@@ -105,7 +88,8 @@ class LocalStore(Store):
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create store folder {self.root}: {_one_line(exc)}") from None
+            raise StoreError(f"cannot create store folder {self.root}: "
+                             f"{os_error_line(exc)}") from None
         self._requests = 0
         self._page_size = max(settings.list_page_size, 1)
         self._lock = threading.Lock()
@@ -134,7 +118,7 @@ class LocalStore(Store):
         except StoreError:
             raise
         except OSError as exc:
-            raise StoreError(f"cannot {action} {key!r}: {_one_line(exc)}") from None
+            raise StoreError(f"cannot {action} {key!r}: {os_error_line(exc)}") from None
 
     # -- sidecar -----------------------------------------------------------------------------
 
@@ -294,7 +278,7 @@ class LocalStore(Store):
         try:
             return tempfiles.clean(self.root, max_age_s)
         except OSError as exc:
-            raise StoreError(f"cannot clean the store's temp files: {_one_line(exc)}") from None
+            raise StoreError(f"cannot clean the store's temp files: {os_error_line(exc)}") from None
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -319,7 +303,7 @@ class LocalStore(Store):
             entry = sidecar.entry_for(sidecar.read(dest), st)
             raw = entry.get("meta") if entry else None
             meta = {str(k).lower(): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
-            return Head(size=st.st_size, last_modified=_mtime(st), metadata=meta)
+            return Head(size=st.st_size, last_modified=file_time(st), metadata=meta)
 
         return self._guard(key, "read", head)
 
@@ -341,100 +325,3 @@ class LocalStore(Store):
     def local_path(self, key: str) -> Path | None:
         path = self._path(key)
         return path if path.is_file() else None
-
-    # -- listings ----------------------------------------------------------------------------
-
-    def list(self, prefix: str = "", shallow: bool = False) -> Iterator[ObjectInfo]:
-        infos = self._list(prefix, deep=not shallow)
-        if shallow:
-            infos = (i for i in infos if "/" not in i.key[len(prefix):])
-        return self._paged(infos)
-
-    def list_top(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self._paged(self._list_top(prefix))
-
-    def _paged(self, infos: Iterator[ObjectInfo]) -> Iterator[ObjectInfo]:
-        """Count a listing as S3 would: one request per page of ``list_page_size`` keys.
-
-        Directory reads are not counted: they are local system calls, not store requests.
-        """
-        self._count()
-        for n, info in enumerate(infos):
-            if n and n % self._page_size == 0:
-                self._count()  # the first key of a further page
-            yield info
-
-    def _list(self, prefix: str, deep: bool = True) -> Iterator[ObjectInfo]:
-        if "/" not in prefix:
-            for login, folder in self._users(prefix):
-                yield from self._user_objects(login, folder, include_own=True, deep=deep)
-            return
-        login, _, rest = prefix.partition("/")
-        parents = [login, *rest.split("/")[:-1]]
-        if any(s in ("", ".", "..") or "\x00" in s for s in parents):
-            return  # no valid key can start with it
-        folder = self.root.joinpath(*(encode_segment(s) for s in parents))
-        yield from (info for info in self._user_objects("/".join(parents), folder, False, deep)
-                    if info.key.startswith(prefix))
-
-    def _list_top(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        for login, folder in self._users(prefix):
-            try:
-                st = os.stat(folder / OBJECT)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            except OSError as exc:
-                raise StoreError(f"cannot list {login!r}: {_one_line(exc)}") from None
-            if stat.S_ISREG(st.st_mode):
-                yield ObjectInfo(login, st.st_size, _mtime(st))
-
-    def _users(self, prefix: str) -> Iterator[tuple[str, Path]]:
-        """User folders whose login starts with ``prefix``, in directory order, streamed:
-        the top level may hold millions of entries, so it is never read whole or sorted."""
-        try:
-            with os.scandir(self.root) as entries:
-                for entry in entries:
-                    login = decode_segment(entry.name)
-                    if login is None or not login.startswith(prefix):
-                        continue
-                    if entry.is_dir(follow_symlinks=False):
-                        yield login, Path(entry.path)
-        except OSError as exc:
-            raise StoreError(f"cannot list the store: {_one_line(exc)}") from None
-
-    def _user_objects(self, base_key: str, folder: Path, include_own: bool, deep: bool = True
-                      ) -> Iterator[ObjectInfo]:
-        """The objects below ``folder`` (key ``base_key``) in key order, own object first;
-        not ``deep``: only those directly in it."""
-        found: list[ObjectInfo] = []
-        own: ObjectInfo | None = None
-        try:
-            pending = [(folder, base_key)]
-            while pending:
-                current, key_prefix = pending.pop()
-                with os.scandir(current) as entries:
-                    for entry in entries:
-                        if entry.name == OBJECT and current == folder:
-                            if include_own and entry.is_file(follow_symlinks=False):
-                                st = entry.stat(follow_symlinks=False)
-                                own = ObjectInfo(base_key, st.st_size, _mtime(st))
-                            continue
-                        segment = decode_segment(entry.name)
-                        if segment is None:
-                            continue
-                        key = f"{key_prefix}/{segment}"
-                        if entry.is_dir(follow_symlinks=False):
-                            if deep:
-                                pending.append((Path(entry.path), key))
-                        elif entry.is_file(follow_symlinks=False):
-                            st = entry.stat(follow_symlinks=False)
-                            found.append(ObjectInfo(key, st.st_size, _mtime(st)))
-        except (FileNotFoundError, NotADirectoryError):
-            pass  # the folder went away (or never was): nothing below it
-        except OSError as exc:
-            raise StoreError(f"cannot list {base_key!r}: {_one_line(exc)}") from None
-        if own is not None:
-            yield own
-        # Python orders str by code point, which is the byte order of UTF-8 keys (as S3).
-        found.sort(key=lambda info: info.key)
-        yield from found

@@ -75,7 +75,10 @@ def test_sigterm_to_the_process_group_stops_like_ctrl_c(
 def test_workers_of_a_killed_parent_give_their_users_back_and_exit(
     run_env: dict[str, str], r: redis.Redis, forge: Forge
 ) -> None:
-    forge.stall_s = 10
+    # Long enough that no user can finish before the parent is killed, however slowly this
+    # test sees the first clone start on a loaded machine (it failed twice with 10 s, once
+    # a user had finished); the forge ends its stalls when it stops, so this costs nothing.
+    forge.stall_s = 60
     logins = [f"o{i}" for i in range(6)]
     for login in logins:
         forge.add_user(login, [RepoSpec("slow", stall=True)])

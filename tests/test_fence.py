@@ -10,10 +10,11 @@ import io
 import math
 import os
 import signal
+import subprocess
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -209,6 +210,32 @@ def stop_mid_upload(store: Store, run_pid: int, login: str, repo: str) -> int:
     return worker
 
 
+def take_over(fence_env: dict[str, str], r: redis.Redis, login: str,
+              change: Callable[[], None]) -> None:
+    """While a worker holding ``login`` is paused: its lock expires, ``change()`` changes
+    the user's repository, and a run on another host syncs the user."""
+    wait_for(lambda: r.get(f"lock:github.com/{login}") is None, 30, "the lock to expire")
+    change()
+    second = start_run(fence_env, "--procs", "1", "--no-stats", host="hostB")
+    _, err = second.communicate(timeout=240)
+    assert second.returncode == 0 and "1 users synced" in err, err
+
+
+def resume(first: subprocess.Popen[str], worker: int) -> None:
+    """Let the paused ``worker`` of run ``first`` go on, or kill the run if none paused."""
+    if worker:
+        os.kill(worker, signal.SIGCONT)
+    else:
+        first.kill()
+
+
+def assert_lock_lost(first: subprocess.Popen[str]) -> None:
+    """The resumed run ends well and says its write was refused."""
+    _, err = first.communicate(timeout=240)
+    assert first.returncode == 0, err
+    assert "1 locks lost" in err
+
+
 def test_a_worker_stopped_mid_upload_cannot_land_a_stale_archive(
     fence_env: dict[str, str], store: Store, r: redis.Redis, forge: Forge, tmp_path: Path
 ) -> None:
@@ -219,21 +246,11 @@ def test_a_worker_stopped_mid_upload_cannot_land_a_stale_archive(
     worker = 0
     try:
         worker = stop_mid_upload(store, first.pid, "racer", "big")
-        # Its lock expires; another host takes the user over and stores a newer state.
-        wait_for(lambda: r.get("lock:github.com/racer") is None, 30, "the lock to expire")
-        forge.push("racer", "big", {"new.txt": b"pushed while the first worker slept\n"})
-        second = start_run(fence_env, "--procs", "1", "--no-stats", host="hostB")
-        _, err = second.communicate(timeout=240)
-        assert second.returncode == 0, err
-        assert "1 users synced" in err
+        take_over(fence_env, r, "racer", lambda: forge.push(
+            "racer", "big", {"new.txt": b"pushed while the first worker slept\n"}))
     finally:
-        if worker:
-            os.kill(worker, signal.SIGCONT)
-        else:
-            first.kill()
-    _, err = first.communicate(timeout=240)
-    assert first.returncode == 0, err
-    assert "1 locks lost" in err  # its upload was refused at the commit
+        resume(first, worker)
+    assert_lock_lost(first)  # its upload was refused at the commit
     # The stored archives are the newer ones: the bundle's refs are the pushed ones (and the
     # zip, stored by both workers before the pause, has the pushed file).
     # The newest part of the archive: the full bundle, or an increment on it when the first
@@ -276,20 +293,11 @@ def test_a_worker_stopped_mid_increment_cannot_commit_a_stale_one(
         wait_for(lambda: forge.counters["upload_pack"] >= 1, 60, "the increment's fetch")
         (worker,) = workers_of(first.pid)
         os.kill(worker, signal.SIGSTOP)
-        wait_for(lambda: r.get("lock:github.com/inc") is None, 30, "the lock to expire")
         forge.set_stall("inc", "r", False)
-        forge.push("inc", "r", {"c.txt": b"second change\n"})
-        second = start_run(fence_env, "--procs", "1", "--no-stats", host="hostB")
-        _, err = second.communicate(timeout=240)
-        assert second.returncode == 0 and "1 users synced" in err, err
+        take_over(fence_env, r, "inc", lambda: forge.push("inc", "r", {"c.txt": b"second\n"}))
     finally:
-        if worker:
-            os.kill(worker, signal.SIGCONT)
-        else:
-            first.kill()
-    _, err = first.communicate(timeout=240)
-    assert first.returncode == 0, err
-    assert "1 locks lost" in err
+        resume(first, worker)
+    assert_lock_lost(first)
     head = store.head("inc/r.bundle")
     assert head is not None and head.get("Increments") == "1"
     archive = latest_archive(store, "inc", "r")

@@ -84,17 +84,26 @@ def git_env(home: Path, gh: GitHubSettings, token: str | None,
               ("gc.auto", "0"), ("maintenance.auto", "false")]
     config += _limits(run or RunSettings())
     if token and gh.token_for_git:
-        basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
-        # Plain http:// would show the token to anyone on the path: https only, unless a
-        # test/dev setup says otherwise (its stand-in is http).
-        for scheme in ("https", "http") if gh.allow_http_token else ("https",):
+        for scheme in token_schemes(gh):
             config.append((f"http.{scheme}://{gh.clone_host}/.extraHeader",
-                           f"Authorization: Basic {basic}"))
+                           f"Authorization: {basic_authorization(token)}"))
     env["GIT_CONFIG_COUNT"] = str(len(config))
     for i, (key, value) in enumerate(config):
         env[f"GIT_CONFIG_KEY_{i}"] = key
         env[f"GIT_CONFIG_VALUE_{i}"] = value
     return env
+
+
+def token_schemes(gh: GitHubSettings) -> tuple[str, ...]:
+    """The schemes the token may travel over to the clone host (git and packfetch alike).
+    Plain http:// would show it to anyone on the path: https only, unless a test/dev setup
+    says otherwise (its stand-in is http)."""
+    return ("https", "http") if gh.allow_http_token else ("https",)
+
+
+def basic_authorization(token: str) -> str:
+    """The `Authorization` value GitHub takes for git over HTTP."""
+    return "Basic " + base64.b64encode(f"x-access-token:{token}".encode()).decode()
 
 
 def _limits(run: RunSettings) -> list[tuple[str, str]]:

@@ -11,7 +11,6 @@ rule. `Client`: dulwich's AbstractHttpGitClient over it, for one stateless proto
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import io
 import re
@@ -30,6 +29,7 @@ from dulwich.refs import Ref
 
 from bulkbackup.config import GitHubSettings, RunSettings
 from bulkbackup.errors import GitError, one_line
+from bulkbackup.gitops import basic_authorization, token_schemes
 from bulkbackup.redact import redact
 
 if TYPE_CHECKING:
@@ -68,12 +68,11 @@ def authorization(base: str, gh: GitHubSettings, token: str | None) -> str | Non
     """The token's header, under gitops.git_env's rule: only if github.token_for_git, only to
     https://<github.clone_host>/ (plain http too only with github.allow_http_token)."""
     parts = urlsplit(base)
-    schemes = ("https", "http") if gh.allow_http_token else ("https",)
-    if not token or not gh.token_for_git or parts.scheme not in schemes:
+    if not token or not gh.token_for_git or parts.scheme not in token_schemes(gh):
         return None
     if _origin(parts.scheme, parts.netloc) != _origin(parts.scheme, gh.clone_host):
         return None
-    return "Basic " + base64.b64encode(f"x-access-token:{token}".encode()).decode()
+    return basic_authorization(token)
 
 
 class _Haves:

@@ -178,6 +178,14 @@ def _why(err: bytes, status: int) -> str:
     return lines[-1] if lines else f"exit status {status}"
 
 
+def _zip(repo: Path, name: str, branch: str, rev: str, zipfile: Path, env: dict[str, str],
+         timeout_s: float) -> None:
+    """`git archive` of ``rev`` as GitHub zips a branch: top folder `<repo>-<branch>/`."""
+    prefix = f"{name}-{branch.replace('/', '-')}/"
+    run_git(["archive", "--format=zip", f"--prefix={prefix}", "-o", str(zipfile), rev], repo,
+            env, timeout_s)
+
+
 class GitWork:
     """Builds archives for one worker process under its own work directory."""
 
@@ -226,9 +234,7 @@ class GitWork:
             run_git(["bundle", "create", "--quiet", str(bundle), "--all"], mirror, env, left())
             check()
             if branch is not None:
-                prefix = f"{name}-{branch.replace('/', '-')}/"
-                run_git(["archive", "--format=zip", f"--prefix={prefix}", "-o", str(zipfile),
-                         f"refs/heads/{branch}"], mirror, env, left())
+                _zip(mirror, name, branch, f"refs/heads/{branch}", zipfile, env, left())
             return Archive(bundle=bundle, zip=zipfile if branch else None, branch=branch)
         finally:
             shutil.rmtree(mirror, ignore_errors=True)
@@ -264,9 +270,7 @@ class GitWork:
             run_git(["fetch", "--quiet", "--depth=1", "--no-write-fetch-head", "--", clone_url,
                      f"{commit}:refs/zip"], shallow, env, left(), what="fetch")
             check()
-            prefix = f"{name}-{branch.replace('/', '-')}/"
-            run_git(["archive", "--format=zip", f"--prefix={prefix}", "-o", str(zipfile),
-                     commit], shallow, env, left())
+            _zip(shallow, name, branch, commit, zipfile, env, left())
             return zipfile
         finally:
             shutil.rmtree(shallow, ignore_errors=True)

@@ -215,26 +215,36 @@ def command_lines() -> list[tuple[str, list[str]]]:
     args = after_bulkbackup(entrypoint() + json.loads(cmd))
     assert args is not None, "the image's ENTRYPOINT does not run bulkbackup"
     lines.append(("Dockerfile:ENTRYPOINT+CMD", args))
-    # Commands in the README's code blocks (up to a shell operator).
-    blocks = re.findall(r"^```[a-z]*\n(.*?)^```", (JOBS / "README.md").read_text(), re.M | re.S)
-    for block in blocks:
-        for line in re.sub(r"\\\n", " ", block).splitlines():
-            if "bulkbackup " not in line or line.lstrip().startswith("#"):
-                continue
-            words = shlex.split(line, comments=True)
-            for i, word in enumerate(words):
-                # The program (not a namespace, user or path argument): the first word, or the
-                # word after a wrapper or a VAR=value.
-                if PurePosixPath(word).name == "bulkbackup" and (i == 0 or (
-                        word == "bulkbackup" and ("=" in words[i - 1]
-                                                  or words[i - 1] in ("--", "exec", "env")))):
-                    rest = []
-                    for w in words[i + 1:]:
-                        if w in ("|", "&&", "||", ";", ">", "2>", "&") or w.startswith(">"):
-                            break
-                        rest.append(w)
-                    lines.append((f"README.md: {line.strip()}", rest))
+    # Commands in the READMEs' code blocks, and the cron file's lines.
+    for readme in (JOBS / "README.md", ROOT / "README.md"):
+        blocks = re.findall(r"^```[a-z]*\n(.*?)^```", readme.read_text(), re.M | re.S)
+        for block in blocks:
+            lines += shell_commands(block, f"{readme.relative_to(ROOT)}")
+    crontab = (JOBS / "cron" / "bulkbackup.cron").read_text()
+    lines += shell_commands(crontab, "jobs/cron/bulkbackup.cron")
     return lines
+
+
+def shell_commands(text: str, where: str) -> list[tuple[str, list[str]]]:
+    """(where, args) of each bulkbackup command in shell text, up to a shell operator."""
+    found: list[tuple[str, list[str]]] = []
+    for line in re.sub(r"\\\n", " ", text).splitlines():
+        if "bulkbackup " not in line or line.lstrip().startswith("#"):
+            continue
+        words = shlex.split(line.replace(";", " ; "), comments=True)
+        for i, word in enumerate(words):
+            # The program (not a namespace, user or path argument): the first word, or the word
+            # after a wrapper, a VAR=value, a `;` or flock's lock file.
+            if PurePosixPath(word).name == "bulkbackup" and (i == 0 or (
+                    word == "bulkbackup" and ("=" in words[i - 1] or words[i - 1].endswith(".lock")
+                                              or words[i - 1] in ("--", "exec", "env", ";")))):
+                rest = []
+                for w in words[i + 1:]:
+                    if w in ("|", "&&", "||", ";", ">", "2>", "&") or w.startswith(">"):
+                        break
+                    rest.append(w)
+                found.append((f"{where}: {line.strip()}", rest))
+    return found
 
 
 COMMAND_LINES = command_lines()
@@ -270,9 +280,9 @@ def test_the_jobs_run_the_commands_they_are_for() -> None:
     commands = {ns.command for ns in parsed.values()}
     assert {"ingest", "run", "stats"} <= commands
     for where, ns in parsed.items():
-        if ns.command == "run" and not where.startswith("README"):
+        if ns.command == "run" and "README" not in where:
             assert ns.no_stats, f"{where}: workers leave the stats pass to the CronJob/timer"
-        if ns.command == "stats" and not where.startswith("README"):
+        if ns.command == "stats" and "README" not in where:
             assert ns.json and not ns.no_write, where
 
 
@@ -638,3 +648,31 @@ def test_dockerignore_keeps_what_the_dockerfile_copies() -> None:
     for rest in dockerfile("COPY"):
         for source in shlex.split(rest)[:-1]:
             assert source.rstrip("/") in kept, source
+
+
+def test_every_units_documentation_is_installed_by_the_systemd_steps() -> None:
+    """`Documentation=file://...` names a file that jobs/README's systemd steps install."""
+    text = (JOBS / "README.md").read_text()
+    steps = text[text.index("## systemd"):text.index("## cron")]
+    installed = set(re.findall(r"install -D -m 0644 ([^-\s]\S*) (/usr/share/doc/\S+)", steps))
+    by_glob = re.findall(r"install -D -m 0644 -t (/usr/share/doc/\S+) (\S+)", steps)
+    targets = {dest for _, dest in installed}
+    for folder, pattern in by_glob:
+        targets |= {f"{folder}/{p.name}" for p in ROOT.glob(pattern)}
+    for source, _ in installed:
+        assert (ROOT / source).is_file(), f"jobs/README installs {source}, which does not exist"
+    for name, unit in units().items():
+        for doc in unit.get("Unit", {}).get("Documentation", []):
+            for url in doc.split():
+                assert url.startswith("file://"), f"{name}: {url}"
+                assert url.removeprefix("file://") in targets, f"{name}: {url} is not installed"
+
+
+def test_the_cron_file_is_five_time_fields_and_a_command() -> None:
+    entries = [line for line in (JOBS / "cron" / "bulkbackup.cron").read_text().splitlines()
+               if line.strip() and not line.startswith("#") and "=" not in line.split()[0]]
+    assert len(entries) == 3
+    for line in entries:
+        fields = line.split(None, 5)
+        assert all(re.fullmatch(r"[0-9*,/-]+", f) for f in fields[:5]), line
+        assert "bulkbackup" in fields[5], line

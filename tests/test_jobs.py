@@ -676,3 +676,23 @@ def test_the_cron_file_is_five_time_fields_and_a_command() -> None:
         fields = line.split(None, 5)
         assert all(re.fullmatch(r"[0-9*,/-]+", f) for f in fields[:5]), line
         assert "bulkbackup" in fields[5], line
+
+
+def test_the_contracts_command_lines_are_the_parsers() -> None:
+    """docs/design.md's "Command line" names exactly the commands and options the CLI has."""
+    text = DESIGN.read_text()
+    block = re.search(r"## Command line\n```\n(.*?)```", text, re.S)
+    assert block is not None
+    built = block.group(1).split("# not built yet:")[0]
+    documented: dict[str, set[str]] = {}
+    for line in built.splitlines():
+        words = line.split("#")[0].replace("[", " ").replace("]", " ").split()
+        command = words[3]  # bulkbackup [--config PATH] COMMAND ...
+        documented[command] = {w for w in words[4:] if w.startswith("--")}
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    common = {"--help", "--config", "--debug", "--verbose"}
+    actual = {name: {o for a in p._actions for o in a.option_strings
+                     if o.startswith("--")} - common
+              for name, p in sub.choices.items()}
+    assert documented == actual

@@ -26,6 +26,8 @@ import httpx
 import pytest
 import redis
 
+from bulkbackup.connection import Scripts
+from bulkbackup.locks import LockKeeper
 from bulkbackup.testing.forge import Forge, RepoSpec
 from tests.conftest import ROOT, free_port, remove_object, run_cli
 
@@ -388,18 +390,29 @@ def test_serve_refuses_a_bad_port(archive: Archive) -> None:
 
 
 def test_workers_metrics_healthz(archive: Archive) -> None:
-    # The run has just ended: its workers' last heartbeats are under a minute old.
-    workers = archive.served.get("/api/workers").json()["workers"]
-    assert workers and all(w["host"] == WORKER_HOST for w in workers)
-    assert {"id", "host", "since", "users_per_min", "repos_per_min", "bytes_per_min",
-            "users"} <= set(workers[0])
-    assert sum(w["users_per_min"] for w in workers) == 3
-    assert WORKER_HOST in archive.served.get("/workers").text
+    # The run has ended: its workers left the list as they exited.
+    assert archive.served.get("/api/workers").json() == {"workers": []}
+    assert "No worker is running." in archive.served.get("/workers").text
+    # A live worker's heartbeat: listed with when it was last seen.
+    keeper = LockKeeper(archive.r, Scripts(archive.r), f"1.2.{WORKER_HOST}", 30)
+    keeper.note_done(2, 1000)
+    keeper.heartbeat()
+    try:
+        workers = archive.served.get("/api/workers").json()["workers"]
+        assert [w["host"] for w in workers] == [WORKER_HOST]
+        assert {"id", "host", "since", "seen", "users_per_min", "repos_per_min",
+                "bytes_per_min", "users"} <= set(workers[0])
+        assert workers[0]["users_per_min"] == 1 and workers[0]["seen"]
+        page = archive.served.get("/workers").text
+        assert "<th>last seen</th>" in page and f"<td>{workers[0]['seen']}</td>" in page
+    finally:
+        keeper.deregister()
+    assert archive.served.get("/api/workers").json() == {"workers": []}
     text = archive.served.get("/metrics").text
     assert 'bulkbackup_users{status="tracked"} 4.0' in text
+    assert "bulkbackup_workers_active 0.0" in text
     assert 'bulkbackup_freshness_users{age="never"} 1.0' in text
     assert 'bulkbackup_rate_per_minute{what="users",window="60m"}' in text
-    assert f"bulkbackup_workers_active {len(workers)}.0" in text
     assert "bulkbackup_last_stats_repositories 3.0" in text
     health = archive.served.get("/healthz")
     assert health.status_code == 200 and health.text.strip() == "ok"

@@ -43,7 +43,7 @@ from bulkbackup.incremental import (
 from bulkbackup.interrupts import signals_interrupt
 from bulkbackup.names import check_login, check_repo_name
 from bulkbackup.quota import Resource
-from bulkbackup.results import UserResult, newer_than, repo_times
+from bulkbackup.results import PARTIAL_ERROR, UserResult, newer_than, repo_times
 from bulkbackup.store import Store, layout, open_store
 from bulkbackup.store.base import (
     CHAIN,
@@ -314,8 +314,8 @@ class UserBackup:
     def _summary(result: UserResult) -> str:
         if not result.failed:
             return ""
-        return f"{result.failed} of {result.reported} repositories failed: " + "; ".join(
-            result.failures)
+        return PARTIAL_ERROR.format(failed=result.failed, reported=result.reported) + (
+            "; ".join(result.failures))
 
     def record_error(self, login: str, error: str, fence: Fence | None = None) -> None:
         """Record ``error`` on the user's object, keeping its listing and counts."""

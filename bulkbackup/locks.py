@@ -199,7 +199,18 @@ class LockKeeper:
             self.heartbeat()
             # After a failure retry soon: a lock not refreshed within its ttl is gone.
             wait = interval if ok else min(1.0, interval / 4)
-        self.heartbeat()  # the last figures of a process that stops
+        self.deregister()
+
+    def deregister(self) -> None:
+        """A process that stops cleanly leaves `bulkbackup serve`'s list of workers at once
+        (one that dies is dropped when its last heartbeat is a minute old)."""
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            pipe.delete(keys.worker(self.worker_id))
+            pipe.zrem(keys.WORKERS, self.worker_id)
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.debug("deregistering failed: %s", exc)
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,37 @@ read safely (a time that is not a real date never makes a repository look unchan
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from bulkbackup.store.base import PUSHED_AT, UPDATED_AT, Head
 from bulkbackup.store.layout import UserCounts
 from bulkbackup.timeutil import parse_api_time
+
+# The user object's Error when some repositories failed (the others are archived).
+PARTIAL_ERROR = "{failed} of {reported} repositories failed: "
+_PARTIAL = re.compile(r"\d+ of \d+ repositories failed: ")
+# In the Error of a login GitHub does not know (REST's 404, GraphQL's NOT_FOUND: UserGone).
+GONE_MARK = " not found on GitHub ("
+
+
+class ErrorKind(Enum):
+    """What a user object's Error says, for the pages' badges."""
+
+    PARTIAL = "partial"  # some repositories failed; the others are archived
+    GONE = "gone"  # the login is not on GitHub (any more)
+    FAILED = "error"  # anything else (the listing failed)
+
+
+def error_kind(text: str) -> ErrorKind | None:
+    """The kind of a stored Error; None for no error."""
+    if not text:
+        return None
+    if _PARTIAL.match(text):
+        return ErrorKind.PARTIAL
+    return ErrorKind.GONE if GONE_MARK in text else ErrorKind.FAILED
 
 
 @dataclass

@@ -121,12 +121,19 @@ def test_dashboard_search_user_download_clone(
 
         driver.find_element(By.LINK_TEXT, "octocat").click()
         wait.until(ec.presence_of_element_located((By.ID, "repos")))
-        assert driver.find_element(By.ID, "status").text in ("synced", "error")
+        assert driver.find_element(By.ID, "status").text in ("synced", "partial", "error")
         driver.save_screenshot(str(artifacts / "user.png"))
 
         link = driver.find_element(By.CSS_SELECTOR, 'a.dl[href$="/Hello-World.bundle"]')
         link.click()
         bundle = _wait_download(downloads, "Hello-World.bundle")
+        driver.get(demo_served + "/users")
+        wait.until(ec.presence_of_element_located((By.ID, "users")))
+        badges = {row.find_element(By.CSS_SELECTOR, "td a").text:
+                  row.find_element(By.CSS_SELECTOR, ".badge").text
+                  for row in driver.find_elements(By.CSS_SELECTOR, "#users tbody tr")}
+        assert badges["ghost-user"] == "gone" and badges["octocat"] == "partial"
+        driver.save_screenshot(str(artifacts / "users.png"))
         driver.get(demo_served + "/workers")
         driver.save_screenshot(str(artifacts / "workers.png"))
     finally:

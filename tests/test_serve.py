@@ -8,6 +8,7 @@ client. The outage tests start their own redis-server, store and server.
 from __future__ import annotations
 
 import contextlib
+import html
 import http.client
 import json
 import math
@@ -25,7 +26,10 @@ import boto3
 import httpx
 import pytest
 import redis
+from markupsafe import escape
 
+from bulkbackup.connection import Scripts
+from bulkbackup.locks import LockKeeper
 from bulkbackup.testing.forge import Forge, RepoSpec
 from tests.conftest import ROOT, free_port, remove_object, run_cli
 
@@ -171,6 +175,11 @@ def test_stats_dashboard_and_pictures(archive: Archive) -> None:
     assert page.status_code == 200 and 'id="tracked">4<' in page.text
     assert page.text.count("<svg") == 2 and page.text.count('class="bar"') == 60 + 5
     assert "users synced per minute" in page.text and "&lt; 1 day" in page.text
+    assert 'id="add-form"' in page.text  # an admin token is configured
+    assert '<link rel="icon" href="/favicon.ico"' in page.text
+    icon = archive.served.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+    assert icon.content.startswith(b"<svg")
 
 
 def test_users_list_statuses(archive: Archive) -> None:
@@ -178,13 +187,30 @@ def test_users_list_statuses(archive: Archive) -> None:
     assert doc["next"] is None
     rows = rows_by_login(doc)
     assert set(rows) == {"alice", "bob", "gone-user", "unsynced-user"}
-    assert rows["bob"] == {"login": "bob", "status": "synced", "last_sync": rows["bob"][
-        "last_sync"], "syncd_repos": 2, "reported_repos": rows["bob"]["reported_repos"],
-        "error": False}
-    assert rows["bob"]["reported_repos"] in (None, 2)  # None: a summary without it
-    assert rows["alice"]["status"] == "error" and rows["alice"]["syncd_repos"] == 1
-    assert rows["gone-user"]["status"] == "error"
+    assert rows["bob"] == {"login": "bob", "status": "synced", "badge": "synced",
+                           "last_sync": rows["bob"]["last_sync"], "syncd_repos": 2,
+                           "reported_repos": 2, "error": None}
+    # The contract's four statuses; the badge tells 1 of 3 repositories failing (partial)
+    # from a login GitHub does not know (gone). `error` is the stored Error's text or null.
+    alice, gone = rows["alice"], rows["gone-user"]
+    assert (alice["status"], alice["badge"], alice["syncd_repos"]) == ("error", "partial", 1)
+    reason = str(alice["error"])
+    assert reason.startswith("1 of 3 repositories failed: ")
+    assert (gone["status"], gone["badge"]) == ("error", "gone")
+    assert "not found on GitHub" in str(gone["error"])
     assert rows["unsynced-user"]["status"] == "unsynced"
+    assert {u["status"] for u in doc["users"]} <= {"synced", "syncing", "unsynced", "error"}
+    # The page shows the badges and the reasons (shortened), not "yes".
+    listing = archive.served.get("/users").text
+    assert 'class="badge partial">partial<' in listing
+    assert 'class="badge gone">gone<' in listing
+    assert ">yes<" not in listing and "1 of 3 repositories failed: " in listing
+    assert "not found on GitHub" in listing
+    # A long reason is cut to one short line; the whole of it is the cell's title.
+    assert len(reason) > 80
+    short = reason[:79].rstrip() + "…"
+    assert f'title="{escape(reason)}">{escape(short)}</td>' in listing
+    assert rows["unsynced-user"]["error"] is None
     assert rows["unsynced-user"]["last_sync"] is None
     assert doc["users"][-1]["login"] == "unsynced-user"  # newest sync first, never last
     # A user whose lock exists is syncing.
@@ -205,7 +231,7 @@ def test_summary_falls_back_to_the_store(archive: Archive) -> None:
     archive.r.hdel("bulkbackup:syncd", "bob")
     try:
         bob = rows_by_login(archive.served.get("/api/users").json())["bob"]
-        assert bob["syncd_repos"] == 2 and bob["reported_repos"] == 2 and bob["error"] is False
+        assert bob["syncd_repos"] == 2 and bob["reported_repos"] == 2 and bob["error"] is None
     finally:
         archive.r.hset("bulkbackup:syncd", "bob", saved or "")
 
@@ -261,20 +287,28 @@ def test_pagination_by_cursor(archive: Archive) -> None:
 def test_user_page_and_json(archive: Archive) -> None:
     doc = archive.served.get("/api/users/alice").json()
     shown = json.loads(run_cli("show", "alice", "--json", env=archive.env).stdout)
-    assert doc == shown  # show --json's object
+    extras = {"status": "error", "badge": "partial", "unavailable": []}
+    assert doc == {**shown, **extras}  # show --json's object, with the status
+    # `error` is the stored Error or null, the same in show --json and both APIs.
+    listed = rows_by_login(archive.served.get("/api/users").json())
+    assert isinstance(shown["error"], str) and listed["alice"]["error"] == shown["error"]
+    bob = json.loads(run_cli("show", "bob", "--json", env=archive.env).stdout)
+    assert bob["error"] is None and listed["bob"]["error"] is None
     assert {r["name"] for r in doc["repositories"]} == {"hello", "empty-repo", "xss"}
     page = archive.served.get("/users/alice").text
     assert 'href="/users/alice/hello.bundle"' in page and 'href="/users/alice/hello.zip"' in page
-    assert f"git clone {archive.served.url}/users/alice/hello.bundle hello" in page
+    restore = (f"curl -fLo hello.bundle {archive.served.url}/users/alice/hello.bundle && "
+               "git clone --mirror -- hello.bundle hello.git")
+    assert f'<code class="cmd" data-cmd>{restore}</code>' in html.unescape(page)
     # Behind a TLS proxy on this machine, the restore command names the public scheme.
     proxied = archive.served.get("/users/alice", headers={"X-Forwarded-Proto": "https"}).text
-    assert "git clone https://127.0.0.1:" in proxied
+    assert "curl -fLo hello.bundle https://127.0.0.1:" in proxied
     # From any other address the header is not believed (uvicorn's FORWARDED_ALLOW_IPS).
     elsewhere = httpx.HTTPTransport(local_address="127.0.0.2")
     with httpx.Client(transport=elsewhere, timeout=30) as other:
         spoofed = other.get(archive.served.url + "/users/alice",
                             headers={"X-Forwarded-Proto": "https"}).text
-    assert f"git clone {archive.served.url}/users/alice/hello.bundle hello" in spoofed
+    assert restore in html.unescape(spoofed)
     # A hostile description (and the error that quotes the repository) render as text.
     assert XSS not in page and "&lt;script&gt;alert(&#39;xss&#39;)&lt;/script&gt;" in page
     stored = archive.served.get("/users/alice.json")
@@ -284,6 +318,13 @@ def test_user_page_and_json(archive: Archive) -> None:
     assert "unsynced" in archive.served.get("/users/unsynced-user").text
     for path in ("/users/nobody", "/api/users/nobody", "/users/nobody.json"):
         assert archive.served.get(path).status_code == 404, path
+    # An unknown download: the HTML page for a browser, JSON for anything else.
+    for path in ("/users/alice/nope.bundle", "/users/alice/nope.zip", "/users/nobody.json"):
+        browser = archive.served.get(path, headers={"Accept": "text/html,*/*;q=0.8"})
+        assert browser.status_code == 404 and browser.headers["content-type"].startswith(
+            "text/html") and "<h1>not found</h1>" in browser.text, path
+        client = archive.served.get(path, headers={"Accept": "*/*"})
+        assert client.status_code == 404 and client.json() == {"error": "not found"}, path
 
 
 def test_download_full_head_range_conditional(archive: Archive) -> None:
@@ -388,18 +429,29 @@ def test_serve_refuses_a_bad_port(archive: Archive) -> None:
 
 
 def test_workers_metrics_healthz(archive: Archive) -> None:
-    # The run has just ended: its workers' last heartbeats are under a minute old.
-    workers = archive.served.get("/api/workers").json()["workers"]
-    assert workers and all(w["host"] == WORKER_HOST for w in workers)
-    assert {"id", "host", "since", "users_per_min", "repos_per_min", "bytes_per_min",
-            "users"} <= set(workers[0])
-    assert sum(w["users_per_min"] for w in workers) == 3
-    assert WORKER_HOST in archive.served.get("/workers").text
+    # The run has ended: its workers left the list as they exited.
+    assert archive.served.get("/api/workers").json() == {"workers": []}
+    assert "No worker is running." in archive.served.get("/workers").text
+    # A live worker's heartbeat: listed with when it was last seen.
+    keeper = LockKeeper(archive.r, Scripts(archive.r), f"1.2.{WORKER_HOST}", 30)
+    keeper.note_done(2, 1000)
+    keeper.heartbeat()
+    try:
+        workers = archive.served.get("/api/workers").json()["workers"]
+        assert [w["host"] for w in workers] == [WORKER_HOST]
+        assert {"id", "host", "since", "seen", "users_per_min", "repos_per_min",
+                "bytes_per_min", "users"} <= set(workers[0])
+        assert workers[0]["users_per_min"] == 1 and workers[0]["seen"]
+        page = archive.served.get("/workers").text
+        assert "<th>last seen</th>" in page and f"<td>{workers[0]['seen']}</td>" in page
+    finally:
+        keeper.deregister()
+    assert archive.served.get("/api/workers").json() == {"workers": []}
     text = archive.served.get("/metrics").text
     assert 'bulkbackup_users{status="tracked"} 4.0' in text
+    assert "bulkbackup_workers_active 0.0" in text
     assert 'bulkbackup_freshness_users{age="never"} 1.0' in text
     assert 'bulkbackup_rate_per_minute{what="users",window="60m"}' in text
-    assert f"bulkbackup_workers_active {len(workers)}.0" in text
     assert "bulkbackup_last_stats_repositories 3.0" in text
     health = archive.served.get("/healthz")
     assert health.status_code == 200 and health.text.strip() == "ok"

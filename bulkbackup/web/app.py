@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -33,6 +33,7 @@ from bulkbackup.store import Store, layout
 from bulkbackup.web import data, downloads, http, metrics
 from bulkbackup.web.http import JSONResponse, Unavailable
 from bulkbackup.web.render import svg
+from bulkbackup.web.restore_cmds import restore_commands
 from bulkbackup.web.users import Cursor, Users
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ HERE = Path(__file__).resolve().parent
 _T = TypeVar("_T")
 Doc = dict[str, Any]
 DETAIL_CONCURRENCY = 4
+QUEUE_UNAVAILABLE = "queue status unavailable: Redis unreachable"
 
 
 class Site:
@@ -53,6 +55,8 @@ class Site:
                                  autoescape=True, undefined=jinja2.StrictUndefined)
         env.filters["size"] = http.size
         env.filters["iso"] = data.iso
+        env.filters["short"] = http.shorten
+        env.filters["breakable"] = http.breakable
         self.templates = Jinja2Templates(env=env)
         self.registry = metrics.registry(self.backend)
         # Users described at once (each runs up to detail.HEAD_THREADS store requests).
@@ -108,6 +112,7 @@ class Site:
         stats = await self.blocking(data.stats, self.backend.r)
         return self.page(request, "index.html", {
             "s": stats, "banner": await self.store_banner(),
+            "can_add": bool(self.settings.serve.admin_token),
             "rate_svg": svg.users_per_minute(stats.users_per_minute),
             "fresh_svg": svg.freshness(stats.freshness)})
 
@@ -155,12 +160,19 @@ class Site:
         return detail
 
     async def api_user(self, request: Request) -> Response:
-        return JSONResponse((await self.user_detail(request))["user"])
+        """`show --json`'s object, with the status, the badge and what could not be read."""
+        detail = await self.user_detail(request)
+        return JSONResponse({**detail["user"], "status": detail["status"],
+                             "badge": detail["badge"], "unavailable": detail["unavailable"]})
 
     async def user_page(self, request: Request) -> Response:
         detail = await self.user_detail(request)
+        base, login = str(request.base_url).rstrip("/"), detail["user"]["login"]
+        commands = {r["name"]: restore_commands(base, login, r)
+                    for r in detail["user"]["repositories"] if r["bundle_bytes"]}
+        banner = QUEUE_UNAVAILABLE if "redis" in detail["unavailable"] else ""
         return self.page(request, "user.html", {"d": detail, "u": detail["user"],
-                                                "base": str(request.base_url).rstrip("/")})
+                                                "commands": commands, "banner": banner})
 
     async def user_object(self, request: Request) -> Response:
         login = request.path_params["login"]
@@ -224,6 +236,10 @@ class Site:
         log.info("added %d users by the API (%d already tracked)", len(added), len(existing))
         return JSONResponse({"added": added, "existing": existing})
 
+    async def favicon(self, request: Request) -> Response:
+        return FileResponse(HERE / "static" / "favicon.svg", media_type="image/svg+xml",
+                            headers={"Cache-Control": "public, max-age=86400"})
+
     async def healthz(self, request: Request) -> Response:
         try:
             await run_in_threadpool(self.backend.r.ping)
@@ -271,6 +287,7 @@ class Site:
             Route("/users/{login}/{folder}/{chain}/{part}", self.download_part),
             Route("/workers", self.workers_page), Route("/api/workers", self.api_workers),
             Route("/healthz", self.healthz), Route("/metrics", self.metrics_text),
+            Route("/favicon.ico", self.favicon),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
 

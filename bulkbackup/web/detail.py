@@ -24,6 +24,8 @@ from bulkbackup.store import Head, ObjectInfo, Store, layout
 HEAD_THREADS = 8
 CACHE_S = 30.0
 CACHE_USERS = 64
+# Users' object HEADs kept for the users list (its error reasons and badges).
+CACHE_HEADS = 4096
 # The stored repository list is read for descriptions only up to this size.
 OBJECT_READ_MAX_BYTES = 8 * 1024 * 1024
 
@@ -61,6 +63,33 @@ class StoredUsers:
         self._mu = threading.Lock()
         self._cache: OrderedDict[str, tuple[float, dict[str, Any] | None, dict[str, str]]] = (
             OrderedDict())
+        self._heads: OrderedDict[str, tuple[float, Head | None]] = OrderedDict()
+
+    def heads(self, store: Store, logins: list[str]) -> dict[str, Head | None]:
+        """The user objects' HEADs (None: not stored), read in parallel, reused for CACHE_S:
+        a page of the users list costs at most one HEAD per row."""
+        now = time.monotonic()
+        out: dict[str, Head | None] = {}
+        with self._mu:
+            for login in logins:
+                hit = self._heads.get(login)
+                if hit is not None and hit[0] > now:
+                    out[login] = hit[1]
+        missing = [x for x in logins if x not in out]
+        pending = [self._pool.submit(store.head, layout.user_key(x)) for x in missing]
+        try:
+            fresh = [p.result() for p in pending]
+        finally:
+            for p in pending:
+                p.cancel()
+        with self._mu:
+            for login, head in zip(missing, fresh, strict=True):
+                out[login] = head
+                self._heads[login] = (now + CACHE_S, head)
+                self._heads.move_to_end(login)
+            while len(self._heads) > CACHE_HEADS:
+                self._heads.popitem(last=False)
+        return out
 
     def get(self, store: Store, login: str) -> tuple[dict[str, Any] | None, dict[str, str]]:
         """(`show --json`'s object or None when the store has no such user, descriptions)."""

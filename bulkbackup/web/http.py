@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
+from markupsafe import Markup, escape
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,6 +23,10 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
 ]
+# Where a long name may wrap: after a hyphen, dot or underscore (a <wbr> there).
+_BREAK_AFTER = re.compile(r"(?<=[-._])(?=.)")
+BREAKABLE_CHARS = 24
+SHORT_CHARS = 80
 BAD_BODY = 'body must be JSON: {"logins": ["login", ...]}'
 
 
@@ -59,10 +65,14 @@ class SecurityHeaders:
 
 
 def is_api(request: Request) -> bool:
-    """Answered in JSON or plain text rather than a page."""
+    """Answered in JSON or plain text rather than a page. A download's error is a page for a
+    browser (it asks for text/html when it follows a link) and JSON for anything else."""
     path = request.url.path
-    return path.startswith("/api/") or path in ("/healthz", "/metrics") or path.endswith(
-        (".json", ".bundle", ".zip"))
+    if path.startswith("/api/") or path in ("/healthz", "/metrics"):
+        return True
+    if path.endswith((".json", ".bundle", ".zip")):
+        return "text/html" not in request.headers.get("accept", "")
+    return False
 
 
 def bearer(request: Request) -> str:
@@ -109,3 +119,18 @@ def size(n: object) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
     return str(n)  # pragma: no cover
+
+
+def shorten(text: object, chars: int = SHORT_CHARS) -> str:
+    """A one-line reason for a table cell: its first line, up to ``chars`` characters."""
+    line = str(text or "").strip().split("\n", 1)[0]
+    return line if len(line) <= chars else line[:chars - 1].rstrip() + "…"
+
+
+def breakable(name: object) -> Markup:
+    """``name`` escaped; when longer than BREAKABLE_CHARS, with a line-break opportunity
+    after each - . _ (a long name wraps between its words, a short one stays whole; CSS
+    breaks a long name without any as a last resort)."""
+    text = str(name)
+    parts = _BREAK_AFTER.split(text) if len(text) > BREAKABLE_CHARS else [text]
+    return Markup("<wbr>").join(escape(p) for p in parts)

@@ -8,6 +8,7 @@ plus ZSCORE for the exact login. Calls block; the app runs them in the threadpoo
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from importlib import resources
@@ -17,38 +18,56 @@ import redis
 
 from bulkbackup import keys, tracked
 from bulkbackup.names import is_login
-from bulkbackup.store import Store
+from bulkbackup.results import error_kind
+from bulkbackup.store import Head, Store
 from bulkbackup.store.base import ERROR, REPORTED_REPOS, SYNCD_REPOS
 from bulkbackup.store.layout import UserCounts
 from bulkbackup.web.data import iso
 from bulkbackup.web.detail import StoredUsers
 
+log = logging.getLogger(__name__)
 PAGE_SIZE = 50
 PAGE_MAX = 200
 TRACK_MAX = 1000
 
 
 class Status:
+    """The contract's four statuses (`status` in the JSON)."""
+
     SYNCED = "synced"
     SYNCING = "syncing"
     UNSYNCED = "unsynced"
     ERROR = "error"
 
 
+# A stored Error is shown up to this many characters (the page shortens it further).
+ERROR_MAX_CHARS = 1000
+# The error of a user whose object could not be read (the store down): Redis says only "yes".
+REASON_UNKNOWN = "error (its reason could not be read from the store)"
+
+
 @dataclass(frozen=True)
 class UserRow:
     login: str
     status: str
+    badge: str
     last_sync: str | None
     syncd_repos: int | None
     reported_repos: int | None
-    error: bool | None
+    error: str | None  # the user object's Error (shortened); None: no error
 
     def to_json(self) -> dict[str, Any]:
         # Not dataclasses.asdict: its deep copies cost more than the page's Redis reads.
-        return {"login": self.login, "status": self.status, "last_sync": self.last_sync,
-                "syncd_repos": self.syncd_repos, "reported_repos": self.reported_repos,
-                "error": self.error}
+        return {"login": self.login, "status": self.status, "badge": self.badge,
+                "last_sync": self.last_sync, "syncd_repos": self.syncd_repos,
+                "reported_repos": self.reported_repos, "error": self.error}
+
+
+def badge_of(status: str, error: str | None) -> str:
+    """The page's finer badge (`badge` in the JSON): the status, or for `error` what the
+    stored Error says (results.ErrorKind): `partial`, `gone` or `error`."""
+    kind = error_kind(error or "") if status == Status.ERROR else None
+    return kind.value if kind is not None else status
 
 
 @dataclass(frozen=True)
@@ -130,7 +149,8 @@ class Users:
 
     def rows(self, users: list[tuple[str, float | None]], store: Store | None) -> list[UserRow]:
         """One pipelined round trip of three commands: the users' locks (MGET), summaries
-        and scores before a claim (HMGET)."""
+        and scores before a claim (HMGET); then the synced users' objects' HEADs (in
+        parallel, reused a while: see StoredUsers.heads) for their errors' reasons."""
         users = [(login, score) for login, score in users if is_login(login)]
         if not users:
             return []
@@ -140,62 +160,81 @@ class Users:
         pipe.hmget(keys.SYNCD, [login for login, _ in users])
         pipe.hmget(keys.CLAIMS, members)
         locked, summaries, before = pipe.execute()
-        rows = []
-        for i, (login, score) in enumerate(users):
-            if score == math.inf and before[i] is not None:
-                score = float(before[i])  # parked while claimed: its last sync is saved
-            rows.append(_row(login, score, locked[i] is not None, summaries[i], store))
-        return rows
+        scores = [float(before[i]) if score == math.inf and before[i] is not None else score
+                  for i, (_, score) in enumerate(users)]  # parked while claimed: saved
+        synced = [login for (login, _), score in zip(users, scores, strict=True)
+                  if score is not None and score > -math.inf]
+        heads = self.stored.heads(store, synced) if store is not None and synced else {}
+        return [_row(login, score, locked[i] is not None, summaries[i], heads.get(login))
+                for i, ((login, _), score) in enumerate(zip(users, scores, strict=True))]
 
     def track(self, logins: list[str]) -> tuple[list[str], list[str]]:
         return tracked.add_never_synced(self.r, logins)
 
     def detail(self, login: str, store: Store) -> dict[str, Any] | None:
         """`show --json`'s object (or its empty form for a user tracked but not stored) under
-        ``user``, with the page's extras; None for a user unknown to both."""
+        ``user``, with the page's extras; None for a user unknown to both. With Redis down,
+        what the store knows (``unavailable`` names Redis); RedisError when it knows nothing."""
+        try:
+            queue: tuple[Any, ...] | None = self._queue(login)
+        except redis.RedisError as exc:
+            log.warning("redis: %s (the user page shows the store only)", exc)
+            queue = None
+        user, descriptions = self.stored.get(store, login)
+        if queue is None and user is None:
+            raise redis.ConnectionError("redis unavailable and the user is not stored")
+        score, locked, summary = queue or (None, False, None)
+        if user is None:
+            if score is None:
+                return None
+            user = {"login": login, "last_sync": None, "syncd_repos": None,
+                    "reported_repos": None, "error": None, "repositories": []}
+        if queue is None:  # the store alone: synced at its last sync, or never
+            score = -math.inf if user["last_sync"] is None else None
+        stored = user["last_sync"] is not None
+        row = _row(login, score, bool(locked), summary, None,
+                   stored_error=user["error"] if stored else None, stored=stored)
+        return {"user": user, "status": row.status, "badge": row.badge,
+                "score_sync": row.last_sync, "descriptions": descriptions,
+                "unavailable": [] if queue is not None else ["redis"]}
+
+    def _queue(self, login: str) -> tuple[float | None, bool, str | None]:
+        """The user's score (its last sync, the saved one while claimed), lock, summary."""
         pipe = self.r.pipeline(transaction=False)
         pipe.zscore(keys.TRACKED, keys.member(login))
         pipe.exists(keys.lock(keys.member(login)))
         pipe.hget(keys.SYNCD, login)
         pipe.hget(keys.CLAIMS, keys.member(login))
         score, locked, summary, before = pipe.execute()
-        user, descriptions = self.stored.get(store, login)
-        if user is None and score is None:
-            return None
-        if user is None:
-            user = {"login": login, "last_sync": None, "syncd_repos": None,
-                    "reported_repos": None, "error": None, "repositories": []}
         if score == math.inf and before is not None:
             score = float(before)
-        row = _row(login, None if score is None else float(score), bool(locked), summary, None,
-                   has_error=bool(user["error"]) if user["last_sync"] else None)
-        return {"user": user, "status": row.status, "score_sync": row.last_sync,
-                "descriptions": descriptions}
+        return None if score is None else float(score), bool(locked), summary
 
 
 def _row(login: str, score: float | None, locked: bool, summary: str | None,
-         store: Store | None, has_error: bool | None = None) -> UserRow:
+         head: Head | None, stored_error: str | None = None, stored: bool = False) -> UserRow:
+    """A user's row from Redis's summary, overridden by what its stored object says (``head``,
+    or ``stored_error`` for a user described from the store)."""
     counts = UserCounts.decode(summary)
     syncd = counts.syncd if counts else None
-    reported: int | None = getattr(counts, "reported", None)
-    error = counts.error if counts else has_error
-    if counts is None and store is not None and score is not None and score > -math.inf:
-        # No summary in Redis (lost, or written before summaries existed): the store knows.
-        head = store.head(login)
-        if head is not None:
-            syncd = _digits(head.get(SYNCD_REPOS))
-            reported = _digits(head.get(REPORTED_REPOS))
-            error = bool(head.get(ERROR))
+    reported: int | None = counts.reported if counts else None
+    error = REASON_UNKNOWN if counts and counts.error else None
+    if head is not None:
+        syncd = _digits(head.get(SYNCD_REPOS))
+        reported = _digits(head.get(REPORTED_REPOS))
+        error = head.get(ERROR)[:ERROR_MAX_CHARS] or None
+    elif stored:
+        error = (stored_error or "")[:ERROR_MAX_CHARS] or None
     if locked:
         status = Status.SYNCING
-    elif score is None or score == -math.inf:
+    elif score == -math.inf or (score is None and not stored):
         status = Status.UNSYNCED
     elif error:
         status = Status.ERROR
     else:
         status = Status.SYNCED
     last = iso(score) if score is not None else None
-    return UserRow(login, status, last, syncd, reported, error)
+    return UserRow(login, status, badge_of(status, error), last, syncd, reported, error)
 
 
 def _digits(text: str) -> int | None:

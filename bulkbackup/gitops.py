@@ -81,7 +81,10 @@ def git_env(home: Path, gh: GitHubSettings, token: str | None,
     config = [("credential.helper", ""), ("core.askPass", ""), ("http.followRedirects", "false"),
               # No automatic gc/maintenance after a fetch: it may detach into its own session,
               # out of reach of the group kill, and work on a mirror being deleted.
-              ("gc.auto", "0"), ("maintenance.auto", "false")]
+              ("gc.auto", "0"), ("maintenance.auto", "false"),
+              # A faithful copy: real history holds objects today's fsck flags (a 2011 time
+              # zone `+051800`) that GitHub serves; a checking fetch would refuse them.
+              ("fetch.fsckObjects", "false")]
     config += _limits(run or RunSettings())
     if token and gh.token_for_git:
         for scheme in token_schemes(gh):

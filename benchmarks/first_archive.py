@@ -2,7 +2,7 @@
 work, side by side in one run (issue 26 item 4).
 
     python -m benchmarks.first_archive [--source BARE_REPO] [--size-mb 100] [--rounds 3]
-                                       [--threads N]
+                                       [--threads N] [--vs-threads 1]
 
 The repository: --source (a bare repository, e.g. a real one; its refs/pull/* are left out,
 as sync leaves them out), else one generated with `git fast-import` and cached in --cache:
@@ -16,7 +16,8 @@ Each round runs, in turn (A B A B ...):
 For each: wall seconds and CPU seconds (user + system of the process and everything it
 waited for: os.wait4, so the forge's server-side git is not counted). The ratio B/A of the
 medians: >= 0.95 is the target (bulkbackup at least 95 % of plain git's speed).
---threads sets run.git_threads for A (default: the setting's default).
+--threads sets run.git_threads for A (default 0: the cores); --vs-threads 1 adds an arm A'
+with one thread (the behaviour before), so before and after are paired in one run.
 """
 
 from __future__ import annotations
@@ -120,7 +121,9 @@ def main() -> None:
     ap.add_argument("--source", type=Path, help="a bare repository to serve (default: generated)")
     ap.add_argument("--size-mb", type=float, default=100)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, help="run.git_threads for bulkbackup")
+    ap.add_argument("--threads", type=int, help="run.git_threads for bulkbackup (default 0)")
+    ap.add_argument("--vs-threads", type=int, help="a second bulkbackup arm with this "
+                    "run.git_threads (1: the behaviour before issue 26)")
     ap.add_argument("--cache", type=Path, default=CACHE)
     ap.add_argument("--tmp", help="where the stores and clones go (default: the temp dir)")
     args = ap.parse_args()
@@ -136,33 +139,38 @@ def main() -> None:
 def measure(args: argparse.Namespace, tmp: Path, url: str, api: str) -> None:
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("GITHUB_", "BULKBACKUP_", "AWS_", "GIT_"))}
-    cfg = tmp / "config.yaml"
-    cfg.write_text(f"run:\n  git_threads: {args.threads}\n" if args.threads else "{}\n")
     plain_env = {**base, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
     plain = ["sh", "-c", 'set -e; git clone --mirror -q "$0" m.git; '
              'git -C m.git bundle create -q ../x.bundle --all; '
              'git -C m.git archive --format=zip -o ../x.zip HEAD', url]
-    ours: list[tuple[float, float]] = []
-    theirs: list[tuple[float, float]] = []
+    arms = {"bulkbackup": args.threads or 0}
+    if args.vs_threads is not None:
+        arms[f"bulkbackup git_threads={args.vs_threads}"] = args.vs_threads
+    for threads in arms.values():
+        (tmp / f"{threads}.yaml").write_text(f"run:\n  git_threads: {threads}\n")
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in [*arms, "plain git"]}
     for n in range(args.rounds):
         work = tmp / f"round{n}"
         (work / "git").mkdir(parents=True)
-        env = {**base, "BULKBACKUP_CONFIG": str(cfg), "GITHUB_API_URL": api,
-               "BULKBACKUP_STORE": str(work / "store" / "github.com"),
-               "TMPDIR": str(work), "PYTHONPATH": str(ROOT)}
-        ours.append(timed([sys.executable, "-m", "bulkbackup", "sync", "big"], env, ROOT))
-        theirs.append(timed(plain, plain_env, work / "git"))
-        print(f"  round {n + 1}: bulkbackup {ours[-1][0]:.1f} s wall {ours[-1][1]:.1f} s cpu"
-              f" | plain git {theirs[-1][0]:.1f} s wall {theirs[-1][1]:.1f} s cpu",
-              flush=True)
+        for name, threads in arms.items():
+            env = {**base, "BULKBACKUP_CONFIG": str(tmp / f"{threads}.yaml"),
+                   "GITHUB_API_URL": api, "PYTHONPATH": str(ROOT), "TMPDIR": str(work),
+                   "BULKBACKUP_STORE": str(work / f"store{threads}" / "github.com")}
+            times[name].append(timed([sys.executable, "-m", "bulkbackup", "sync", "big"], env,
+                                     ROOT))
+            shutil.rmtree(work / f"store{threads}", ignore_errors=True)
+        times["plain git"].append(timed(plain, plain_env, work / "git"))
+        print(f"  round {n + 1}: " + " | ".join(
+            f"{name} {t[-1][0]:.1f} s wall {t[-1][1]:.1f} s cpu" for name, t in times.items()),
+            flush=True)
         shutil.rmtree(work, ignore_errors=True)
-    a_wall, a_cpu = (statistics.median(x[i] for x in ours) for i in (0, 1))
-    b_wall, b_cpu = (statistics.median(x[i] for x in theirs) for i in (0, 1))
-    print(f"first archive, {os.cpu_count()} cores, medians of {args.rounds}: bulkbackup "
-          f"{a_wall:.1f} s wall {a_cpu:.1f} s cpu | plain git {b_wall:.1f} s wall "
-          f"{b_cpu:.1f} s cpu | ratio (plain/bulkbackup) wall {b_wall / a_wall:.2f} "
-          f"cpu {b_cpu / a_cpu:.2f} (target >= 0.95)")
-
+    medians = {name: (statistics.median(x[0] for x in t), statistics.median(x[1] for x in t))
+               for name, t in times.items()}
+    b_wall, b_cpu = medians["plain git"]
+    print(f"first archive, {os.cpu_count()} cores, medians of {args.rounds} rounds:")
+    for name, (wall, cpu) in medians.items():
+        print(f"  {name}: {wall:.1f} s wall, {cpu:.1f} s cpu; ratio plain git/it: wall "
+              f"{b_wall / wall:.2f}, cpu {b_cpu / cpu:.2f} (target >= 0.95)")
 
 if __name__ == "__main__":
     main()

@@ -288,6 +288,8 @@ def _render_verify(report: VerifyReport) -> str:
                      f"failed, {user.count(Outcome.NO_ARCHIVE)} without archive")
         lines += [f"  {r.name}: FAILED: {r.reason}" for r in user.repos
                   if r.outcome is Outcome.FAILED]
+        lines += [f"  {r.name}: verified, noted: {r.notes}" for r in user.repos
+                  if r.outcome is Outcome.VERIFIED and r.notes]
     return "\n".join(lines) if lines else "no users to verify"
 
 

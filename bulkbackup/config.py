@@ -105,7 +105,7 @@ class RunSettings:
     worker_host: str = field(default_factory=socket.gethostname)
     git_low_speed_bytes_s: int = 1000
     git_low_speed_time_s: int = 120
-    git_threads: int = 1
+    git_threads: int = 0  # 0: the cores shared among the procs (gitops.git_threads)
     git_big_file_mb: int = 64
     max_increments: int = 16
     keep_history_days: int = 365
@@ -221,7 +221,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "serve.port": (0, 65535),
     "run.git_low_speed_bytes_s": (0, None),  # 0: no low-speed limit
     "run.git_low_speed_time_s": (1, 86_400),
-    "run.git_threads": (1, 64),
+    "run.git_threads": (0, 64),
     "run.git_big_file_mb": (1, 4096),
     "run.max_increments": (0, 10_000),  # 0: every change is a full archive
     "run.keep_history_days": (0, 100 * 366),  # 0: no history kept past the current chain

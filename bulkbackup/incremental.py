@@ -31,6 +31,7 @@ from bulkbackup.store.base import (
     PUSHED_AT,
     UPDATED_AT,
     VERIFIED_AT,
+    VERIFY_NOTES,
 )
 from bulkbackup.store.fenced import FencedStore
 from bulkbackup.timeutil import format_rfc3339
@@ -110,6 +111,7 @@ class Incremental:
         meta = layout.updated_metadata(fresh, {**times, CHAIN: chain, INCREMENTS: str(n + 1),
                                                CHAIN_BYTES: str(total), ERROR: ""})
         meta.pop(VERIFIED_AT, None)  # the new state has not been verified
+        meta.pop(VERIFY_NOTES, None)
         fetched.bundle.unlink()  # a user's disk use is one repository's, not all of them
         store.replace_metadata(base_key, meta)
         return IncrementResult(IncrementOutcome.STORED, uploaded)

@@ -46,10 +46,21 @@ class Git:
 
     def __init__(self, settings: Settings, home: Path) -> None:
         self.timeout_s = settings.run.git_timeout_s
-        self.env = git_env(home, settings.github, None)
+        self.env = git_env(home, settings.github, None, settings.run)  # one process: its cores
         self.env["GIT_ALLOW_PROTOCOL"] = "file"  # a bundle is fetched as a local file
 
     def __call__(self, *args: str, cwd: Path) -> str:
+        """git's stdout; ArchiveError naming git's first error when it fails."""
+        status, out, err = self.run(*args, cwd=cwd)
+        if status != 0:
+            lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
+            fatal = [ln for ln in lines if ln.startswith(("fatal:", "error:"))] or lines
+            why = fatal[0] if fatal else f"exit status {status}"
+            raise ArchiveError(f"git {args[0]} failed: {why[:300]}")
+        return out
+
+    def run(self, *args: str, cwd: Path) -> tuple[int, str, str]:
+        """(exit status, stdout, stderr), whatever the status; ArchiveError on a timeout."""
         proc = subprocess.Popen(["git", *args], cwd=cwd, env=self.env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True)
@@ -59,13 +70,8 @@ class Git:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
             raise ArchiveError(f"git {args[0]} timed out after {self.timeout_s:g}s") from None
-        if proc.returncode != 0:
-            lines = [ln.strip() for ln in err.decode("utf-8", "replace").splitlines()
-                     if ln.strip()]
-            fatal = [ln for ln in lines if ln.startswith(("fatal:", "error:"))] or lines
-            why = fatal[0] if fatal else f"exit status {proc.returncode}"
-            raise ArchiveError(f"git {args[0]} failed: {why[:300]}")
-        return out.decode("utf-8", "replace")
+        return (proc.returncode, out.decode("utf-8", "replace"),
+                err.decode("utf-8", "replace"))
 
     def refs(self, repo: Path) -> dict[str, str]:
         out = self("for-each-ref", "--format=%(objectname) %(refname)", cwd=repo)

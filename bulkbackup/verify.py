@@ -30,10 +30,11 @@ from bulkbackup.archives import (
 )
 from bulkbackup.config import Settings
 from bulkbackup.errors import ArchiveError, InvalidName, StoreError
+from bulkbackup.fsck import fsck
 from bulkbackup.names import check_repo_name, is_login
 from bulkbackup.restore import Built, Git, build_mirror
 from bulkbackup.store import Store, layout
-from bulkbackup.store.base import ERROR, LAST_SYNC, LISTING_ETAGS, VERIFIED_AT
+from bulkbackup.store.base import ERROR, LAST_SYNC, LISTING_ETAGS, VERIFIED_AT, VERIFY_NOTES
 from bulkbackup.timeutil import format_rfc3339, now
 
 VERIFY_FAILED = layout.VERIFY_FAILED
@@ -50,6 +51,7 @@ class RepoVerify:
     name: str
     outcome: Outcome
     reason: str = ""
+    notes: str = ""  # verified, with `git fsck` messages git tolerates (VerifyNotes)
 
 
 @dataclass
@@ -89,7 +91,8 @@ class VerifyReport:
             "users": [{"login": u.login, "error": u.error or None,
                        **{o.value: u.count(o) for o in Outcome},
                        "repositories": [{"name": r.name, "result": r.outcome.value,
-                                         "reason": r.reason or None} for r in u.repos]}
+                                         "reason": r.reason or None,
+                                         "notes": r.notes or None} for r in u.repos]}
                       for u in self.users],
             "totals": self.totals(),
         }
@@ -155,9 +158,9 @@ def verify_repo(store: Store, settings: Settings, login: str, name: str, listed:
     with tempfile.TemporaryDirectory(prefix="verify-", dir=work_root,
                                      ignore_cleanup_errors=True) as scratch:
         try:
-            check_archive(store, Git(settings, Path(scratch)), archive, listed, Path(scratch),
-                          progress)
-            result = RepoVerify(name, Outcome.VERIFIED)
+            notes = check_archive(store, Git(settings, Path(scratch)), archive, listed,
+                                  Path(scratch), progress)
+            result = RepoVerify(name, Outcome.VERIFIED, notes=notes)
         except ArchiveError as exc:
             result = RepoVerify(name, Outcome.FAILED, str(exc))
         except StoreError as exc:  # reading the store failed, not the archive: not recorded
@@ -173,19 +176,21 @@ def verify_repo(store: Store, settings: Settings, login: str, name: str, listed:
 
 
 def check_archive(store: Store, git: Git, archive: RepoArchive, listed: str | None,
-                  work: Path, progress: bool = True) -> None:
-    """Raise ArchiveError naming the first thing wrong with ``archive``."""
+                  work: Path, progress: bool = True) -> str:
+    """Raise ArchiveError naming the first thing wrong with ``archive``; else return what
+    `git fsck` noted without failing (format oddities git reads, see bulkbackup.fsck)."""
     if not archive.parts:
         raise ArchiveError(archive.error.removeprefix(VERIFY_FAILED) if archive.error else
                            f"{archive.bundle_key} is zero bytes without an Error")
     repo = work / "repo.git"
     built = build_mirror(store, git, archive, repo, work, listed, progress)
-    git("fsck", "--full", "--no-progress", "--no-dangling", cwd=repo)
+    notes = fsck(git, repo).text()
     has_branches = any(r.startswith("refs/heads/") for r in built.refs)
     if listed and has_branches and f"refs/heads/{listed}" not in built.refs:
         raise ArchiveError(f"{archive.bundle_key}: the default branch {listed} (user object) "
                            "is not in the bundle")
     check_zip(store, archive, built, work, progress)
+    return notes
 
 
 def check_zip(store: Store, archive: RepoArchive, built: Built, work: Path,
@@ -233,6 +238,8 @@ def record(store: Store, archive: RepoArchive, result: RepoVerify) -> bool:
     changes: dict[str, str] = {}
     if result.outcome is Outcome.VERIFIED:
         changes[VERIFIED_AT] = format_rfc3339(now())
+        if result.notes or fresh.get(VERIFY_NOTES):
+            changes[VERIFY_NOTES] = result.notes  # this pass's notes replace the last one's
         if error.startswith(VERIFY_FAILED):
             changes[ERROR] = ""  # a failure seen earlier (e.g. a store read) is gone
     else:

@@ -165,7 +165,8 @@ class Worker:
         self.keeper.start()
         try:
             with work_dir(s, f"w{self.args.index}") as path:
-                job = UserBackup(s, store, github, GitWork(s.run, s.github, path))
+                job = UserBackup(s, store, github, GitWork(s.run, s.github, path,
+                                                             self.args.procs))
                 if self.feed is not None:
                     self._loop_listed(job, self.feed)
                 else:

@@ -34,6 +34,9 @@ CHAIN_BYTES = "ChainBytes"  # the committed increments' bytes (the half-size rul
 KEPT_SINCE = "KeptSince"  # the oldest kept chain's id (retention, without a listing)
 # When `verify` last proved the bundle restorable (RFC 3339 UTC).
 VERIFIED_AT = "VerifiedAt"
+# What that verify noted but did not fail for: `git fsck` messages about objects git reads
+# (e.g. a 2011 commit's time zone `+051800`), as `<msg-id> <count> (<object>); ...`.
+VERIFY_NOTES = "VerifyNotes"
 
 # Storj rejects user metadata above 2 KiB; keep a margin for names and encoding.
 METADATA_LIMIT_BYTES = 1900
@@ -61,7 +64,7 @@ class Head:
 
 
 _CANONICAL = {n.lower(): n for n in (LAST_SYNC, SYNCD_REPOS, REPORTED_REPOS, UPDATED_AT,
-                                     PUSHED_AT, ERROR, LISTING_ETAGS, VERIFIED_AT,
+                                     PUSHED_AT, ERROR, LISTING_ETAGS, VERIFIED_AT, VERIFY_NOTES,
                                      CHAIN, INCREMENTS, CHAIN_BYTES, KEPT_SINCE)}
 
 

@@ -20,6 +20,7 @@ import boto3
 import boto3.exceptions
 import botocore.exceptions
 from botocore.config import Config
+from s3transfer.utils import ReadFileChunk
 
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import ConfigError, NotFound, StoreError, one_line
@@ -227,14 +228,18 @@ class S3Store(Store):
                    before_commit: BeforeCommit) -> None:
         """A multipart upload done here, not by boto3's transfer manager, so that the commit
         (CompleteMultipartUpload) is fenced and any failure aborts the upload: no orphaned
-        parts. One part in memory at a time; workers parallelise users, not parts."""
+        parts. No part is held in memory: each is streamed from the file (a bounded,
+        seekable slice, so a retry or a checksum re-reads it from disk); workers
+        parallelise users, not parts."""
         part_bytes = max(self.settings.multipart_part_mb * _MIB, -(-size // _MAX_PARTS))
         upload_id = str(self._call(key, "store", lambda: self._client.create_multipart_upload(
             Bucket=self.bucket, Key=key, **extra))["UploadId"])
         try:
             parts: list[dict[str, Any]] = []
-            while chunk := src.read(part_bytes):
-                parts.append(self._upload_part(key, upload_id, len(parts) + 1, chunk))
+            for start in range(0, size, part_bytes):
+                src.seek(start)
+                body = ReadFileChunk(src, part_bytes, size, enable_callbacks=False)
+                parts.append(self._upload_part(key, upload_id, len(parts) + 1, body))
             with self._committing(before_commit):
                 self._call(key, "store", lambda: self._client.complete_multipart_upload(
                     Bucket=self.bucket, Key=key, UploadId=upload_id,
@@ -245,10 +250,10 @@ class S3Store(Store):
                                                     UploadId=upload_id)
             raise
 
-    def _upload_part(self, key: str, upload_id: str, number: int, chunk: bytes
+    def _upload_part(self, key: str, upload_id: str, number: int, body: ReadFileChunk
                      ) -> dict[str, Any]:
         resp = self._call(key, "store", lambda: self._client.upload_part(
-            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk))
+            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body))
         part: dict[str, Any] = {"PartNumber": number, "ETag": resp["ETag"]}
         for name in _PART_CHECKSUMS:  # flexible checksums sent with a part are completed with it
             if resp.get(name):

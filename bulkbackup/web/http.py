@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -73,10 +73,13 @@ def bearer(request: Request) -> str:
 async def read_logins(request: Request) -> tuple[list[str], str]:
     """The body's logins, validated (read up to BODY_MAX_BYTES); or an error message."""
     body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > BODY_MAX_BYTES:
-            return [], f"body larger than {BODY_MAX_BYTES} bytes"
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > BODY_MAX_BYTES:
+                return [], f"body larger than {BODY_MAX_BYTES} bytes"
+    except ClientDisconnect:  # gone, or closed at serve.body_timeout_s: no one to answer
+        return [], "the body was not received"
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:

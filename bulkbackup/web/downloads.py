@@ -23,6 +23,7 @@ from bulkbackup.store import Head, Store, layout
 CHUNK_BYTES = 64 * 1024
 PRESIGN_S = 300
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+DIGITS_MAX = 19  # 10**19 bytes is past any object
 # What can be downloaded (its Content-Type comes from the key: store.layout.content_type).
 KINDS = ("bundle", "zip")
 
@@ -43,7 +44,11 @@ class Unsatisfiable(Exception):
 
 def parse_range(header: str | None, size: int) -> ByteRange | None:
     """The one range ``header`` asks for; None for the whole object (no header, a header
-    this server does not serve such as several ranges, which RFC 9110 lets it ignore)."""
+    this server does not serve such as several ranges, which RFC 9110 lets it ignore).
+
+    Numbers longer than DIGITS_MAX are not parsed (they are past any object): a last
+    position or a suffix length that long means "to the end" / "all of it" (RFC 9110 14.1.1
+    clamps both), a first position that long is past the end (416)."""
     if not header:
         return None
     m = _RANGE.fullmatch(header.strip())
@@ -52,16 +57,16 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     first, last = m.group(1), m.group(2)
     if not first and not last:
         return None
-    if len(first) > 19 or len(last) > 19:
-        raise Unsatisfiable
     if not first:  # the last N bytes
-        n = int(last)
+        n = size if len(last) > DIGITS_MAX else int(last)
         if n == 0 or size == 0:
             raise Unsatisfiable
         return ByteRange(max(size - n, 0), size - 1)
+    if len(first) > DIGITS_MAX:
+        raise Unsatisfiable
     start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or (last and int(last) < start):
+    end = size - 1 if not last or len(last) > DIGITS_MAX else min(int(last), size - 1)
+    if start >= size or (last and len(last) <= DIGITS_MAX and int(last) < start):
         raise Unsatisfiable
     return ByteRange(start, end)
 
@@ -149,7 +154,7 @@ def respond(request: Request, store: Store, key: str, kind: str, head: Head,
         "Cache-Control": "public, max-age=60",
     }
     if redirect:
-        url = store.presigned_url(key, PRESIGN_S)
+        url = store.presigned_url(key, PRESIGN_S, name)  # saved as the streamed one is
         if url is not None:
             return RedirectResponse(url, status_code=302, headers={"Cache-Control": "no-store"})
     if _not_modified(request, tag, head):

@@ -91,7 +91,9 @@ async def read_logins(request: Request) -> tuple[list[str], str]:
         return [], f"at most {TRACK_MAX} logins per request"
     for login in logins:
         if not is_login(login):
-            return [], f"invalid login: {str(login)[:60]!r}"
+            # Only a string is quoted: str() of a 1000-deep list recurses past Python's limit.
+            shown = repr(login[:60]) if isinstance(login, str) else f"a {type(login).__name__}"
+            return [], f"invalid login: {shown}"
     return [str(x) for x in logins], ""
 
 

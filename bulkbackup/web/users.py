@@ -8,6 +8,7 @@ plus ZSCORE for the exact login. Calls block; the app runs them in the threadpoo
 
 from __future__ import annotations
 
+import base64
 import math
 from dataclasses import dataclass
 from importlib import resources
@@ -20,12 +21,13 @@ from bulkbackup.names import is_login
 from bulkbackup.store import Store
 from bulkbackup.store.base import ERROR, REPORTED_REPOS, SYNCD_REPOS
 from bulkbackup.store.layout import UserCounts
-from bulkbackup.web.data import iso
+from bulkbackup.web.data import iso, number
 from bulkbackup.web.detail import StoredUsers
 
 PAGE_SIZE = 50
 PAGE_MAX = 200
 TRACK_MAX = 1000
+CURSOR_MAX_CHARS = 1024
 
 
 class Status:
@@ -53,29 +55,49 @@ class UserRow:
 
 @dataclass(frozen=True)
 class Cursor:
-    """Where a page ends: the last row's score and member (ties are ordered by member)."""
+    """Where a page ends: the last row's score and `tracked` member (ties are ordered by
+    member). A member that is not a valid login's (put there by hand or by an older version)
+    still ends a page: it is skipped as a row, never as a place to go on from."""
 
     score: float
-    login: str
+    member: str
+
+    def score_text(self) -> str:
+        """The score as the page script and ZCOUNT read it."""
+        return "inf" if self.score == math.inf else "-inf" if self.score == -math.inf else (
+            repr(int(self.score)) if self.score == int(self.score) else repr(self.score))
 
     def encode(self) -> str:
-        s = "inf" if self.score == math.inf else "-inf" if self.score == -math.inf else (
-            repr(int(self.score)) if self.score == int(self.score) else repr(self.score))
-        return f"{s}_{self.login}"
+        s = self.score_text()
+        login = keys.login_of(self.member)
+        if self.member == keys.member(login) and is_login(login):
+            return f"{s}_{login}"
+        raw = base64.urlsafe_b64encode(self.member.encode("utf-8", "surrogateescape"))
+        return f"{s}~{raw.decode().rstrip('=')}"
 
     @classmethod
     def decode(cls, text: str) -> Cursor | None:
         """None for anything that is not a cursor this server made."""
-        head, sep, login = text[:80].partition("_")
-        if not sep or len(text) > 80 or not is_login(login):
+        if len(text) > CURSOR_MAX_CHARS:
             return None
+        cut = min((i for i in (text.find("_"), text.find("~")) if i >= 0), default=-1)
+        if cut < 0:
+            return None
+        head, sep, rest = text[:cut], text[cut], text[cut + 1:]
         try:
             score = float(head)
         except ValueError:
             return None
         if score != score or head.strip() != head:
             return None
-        return cls(score, login)
+        if sep == "_":
+            return cls(score, keys.member(rest)) if is_login(rest) else None
+        try:
+            member = base64.urlsafe_b64decode(rest + "=" * (-len(rest) % 4)).decode(
+                "utf-8", "surrogateescape")
+        except ValueError:
+            return None
+        return cls(score, member) if member else None
 
 
 def _script(r: redis.Redis) -> Any:
@@ -93,16 +115,14 @@ class Users:
              ) -> tuple[list[UserRow], Cursor | None]:
         """Users, newest sync first, after ``cursor``; and the cursor of the next page."""
         args = ["", "", limit] if cursor is None else [
-            Cursor.encode(cursor).partition("_")[0], keys.member(cursor.login), limit]
+            cursor.score_text(), cursor.member, limit]
         flat = self._page(keys=[keys.TRACKED], args=args)
         pairs = [(str(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
         rows = self.rows([(keys.login_of(m), s) for m, s in pairs if m.startswith(
             keys.MEMBER_PREFIX)], store)
-        nxt = None
-        if len(pairs) == limit:
-            member, score = pairs[-1]
-            login = keys.login_of(member)
-            nxt = Cursor(score, login) if is_login(login) else None
+        # The next page starts after the last member read, valid or not: an invalid one is
+        # skipped, never the end of the list.
+        nxt = Cursor(pairs[-1][1], pairs[-1][0]) if len(pairs) == limit else None
         return rows, nxt
 
     def search(self, prefix: str, limit: int, store: Store) -> tuple[list[UserRow], bool]:
@@ -143,7 +163,7 @@ class Users:
         rows = []
         for i, (login, score) in enumerate(users):
             if score == math.inf and before[i] is not None:
-                score = float(before[i])  # parked while claimed: its last sync is saved
+                score = number(before[i])  # parked while claimed: its last sync is saved
             rows.append(_row(login, score, locked[i] is not None, summaries[i], store))
         return rows
 
@@ -166,7 +186,7 @@ class Users:
             user = {"login": login, "last_sync": None, "syncd_repos": None,
                     "reported_repos": None, "error": None, "repositories": []}
         if score == math.inf and before is not None:
-            score = float(before)
+            score = number(before)
         row = _row(login, None if score is None else float(score), bool(locked), summary, None,
                    has_error=bool(user["error"]) if user["last_sync"] else None)
         return {"user": user, "status": row.status, "score_sync": row.last_sync,

@@ -117,6 +117,8 @@ class ServeSettings:
     port: int = 8000
     admin_token: str = field(default="", repr=False)  # a secret: never in a repr
     redirect_downloads: bool = False
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,8 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "run.redis_retry_s": (0, 86_400),
     "run.max_attempts": (1, 1000),
     "serve.port": (0, 65535),
+    "serve.header_timeout_s": (0.1, 3600),
+    "serve.body_timeout_s": (0.1, 3600),
     "run.git_low_speed_bytes_s": (0, None),  # 0: no low-speed limit
     "run.git_low_speed_time_s": (1, 86_400),
     "run.git_threads": (0, 64),

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +47,8 @@ class Served:
     proc: subprocess.Popen[bytes]
     log: Path
 
-    def get(self, path: str, **kwargs: object) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=30, **kwargs)  # type: ignore[arg-type]
+    def get(self, path: str, timeout: float = 30, **kwargs: object) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=timeout, **kwargs)  # type: ignore[arg-type]
 
     def raw(self, method: str, path: str, headers: dict[str, str] | None = None
             ) -> tuple[int, dict[str, str], bytes]:
@@ -66,11 +66,13 @@ class Served:
             conn.close()
 
 
-def start_serve(env: dict[str, str], log: Path, *args: str) -> Served:
+def start_serve(env: dict[str, str], log: Path, *args: str,
+                preexec_fn: Callable[[], None] | None = None) -> Served:
     port = free_port()
     with log.open("ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "bulkbackup", "serve", "--port",
-                                 str(port), *args], env=env, cwd=ROOT, stdout=out, stderr=out)
+                                 str(port), *args], env=env, cwd=ROOT, stdout=out, stderr=out,
+                                preexec_fn=preexec_fn)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -178,9 +178,9 @@ class Store(abc.ABC):
         None (S3: download it). Readers must not write to it."""
         return None
 
-    def presigned_url(self, key: str, expires_s: int) -> str | None:
-        """A URL that downloads ``key`` without credentials, or None when the store has none
-        (the local store)."""
+    def presigned_url(self, key: str, expires_s: int, file_name: str = "") -> str | None:
+        """A URL that downloads ``key`` without credentials, saved as ``file_name`` (default:
+        the key's last part), or None when the store has none (the local store)."""
         return None
 
     def read_bytes(self, key: str) -> bytes:

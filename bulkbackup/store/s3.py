@@ -352,9 +352,9 @@ class S3Store(Store):
         for page in self._pages("the users", Delimiter="/", Prefix=prefix):
             yield from self._infos(page)
 
-    def presigned_url(self, key: str, expires_s: int) -> str | None:
+    def presigned_url(self, key: str, expires_s: int, file_name: str = "") -> str | None:
         check_key(key)
-        name = key.rsplit("/", 1)[-1]
+        name = file_name or key.rsplit("/", 1)[-1]
         return str(self._call(key, "sign", lambda: self._client.generate_presigned_url(
             "get_object", ExpiresIn=expires_s, Params={
                 "Bucket": self.bucket, "Key": key,

@@ -30,7 +30,7 @@ from bulkbackup.config import Settings
 from bulkbackup.errors import StoreError
 from bulkbackup.names import is_login, is_repo_name
 from bulkbackup.store import Store, layout
-from bulkbackup.web import data, downloads, http, metrics
+from bulkbackup.web import data, downloads, http, memory, metrics
 from bulkbackup.web.http import JSONResponse, Unavailable
 from bulkbackup.web.render import svg
 from bulkbackup.web.restore_cmds import restore_commands
@@ -61,6 +61,7 @@ class Site:
         self.registry = metrics.registry(self.backend)
         # Users described at once (each runs up to detail.HEAD_THREADS store requests).
         self.detail_slots = asyncio.Semaphore(DETAIL_CONCURRENCY)
+        self.trimmer = memory.Trimmer()
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -210,7 +211,8 @@ class Site:
         if head is None or head.size == 0:  # a zero-byte bundle means "no archive"
             raise HTTPException(404)
         return await self.blocking(downloads.respond, request, store, key, kind, head,
-                                   self.settings.serve.redirect_downloads)
+                                   self.settings.serve.redirect_downloads,
+                                   self.trimmer.download_ended)
 
     # -- workers, writes, health ---------------------------------------------------------------
 
@@ -297,7 +299,9 @@ def create_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        trimming = asyncio.create_task(site.trimmer.run())
         yield
+        trimming.cancel()
         site.users.stored.close()
         site.backend.close()
 

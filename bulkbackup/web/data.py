@@ -8,6 +8,7 @@ runs them in Starlette's threadpool.
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -242,7 +243,8 @@ def iso(epoch: float | None) -> str | None:
 
 
 def _iso(epoch: float | None) -> str | None:
-    if epoch is None or epoch != epoch or epoch in (float("inf"), float("-inf")):
+    """The time in ISO 8601; None (shown as unknown) outside years 1970-9999."""
+    if epoch is None or not 0 <= epoch <= EPOCH_MAX_S:  # NaN fails the comparison too
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
@@ -265,23 +267,42 @@ def _dig(doc: dict[str, Any], *path: str) -> int | None:
 
 
 def _sum(*values: int | None) -> int | None:
-    return None if any(v is None for v in values) else sum(v or 0 for v in values)
+    return None if any(v is None for v in values) else _int(sum(v or 0 for v in values))
+
+
+# Every number a page shows from Redis goes through _int or _float: anything else than a
+# finite number in range (a count above what a signed 64-bit integer holds, 1e300, "inf") is
+# None, shown as unknown, never a 500 (JSON encoders refuse integers past 64 bits).
+INT_MAX = 2**63 - 1
+# 9999-12-31T23:59:59Z: the last time ISO 8601's four-digit years (and gmtime) can show.
+EPOCH_MAX_S = 253_402_300_799
 
 
 def _int(value: object) -> int | None:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
-        return value
-    try:
-        return int(float(str(value))) if value is not None else None
-    except (ValueError, OverflowError):
-        return None
+        return value if -INT_MAX <= value <= INT_MAX else None
+    text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    if text.isdigit() and len(text) <= 19:  # exact, where a float would round
+        return _int(int(text))
+    f = _float(text)
+    return int(f) if f is not None and -INT_MAX <= f <= INT_MAX else None
 
 
 def _float(value: object) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    if len(text) > 100:  # int("9" * 5000) is slow, and no figure is that long
+        return None
     try:
-        f = float(str(value)) if value is not None and not isinstance(value, bool) else None
+        f = float(text)
     except ValueError:
         return None
-    return f if f is not None and f == f else None
+    return f if math.isfinite(f) else None
+
+
+def number(value: object) -> float | None:
+    """A figure read from Redis for a page: finite, or None (unknown)."""
+    return _float(value)

@@ -18,6 +18,7 @@ from typing import Any, cast
 import orjson
 
 from bulkbackup.errors import BulkbackupError, NotFound, StoreError
+from bulkbackup.names import is_repo_name
 from bulkbackup.show import describe
 from bulkbackup.store import Head, ObjectInfo, Store, layout
 
@@ -110,7 +111,7 @@ class StoredUsers:
     def _describe(self, store: Store, login: str) -> dict[str, Any] | None:
         proxy = _Prefetching(store, self._pool)
         try:
-            return describe(cast(Store, proxy), login)
+            user = describe(cast(Store, proxy), login)
         except NotFound:
             return None
         except StoreError:
@@ -119,6 +120,10 @@ class StoredUsers:
             return None
         finally:
             proxy.drain()
+        # A key whose repository part is not a valid name (put there by hand) is no
+        # repository: the page would offer a download link and a command to copy for it.
+        user["repositories"] = [r for r in user["repositories"] if is_repo_name(r["name"])]
+        return user
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

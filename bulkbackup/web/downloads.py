@@ -1,24 +1,29 @@
 """Archive downloads streamed from the store: HEAD, ETag/Last-Modified, single-range Range.
 
 The data never sits whole in memory: it is read in CHUNK_BYTES pieces in the threadpool and
-written as the client takes it (the server's flow control pauses reading for slow clients).
+written as the client takes it. uvicorn waits for a slow client's socket to drain before it
+writes the next piece (not after), so a stalled client holds about two pieces plus the
+transport's 64 KiB high-water mark: the pieces are small so that hundreds of stalled clients
+hold little (measured in tests/test_serve_hostile.py).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from email.utils import format_datetime, parsedate_to_datetime
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from bulkbackup.store import Head, Store, layout
 
-CHUNK_BYTES = 1024 * 1024
+CHUNK_BYTES = 64 * 1024
 PRESIGN_S = 300
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+DIGITS_MAX = 19  # 10**19 bytes is past any object
 # What can be downloaded (its Content-Type comes from the key: store.layout.content_type).
 KINDS = ("bundle", "zip")
 
@@ -39,7 +44,11 @@ class Unsatisfiable(Exception):
 
 def parse_range(header: str | None, size: int) -> ByteRange | None:
     """The one range ``header`` asks for; None for the whole object (no header, a header
-    this server does not serve such as several ranges, which RFC 9110 lets it ignore)."""
+    this server does not serve such as several ranges, which RFC 9110 lets it ignore).
+
+    Numbers longer than DIGITS_MAX are not parsed (they are past any object): a last
+    position or a suffix length that long means "to the end" / "all of it" (RFC 9110 14.1.1
+    clamps both), a first position that long is past the end (416)."""
     if not header:
         return None
     m = _RANGE.fullmatch(header.strip())
@@ -48,16 +57,16 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     first, last = m.group(1), m.group(2)
     if not first and not last:
         return None
-    if len(first) > 19 or len(last) > 19:
-        raise Unsatisfiable
     if not first:  # the last N bytes
-        n = int(last)
+        n = size if len(last) > DIGITS_MAX else int(last)
         if n == 0 or size == 0:
             raise Unsatisfiable
         return ByteRange(max(size - n, 0), size - 1)
+    if len(first) > DIGITS_MAX:
+        raise Unsatisfiable
     start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or (last and int(last) < start):
+    end = size - 1 if not last or len(last) > DIGITS_MAX else min(int(last), size - 1)
+    if start >= size or (last and len(last) <= DIGITS_MAX and int(last) < start):
         raise Unsatisfiable
     return ByteRange(start, end)
 
@@ -93,20 +102,47 @@ def _range_applies(request: Request, tag: str, head: Head) -> bool:
         return False
 
 
-def _chunks(store: Store, key: str, start: int, length: int) -> Iterator[bytes]:
+def _chunks(store: Store, key: str, start: int, length: int
+            ) -> Generator[bytes, None, None]:
     with store.open(key, start, start + length if length else None) as f:
         left = length
+        # read1: one read of the underlying stream, never a fill of a (1 MiB) read-ahead
+        # buffer that a stalled client would hold.
+        read = getattr(f, "read1", f.read)
         while left > 0:
-            data = f.read(min(CHUNK_BYTES, left))
+            data = read(min(CHUNK_BYTES, left))
             if not data:
                 return  # the object changed under us: the client sees a short body
             left -= len(data)
             yield data
 
 
+class Download(StreamingResponse):
+    """A streamed body whose reader (open file, store connection, buffers) is closed as soon
+    as the response ends, even when the client went away: left to the garbage collector, an
+    abandoned one stays open until a collection runs, which an idle server never does."""
+
+    def __init__(self, chunks: Generator[bytes, None, None], ended: Callable[[], None],
+                 status_code: int, headers: dict[str, str], media_type: str) -> None:
+        super().__init__(chunks, status_code=status_code, headers=headers,
+                         media_type=media_type)
+        self._chunks = chunks
+        self._ended = ended
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # No thread is inside the generator now (the threadpool call is waited for even
+            # when cancelled), and closing a file or a store connection does not block.
+            self._chunks.close()
+            self._ended()
+
+
 def respond(request: Request, store: Store, key: str, kind: str, head: Head,
-            redirect: bool) -> Response:
-    """The download response for ``key`` (already known to exist with data)."""
+            redirect: bool, ended: Callable[[], None] = lambda: None) -> Response:
+    """The download response for ``key`` (already known to exist with data); ``ended`` is
+    called when its body has been sent or abandoned."""
     name = layout.file_name(key)
     tag = etag(head)
     headers = {
@@ -118,7 +154,7 @@ def respond(request: Request, store: Store, key: str, kind: str, head: Head,
         "Cache-Control": "public, max-age=60",
     }
     if redirect:
-        url = store.presigned_url(key, PRESIGN_S)
+        url = store.presigned_url(key, PRESIGN_S, name)  # saved as the streamed one is
         if url is not None:
             return RedirectResponse(url, status_code=302, headers={"Cache-Control": "no-store"})
     if _not_modified(request, tag, head):
@@ -138,8 +174,8 @@ def respond(request: Request, store: Store, key: str, kind: str, head: Head,
     media = layout.content_type(key)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=media)
-    return StreamingResponse(_chunks(store, key, start, length), status_code=status,
-                             headers=headers, media_type=media)
+    return Download(_chunks(store, key, start, length), ended, status_code=status,
+                    headers=headers, media_type=media)
 
 
 def respond_json(request: Request, store: Store, login: str, head: Head) -> Response:

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 from markupsafe import Markup, escape
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -83,10 +83,13 @@ def bearer(request: Request) -> str:
 async def read_logins(request: Request) -> tuple[list[str], str]:
     """The body's logins, validated (read up to BODY_MAX_BYTES); or an error message."""
     body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > BODY_MAX_BYTES:
-            return [], f"body larger than {BODY_MAX_BYTES} bytes"
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > BODY_MAX_BYTES:
+                return [], f"body larger than {BODY_MAX_BYTES} bytes"
+    except ClientDisconnect:  # gone, or closed at serve.body_timeout_s: no one to answer
+        return [], "the body was not received"
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -98,7 +101,9 @@ async def read_logins(request: Request) -> tuple[list[str], str]:
         return [], f"at most {TRACK_MAX} logins per request"
     for login in logins:
         if not is_login(login):
-            return [], f"invalid login: {str(login)[:60]!r}"
+            # Only a string is quoted: str() of a 1000-deep list recurses past Python's limit.
+            shown = repr(login[:60]) if isinstance(login, str) else f"a {type(login).__name__}"
+            return [], f"invalid login: {shown}"
     return [str(x) for x in logins], ""
 
 

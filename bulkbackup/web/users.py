@@ -8,6 +8,7 @@ plus ZSCORE for the exact login. Calls block; the app runs them in the threadpoo
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 from dataclasses import dataclass
@@ -22,13 +23,14 @@ from bulkbackup.results import error_kind
 from bulkbackup.store import Head, Store
 from bulkbackup.store.base import ERROR, REPORTED_REPOS, SYNCD_REPOS
 from bulkbackup.store.layout import UserCounts
-from bulkbackup.web.data import iso
+from bulkbackup.web.data import iso, number
 from bulkbackup.web.detail import StoredUsers
 
 log = logging.getLogger(__name__)
 PAGE_SIZE = 50
 PAGE_MAX = 200
 TRACK_MAX = 1000
+CURSOR_MAX_CHARS = 1024
 
 
 class Status:
@@ -72,29 +74,49 @@ def badge_of(status: str, error: str | None) -> str:
 
 @dataclass(frozen=True)
 class Cursor:
-    """Where a page ends: the last row's score and member (ties are ordered by member)."""
+    """Where a page ends: the last row's score and `tracked` member (ties are ordered by
+    member). A member that is not a valid login's (put there by hand or by an older version)
+    still ends a page: it is skipped as a row, never as a place to go on from."""
 
     score: float
-    login: str
+    member: str
+
+    def score_text(self) -> str:
+        """The score as the page script and ZCOUNT read it."""
+        return "inf" if self.score == math.inf else "-inf" if self.score == -math.inf else (
+            repr(int(self.score)) if self.score == int(self.score) else repr(self.score))
 
     def encode(self) -> str:
-        s = "inf" if self.score == math.inf else "-inf" if self.score == -math.inf else (
-            repr(int(self.score)) if self.score == int(self.score) else repr(self.score))
-        return f"{s}_{self.login}"
+        s = self.score_text()
+        login = keys.login_of(self.member)
+        if self.member == keys.member(login) and is_login(login):
+            return f"{s}_{login}"
+        raw = base64.urlsafe_b64encode(self.member.encode("utf-8", "surrogateescape"))
+        return f"{s}~{raw.decode().rstrip('=')}"
 
     @classmethod
     def decode(cls, text: str) -> Cursor | None:
         """None for anything that is not a cursor this server made."""
-        head, sep, login = text[:80].partition("_")
-        if not sep or len(text) > 80 or not is_login(login):
+        if len(text) > CURSOR_MAX_CHARS:
             return None
+        cut = min((i for i in (text.find("_"), text.find("~")) if i >= 0), default=-1)
+        if cut < 0:
+            return None
+        head, sep, rest = text[:cut], text[cut], text[cut + 1:]
         try:
             score = float(head)
         except ValueError:
             return None
         if score != score or head.strip() != head:
             return None
-        return cls(score, login)
+        if sep == "_":
+            return cls(score, keys.member(rest)) if is_login(rest) else None
+        try:
+            member = base64.urlsafe_b64decode(rest + "=" * (-len(rest) % 4)).decode(
+                "utf-8", "surrogateescape")
+        except ValueError:
+            return None
+        return cls(score, member) if member else None
 
 
 def _script(r: redis.Redis) -> Any:
@@ -112,16 +134,14 @@ class Users:
              ) -> tuple[list[UserRow], Cursor | None]:
         """Users, newest sync first, after ``cursor``; and the cursor of the next page."""
         args = ["", "", limit] if cursor is None else [
-            Cursor.encode(cursor).partition("_")[0], keys.member(cursor.login), limit]
+            cursor.score_text(), cursor.member, limit]
         flat = self._page(keys=[keys.TRACKED], args=args)
         pairs = [(str(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
         rows = self.rows([(keys.login_of(m), s) for m, s in pairs if m.startswith(
             keys.MEMBER_PREFIX)], store)
-        nxt = None
-        if len(pairs) == limit:
-            member, score = pairs[-1]
-            login = keys.login_of(member)
-            nxt = Cursor(score, login) if is_login(login) else None
+        # The next page starts after the last member read, valid or not: an invalid one is
+        # skipped, never the end of the list.
+        nxt = Cursor(pairs[-1][1], pairs[-1][0]) if len(pairs) == limit else None
         return rows, nxt
 
     def search(self, prefix: str, limit: int, store: Store) -> tuple[list[UserRow], bool]:
@@ -160,7 +180,7 @@ class Users:
         pipe.hmget(keys.SYNCD, [login for login, _ in users])
         pipe.hmget(keys.CLAIMS, members)
         locked, summaries, before = pipe.execute()
-        scores = [float(before[i]) if score == math.inf and before[i] is not None else score
+        scores = [number(before[i]) if score == math.inf and before[i] is not None else score
                   for i, (_, score) in enumerate(users)]  # parked while claimed: saved
         synced = [login for (login, _), score in zip(users, scores, strict=True)
                   if score is not None and score > -math.inf]
@@ -207,7 +227,7 @@ class Users:
         pipe.hget(keys.CLAIMS, keys.member(login))
         score, locked, summary, before = pipe.execute()
         if score == math.inf and before is not None:
-            score = float(before)
+            score = number(before)
         return None if score is None else float(score), bool(locked), summary
 
 
@@ -238,4 +258,5 @@ def _row(login: str, score: float | None, locked: bool, summary: str | None,
 
 
 def _digits(text: str) -> int | None:
-    return int(text) if text.isdigit() else None
+    """A count from stored metadata; unknown past 18 digits (JSON numbers are 64-bit)."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None

@@ -3,7 +3,8 @@
 One urllib3 pool per process. Every request is reserved with the quota broker first
 (quota.py: shared by every process on every host, or this process's own without Redis), and
 its answer's x-ratelimit-* headers are recorded there; when every token is known spent or
-paused nothing is sent until the earliest reset. A rate limit never fails a user. 5xx
+paused nothing is sent until the earliest reset. A rate limit never fails a user, nor does a
+refused token (401, a 403 that is not a rate limit: TokenRefused, exit 2). 5xx
 answers and connection errors get bounded retries with backoff and jitter.
 Everything the API says is bounded: each answer in time (github.timeout_s) and size
 (github.max_response_mb), a listing in pages (github.max_pages, no page twice) and in time

@@ -12,7 +12,9 @@ that also builds the query), so readers of the store see one shape whichever API
 Failure handling: an alias answered null (`NOT_FOUND`) is a gone owner and fails no other;
 502/504, a "resource limits" error, a read timeout or an oversized answer split the batch in
 halves (the batch size adapts down, and back up after successes); RATE_LIMITED answers and
-secondary limits (403/429 + Retry-After) are waits through the quota broker, never failures.
+403/429 limits are waits through the quota broker (REST's rule: `Broker.limited`), never
+failures; a 401 or another 403 is a refused token (TokenRefused: exit 2, no owner failed). An
+owner's pages are bounded as REST's (github.max_pages, no cursor twice, github.user_deadline_s).
 """
 
 from __future__ import annotations

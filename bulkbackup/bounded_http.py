@@ -132,3 +132,22 @@ def _read_body(resp: urllib3.BaseHTTPResponse, ends: float, max_bytes: int) -> b
         if size > max_bytes:
             raise TooLarge()
         chunks.append(chunk)
+
+
+def read_whole(resp: urllib3.BaseHTTPResponse, limit: int, deadline: float) -> bytes:
+    """The whole body of a streamed answer, at most `limit` bytes (TooLarge), read by
+    `deadline` (time.monotonic(); Overdue). An aborted read closes the connection."""
+    chunks, total = [], 0
+    try:
+        for chunk in resp.stream(_CHUNK):
+            total += len(chunk)
+            if total > limit:
+                raise TooLarge
+            if time.monotonic() > deadline:
+                raise Overdue("the answer took too long")
+            chunks.append(chunk)
+    except BaseException:
+        resp.close()
+        raise
+    resp.release_conn()
+    return b"".join(chunks)

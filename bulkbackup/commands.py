@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from bulkbackup.config import Settings
-from bulkbackup.errors import InvalidName, UsageError
+from bulkbackup.errors import ConfigError, InvalidName, UsageError
 from bulkbackup.timeutil import parse_strict
 
 if TYPE_CHECKING:
@@ -160,6 +160,8 @@ def run_command(settings: Settings, procs: int | None, max_users: int | None,
                  notify=lambda message: print(f"bulkbackup: {message}", file=sys.stderr))
     totals = report.totals
     print(totals.summary(), file=sys.stderr)
+    if report.fatal and totals.failure_code == ConfigError.exit_code:
+        raise ConfigError(totals.failure)  # e.g. a token refused mid-run: users given back
     if report.fatal:
         raise BulkbackupError(f"{report.fatal}: {totals.failure}" if totals.failure
                               else report.fatal)
@@ -181,11 +183,33 @@ def run_command(settings: Settings, procs: int | None, max_users: int | None,
 
 
 def _preflight(settings: Settings) -> None:
-    """Open the store once before any worker starts: a missing bucket or refused credentials
-    is then a ConfigError (exit 2, so systemd stops restarting), not N workers failing."""
+    """Open the store once and prove the GitHub tokens before any worker starts: a missing
+    bucket, refused credentials or a token GitHub refuses is then a ConfigError (exit 2, so
+    systemd stops restarting) before any user is claimed, not N workers failing."""
     from bulkbackup.store import open_store
 
     open_store(settings.store).close()
+    _prove_tokens(settings)
+
+
+def _prove_tokens(settings: Settings) -> None:
+    """One cheap call per token on the API `run` lists with (GraphQL: a `rateLimit` query,
+    1 point, also without a token, which GitHub refuses; REST: `GET /rate_limit`, free),
+    through the shared quota broker: TokenRefused (exit 2) names a refused token's place."""
+    from bulkbackup.connection import connect
+    from bulkbackup.github import GitHub
+    from bulkbackup.graphql import GraphQLLister
+    from bulkbackup.quota import Broker
+
+    r = connect(settings.redis)
+    broker = Broker(r, settings.github.tokens)
+    client = (GraphQLLister(settings.github, broker) if settings.github.api == "graphql"
+              else GitHub(settings.github, broker=broker))
+    try:
+        client.prove_tokens()
+    finally:
+        client.close()
+        r.close()
 
 
 def _parse_time(text: str) -> datetime:

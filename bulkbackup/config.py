@@ -159,6 +159,14 @@ def load(
     return _apply_env(settings, env)
 
 
+def token_origin(env: typing.Mapping[str, str] | None = None) -> str:
+    """Where the tokens came from, to name one by position (`GITHUB_TOKENS token 2 of 3`):
+    the variables `_apply_env` reads (GITHUB_TOKEN first), else the settings file."""
+    env = os.environ if env is None else env
+    names = [n for n in ("GITHUB_TOKEN", "GITHUB_TOKENS") if env.get(n, "").strip(", ")]
+    return "+".join(names) or "github.tokens"
+
+
 def _apply_env(s: Settings, env: typing.Mapping[str, str]) -> Settings:
     redis_s, store_s, gh, run = s.redis, s.store, s.github, s.run
     if env.get("REDIS_URL"):

@@ -17,6 +17,12 @@ class ConfigError(BulkbackupError):
     exit_code = 2
 
 
+class TokenRefused(ConfigError):
+    """GitHub refused a token (401, or a 403 that is not a rate limit): every request with it
+    would be refused alike, so it is no user's failure; the command stops (exit 2). The
+    message names the token's position, never its value."""
+
+
 class UsageError(BulkbackupError):
     """The command line is wrong."""
 

@@ -3,7 +3,8 @@
 One urllib3 pool per process. Every request is reserved with the quota broker first
 (quota.py: shared by every process on every host, or this process's own without Redis), and
 its answer's x-ratelimit-* headers are recorded there; when every token is known spent or
-paused nothing is sent until the earliest reset. A rate limit never fails a user. 5xx
+paused nothing is sent until the earliest reset. A rate limit never fails a user, nor does a
+refused token (401, a 403 that is not a rate limit: TokenRefused, exit 2). 5xx
 answers and connection errors get bounded retries with backoff and jitter.
 Everything the API says is bounded: each answer in time (github.timeout_s) and size
 (github.max_response_mb), a listing in pages (github.max_pages, no page twice) and in time
@@ -29,7 +30,7 @@ from bulkbackup.bounded_http import BoundedPool, Overdue, TooLarge
 from bulkbackup.config import GitHubSettings
 from bulkbackup.errors import GitHubError, Interrupted, UserGone
 from bulkbackup.names import check_login
-from bulkbackup.quota import Broker, RateHeaders, Reservation, Resource
+from bulkbackup.quota import Broker, Resource, Wait
 from bulkbackup.redact import add_secrets, redact
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,26 @@ class GitHub:
         """Wait until a token is usable (at most github.max_rate_wait_s at a time); for a
         caller that gave a RateLimited user back, so it waits holding no user."""
         self.broker.wait_ready(Resource.CORE, self.stop, self.settings.max_rate_wait_s)
+
+    def prove_tokens(self) -> None:
+        """`GET /rate_limit` (free) with each token: TokenRefused for one GitHub refuses.
+        Anonymous REST needs no proof; a token known spent or paused, or an answer that
+        proves nothing (unreachable, 5xx), is let through: the listings handle those."""
+        url = f"{self.settings.api_url}/rate_limit"
+        for tid in self.broker.token_ids:
+            res = self.broker.reserve(Resource.CORE, 1, only=tid)
+            if isinstance(res, Wait) or res.token is None:
+                continue
+            try:
+                status, got, body = self._request(url, {"Authorization": f"Bearer {res.token}"},
+                                                  time.monotonic() + self.settings.timeout_s)
+            except (Overdue, GitHubError, urllib3.exceptions.HTTPError) as exc:
+                log.warning("could not prove a token (%s): %s", url, redact(str(exc))[:200])
+                continue
+            self.broker.record(res, got)
+            max_s = self.settings.max_rate_wait_s
+            if status in (401, 403) and not self.broker.limited(res, status, got, body, max_s):
+                raise self.broker.refused(res, status, body, "REST API")
 
     def list_repos(self, login: str, etags: list[str] | None = None) -> Listing:
         """All of ``login``'s repositories.
@@ -196,15 +217,15 @@ class GitHub:
                 reason = redact(f"{type(exc).__name__}: {exc}")
                 self._retry_or_raise(failures, f"GitHub API unreachable: {reason}", deadline)
                 continue
-            known = self.broker.record(res, got)
-            if status in (403, 429) and self._rate_limited(status, got, body, res, known):
+            self.broker.record(res, got)
+            if self.broker.limited(res, status, got, body, self.settings.max_rate_wait_s):
                 continue
             if status >= 500:
                 failures += 1
                 self._retry_or_raise(failures, f"GitHub API answered HTTP {status}", deadline)
                 continue
-            if status in (401, 403):
-                raise GitHubError(f"GitHub API refused the request: HTTP {status}")
+            if status in (401, 403):  # the token, not the user: no user's failure
+                raise self.broker.refused(res, status, body, "REST API")
             if status in (301, 302, 307, 308) and redirects < 3:
                 # A renamed user: follow, but only on the API's own host (the token goes too).
                 redirects += 1
@@ -223,30 +244,6 @@ class GitHub:
         except TooLarge:
             raise GitHubError(f"GitHub API answer larger than github.max_response_mb "
                               f"({limit_mb} MB)") from None
-
-    def _rate_limited(self, status: int, h: urllib3.HTTPHeaderDict, body: bytes,
-                      res: Reservation, known: int | None) -> bool:
-        """Tell the broker (every process) about a rate limit; False if this 403 is not one.
-
-        A primary limit with usable headers is already recorded (remaining 0 until its
-        reset, at most an hour away); anything else pauses the token: Retry-After (bounded),
-        else 60 s, doubling while they repeat. Values from the network (`inf`, `nan`,
-        negative) are never trusted as times."""
-        retry_after = h.get("Retry-After")
-        cap_s = self.settings.max_rate_wait_s
-        if retry_after is not None:
-            self.broker.pause(res, retry_after, cap_s)
-            return True
-        if h.get("X-RateLimit-Remaining") == "0":
-            rate = RateHeaders.parse(h)
-            if known != 0 or rate is None or rate.reset <= time.time():
-                # No usable reset: wait as for a secondary limit.
-                self.broker.pause(res, None, cap_s)
-            return True
-        if status == 429 or b"rate limit" in body[:500].lower():
-            self.broker.pause(res, None, cap_s)
-            return True
-        return False
 
     def _retry_or_raise(self, failures: int, message: str, deadline: float) -> None:
         if failures > self.settings.max_retries:

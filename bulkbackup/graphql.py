@@ -12,7 +12,9 @@ that also builds the query), so readers of the store see one shape whichever API
 Failure handling: an alias answered null (`NOT_FOUND`) is a gone owner and fails no other;
 502/504, a "resource limits" error, a read timeout or an oversized answer split the batch in
 halves (the batch size adapts down, and back up after successes); RATE_LIMITED answers and
-secondary limits (403/429 + Retry-After) are waits through the quota broker, never failures.
+403/429 limits are waits through the quota broker (REST's rule: `Broker.limited`), never
+failures; a 401 or another 403 is a refused token (TokenRefused: exit 2, no owner failed). An
+owner's pages are bounded as REST's (github.max_pages, no cursor twice, github.user_deadline_s).
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ import orjson
 import urllib3
 
 from bulkbackup import __version__
+from bulkbackup.bounded_http import Overdue, TooLarge, read_whole
 from bulkbackup.config import GitHubSettings
-from bulkbackup.errors import Interrupted, InvalidName, RateLimited
+from bulkbackup.errors import Interrupted, InvalidName, RateLimited, TokenRefused
 from bulkbackup.graphql_query import build_query, points_for, to_rest
 from bulkbackup.names import check_login
-from bulkbackup.quota import Broker, RateHeaders, Reservation, Resource
+from bulkbackup.quota import Broker, Reservation, Resource, Wait
 from bulkbackup.redact import add_secrets, redact
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,8 @@ MAX_BODY_BYTES = 32 << 20  # larger answers split the batch
 MAX_REPOS_PER_OWNER = 200_000
 MAX_CURSOR_CHARS = 1000
 GROW_AFTER = 2  # full batches passing before a split batch size doubles again
+# The proof of a token (`prove_tokens`): 1 point, the least a query costs.
+PROOF_QUERY = "query { rateLimit { cost remaining resetAt } }"
 
 
 class Outcome(Enum):
@@ -61,6 +66,16 @@ class OwnerResult:
 
     def fail(self, outcome: Outcome, error: str) -> None:
         self.outcome, self.error, self.repos = outcome, error, []
+
+
+@dataclass
+class _Paging:
+    """An owner's pages so far: REST's bounds apply (github.max_pages, no cursor twice,
+    github.user_deadline_s from its first query)."""
+
+    pages: int = 0
+    cursors: set[str] = field(default_factory=set)
+    deadline: float | None = None  # time.monotonic()
 
 
 @dataclass
@@ -106,6 +121,7 @@ class GraphQLLister:
         self._good = 0
         self._queue: deque[tuple[str, str | None]] = deque()  # (login, cursor): next pages
         self._open: dict[str, OwnerResult] = {}  # submitted, not finished
+        self._paging: dict[str, _Paging] = {}  # the same owners' pages
         self._ready: list[OwnerResult] = []  # finished, not yet returned by step()
         add_secrets(settings.tokens)
         self._http = urllib3.PoolManager(
@@ -154,6 +170,7 @@ class GraphQLLister:
                 done.append(result)
                 continue
             self._open[login] = result
+            self._paging[login] = _Paging()
             self._queue.append((login, None))
         return done
 
@@ -162,6 +179,7 @@ class GraphQLLister:
         logins = list(self._open) + [r.login for r in self._ready]
         self._queue.clear()
         self._open.clear()
+        self._paging.clear()
         self._ready.clear()
         return logins
 
@@ -173,9 +191,13 @@ class GraphQLLister:
         if not self._queue:
             return finished
         chunk = [self._queue.popleft() for _ in range(min(self.batch, len(self._queue)))]
+        for login, _ in chunk:  # an owner's deadline starts with its first query
+            paging = self._paging[login]
+            if paging.deadline is None:
+                paging.deadline = time.monotonic() + self.settings.user_deadline_s
         try:
             reply = self._send(chunk, deadline)
-        except (Interrupted, RateLimited):
+        except (Interrupted, RateLimited, TokenRefused):
             self._queue.extendleft(reversed(chunk))
             self._ready = finished + self._ready
             raise
@@ -187,7 +209,7 @@ class GraphQLLister:
             return finished
         if reply.kind is not _Kind.OK:
             for login, _ in chunk:
-                result = self._open.pop(login)
+                result = self._done(login)
                 result.fail(Outcome.FAILED, reply.error or "GraphQL query failed")
                 finished.append(result)
             return finished
@@ -195,12 +217,35 @@ class GraphQLLister:
         more: list[tuple[str, str | None]] = []
         for i, (login, _) in enumerate(chunk):
             cursor = self._absorb(self._open[login], reply.payload, f"u{i}")
-            if cursor is not None:
+            if cursor is not None and self._may_follow(login, cursor):
                 more.append((login, cursor))
             else:
-                finished.append(self._open.pop(login))
+                finished.append(self._done(login))
         self._queue.extendleft(reversed(more))
         return finished
+
+    def _done(self, login: str) -> OwnerResult:
+        self._paging.pop(login, None)
+        return self._open.pop(login)
+
+    def _may_follow(self, login: str, cursor: str) -> bool:
+        """Whether the owner's next page may be asked (REST's bounds, github.py); if not,
+        the owner fails: a listing that never ends is recorded as REST records it."""
+        paging, result = self._paging[login], self._open[login]
+        paging.pages += 1
+        s = self.settings
+        if cursor in paging.cursors:
+            error = (f"GraphQL: pagination loops (the cursor after page {paging.pages} was "
+                     "already given)")
+        elif paging.pages >= s.max_pages:
+            error = f"GraphQL: more than {s.max_pages} pages (github.max_pages)"
+        elif paging.deadline is not None and time.monotonic() >= paging.deadline:
+            error = f"listing took longer than github.user_deadline_s ({s.user_deadline_s:g}s)"
+        else:
+            paging.cursors.add(cursor)
+            return True
+        result.fail(Outcome.FAILED, error)
+        return False
 
     def _grow(self, size: int) -> None:
         """Only full batches passing show that the size may grow again."""
@@ -240,6 +285,19 @@ class GraphQLLister:
             return None
         return cursor
 
+    def prove_tokens(self) -> None:
+        """One `rateLimit` query (1 point, through the broker) with each token, or without
+        one when none is set: TokenRefused when GitHub refuses it. A token known spent or
+        paused, or an answer that proves nothing (unreachable, 5xx), is let through."""
+        body = orjson.dumps({"query": PROOF_QUERY})
+        for tid in self.broker.token_ids:
+            res = self.broker.reserve(Resource.GRAPHQL, 1, only=tid)
+            if isinstance(res, Wait):
+                continue
+            reply = self._post(body, res, 1)
+            if reply is not None and reply.kind is _Kind.FAILED:
+                log.warning("could not prove a token (%s): %s", self.url, reply.error)
+
     def _send(self, chunk: list[tuple[str, str | None]], deadline: float | None) -> _Reply:
         """One query for `chunk`, with quota reservations, waits and bounded retries."""
         query, variables = build_query(chunk)
@@ -272,12 +330,14 @@ class GraphQLLister:
         try:
             resp = self._http.request("POST", self.url, body=body, headers=headers,
                                       redirect=False, preload_content=False)
-            data = _read(resp, MAX_BODY_BYTES, self.settings.timeout_s)
-        except _TooBig:
+            # Within 4 x timeout_s in all: a server trickling bytes cannot hold a worker.
+            data = read_whole(resp, MAX_BODY_BYTES,
+                              time.monotonic() + 4 * self.settings.timeout_s)
+        except TooLarge:
             return _Reply(_Kind.SPLIT if size > 1 else _Kind.FAILED,
                           error=f"GraphQL answer above {MAX_BODY_BYTES} bytes")
-        except (urllib3.exceptions.HTTPError, _TooSlow) as exc:
-            timed_out = isinstance(exc, urllib3.exceptions.ReadTimeoutError | _TooSlow)
+        except (urllib3.exceptions.HTTPError, Overdue) as exc:
+            timed_out = isinstance(exc, urllib3.exceptions.ReadTimeoutError | Overdue)
             if timed_out and size > 1:  # GitHub gives up on a query after 10 s
                 return _Reply(_Kind.SPLIT)
             reason = redact(f"{type(exc).__name__}: {exc}")[:300]
@@ -287,15 +347,10 @@ class GraphQLLister:
 
     def _judge(self, status: int, headers: Any, data: bytes, res: Reservation,
                size: int) -> _Reply | None:
-        if status in (403, 429):
-            rate = RateHeaders.parse(headers)
-            if rate is not None and rate.remaining == 0 and headers.get("Retry-After") is None:
-                return None  # primary limit: recorded, the broker waits for the reset
-            if (headers.get("Retry-After") is not None or status == 429
-                    or b"secondary rate limit" in data[:2000].lower()):
-                self.broker.pause(res, headers.get("Retry-After"), self.settings.max_rate_wait_s)
-                return None
-            return _Reply(_Kind.FAILED, error=f"GitHub GraphQL refused the request: HTTP {status}")
+        if self.broker.limited(res, status, headers, data, self.settings.max_rate_wait_s):
+            return None  # every process now waits (github.py's rule, in the broker)
+        if status in (401, 403):  # the token, not the owners: no owner's failure
+            raise self.broker.refused(res, status, data, "GraphQL API")
         if status in (502, 504) and size > 1:
             return _Reply(_Kind.SPLIT)
         if status >= 500:
@@ -314,11 +369,9 @@ class GraphQLLister:
                 size: int) -> _Reply | None:
         errors = [e for e in payload.get("errors") or [] if isinstance(e, dict)]
         if any(e.get("type") == "RATE_LIMITED" for e in errors):
-            rate = RateHeaders.parse(headers)
-            if rate is None or rate.remaining >= res.cost:
-                # No spent quota to wait for (no headers, or they still show points): wait
-                # as for a secondary limit rather than ask again at once.
-                self.broker.pause(res, None, self.settings.max_rate_wait_s)
+            # Unless the headers said the token is spent until a reset still ahead, it is
+            # paused (no headers, points still shown, a reset already past): never a loop.
+            self.broker.hold(res, self.settings.max_rate_wait_s)
             return None
         if any(e.get("type") == "RESOURCE_LIMITS_EXCEEDED"
                or "resource limits" in _message(e).lower() for e in errors):
@@ -333,35 +386,6 @@ class GraphQLLister:
         if isinstance(rate, dict) and isinstance(rate.get("cost"), int):
             self.stats.points += max(0, min(rate["cost"], 10**6))
         return _Reply(_Kind.OK, payload)
-
-
-class _TooBig(Exception):
-    pass
-
-
-class _TooSlow(Exception):
-    def __str__(self) -> str:
-        return "the answer took too long"
-
-
-def _read(resp: urllib3.BaseHTTPResponse, limit: int, timeout_s: float) -> bytes:
-    """The whole body, at most `limit` bytes, within 4 x `timeout_s` in all (a server
-    trickling bytes cannot hold a worker). An aborted read closes the connection."""
-    deadline = time.monotonic() + 4 * timeout_s
-    chunks, total = [], 0
-    try:
-        for chunk in resp.stream(1 << 16):
-            total += len(chunk)
-            if total > limit:
-                raise _TooBig
-            if time.monotonic() > deadline:
-                raise _TooSlow
-            chunks.append(chunk)
-    except BaseException:
-        resp.close()
-        raise
-    resp.release_conn()
-    return b"".join(chunks)
 
 
 def _message(error: dict[str, Any]) -> str:

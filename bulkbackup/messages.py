@@ -51,10 +51,12 @@ class Deferred:
 
 @dataclass(frozen=True)
 class Failed:
-    """The worker gives up (e.g. Redis unreachable); it exits with WorkerExit.FATAL."""
+    """The worker gives up (e.g. Redis unreachable); it exits with WorkerExit.FATAL.
+    `exit_code`: the error's (2: configuration, e.g. a token GitHub refuses)."""
 
     index: int
     message: str
+    exit_code: int = 1
 
 
 Report: TypeAlias = Synced | Lost | GivenBack | Deferred | Failed

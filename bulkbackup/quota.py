@@ -29,10 +29,13 @@ from enum import Enum, StrEnum
 from importlib import resources
 from typing import TypeVar
 
+import orjson
 import redis
 
 from bulkbackup import keys
-from bulkbackup.errors import Interrupted, RateLimited
+from bulkbackup.config import token_origin
+from bulkbackup.errors import Interrupted, RateLimited, TokenRefused
+from bulkbackup.redact import redact
 from bulkbackup.timeutil import format_rfc3339
 
 _T = TypeVar("_T")
@@ -164,27 +167,32 @@ class Broker:
                             FALLBACK_S)
         return local_call()
 
-    def reserve(self, resource: Resource, cost: int = 1, peek: bool = False
-                ) -> Reservation | Wait:
+    def reserve(self, resource: Resource, cost: int = 1, peek: bool = False,
+                only: str | None = None) -> Reservation | Wait:
         """Reserve `cost` on the token with the most headroom, or say how long to wait;
-        `peek`: charge nothing (is a token usable now?)."""
+        `peek`: charge nothing (is a token usable now?); `only`: that token (its id) alone."""
         cost = max(1, min(cost, self._limits[resource]))
         limit = self._limits[resource]
+        which = [i for i, tid in enumerate(self._ids) if only is None or tid == only]
 
         def shared() -> list[object]:
             names: list[str] = []
-            for tid in self._ids:
-                names += [keys.quota(resource.value, tid), keys.quota_pause(tid)]
+            for i in which:
+                names += [keys.quota(resource.value, self._ids[i]), keys.quota_pause(self._ids[i])]
             return list(self._reserve(keys=names, args=[cost, limit, WINDOW_S, KEY_TTL_S,
                                                         "1" if peek else "0"]))
 
         out = self._shared(shared, lambda: self.local.reserve(
-            resource.value, self._ids, cost, limit, peek))
+            resource.value, [self._ids[i] for i in which], cost, limit, peek))
         if _text(out[0]) == "reserved":
-            i = int(_text(out[1])) - 1
+            i = which[int(_text(out[1])) - 1]
             return Reservation(resource, self._ids[i], cost, int(_text(out[2])),
                                self._tokens[i])
         return Wait(resource, int(_text(out[1])) / 1000, WaitReason(_text(out[2])))
+
+    def position(self, tid: str) -> tuple[int, int]:
+        """(1-based position of the token named `tid` among this broker's tokens, count)."""
+        return self._ids.index(tid) + 1, len(self._ids)
 
     def acquire(self, resource: Resource, cost: int, stop: threading.Event,
                 max_wait_s: float, deadline: float | None = None) -> Reservation:
@@ -248,6 +256,49 @@ class Broker:
         log.warning("GitHub secondary rate limit on token %s: paused %.0fs",
                     reservation.token_id[:15], pause.seconds)
         return pause
+
+    def hold(self, reservation: Reservation, max_s: float = MAX_PAUSE_S) -> None:
+        """After a rate-limit answer (its headers recorded): no process may send with this
+        token again at once. The broker already waits when the headers said it is spent
+        until a reset still ahead on its clock; otherwise (no usable headers, a reset already
+        past, or the broker's clock ahead of GitHub's) the token is paused as for a
+        secondary limit (60 s, doubling while they repeat, at most `max_s`): never a loop."""
+        got = self.reserve(reservation.resource, reservation.cost, peek=True,
+                           only=reservation.token_id)
+        if isinstance(got, Reservation):
+            self.pause(reservation, None, max_s)
+
+    def limited(self, reservation: Reservation, status: int, headers: Mapping[str, str],
+                body: bytes, max_s: float) -> bool:
+        """Whether a 403/429 answer is a rate limit (REST's and GraphQL's one rule); when it
+        is, every process now waits: `Retry-After` (bounded) pauses the token, `Remaining: 0`
+        holds it (see `hold`), any other limit pauses it. False: a refusal (a 403 that is
+        not a rate limit)."""
+        if status not in (403, 429):
+            return False
+        retry_after = headers.get("Retry-After")
+        if retry_after is not None:
+            self.pause(reservation, retry_after, max_s)
+        elif headers.get("X-RateLimit-Remaining") == "0":
+            self.hold(reservation, max_s)
+        elif status == 429 or b"rate limit" in body[:2000].lower():
+            self.pause(reservation, None, max_s)
+        else:
+            return False
+        return True
+
+
+    def refused(self, reservation: Reservation, status: int, body: bytes,
+                api: str) -> TokenRefused:
+        """The configuration error of a refused request (401, a 403 not a rate limit):
+        the token named by its position, GitHub's reason bounded, never the token."""
+        why = f"{status}{_reason(body)}"
+        if reservation.token is None:
+            return TokenRefused(f"GitHub's {api} refused a request without a token ({why}): "
+                                "set GITHUB_TOKEN or GITHUB_TOKENS")
+        i, n = self.position(reservation.token_id)
+        return TokenRefused(f"{token_origin()} token {i} of {n} was refused by GitHub's "
+                            f"{api} ({why})")
 
 
 class LocalQuota:
@@ -314,6 +365,18 @@ class LocalQuota:
             until = max(now + length, prev_until)
             self._pauses[tid] = (until, length)
             return [f"{until - now:.3f}", str(length)]
+
+
+def _reason(body: bytes) -> str:
+    """': <GitHub's message>' from an error answer, printable and bounded, or ''."""
+    try:
+        message = orjson.loads(body[:4000]).get("message")
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+    if not isinstance(message, str):
+        return ""
+    clean = "".join(c for c in redact(message) if c.isprintable())[:200]
+    return f": {clean}" if clean else ""
 
 
 def _text(value: object) -> str:

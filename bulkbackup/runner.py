@@ -56,6 +56,7 @@ class RunTotals:
     deferred: int = 0
     elapsed_s: float = 0.0
     failure: str = ""
+    failure_code: int = 1  # the failing worker's error's exit code (2: configuration)
 
     def summary(self) -> str:
         rate = self.users / self.elapsed_s if self.elapsed_s > 0 else 0.0
@@ -343,7 +344,7 @@ def _count(report: object, totals: RunTotals, bar: Progress) -> None:
         case Deferred():
             totals.deferred += 1
         case Failed():
-            totals.failure = report.message
+            totals.failure, totals.failure_code = report.message, report.exit_code
             log.error("worker %s: %s", report.index, report.message)
         case _:
             log.error("unexpected report from a worker: %r", report)

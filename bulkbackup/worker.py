@@ -28,7 +28,7 @@ from bulkbackup.backup import UserBackup
 from bulkbackup.batching import BatchSizer, UserBudget
 from bulkbackup.config import Settings
 from bulkbackup.connection import Scripts, connect
-from bulkbackup.errors import BulkbackupError, Interrupted, LockLost, RateLimited
+from bulkbackup.errors import BulkbackupError, ConfigError, Interrupted, LockLost, RateLimited
 from bulkbackup.feed import ListingFeed
 from bulkbackup.github import GitHub
 from bulkbackup.gitops import GitWork
@@ -59,8 +59,6 @@ MAX_BACKOFF_S = 60.0
 
 # How often the watch thread looks at the parent's flag and at the parent itself.
 WATCH_S = 0.1
-
-
 
 
 @dataclass(frozen=True)
@@ -119,7 +117,7 @@ def worker_main(args: WorkerArgs, reports: Connection,
         pass  # stopping (a signal, or Redis failed while stopping): users were given back
     except BulkbackupError as exc:
         with contextlib.suppress(OSError):  # the parent may be gone
-            reports.send(Failed(args.index, str(exc)))
+            reports.send(Failed(args.index, str(exc), exc.exit_code))
         raise SystemExit(WorkerExit.FATAL) from None
     finally:
         if worker is not None:
@@ -327,6 +325,9 @@ class Worker:
             self._give_back_queue()
             job.github.wait_for_quota()
             return
+        except ConfigError:  # a token GitHub refuses: no user's failure; the run stops
+            self._give_back(member)
+            raise
         except BulkbackupError as exc:
             # The store or Redis failed for this user: give it back for a later attempt, in
             # this run (an outage passes) or, once it has failed max_attempts times, the next.

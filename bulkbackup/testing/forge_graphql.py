@@ -18,7 +18,11 @@ cost 2, 250 cost 3 (2.5 rounds up). `first`/`last` are required on connections a
 Switches and counters live in `controls(forge)` (a `Controls`, guarded by `forge.lock`):
 RATE_LIMITED answers (200 with an error of type RATE_LIMITED), secondary limits (403 with
 Retry-After), 5xx on demand, an answer for batches larger than `max_batch` aliases (502, 504,
-a "resource limits" error or a stall, to exercise splitting), per-token point budgets; `counters`
+a "resource limits" error or a stall, to exercise splitting), per-token point budgets, and
+hostile answers as the REST side's `api_*` switches: endless pages (`endless`), a spent limit
+whose reset is already past (`spent_reset`), 401 for a query without a token
+(`require_token`, as GitHub), for an unknown token (`forge.require_known_tokens`: the tokens
+of `budgets` are known) and for every token after some queries (`revoke_after`); `counters`
 has "requests", "points", "status_<code>", "rate_limited", "secondary", "oversize", and
 "after_spent": queries with a budgeted token after an answer had said its points were spent.
 """
@@ -59,7 +63,7 @@ from graphql import (
 )
 
 from bulkbackup.testing.forge import Forge
-from bulkbackup.testing.forge_graphql_data import Context, NotFound, root
+from bulkbackup.testing.forge_graphql_data import Context, Endless, NotFound, root
 
 SCHEMA_FILE = Path(__file__).with_name("github_schema.graphql")
 DEFAULT_POINTS = 5000  # GitHub's GraphQL budget per token and hour
@@ -124,6 +128,10 @@ class Controls:
     default: Points = field(
         default_factory=lambda: Points(DEFAULT_POINTS, time.time() + WINDOW_S, DEFAULT_POINTS))
     queries: list[str] = field(default_factory=list)  # every query text received (bounded)
+    endless: Endless | None = None  # every repositories connection has a next page, forever
+    spent_reset: str | None = None  # set: every query is 403, Remaining 0, this Reset
+    require_token: bool = False  # GitHub's 401 without a token (off: tests, demo query without)
+    revoke_after: int | None = None  # set: after this many queries, every token is refused
 
     def set_token_budget(self, token: str, points: int, reset_in_s: float) -> None:
         """Queries with this token may spend `points`, then RATE_LIMITED until the reset,
@@ -246,6 +254,10 @@ def answer(forge: Forge, headers: Message, body: bytes, netloc: str) -> Answer:
         c.counters["requests"] += 1
         if auth:
             forge.auth_headers_seen.append(auth)
+        unauthorized = _unauthorized(c, forge, _token(auth))
+    if unauthorized is not None:
+        return _status(c, forge, 401, {"message": unauthorized,
+                                       "documentation_url": "https://docs.github.com/graphql"}, {})
     try:
         request = json.loads(body)
     except ValueError:
@@ -285,7 +297,8 @@ def answer(forge: Forge, headers: Message, body: bytes, netloc: str) -> Answer:
         limits, points = refused
     with forge.lock:
         organizations = frozenset(c.organizations)
-    ctx = Context(forge, organizations, netloc, (cost.points, cost.nodes), points)
+        endless = c.endless
+    ctx = Context(forge, organizations, netloc, (cost.points, cost.nodes), points, endless)
     result = execute(schema(), document, root_value=root(ctx), variable_values=variables)
     assert isinstance(result, ExecutionResult)  # no async resolvers
     return _status(c, forge, 200, _result(result), limits)
@@ -318,6 +331,17 @@ def _token(auth: str) -> str:
     return token.strip() if scheme.lower() in ("token", "bearer") else ""
 
 
+def _unauthorized(c: Controls, forge: Forge, token: str) -> str | None:
+    """GitHub's message when the query's credentials are refused (401), else None."""
+    if not token:
+        return "This endpoint requires you to be authenticated." if c.require_token else None
+    if forge.require_known_tokens and token not in c.budgets:
+        return "Bad credentials"
+    if c.revoke_after is not None and c.counters["requests"] > c.revoke_after:
+        return "Bad credentials"
+    return None
+
+
 def _admit(c: Controls, auth: str, cost: Cost, fields: int
            ) -> Answer | tuple[dict[str, str], tuple[int, int, float]]:
     """Switches, limits and the charge for one valid query (lock held): a refusal, or the
@@ -340,6 +364,10 @@ def _admit(c: Controls, auth: str, cost: Cost, fields: int
     if budget is not None and budget.told_spent:
         # Sent although an answer had already said this token's points were spent.
         c.counters["after_spent"] += 1
+    if c.spent_reset is not None:
+        return Answer(403, b'{"message": "API rate limit exceeded for user ID 1."}', {
+            **points.headers(), "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": c.spent_reset,
+            **_JSON})
     if c.secondary > 0:
         c.secondary -= 1
         c.counters["secondary"] += 1

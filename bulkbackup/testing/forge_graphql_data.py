@@ -8,12 +8,20 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from graphql import GraphQLError
 
 from bulkbackup.testing.forge import Forge
 from bulkbackup.testing.repos import PLACEHOLDER, rfc3339
+
+
+class Endless(Enum):
+    """A hostile connection: `hasNextPage` is true forever (tests of the client's bounds)."""
+
+    NEW_CURSORS = "new"  # each page a new cursor; past the last repository, the first again
+    SAME_CURSOR = "same"  # every next page names the cursor it was asked with
 
 
 class NotFound(Exception):
@@ -29,6 +37,7 @@ class Context:
     netloc: str
     cost: tuple[int, int]  # points, nodes
     points: tuple[int, int, float]  # limit, remaining, reset_at after this query's charge
+    endless: Endless | None = None
 
 
 def root(ctx: Context) -> dict[str, Callable[..., Any]]:
@@ -117,6 +126,9 @@ def _selected(entries: list[dict[str, Any]], args: Mapping[str, Any]) -> list[di
     return out
 
 
+MAX_PAGE = 100
+
+
 def _cursor(index: int) -> str:
     return base64.b64encode(f"cursor:v2:{index}".encode()).decode()
 
@@ -143,15 +155,21 @@ def _connection(ctx: Context, owner: dict[str, Any], args: Mapping[str, Any]) ->
     if args.get("last") is not None:
         start = max(start, end - args["last"])
     window = range(start, max(start, end))
-    nodes = [_repo(ctx, repos[i], owner) for i in window]
+    if ctx.endless is Endless.NEW_CURSORS:  # whatever the end: a full page, cursors go on
+        window = range(start, start + (args.get("first") or MAX_PAGE))
+    nodes = [_repo(ctx, repos[i % len(repos)], owner) for i in window] if repos else []
     sizes = sum(e.get("size") or 0 for e in repos if isinstance(e.get("size"), int))
+    page = {"hasNextPage": window.stop < len(repos), "hasPreviousPage": start > 0,
+            "startCursor": _cursor(window.start) if nodes else None,
+            "endCursor": _cursor(window.stop - 1) if nodes else None}
+    if ctx.endless is not None:
+        page["hasNextPage"] = True
+        page["endCursor"] = (args.get("after") if ctx.endless is Endless.SAME_CURSOR else None
+                             ) or _cursor(max(window.stop - 1, 0))
     return {
         "nodes": nodes,
         "edges": [{"cursor": _cursor(i), "node": n} for i, n in zip(window, nodes, strict=True)],
-        "pageInfo": {"hasNextPage": window.stop < len(repos), "hasPreviousPage": start > 0,
-                     "startCursor": _cursor(window.start) if nodes else None,
-                     "endCursor": _cursor(window.stop - 1) if nodes else None},
-        "totalCount": len(repos), "totalDiskUsage": min(sizes, 2**31 - 1),
+        "pageInfo": page, "totalCount": len(repos), "totalDiskUsage": min(sizes, 2**31 - 1),
     }
 
 

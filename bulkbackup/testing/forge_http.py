@@ -15,6 +15,7 @@ import os
 import subprocess
 import tempfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -62,6 +63,8 @@ class _Handler(BaseHTTPRequestHandler):
         segs = parts.path.split("/")
         if len(segs) == 4 and segs[:2] == ["", "users"] and segs[3] == "repos":
             self._api(segs[2], parse_qs(parts.query))
+        elif parts.path == "/rate_limit":
+            self._rate_limit()
         elif len(segs) == 5 and segs[3:] == ["info", "refs"]:
             service = parse_qs(parts.query).get("service", [""])[0]
             if service == "git-upload-pack":
@@ -108,6 +111,27 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if status != 304:
             self.wfile.write(body)
+
+    def _rate_limit(self) -> None:
+        """GitHub's `GET /rate_limit`: free (nothing charged, never rate limited); 401 for a
+        token `require_known_tokens` refuses, as the listing does."""
+        f = self.forge
+        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
+        token = token.strip() if scheme.lower() in ("token", "bearer") else ""
+        with f.lock:
+            f.counters["rate_limit"] += 1
+            if token and f.require_known_tokens and token not in f._budgets:
+                f.counters["rate_limit_401"] += 1
+                self._send(401, b'{"message": "Bad credentials"}', _JSON)
+                return
+            quota = f._budgets.get(token) or f._core
+            quota.refill_if_due(time.time())
+            limits = quota.headers()
+        core = {"limit": int(limits["X-RateLimit-Limit"]),
+                "remaining": int(limits["X-RateLimit-Remaining"]),
+                "reset": int(limits["X-RateLimit-Reset"])}
+        body = json.dumps({"resources": {"core": core}, "rate": core}).encode()
+        self._send(200, body, {**limits, **_JSON})
 
     def _api(self, login: str, query: dict[str, list[str]]) -> None:
         f = self.forge

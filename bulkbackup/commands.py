@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from bulkbackup.config import Settings
-from bulkbackup.errors import InvalidName, UsageError
+from bulkbackup.errors import EXIT_INTERRUPTED, InvalidName, UsageError
 from bulkbackup.timeutil import parse_strict
 
 if TYPE_CHECKING:
@@ -175,6 +175,13 @@ def run_command(settings: Settings, procs: int | None, max_users: int | None,
         problems.append(
             f"{report.deferred} users failed {settings.run.max_attempts} times on store or "
             "Redis errors or rate limits and are left for the next run (see the log)")
+    if report.stopped_by_signal:
+        # Stopped before its work was done, whatever else happened: 130, as `sync` (the
+        # problems are still said, on the line before).
+        if problems:
+            print(f"bulkbackup: error: {'; '.join(problems)}", file=sys.stderr)
+        print("bulkbackup: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if problems:
         raise BulkbackupError("; ".join(problems))
     return code

@@ -153,6 +153,21 @@ def test_abbreviated_options_are_refused() -> None:
     assert proc.returncode == 2 and "--no-wr" in proc.stderr
 
 
+def test_a_mistyped_option_gets_the_commands_usage_and_the_closest_option() -> None:
+    proc = run_cli("run", "--proc", "4")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("usage: bulkbackup run "), proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        "bulkbackup run: error: unrecognized arguments: --proc 4 (did you mean --procs?)")
+    proc = run_cli("serve", "--prot=9")
+    assert proc.returncode == 2 and "usage: bulkbackup serve " in proc.stderr
+    assert "(did you mean --port?)" in proc.stderr
+    # Nothing close: no guess.
+    proc = run_cli("stats", "--frobnicate")
+    assert proc.returncode == 2 and "usage: bulkbackup stats " in proc.stderr
+    assert "did you mean" not in proc.stderr
+
+
 def test_global_options_work_after_the_command(clean_env: None, tmp_path: Path) -> None:
     cfg = config_file(tmp_path, "run:\n  procs: 0\n")
     for args in (["--config", str(cfg), "reset"], ["reset", "--config", str(cfg)]):

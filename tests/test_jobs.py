@@ -575,6 +575,7 @@ def test_systemd_units_fit_the_settings(tmp_path: Path) -> None:
 
     assert timespan_s(one("TimeoutStopSec")) > grace
     assert one("KillMode") == "mixed" and one("KillSignal") == "SIGTERM"
+    assert one("SuccessExitStatus") == "130"  # `run` stopped by `systemctl stop`
     assert one("Restart") in ("always", "on-failure")
     if one("Restart") == "always":
         assert timespan_s(one("RestartSec")) >= 60, "a drained queue must not spin"

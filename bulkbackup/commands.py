@@ -300,10 +300,11 @@ def _render_verify(report: VerifyReport) -> str:
 
 def serve_command(settings: Settings, host: str | None, port: int | None) -> int:
     """Serve until SIGINT/SIGTERM. Binds serve.host (127.0.0.1 unless told otherwise)."""
+    from bulkbackup.config import store_scheme
     from bulkbackup.errors import ConfigError
 
     try:
-        from bulkbackup.web.server import serve
+        from bulkbackup.web.server import bound_address, listen, serve
     except ImportError as exc:
         raise ConfigError(f"serve needs the optional dependencies: pip install "
                           f"'bulkbackup[serve]' ({exc.name} is missing)") from None
@@ -311,9 +312,16 @@ def serve_command(settings: Settings, host: str | None, port: int | None) -> int
     port = settings.serve.port if port is None else port
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be 0-65535, not {port}")
-    print(f"bulkbackup serve: http://{host}:{port}/ (Ctrl-C stops)", file=sys.stderr,
+    # A store folder that is not there is a mistyped path: exit 2, as `show` (serve never
+    # creates it). A bucket is not asked for here: the health check says when it is missing.
+    if store_scheme(settings.store.url) != "s3":
+        from bulkbackup.store import open_store
+
+        open_store(settings.store, create=False).close()
+    sock = listen(host, port)
+    print(f"bulkbackup serve: http://{bound_address(sock)}/ (Ctrl-C stops)", file=sys.stderr,
           flush=True)
-    serve(settings, host, port)
+    serve(settings, sock)
     return 0
 
 

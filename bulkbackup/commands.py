@@ -224,13 +224,17 @@ def restore_command(settings: Settings, target: str, to: str, at: str | None, wi
         if r.status is Status.FAILED:
             print(f"{r.login}/{r.repo}: FAILED: {r.reason}", flush=True)
             continue
+        if r.status is Status.NO_ARCHIVE:
+            print(f"{r.login}/{r.repo}: no archive: {r.reason}", flush=True)
+            continue
         what = "empty repository" if r.status is Status.EMPTY else f"{r.refs} refs"
         extra = f", HEAD {r.branch}" if r.branch else ""
         extra += f", zip {r.zip_path}" if r.zip_path else ""
         print(f"{r.login}/{r.repo}: restored to {r.path} ({what}{extra})", flush=True)
-    done = len(report.repos) - len(report.failed)
-    print(f"restore: {done} repositories restored, {len(report.failed)} failed",
-          file=sys.stderr)
+    missing = len(report.without_archive)
+    done = len(report.repos) - len(report.failed) - missing
+    print(f"restore: {done} repositories restored, {missing} without archive, "
+          f"{len(report.failed)} failed", file=sys.stderr)
     return 1 if report.failed else 0
 
 

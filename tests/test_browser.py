@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,15 +30,26 @@ from bulkbackup.testing.forge import Forge, sample
 from tests.conftest import ROOT
 from tests.test_serve import TOKEN, base_env, run_backup, start_serve, stop_serve
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+NO_CHROMIUM = ("needs Debian's chromium and chromedriver on PATH: "
+               "apt-get install chromium chromium-driver (.ci/run installs them)")
 
 
-def _browser(profile: Path, downloads: Path) -> webdriver.Chrome:
-    exe = shutil.which("chromium") or CHROMIUM
-    driver_exe = shutil.which("chromedriver") or CHROMEDRIVER
-    if not (Path(exe).exists() and Path(driver_exe).exists()):
-        pytest.fail("chromium and chromium-driver are not installed (see .ci/run)")
+@pytest.fixture(scope="session")
+def chromium() -> tuple[str, str]:
+    """Chromium and chromedriver. Without them the browser test is skipped, saying what to
+    install (the README's test command passes on a fresh machine); with CI=true (.ci/run) it
+    fails instead, so CI never passes without it. Session-scoped and first in the test's
+    arguments: decided before any other fixture starts a server."""
+    exe, driver_exe = shutil.which("chromium"), shutil.which("chromedriver")
+    if exe is None or driver_exe is None:
+        if os.environ.get("CI", "").lower() in ("1", "true"):
+            pytest.fail(f"CI=true: the browser test {NO_CHROMIUM}")
+        pytest.skip(NO_CHROMIUM)
+    return exe, driver_exe
+
+
+def _browser(chromium: tuple[str, str], profile: Path, downloads: Path) -> webdriver.Chrome:
+    exe, driver_exe = chromium
     opts = Options()
     opts.binary_location = exe
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -91,11 +103,11 @@ def _wait_download(folder: Path, name: str, timeout_s: float = 60) -> Path:
 
 
 def test_dashboard_search_user_download_clone(
-    demo_served: str, tmp_path: Path, artifacts: Path
+    chromium: tuple[str, str], demo_served: str, tmp_path: Path, artifacts: Path
 ) -> None:
     downloads = tmp_path / "downloads"
     downloads.mkdir()
-    driver = _browser(tmp_path / "profile", downloads)
+    driver = _browser(chromium, tmp_path / "profile", downloads)
     wait = WebDriverWait(driver, 30)
     try:
         driver.get(demo_served + "/")
@@ -141,3 +153,24 @@ def test_dashboard_search_user_download_clone(
     if os.environ.get("BULKBACKUP_UPDATE_SCREENSHOT") == "1":
         (ROOT / "docs").mkdir(exist_ok=True)
         shutil.copyfile(artifacts / "dashboard.png", ROOT / "docs" / "dashboard.png")
+
+
+def test_without_chromium_the_browser_test_is_skipped_saying_what_to_install_but_fails_in_ci(
+        tmp_path: Path) -> None:
+    """The README's test command on a machine without chromium: a skip with its reason; under
+    .ci/run (CI=true): a failure."""
+    empty = tmp_path / "bin"  # a PATH without chromium (nor anything else)
+    empty.mkdir()
+    test = "tests/test_browser.py::test_dashboard_search_user_download_clone"
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    for ci in ("", "true"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-n", "0",
+             "-p", "no:hypothesispytest", "-p", "no:benchmark", test], cwd=ROOT, env={**env, "PATH": str(empty), "CI": ci}, capture_output=True,
+            text=True, timeout=300)
+        if not ci:
+            assert proc.returncode == 0 and "1 skipped" in proc.stdout, proc.stdout
+            assert NO_CHROMIUM in proc.stdout, proc.stdout
+        else:
+            assert proc.returncode == 1 and "1 error" in proc.stdout, proc.stdout
+            assert f"CI=true: the browser test {NO_CHROMIUM}" in proc.stdout, proc.stdout

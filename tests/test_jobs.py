@@ -621,6 +621,8 @@ def test_dockerfile_installs_the_project_and_git() -> None:
                if not w.startswith("-")]
     extras = set(pyproject["project"]["optional-dependencies"])
     assert ".[serve]" in targets, "the project itself is installed, with the web server's extra"
+    assert "constraints.txt" in copied and any(
+        "--constraint=constraints.txt" in seg for seg in installs), "the tested versions"
     for target in targets:
         if target.startswith(".["):
             assert set(target[2:-1].split(",")) <= extras, target

@@ -166,8 +166,9 @@ def test_without_chromium_the_browser_test_is_skipped_saying_what_to_install_but
     for ci in ("", "true"):
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-n", "0",
-             "-p", "no:hypothesispytest", "-p", "no:benchmark", test], cwd=ROOT, env={**env, "PATH": str(empty), "CI": ci}, capture_output=True,
-            text=True, timeout=300)
+             "-p", "no:hypothesispytest", "-p", "no:benchmark", test],
+            cwd=ROOT, env={**env, "PATH": str(empty), "CI": ci}, capture_output=True, text=True,
+            timeout=300)
         if not ci:
             assert proc.returncode == 0 and "1 skipped" in proc.stdout, proc.stdout
             assert NO_CHROMIUM in proc.stdout, proc.stdout

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,10 +35,15 @@ NO_CHROMIUM = ("needs Debian's chromium and chromedriver on PATH: "
 
 @pytest.fixture(scope="session")
 def chromium() -> tuple[str, str]:
+    """Session-scoped and first in the test's arguments: decided before any other fixture
+    starts a server."""
+    return find_chromium()
+
+
+def find_chromium() -> tuple[str, str]:
     """Chromium and chromedriver. Without them the browser test is skipped, saying what to
     install (the README's test command passes on a fresh machine); with CI=true (.ci/run) it
-    fails instead, so CI never passes without it. Session-scoped and first in the test's
-    arguments: decided before any other fixture starts a server."""
+    fails instead, so CI never passes without it."""
     exe, driver_exe = shutil.which("chromium"), shutil.which("chromedriver")
     if exe is None or driver_exe is None:
         if os.environ.get("CI", "").lower() in ("1", "true"):
@@ -155,23 +159,17 @@ def test_dashboard_search_user_download_clone(
         shutil.copyfile(artifacts / "dashboard.png", ROOT / "docs" / "dashboard.png")
 
 
+
 def test_without_chromium_the_browser_test_is_skipped_saying_what_to_install_but_fails_in_ci(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's test command on a machine without chromium: a skip with its reason; under
     .ci/run (CI=true): a failure."""
-    empty = tmp_path / "bin"  # a PATH without chromium (nor anything else)
-    empty.mkdir()
-    test = "tests/test_browser.py::test_dashboard_search_user_download_clone"
-    env = {k: v for k, v in os.environ.items() if k != "CI"}
-    for ci in ("", "true"):
-        proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-n", "0",
-             "-p", "no:hypothesispytest", "-p", "no:benchmark", test],
-            cwd=ROOT, env={**env, "PATH": str(empty), "CI": ci}, capture_output=True, text=True,
-            timeout=300)
-        if not ci:
-            assert proc.returncode == 0 and "1 skipped" in proc.stdout, proc.stdout
-            assert NO_CHROMIUM in proc.stdout, proc.stdout
-        else:
-            assert proc.returncode == 1 and "1 error" in proc.stdout, proc.stdout
-            assert f"CI=true: the browser test {NO_CHROMIUM}" in proc.stdout, proc.stdout
+    monkeypatch.setenv("PATH", str(tmp_path))  # no chromium there (nor anything else)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        find_chromium()
+    assert str(skipped.value) == NO_CHROMIUM
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception) as failed:
+        find_chromium()
+    assert str(failed.value) == f"CI=true: the browser test {NO_CHROMIUM}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import sys
@@ -10,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bulkbackup import __version__, config
-from bulkbackup.errors import BulkbackupError
+from bulkbackup.errors import EXIT_INTERRUPTED, BulkbackupError
 
 log = logging.getLogger("bulkbackup")
 
@@ -165,8 +166,38 @@ def _is_redis_error(exc: Exception) -> bool:
     return module is not None and isinstance(exc, module.RedisError)
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed. An unknown option is refused by the subcommand's parser (its
+    usage, not the top-level one: the subparser hands unknown options up to the top), with
+    the closest option it has: `run --proc 4` -> "did you mean --procs?"."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        target = _subparsers(parser).get(args.command, parser)
+        message = f"unrecognized arguments: {' '.join(unknown)}"
+        hint = _closest_option(target, unknown)
+        target.error(f"{message} (did you mean {hint}?)" if hint else message)
+    return args
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return {name: sub for action in parser._actions
+            if isinstance(action, argparse._SubParsersAction)
+            for name, sub in action.choices.items()}
+
+
+def _closest_option(parser: argparse.ArgumentParser, unknown: Sequence[str]) -> str | None:
+    """The option of `parser` closest to the first unknown option given, if one is close."""
+    given = next((u.split("=", 1)[0] for u in unknown if u.startswith("--")), None)
+    if given is None:
+        return None
+    known = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    close = difflib.get_close_matches(given, known, n=1, cutoff=0.7)
+    return close[0] if close else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     debug = args.debug or os.environ.get("BULKBACKUP_DEBUG", "") not in ("", "0")
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO if args.verbose else logging.WARNING,
@@ -186,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("bulkbackup: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # a bug: still one line, unless debugging
         if debug:
             raise

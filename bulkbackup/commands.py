@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from bulkbackup.config import Settings
-from bulkbackup.errors import ConfigError, InvalidName, UsageError
+from bulkbackup.errors import EXIT_INTERRUPTED, ConfigError, InvalidName, UsageError
 from bulkbackup.timeutil import parse_strict
 
 if TYPE_CHECKING:
@@ -177,6 +177,13 @@ def run_command(settings: Settings, procs: int | None, max_users: int | None,
         problems.append(
             f"{report.deferred} users failed {settings.run.max_attempts} times on store or "
             "Redis errors or rate limits and are left for the next run (see the log)")
+    if report.stopped_by_signal:
+        # Stopped before its work was done, whatever else happened: 130, as `sync` (the
+        # problems are still said, on the line before).
+        if problems:
+            print(f"bulkbackup: error: {'; '.join(problems)}", file=sys.stderr)
+        print("bulkbackup: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if problems:
         raise BulkbackupError("; ".join(problems))
     return code
@@ -241,13 +248,17 @@ def restore_command(settings: Settings, target: str, to: str, at: str | None, wi
         if r.status is Status.FAILED:
             print(f"{r.login}/{r.repo}: FAILED: {r.reason}", flush=True)
             continue
+        if r.status is Status.NO_ARCHIVE:
+            print(f"{r.login}/{r.repo}: no archive: {r.reason}", flush=True)
+            continue
         what = "empty repository" if r.status is Status.EMPTY else f"{r.refs} refs"
         extra = f", HEAD {r.branch}" if r.branch else ""
         extra += f", zip {r.zip_path}" if r.zip_path else ""
         print(f"{r.login}/{r.repo}: restored to {r.path} ({what}{extra})", flush=True)
-    done = len(report.repos) - len(report.failed)
-    print(f"restore: {done} repositories restored, {len(report.failed)} failed",
-          file=sys.stderr)
+    missing = len(report.without_archive)
+    done = len(report.repos) - len(report.failed) - missing
+    print(f"restore: {done} repositories restored, {missing} without archive, "
+          f"{len(report.failed)} failed", file=sys.stderr)
     return 1 if report.failed else 0
 
 
@@ -319,10 +330,11 @@ def _render_verify(report: VerifyReport) -> str:
 
 def serve_command(settings: Settings, host: str | None, port: int | None) -> int:
     """Serve until SIGINT/SIGTERM. Binds serve.host (127.0.0.1 unless told otherwise)."""
+    from bulkbackup.config import store_scheme
     from bulkbackup.errors import ConfigError
 
     try:
-        from bulkbackup.web.server import serve
+        from bulkbackup.web.server import bound_address, listen, serve
     except ImportError as exc:
         raise ConfigError(f"serve needs the optional dependencies: pip install "
                           f"'bulkbackup[serve]' ({exc.name} is missing)") from None
@@ -330,9 +342,16 @@ def serve_command(settings: Settings, host: str | None, port: int | None) -> int
     port = settings.serve.port if port is None else port
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be 0-65535, not {port}")
-    print(f"bulkbackup serve: http://{host}:{port}/ (Ctrl-C stops)", file=sys.stderr,
+    # A store folder that is not there is a mistyped path: exit 2, as `show` (serve never
+    # creates it). A bucket is not asked for here: the health check says when it is missing.
+    if store_scheme(settings.store.url) != "s3":
+        from bulkbackup.store import open_store
+
+        open_store(settings.store, create=False).close()
+    sock = listen(host, port)
+    print(f"bulkbackup serve: http://{bound_address(sock)}/ (Ctrl-C stops)", file=sys.stderr,
           flush=True)
-    serve(settings, host, port)
+    serve(settings, sock)
     return 0
 
 

@@ -4,6 +4,10 @@ The CLI turns a BulkbackupError into one line on stderr and its ``exit_code``;
 anything else is a bug and keeps its traceback.
 """
 
+# SIGINT (Ctrl-C) or SIGTERM stopped a command before it finished its work (128 + SIGINT, the
+# shell's convention): `sync`, `run` and the others alike.
+EXIT_INTERRUPTED = 130
+
 
 class BulkbackupError(Exception):
     """Base class: a failure with a message fit for an operator."""

@@ -126,8 +126,6 @@ class GraphQLLister:
         add_secrets(settings.tokens)
         self._http = urllib3.PoolManager(
             maxsize=pool_size, retries=False,
-            timeout=urllib3.Timeout(connect=min(settings.timeout_s, 10.0),
-                                    read=settings.timeout_s),
             headers={"Content-Type": "application/json", "Accept": "application/json",
                      "User-Agent": f"bulkbackup/{__version__}"})
 
@@ -328,8 +326,12 @@ class GraphQLLister:
         headers = {"Authorization": f"bearer {res.token}"} if res.token else {}
         self.stats.queries += 1
         try:
+            # The timeout is read from `settings` on each request (not fixed in the pool), so
+            # a lister whose settings are replaced uses the new one.
+            timeout = urllib3.Timeout(connect=min(self.settings.timeout_s, 10.0),
+                                      read=self.settings.timeout_s)
             resp = self._http.request("POST", self.url, body=body, headers=headers,
-                                      redirect=False, preload_content=False)
+                                      redirect=False, preload_content=False, timeout=timeout)
             # Within 4 x timeout_s in all: a server trickling bytes cannot hold a worker.
             data = read_whole(resp, MAX_BODY_BYTES,
                               time.monotonic() + 4 * self.settings.timeout_s)

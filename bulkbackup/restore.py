@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -154,6 +154,9 @@ def _ref_diff(expected: dict[str, str], got: dict[str, str]) -> str:
 class Status(enum.Enum):
     RESTORED = "restored"
     EMPTY = "empty"  # an empty repository: restored as an empty bare repository
+    # A zero-byte bundle whose `Error` says why there is none (deleted upstream, failed to
+    # clone): a recorded result, reported; a failure only when it is the one repository asked.
+    NO_ARCHIVE = "no archive"
     FAILED = "failed"
 
 
@@ -177,6 +180,10 @@ class RestoreReport:
     def failed(self) -> list[RepoRestore]:
         return [r for r in self.repos if r.status is Status.FAILED]
 
+    @property
+    def without_archive(self) -> list[RepoRestore]:
+        return [r for r in self.repos if r.status is Status.NO_ARCHIVE]
+
 
 @dataclass(frozen=True)
 class RestoreOptions:
@@ -195,7 +202,10 @@ def parse_target(text: str) -> tuple[str, str | None]:
 
 def restore(store: Store, settings: Settings, login: str, repo: str | None,
             opts: RestoreOptions) -> RestoreReport:
-    """Restore one repository, or every repository stored for ``login``."""
+    """Restore one repository, or every repository stored for ``login``. Of a user's
+    repositories, one without an archive whose `Error` says why is reported, not failed (the
+    user's backup is whole: `sync` recorded why); the one repository asked for by name that
+    has no archive is a failure (nothing of what was asked could be restored)."""
     names = [repo] if repo is not None else repositories(store, login)
     report = RestoreReport()
     if not names:
@@ -204,7 +214,10 @@ def restore(store: Store, settings: Settings, login: str, repo: str | None,
         return report
     branches = listed_branches(store, login)
     for name in names:
-        report.repos.append(restore_repo(store, settings, login, name, opts, branches.get(name)))
+        result = restore_repo(store, settings, login, name, opts, branches.get(name))
+        if repo is not None and result.status is Status.NO_ARCHIVE:
+            result = replace(result, status=Status.FAILED, reason=f"no archive: {result.reason}")
+        report.repos.append(result)
     return report
 
 
@@ -227,8 +240,9 @@ def _restore_repo(store: Store, settings: Settings, login: str, repo: str,
     _check_target(target, login, repo, opts.force)
     archive = archive_at(store, login, repo, opts.at)
     if not archive.parts and not archive.empty_repository:
-        raise ArchiveError(f"no archive: {archive.error}" if archive.error
-                           else f"{archive.bundle_key} is zero bytes without an Error")
+        if archive.error:
+            return RepoRestore(login, repo, Status.NO_ARCHIVE, archive.error)
+        raise ArchiveError(f"{archive.bundle_key} is zero bytes without an Error")
     parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{repo}.git.restoring-", dir=parent,
                                      ignore_cleanup_errors=True) as name:

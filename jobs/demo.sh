@@ -23,7 +23,7 @@ trap cleanup EXIT
 
 if [ "${BULKBACKUP_DEMO_SKIP_INSTALL:-}" != 1 ]; then
     echo "== installing bulkbackup"
-    "$PYTHON" -m pip install --quiet --disable-pip-version-check -e '.[standin,serve]' 2>&1 | grep -v "as the 'root' user" || true
+    "$PYTHON" -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[standin,serve]' 2>&1 | grep -v "as the 'root' user" || true
 fi
 
 ping_redis() { "$PYTHON" -c "import redis,sys; redis.Redis.from_url(sys.argv[1], socket_timeout=2).ping()" "$REDIS_URL" 2>/dev/null; }

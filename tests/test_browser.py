@@ -29,15 +29,31 @@ from bulkbackup.testing.forge import Forge, sample
 from tests.conftest import ROOT
 from tests.test_serve import TOKEN, base_env, run_backup, start_serve, stop_serve
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+NO_CHROMIUM = ("needs Debian's chromium and chromedriver on PATH: "
+               "apt-get install chromium chromium-driver (.ci/run installs them)")
 
 
-def _browser(profile: Path, downloads: Path) -> webdriver.Chrome:
-    exe = shutil.which("chromium") or CHROMIUM
-    driver_exe = shutil.which("chromedriver") or CHROMEDRIVER
-    if not (Path(exe).exists() and Path(driver_exe).exists()):
-        pytest.fail("chromium and chromium-driver are not installed (see .ci/run)")
+@pytest.fixture(scope="session")
+def chromium() -> tuple[str, str]:
+    """Session-scoped and first in the test's arguments: decided before any other fixture
+    starts a server."""
+    return find_chromium()
+
+
+def find_chromium() -> tuple[str, str]:
+    """Chromium and chromedriver. Without them the browser test is skipped, saying what to
+    install (the README's test command passes on a fresh machine); with CI=true (.ci/run) it
+    fails instead, so CI never passes without it."""
+    exe, driver_exe = shutil.which("chromium"), shutil.which("chromedriver")
+    if exe is None or driver_exe is None:
+        if os.environ.get("CI", "").lower() in ("1", "true"):
+            pytest.fail(f"CI=true: the browser test {NO_CHROMIUM}")
+        pytest.skip(NO_CHROMIUM)
+    return exe, driver_exe
+
+
+def _browser(chromium: tuple[str, str], profile: Path, downloads: Path) -> webdriver.Chrome:
+    exe, driver_exe = chromium
     opts = Options()
     opts.binary_location = exe
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -91,11 +107,11 @@ def _wait_download(folder: Path, name: str, timeout_s: float = 60) -> Path:
 
 
 def test_dashboard_search_user_download_clone(
-    demo_served: str, tmp_path: Path, artifacts: Path
+    chromium: tuple[str, str], demo_served: str, tmp_path: Path, artifacts: Path
 ) -> None:
     downloads = tmp_path / "downloads"
     downloads.mkdir()
-    driver = _browser(tmp_path / "profile", downloads)
+    driver = _browser(chromium, tmp_path / "profile", downloads)
     wait = WebDriverWait(driver, 30)
     try:
         driver.get(demo_served + "/")
@@ -148,3 +164,19 @@ def test_dashboard_search_user_download_clone(
     if os.environ.get("BULKBACKUP_UPDATE_SCREENSHOT") == "1":
         (ROOT / "docs").mkdir(exist_ok=True)
         shutil.copyfile(artifacts / "dashboard.png", ROOT / "docs" / "dashboard.png")
+
+
+
+def test_without_chromium_the_browser_test_is_skipped_saying_what_to_install_but_fails_in_ci(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's test command on a machine without chromium: a skip with its reason; under
+    .ci/run (CI=true): a failure."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # no chromium there (nor anything else)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        find_chromium()
+    assert str(skipped.value) == NO_CHROMIUM
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception) as failed:
+        find_chromium()
+    assert str(failed.value) == f"CI=true: the browser test {NO_CHROMIUM}"

@@ -5,6 +5,14 @@ Every case goes through the real `bulkbackup` process; S3 cases against a real m
 
 from __future__ import annotations
 
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +21,7 @@ import pytest
 import redis
 
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.conftest import free_port, run_cli, start_moto
+from tests.conftest import ROOT, free_port, run_cli, start_moto
 
 
 def one_line_error(proc: object, *needles: str) -> None:
@@ -153,6 +161,21 @@ def test_abbreviated_options_are_refused() -> None:
     assert proc.returncode == 2 and "--no-wr" in proc.stderr
 
 
+def test_a_mistyped_option_gets_the_commands_usage_and_the_closest_option() -> None:
+    proc = run_cli("run", "--proc", "4")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("usage: bulkbackup run "), proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        "bulkbackup run: error: unrecognized arguments: --proc 4 (did you mean --procs?)")
+    proc = run_cli("serve", "--prot=9")
+    assert proc.returncode == 2 and "usage: bulkbackup serve " in proc.stderr
+    assert "(did you mean --port?)" in proc.stderr
+    # Nothing close: no guess.
+    proc = run_cli("stats", "--frobnicate")
+    assert proc.returncode == 2 and "usage: bulkbackup stats " in proc.stderr
+    assert "did you mean" not in proc.stderr
+
+
 def test_global_options_work_after_the_command(clean_env: None, tmp_path: Path) -> None:
     cfg = config_file(tmp_path, "run:\n  procs: 0\n")
     for args in (["--config", str(cfg), "reset"], ["reset", "--config", str(cfg)]):
@@ -203,3 +226,55 @@ def test_sync_exits_1_when_the_store_cannot_record(forge_env: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.count("\n") == 1 and "store" in proc.stderr
 
+
+
+# -- serve's start-up -------------------------------------------------------------------------
+
+def test_serve_on_a_port_in_use_is_one_line_and_exit_1(clean_env: None, tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_cli("serve", "--port", str(port),
+                       env={"BULKBACKUP_STORE": str(tmp_path / "store")})
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == (f"bulkbackup: error: serve: cannot listen on 127.0.0.1:{port}: "
+                           "Address already in use\n")
+
+
+def test_serve_with_a_missing_store_folder_exits_2_as_show(clean_env: None, tmp_path: Path
+                                                           ) -> None:
+    env = {"BULKBACKUP_STORE": str(tmp_path / "nowhere")}
+    for args in (["show", "octocat"], ["serve", "--port", "0"]):
+        one_line_error(run_cli(*args, env=env), f"store folder {env['BULKBACKUP_STORE']} "
+                       "does not exist")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_serve_on_port_0_prints_the_port_it_listens_on(clean_env: None, tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bulkbackup", "serve", "--port", "0"], cwd=ROOT,
+        env={**os.environ, "BULKBACKUP_STORE": str(tmp_path / "store")},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        match = re.fullmatch(r"bulkbackup serve: http://127\.0\.0\.1:(\d+)/ \(Ctrl-C stops\)\n",
+                             first)
+        assert match and int(match[1]) > 0, first
+        # That address answers (the health check needs Redis, not there: 503 is an answer).
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{match[1]}/healthz", timeout=5):
+                    break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

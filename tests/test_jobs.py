@@ -585,6 +585,7 @@ def test_systemd_units_fit_the_settings(tmp_path: Path) -> None:
 
     assert timespan_s(one("TimeoutStopSec")) > grace
     assert one("KillMode") == "mixed" and one("KillSignal") == "SIGTERM"
+    assert one("SuccessExitStatus") == "130"  # `run` stopped by `systemctl stop`
     assert one("Restart") in ("always", "on-failure")
     if one("Restart") == "always":
         assert timespan_s(one("RestartSec")) >= 60, "a drained queue must not spin"
@@ -630,6 +631,8 @@ def test_dockerfile_installs_the_project_and_git() -> None:
                if not w.startswith("-")]
     extras = set(pyproject["project"]["optional-dependencies"])
     assert ".[serve]" in targets, "the project itself is installed, with the web server's extra"
+    assert "constraints.txt" in copied and any(
+        "--constraint=constraints.txt" in seg for seg in installs), "the tested versions"
     for target in targets:
         if target.startswith(".["):
             assert set(target[2:-1].split(",")) <= extras, target

@@ -42,7 +42,7 @@ def test_restore_user_gives_exact_mirrors_and_zips(env: None, forge: Forge, stor
     to = tmp_path / "out"
     proc = run_cli("restore", "octocat", "--to", str(to), "--zip")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "3 repositories restored, 0 failed" in proc.stderr
+    assert "3 repositories restored, 0 without archive, 0 failed" in proc.stderr
     for name, branch in (("Hello-World", "main"), ("trunk", "trunk")):
         mirror = to / "octocat" / f"{name}.git"
         source = forge.root / "git" / "octocat" / f"{name}.git"
@@ -83,16 +83,34 @@ def test_restore_names_what_cannot_be_restored(env: None, forge: Forge, store: S
     lines = {line.split(":")[0]: line for line in proc.stdout.splitlines()}
     assert "restored to" in lines["bob/good"]
     assert "FAILED" in lines["bob/cut"] and "truncated" in lines["bob/cut"]
-    assert "FAILED: no archive: git clone" in lines["bob/gone"]
-    assert "zero bytes without an Error" in lines["bob/blank"]
-    assert "1 repositories restored, 3 failed" in proc.stderr
+    # No archive, and its Error says why (recorded by the sync): reported, not a failure.
+    assert lines["bob/gone"].startswith("bob/gone: no archive: git clone"), lines["bob/gone"]
+    assert "FAILED" not in lines["bob/gone"]
+    assert "FAILED" in lines["bob/blank"] and "zero bytes without an Error" in lines["bob/blank"]
+    assert "1 repositories restored, 1 without archive, 2 failed" in proc.stderr
     # Never a half-restored repository, nor a temporary directory left behind.
     assert sorted(p.name for p in (to / "bob").iterdir()) == ["good.git"]
+    # Asked for by name, a repository without an archive is a failure: nothing was restored.
+    proc = run_cli("restore", "bob/gone", "--to", str(to))
+    assert proc.returncode == 1 and "bob/gone: FAILED: no archive: git clone" in proc.stdout
 
     proc = run_cli("restore", "bob/nothere", "--to", str(to))
     assert proc.returncode == 1 and "missing object bob/nothere.bundle" in proc.stdout
     proc = run_cli("restore", "nobody", "--to", str(to))
     assert proc.returncode == 1 and "no archives stored for user nobody" in proc.stdout
+
+
+def test_restore_user_whose_repositories_without_archive_say_why_exits_0(
+        env: None, forge: Forge, store: Store, tmp_path: Path) -> None:
+    """A repository deleted upstream (or failing to clone) is recorded with its Error by the
+    sync: the user's restore restores the rest and exits 0, naming it."""
+    synced(forge, "dan", [RepoSpec("kept"), RepoSpec("gone", missing=True)])
+    to = tmp_path / "out"
+    proc = run_cli("restore", "dan", "--to", str(to))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "dan/gone: no archive: git clone" in proc.stdout
+    assert "1 repositories restored, 1 without archive, 0 failed" in proc.stderr
+    assert sorted(p.name for p in (to / "dan").iterdir()) == ["kept.git"]
 
 
 def test_restore_at(env: None, forge: Forge, store: Store, tmp_path: Path) -> None:

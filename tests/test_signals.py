@@ -45,11 +45,13 @@ def no_claims_left(r: redis.Redis) -> bool:
             and r.zcount("tracked", "+inf", "+inf") == 0)
 
 
-def test_sigterm_to_the_process_group_stops_like_ctrl_c(
-    run_env: dict[str, str], r: redis.Redis, forge: Forge
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_to_the_process_group_stops_gracefully_and_exits_130(
+    run_env: dict[str, str], r: redis.Redis, forge: Forge, signum: signal.Signals
 ) -> None:
-    """systemd's KillMode=control-group, `kill -- -PGID` and `timeout` signal every process
-    of the run, the fork server included: a graceful stop all the same."""
+    """Ctrl-C in a terminal, systemd's KillMode=control-group, `kill -- -PGID` and `timeout`
+    signal every process of the run, the fork server included: a graceful stop all the same,
+    and exit 130 as `sync` (the run did not finish its work)."""
     forge.stall_s = 2
     logins = [f"g{i}" for i in range(8)]
     for login in logins:
@@ -60,9 +62,10 @@ def test_sigterm_to_the_process_group_stops_like_ctrl_c(
     wait_for(lambda: forge.counters["upload_pack"] >= 1, what="work in progress")
     workers = workers_of(proc.pid)
     assert workers
-    os.killpg(proc.pid, signal.SIGTERM)
+    os.killpg(proc.pid, signum)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 130, err
+    assert err.rstrip().endswith("bulkbackup: interrupted"), err
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
     assert "stopping: in-flight users have 20s to finish" in err
     # The users in flight finished; the others were given back with their scores.

@@ -217,7 +217,8 @@ def _named(kind: Any) -> Any:
 
 def _page_size(node: FieldNode, variables: Mapping[str, Any]) -> int:
     values: dict[str, Any] = {}
-    for arg in node.arguments:
+    # graphql-core 3.3 leaves `arguments` None on a field written without any (3.2: empty).
+    for arg in node.arguments or ():
         if arg.name.value in ("first", "last"):
             v = arg.value
             if isinstance(v, IntValueNode):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import resource
+import socket
 
 import uvicorn
 
 from bulkbackup.config import Settings
+from bulkbackup.errors import BulkbackupError
 from bulkbackup.web.app import create_app
 from bulkbackup.web.deadlines import protocol_class
 
@@ -31,14 +33,41 @@ def raise_open_file_limit() -> int:
     return soft
 
 
-def serve(settings: Settings, host: str, port: int) -> None:
-    """Serve ``settings``' archive on ``host``:``port`` until SIGINT/SIGTERM."""
-    raise_open_file_limit()
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket on ``host``:``port``, bound here rather than by uvicorn: a port
+    in use (or an address not ours) is then one line and exit 1, where uvicorn logs and exits
+    3, and the port that ``--port 0`` chose is known before serving."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn chooses
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise BulkbackupError(f"serve: cannot listen on {address(host, port)}: "
+                              f"{exc.strerror or exc}") from None
+    return sock
+
+
+def address(host: str, port: int) -> str:
+    """`host:port` as a URL has it (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bound_address(sock: socket.socket) -> str:
+    """The address ``sock`` really listens on (the port the system chose for port 0)."""
+    host, port = sock.getsockname()[:2]
+    return address(str(host), int(port))
+
+
+def serve(settings: Settings, sock: socket.socket) -> None:
+    """Serve ``settings``' archive on the listening ``sock`` until SIGINT/SIGTERM."""
     # Access logs carry paths and query strings only: tokens travel in headers, never logged.
     # X-Forwarded-Proto/For are believed from a proxy on this machine only (uvicorn's
     # FORWARDED_ALLOW_IPS, default 127.0.0.1), so restore commands show the public https URL.
     # Half-sent requests are closed at serve.header_timeout_s / body_timeout_s (deadlines.py).
+    raise_open_file_limit()
     http = protocol_class(settings.serve.header_timeout_s, settings.serve.body_timeout_s)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
-                server_header=False, proxy_headers=True, timeout_graceful_shutdown=5,
-                http=http)
+    config = uvicorn.Config(create_app(settings), log_level="info", server_header=False,
+                            proxy_headers=True, timeout_graceful_shutdown=5, http=http)
+    uvicorn.Server(config).run(sockets=[sock])

@@ -1,0 +1,51 @@
+"""A fresh install is reproducible: constraints.txt pins what the tests passed with, within
+pyproject.toml's floors, and the documented install commands use it."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from tests.conftest import ROOT
+
+
+def pins() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version and not re.search(r"[<>!~;,\s]", version), line
+            out[canonicalize_name(name)] = version
+    return out
+
+
+def test_constraints_pin_every_requirement_within_pyprojects_bounds() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    texts = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        texts += extra
+    pinned = pins()
+    for req in map(Requirement, texts):
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        version = pinned.get(canonicalize_name(req.name))
+        assert version is not None, f"{req.name} is not in constraints.txt"
+        assert req.specifier.contains(version, prereleases=True), (req, version)
+    # What the GitHub stand-in was tested with (graphql-core 3.3 works too: .ci/newest).
+    assert pinned["graphql-core"].startswith("3.2.")
+    # Transitive dependencies too (boto3's botocore, GitPython's gitdb), not packaging tools.
+    assert {"botocore", "gitdb", "starlette", "anyio"} <= pinned.keys()
+    assert not {"pip", "setuptools", "wheel"} & pinned.keys()
+
+
+def test_the_documented_installs_use_the_constraints() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install -c constraints.txt -e '.[test]' && python -m pytest" in readme
+    assert "-c constraints.txt" in (ROOT / ".ci" / "run").read_text()
+    assert "-c constraints.txt" in (ROOT / "jobs" / "demo.sh").read_text()
+    # The weekly job installs the newest versions instead, transitive ones too.
+    newest = (ROOT / ".ci" / "newest").read_text()
+    assert "-c constraints.txt" not in newest and "--upgrade-strategy eager" in newest

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,7 +18,9 @@ from typing import Any
 
 import pytest
 
+from bulkbackup.config import GitHubSettings, RunSettings
 from bulkbackup.errors import GitError
+from bulkbackup.gitops import GitWork
 from bulkbackup.refadvert import MAX_REFS, Pkts, pkt, read_info_refs, read_ls_refs, ref_prefixes
 from bulkbackup.testing.forge import Forge, RepoSpec
 from tests.conftest import ROOT
@@ -25,13 +28,22 @@ from tests.test_packfetch import base_of, check_increment, fetch, git, list_head
 
 
 def many_refs(forge: Forge, name: str, tags: int, pulls: int) -> None:
-    """``tags`` lightweight tags and ``pulls`` refs/pull/<n>/head on the default branch."""
+    """``tags`` lightweight tags and ``pulls`` refs/pull/<n>/head on the default branch,
+    written straight into packed-refs (`update-ref` makes 10 000 refs in a minute)."""
     repo = forge.git_root / "u" / f"{name}.git"
     tip = git("rev-parse", "refs/heads/main", cwd=repo).strip()
-    lines = [f"create refs/tags/t{i:05d} {tip}\n" for i in range(tags)]
-    lines += [f"create refs/pull/{i}/head {tip}\n" for i in range(pulls)]
-    git("update-ref", "--stdin", cwd=repo, input="".join(lines).encode())
     git("pack-refs", "--all", cwd=repo)
+    header, *lines = (repo / "packed-refs").read_text().splitlines(keepends=True)
+    entries: list[tuple[str, str]] = []  # (name, its line and its peeled line)
+    for line in lines:
+        if line.startswith("^"):
+            entries[-1] = (entries[-1][0], entries[-1][1] + line)
+        else:
+            entries.append((line.split()[1], line))
+    new = [f"refs/tags/t{i:05d}" for i in range(tags)]
+    new += [f"refs/pull/{i}/head" for i in range(pulls)]
+    entries += [(ref, f"{tip} {ref}\n") for ref in new]
+    (repo / "packed-refs").write_text(header + "".join(b for _, b in sorted(entries)))
 
 
 def listing_bytes(forge: Forge) -> int:
@@ -93,6 +105,36 @@ def test_ref_prefixes() -> None:
     assert ref_prefixes({"refs/notes/x": "", "refs/odd": ""}, True) == (
         "refs/heads/", "refs/tags/", "refs/pull/", "refs/notes/", "refs/odd")
     assert ref_prefixes({f"refs/n{i}/x": "" for i in range(65)}, False) == ("refs/",)
+
+
+# -- the zip's depth-1 fetch (gitops.GitWork.zip_at) -------------------------------------
+
+
+@pytest.mark.parametrize("v2", [True, False])
+def test_the_zip_fetch_costs_the_tree_not_the_listing(forge: Forge, tmp_path: Path,
+                                                      v2: bool) -> None:
+    blob = os.urandom(200_000)
+    forge.add_user("u", [RepoSpec("z", files={"blob.bin": blob}, tags=["v1"])])
+    many_refs(forge, "z", tags=5000, pulls=5000)
+    source = forge.git_root / "u" / "z.git"
+    tip = git("rev-parse", "refs/heads/main", cwd=source).strip()
+    forge.push("u", "z", {"later.txt": b"later\n"})  # the zipped commit is no tip any more
+    forge.git_v2 = v2
+    forge.reset_counters()
+    work = GitWork(RunSettings(git_timeout_s=60), GitHubSettings(api_url=forge.url),
+                   tmp_path / "work")
+    path = work.zip_at("u", "z", f"{forge.url}/u/z.git", "main", tip, None)
+    with zipfile.ZipFile(path) as z:
+        assert z.read("z-main/blob.bin") == blob and "z-main/later.txt" not in z.namelist()
+    with forge.lock:
+        sent, tree = forge.counters["git_bytes_sent"], forge.counters["git_bytes_sent_shallow"]
+    listed = listing_bytes(forge)
+    print(f"\nv{2 if v2 else 0}: zip fetch {sent} B, tree {tree} B, listing {listed} B")
+    assert len(blob) < tree < sent
+    if v2:  # the capabilities only (no ls-refs), no tags followed: about the tree's pack
+        assert listed < 1000 and sent - tree < 1000
+    else:  # a server without v2: its whole listing (10 000 refs, 60 bytes each), then the tree
+        assert listed > 10_000 * 60
 
 
 # -- what the parser refuses -------------------------------------------------------------
@@ -212,7 +254,9 @@ _FETCH = """
 import json, resource, sys
 from pathlib import Path
 from bulkbackup.config import GitHubSettings, RunSettings
+from bulkbackup.config import GitHubSettings, RunSettings
 from bulkbackup.errors import GitError
+from bulkbackup.gitops import GitWork
 from bulkbackup.packfetch import fetch_increment
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:

@@ -25,6 +25,7 @@ _MAX_PREFIXES = 64  # more namespaces than this in the old state: ask for all of
 _OID = re.compile(rb"[0-9a-f]{40}")
 # What `git check-ref-format` refuses, roughly; a name that passes is safe in a bundle header.
 _BAD_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|/\.|\.lock(?:/|$)|[/.]$")
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
 _FLUSH, _DELIM = b"0000", b"0001"
 _NOT_GIT = "git fetch failed: the server's answer is not git's protocol"
 
@@ -72,8 +73,9 @@ def ref_prefixes(old_refs: Iterable[str], pull_refs: bool) -> tuple[str, ...]:
     never drops a ref its base holds (restore applies parts with `--prune`). A namespace
     that first appears after the base waits for the next full archive."""
     known = ("refs/heads/", "refs/tags/", "refs/pull/")
-    other = {n[: n.index("/", 5) + 1] if "/" in n[5:] else n
-             for n in old_refs if n.startswith("refs/") and not n.startswith(known)}
+    other = {n[: n.index("/", 5) + 1] if "/" in n[5:] else n for n in old_refs
+             if n.startswith("refs/") and not n.startswith(known) and len(n) <= 1024
+             and not _CONTROL.search(n)}  # each goes on a pkt-line of its own
     if len(other) > _MAX_PREFIXES:
         return ("refs/",)  # pull refs are still dropped as they arrive unless asked for
     return ("refs/heads/", "refs/tags/", *(("refs/pull/",) if pull_refs else ()), *sorted(other))

@@ -105,6 +105,7 @@ def test_ref_prefixes() -> None:
     assert ref_prefixes({"refs/notes/x": "", "refs/odd": ""}, True) == (
         "refs/heads/", "refs/tags/", "refs/pull/", "refs/notes/", "refs/odd")
     assert ref_prefixes({f"refs/n{i}/x": "" for i in range(65)}, False) == ("refs/",)
+    assert ref_prefixes({"refs/a\nref-prefix refs/": ""}, False) == ("refs/heads/", "refs/tags/")
 
 
 # -- the zip's depth-1 fetch (gitops.GitWork.zip_at) -------------------------------------

@@ -281,7 +281,13 @@ class GitWork:
                token: str | None, check: Callable[[], None] = lambda: None) -> Path:
         """`<name>.zip` of ``commit`` (the tip of ``branch``) without the repository's
         history: a depth-1 fetch of that one commit (its tree, what the zip holds), for an
-        archive stored as an increment, which has no local mirror to zip from."""
+        archive stored as an increment, which has no local mirror to zip from.
+
+        Protocol v2 without tag following: git then lists no refs at all (with tags followed
+        it lists every refs/tags/*, and GitHub's refs/pull/* too: megabytes on a repository
+        with tens of thousands of them). GitHub serves an id in v2 whether or not a ref
+        points to it; a server without v2 sends its whole listing (git falls back by itself)
+        and serves the id if a ref reaches it (over HTTP's stateless protocol)."""
         base = self.user_dir(login)
         base.mkdir(parents=True, exist_ok=True)
         shallow = base / f"{name}.zip.git"
@@ -293,8 +299,9 @@ class GitWork:
         try:
             run_git(["init", "--bare", "--quiet", "--template=", str(shallow)], base, env,
                     left(), what="fetch")
-            run_git(["fetch", "--quiet", "--depth=1", "--no-write-fetch-head", "--", clone_url,
-                     f"{commit}:refs/zip"], shallow, env, left(), what="fetch")
+            run_git(["-c", "protocol.version=2", "fetch", "--quiet", "--depth=1", "--no-tags",
+                     "--no-write-fetch-head", "--", clone_url, f"{commit}:refs/zip"], shallow,
+                    env, left(), what="fetch")
             check()
             _zip(shallow, name, branch, commit, zipfile, env, left())
             return zipfile

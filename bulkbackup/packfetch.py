@@ -1,12 +1,13 @@
 """Fetch what is new in a remote repository since a known state, as an increment bundle.
 
-No local repository: the previous state is only its refs. One GET of the ref advertisement
-(git protocol v0 over smart HTTP, so a repository that did not change costs one request),
-then, if a kept ref points to an id the old state lacks, one POST that wants those ids and has
-every old id, answered with a thin pack. The bundle: `# v2 git bundle`, `-<id>` per old branch
-tip, the kept refs and HEAD, a blank line, the pack as it arrived. This module plans the fetch
-(which refs, wants and haves) and writes the bundle; the HTTP under dulwich, with its bounds
-and the token's scope, is in packhttp.py.
+No local repository: the previous state is only its refs. The remote's refs under the
+prefixes kept (refadvert.py: protocol v2's `ls-refs`, GitHub's refs/pull/* left out; v0's
+whole advertisement from a server without v2), then, if a kept ref points to an id the old
+state lacks, one POST that wants those ids and has every old id, answered with a thin pack.
+The bundle: `# v2 git bundle`, `-<id>` per old branch tip, the kept refs and HEAD, a blank
+line, the pack as it arrived. This module plans the fetch (which refs, wants and haves) and
+writes the bundle; the HTTP under dulwich, with its bounds and the token's scope, is in
+packhttp.py.
 
 Prerequisites are old branch tips only: a branch always points to a commit (git refuses
 anything else), but a tag's peeled object may be a tree or a blob (git.git's junio-gpg-pub tag
@@ -27,18 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from dulwich.objects import ObjectID
-from dulwich.refs import Ref
-
 from bulkbackup.config import GitHubSettings, RunSettings
 from bulkbackup.errors import BulkbackupError, GitError
 from bulkbackup.packhttp import Client, Http, authorization, base_url
+from bulkbackup.refadvert import Advert, ref_prefixes
 
-_MAX_REFS = 500_000  # GitHub's biggest repositories: a few hundred thousand refs/pull/*
 _CHECK_EVERY = 4 << 20  # pack bytes between two calls of check()
 _OID = re.compile(r"[0-9a-f]{40}")
-# What `git check-ref-format` refuses, roughly; a name that passes is safe in a bundle header.
-_BAD_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|/\.|\.lock(?:/|$)|[/.]$")
 _PACK_HEAD = b"PACK\x00\x00\x00\x02\x00\x00\x00\x00"
 EMPTY_PACK = _PACK_HEAD + hashlib.sha1(_PACK_HEAD, usedforsecurity=False).digest()
 
@@ -78,12 +74,12 @@ def fetch_increment(clone_url: str, old_refs: dict[str, str], default_branch: st
     http = Http(base, authorization(base, gh, token), run, pack_limit(run))
     guard = _Guard(check)
     writer = _Writer(dest, pack_limit(run), guard)
-    steps = _Steps(writer, guard, lambda advert: _plan(
-        advert, old, old_head, default_branch, run.pull_refs))
-    client = Client(base, http, steps.discovered, steps.want)
+    steps = _Steps(writer, guard, lambda advert: _plan(advert, old, old_head, default_branch))
+    client = Client(base, http, ref_prefixes(old, run.pull_refs), run.pull_refs,
+                    steps.discovered, steps.want)
     try:
         with http:
-            client.fetch_pack("", client.wants, client.haves, writer.pack, protocol_version=0)
+            client.fetch_pack("", client.wants, client.haves, writer.pack)
         plan = steps.plan
         assert plan is not None  # made by client.wants, which fetch_pack always calls
         if plan.unchanged:
@@ -136,33 +132,6 @@ def _old_state(old_refs: Mapping[str, str]) -> tuple[dict[str, str], str | None]
 
 
 @dataclass(frozen=True)
-class _Advert:
-    refs: dict[str, str]  # every advertised ref under refs/, checked
-    head_target: str | None  # what the remote HEAD points to
-
-
-def _advert(refs: Mapping[Ref, ObjectID | None], symrefs: Mapping[Ref, Ref]) -> _Advert:
-    if len(refs) > _MAX_REFS:
-        raise GitError(f"git fetch refused: the server advertises more than {_MAX_REFS} refs")
-    out: dict[str, str] = {}
-    for raw, oid in refs.items():
-        if oid is None or not raw.startswith(b"refs/"):
-            continue  # HEAD (and anything outside refs/, which `+refs/*:refs/*` ignores)
-        try:
-            name, hexid = raw.decode(), oid.decode("ascii")
-        except UnicodeDecodeError:
-            raise GitError("git fetch failed: the server advertised a ref that is not UTF-8"
-                           ) from None
-        if not _OID.fullmatch(hexid):
-            raise GitError("git fetch failed: the server advertised a malformed object id")
-        if len(name) > 1024 or _BAD_REF.search(name):
-            raise GitError("git fetch failed: the server advertised an invalid ref name")
-        out[name] = hexid
-    target = symrefs.get(Ref(b"HEAD"))
-    return _Advert(out, target.decode("utf-8", "replace") if target else None)
-
-
-@dataclass(frozen=True)
 class _Plan:
     refs: dict[str, str]
     head: str | None
@@ -173,9 +142,9 @@ class _Plan:
     unchanged: bool  # nothing to store
 
 
-def _plan(advert: _Advert, old: dict[str, str], old_head: str | None,
-          default_branch: str | None, pull_refs: bool) -> _Plan:
-    refs = {n: i for n, i in advert.refs.items() if pull_refs or not n.startswith("refs/pull/")}
+def _plan(advert: Advert, old: dict[str, str], old_head: str | None,
+          default_branch: str | None) -> _Plan:
+    refs = advert.refs  # refs/pull/* only with run.pull_refs (refadvert)
     heads = sorted(n.removeprefix("refs/heads/") for n in refs if n.startswith("refs/heads/"))
     target = advert.head_target or ""
     branch = (default_branch if default_branch is not None and default_branch in heads
@@ -204,14 +173,13 @@ class _Steps:
     plan when dulwich asks for the wants, starting the bundle when a pack will come."""
 
     def __init__(self, writer: _Writer, guard: _Guard,
-                 planner: Callable[[_Advert], _Plan]) -> None:
+                 planner: Callable[[Advert], _Plan]) -> None:
         self._writer, self._guard, self._planner = writer, guard, planner
-        self.advert: _Advert | None = None
+        self.advert: Advert | None = None
         self.plan: _Plan | None = None
 
-    def discovered(self, refs: Mapping[Ref, ObjectID | None], symrefs: Mapping[Ref, Ref]
-                   ) -> None:
-        self.advert = _advert(refs, symrefs)
+    def discovered(self, advert: Advert) -> None:
+        self.advert = advert
 
     def want(self) -> tuple[list[str], list[str]]:
         self._guard()

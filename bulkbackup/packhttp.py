@@ -1,18 +1,18 @@
-"""The HTTP under packfetch's fetch: dulwich speaks git's protocol (discovery, the request,
-side-band); the HTTP under it is ours. Kept apart from the fetch (wants, haves, the bundle)
-because this is where the untrusted server is bounded.
+"""The HTTP under packfetch's fetch: dulwich speaks git's protocol for the pack (the request,
+side-band), refadvert.py reads the refs; the HTTP under both is ours. Kept apart from the
+fetch (wants, haves, the bundle) because this is where the untrusted server is bounded.
 
 `Http`: a urllib3 PoolManager per fetch with redirects and retries off, only the two smart URLs
 ever requested, the token as gitops.git_env would send it (`authorization`), only smart answers
 (a dumb or non-git answer is a GitError, never dulwich's fallback to the dumb protocol), every
 body bounded in bytes, by the deadline (a watchdog shuts the sockets) and by git's low-speed
-rule. `Client`: dulwich's AbstractHttpGitClient over it, for one stateless protocol v0 fetch.
+rule. `Client`: dulwich's AbstractHttpGitClient over it, for one stateless fetch in protocol
+v2 (`ls-refs` with ref prefixes, then `fetch`), or v0 from a server without v2.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import re
 import socket
 import threading
@@ -25,12 +25,22 @@ import urllib3
 import urllib3.connection
 from dulwich.client import AbstractHttpGitClient, default_user_agent_string
 from dulwich.objects import ObjectID
+from dulwich.protocol import CAPABILITY_OFS_DELTA, agent_string
 from dulwich.refs import Ref
 
 from bulkbackup.config import GitHubSettings, RunSettings
 from bulkbackup.errors import GitError, one_line
 from bulkbackup.gitops import basic_authorization, token_schemes
 from bulkbackup.redact import redact
+from bulkbackup.refadvert import (
+    Advert,
+    Pkts,
+    end,
+    ls_refs_request,
+    pkt,
+    read_info_refs,
+    read_ls_refs,
+)
 
 if TYPE_CHECKING:
     from dulwich.client import HTTPResponse
@@ -38,7 +48,7 @@ if TYPE_CHECKING:
 _GET, _POST = "info/refs?service=git-upload-pack", "git-upload-pack"
 _ADVERT_TYPE = "application/x-git-upload-pack-advertisement"
 _RESULT_TYPE = "application/x-git-upload-pack-result"
-_MAX_ADVERT_BYTES = 64 << 20  # held whole while dulwich parses it
+_MAX_ADVERT_BYTES = 64 << 20  # one ref listing's answer (parsed as it streams)
 _CHUNK = 1 << 16
 
 
@@ -93,15 +103,17 @@ class _Haves:
 
 
 class Client(AbstractHttpGitClient):
-    """dulwich's smart HTTP client over `Http`. Discovery hands the advertised refs and symrefs
-    to ``discovered`` (with HEAD's target, which fetch_pack does not return before it asks for
-    the pack); `wants` takes the ids to want and to have from ``want``."""
+    """dulwich's smart HTTP client over `Http`. Discovery is ours (refadvert.py: v2 ls-refs
+    with ``prefixes``, or v0's advertisement) and hands the refs to ``discovered`` (HEAD's
+    target too, which fetch_pack does not return before it asks for the pack); dulwich gets
+    no refs, only the capabilities: `wants` takes the ids to want and to have from ``want``."""
 
-    def __init__(self, base: str, http: Http,
-                 discovered: Callable[[Mapping[Ref, ObjectID | None], Mapping[Ref, Ref]], None],
+    def __init__(self, base: str, http: Http, prefixes: tuple[str, ...], pull_refs: bool,
+                 discovered: Callable[[Advert], None],
                  want: Callable[[], tuple[list[str], list[str]]]) -> None:
         super().__init__(base, dumb=False, thin_packs=True, quiet=True)
         self._wire, self._discovered, self._want = http, discovered, want
+        self._prefixes, self._pull_refs = prefixes, pull_refs
         self.haves = _Haves()
 
     def wants(self, refs: Mapping[Ref, ObjectID], depth: int | None = None) -> list[ObjectID]:
@@ -112,17 +124,57 @@ class Client(AbstractHttpGitClient):
     def _http_request(self, url: str, headers: dict[str, str] | None = None,
                       data: bytes | Iterator[bytes] | None = None, raise_for_status: bool = True
                       ) -> tuple[HTTPResponse, Callable[[int], bytes]]:
+        if data is None:  # only discovery GETs, and that is ours
+            raise GitError("git fetch refused: an unexpected request (dumb HTTP)")
         return self._wire.request(url, headers or {}, data)
+
+    def _smart_request(self, service: str, url: str, data: bytes | Iterator[bytes] | None
+                       ) -> tuple[HTTPResponse, Callable[[int], bytes]]:
+        # dulwich's v2 fetch asks for thin-pack only: ofs-delta too, as v0 and git do (an
+        # offset costs a few bytes, a REF_DELTA base 20).
+        if self.protocol_version == 2 and isinstance(data, bytes):
+            data = _with_arg(data, CAPABILITY_OFS_DELTA + b"\n")
+        return super()._smart_request(service, url, data)
 
     def _discover_references(
         self, service: bytes, base_url: str, protocol_version: int | None = None,
         ref_prefix: Sequence[bytes] | None = None,
     ) -> tuple[dict[Ref, ObjectID | None], set[bytes], str, dict[Ref, Ref], dict[Ref, ObjectID]]:
-        found = super()._discover_references(service, base_url, protocol_version, ref_prefix)
-        if self.dumb:  # Http refuses non-smart answers: never reached, never allowed
-            raise GitError("git fetch refused: the server speaks only the dumb HTTP protocol")
-        self._discovered(found[0], found[3])
-        return found
+        advert = self._discover()
+        self.protocol_version = advert.version
+        self._discovered(advert)
+        return {}, advert.capabilities, base_url, {}, {}
+
+    def _discover(self) -> Advert:
+        """`GET info/refs` asking for v2: v0's advertisement, or v2's capabilities and then
+        the `ls-refs` POST; each answer parsed as it streams."""
+        body, read = self._wire.request(self._wire.base + _GET,
+                                        {"Accept": "*/*", "Git-Protocol": "version=2"}, None)
+        with contextlib.closing(body):
+            got = read_info_refs(Pkts(read), self._prefixes, self._pull_refs)
+            end(read)
+        if isinstance(got, Advert):
+            return got
+        request = ls_refs_request(got, self._prefixes, agent_string())
+        body, read = self._wire.request(self._wire.base + _POST, {
+            "Content-Type": "application/x-git-upload-pack-request", "Accept": _RESULT_TYPE,
+            "Git-Protocol": "version=2", "Content-Length": str(len(request))}, request,
+            listing=True)
+        with contextlib.closing(body):
+            advert = read_ls_refs(Pkts(read), self._prefixes, self._pull_refs, got)
+            end(read)
+        return advert
+
+
+def _with_arg(request: bytes, arg: bytes) -> bytes:
+    """A v2 command with ``arg`` first among its arguments (after the delimiter packet)."""
+    i = 0
+    while i + 4 <= len(request):
+        head = request[i : i + 4]
+        if head == b"0001":
+            return request[: i + 4] + pkt(arg) + request[i + 4 :]
+        i += max(4, int(head, 16))
+    return request
 
 
 # The sockets of the fetch running on this thread (see Http): the watchdog shuts them down.
@@ -207,8 +259,10 @@ class Http:
         return GitError(f"git fetch failed: stalled: less than {self.run.git_low_speed_bytes_s}"
                         f" bytes/s for {self.run.git_low_speed_time_s}s")
 
-    def request(self, url: str, headers: Mapping[str, str], data: bytes | Iterator[bytes] | None
-                ) -> tuple[_Body, Callable[[int], bytes]]:
+    def request(self, url: str, headers: Mapping[str, str], data: bytes | Iterator[bytes] | None,
+                listing: bool = False) -> tuple[_Body, Callable[[int], bytes]]:
+        """GET info/refs (``data`` None) or POST git-upload-pack; ``listing``: a POST that
+        lists refs (v2 ls-refs), bounded as a listing rather than as a pack."""
         post = data is not None
         if url != self.base + (_POST if post else _GET):
             raise GitError("git fetch refused: a request to another URL (dumb HTTP, packfile URI)")
@@ -229,11 +283,11 @@ class Http:
             raise self.failure(exc) from None
         self.window_start, self.window_bytes = time.monotonic(), 0
         _refuse(resp, _RESULT_TYPE if post else _ADVERT_TYPE)
-        if post:
+        if post and not listing:
             body = _Body(self, resp, self.max_pack + (16 << 20), "the answer")
-            return body, body.read
-        whole = _Body(self, resp, _MAX_ADVERT_BYTES, "the ref advertisement")
-        return whole, io.BytesIO(whole.read(_MAX_ADVERT_BYTES + 1)).read
+        else:
+            body = _Body(self, resp, _MAX_ADVERT_BYTES, "the ref advertisement")
+        return body, body.read
 
     def received(self, size: int) -> None:
         """git's low-speed rule (curl's): fewer than git_low_speed_bytes_s bytes/s over

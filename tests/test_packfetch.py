@@ -25,7 +25,7 @@ import pytest
 from bulkbackup.config import GitHubSettings, RunSettings
 from bulkbackup.errors import GitError
 from bulkbackup.gitops import GitWork
-from bulkbackup.packfetch import EMPTY_PACK, FetchedIncrement, _advert, fetch_increment
+from bulkbackup.packfetch import EMPTY_PACK, FetchedIncrement, fetch_increment
 from bulkbackup.testing.forge import Forge, RepoSpec
 
 TOKEN = "ghp_packfetchSECRET0123456789abcdef"
@@ -114,9 +114,9 @@ def test_one_new_commit_is_a_small_increment(forge: Forge, tmp_path: Path) -> No
                                   branches={"dev": {"d.txt": b"d\n"}}, tags=["v1"])])
     base, old = base_of(forge, tmp_path, "a")
     forge.push("u", "a", {"new.txt": b"one new commit\n"})
-    posts = forge.upload_packs("u", "a")
+    posts = forge.pack_requests("u", "a")
     inc = fetch(forge, tmp_path, "a", old, "1.bundle")
-    assert inc.branch == "main" and forge.upload_packs("u", "a") == posts + 1  # one POST
+    assert inc.branch == "main" and forge.pack_requests("u", "a") == posts + 1  # one pack
     check_increment(forge, "a", inc, tmp_path, [base])
     assert inc.bundle is not None
     size = inc.bundle.stat().st_size
@@ -145,9 +145,9 @@ def test_deleted_branch_and_tag_make_an_empty_pack(forge: Forge, tmp_path: Path)
     base, old = base_of(forge, tmp_path, "d")
     forge.delete_ref("u", "d", "refs/heads/dev")
     forge.delete_ref("u", "d", "refs/tags/v1")
-    posts = forge.upload_packs("u", "d")
+    posts = forge.pack_requests("u", "d")
     inc = fetch(forge, tmp_path, "d", old, "1.bundle")
-    assert forge.upload_packs("u", "d") == posts and inc.received_bytes == 0  # nothing asked
+    assert forge.pack_requests("u", "d") == posts and inc.received_bytes == 0  # nothing asked
     assert inc.bundle is not None and inc.bundle.read_bytes().endswith(b"\n\n" + EMPTY_PACK)
     repo = check_increment(forge, "d", inc, tmp_path, [base])
     assert set(refs_of(repo)) == {"refs/heads/main", "refs/tags/v1-light"}
@@ -208,13 +208,13 @@ def test_refs_moved_to_objects_already_had(forge: Forge, tmp_path: Path) -> None
 def test_nothing_changed_asks_for_no_pack(forge: Forge, tmp_path: Path) -> None:
     forge.add_user("u", [RepoSpec("n", tags=["v1"])])
     _, old = base_of(forge, tmp_path, "n")
-    clones, posts = forge.clones("u", "n"), forge.upload_packs("u", "n")
+    clones, posts = forge.clones("u", "n"), forge.pack_requests("u", "n")
     (tmp_path / "1.bundle").write_bytes(b"stale")
     inc = fetch(forge, tmp_path, "n", old, "1.bundle")
     assert inc.bundle is None and not (tmp_path / "1.bundle").exists()
     assert inc.refs == remote_refs(forge, "n") and inc.branch == "main"
     assert inc.head == old["HEAD"] and inc.received_bytes == 0
-    assert forge.clones("u", "n") == clones + 1 and forge.upload_packs("u", "n") == posts
+    assert forge.clones("u", "n") == clones + 1 and forge.pack_requests("u", "n") == posts
 
 
 def test_head_moving_alone_is_an_increment(forge: Forge, tmp_path: Path) -> None:
@@ -353,7 +353,8 @@ def test_a_stalled_server_ends_the_fetch(forge: Forge, tmp_path: Path, kind: str
     with pytest.raises(GitError) as info:
         fetch(forge, tmp_path, "s", {}, "1.bundle", **run)
     assert ("timed out after 2s" if kind == "timeout" else "stalled") in str(info.value)
-    assert forge.upload_packs("u", "s") == 1
+    # One try: v2's ls-refs (where `stall` stalls), then for stall_mid the fetch.
+    assert forge.upload_packs("u", "s") == 1 + (kind == "stall_mid")
     assert [p.name for p in tmp_path.iterdir() if "bundle" in p.name] == []
 
 
@@ -368,9 +369,12 @@ class _Drip(socketserver.BaseRequestHandler):
         request = b""
         while b"\r\n\r\n" not in request:
             request += self.request.recv(4096) or b"\r\n\r\n"
+        # The body: a v0 advertisement (read as it streams: it must look like one).
+        body = b"001e# service=git-upload-pack\n0000" + b"".join(
+            b"%04x%s refs/tags/t%07d\n" % (64, b"a" * 40, i) for i in range(20_000))
         answer = (b"HTTP/1.1 200 OK\r\n" + b"X-Drip: a\r\n" * 10**6 if self.head else
                   b"HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-"
-                  b"advertisement\r\nContent-Length: 1000000\r\n\r\n" + b"0" * 10**6)
+                  b"advertisement\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
         start = answer.index(b"\r\n\r\n") + 4 if not self.head else 0
         self.request.sendall(answer[:start])
         for i in range(start, len(answer)):
@@ -426,7 +430,7 @@ def test_check_raising_abandons_and_leaves_no_file(forge: Forge, tmp_path: Path,
     forge.add_user("u", [RepoSpec("k")])
     _, old = base_of(forge, tmp_path, "k")
     forge.push("u", "k", {"huge.bin": os.urandom(9 << 20)})
-    posts = forge.upload_packs("u", "k")
+    posts = forge.pack_requests("u", "k")
 
     def check() -> None:
         if when == "first" or list(tmp_path.glob(".1.bundle.*")):  # the pack is arriving
@@ -434,7 +438,7 @@ def test_check_raising_abandons_and_leaves_no_file(forge: Forge, tmp_path: Path,
 
     with pytest.raises(Abandon):
         fetch(forge, tmp_path, "k", old, "1.bundle", check=check)
-    assert forge.upload_packs("u", "k") == posts + (when == "mid-pack")
+    assert forge.pack_requests("u", "k") == posts + (when == "mid-pack")
     assert [p.name for p in tmp_path.iterdir() if "1.bundle" in p.name] == []
 
 
@@ -469,12 +473,3 @@ def test_a_dumb_or_non_git_server_is_refused(dumb: str, forge: Forge, tmp_path: 
         fetch_increment(f"{forge.url}/users/u", {}, "main", tmp_path / "2.bundle", RUN,
                         GitHubSettings(api_url=forge.url), None)
     assert not (tmp_path / "1.bundle").exists() and not (tmp_path / "2.bundle").exists()
-
-
-@pytest.mark.parametrize("name", [b"refs/heads/a\nb", b"refs/heads/a b", b"refs/heads/../x",
-                                  b"refs/heads/x.lock", b"refs/heads/\xff", b"refs/heads/x/"])
-def test_a_hostile_ref_name_is_refused(name: bytes) -> None:
-    with pytest.raises(GitError):
-        _advert({name: b"a" * 40}, {})  # type: ignore[dict-item]
-    with pytest.raises(GitError, match="malformed object id"):
-        _advert({b"refs/heads/main": b"A" * 40}, {})  # type: ignore[dict-item]

@@ -79,10 +79,10 @@ class Forge(ForgeChanges):
     changes to a built repository (force_push, add_branch, ...) in forge_changes.py;
     `renamed` (old login -> new: 301) and `link_host` (pagination links to another host).
     Failures: rate_limit, fail_5xx, set_token_budget, `require_known_tokens` (unknown token:
-    401), RepoSpec.stall with `stall_s`. Observation: `counters` ("api", "api_<status>",
-    "api_5xx", "info_refs", "upload_pack"; "api_after_spent": requests with a budgeted token
-    after an answer had said its quota was spent), clones(), upload_packs(),
-    `auth_headers_seen`.
+    401), RepoSpec.stall with `stall_s`, `git_v2` off (no protocol v2). Observation: `counters`
+    ("api", "api_<status>", "api_5xx", "info_refs", "upload_pack", "git_bytes_sent*";
+    "api_after_spent": requests with a budgeted token after an answer had said its quota was
+    spent), clones(), upload_packs(), pack_requests(), `auth_headers_seen`.
     `counters`, `users` and the switches are guarded by `lock`.
     """
 
@@ -118,6 +118,9 @@ class Forge(ForgeChanges):
         # Set to another server's base URL (e.g. a second Forge on `localhost` sharing this
         # root): every `info/refs` answers 302 to the same path there.
         self.git_redirect = ""
+        # Off: `git http-backend` never sees the client's Git-Protocol header, so every client
+        # gets protocol v0 (a server without v2; GitHub has it).
+        self.git_v2 = True
         self._stalled_mid: set[tuple[str, str]] = set()
         # A hostile API (tests of the client's bounds); each applies to every listing request.
         self.api_next_loop = False  # Link rel="next" names the page just served
@@ -313,6 +316,12 @@ class Forge(ForgeChanges):
         """POST git-upload-pack requests to one repository (protocol v2: 2 per clone)."""
         with self.lock:
             return self._per_repo[("upload_pack", login, name)]
+
+    def pack_requests(self, login: str, name: str) -> int:
+        """POST git-upload-pack requests to one repository that want objects (not v2's
+        `ls-refs`)."""
+        with self.lock:
+            return self._per_repo[("fetch", login, name)]
 
     def _admit(self, auth: str) -> tuple[int, bytes, dict[str, str]]:
         """Rate limits and switches for one API request (lock held): (status, body, headers);

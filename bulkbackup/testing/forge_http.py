@@ -1,7 +1,10 @@
 """The stand-in's HTTP side: the REST listing (with its hostile modes), the GraphQL hook, and
 git's smart HTTP protocol through `git http-backend` (its answers' body bytes are counted in
 `forge.counters["git_bytes_sent"]`, those to shallow fetches (`deepen`: a zip's tree) also in
-"git_bytes_sent_shallow", for the benchmarks of what a sync fetches)."""
+"git_bytes_sent_shallow", ref listings (`info/refs`, v2 `ls-refs`) also in
+"git_bytes_sent_refs", for the benchmarks of what a sync fetches). Protocol v2 as GitHub
+serves it (the client's `Git-Protocol` header reaches the backend) unless `forge.git_v2` is
+off: then every client gets protocol v0."""
 
 from __future__ import annotations
 
@@ -237,14 +240,19 @@ class _Handler(BaseHTTPRequestHandler):
         name = repo.removesuffix(".git")
         kind = "upload_pack" if path.endswith("/git-upload-pack") else "info_refs"
         auth = self.headers.get("Authorization")
+        fetch = kind == "upload_pack" and _says(body, self.headers, b"want ")
+        listing = kind == "info_refs" or _says(body, self.headers, b"command=ls-refs")
         with f.lock:
             f.counters[kind] += 1
             f._per_repo[(kind, login, name)] += 1
+            if fetch:
+                f._per_repo[("fetch", login, name)] += 1
             if auth:
                 f.auth_headers_seen.append(auth)
             stall = (login, name) in f._stalled
             stall_mid = (login, name) in f._stalled_mid
             redirect = f.git_redirect
+            v2 = f.git_v2
         if redirect and kind == "info_refs":
             self._send(302, b"", {"Location": f"{redirect}{path}?{query}"})
             return
@@ -262,7 +270,7 @@ class _Handler(BaseHTTPRequestHandler):
                "CONTENT_LENGTH": str(len(body)), "HOME": str(f.root)}
         for header, var in (("Git-Protocol", "GIT_PROTOCOL"),
                             ("Content-Encoding", "HTTP_CONTENT_ENCODING")):
-            if self.headers.get(header):
+            if self.headers.get(header) and (v2 or var != "GIT_PROTOCOL"):
                 env[var] = self.headers[header]
         with tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(["git", "http-backend"], stdin=subprocess.PIPE,
@@ -270,10 +278,10 @@ class _Handler(BaseHTTPRequestHandler):
             with f.lock:
                 f._procs.add(proc)
             try:
-                counts = ("git_bytes_sent", "git_bytes_sent_shallow") if _says(
-                    body, self.headers, b"deepen ") else ("git_bytes_sent",)
-                self._relay(proc, body, err, stall_mid and _says(body, self.headers, b"want "),
-                            counts)
+                counts = ("git_bytes_sent",
+                          *(("git_bytes_sent_shallow",) if _says(body, self.headers, b"deepen ")
+                            else ()), *(("git_bytes_sent_refs",) if listing else ()))
+                self._relay(proc, body, err, stall_mid and fetch, counts)
             finally:
                 if proc.poll() is None:
                     proc.kill()
@@ -326,7 +334,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _says(body: bytes, headers: Any, word: bytes) -> bool:
     """Does this upload-pack request hold ``word`` (b"want ": a fetch, not a ref listing;
-    b"deepen ": a shallow fetch)?"""
+    b"deepen ": a shallow fetch; b"command=ls-refs": a v2 ref listing)?"""
     if headers.get("Content-Encoding", "").lower() in ("gzip", "x-gzip"):
         with contextlib.suppress(OSError, EOFError):
             body = gzip.decompress(body)

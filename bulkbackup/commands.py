@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from bulkbackup.config import Settings
-from bulkbackup.errors import InvalidName, UsageError
+from bulkbackup.errors import InvalidName, UsageError, printable
 from bulkbackup.timeutil import parse_strict
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def show_command(settings: Settings, login: str, as_json: bool) -> int:
     if as_json:
         sys.stdout.write(orjson.dumps(user, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        print(render_user(user))
+        print(render_user(user))  # escaped: the store's text is untrusted
     return 0
 
 
@@ -139,14 +139,14 @@ def render_user(user: dict[str, Any]) -> str:
     repos = user["repositories"]
     if not repos:
         lines.append("no repositories stored")
-        return "\n".join(lines)
+        return "\n".join(map(printable, lines))
     width = max(10, *(len(r["name"]) for r in repos))
     lines.append(f"{'repository':<{width}}  {'last sync':<20}  {'bundle':>9}  {'zip':>9}  error")
     for r in repos:
         lines.append(f"{r['name']:<{width}}  {r['last_sync'] or '-':<20}  "
                      f"{_size(r['bundle_bytes']):>9}  {_size(r['zip_bytes']):>9}  "
                      f"{r['error'] or '-'}")
-    return "\n".join(lines)
+    return "\n".join(map(printable, lines))
 
 
 def run_command(settings: Settings, procs: int | None, max_users: int | None,
@@ -206,6 +206,8 @@ def restore_command(settings: Settings, target: str, to: str, at: str | None, wi
         login, repo = parse_target(target)
     except InvalidName as exc:
         raise UsageError(str(exc)) from None
+    if Path(to).exists() and not Path(to).is_dir():
+        raise UsageError(f"--to {to}: not a directory")
     opts = RestoreOptions(to=Path(to), at=_parse_time(at) if at else None, with_zip=with_zip,
                           force=force)
     store = open_store(settings.store, create=False)
@@ -215,7 +217,7 @@ def restore_command(settings: Settings, target: str, to: str, at: str | None, wi
         store.close()
     for r in report.repos:
         if r.status is Status.FAILED:
-            print(f"{r.login}/{r.repo}: FAILED: {r.reason}", flush=True)
+            print(f"{r.login}/{r.repo}: FAILED: {printable(r.reason)}", flush=True)
             continue
         what = "empty repository" if r.status is Status.EMPTY else f"{r.refs} refs"
         extra = f", HEAD {r.branch}" if r.branch else ""
@@ -288,7 +290,7 @@ def _render_verify(report: VerifyReport) -> str:
                      f"failed, {user.count(Outcome.NO_ARCHIVE)} without archive")
         lines += [f"  {r.name}: FAILED: {r.reason}" for r in user.repos
                   if r.outcome is Outcome.FAILED]
-    return "\n".join(lines) if lines else "no users to verify"
+    return "\n".join(map(printable, lines)) if lines else "no users to verify"
 
 
 def serve_command(settings: Settings, host: str | None, port: int | None) -> int:

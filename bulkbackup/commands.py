@@ -199,6 +199,7 @@ def _parse_time(text: str) -> datetime:
 
 def restore_command(settings: Settings, target: str, to: str, at: str | None, with_zip: bool,
                     force: bool) -> int:
+    from bulkbackup.logins import stored_spelling
     from bulkbackup.restore import RestoreOptions, Status, parse_target, restore
     from bulkbackup.store import open_store
 
@@ -212,6 +213,7 @@ def restore_command(settings: Settings, target: str, to: str, at: str | None, wi
                           force=force)
     store = open_store(settings.store, create=False)
     try:
+        login = stored_spelling(store, login)  # logins ignore case: the stored spelling
         report = restore(store, settings, login, repo, opts)
     finally:
         store.close()
@@ -231,6 +233,7 @@ def restore_command(settings: Settings, target: str, to: str, at: str | None, wi
 
 def verify_command(settings: Settings, logins: list[str], sample: int | None,
                    as_json: bool) -> int:
+    from bulkbackup.logins import stored_spelling
     from bulkbackup.names import check_login
     from bulkbackup.store import open_store
     from bulkbackup.verify import sample_logins, verify
@@ -245,7 +248,9 @@ def verify_command(settings: Settings, logins: list[str], sample: int | None,
         raise UsageError("verify: name users (LOGIN...) or give --sample N, one of the two")
     store = open_store(settings.store, create=False)
     try:
-        chosen = logins or sample_logins(store, sample or 0)
+        # Logins ignore case: each named user under its stored spelling.
+        chosen = (list(dict.fromkeys(stored_spelling(store, x) for x in logins)) or
+                  sample_logins(store, sample or 0))
         with work_dir(settings, "verify") as scratch:
             report = verify(store, settings, chosen, scratch)
     finally:
@@ -326,7 +331,7 @@ def track_command(settings: Settings, logins: list[str]) -> int:
     added, existing = tracked.add_never_synced(connect(settings.redis), logins)
     for login in added:
         print(f"{login}: added")
-    for login in existing:
-        print(f"{login}: already tracked")
+    for login, spelled in existing:
+        print(f"{login}: already tracked" + (f" as {spelled}" if spelled != login else ""))
     print(f"track: {len(added)} added, {len(existing)} already tracked", file=sys.stderr)
     return 0

@@ -16,6 +16,7 @@ from typing import Any
 import redis
 
 from bulkbackup import keys, tracked
+from bulkbackup.logins import tracked_spelling
 from bulkbackup.names import is_login
 from bulkbackup.store import Store
 from bulkbackup.store.base import ERROR, REPORTED_REPOS, SYNCD_REPOS
@@ -106,25 +107,13 @@ class Users:
         return rows, nxt
 
     def search(self, prefix: str, limit: int, store: Store) -> tuple[list[UserRow], bool]:
-        """Users whose login starts with ``prefix`` (the store's listing, plus the exact
-        login when it is tracked but not stored yet), ordered by login; and whether there
-        are more than ``limit``."""
-        found: list[str] = []
-        listing = store.list_top(prefix)
-        try:
-            for info in listing:
-                if is_login(info.key):
-                    found.append(info.key)
-                if len(found) > limit:
-                    break
-        finally:
-            close = getattr(listing, "close", None)
-            if close is not None:
-                close()
-        more = len(found) > limit
-        logins = sorted(set(found))[:limit]
-        if prefix not in logins and self.r.zscore(keys.TRACKED, keys.member(prefix)) is not None:
-            logins = sorted([prefix, *logins])[:limit]
+        """Users whose login starts with ``prefix`` ignoring case (the store's listings, plus
+        the login itself when it is tracked but not stored yet), ordered by login; and
+        whether there are more than ``limit``."""
+        logins, more = store.top_ignoring_case(prefix, limit)
+        spelled = tracked_spelling(self.r, prefix)
+        if spelled is not None and spelled not in logins:
+            logins = sorted([spelled, *logins])[:limit]
         scores = self.r.zmscore(keys.TRACKED, [keys.member(x) for x in logins]) if logins else []
         return self.rows(list(zip(logins, scores, strict=True)), store), more
 
@@ -147,8 +136,15 @@ class Users:
             rows.append(_row(login, score, locked[i] is not None, summaries[i], store))
         return rows
 
+    def spelling(self, login: str) -> str:
+        """The spelling ``login``'s account is tracked under (logins ignore case); ``login``
+        itself when it is not tracked (the store may still have it under that key)."""
+        return tracked_spelling(self.r, login) or login
+
     def track(self, logins: list[str]) -> tuple[list[str], list[str]]:
-        return tracked.add_never_synced(self.r, logins)
+        """(added, already tracked: as spelled in `tracked`, once each)."""
+        added, existing = tracked.add_never_synced(self.r, logins)
+        return added, list(dict.fromkeys(spelled for _, spelled in existing))
 
     def detail(self, login: str, store: Store) -> dict[str, Any] | None:
         """`show --json`'s object (or its empty form for a user tracked but not stored) under

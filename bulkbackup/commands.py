@@ -318,7 +318,9 @@ def serve_command(settings: Settings, host: str | None, port: int | None) -> int
 
 
 def track_command(settings: Settings, logins: list[str]) -> int:
-    """Add users by hand (ZADD NX -inf, as ingest): each one added or already tracked."""
+    """Add users by hand (ZADD NX -inf, as ingest): each one added or already tracked (under
+    its tracked spelling: logins ignore case). With a GitHub token, a login not tracked yet
+    is added as GitHub spells it, and not at all when GitHub has no such user."""
     from bulkbackup import tracked
     from bulkbackup.connection import connect
     from bulkbackup.names import check_login
@@ -328,10 +330,36 @@ def track_command(settings: Settings, logins: list[str]) -> int:
             check_login(login)
         except InvalidName as exc:
             raise UsageError(str(exc)) from None
-    added, existing = tracked.add_never_synced(connect(settings.redis), logins)
+    r = connect(settings.redis)
+    unknown: list[str] = []
+    if settings.github.tokens:
+        logins, unknown = _github_spellings(settings, r, logins)
+    added, existing = tracked.add_never_synced(r, logins)
     for login in added:
         print(f"{login}: added")
     for login, spelled in existing:
         print(f"{login}: already tracked" + (f" as {spelled}" if spelled != login else ""))
-    print(f"track: {len(added)} added, {len(existing)} already tracked", file=sys.stderr)
+    for login in unknown:
+        print(f"{login}: not found on GitHub, not added")
+    print(f"track: {len(added)} added, {len(existing)} already tracked"
+          + (f", {len(unknown)} not found on GitHub" if unknown else ""), file=sys.stderr)
     return 0
+
+
+def _github_spellings(settings: Settings, r: Any, logins: list[str]
+                      ) -> tuple[list[str], list[str]]:
+    """(``logins``, those not tracked yet as GitHub spells them; those GitHub does not
+    know): one `GET /users/<login>` per login not tracked under any spelling."""
+    from bulkbackup.github import GitHub
+    from bulkbackup.logins import tracked_spelling
+
+    github = GitHub(settings.github)
+    spelled: list[str] = []
+    unknown: list[str] = []
+    try:
+        for login in dict.fromkeys(logins):
+            name = login if tracked_spelling(r, login) else github.login_of(login)
+            (spelled if name else unknown).append(name or login)
+    finally:
+        github.close()
+    return spelled, unknown

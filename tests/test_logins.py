@@ -119,3 +119,19 @@ def test_serve_paths_and_search_ignore_case(clean_env: None, r: redis.Redis, for
     assert [u["login"] for u in got[5].json()["users"]] == ["OctoDog", "octocat"]
     assert [u["login"] for u in got[6].json()["users"]] == ["octo-unsynced"]
     assert [repo["name"] for repo in got[4].json()] == ["Hello-World"]
+
+
+def test_track_with_a_token_asks_github_for_the_spelling(clean_env: None, r: redis.Redis,
+                                                         forge: Forge) -> None:
+    forge.add_user("MonaLisa", [])
+    env = {"GITHUB_TOKEN": "ghp_trackTOKEN", "GITHUB_API_URL": forge.url}
+    proc = run_cli("track", "monalisa", "no-such-user", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["MonaLisa: added",
+                                        "no-such-user: not found on GitHub, not added"]
+    assert members(r) == ["github.com/MonaLisa"]
+    asked = forge.counters["api_user"]
+    assert asked == 2
+    proc = run_cli("track", "MONALISA", env=env)  # tracked already: GitHub is not asked
+    assert proc.stdout.splitlines() == ["MONALISA: already tracked as MonaLisa"]
+    assert forge.counters["api_user"] == asked and "ghp_trackTOKEN" not in proc.stderr

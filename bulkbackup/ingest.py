@@ -29,9 +29,11 @@ import redis
 from bulkbackup import keys
 from bulkbackup.config import Settings
 from bulkbackup.connection import Scripts, connect
+from bulkbackup.iterutil import chunks
 from bulkbackup.errors import BulkbackupError, UsageError
 from bulkbackup.names import is_login
 from bulkbackup.progress import Progress
+from bulkbackup.tracked import TRACK_BATCH
 
 GZIP_MAGIC = b"\x1f\x8b"
 # A users dump line is ~50 bytes, a GH Archive event a few KB: anything longer is not a user.
@@ -44,9 +46,9 @@ def _bulk(text: str) -> bytes:
 
 
 def _head(sha: str) -> bytes:
-    """`EVALSHA <track.lua> 2 tracked bulkbackup:logins github.com/`, RESP-encoded."""
+    """`EVALSHA <track.lua> 2 tracked bulkbackup:logins github.com/ count`, RESP-encoded."""
     return b"".join(_bulk(x) for x in ("EVALSHA", sha, "2", keys.TRACKED, keys.LOGINS,
-                                       keys.MEMBER_PREFIX))
+                                       keys.MEMBER_PREFIX, "count"))
 
 
 @dataclass
@@ -156,7 +158,7 @@ def parse_lines(
 def _pack(head: bytes, logins: list[str]) -> bytes:
     """One RESP `EVALSHA <track.lua> ... <login> ...` command (``head``: see _head)."""
     body = "".join([f"${len(x)}\r\n{x}\r\n" for x in logins])
-    return b"*%d\r\n" % (6 + len(logins)) + head + body.encode("ascii")
+    return b"*%d\r\n" % (7 + len(logins)) + head + body.encode("ascii")
 
 
 class _Sender:
@@ -172,16 +174,17 @@ class _Sender:
         self.unread = 0
 
     def send(self, logins: list[str]) -> None:
-        self.conn.send_packed_command([_pack(self.head, logins)], check_health=False)
+        for part in chunks(logins, TRACK_BATCH):
+            self.conn.send_packed_command([_pack(self.head, part)], check_health=False)
+            self.unread += 1
         self.result.accepted += len(logins)
-        self.unread += 1
         while self.unread > self.depth:
             self.read_reply()
 
     def read_reply(self) -> None:
         # An error reply raises redis.ResponseError, which the CLI reports in one line.
-        # track.lua answers "" for each login added, its tracked spelling for the others.
-        self.result.new += sum(1 for x in self.conn.read_response() if not x)
+        # track.lua ("count") answers how many logins of the batch it added.
+        self.result.new += int(self.conn.read_response())
         self.unread -= 1
 
     def drain(self) -> None:

@@ -176,6 +176,11 @@ def counts(r: redis.Redis) -> dict[str, int]:
     return {"tracked": tracked, "never_synced": never, "claimed": claimed}
 
 
+# Logins per call of track.lua (its unpack() of one argument per login stays well within Lua's
+# stack); ingest splits its batches to this size too.
+TRACK_BATCH = 1000
+
+
 def add_never_synced(r: redis.Redis, logins: list[str]
                      ) -> tuple[list[str], list[tuple[str, str]]]:
     """Add ``logins`` (already validated) with ZADD NX -inf, as ingest does, one account one
@@ -185,8 +190,8 @@ def add_never_synced(r: redis.Redis, logins: list[str]
     script = Scripts(r).track
     added: list[str] = []
     existing: list[tuple[str, str]] = []
-    for chunk in chunks(unique, 1000):
-        found = script(keys=[keys.TRACKED, keys.LOGINS], args=[keys.MEMBER_PREFIX, *chunk])
+    for chunk in chunks(unique, TRACK_BATCH):
+        found = script(keys=[keys.TRACKED, keys.LOGINS], args=[keys.MEMBER_PREFIX, "each", *chunk])
         for login, spelled in zip(chunk, found, strict=True):
             text = spelled.decode() if isinstance(spelled, bytes) else str(spelled)
             if text:

@@ -29,8 +29,8 @@ import redis
 from bulkbackup import keys
 from bulkbackup.config import Settings
 from bulkbackup.connection import Scripts, connect
-from bulkbackup.iterutil import chunks
 from bulkbackup.errors import BulkbackupError, UsageError
+from bulkbackup.iterutil import chunks
 from bulkbackup.names import is_login
 from bulkbackup.progress import Progress
 from bulkbackup.tracked import TRACK_BATCH

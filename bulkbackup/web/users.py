@@ -1,9 +1,10 @@
 """Users for the pages: a page of `tracked`, a prefix search, one user, adding users.
 
 A page costs one script call (a range from the cursor's rank, O(log N + page)) and one
-pipelined round trip for its users' locks, summaries and saved scores. A search costs one
-store listing with a prefix (S3 and the local store answer it without reading other users)
-plus ZSCORE for the exact login. Calls block; the app runs them in the threadpool.
+pipelined round trip for its users' locks, summaries and saved scores. A search ignores case:
+the store's case-insensitive search (store/casefold.py: a few prefix listings on S3) plus one
+round trip for the login itself (logins.tracked_spelling). Calls block; the app runs them in
+the threadpool.
 """
 
 from __future__ import annotations
@@ -138,8 +139,12 @@ class Users:
 
     def spelling(self, login: str) -> str:
         """The spelling ``login``'s account is tracked under (logins ignore case); ``login``
-        itself when it is not tracked (the store may still have it under that key)."""
-        return tracked_spelling(self.r, login) or login
+        itself when it is not tracked (the store may still have it under that key), or when
+        Redis does not answer: the store's pages and downloads do not need Redis."""
+        try:
+            return tracked_spelling(self.r, login) or login
+        except redis.RedisError:
+            return login
 
     def track(self, logins: list[str]) -> tuple[list[str], list[str]]:
         """(added, already tracked: as spelled in `tracked`, once each)."""

@@ -41,6 +41,7 @@ from bulkbackup.incremental import (
     prune_expired,
 )
 from bulkbackup.interrupts import signals_interrupt
+from bulkbackup.logins import stored_spelling
 from bulkbackup.names import check_login, check_repo_name
 from bulkbackup.quota import Resource
 from bulkbackup.results import PARTIAL_ERROR, UserResult, newer_than, repo_times
@@ -366,6 +367,8 @@ def sync_users(settings: Settings, logins: list[str]) -> Iterator[UserResult]:
     lister = (GraphQLLister(settings.github, github.broker, github.stop)
               if settings.github.api == "graphql" else None)
     try:
+        # Logins ignore case: a user already archived is synced under its stored spelling.
+        logins = list(dict.fromkeys(stored_spelling(store, x) for x in logins))
         with signals_interrupt(), work_dir(settings, "sync") as path:
             job = UserBackup(settings, store, github, GitWork(settings.run, settings.github, path))
             listed: dict[str, OwnerResult] = {}

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bulkbackup import __version__, config
-from bulkbackup.errors import EXIT_INTERRUPTED, BulkbackupError
+from bulkbackup.errors import EXIT_INTERRUPTED, BulkbackupError, printable
 
 log = logging.getLogger("bulkbackup")
 
@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BulkbackupError as exc:
         if debug:
             raise
-        print(f"bulkbackup: error: {exc}", file=sys.stderr)
+        print(f"bulkbackup: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("bulkbackup: interrupted", file=sys.stderr)

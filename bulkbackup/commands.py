@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from bulkbackup.config import Settings
-from bulkbackup.errors import EXIT_INTERRUPTED, ConfigError, InvalidName, UsageError
+from bulkbackup.errors import EXIT_INTERRUPTED, ConfigError, InvalidName, UsageError, printable
 from bulkbackup.timeutil import parse_strict
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def show_command(settings: Settings, login: str, as_json: bool) -> int:
     if as_json:
         sys.stdout.write(orjson.dumps(user, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        print(render_user(user))
+        print(render_user(user))  # escaped: the store's text is untrusted
     return 0
 
 
@@ -139,14 +139,14 @@ def render_user(user: dict[str, Any]) -> str:
     repos = user["repositories"]
     if not repos:
         lines.append("no repositories stored")
-        return "\n".join(lines)
+        return "\n".join(map(printable, lines))
     width = max(10, *(len(r["name"]) for r in repos))
     lines.append(f"{'repository':<{width}}  {'last sync':<20}  {'bundle':>9}  {'zip':>9}  error")
     for r in repos:
         lines.append(f"{r['name']:<{width}}  {r['last_sync'] or '-':<20}  "
                      f"{_size(r['bundle_bytes']):>9}  {_size(r['zip_bytes']):>9}  "
                      f"{r['error'] or '-'}")
-    return "\n".join(lines)
+    return "\n".join(map(printable, lines))
 
 
 def run_command(settings: Settings, procs: int | None, max_users: int | None,
@@ -230,6 +230,7 @@ def _parse_time(text: str) -> datetime:
 
 def restore_command(settings: Settings, target: str, to: str, at: str | None, with_zip: bool,
                     force: bool) -> int:
+    from bulkbackup.logins import stored_spelling
     from bulkbackup.restore import RestoreOptions, Status, parse_target, restore
     from bulkbackup.store import open_store
 
@@ -237,16 +238,19 @@ def restore_command(settings: Settings, target: str, to: str, at: str | None, wi
         login, repo = parse_target(target)
     except InvalidName as exc:
         raise UsageError(str(exc)) from None
+    if Path(to).exists() and not Path(to).is_dir():
+        raise UsageError(f"--to {to}: not a directory")
     opts = RestoreOptions(to=Path(to), at=_parse_time(at) if at else None, with_zip=with_zip,
                           force=force)
     store = open_store(settings.store, create=False)
     try:
+        login = stored_spelling(store, login)  # logins ignore case: the stored spelling
         report = restore(store, settings, login, repo, opts)
     finally:
         store.close()
     for r in report.repos:
         if r.status is Status.FAILED:
-            print(f"{r.login}/{r.repo}: FAILED: {r.reason}", flush=True)
+            print(f"{r.login}/{r.repo}: FAILED: {printable(r.reason)}", flush=True)
             continue
         if r.status is Status.NO_ARCHIVE:
             print(f"{r.login}/{r.repo}: no archive: {r.reason}", flush=True)
@@ -264,6 +268,7 @@ def restore_command(settings: Settings, target: str, to: str, at: str | None, wi
 
 def verify_command(settings: Settings, logins: list[str], sample: int | None,
                    as_json: bool) -> int:
+    from bulkbackup.logins import stored_spelling
     from bulkbackup.names import check_login
     from bulkbackup.store import open_store
     from bulkbackup.verify import sample_logins, verify
@@ -278,7 +283,9 @@ def verify_command(settings: Settings, logins: list[str], sample: int | None,
         raise UsageError("verify: name users (LOGIN...) or give --sample N, one of the two")
     store = open_store(settings.store, create=False)
     try:
-        chosen = logins or sample_logins(store, sample or 0)
+        # Logins ignore case: each named user under its stored spelling.
+        chosen = (list(dict.fromkeys(stored_spelling(store, x) for x in logins)) or
+                  sample_logins(store, sample or 0))
         with work_dir(settings, "verify") as scratch:
             report = verify(store, settings, chosen, scratch)
     finally:
@@ -325,7 +332,7 @@ def _render_verify(report: VerifyReport) -> str:
                   if r.outcome is Outcome.FAILED]
         lines += [f"  {r.name}: verified, noted: {r.notes}" for r in user.repos
                   if r.outcome is Outcome.VERIFIED and r.notes]
-    return "\n".join(lines) if lines else "no users to verify"
+    return "\n".join(map(printable, lines)) if lines else "no users to verify"
 
 
 def serve_command(settings: Settings, host: str | None, port: int | None) -> int:
@@ -356,7 +363,9 @@ def serve_command(settings: Settings, host: str | None, port: int | None) -> int
 
 
 def track_command(settings: Settings, logins: list[str]) -> int:
-    """Add users by hand (ZADD NX -inf, as ingest): each one added or already tracked."""
+    """Add users by hand (ZADD NX -inf, as ingest): each one added or already tracked (under
+    its tracked spelling: logins ignore case). With a GitHub token, a login not tracked yet
+    is added as GitHub spells it, and not at all when GitHub has no such user."""
     from bulkbackup import tracked
     from bulkbackup.connection import connect
     from bulkbackup.names import check_login
@@ -366,10 +375,36 @@ def track_command(settings: Settings, logins: list[str]) -> int:
             check_login(login)
         except InvalidName as exc:
             raise UsageError(str(exc)) from None
-    added, existing = tracked.add_never_synced(connect(settings.redis), logins)
+    r = connect(settings.redis)
+    unknown: list[str] = []
+    if settings.github.tokens:
+        logins, unknown = _github_spellings(settings, r, logins)
+    added, existing = tracked.add_never_synced(r, logins)
     for login in added:
         print(f"{login}: added")
-    for login in existing:
-        print(f"{login}: already tracked")
-    print(f"track: {len(added)} added, {len(existing)} already tracked", file=sys.stderr)
+    for login, spelled in existing:
+        print(f"{login}: already tracked" + (f" as {spelled}" if spelled != login else ""))
+    for login in unknown:
+        print(f"{login}: not found on GitHub, not added")
+    print(f"track: {len(added)} added, {len(existing)} already tracked"
+          + (f", {len(unknown)} not found on GitHub" if unknown else ""), file=sys.stderr)
     return 0
+
+
+def _github_spellings(settings: Settings, r: Any, logins: list[str]
+                      ) -> tuple[list[str], list[str]]:
+    """(``logins``, those not tracked yet as GitHub spells them; those GitHub does not
+    know): one `GET /users/<login>` per login not tracked under any spelling."""
+    from bulkbackup.github import GitHub
+    from bulkbackup.logins import tracked_spelling
+
+    github = GitHub(settings.github)
+    spelled: list[str] = []
+    unknown: list[str] = []
+    try:
+        for login in dict.fromkeys(logins):
+            name = login if tracked_spelling(r, login) else github.login_of(login)
+            (spelled if name else unknown).append(name or login)
+    finally:
+        github.close()
+    return spelled, unknown

@@ -173,6 +173,8 @@ def _apply_env(s: Settings, env: typing.Mapping[str, str]) -> Settings:
         redis_s = dataclasses.replace(redis_s, url=env["REDIS_URL"])
     if env.get("BULKBACKUP_STORE"):
         store_s = dataclasses.replace(store_s, url=env["BULKBACKUP_STORE"])
+    if "://" not in store_s.url:
+        store_s = dataclasses.replace(store_s, url=absolute_folder(store_s.url))
     if env.get("GITHUB_API_URL"):
         gh = dataclasses.replace(gh, api_url=env["GITHUB_API_URL"].rstrip("/"))
     if env.get("GITHUB_GRAPHQL_URL"):
@@ -274,6 +276,13 @@ def store_scheme(url: str) -> str:
         raise ConfigError(f"store.url {url!r}: only a bucket is allowed (s3://BUCKET), "
                           "no path, query or fragment")
     return "s3"
+
+
+def absolute_folder(path: str) -> str:
+    """A local store folder as an absolute path, resolved once at load: git and the web
+    server read the store's files from other working folders (`./backup/github.com`, the
+    default, would otherwise name a different folder in each)."""
+    return os.path.abspath(os.path.expanduser(path)) if path else path
 
 
 def _check_endpoints(env: typing.Mapping[str, str]) -> None:

@@ -49,3 +49,4 @@ class Scripts:
         self.claim = r.register_script(_script("claim.lua"))
         self.refresh = r.register_script(_script("refresh.lua"))
         self.complete = r.register_script(_script("complete.lua"))
+        self.track = r.register_script(_script("track.lua"))

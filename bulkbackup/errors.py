@@ -4,6 +4,13 @@ The CLI turns a BulkbackupError into one line on stderr and its ``exit_code``;
 anything else is a bug and keeps its traceback.
 """
 
+import re
+
+# Characters a terminal acts on rather than shows: C0 and C1 controls, DEL, and the
+# invisible or direction-changing format characters (a line could pretend to say otherwise).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069"
+                      "\ufeff]")
+
 # SIGINT (Ctrl-C) or SIGTERM stopped a command before it finished its work (128 + SIGINT, the
 # shell's convention): `sync`, `run` and the others alike.
 EXIT_INTERRUPTED = 130
@@ -89,3 +96,11 @@ def one_line(exc: BaseException, limit: int = 500) -> str:
     if not text:
         return type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def printable(text: str) -> str:
+    """``text`` with every control or invisible character escaped (`\\x1b`, `\\u202e`), so
+    that untrusted text (a stored bundle's ref names, git's messages about them, stored
+    `Error` metadata) can reach a terminal or the store's metadata as it is, and only so."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100
+                        else f"\\u{ord(m[0]):04x}", text)

@@ -29,7 +29,7 @@ from bulkbackup import __version__
 from bulkbackup.bounded_http import BoundedPool, Overdue, TooLarge
 from bulkbackup.config import GitHubSettings
 from bulkbackup.errors import GitHubError, Interrupted, UserGone
-from bulkbackup.names import check_login
+from bulkbackup.names import check_login, is_login
 from bulkbackup.quota import Broker, Resource, Wait
 from bulkbackup.redact import add_secrets, redact
 
@@ -129,6 +129,24 @@ class GitHub:
         elif len(out.etags) > MAX_ETAG_PAGES or not all(map(_ETAG.fullmatch, out.etags)):
             out.etags = []
         return out
+
+    def login_of(self, login: str) -> str | None:
+        """``login`` as GitHub spells it (`GET /users/<login>`: logins ignore case), or None
+        when GitHub has no such user. One request, within github.timeout_s."""
+        check_login(login)
+        deadline = time.monotonic() + self.settings.timeout_s
+        status, _, body = self._get(f"{self.settings.api_url}/users/{login}", None, deadline)
+        if status == 404:
+            return None
+        if status != 200:
+            raise GitHubError(f"GET /users/{login}: HTTP {status}")
+        try:
+            spelled = orjson.loads(body).get("login")
+        except (orjson.JSONDecodeError, AttributeError):
+            spelled = None
+        if not is_login(spelled) or spelled.lower() != login.lower():
+            raise GitHubError(f"GET /users/{login}: the answer names another user or none")
+        return str(spelled)
 
     def _list(self, login: str, old: list[str], deadline: float) -> tuple[Listing, bool]:
         """The pages, asked conditionally with ``old``; (listing, False) when a page changed

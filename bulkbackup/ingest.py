@@ -1,8 +1,9 @@
 """`bulkbackup ingest`: stream a users dump into `tracked` at Redis speed.
 
 The dump may hold hundreds of millions of lines, so memory is constant: lines are parsed one
-at a time and sent as large `ZADD tracked NX` commands (RESP packed here, one pass, no
-per-argument encoding), and while Redis applies batch k the next batch is being parsed.
+at a time and sent in large batches to track.lua (`ZADD tracked NX`, one account one member:
+logins ignore case; RESP packed here, one pass, no per-argument encoding), and while Redis
+applies batch k the next batch is being parsed. The dump's spelling is trusted.
 Duplicate logins in the dump are not detected (that would need memory that grows with the
 dump); each occurrence counts as accepted and the repeat shows up as "already tracked".
 A line longer than MAX_LINE_BYTES is rejected without ever being held whole.
@@ -27,18 +28,27 @@ import redis
 
 from bulkbackup import keys
 from bulkbackup.config import Settings
-from bulkbackup.connection import connect
+from bulkbackup.connection import Scripts, connect
 from bulkbackup.errors import BulkbackupError, UsageError
+from bulkbackup.iterutil import chunks
 from bulkbackup.names import is_login
 from bulkbackup.progress import Progress
+from bulkbackup.tracked import TRACK_BATCH
 
 GZIP_MAGIC = b"\x1f\x8b"
 # A users dump line is ~50 bytes, a GH Archive event a few KB: anything longer is not a user.
 MAX_LINE_BYTES = 64 * 1024
 TOO_LONG = "line too long"
 _REJECTS_SHOWN = 5
-_HEAD = b"$4\r\nZADD\r\n$%d\r\n%s\r\n$2\r\nNX\r\n" % (len(keys.TRACKED), keys.TRACKED.encode())
-_PREFIX_LEN = len(keys.MEMBER_PREFIX)
+
+def _bulk(text: str) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(text), text.encode("ascii"))
+
+
+def _head(sha: str) -> bytes:
+    """`EVALSHA <track.lua> 2 tracked bulkbackup:logins github.com/ count`, RESP-encoded."""
+    return b"".join(_bulk(x) for x in ("EVALSHA", sha, "2", keys.TRACKED, keys.LOGINS,
+                                       keys.MEMBER_PREFIX, "count"))
 
 
 @dataclass
@@ -145,34 +155,35 @@ def parse_lines(
             rejects.write(f"{result.lines}\t{why}\t{text}\n")
 
 
-def _pack(logins: list[str]) -> bytes:
-    """One RESP `ZADD tracked NX -inf github.com/<login> ...` command."""
-    body = "".join(
-        [f"$4\r\n-inf\r\n${len(x) + _PREFIX_LEN}\r\n{keys.MEMBER_PREFIX}{x}\r\n" for x in logins]
-    )
-    return b"*%d\r\n" % (3 + 2 * len(logins)) + _HEAD + body.encode("ascii")
+def _pack(head: bytes, logins: list[str]) -> bytes:
+    """One RESP `EVALSHA <track.lua> ... <login> ...` command (``head``: see _head)."""
+    body = "".join([f"${len(x)}\r\n{x}\r\n" for x in logins])
+    return b"*%d\r\n" % (7 + len(logins)) + head + body.encode("ascii")
 
 
 class _Sender:
-    """ZADD commands written ahead of their replies: Redis applies batch k while batch k+1
+    """Commands written ahead of their replies: Redis applies batch k while batch k+1
     is parsed. At most ``depth`` replies are left unread."""
 
     def __init__(self, conn: redis.connection.AbstractConnection, result: IngestResult,
-                 depth: int) -> None:
+                 depth: int, head: bytes) -> None:
         self.conn = conn
+        self.head = head
         self.result = result
         self.depth = depth
         self.unread = 0
 
     def send(self, logins: list[str]) -> None:
-        self.conn.send_packed_command([_pack(logins)], check_health=False)
+        for part in chunks(logins, TRACK_BATCH):
+            self.conn.send_packed_command([_pack(self.head, part)], check_health=False)
+            self.unread += 1
         self.result.accepted += len(logins)
-        self.unread += 1
         while self.unread > self.depth:
             self.read_reply()
 
     def read_reply(self) -> None:
         # An error reply raises redis.ResponseError, which the CLI reports in one line.
+        # track.lua ("count") answers how many logins of the batch it added.
         self.result.new += int(self.conn.read_response())
         self.unread -= 1
 
@@ -213,16 +224,19 @@ def ingest(
         raise UsageError("--limit must not be negative")
     result = IngestResult()
     started = time.perf_counter()
-    pool = connect(settings.redis, decode=False).connection_pool  # ConfigError: a bad URL
+    client = connect(settings.redis, decode=False)  # ConfigError: a bad URL
+    pool = client.connection_pool
     stream, size, raw = open_dump(path)
     rejects = open(rejects_path, "w", encoding="utf-8") if rejects_path else None  # noqa: SIM115
     conn = pool.get_connection()
     bar = Progress(total=size, unit="B", desc="ingest", enabled=progress, unit_scale=True)
     try:
         conn.connect()
+        script = Scripts(client).track
+        client.script_load(script.script)  # EVALSHA below: loaded before the first batch
         lines = stream if limit != 0 else typing.cast(BinaryIO, io.BytesIO())
         _feed(parse_lines(lines, result, rejects), _Sender(conn, result,
-              settings.ingest.pipeline_depth), batch, limit,
+              settings.ingest.pipeline_depth, _head(script.sha)), batch, limit,
               lambda: bar.set_position(raw.tell() if size is not None else None))
         bar.set_position(size)
     except redis.ConnectionError as exc:

@@ -22,6 +22,11 @@ LAST_VERIFY = "bulkbackup:lastverify"
 # Set by `run` once `tracked` is whole (checked, built or rebuilt from the store). Redis
 # flushed, or restarted without persistence, loses it: the run then rebuilds `tracked`.
 INTACT = "bulkbackup:intact"
+# GitHub logins ignore case: lowercased login -> the login as tracked and stored (a hash),
+# for every tracked or stored login that is not all lowercase (a lowercase login is its own
+# entry: ZSCORE tracked answers for it). Kept by track.lua (track, ingest, POST /api/users)
+# and `rebuild`; read by `track` and `serve` (logins.py).
+LOGINS = "bulkbackup:logins"
 
 MEMBER_PREFIX = HOST + "/"
 LOCK_PREFIX = "lock:"

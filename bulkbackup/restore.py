@@ -27,7 +27,7 @@ from bulkbackup.archives import (
 )
 from bulkbackup.bundles import BundleHeader, read_header
 from bulkbackup.config import Settings
-from bulkbackup.errors import ArchiveError, InvalidName, StoreError
+from bulkbackup.errors import ArchiveError, InvalidName, StoreError, printable
 from bulkbackup.gitops import git_env
 from bulkbackup.names import check_login, check_repo_name
 from bulkbackup.store import Store
@@ -56,7 +56,7 @@ class Git:
             lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
             fatal = [ln for ln in lines if ln.startswith(("fatal:", "error:"))] or lines
             why = fatal[0] if fatal else f"exit status {status}"
-            raise ArchiveError(f"git {args[0]} failed: {why[:300]}")
+            raise ArchiveError(f"git {args[0]} failed: {printable(why[:300])}")
         return out
 
     def run(self, *args: str, cwd: Path) -> tuple[int, str, str]:
@@ -144,7 +144,7 @@ def _ref_diff(expected: dict[str, str], got: dict[str, str]) -> str:
     moved = sorted(r for r in set(expected) & set(got) if expected[r] != got[r])
     parts = [f"{what} {', '.join(refs[:5])}{' ...' if len(refs) > 5 else ''}"
              for what, refs in (("missing", missing), ("extra", extra), ("moved", moved)) if refs]
-    return "; ".join(parts)
+    return printable("; ".join(parts))  # ref names come from the bundle: untrusted
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,6 +237,7 @@ def _restore_repo(store: Store, settings: Settings, login: str, repo: str,
     parent = opts.to.absolute() / login
     target = parent / f"{repo}.git"
     zip_target = parent / f"{repo}.zip"
+    _check_parent(parent)
     _check_target(target, login, repo, opts.force)
     archive = archive_at(store, login, repo, opts.at)
     if not archive.parts and not archive.empty_repository:
@@ -278,6 +279,15 @@ def _swap(new: Path, target: Path, old: Path) -> None:
         if replacing:
             os.rename(old, target)
         raise
+
+
+def _check_parent(parent: Path) -> None:
+    """``DIR/<login>`` is a real folder (or not there yet): a symbolic link there could send
+    the restore anywhere, so it is not followed."""
+    if parent.is_symlink():
+        raise ArchiveError(f"{parent} is a symbolic link: not followed")
+    if parent.exists() and not parent.is_dir():
+        raise ArchiveError(f"{parent} exists and is not a directory")
 
 
 def _check_target(target: Path, login: str, repo: str, force: bool) -> None:

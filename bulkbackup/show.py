@@ -7,6 +7,7 @@ from typing import Any
 from bulkbackup import chains
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import BulkbackupError
+from bulkbackup.logins import stored_spelling
 from bulkbackup.names import check_login
 from bulkbackup.store import Store, layout, open_store
 from bulkbackup.store.base import (
@@ -68,6 +69,6 @@ def describe_user(settings: StoreSettings, login: str) -> dict[str, Any]:
     check_login(login)
     store = open_store(settings, create=False)
     try:
-        return describe(store, login)
+        return describe(store, stored_spelling(store, login))  # logins ignore case
     finally:
         store.close()

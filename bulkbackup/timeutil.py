@@ -14,7 +14,10 @@ def now() -> datetime:
 
 
 def format_rfc3339(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Not strftime: its %Y does not pad years before 1000 (`1-01-01T...`) on glibc.
+    utc = when.astimezone(UTC)
+    return (f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T"
+            f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}Z")
 
 
 def parse_rfc3339(text: str) -> datetime | None:

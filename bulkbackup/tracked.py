@@ -5,7 +5,6 @@ Connections, the server's clock and the Lua scripts are in `bulkbackup.connectio
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import redis
 from bulkbackup import keys
 from bulkbackup.connection import Scripts
 from bulkbackup.iterutil import chunks
+from bulkbackup.logins import index_pairs
 
 
 @dataclass
@@ -136,18 +136,33 @@ def reset(r: redis.Redis) -> int:
 
 
 def add_scores_gt(r: redis.Redis, scores: Iterable[tuple[str, float]], batch: int = 1000) -> int:
-    """ZADD GT in pipelined batches: a member keeps a higher score it already has.
+    """ZADD GT in pipelined batches: a member keeps a higher score it already has. The
+    members that are not all lowercase go to the logins index too (keys.LOGINS: these are
+    stored spellings, which `rebuild` trusts).
 
     Returns how many members were new.
     """
     added = 0
     pipe = r.pipeline(transaction=False)
+    is_zadd: list[bool] = []  # per queued command: its reply counts new members
+
+    def flush() -> int:
+        replies = pipe.execute()
+        new = sum(int(x) for x, counts in zip(replies, is_zadd, strict=True) if counts)
+        is_zadd.clear()
+        return new
+
     for chunk in chunks(scores, batch):
         pipe.zadd(keys.TRACKED, dict(chunk), gt=True)
+        is_zadd.append(True)
+        entries = dict(index_pairs(keys.login_of(m) for m, _ in chunk))
+        if entries:
+            pipe.hset(keys.LOGINS, mapping=entries)  # type: ignore[arg-type]
+            is_zadd.append(False)
         if len(pipe) >= 16:
-            added += sum(int(x) for x in pipe.execute())
+            added += flush()
     if len(pipe):
-        added += sum(int(x) for x in pipe.execute())
+        added += flush()
     return added
 
 
@@ -161,13 +176,26 @@ def counts(r: redis.Redis) -> dict[str, int]:
     return {"tracked": tracked, "never_synced": never, "claimed": claimed}
 
 
-def add_never_synced(r: redis.Redis, logins: list[str]) -> tuple[list[str], list[str]]:
-    """Add ``logins`` (already validated) with ZADD NX -inf, as ingest does:
-    (added, already tracked)."""
+# Logins per call of track.lua (its unpack() of one argument per login stays well within Lua's
+# stack); ingest splits its batches to this size too.
+TRACK_BATCH = 1000
+
+
+def add_never_synced(r: redis.Redis, logins: list[str]
+                     ) -> tuple[list[str], list[tuple[str, str]]]:
+    """Add ``logins`` (already validated) with ZADD NX -inf, as ingest does, one account one
+    member (track.lua: logins ignore case): (added, already tracked: (login, the spelling it
+    is tracked under))."""
     unique = list(dict.fromkeys(logins))
-    pipe = r.pipeline(transaction=False)
-    for login in unique:
-        pipe.zadd(keys.TRACKED, {keys.member(login): -math.inf}, nx=True)
-    added = [int(x) for x in pipe.execute()]
-    return ([x for x, a in zip(unique, added, strict=True) if a],
-            [x for x, a in zip(unique, added, strict=True) if not a])
+    script = Scripts(r).track
+    added: list[str] = []
+    existing: list[tuple[str, str]] = []
+    for chunk in chunks(unique, TRACK_BATCH):
+        found = script(keys=[keys.TRACKED, keys.LOGINS], args=[keys.MEMBER_PREFIX, "each", *chunk])
+        for login, spelled in zip(chunk, found, strict=True):
+            text = spelled.decode() if isinstance(spelled, bytes) else str(spelled)
+            if text:
+                existing.append((login, text))
+            else:
+                added.append(login)
+    return added, existing

@@ -29,7 +29,7 @@ from bulkbackup.archives import (
     repositories,
 )
 from bulkbackup.config import Settings
-from bulkbackup.errors import ArchiveError, InvalidName, StoreError
+from bulkbackup.errors import ArchiveError, InvalidName, StoreError, printable
 from bulkbackup.fsck import fsck
 from bulkbackup.names import check_repo_name, is_login
 from bulkbackup.restore import Built, Git, build_mirror
@@ -243,7 +243,7 @@ def record(store: Store, archive: RepoArchive, result: RepoVerify) -> bool:
         if error.startswith(VERIFY_FAILED):
             changes[ERROR] = ""  # a failure seen earlier (e.g. a store read) is gone
     else:
-        changes[ERROR] = VERIFY_FAILED + result.reason
+        changes[ERROR] = VERIFY_FAILED + printable(result.reason)
         if changes[ERROR] == error:
             return True
     store.replace_metadata(archive.bundle_key, layout.updated_metadata(fresh, changes))

@@ -150,6 +150,21 @@ def test_credentials_the_store_refuses_are_exit_2(moto_with_auth: str) -> None:
         assert "wrong" not in proc.stderr
 
 
+def test_missing_credentials_are_exit_2(clean_env: None, s3_endpoint: str, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    empty = tmp_path / "no-aws-files"
+    env = {"BULKBACKUP_STORE": "s3://github.com", "AWS_EC2_METADATA_DISABLED": "true",
+           "AWS_CONFIG_FILE": str(empty), "AWS_SHARED_CREDENTIALS_FILE": str(empty)}
+    for cmd in (["show", "octocat"], ["stats"]):
+        proc = run_cli(*cmd, env=env)
+        one_line_error(proc, "no usable S3 credentials", "AWS_ACCESS_KEY_ID")
+    # Half of them (a key id without its secret) is a setup error too.
+    proc = run_cli("show", "octocat", env={**env, "AWS_ACCESS_KEY_ID": "AKIAONLY"})
+    assert proc.returncode == 2, proc.stderr
+
+
 # -- options ----------------------------------------------------------------------------------
 
 def test_abbreviated_options_are_refused() -> None:

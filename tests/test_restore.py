@@ -143,3 +143,47 @@ def test_restore_refuses_bad_input(clean_env: None, tmp_path: Path, args: list[s
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("bulkbackup: error:") and len(proc.stderr.splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def with_hostile_ref(data: bytes) -> bytes:
+    """The bundle with one more ref in its header, named with terminal escapes and a
+    direction override, pointing to the first ref's commit."""
+    header, sep, pack = data.partition(b"\n\n")
+    first = header.split(b"\n")[1].split(b" ")[0]
+    name = "refs/heads/\x1b[2J\x1b]0;owned\x07\u202eevil".encode()
+    return header + b"\n" + first + b" " + name + sep + pack
+
+
+def test_control_characters_from_a_bundle_are_escaped(env: None, forge: Forge, store: Store,
+                                                      tmp_path: Path) -> None:
+    synced(forge, "eve", [RepoSpec("r")])
+    damage(store, "eve/r.bundle", with_hostile_ref(store.read_bytes("eve/r.bundle")))
+    outputs = [run_cli("restore", "eve", "--to", str(tmp_path / "out")),
+               run_cli("verify", "eve"), run_cli("show", "eve")]
+    assert [p.returncode for p in outputs] == [1, 1, 0], [p.stdout for p in outputs]
+    head = store.head("eve/r.bundle")
+    assert head is not None and head.get("Error").startswith("verify failed:")
+    for text in [head.get("Error"), *(p.stdout + p.stderr for p in outputs)]:
+        assert not any(c in text for c in "\x1b\x07\u202e"), text
+    assert "\\x1b" in outputs[0].stdout and "\\x1b" in head.get("Error")
+    assert "\\x1b" in outputs[2].stdout  # show prints the recorded Error, escaped
+
+
+def test_restore_to_a_file_or_through_a_symlink_is_refused(env: None, forge: Forge,
+                                                           store: Store, tmp_path: Path) -> None:
+    synced(forge, "fay", [RepoSpec("r")])
+    file = tmp_path / "file"
+    file.write_text("keep\n")
+    proc = run_cli("restore", "fay", "--to", str(file))
+    assert proc.returncode == 2 and "not a directory" in proc.stderr, proc.stderr
+    assert file.read_text() == "keep\n"
+    to, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    to.mkdir()
+    elsewhere.mkdir()
+    (to / "fay").symlink_to(elsewhere)
+    proc = run_cli("restore", "fay", "--to", str(to))
+    assert proc.returncode == 1 and "is a symbolic link: not followed" in proc.stdout
+    assert list(elsewhere.iterdir()) == []
+    proc = run_cli("restore", "fay/r", "--to", str(tmp_path / "o2"), "--at",
+                   "0001-01-01T00:00:00Z")
+    assert proc.returncode == 1 and "no archive at 0001-01-01T00:00:00Z" in proc.stdout

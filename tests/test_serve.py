@@ -506,6 +506,8 @@ def test_redis_and_store_down_then_back(tmp_path: Path) -> None:
         assert "Redis" in page.text and "Traceback" not in page.text
         assert served.get("/healthz").status_code == 503
         assert served.get("/api/users").status_code == 503
+        # Downloads need only the store (the login's spelling falls back to the one given).
+        assert served.get("/users/alice/hello.bundle").status_code == 404
         assert served.proc.poll() is None
         redis_proc = start_redis(port, tmp_path)
         wait_status(served, "/api/stats", 200)

@@ -8,6 +8,7 @@ them lower-cased (S3 lower-cases them anyway).
 from __future__ import annotations
 
 import abc
+import builtins
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -172,6 +173,15 @@ class Store(abc.ABC):
     def list_top(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """The top-level objects (keys without '/': the usernames) starting with ``prefix``,
         streamed."""
+
+    def top_ignoring_case(self, prefix: str, limit: int, whole: bool = False
+                          ) -> tuple[builtins.list[str], bool]:
+        """The users (top-level keys) whose login starts with ``prefix`` ignoring case
+        (``whole``: is ``prefix`` ignoring case), in byte order, at most ``limit``; and whether
+        there may be more. Bounded listings: see store/casefold.py."""
+        from bulkbackup.store.casefold import top_ignoring_case
+
+        return top_ignoring_case(self, prefix, limit, whole)
 
     def local_path(self, key: str) -> Path | None:
         """A file holding ``key``'s data that can be read in place (the local store), or

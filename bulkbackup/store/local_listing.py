@@ -5,6 +5,8 @@ collide with a key."""
 
 from __future__ import annotations
 
+import builtins
+import heapq
 import os
 import re
 import stat
@@ -58,6 +60,18 @@ class FolderListing:
 
     def list_top(self, prefix: str = "") -> Iterator[ObjectInfo]:
         return self._paged(self._list_top(prefix))
+
+    def top_ignoring_case(self, prefix: str, limit: int, whole: bool = False
+                          ) -> tuple[builtins.list[str], bool]:
+        """One read of the top folder (a prefix listing here reads it whole anyway): names
+        compared first, only matching folders looked into; the ``limit`` first kept."""
+        want = prefix.lower()
+        self._count()
+        matches = (login for login, folder in self._users("")
+                   if (login.lower() == want if whole else login.lower().startswith(want))
+                   and (folder / OBJECT).is_file())
+        first = heapq.nsmallest(limit + 1, matches)
+        return first[:limit], len(first) > limit
 
     def _paged(self, infos: Iterator[ObjectInfo]) -> Iterator[ObjectInfo]:
         """Count a listing as S3 would: one request per page of ``list_page_size`` keys.

@@ -70,6 +70,9 @@ def _code(exc: BaseException) -> str:
     return ""
 
 
+# Credentials missing or incomplete: as refused ones, only a change of setup helps.
+_NO_CREDENTIALS = (botocore.exceptions.NoCredentialsError,
+                   botocore.exceptions.PartialCredentialsError)
 # Answers that no retry or restart can change: the configuration must be fixed.
 _REFUSED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
             "InvalidBucketName", "AllAccessDisabled", "AccountProblem"}
@@ -161,6 +164,10 @@ class S3Store(Store):
             return
         except botocore.exceptions.ParamValidationError as exc:  # e.g. an invalid bucket name
             raise ConfigError(f"store.url {self.settings.url!r}: {one_line(exc)}") from None
+        except _NO_CREDENTIALS as exc:  # none found, or half of them: the setup is wrong
+            raise ConfigError(f"no usable S3 credentials for bucket {self.bucket} (set "
+                              "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE): "
+                              f"{one_line(exc)}") from None
         except _BOTO_ERRORS as exc:
             code = _code(exc)
             if code in _REFUSED:

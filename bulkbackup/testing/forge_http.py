@@ -68,6 +68,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._api(segs[2], parse_qs(parts.query))
         elif parts.path == "/rate_limit":
             self._rate_limit()
+        elif len(segs) == 3 and segs[:2] == ["", "users"] and segs[2]:
+            self._user(segs[2])
         elif len(segs) == 5 and segs[3:] == ["info", "refs"]:
             service = parse_qs(parts.query).get("service", [""])[0]
             if service == "git-upload-pack":
@@ -135,6 +137,18 @@ class _Handler(BaseHTTPRequestHandler):
                 "reset": int(limits["X-RateLimit-Reset"])}
         body = json.dumps({"resources": {"core": core}, "rate": core}).encode()
         self._send(200, body, {**limits, **_JSON})
+
+    def _user(self, login: str) -> None:
+        """`GET /users/<login>`: the user as GitHub spells it (logins ignore case), or 404."""
+        with self.forge.lock:
+            self.forge.counters["api"] += 1
+            self.forge.counters["api_user"] += 1
+            spelled = next((u for u in self.forge.users if u.lower() == login.lower()), None)
+        if spelled is None:
+            self._send(404, b'{"message": "Not Found", "status": "404"}', _JSON)
+            return
+        body = json.dumps({"login": spelled, "id": 1000 + len(spelled), "type": "User"})
+        self._send(200, body.encode(), _JSON)
 
     def _api(self, login: str, query: dict[str, list[str]]) -> None:
         f = self.forge

@@ -149,9 +149,7 @@ class Site:
                                                  "banner": await self.store_banner()}, status)
 
     async def user_detail(self, request: Request) -> Doc:
-        login = request.path_params["login"]
-        if not is_login(login):
-            raise HTTPException(404)
+        login = await self.spelled(request.path_params["login"])
         store = await self.live_store()
         # Waiting here holds no thread: the threadpool stays free for other requests.
         async with self.detail_slots:
@@ -159,6 +157,13 @@ class Site:
         if detail is None:
             raise HTTPException(404)
         return detail
+
+    async def spelled(self, login: str) -> str:
+        """``login`` as its account is tracked and stored (logins ignore case); 404 for
+        what is not a login."""
+        if not is_login(login):
+            raise HTTPException(404)
+        return await self.blocking(self.users.spelling, login)
 
     async def api_user(self, request: Request) -> Response:
         """`show --json`'s object, with the status, the badge and what could not be read."""
@@ -176,9 +181,7 @@ class Site:
                                                 "commands": commands, "banner": banner})
 
     async def user_object(self, request: Request) -> Response:
-        login = request.path_params["login"]
-        if not is_login(login):
-            raise HTTPException(404)
+        login = await self.spelled(request.path_params["login"])
         store = await self.live_store()
         head = await self.blocking(store.head, login)
         if head is None:
@@ -191,6 +194,7 @@ class Site:
         if not dot or kind not in downloads.KINDS or not is_login(login) \
                 or not is_repo_name(repo):
             raise HTTPException(404)
+        login = await self.spelled(login)
         key = layout.bundle_key(login, repo) if kind == "bundle" else layout.zip_key(login, repo)
         return await self._serve_object(request, key, kind)
 
@@ -202,7 +206,7 @@ class Site:
         if key.kind is not layout.Kind.PART or not is_login(key.login) \
                 or not is_repo_name(key.repo):
             raise HTTPException(404)
-        part = layout.part_key(key.login, key.repo, key.chain, key.seq)
+        part = layout.part_key(await self.spelled(key.login), key.repo, key.chain, key.seq)
         return await self._serve_object(request, part, "bundle")
 
     async def _serve_object(self, request: Request, key: str, kind: str) -> Response:

@@ -1,9 +1,10 @@
 """Users for the pages: a page of `tracked`, a prefix search, one user, adding users.
 
 A page costs one script call (a range from the cursor's rank, O(log N + page)) and one
-pipelined round trip for its users' locks, summaries and saved scores. A search costs one
-store listing with a prefix (S3 and the local store answer it without reading other users)
-plus ZSCORE for the exact login. Calls block; the app runs them in the threadpool.
+pipelined round trip for its users' locks, summaries and saved scores. A search ignores case:
+the store's case-insensitive search (store/casefold.py: a few prefix listings on S3) plus one
+round trip for the login itself (logins.tracked_spelling). Calls block; the app runs them in
+the threadpool.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import redis
 
 from bulkbackup import keys, tracked
+from bulkbackup.logins import tracked_spelling
 from bulkbackup.names import is_login
 from bulkbackup.results import error_kind
 from bulkbackup.store import Head, Store
@@ -145,25 +147,13 @@ class Users:
         return rows, nxt
 
     def search(self, prefix: str, limit: int, store: Store) -> tuple[list[UserRow], bool]:
-        """Users whose login starts with ``prefix`` (the store's listing, plus the exact
-        login when it is tracked but not stored yet), ordered by login; and whether there
-        are more than ``limit``."""
-        found: list[str] = []
-        listing = store.list_top(prefix)
-        try:
-            for info in listing:
-                if is_login(info.key):
-                    found.append(info.key)
-                if len(found) > limit:
-                    break
-        finally:
-            close = getattr(listing, "close", None)
-            if close is not None:
-                close()
-        more = len(found) > limit
-        logins = sorted(set(found))[:limit]
-        if prefix not in logins and self.r.zscore(keys.TRACKED, keys.member(prefix)) is not None:
-            logins = sorted([prefix, *logins])[:limit]
+        """Users whose login starts with ``prefix`` ignoring case (the store's listings, plus
+        the login itself when it is tracked but not stored yet), ordered by login; and
+        whether there are more than ``limit``."""
+        logins, more = store.top_ignoring_case(prefix, limit)
+        spelled = tracked_spelling(self.r, prefix)
+        if spelled is not None and spelled not in logins:
+            logins = sorted([spelled, *logins])[:limit]
         scores = self.r.zmscore(keys.TRACKED, [keys.member(x) for x in logins]) if logins else []
         return self.rows(list(zip(logins, scores, strict=True)), store), more
 
@@ -188,8 +178,19 @@ class Users:
         return [_row(login, score, locked[i] is not None, summaries[i], heads.get(login))
                 for i, ((login, _), score) in enumerate(zip(users, scores, strict=True))]
 
+    def spelling(self, login: str) -> str:
+        """The spelling ``login``'s account is tracked under (logins ignore case); ``login``
+        itself when it is not tracked (the store may still have it under that key), or when
+        Redis does not answer: the store's pages and downloads do not need Redis."""
+        try:
+            return tracked_spelling(self.r, login) or login
+        except redis.RedisError:
+            return login
+
     def track(self, logins: list[str]) -> tuple[list[str], list[str]]:
-        return tracked.add_never_synced(self.r, logins)
+        """(added, already tracked: as spelled in `tracked`, once each)."""
+        added, existing = tracked.add_never_synced(self.r, logins)
+        return added, list(dict.fromkeys(spelled for _, spelled in existing))
 
     def detail(self, login: str, store: Store) -> dict[str, Any] | None:
         """`show --json`'s object (or its empty form for a user tracked but not stored) under

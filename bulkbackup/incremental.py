@@ -16,10 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from bulkbackup import chains
+from bulkbackup.archives import ArchivePart
 from bulkbackup.bundles import BundleHeader, stored_header
 from bulkbackup.config import Settings
+from bulkbackup.errors import ArchiveError
 from bulkbackup.gitops import GitWork
 from bulkbackup.packfetch import FetchedIncrement, fetch_increment
+from bulkbackup.proof import prove
 from bulkbackup.store import Head, layout
 from bulkbackup.store.base import (
     CHAIN,
@@ -43,6 +46,7 @@ class IncrementOutcome(enum.Enum):
     SAME_REFS = "same refs"  # git has nothing new (only the API's times moved): recorded
     SUPERSEDED = "superseded"  # the base changed meanwhile (another writer): nothing written
     EMPTIED = "emptied"  # the remote has no refs left: the caller stores a full archive
+    REFUSED = "refused"  # the increment does not apply on its chain: nothing written
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class Change:
 class IncrementResult:
     outcome: IncrementOutcome
     bytes: int = 0  # uploaded: the increment, and the zip when the default branch moved
+    read_bytes: int = 0  # the chain's bytes read back from the store to prove the increment
+    error: str = ""  # REFUSED: why
 
 
 class Incremental:
@@ -75,9 +81,10 @@ class Incremental:
 
     def archive(self, store: FencedStore, login: str, name: str, head: Head, change: Change,
                 token: str | None) -> IncrementResult:
-        """Fetch what is new since the state ``head`` (a base with data) describes and
-        commit it as increment n+1. Raises ArchiveError when the stored chain cannot be read
-        (the caller then stores a full archive), GitError when the fetch fails."""
+        """Fetch what is new since the state ``head`` (a base with data) describes, prove
+        it applies on the chain (proof.py), and commit it as increment n+1 (REFUSED, nothing
+        written, when it does not apply). Raises ArchiveError when the stored chain cannot be
+        read (the caller then stores a full archive), GitError when the fetch fails."""
         chain, n = chains.chain_of(head), chains.committed(head)
         latest = layout.bundle_key(login, name) if n == 0 else layout.part_key(
             login, name, chain, n)
@@ -102,8 +109,16 @@ class Incremental:
             store.replace_metadata(base_key, layout.updated_metadata(fresh, {**times,
                                                                              CHAIN: chain}))
             return IncrementResult(IncrementOutcome.SAME_REFS)
+        key = layout.part_key(login, name, chain, n + 1)
+        proof = prove(store, self.settings, self._committed(store, login, name, fresh, n),
+                      fetched.bundle, key, self.gitwork.user_dir(login) / f"{name}.proof")
+        if not proof.proved:
+            # Nothing is written: the old state stays the newest (the caller records why).
+            fetched.bundle.unlink()
+            return IncrementResult(IncrementOutcome.REFUSED, 0, proof.read_bytes,
+                                   f"increment refused: {proof.error}")
         uploaded = self._zip(store, login, name, change, old, fetched, token)
-        store.put_file(layout.part_key(login, name, chain, n + 1), fetched.bundle, times)
+        store.put_file(key, fetched.bundle, times)
         uploaded += fetched.bundle.stat().st_size
         # The commit: from here a restore applies increment n+1.
         total = chains.chain_bytes(fresh) + fetched.bundle.stat().st_size
@@ -112,7 +127,22 @@ class Incremental:
         meta.pop(VERIFIED_AT, None)  # the new state has not been verified
         fetched.bundle.unlink()  # a user's disk use is one repository's, not all of them
         store.replace_metadata(base_key, meta)
-        return IncrementResult(IncrementOutcome.STORED, uploaded)
+        return IncrementResult(IncrementOutcome.STORED, uploaded, proof.read_bytes)
+
+    @staticmethod
+    def _committed(store: FencedStore, login: str, name: str, base: Head, n: int
+                   ) -> list[ArchivePart]:
+        """The base and its ``n`` committed increments; a missing one is an ArchiveError
+        (the chain cannot be built on: the caller stores a full archive)."""
+        out = [ArchivePart(layout.bundle_key(login, name), base.size)]
+        if n:
+            found = list_parts(store, login, name).chains.get(chains.chain_of(base), {})
+            for seq in range(1, n + 1):
+                key = layout.part_key(login, name, chains.chain_of(base), seq)
+                if seq not in found:
+                    raise ArchiveError(f"missing object {key}")
+                out.append(ArchivePart(key, found[seq]))
+        return out
 
     def _zip(self, store: FencedStore, login: str, name: str, change: Change,
              old: BundleHeader, fetched: FetchedIncrement, token: str | None) -> int:

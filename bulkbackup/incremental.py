@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import enum
 import logging
+import shutil
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from bulkbackup import chains
 from bulkbackup.archives import ArchivePart
@@ -109,15 +111,29 @@ class Incremental:
             store.replace_metadata(base_key, layout.updated_metadata(fresh, {**times,
                                                                              CHAIN: chain}))
             return IncrementResult(IncrementOutcome.SAME_REFS)
+        work = self.gitwork.user_dir(login) / f"{name}.proof"
+        try:
+            return self._commit(store, login, name, fresh, change, old, fetched, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _commit(self, store: FencedStore, login: str, name: str, fresh: Head, change: Change,
+                old: BundleHeader, fetched: FetchedIncrement, work: Path) -> IncrementResult:
+        """Prove the increment on the chain ``fresh`` is the base of, then write the zip
+        (made from the proof's repository: no fetch), the increment, and the commit."""
+        assert fetched.bundle is not None
+        chain, n = chains.chain_of(fresh), chains.committed(fresh)
         key = layout.part_key(login, name, chain, n + 1)
         proof = prove(store, self.settings, self._committed(store, login, name, fresh, n),
-                      fetched.bundle, key, self.gitwork.user_dir(login) / f"{name}.proof")
+                      fetched.bundle, key, work)
         if not proof.proved:
             # Nothing is written: the old state stays the newest (the caller records why).
             fetched.bundle.unlink()
             return IncrementResult(IncrementOutcome.REFUSED, 0, proof.read_bytes,
                                    f"increment refused: {proof.error}")
-        uploaded = self._zip(store, login, name, change, old, fetched, token)
+        uploaded = self._zip(store, login, name, change, old, fetched, proof.repo)
+        times = {LAST_SYNC: change.stamp, PUSHED_AT: change.pushed_at,
+                 UPDATED_AT: change.updated_at}
         store.put_file(key, fetched.bundle, times)
         uploaded += fetched.bundle.stat().st_size
         # The commit: from here a restore applies increment n+1.
@@ -126,7 +142,7 @@ class Incremental:
                                                CHAIN_BYTES: str(total), ERROR: ""})
         meta.pop(VERIFIED_AT, None)  # the new state has not been verified
         fetched.bundle.unlink()  # a user's disk use is one repository's, not all of them
-        store.replace_metadata(base_key, meta)
+        store.replace_metadata(layout.bundle_key(login, name), meta)
         return IncrementResult(IncrementOutcome.STORED, uploaded, proof.read_bytes)
 
     @staticmethod
@@ -145,16 +161,16 @@ class Incremental:
         return out
 
     def _zip(self, store: FencedStore, login: str, name: str, change: Change,
-             old: BundleHeader, fetched: FetchedIncrement, token: str | None) -> int:
-        """A new zip when the default branch moved (or was renamed); the zip is written
-        before the increment, as a full archive writes it before the bundle."""
+             old: BundleHeader, fetched: FetchedIncrement, repo: Path) -> int:
+        """A new zip when the default branch moved (or was renamed), made from ``repo``
+        (the proof's: the new state, proved); written before the increment, as a full
+        archive writes it before the bundle."""
         branch, tip = fetched.branch, fetched.head
         if branch is None or tip is None:
             return 0
         if old.head == tip and old.refs.get(f"refs/heads/{branch}") == tip:
             return 0
-        path = self.gitwork.zip_at(login, name, change.clone_url, branch, tip, token,
-                                   store.fence.check)
+        path = self.gitwork.zip_from(login, name, repo, branch, tip)
         store.put_file(layout.zip_key(login, name), path, {LAST_SYNC: change.stamp})
         size = path.stat().st_size
         path.unlink()

@@ -50,8 +50,9 @@ class Git:
         self.env = git_env(home, settings.github, None)
         self.env["GIT_ALLOW_PROTOCOL"] = "file"  # a bundle is fetched as a local file
 
-    def __call__(self, *args: str, cwd: Path) -> str:
-        proc = subprocess.Popen(["git", *args], cwd=cwd, env=self.env, stdin=subprocess.DEVNULL,
+    def __call__(self, *args: str, cwd: Path, stdin: int = subprocess.DEVNULL) -> str:
+        """``stdin``: a file descriptor git reads (from its current offset)."""
+        proc = subprocess.Popen(["git", *args], cwd=cwd, env=self.env, stdin=stdin,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True)
         try:

@@ -111,7 +111,8 @@ def test_a_wrong_increment_is_refused_and_the_next_sane_pass_stores_it(
     _check_refused(forge, store, login, before, tmp_path)
 
     fix()
-    assert "1 archived" in sync(login)
+    out = sync(login)
+    assert "1 archived" in out and "MB read back" in out  # the base, to prove on
     assert base_meta(store, login, "r")[1] == 1
     head = store.head(layout.bundle_key(login, "r"))
     assert head is not None and head.get("Error") == ""

@@ -126,6 +126,7 @@ class Incremental:
         key = layout.part_key(login, name, chain, n + 1)
         proof = prove(store, self.settings, self._committed(store, login, name, fresh, n),
                       fetched.bundle, key, work)
+        store.fence.check()  # abandon early: the proof may have taken a while
         if not proof.proved:
             # Nothing is written: the old state stays the newest (the caller records why).
             fetched.bundle.unlink()

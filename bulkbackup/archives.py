@@ -15,6 +15,7 @@ from pathlib import Path
 import orjson
 
 from bulkbackup import chains
+from bulkbackup.bundles import Opener
 from bulkbackup.errors import ArchiveError, NotFound
 from bulkbackup.progress import Progress
 from bulkbackup.store import Head, ObjectInfo, Store, layout
@@ -68,6 +69,7 @@ def latest_archive(store: Store, login: str, repo: str, index: PartsIndex | None
     head = store.head(key)
     if head is None:
         raise ArchiveError(f"missing object {key}")
+    _check_increments(key, head)
     chain, n = chains.chain_of(head), chains.committed(head)
     last_sync = head.get(LAST_SYNC)
     parts: tuple[ArchivePart, ...] = ()
@@ -78,6 +80,12 @@ def latest_archive(store: Store, login: str, repo: str, index: PartsIndex | None
     zip_key = layout.zip_key(login, repo)
     return RepoArchive(login, repo, parts, key, head, zip_key, store.head(zip_key) is not None,
                        last_sync, format_rfc3339(layout.chain_time(chain) or head.last_modified))
+
+
+def _check_increments(key: str, head: Head) -> None:
+    """Damaged `Increments` would make the base alone look like the whole state."""
+    if damage := chains.increments_damage(head):
+        raise ArchiveError(f"{key}: {damage}")
 
 
 #: (chain, seq) -> the part's listing entry, for one repository.
@@ -129,6 +137,7 @@ def archive_at(store: Store, login: str, repo: str, at: datetime | None) -> Repo
     base = store.head(base_key)
     if base is None:
         raise ArchiveError(f"missing object {base_key}")
+    _check_increments(base_key, base)
     parts = ((ArchivePart(base_key, base.size),
               *_increments(index, login, repo, chain, chains.committed(base)))
              if base.size > 0 else ())
@@ -190,7 +199,7 @@ def listed_branches(store: Store, login: str) -> dict[str, str]:
     return out
 
 
-def download(store: Store, key: str, dest: Path, size: int, progress: bool = True) -> None:
+def download(store: Opener, key: str, dest: Path, size: int, progress: bool = True) -> None:
     """Stream ``key`` to ``dest``; the byte count must be the object's ``size``."""
     bar = Progress(total=size, unit="B", desc=key[-40:], enabled=progress, unit_scale=True)
     got = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -70,7 +70,10 @@ class UserBackup:
     """Everything that happens to one user; one instance per process, reused across users."""
 
     def __init__(self, settings: Settings, store: Store, github: GitHub, gitwork: GitWork,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None,
+                 committed: Callable[[str, str], None] | None = None) -> None:
+        """``committed(login, repo)``: told of each increment committed (a run's worker
+        marks it pending verify: pending.py)."""
         self.settings = settings
         self._store = store  # only ever written through a FencedStore (see _fenced)
         self.github = github
@@ -78,6 +81,7 @@ class UserBackup:
         self.clone_host = settings.github.clone_host
         self.incremental = Incremental(settings, gitwork)
         self.stop = stop or threading.Event()
+        self.committed = committed
 
     def _fenced(self, fence: Fence | None) -> FencedStore:
         """The store for one user's writes; without a lock, only interruption stops them."""
@@ -208,11 +212,19 @@ class UserBackup:
         except ArchiveError as exc:
             log.warning("%s/%s: a full archive instead of an increment: %s", login, name, exc)
             return False
+        result.read_bytes += done.read_bytes
         if done.outcome is IncrementOutcome.EMPTIED:
             return False
+        if done.outcome is IncrementOutcome.REFUSED:
+            # The old state stays the newest; its PushedAt/UpdatedAt are the old ones, so
+            # the next pass fetches again.
+            self._record_failure(store, login, name, head, done.error, result)
+            return True
         if done.outcome is IncrementOutcome.STORED:
             result.archived += 1
             result.bytes += done.bytes
+            if self.committed is not None:
+                self.committed(login, name)
         else:
             result.unchanged += 1
         self._prune_expired(store, login, name, head)

@@ -36,9 +36,19 @@ class StoredParts:
 
 
 def committed(head: Head) -> int:
-    """How many increments the base's metadata says are committed (0 when none or damaged)."""
+    """How many increments the base's metadata says are committed (0 when none or damaged:
+    `increments_damage` tells which)."""
     text = head.get(INCREMENTS)
-    return int(text) if text.isdigit() and int(text) <= MAX_COMMITTED else 0
+    return int(text) if not increments_damage(head) and text else 0
+
+
+def increments_damage(head: Head) -> str:
+    """"" when the base's `Increments` is absent or a count in 0..MAX_COMMITTED; else what
+    is wrong with it: a reader must not take the base alone for the latest state."""
+    text = head.get(INCREMENTS)
+    if not text or (text.isascii() and text.isdigit() and int(text) <= MAX_COMMITTED):
+        return ""
+    return f"damaged Increments metadata {text[:40]!r} (not a count up to {MAX_COMMITTED})"
 
 
 def chain_of(head: Head) -> str:
@@ -76,7 +86,8 @@ def next_step(head: Head, run: RunSettings) -> Step:
     by `verify`, and a failed verify makes the next archive full).
     """
     n = committed(head)
-    if run.max_increments == 0 or head.size == 0 or n >= run.max_increments:
+    if (run.max_increments == 0 or head.size == 0 or n >= run.max_increments
+            or increments_damage(head)):  # which increments are committed is unknown
         return Step.FULL
     if n and 2 * chain_bytes(head) > head.size:
         return Step.FULL

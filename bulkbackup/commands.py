@@ -22,6 +22,10 @@ from bulkbackup.errors import EXIT_INTERRUPTED, ConfigError, InvalidName, UsageE
 from bulkbackup.timeutil import parse_strict
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import redis
+
     from bulkbackup.verify import VerifyReport
 
 
@@ -282,12 +286,16 @@ def verify_command(settings: Settings, logins: list[str], sample: int | None,
     if bool(logins) == (sample is not None):
         raise UsageError("verify: name users (LOGIN...) or give --sample N, one of the two")
     store = open_store(settings.store, create=False)
+    r = _verify_redis(settings)
     try:
+        started_s = time.time()
         # Logins ignore case: each named user under its stored spelling.
-        chosen = (list(dict.fromkeys(stored_spelling(store, x) for x in logins)) or
-                  sample_logins(store, sample or 0))
+        named = list(dict.fromkeys(stored_spelling(store, x) for x in logins))
+        chosen = named or _pending_first(r, sample or 0, lambda n, skip: sample_logins(
+            store, n, skip=skip))
         with work_dir(settings, "verify") as scratch:
             report = verify(store, settings, chosen, scratch)
+        _forget_pending(r, report, started_s)
     finally:
         store.close()
     _save_verify_figures(settings, report)
@@ -300,6 +308,59 @@ def verify_command(settings: Settings, logins: list[str], sample: int | None,
           f"{t['failed']} failed, {t['no_archive']} without archive "
           f"({t['elapsed_s']:.1f}s)", file=sys.stderr)
     return 1 if report.failed else 0
+
+
+def _verify_redis(settings: Settings) -> redis.Redis | None:
+    """Redis for the repositories pending verify; away, verify samples at random only."""
+    import redis
+
+    from bulkbackup.connection import connect
+
+    try:
+        r = connect(settings.redis)
+        r.ping()
+        return r
+    except redis.RedisError as exc:
+        print(f"bulkbackup: warning: no Redis, the repositories pending verify are not "
+              f"checked first: {exc}", file=sys.stderr)
+        return None
+
+
+def _pending_first(r: redis.Redis | None, n: int,
+                   sample: Callable[[int, set[str]], list[str]]) -> list[str]:
+    """``n`` users: those with repositories pending verify (oldest commit first), then a
+    random sample of the others."""
+    import redis
+
+    from bulkbackup import pending
+
+    first: list[str] = []
+    if r is not None:
+        try:
+            first = list(dict.fromkeys(login for login, _ in pending.oldest(r, n)))
+        except redis.RedisError as exc:
+            print(f"bulkbackup: warning: repositories pending verify not read: {exc}",
+                  file=sys.stderr)
+    rest = sample(n - len(first), set(first)) if n > len(first) else []
+    return first + rest
+
+
+def _forget_pending(r: redis.Redis | None, report: VerifyReport, started_s: float) -> None:
+    """Repositories whose result was recorded are no longer pending."""
+    import redis
+
+    from bulkbackup import pending
+
+    if r is None:
+        return
+    try:
+        for user in report.users:
+            for repo in user.repos:
+                if repo.recorded:
+                    pending.done(r, user.login, repo.name, started_s)
+    except redis.RedisError as exc:
+        print(f"bulkbackup: warning: repositories pending verify not updated: {exc}",
+              file=sys.stderr)
 
 
 def _save_verify_figures(settings: Settings, report: VerifyReport) -> None:

@@ -277,36 +277,16 @@ class GitWork:
 
         return left
 
-    def zip_at(self, login: str, name: str, clone_url: str, branch: str, commit: str,
-               token: str | None, check: Callable[[], None] = lambda: None) -> Path:
-        """`<name>.zip` of ``commit`` (the tip of ``branch``) without the repository's
-        history: a depth-1 fetch of that one commit (its tree, what the zip holds), for an
-        archive stored as an increment, which has no local mirror to zip from.
-
-        Protocol v2 without tag following: git then lists no refs at all (with tags followed
-        it lists every refs/tags/*, and GitHub's refs/pull/* too: megabytes on a repository
-        with tens of thousands of them). GitHub serves an id in v2 whether or not a ref
-        points to it; a server without v2 sends its whole listing (git falls back by itself)
-        and serves the id if a ref reaches it (over HTTP's stateless protocol)."""
+    def zip_from(self, login: str, name: str, repo: Path, branch: str, commit: str) -> Path:
+        """`<name>.zip` of ``commit`` (the tip of ``branch``) from the local ``repo`` that
+        has it: an increment's proof repository (the new state; no fetch)."""
         base = self.user_dir(login)
         base.mkdir(parents=True, exist_ok=True)
-        shallow = base / f"{name}.zip.git"
         zipfile = base / f"{name}.zip"
         zipfile.unlink(missing_ok=True)
-        shutil.rmtree(shallow, ignore_errors=True)
-        env = git_env(self.work_dir, self.gh, token, self.run, self.procs)
-        left = self._time_left()
-        try:
-            run_git(["init", "--bare", "--quiet", "--template=", str(shallow)], base, env,
-                    left(), what="fetch")
-            run_git(["-c", "protocol.version=2", "fetch", "--quiet", "--depth=1", "--no-tags",
-                     "--no-write-fetch-head", "--", clone_url, f"{commit}:refs/zip"], shallow,
-                    env, left(), what="fetch")
-            check()
-            _zip(shallow, name, branch, commit, zipfile, env, left())
-            return zipfile
-        finally:
-            shutil.rmtree(shallow, ignore_errors=True)
+        env = git_env(self.work_dir, self.gh, None, self.run, self.procs)
+        _zip(repo, name, branch, commit, zipfile, env, self.run.git_timeout_s)
+        return zipfile
 
     def _mirror(self, clone_url: str, mirror: Path, base: Path, env: dict[str, str],
                 left: Callable[[], float]) -> None:

@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import enum
 import logging
+import shutil
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from bulkbackup import chains
+from bulkbackup.archives import ArchivePart
 from bulkbackup.bundles import BundleHeader, stored_header
 from bulkbackup.config import Settings
+from bulkbackup.errors import ArchiveError
 from bulkbackup.gitops import GitWork
 from bulkbackup.packfetch import FetchedIncrement, fetch_increment
+from bulkbackup.proof import prove
 from bulkbackup.store import Head, layout
 from bulkbackup.store.base import (
     CHAIN,
@@ -44,6 +49,7 @@ class IncrementOutcome(enum.Enum):
     SAME_REFS = "same refs"  # git has nothing new (only the API's times moved): recorded
     SUPERSEDED = "superseded"  # the base changed meanwhile (another writer): nothing written
     EMPTIED = "emptied"  # the remote has no refs left: the caller stores a full archive
+    REFUSED = "refused"  # the increment does not apply on its chain: nothing written
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,8 @@ class Change:
 class IncrementResult:
     outcome: IncrementOutcome
     bytes: int = 0  # uploaded: the increment, and the zip when the default branch moved
+    read_bytes: int = 0  # the chain's bytes read back from the store to prove the increment
+    error: str = ""  # REFUSED: why
 
 
 class Incremental:
@@ -76,9 +84,10 @@ class Incremental:
 
     def archive(self, store: FencedStore, login: str, name: str, head: Head, change: Change,
                 token: str | None) -> IncrementResult:
-        """Fetch what is new since the state ``head`` (a base with data) describes and
-        commit it as increment n+1. Raises ArchiveError when the stored chain cannot be read
-        (the caller then stores a full archive), GitError when the fetch fails."""
+        """Fetch what is new since the state ``head`` (a base with data) describes, prove
+        it applies on the chain (proof.py), and commit it as increment n+1 (REFUSED, nothing
+        written, when it does not apply). Raises ArchiveError when the stored chain cannot be
+        read (the caller then stores a full archive), GitError when the fetch fails."""
         chain, n = chains.chain_of(head), chains.committed(head)
         latest = layout.bundle_key(login, name) if n == 0 else layout.part_key(
             login, name, chain, n)
@@ -103,8 +112,31 @@ class Incremental:
             store.replace_metadata(base_key, layout.updated_metadata(fresh, {**times,
                                                                              CHAIN: chain}))
             return IncrementResult(IncrementOutcome.SAME_REFS)
-        uploaded = self._zip(store, login, name, change, old, fetched, token)
-        store.put_file(layout.part_key(login, name, chain, n + 1), fetched.bundle, times)
+        work = self.gitwork.user_dir(login) / f"{name}.proof"
+        try:
+            return self._commit(store, login, name, fresh, change, old, fetched, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _commit(self, store: FencedStore, login: str, name: str, fresh: Head, change: Change,
+                old: BundleHeader, fetched: FetchedIncrement, work: Path) -> IncrementResult:
+        """Prove the increment on the chain ``fresh`` is the base of, then write the zip
+        (made from the proof's repository: no fetch), the increment, and the commit."""
+        assert fetched.bundle is not None
+        chain, n = chains.chain_of(fresh), chains.committed(fresh)
+        key = layout.part_key(login, name, chain, n + 1)
+        proof = prove(store, self.settings, self._committed(store, login, name, fresh, n),
+                      fetched.bundle, key, work)
+        store.fence.check()  # abandon early: the proof may have taken a while
+        if not proof.proved:
+            # Nothing is written: the old state stays the newest (the caller records why).
+            fetched.bundle.unlink()
+            return IncrementResult(IncrementOutcome.REFUSED, 0, proof.read_bytes,
+                                   f"increment refused: {proof.error}")
+        uploaded = self._zip(store, login, name, change, old, fetched, proof.repo)
+        times = {LAST_SYNC: change.stamp, PUSHED_AT: change.pushed_at,
+                 UPDATED_AT: change.updated_at}
+        store.put_file(key, fetched.bundle, times)
         uploaded += fetched.bundle.stat().st_size
         # The commit: from here a restore applies increment n+1.
         total = chains.chain_bytes(fresh) + fetched.bundle.stat().st_size
@@ -113,20 +145,35 @@ class Incremental:
         meta.pop(VERIFIED_AT, None)  # the new state has not been verified
         meta.pop(VERIFY_NOTES, None)
         fetched.bundle.unlink()  # a user's disk use is one repository's, not all of them
-        store.replace_metadata(base_key, meta)
-        return IncrementResult(IncrementOutcome.STORED, uploaded)
+        store.replace_metadata(layout.bundle_key(login, name), meta)
+        return IncrementResult(IncrementOutcome.STORED, uploaded, proof.read_bytes)
+
+    @staticmethod
+    def _committed(store: FencedStore, login: str, name: str, base: Head, n: int
+                   ) -> list[ArchivePart]:
+        """The base and its ``n`` committed increments; a missing one is an ArchiveError
+        (the chain cannot be built on: the caller stores a full archive)."""
+        out = [ArchivePart(layout.bundle_key(login, name), base.size)]
+        if n:
+            found = list_parts(store, login, name).chains.get(chains.chain_of(base), {})
+            for seq in range(1, n + 1):
+                key = layout.part_key(login, name, chains.chain_of(base), seq)
+                if seq not in found:
+                    raise ArchiveError(f"missing object {key}")
+                out.append(ArchivePart(key, found[seq]))
+        return out
 
     def _zip(self, store: FencedStore, login: str, name: str, change: Change,
-             old: BundleHeader, fetched: FetchedIncrement, token: str | None) -> int:
-        """A new zip when the default branch moved (or was renamed); the zip is written
-        before the increment, as a full archive writes it before the bundle."""
+             old: BundleHeader, fetched: FetchedIncrement, repo: Path) -> int:
+        """A new zip when the default branch moved (or was renamed), made from ``repo``
+        (the proof's: the new state, proved); written before the increment, as a full
+        archive writes it before the bundle."""
         branch, tip = fetched.branch, fetched.head
         if branch is None or tip is None:
             return 0
         if old.head == tip and old.refs.get(f"refs/heads/{branch}") == tip:
             return 0
-        path = self.gitwork.zip_at(login, name, change.clone_url, branch, tip, token,
-                                   store.fence.check)
+        path = self.gitwork.zip_from(login, name, repo, branch, tip)
         store.put_file(layout.zip_key(login, name), path, {LAST_SYNC: change.stamp})
         size = path.stat().st_size
         path.unlink()

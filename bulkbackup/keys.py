@@ -19,6 +19,12 @@ LAST_RUN = "bulkbackup:lastrun"
 LAST_STATS = "bulkbackup:laststats"
 # Figures of the last verify pass, and totals of all passes (a hash; `stats` reports them).
 LAST_VERIFY = "bulkbackup:lastverify"
+# Repositories with an increment committed by a run's worker since their last verify: member
+# "login/repo", score the commit time (unix s). `verify --sample N` checks the oldest first;
+# verify removes a member once it recorded a result for it (pending.py). Bounded: the oldest
+# beyond VERIFY_PENDING_MAX are dropped (they are left to the random sample).
+VERIFY_PENDING = "bulkbackup:verify:pending"
+VERIFY_PENDING_MAX = 1_000_000
 # Set by `run` once `tracked` is whole (checked, built or rebuilt from the store). Redis
 # flushed, or restarted without persistence, loses it: the run then rebuilds `tracked`.
 INTACT = "bulkbackup:intact"

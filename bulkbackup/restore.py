@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 from bulkbackup.archives import (
     ArchivePart,
@@ -25,7 +26,7 @@ from bulkbackup.archives import (
     listed_branches,
     repositories,
 )
-from bulkbackup.bundles import BundleHeader, read_header
+from bulkbackup.bundles import BundleHeader, Opener, read_header
 from bulkbackup.config import Settings
 from bulkbackup.errors import ArchiveError, InvalidName, StoreError, printable
 from bulkbackup.gitops import git_env
@@ -49,9 +50,10 @@ class Git:
         self.env = git_env(home, settings.github, None, settings.run)  # one process: its cores
         self.env["GIT_ALLOW_PROTOCOL"] = "file"  # a bundle is fetched as a local file
 
-    def __call__(self, *args: str, cwd: Path) -> str:
-        """git's stdout; ArchiveError naming git's first error when it fails."""
-        status, out, err = self.run(*args, cwd=cwd)
+    def __call__(self, *args: str, cwd: Path, stdin: int = subprocess.DEVNULL) -> str:
+        """git's stdout; ArchiveError naming git's first error when it fails. ``stdin``: a
+        file descriptor git reads (from its current offset)."""
+        status, out, err = self.run(*args, cwd=cwd, stdin=stdin)
         if status != 0:
             lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
             fatal = [ln for ln in lines if ln.startswith(("fatal:", "error:"))] or lines
@@ -59,9 +61,10 @@ class Git:
             raise ArchiveError(f"git {args[0]} failed: {printable(why[:300])}")
         return out
 
-    def run(self, *args: str, cwd: Path) -> tuple[int, str, str]:
+    def run(self, *args: str, cwd: Path, stdin: int = subprocess.DEVNULL
+            ) -> tuple[int, str, str]:
         """(exit status, stdout, stderr), whatever the status; ArchiveError on a timeout."""
-        proc = subprocess.Popen(["git", *args], cwd=cwd, env=self.env, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(["git", *args], cwd=cwd, env=self.env, stdin=stdin,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True)
         try:
@@ -103,21 +106,10 @@ def build_mirror(store: Store, git: Git, archive: RepoArchive, dest: Path, work:
     git("init", "--quiet", "--bare", str(dest), cwd=work)
     header = BundleHeader((), {}, None)
     for part in archive.parts:
-        path = _readable(store, part, work / "part.bundle", progress)
-        header = read_header(path, part.key)
-        git("bundle", "verify", "--quiet", str(path), cwd=dest)
-        try:
-            git("fetch", "--quiet", "--prune", "--no-write-fetch-head", str(path),
-                "+refs/*:refs/*", cwd=dest)  # + : an increment may move refs anywhere
-        except ArchiveError as exc:
-            if "early EOF" in str(exc) or "premature" in str(exc):
-                raise ArchiveError(f"{part.key}: bundle truncated ({exc})") from None
-            raise ArchiveError(f"{part.key}: bundle unreadable ({exc})") from None
+        path = readable(store, part, work / "part.bundle", progress)
+        header = apply_part(git, dest, path, part.key)
         (work / "part.bundle").unlink(missing_ok=True)
-    refs = git.refs(dest)
-    if refs != header.refs:
-        raise ArchiveError(f"{archive.repo}: restored refs differ from the bundle's header: "
-                           + _ref_diff(header.refs, refs))
+    refs = check_refs(git, dest, header, archive.repo)
     branch = choose_branch(refs, header.head, listed)
     if branch:
         git("symbolic-ref", "HEAD", f"refs/heads/{branch}", cwd=dest)
@@ -128,7 +120,36 @@ def build_mirror(store: Store, git: Git, archive: RepoArchive, dest: Path, work:
     return Built(refs, branch)
 
 
-def _readable(store: Store, part: ArchivePart, scratch: Path, progress: bool) -> Path:
+def apply_part(git: Git, dest: Path, path: Path, key: str) -> BundleHeader:
+    """Apply the bundle at ``path`` (the store's ``key``) on the repository ``dest``, as
+    restore does it and as an increment is proved before it is committed (proof.py); its
+    header."""
+    header = read_header(path, key)
+    git("bundle", "verify", "--quiet", str(path), cwd=dest)
+    try:
+        git("fetch", "--quiet", "--prune", "--no-write-fetch-head", str(path),
+            "+refs/*:refs/*", cwd=dest)  # + : an increment may move refs anywhere
+    except ArchiveError as exc:
+        if "early EOF" in str(exc) or "premature" in str(exc):
+            raise ArchiveError(f"{key}: bundle truncated ({exc})") from None
+        raise ArchiveError(f"{key}: bundle unreadable ({exc})") from None
+    return header
+
+
+def check_refs(git: Git, dest: Path, header: BundleHeader, what: str) -> dict[str, str]:
+    """The refs of ``dest``, which must be those of the last bundle applied."""
+    refs = git.refs(dest)
+    if refs != header.refs:
+        raise ArchiveError(f"{what}: restored refs differ from the bundle's header: "
+                           + _ref_diff(header.refs, refs))
+    return refs
+
+
+class PartReader(Opener, Protocol):
+    def local_path(self, key: str) -> Path | None: ...
+
+
+def readable(store: PartReader, part: ArchivePart, scratch: Path, progress: bool) -> Path:
     """A file with the part's data: the local store's own file, read in place (git only
     reads it), else a download to ``scratch``. Either way its size is the part's."""
     path = store.local_path(part.key)

@@ -46,6 +46,7 @@ class UserResult:
     failed: int = 0
     skipped: int = 0
     bytes: int = 0
+    read_bytes: int = 0  # archives read back from the store to prove increments (proof.py)
     not_modified: bool = False
     listed: bool = False
     error: str = ""
@@ -78,6 +79,8 @@ class UserResult:
         text = (f"{self.login}: {self.reported} repositories, {self.archived} archived, "
                 f"{self.unchanged} unchanged, {self.empty} empty, {self.failed} failed, "
                 f"{self.bytes / 1e6:.1f} MB uploaded")
+        if self.read_bytes:
+            text += f", {self.read_bytes / 1e6:.1f} MB read back"
         return text + (f"; error: {self.error}" if self.error else "")
 
 

@@ -14,7 +14,7 @@ import time
 import zipfile
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class RepoVerify:
     outcome: Outcome
     reason: str = ""
     notes: str = ""  # verified, with `git fsck` messages git tolerates (VerifyNotes)
+    recorded: bool = False  # the result was written on the archive (pending.py forgets it)
 
 
 @dataclass
@@ -98,14 +99,16 @@ class VerifyReport:
         }
 
 
-def sample_logins(store: Store, n: int, rng: random.Random | None = None) -> list[str]:
+def sample_logins(store: Store, n: int, rng: random.Random | None = None,
+                  skip: Iterable[str] = ()) -> list[str]:
     """``n`` users drawn uniformly from the top-level listing (reservoir sampling: one pass,
-    memory for ``n`` logins, whatever the size of the store)."""
+    memory for ``n`` logins, whatever the size of the store), none of ``skip``."""
     rng = rng or random.SystemRandom()
+    skipped = set(skip)
     chosen: list[str] = []
     seen = 0
     for info in store.list_top():
-        if not is_login(info.key):
+        if not is_login(info.key) or info.key in skipped:
             continue
         seen += 1
         if len(chosen) < n:
@@ -168,11 +171,11 @@ def verify_repo(store: Store, settings: Settings, login: str, name: str, listed:
         except OSError as exc:  # the scratch disk, not the archive: not recorded
             return RepoVerify(name, Outcome.FAILED, f"{type(exc).__name__}: {exc}")
     try:
-        record(store, archive, result)
+        recorded = record(store, archive, result)
     except StoreError as exc:
         return RepoVerify(name, result.outcome, (result.reason + "; " if result.reason else "")
                           + f"not recorded: {exc}")
-    return result
+    return replace(result, recorded=recorded)
 
 
 def check_archive(store: Store, git: Git, archive: RepoArchive, listed: str | None,

@@ -23,7 +23,7 @@ from typing import NoReturn, TypeVar
 
 import redis
 
-from bulkbackup import gitops, keys, tracked
+from bulkbackup import gitops, keys, pending, tracked
 from bulkbackup.backup import UserBackup
 from bulkbackup.batching import BatchSizer, UserBudget
 from bulkbackup.config import Settings
@@ -164,7 +164,8 @@ class Worker:
         try:
             with work_dir(s, f"w{self.args.index}") as path:
                 job = UserBackup(s, store, github, GitWork(s.run, s.github, path,
-                                                             self.args.procs))
+                                                             self.args.procs),
+                                 committed=self._pending_verify)
                 if self.feed is not None:
                     self._loop_listed(job, self.feed)
                 else:
@@ -177,6 +178,13 @@ class Worker:
                 self.feed.lister.close()
             store.close()
             self._finished.set()
+
+    def _pending_verify(self, login: str, repo: str) -> None:
+        """An increment was committed: `verify --sample` checks it first (pending.py)."""
+        try:
+            pending.add(self.r, login, repo, time.time())
+        except redis.RedisError as exc:  # verify's random sample still finds it
+            log.warning("%s/%s: not marked pending verify: %s", login, repo, exc)
 
     def _watch(self) -> None:
         # Polled, not a multiprocessing.Event: a process that dies while waiting on one

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from bulkbackup.config import GitHubSettings, RunSettings
+from bulkbackup import config
 from bulkbackup.errors import GitError
-from bulkbackup.gitops import GitWork
 from bulkbackup.refadvert import MAX_REFS, Pkts, pkt, read_info_refs, read_ls_refs, ref_prefixes
+from bulkbackup.store import open_store
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 from tests.test_packfetch import base_of, check_increment, fetch, git, list_heads
 
 
@@ -108,34 +108,37 @@ def test_ref_prefixes() -> None:
     assert ref_prefixes({"refs/a\nref-prefix refs/": ""}, False) == ("refs/heads/", "refs/tags/")
 
 
-# -- the zip's depth-1 fetch (gitops.GitWork.zip_at) -------------------------------------
+# -- the zip of a change: made from the proof's repository, no fetch of its own -------------
 
 
 @pytest.mark.parametrize("v2", [True, False])
-def test_the_zip_fetch_costs_the_tree_not_the_listing(forge: Forge, tmp_path: Path,
-                                                      v2: bool) -> None:
+def test_a_changes_zip_costs_no_fetch_of_its_own(env: None, forge: Forge, tmp_path: Path,
+                                                 v2: bool) -> None:
+    """Issue 26.2: the zip's depth-1 fetch listed every ref (pull refs and tags followed);
+    now an increment's zip comes from the repository its proof built (incremental.py): one
+    fetch per change, nothing shallow, whatever the repository's refs."""
     blob = os.urandom(200_000)
     forge.add_user("u", [RepoSpec("z", files={"blob.bin": blob}, tags=["v1"])])
-    many_refs(forge, "z", tags=5000, pulls=5000)
-    source = forge.git_root / "u" / "z.git"
-    tip = git("rev-parse", "refs/heads/main", cwd=source).strip()
-    forge.push("u", "z", {"later.txt": b"later\n"})  # the zipped commit is no tip any more
+    many_refs(forge, "z", tags=2000, pulls=2000)
+    assert run_cli("sync", "u").returncode == 0
+    forge.push("u", "z", {"later.txt": b"later\n"})
     forge.git_v2 = v2
     forge.reset_counters()
-    work = GitWork(RunSettings(git_timeout_s=60), GitHubSettings(api_url=forge.url),
-                   tmp_path / "work")
-    path = work.zip_at("u", "z", f"{forge.url}/u/z.git", "main", tip, None)
-    with zipfile.ZipFile(path) as z:
-        assert z.read("z-main/blob.bin") == blob and "z-main/later.txt" not in z.namelist()
+    proc = run_cli("sync", "u")
+    assert proc.returncode == 0, proc.stderr
+    assert forge.pack_requests("u", "z") == 1  # the increment's, and no depth-1 fetch
     with forge.lock:
-        sent, tree = forge.counters["git_bytes_sent"], forge.counters["git_bytes_sent_shallow"]
-    listed = listing_bytes(forge)
-    print(f"\nv{2 if v2 else 0}: zip fetch {sent} B, tree {tree} B, listing {listed} B")
-    assert len(blob) < tree < sent
-    if v2:  # the capabilities only (no ls-refs), no tags followed: about the tree's pack
-        assert listed < 1000 and sent - tree < 1000
-    else:  # a server without v2: its whole listing (10 000 refs, 60 bytes each), then the tree
-        assert listed > 10_000 * 60
+        assert forge.counters["git_bytes_sent_shallow"] == 0
+    store = open_store(config.load().store)
+    try:
+        head = store.head("u/z.bundle")
+        assert head is not None and head.get("Increments") == "1"
+        path = tmp_path / "z.zip"
+        path.write_bytes(store.read_bytes("u/z.zip"))
+    finally:
+        store.close()
+    with zipfile.ZipFile(path) as z:
+        assert z.read("z-main/blob.bin") == blob and z.read("z-main/later.txt") == b"later\n"
 
 
 # -- what the parser refuses -------------------------------------------------------------
@@ -254,7 +257,9 @@ def huge() -> Iterator[type[_Huge]]:
 _FETCH = """
 import json, resource, sys
 from pathlib import Path
+from bulkbackup import config
 from bulkbackup.config import GitHubSettings, RunSettings
+from bulkbackup import config
 from bulkbackup.config import GitHubSettings, RunSettings
 from bulkbackup.errors import GitError
 from bulkbackup.gitops import GitWork

@@ -88,3 +88,6 @@ class FencedStore:
 
     def list(self, prefix: str = "", shallow: bool = False) -> Iterator[ObjectInfo]:
         return self._store.list(prefix, shallow)
+
+    def local_path(self, key: str) -> Path | None:
+        return self._store.local_path(key)

@@ -35,6 +35,7 @@ from typing import Any
 
 from bulkbackup.testing.forge_changes import ForgeChanges
 from bulkbackup.testing.forge_http import _Handler, _Server
+from bulkbackup.testing.hostile_packs import PackAnswer
 from bulkbackup.testing.repos import (
     BASE_TIME,
     DEFAULT_FILES,
@@ -122,6 +123,8 @@ class Forge(ForgeChanges):
         # gets protocol v0 (a server without v2; GitHub has it).
         self.git_v2 = True
         self._stalled_mid: set[tuple[str, str]] = set()
+        # (login, repo) -> a wrong answer to its increment fetches (forge_changes.set_pack_answer)
+        self._pack_answers: dict[tuple[str, str], PackAnswer] = {}
         # A hostile API (tests of the client's bounds); each applies to every listing request.
         self.api_next_loop = False  # Link rel="next" names the page just served
         self.api_endless = False  # every page links to a next one, forever

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bulkbackup.testing.hostile_packs import PackAnswer
 from bulkbackup.testing.repos import NAME, PLACEHOLDER, commit, epoch, git, rfc3339
 
 
@@ -22,6 +23,7 @@ class ForgeChanges:
     git_root: Path
     _stalled: set[tuple[str, str]]
     _stalled_mid: set[tuple[str, str]]
+    _pack_answers: dict[tuple[str, str], PackAnswer]
 
     def _repo_of(self, login: str, name: str) -> tuple[dict[str, Any], Path]:
         with self.lock:
@@ -46,6 +48,40 @@ class ForgeChanges:
                 self._stalled.add((login, name))
             else:
                 self._stalled.discard((login, name))
+
+    def set_pack_answer(self, login: str, name: str, answer: PackAnswer | None) -> None:
+        """From now on, a fetch of the repository that has ids to send (not a shallow one: a
+        zip's) gets git's reply with the pack ``answer`` makes instead of git's own
+        (hostile_packs.py); None: git's own again."""
+        with self.lock:
+            if answer is None:
+                self._pack_answers.pop((login, name), None)
+            else:
+                self._pack_answers[(login, name)] = answer
+
+    def point_ref(self, login: str, name: str, ref: str, oid: str) -> None:
+        """``ref`` set to ``oid`` as a loose ref file, past git's checks (a branch at a blob,
+        which `update-ref` refuses)."""
+        entry, repo = self._repo_of(login, name)
+        path = repo / ref
+        if not ref.startswith("refs/") or ".." in ref:
+            raise ValueError(f"unsafe ref {ref}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{oid}\n")
+        self._moved(entry)
+
+    def tag_tree(self, login: str, name: str, tag: str, files: dict[str, bytes]) -> str:
+        """A lightweight tag ``refs/tags/<tag>`` at a new tree holding ``files`` (flat
+        names); its id."""
+        entry, repo = self._repo_of(login, name)
+        lines = []
+        for fname, data in sorted(files.items()):
+            blob = git("hash-object", "-w", "--stdin", cwd=repo, data=data).strip()
+            lines.append(f"100644 blob {blob}\t{fname}\n")
+        tree = git("mktree", cwd=repo, data="".join(lines).encode()).strip()
+        git("update-ref", f"refs/tags/{tag}", tree, cwd=repo)
+        self._moved(entry)
+        return tree
 
     def force_push(self, login: str, name: str, files: dict[str, bytes]) -> None:
         """The default branch replaced by a new root commit (unrelated history)."""

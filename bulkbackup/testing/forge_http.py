@@ -20,9 +20,11 @@ import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from bulkbackup.testing.hostile_packs import PackAnswer, answer_with, wants_and_haves
 from bulkbackup.testing.repos import NAME, PLACEHOLDER
 
 if TYPE_CHECKING:
@@ -267,6 +269,7 @@ class _Handler(BaseHTTPRequestHandler):
             stall_mid = (login, name) in f._stalled_mid
             redirect = f.git_redirect
             v2 = f.git_v2
+            crafted = f._pack_answers.get((login, name))
         if redirect and kind == "info_refs":
             self._send(302, b"", {"Location": f"{redirect}{path}?{query}"})
             return
@@ -286,6 +289,10 @@ class _Handler(BaseHTTPRequestHandler):
                             ("Content-Encoding", "HTTP_CONTENT_ENCODING")):
             if self.headers.get(header) and (v2 or var != "GIT_PROTOCOL"):
                 env[var] = self.headers[header]
+        if (crafted is not None and kind == "upload_pack" and _says(body, self.headers, b"want ")
+                and not _says(body, self.headers, b"deepen ")):
+            self._crafted(crafted, f.git_root / login / repo, body, env)
+            return
         with tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(["git", "http-backend"], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=err, env=env)
@@ -302,6 +309,23 @@ class _Handler(BaseHTTPRequestHandler):
                 proc.wait()
                 with f.lock:
                     f._procs.discard(proc)
+
+    def _crafted(self, answer: PackAnswer, repo: Path, body: bytes, env: dict[str, str]
+                 ) -> None:
+        """git's own reply to an increment fetch, with the pack ``answer`` makes in place
+        of git's (forge.set_pack_answer)."""
+        if self.headers.get("Content-Encoding", "").lower() in ("gzip", "x-gzip"):
+            body = gzip.decompress(body)
+            env = {k: v for k, v in env.items() if k != "HTTP_CONTENT_ENCODING"}
+        env["CONTENT_LENGTH"] = str(len(body))
+        out = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True,
+                             timeout=60).stdout
+        head, _, reply = out.partition(b"\r\n\r\n")
+        headers = dict(line.decode("latin-1").split(": ", 1) for line in head.splitlines()
+                       if b": " in line and not line.lower().startswith(b"status"))
+        headers.pop("Content-Length", None)
+        wants, haves = wants_and_haves(body)
+        self._send(200, answer_with(reply, answer(repo, wants, haves)), headers)
 
     def _relay(self, proc: subprocess.Popen[bytes], body: bytes, err: Any,
                stall_mid: bool = False, counts: tuple[str, ...] = ()) -> None:

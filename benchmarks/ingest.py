@@ -1,11 +1,13 @@
-"""Ingest throughput against `redis-cli --pipe` loading the same ZADD commands.
+"""Ingest throughput against `redis-cli --pipe` loading the same members.
 
     python -m benchmarks.ingest [--users 2000000]
 
-Generates a dump (realistic logins, ~0.5% bad lines), starts a private redis-server, loads the
-members with `redis-cli --pipe` (the ceiling: the server itself), flushes, runs
-`bulkbackup ingest` on the same dump, and prints both rates, their ratio, and the peak RSS
-of the ingest process for N and N/4 users (constant memory means the two are equal).
+Generates a dump (realistic logins, ~0.5% bad lines), starts a private redis-server, and loads
+the members three ways, flushing between: `redis-cli --pipe` of plain `ZADD tracked NX`
+commands (the old ceiling: what Redis does without the case-insensitive check), `redis-cli
+--pipe` of the very `EVALSHA track.lua` commands ingest sends (the ceiling for the same server
+work: one account, one member), and `bulkbackup ingest`. Prints the rates, both ratios, and the
+peak RSS of the ingest process for N and N/4 users (constant memory means the two are equal).
 """
 
 from __future__ import annotations
@@ -80,6 +82,37 @@ def resp_commands(dump: Path, out: Path, batch: int = 1000) -> None:
             flush(members, f)
 
 
+def resp_track_commands(dump: Path, out: Path, sha: str) -> None:
+    """The same logins as ingest's `EVALSHA track.lua` commands, for `redis-cli --pipe`."""
+    import orjson
+
+    from bulkbackup.ingest import _head
+    from bulkbackup.names import is_login
+    from bulkbackup.tracked import TRACK_BATCH
+
+    head = _head(sha)
+
+    def flush(logins: list[bytes], f: object) -> None:
+        parts = [b"*%d\r\n" % (7 + len(logins)), head]
+        parts += [b"$%d\r\n%s\r\n" % (len(m), m) for m in logins]
+        f.write(b"".join(parts))  # type: ignore[attr-defined]
+
+    with dump.open("rb") as src, out.open("wb") as f:
+        logins: list[bytes] = []
+        for line in src:
+            try:
+                login = orjson.loads(line).get("login")
+            except (orjson.JSONDecodeError, AttributeError):
+                continue
+            if is_login(login):
+                logins.append(login.encode())
+                if len(logins) == TRACK_BATCH:
+                    flush(logins, f)
+                    logins = []
+        if logins:
+            flush(logins, f)
+
+
 def timed_child(
     cmd: list[str], env: dict[str, str], stdin: Path | None = None
 ) -> tuple[float, int]:
@@ -123,13 +156,20 @@ def measure(tmp: Path, port: int, users: int) -> None:
         base_s, _ = timed_child([*cli, "--pipe"], env, stdin=resp)
         loaded = int(subprocess.check_output([*cli, "zcard", "tracked"]))
         subprocess.run([*cli, "flushall"], check=True, stdout=subprocess.DEVNULL)
+        sha = subprocess.check_output([*cli, "script", "load", (ROOT / "bulkbackup" / "lua" /
+                                                                "track.lua").read_text()])
+        same = tmp / f"users-{n}.track.resp"
+        resp_track_commands(dump, same, sha.decode().strip())
+        same_s, _ = timed_child([*cli, "--pipe"], env, stdin=same)
+        subprocess.run([*cli, "flushall"], check=True, stdout=subprocess.DEVNULL)
         ours_s, rss[n] = timed_child([sys.executable, "-m", "bulkbackup", "ingest", str(dump)], env)
         ingested = int(subprocess.check_output([*cli, "zcard", "tracked"]))
         assert loaded == ingested, (loaded, ingested)
-        print(f"N={n:>9}: redis-cli --pipe {n / base_s:>9,.0f} users/s | "
-              f"bulkbackup ingest {n / ours_s:>9,.0f} users/s (process start included) | "
-              f"ratio {base_s / ours_s:.2f} | ingest peak RSS {rss[n] / 1024:.1f} MB | "
-              f"{bad} bad lines")
+        print(f"N={n:>9}: redis-cli --pipe ZADD {n / base_s:>9,.0f} users/s | the same "
+              f"track.lua {n / same_s:>9,.0f} users/s | bulkbackup ingest {n / ours_s:>9,.0f} "
+              f"users/s (process start included) | ratio {base_s / ours_s:.2f} to ZADD, "
+              f"{same_s / ours_s:.2f} to the same script | ingest peak RSS "
+              f"{rss[n] / 1024:.1f} MB | {bad} bad lines")
     print(f"peak RSS N/4 -> N: {rss[users // 4] / 1024:.1f} MB -> {rss[users] / 1024:.1f} MB")
 
 

@@ -82,16 +82,21 @@ def test_syncd_repos_written_only_where_it_changed(store: Store, forge: Forge,
     assert third["pass"]["store_requests"] <= 3
 
 
+def summary(r: redis.Redis, login: str) -> UserCounts | None:
+    text = r.hget("bulkbackup:syncd", login)
+    return UserCounts.decode(None if text is None else str(text))
+
+
 def test_the_pass_caches_the_errors_reasons_for_the_users_list(
         store: Store, forge: Forge, r: redis.Redis) -> None:
     build(forge)  # `sync`: no Redis, so no summaries yet
     stats()
-    octocat = UserCounts.decode(r.hget("bulkbackup:syncd", "octocat"))
+    octocat = summary(r, "octocat")
     assert octocat is not None and octocat.reason is not None
     assert octocat.reason.startswith("1 of 4 repositories failed: f")
-    ghost = UserCounts.decode(r.hget("bulkbackup:syncd", "ghost"))
+    ghost = summary(r, "ghost")
     assert ghost is not None and str(ghost.reason).startswith("user ghost not found on GitHub (")
-    alice = UserCounts.decode(r.hget("bulkbackup:syncd", "alice"))
+    alice = summary(r, "alice")
     assert alice is not None and (alice.error, alice.reason) == (False, None)
     warm = stats()["pass"]["store_requests"]
     # An older version's summary (no reason) agrees with the listing; it is still rebuilt,

@@ -119,6 +119,7 @@ class UserBackup:
             listing = self._listing(login, etags, listed)
         except GitHubError as exc:  # a 404 (UserGone), or the API failing after retries
             result.error = str(exc)
+            result.new_object = previous is None
             self._write_user(store, login, previous, None, result, stamp)
             return
         if listing.not_modified and previous is not None:

@@ -9,12 +9,12 @@ from enum import Enum
 from typing import Any
 
 from bulkbackup.store.base import PUSHED_AT, UPDATED_AT, Head
-from bulkbackup.store.layout import UserCounts
+from bulkbackup.store.layout import UserCounts, short_reason
 from bulkbackup.timeutil import parse_api_time
 
 # The user object's Error when some repositories failed (the others are archived).
 PARTIAL_ERROR = "{failed} of {reported} repositories failed: "
-_PARTIAL = re.compile(r"\d+ of \d+ repositories failed: ")
+_PARTIAL = re.compile(r"\d+ of \d+ repositories failed:(?: |$)")  # "$": a shortened reason
 # In the Error of a login GitHub does not know (REST's 404, GraphQL's NOT_FOUND: UserGone).
 GONE_MARK = " not found on GitHub ("
 
@@ -49,6 +49,8 @@ class UserResult:
     read_bytes: int = 0  # archives read back from the store to prove increments (proof.py)
     not_modified: bool = False
     listed: bool = False
+    # Not listed, and the user's object written for the first time (SyncdRepos 0).
+    new_object: bool = False
     error: str = ""
     # Not synced at all, nothing recorded (a rate limit past the user's deadline): try later.
     not_done: str = ""
@@ -64,12 +66,16 @@ class UserResult:
         return sum(1 for size in self.bundles.values() if size > 0)
 
     def counts(self) -> UserCounts | None:
-        """None when this sync did not see the user's repositories (304, 404, API failure)."""
+        """None when this sync did not see the user's repositories (304, 404, API failure)
+        and its object was there before (it keeps its counts)."""
         if not self.listed:
-            return None
+            # A first sync that listed nothing wrote an object of zeros with the Error.
+            return (UserCounts(0, 0, 0, True, 0, short_reason(self.error))
+                    if self.new_object and self.error else None)
         zero = [n for n, size in self.bundles.items() if size == 0]
         empty = sum(1 for n in zero if n in self.empty_names)
-        return UserCounts(self.syncd, empty, len(zero) - empty, bool(self.error), self.reported)
+        return UserCounts(self.syncd, empty, len(zero) - empty, bool(self.error), self.reported,
+                          short_reason(self.error) if self.error else None)
 
     def line(self) -> str:
         if self.not_done:

@@ -8,7 +8,7 @@ from bulkbackup import chains
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import BulkbackupError
 from bulkbackup.logins import stored_spelling
-from bulkbackup.names import check_login
+from bulkbackup.names import check_login, is_repo_name
 from bulkbackup.store import Store, layout, open_store
 from bulkbackup.store.base import (
     ERROR,
@@ -21,15 +21,18 @@ from bulkbackup.store.base import (
 
 
 def describe(store: Store, login: str) -> dict[str, Any]:
-    """The user's entry and, per repository, last sync, sizes and last error."""
+    """The user's entry and, per repository (valid names only), last sync, sizes and last
+    error."""
     head = store.head(layout.user_key(login))
     if head is None:
         raise BulkbackupError(f"user {login} is not in the store")
     repos: dict[str, dict[str, Any]] = {}
     for info in store.list(layout.user_prefix(login)):
         key = layout.parse_key(info.key)
+        # A key whose repository part is not a valid name (put there by hand) is no
+        # repository: `show` and the user page would offer to restore or download it.
         if key.login != login or key.kind not in (layout.Kind.BUNDLE, layout.Kind.ZIP,
-                                                  layout.Kind.PART):
+                                                  layout.Kind.PART) or not is_repo_name(key.repo):
             continue
         entry = repos.setdefault(key.repo, {"name": key.repo, "bundle_bytes": None,
                                             "zip_bytes": None, "increment_bytes": 0,

@@ -23,7 +23,7 @@ from bulkbackup.names import is_login
 from bulkbackup.progress import Progress
 from bulkbackup.store import Store, layout, open_store
 from bulkbackup.store.base import ERROR, REPORTED_REPOS, SYNCD_REPOS, ObjectInfo
-from bulkbackup.store.layout import EMPTY_REPOSITORY, UserCounts
+from bulkbackup.store.layout import EMPTY_REPOSITORY, UserCounts, short_reason
 from bulkbackup.timeutil import format_rfc3339
 
 HSCAN_BATCH = 500
@@ -142,7 +142,8 @@ class StatsPass:
         t.users_in_store += 1
         counts = cached
         if counts is None or counts.syncd != user.with_data or (
-                counts.empty + counts.failed != len(user.zero)):
+                counts.empty + counts.failed != len(user.zero)) or (
+                counts.error and counts.reason is None):  # an older summary: no reason
             counts = self._from_store(user, cached)
         t.empty += counts.empty
         t.failed += counts.failed
@@ -159,9 +160,10 @@ class StatsPass:
                 bundle = self.store.head(key)
                 empty += bundle is not None and bundle.get(ERROR) == EMPTY_REPOSITORY
         reported = head.get(REPORTED_REPOS) if head is not None else ""
-        counts = UserCounts(user.with_data, empty, len(user.zero) - empty,
-                            bool(head and head.get(ERROR)),
-                            int(reported) if reported.isdigit() else 0)
+        error = head.get(ERROR) if head is not None else ""
+        counts = UserCounts(user.with_data, empty, len(user.zero) - empty, bool(error),
+                            int(reported) if reported.isdigit() else 0,
+                            short_reason(error) if error else None)
         if head is not None and head.get(SYNCD_REPOS) != str(user.with_data):
             if self.write:
                 self.store.replace_metadata(layout.user_key(user.login), layout.updated_metadata(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 
 import redis
@@ -16,6 +16,7 @@ from bulkbackup import keys
 from bulkbackup.connection import Scripts
 from bulkbackup.iterutil import chunks
 from bulkbackup.logins import index_pairs
+from bulkbackup.store.layout import UserCounts, short_reason
 
 
 @dataclass
@@ -75,6 +76,18 @@ class Claimer:
         call; ``repos`` and ``nbytes`` (archived by this sync) go to the per-minute counters.
         """
         return self._complete(member, 1 if synced else 0, counts, 0, repos, nbytes)
+
+    def summary_with_error(self, login: str, error: str) -> str:
+        """For ``finish``: the user's summary with ``error`` as its reason, for a sync that
+        listed nothing (gone, the API failing: its object keeps its counts and gets the
+        Error); "" (leave it) when Redis has none, so the users list reads the object.
+
+        Read apart from the completion: only the lock holder writes the summary, but for the
+        stats pass, which checks it against the store's listing on every pass."""
+        counts = UserCounts.decode(self.r.hget(keys.SYNCD, login))  # type: ignore[arg-type]
+        if counts is None:
+            return ""
+        return replace(counts, error=True, reason=short_reason(error)).encode()
 
     def fail(self, member: str, max_attempts: int) -> Completion:
         """Give back after a failure: DONE (retried in this run), DEFERRED (its

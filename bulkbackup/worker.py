@@ -355,9 +355,10 @@ class Worker:
         self.sizer.observe(time.monotonic() - started)
         rs = self.args.settings.run.redis_retry_s
         counts = result.counts()
-        cached = counts.encode() if counts is not None else ""
         finished = _retrying("complete", lambda: self.claimer.finish(
-            member, True, cached, result.archived, result.bytes), rs, threading.Event())
+            member, True, counts.encode() if counts is not None else
+            self.claimer.summary_with_error(login, result.error) if result.error else "",
+            result.archived, result.bytes), rs, threading.Event())
         self.keeper.drop(member)
         self.keeper.note_done(result.archived, result.bytes)
         if finished is Completion.LOST:

@@ -13,6 +13,7 @@ import redis
 
 from bulkbackup import config
 from bulkbackup.store import Store, open_store
+from bulkbackup.store.layout import UserCounts
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.timeutil import parse_rfc3339
 from tests.conftest import remove_object, run_cli
@@ -79,6 +80,31 @@ def test_syncd_repos_written_only_where_it_changed(store: Store, forge: Forge,
     assert third["pass"]["syncd_repos_written"] == 0
     # A warm cache: the pass costs listing pages only, not a request per user.
     assert third["pass"]["store_requests"] <= 3
+
+
+def summary(r: redis.Redis, login: str) -> UserCounts | None:
+    text = r.hget("bulkbackup:syncd", login)
+    return UserCounts.decode(None if text is None else str(text))
+
+
+def test_the_pass_caches_the_errors_reasons_for_the_users_list(
+        store: Store, forge: Forge, r: redis.Redis) -> None:
+    build(forge)  # `sync`: no Redis, so no summaries yet
+    stats()
+    octocat = summary(r, "octocat")
+    assert octocat is not None and octocat.reason is not None
+    assert octocat.reason.startswith("1 of 4 repositories failed: f")
+    ghost = summary(r, "ghost")
+    assert ghost is not None and str(ghost.reason).startswith("user ghost not found on GitHub (")
+    alice = summary(r, "alice")
+    assert alice is not None and (alice.error, alice.reason) == (False, None)
+    warm = stats()["pass"]["store_requests"]
+    # An older version's summary (no reason) agrees with the listing; it is still rebuilt,
+    # at one HEAD (its object's; the split of its zero-byte bundles is kept).
+    r.hset("bulkbackup:syncd", "octocat", "2 1 1 1 4")
+    assert stats()["pass"]["store_requests"] == warm + 1  # type: ignore[operator]
+    assert r.hget("bulkbackup:syncd", "octocat") == octocat.encode()
+    assert stats()["pass"]["store_requests"] == warm
 
 
 def test_no_write_reports_only(store: Store, forge: Forge, r: redis.Redis) -> None:

@@ -12,14 +12,26 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bulkbackup import config
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import ConfigError, NotFound, StoreError
+from bulkbackup.redact import add_secrets
+from bulkbackup.results import PARTIAL_ERROR, error_kind
 from bulkbackup.store import Store, clean_stale_temp, layout, open_store
 from bulkbackup.store.base import METADATA_LIMIT_BYTES, Head, clean_metadata
-from bulkbackup.store.layout import Kind, StoreKey, UserCounts
+from bulkbackup.store.layout import (
+    REASON_MAX_CHARS,
+    UNPRINTABLE_REASON,
+    Kind,
+    StoreKey,
+    UserCounts,
+    short_reason,
+)
 from bulkbackup.store.local import LocalStore
 from bulkbackup.store.s3 import S3Store
 from tests.conftest import ROOT
@@ -528,13 +540,56 @@ def test_layout_builds_and_parses_keys() -> None:
         "application/octet-stream"]
 
 
-def test_user_counts_round_trip_and_the_old_form() -> None:
-    counts = UserCounts(syncd=3, empty=1, failed=2, error=True, reported=7)
-    assert counts.encode() == "3 1 2 1 7"
+def test_user_counts_round_trip_and_the_old_forms() -> None:
+    counts = UserCounts(syncd=3, empty=1, failed=2, error=True, reported=7, reason="why: x y")
+    assert counts.encode() == "3 1 2 1 7 why: x y"
     assert UserCounts.decode(counts.encode()) == counts
-    assert UserCounts.decode("3 1 2 0") == UserCounts(3, 1, 2, False, 0)  # before ReportedRepos
-    for bad in (None, "", "1 2 3", "1 2 3 4 5 6", "a b c d", "1 -2 3 0 4"):
-        assert UserCounts.decode(bad) is None
+    assert UserCounts(3, 1, 2, False, 7, "ignored").encode() == "3 1 2 0 7"
+    assert UserCounts.decode("3 1 2 0 7") == UserCounts(3, 1, 2, False, 7)
+    # The older forms: without the reason (None: not known), and before ReportedRepos.
+    assert UserCounts.decode("3 1 2 1 7") == UserCounts(3, 1, 2, True, 7, None)
+    assert UserCounts.decode("3 1 2 0") == UserCounts(3, 1, 2, False, 0)
+    assert UserCounts.decode("3 1 2 1") == UserCounts(3, 1, 2, True, 0, None)
+    for bad in (None, "", "1 2 3", "1 2 3 1 reason", "a b c d", "1 -2 3 0 4", "1 2 3 2 4",
+                "1 2 3 1 +4 x", "1 2 3 1 4\nx"):
+        assert UserCounts.decode(bad) is None, bad
+
+
+def test_a_reason_is_one_bounded_printable_line_without_tokens() -> None:
+    add_secrets(["ghp_secret0123456789"])
+    text = "clone failed:\n\tfatal: https://ghp_secret0123456789@github.com/x\r\x00\u202e!"
+    reason = short_reason(text + " y" * 500)
+    assert reason.startswith("clone failed: fatal: https://***@github.com/x !")
+    assert len(reason) == REASON_MAX_CHARS and reason.endswith("...")
+    assert short_reason("\n\x00") == UNPRINTABLE_REASON and short_reason("") == ""
+    counts = UserCounts.decode(UserCounts(0, 0, 0, True, 0, text).encode())
+    assert counts is not None and counts.reason == short_reason(text)
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@given(st.integers(0, 10**12), st.integers(0, 10**6), st.integers(0, 10**6), st.booleans(),
+       st.integers(0, 10**6), st.text(max_size=400))
+def test_user_counts_round_trip_any_reason(syncd: int, empty: int, failed: int, error: bool,
+                                           reported: int, text: str) -> None:
+    encoded = UserCounts(syncd, empty, failed, error, reported, text).encode()
+    decoded = UserCounts.decode(encoded)
+    assert decoded is not None and "\n" not in encoded and encoded.isprintable()
+    assert (decoded.syncd, decoded.empty, decoded.failed, decoded.error, decoded.reported) == (
+        syncd, empty, failed, error, reported)
+    if error and text:
+        assert decoded.reason == short_reason(text) and 0 < len(decoded.reason) <= 120
+        assert UserCounts.decode(decoded.encode()) == decoded  # stable once shortened
+    else:
+        assert decoded.reason is None
+
+
+@given(st.from_regex(r"[A-Za-z0-9-]{1,39}", fullmatch=True), st.integers(0, 10**6),
+       st.text(max_size=300))
+def test_a_shortened_reason_keeps_its_badge(login: str, n: int, rest: str) -> None:
+    for text in (PARTIAL_ERROR.format(failed=n, reported=n) + rest,
+                 f"user {login} not found on GitHub (404)",
+                 f"user {login} not found on GitHub (NOT_FOUND)", "GitHub API failed: " + rest):
+        assert error_kind(short_reason(text)) == error_kind(text)
 
 
 def test_updated_metadata_hides_the_lower_casing() -> None:

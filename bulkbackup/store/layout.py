@@ -7,7 +7,8 @@
                               part <seq> of chain <chain> (README "Incremental archives"):
                               000001.. increments on the base; 000000 a kept chain's base
 
-Also the per-user counts cached in Redis for the stats pass (`UserCounts`), the `Error` of an
+Also the per-user summary cached in Redis for the stats pass and the users list
+(`UserCounts`, with the Error's reason shortened by `short_reason`), the `Error` of an
 empty repository, and the metadata update that hides the lower-casing of names on read.
 """
 
@@ -19,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from bulkbackup.redact import redact
 from bulkbackup.store.base import Head, canonical
 
 SEPARATOR = "/"
@@ -159,33 +161,65 @@ def updated_metadata(head: Head, changes: Mapping[str, str]) -> dict[str, str]:
     return canonical(meta)
 
 
+#: The longest error reason a summary keeps (enough for results.ErrorKind's marks: a partial
+#: sync's "<n> of <m> repositories failed: " and a gone user's "user <login> not found on
+#: GitHub (" both fit, a login being at most 39 characters).
+REASON_MAX_CHARS = 120
+UNPRINTABLE_REASON = "(an error without printable text)"
+
+
+def short_reason(text: str) -> str:
+    """``text`` on one line, for a summary and the users list: tokens scrubbed, every
+    control, format or separator character (newlines, bidi overrides, lone surrogates) a
+    space, runs of spaces one, at most REASON_MAX_CHARS (cut: ending in "..."). Never ""
+    for a text that is not "" (a summary with an error always has a reason)."""
+    # Redacted whole (a cut could leave part of a token); then only a bounded head is read.
+    head = redact(text)[: REASON_MAX_CHARS * 8]
+    short = " ".join("".join(c if c.isprintable() else " " for c in head).split())
+    if not short:
+        return UNPRINTABLE_REASON if text else ""
+    if len(short) > REASON_MAX_CHARS:
+        short = short[: REASON_MAX_CHARS - 3].rstrip() + "..."
+    return short
+
+
 @dataclass(frozen=True)
 class UserCounts:
-    """What the stats pass (and the web server) need per user, cached in Redis
+    """What the stats pass and the users list need per user, cached in Redis
     (`bulkbackup:syncd`, login -> `encode()`) by whoever last wrote the user's object:
     bundles with data (= SyncdRepos), zero-byte bundles of empty repositories, other zero-byte
-    bundles (failed), whether the user's object has an Error, and ReportedRepos."""
+    bundles (failed), whether the user's object has an Error, ReportedRepos, and the Error's
+    reason shortened (short_reason; None: not known, a summary written by an older version).
+
+    Encoded `<syncd> <empty> <failed> <error 0/1> <reported>[ <reason>]`: the reason is the
+    rest of the text (spaces and all), present only with an error."""
 
     syncd: int
     empty: int
     failed: int
     error: bool
     reported: int = 0
+    reason: str | None = None
 
     def encode(self) -> str:
-        return f"{self.syncd} {self.empty} {self.failed} {int(self.error)} {self.reported}"
+        numbers = f"{self.syncd} {self.empty} {self.failed} {int(self.error)} {self.reported}"
+        reason = short_reason(self.reason or "") if self.error else ""
+        return f"{numbers} {reason}" if reason else numbers
 
     @classmethod
     def decode(cls, text: str | None) -> UserCounts | None:
-        """None for anything malformed. The older four-number form (without ReportedRepos)
-        is still read, with ``reported`` 0."""
-        try:
-            numbers = [int(x) for x in (text or "").split()]
-        except ValueError:
+        """None for anything malformed. The older forms are still read: four numbers
+        (without ReportedRepos: ``reported`` 0) or five, both without the reason (None)."""
+        parts = (text or "").split(" ", 5)
+        reason = short_reason(parts.pop()) if len(parts) == 6 else None
+        numbers_text = " ".join(parts).split()
+        if not all(x.isascii() and x.isdigit() for x in numbers_text):
             return None
-        if len(numbers) == 4:
+        numbers = [int(x) for x in numbers_text]
+        if len(numbers) == 4 and reason is None:
             numbers.append(0)
-        if len(numbers) != 5 or min(numbers) < 0:
+        if len(numbers) != 5 or numbers[3] > 1:
             return None
         syncd, empty, failed, error, reported = numbers
-        return cls(syncd, empty, failed, bool(error), reported)
+        return cls(syncd, empty, failed, bool(error), reported,
+                   (reason or None) if error else None)

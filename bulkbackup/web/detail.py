@@ -25,7 +25,7 @@ from bulkbackup.store import Head, ObjectInfo, Store, layout
 HEAD_THREADS = 8
 CACHE_S = 30.0
 CACHE_USERS = 64
-# Users' object HEADs kept for the users list (its error reasons and badges).
+# Users' object HEADs kept for the users list's rows without a summary in Redis.
 CACHE_HEADS = 4096
 # The stored repository list is read for descriptions only up to this size.
 OBJECT_READ_MAX_BYTES = 8 * 1024 * 1024
@@ -47,7 +47,8 @@ class _Prefetching:
     def list(self, prefix: str = "", shallow: bool = False) -> Iterator[ObjectInfo]:
         infos = list(self._store.list(prefix, shallow))
         for info in infos:
-            if layout.parse_key(info.key).kind is layout.Kind.BUNDLE:
+            key = layout.parse_key(info.key)
+            if key.kind is layout.Kind.BUNDLE and is_repo_name(key.repo):  # describe()'s
                 self._heads[info.key] = self._pool.submit(self._store.head, info.key)
         return iter(infos)
 
@@ -120,10 +121,7 @@ class StoredUsers:
             return None
         finally:
             proxy.drain()
-        # A key whose repository part is not a valid name (put there by hand) is no
-        # repository: the page would offer a download link and a command to copy for it.
-        user["repositories"] = [r for r in user["repositories"] if is_repo_name(r["name"])]
-        return user
+        return user  # repositories with valid names only: describe() leaves the others out
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

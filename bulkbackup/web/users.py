@@ -24,7 +24,7 @@ from bulkbackup.names import is_login
 from bulkbackup.results import error_kind
 from bulkbackup.store import Head, Store
 from bulkbackup.store.base import ERROR, REPORTED_REPOS, SYNCD_REPOS
-from bulkbackup.store.layout import UserCounts
+from bulkbackup.store.layout import UserCounts, short_reason
 from bulkbackup.web.data import iso, number
 from bulkbackup.web.detail import StoredUsers
 
@@ -159,8 +159,10 @@ class Users:
 
     def rows(self, users: list[tuple[str, float | None]], store: Store | None) -> list[UserRow]:
         """One pipelined round trip of three commands: the users' locks (MGET), summaries
-        and scores before a claim (HMGET); then the synced users' objects' HEADs (in
-        parallel, reused a while: see StoredUsers.heads) for their errors' reasons."""
+        (with their errors' reasons: UserCounts) and scores before a claim (HMGET). The store
+        is read only for a synced user without a summary (Redis lost it, or an older version
+        wrote it without the reason): its object's HEAD (in parallel, reused a while: see
+        StoredUsers.heads)."""
         users = [(login, score) for login, score in users if is_login(login)]
         if not users:
             return []
@@ -172,10 +174,12 @@ class Users:
         locked, summaries, before = pipe.execute()
         scores = [number(before[i]) if score == math.inf and before[i] is not None else score
                   for i, (_, score) in enumerate(users)]  # parked while claimed: saved
-        synced = [login for (login, _), score in zip(users, scores, strict=True)
-                  if score is not None and score > -math.inf]
-        heads = self.stored.heads(store, synced) if store is not None and synced else {}
-        return [_row(login, score, locked[i] is not None, summaries[i], heads.get(login))
+        counts = [UserCounts.decode(text) for text in summaries]
+        unknown = [login for (login, _), score, c in zip(users, scores, counts, strict=True)
+                   if score is not None and score > -math.inf and (
+                       c is None or (c.error and c.reason is None))]
+        heads = self.stored.heads(store, unknown) if store is not None and unknown else {}
+        return [_row(login, score, locked[i] is not None, counts[i], heads.get(login))
                 for i, ((login, _), score) in enumerate(zip(users, scores, strict=True))]
 
     def spelling(self, login: str) -> str:
@@ -213,7 +217,7 @@ class Users:
         if queue is None:  # the store alone: synced at its last sync, or never
             score = -math.inf if user["last_sync"] is None else None
         stored = user["last_sync"] is not None
-        row = _row(login, score, bool(locked), summary, None,
+        row = _row(login, score, bool(locked), UserCounts.decode(summary), None,
                    stored_error=user["error"] if stored else None, stored=stored)
         return {"user": user, "status": row.status, "badge": row.badge,
                 "score_sync": row.last_sync, "descriptions": descriptions,
@@ -232,18 +236,17 @@ class Users:
         return None if score is None else float(score), bool(locked), summary
 
 
-def _row(login: str, score: float | None, locked: bool, summary: str | None,
+def _row(login: str, score: float | None, locked: bool, counts: UserCounts | None,
          head: Head | None, stored_error: str | None = None, stored: bool = False) -> UserRow:
-    """A user's row from Redis's summary, overridden by what its stored object says (``head``,
-    or ``stored_error`` for a user described from the store)."""
-    counts = UserCounts.decode(summary)
+    """A user's row from Redis's summary (``counts``), overridden by what its stored object
+    says (``head``, or ``stored_error`` for a user described from the store)."""
     syncd = counts.syncd if counts else None
     reported: int | None = counts.reported if counts else None
-    error = REASON_UNKNOWN if counts and counts.error else None
+    error = (counts.reason or REASON_UNKNOWN) if counts and counts.error else None
     if head is not None:
         syncd = _digits(head.get(SYNCD_REPOS))
         reported = _digits(head.get(REPORTED_REPOS))
-        error = head.get(ERROR)[:ERROR_MAX_CHARS] or None
+        error = short_reason(head.get(ERROR)) or None
     elif stored:
         error = (stored_error or "")[:ERROR_MAX_CHARS] or None
     if locked:

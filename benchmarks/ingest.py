@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -55,50 +56,14 @@ def make_dump(path: Path, n: int) -> int:
     return bad
 
 
-def resp_commands(dump: Path, out: Path, batch: int = 1000) -> None:
-    """The same members as ZADD NX commands in RESP, for `redis-cli --pipe`."""
+def dump_batches(dump: Path, batch: int) -> Iterator[list[bytes]]:
+    """The valid logins of ``dump``, ``batch`` at a time (what ingest accepts)."""
     import orjson
 
     from bulkbackup.names import is_login
 
-    def flush(members: list[bytes], f: object) -> None:
-        parts = [b"*%d\r\n$4\r\nZADD\r\n$7\r\ntracked\r\n$2\r\nNX\r\n" % (3 + 2 * len(members))]
-        parts += [b"$4\r\n-inf\r\n$%d\r\n%s\r\n" % (len(m), m) for m in members]
-        f.write(b"".join(parts))  # type: ignore[attr-defined]
-
-    with dump.open("rb") as src, out.open("wb") as f:
-        members: list[bytes] = []
-        for line in src:
-            try:
-                login = orjson.loads(line).get("login")
-            except (orjson.JSONDecodeError, AttributeError):
-                continue
-            if is_login(login):
-                members.append(b"github.com/" + login.encode())
-                if len(members) == batch:
-                    flush(members, f)
-                    members = []
-        if members:
-            flush(members, f)
-
-
-def resp_track_commands(dump: Path, out: Path, sha: str) -> None:
-    """The same logins as ingest's `EVALSHA track.lua` commands, for `redis-cli --pipe`."""
-    import orjson
-
-    from bulkbackup.ingest import _head
-    from bulkbackup.names import is_login
-    from bulkbackup.tracked import TRACK_BATCH
-
-    head = _head(sha)
-
-    def flush(logins: list[bytes], f: object) -> None:
-        parts = [b"*%d\r\n" % (7 + len(logins)), head]
-        parts += [b"$%d\r\n%s\r\n" % (len(m), m) for m in logins]
-        f.write(b"".join(parts))  # type: ignore[attr-defined]
-
-    with dump.open("rb") as src, out.open("wb") as f:
-        logins: list[bytes] = []
+    logins: list[bytes] = []
+    with dump.open("rb") as src:
         for line in src:
             try:
                 login = orjson.loads(line).get("login")
@@ -106,11 +71,32 @@ def resp_track_commands(dump: Path, out: Path, sha: str) -> None:
                 continue
             if is_login(login):
                 logins.append(login.encode())
-                if len(logins) == TRACK_BATCH:
-                    flush(logins, f)
+                if len(logins) == batch:
+                    yield logins
                     logins = []
-        if logins:
-            flush(logins, f)
+    if logins:
+        yield logins
+
+
+def resp_commands(dump: Path, out: Path, batch: int = 1000) -> None:
+    """The same members as ZADD NX commands in RESP, for `redis-cli --pipe`."""
+    with out.open("wb") as f:
+        for logins in dump_batches(dump, batch):
+            members = [b"github.com/" + login for login in logins]
+            f.write(b"*%d\r\n$4\r\nZADD\r\n$7\r\ntracked\r\n$2\r\nNX\r\n" % (3 + 2 * len(members)))
+            f.write(b"".join(b"$4\r\n-inf\r\n$%d\r\n%s\r\n" % (len(m), m) for m in members))
+
+
+def resp_track_commands(dump: Path, out: Path, sha: str) -> None:
+    """The same logins as ingest's `EVALSHA track.lua` commands, for `redis-cli --pipe`."""
+    from bulkbackup.ingest import _head
+    from bulkbackup.tracked import TRACK_BATCH
+
+    head = _head(sha)
+    with out.open("wb") as f:
+        for logins in dump_batches(dump, TRACK_BATCH):
+            f.write(b"*%d\r\n" % (7 + len(logins)) + head)
+            f.write(b"".join(b"$%d\r\n%s\r\n" % (len(m), m) for m in logins))
 
 
 def timed_child(

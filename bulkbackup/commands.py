@@ -257,7 +257,7 @@ def restore_command(settings: Settings, target: str, to: str, at: str | None, wi
             print(f"{r.login}/{r.repo}: FAILED: {printable(r.reason)}", flush=True)
             continue
         if r.status is Status.NO_ARCHIVE:
-            print(f"{r.login}/{r.repo}: no archive: {r.reason}", flush=True)
+            print(f"{r.login}/{r.repo}: no archive: {printable(r.reason)}", flush=True)
             continue
         what = "empty repository" if r.status is Status.EMPTY else f"{r.refs} refs"
         extra = f", HEAD {r.branch}" if r.branch else ""

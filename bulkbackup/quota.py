@@ -41,6 +41,10 @@ from bulkbackup.timeutil import format_rfc3339
 _T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
+# A 403 whose body says one of these is a limit, never a refused token: GitHub's secondary
+# limits ("You have exceeded a secondary rate limit"), and their older wording ("You have
+# triggered an abuse detection mechanism"), sometimes sent without Retry-After.
+_LIMIT_WORDS = (b"rate limit", b"abuse detection")
 
 WINDOW_S = 3600  # GitHub's rate-limit window
 KEY_TTL_S = 2 * WINDOW_S
@@ -281,7 +285,7 @@ class Broker:
             self.pause(reservation, retry_after, max_s)
         elif headers.get("X-RateLimit-Remaining") == "0":
             self.hold(reservation, max_s)
-        elif status == 429 or b"rate limit" in body[:2000].lower():
+        elif status == 429 or any(word in body[:2000].lower() for word in _LIMIT_WORDS):
             self.pause(reservation, None, max_s)
         else:
             return False

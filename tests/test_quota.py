@@ -172,3 +172,18 @@ def test_without_tokens_one_anonymous_quota(redis_url: str) -> None:
     got = Broker(redis.Redis.from_url(redis_url), []).reserve(Resource.CORE)
     assert isinstance(got, Reservation)
     assert got.token is None and got.token_id == NO_TOKEN_ID
+
+
+@pytest.mark.parametrize(("body", "limit"), [
+    (b'{"message": "You have exceeded a secondary rate limit. Please wait."}', True),
+    (b'{"message": "You have triggered an abuse detection mechanism. Please wait."}', True),
+    (b'{"message": "Resource not accessible by personal access token"}', False),
+])
+def test_a_403_without_headers_is_a_limit_only_when_its_body_says_so(
+        redis_url: str, body: bytes, limit: bool) -> None:
+    """A limit pauses the token for every process; anything else is a refusal (exit 2)."""
+    one, two = brokers(redis_url, [TOKEN_A])
+    res = one.reserve(Resource.GRAPHQL)
+    assert isinstance(res, Reservation)
+    assert one.limited(res, 403, {}, body, 60.0) is limit
+    assert isinstance(two.reserve(Resource.GRAPHQL), Wait if limit else Reservation)

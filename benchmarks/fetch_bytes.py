@@ -7,7 +7,7 @@ One repository: a --tree-kb tree of random files, --tags annotated tags on its h
 releases: v0 advertises each with its peeled line) and --pulls GitHub refs/pull/<n>/head.
 It is archived in full (the base), gets one push, then:
 
-- the increment (bulkbackup.packfetch): protocol v2 (`ls-refs` of refs/heads/ and
+- the increment (bulkbackup.git.packfetch): protocol v2 (`ls-refs` of refs/heads/ and
   refs/tags/), and against the stand-in switched to v0 only (`forge.git_v2` off: the whole
   advertisement, as every increment fetched before v2);
 - the zip of the new tip: made from the increment's proof repository now (no fetch), against
@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 from bulkbackup.config import GitHubSettings, RunSettings
-from bulkbackup.gitops import GitWork, git_env, run_git
-from bulkbackup.packfetch import fetch_increment
+from bulkbackup.git.gitops import GitWork, git_env, run_git
+from bulkbackup.git.packfetch import fetch_increment
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.repos import git
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import redis
 
 from bulkbackup.config import GitHubSettings
-from bulkbackup.graphql import GraphQLLister, OwnerResult
-from bulkbackup.quota import Broker
+from bulkbackup.forge.github_graphql import GraphQLLister, OwnerResult
+from bulkbackup.forge.quota_broker import Broker
 from bulkbackup.testing import forge_graphql
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.services import redis_server

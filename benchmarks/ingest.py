@@ -89,8 +89,8 @@ def resp_commands(dump: Path, out: Path, batch: int = 1000) -> None:
 
 def resp_track_commands(dump: Path, out: Path, sha: str) -> None:
     """The same logins as ingest's `EVALSHA track.lua` commands, for `redis-cli --pipe`."""
-    from bulkbackup.ingest import _head
-    from bulkbackup.tracked import TRACK_BATCH
+    from bulkbackup.queue.ingest import _head
+    from bulkbackup.queue.tracked import TRACK_BATCH
 
     head = _head(sha)
     with out.open("wb") as f:

@@ -33,7 +33,7 @@ import boto3
 import httpx
 import redis
 
-from bulkbackup import keys
+from bulkbackup.queue import keys
 from bulkbackup.testing.services import free_port, redis_server
 from bulkbackup.web.users import Cursor
 

@@ -26,12 +26,12 @@ if TYPE_CHECKING:
 
     import redis
 
-    from bulkbackup.verify import VerifyReport
+    from bulkbackup.passes.verify import VerifyReport
 
 
 def ingest_command(settings: Settings, dump: str, limit: int | None, batch_size: int | None,
                    rejects: str | None) -> int:
-    from bulkbackup.ingest import ingest
+    from bulkbackup.queue.ingest import ingest
 
     result = ingest(settings, dump, limit=limit, batch_size=batch_size, rejects_path=rejects)
     print(result.summary(), file=sys.stderr)
@@ -39,8 +39,8 @@ def ingest_command(settings: Settings, dump: str, limit: int | None, batch_size:
 
 
 def reset_command(settings: Settings) -> int:
-    from bulkbackup import tracked
-    from bulkbackup.connection import connect
+    from bulkbackup.queue import tracked
+    from bulkbackup.queue.connection import connect
 
     n = tracked.reset(connect(settings.redis))
     print(f"reset: {n} users are due again", file=sys.stderr)
@@ -48,7 +48,7 @@ def reset_command(settings: Settings) -> int:
 
 
 def stats_command(settings: Settings, as_json: bool, write: bool) -> int:
-    from bulkbackup.stats import collect
+    from bulkbackup.passes.stats import collect
 
     report = collect(settings, write)
     if as_json:
@@ -75,9 +75,9 @@ def render_stats(report: dict[str, object]) -> str:
 
 
 def rebuild_command(settings: Settings) -> int:
-    from bulkbackup import keys
-    from bulkbackup.connection import connect
-    from bulkbackup.stats import rebuild
+    from bulkbackup.passes.stats import rebuild
+    from bulkbackup.queue import keys
+    from bulkbackup.queue.connection import connect
 
     started = time.monotonic()
     r = connect(settings.redis)
@@ -91,7 +91,7 @@ def sync_command(settings: Settings, logins: list[str]) -> int:
     """Back up the named users now. A user whose problem is recorded in the store (gone,
     a failed clone) is a result, counted in the summary: exit 0, as `run`. A user that could
     not be synced at all (rate limited past its deadline: nothing recorded) makes it exit 1."""
-    from bulkbackup.backup import sync_users
+    from bulkbackup.backup.user_backup import sync_users
 
     with_errors = not_done = 0
     for result in sync_users(settings, logins):
@@ -104,7 +104,7 @@ def sync_command(settings: Settings, logins: list[str]) -> int:
 
 
 def show_command(settings: Settings, login: str, as_json: bool) -> int:
-    from bulkbackup.show import describe_user
+    from bulkbackup.passes.show import describe_user
 
     try:
         user = describe_user(settings.store, login)
@@ -157,7 +157,7 @@ def run_command(settings: Settings, procs: int | None, max_users: int | None,
                 with_stats: bool) -> int:
     """`bulkbackup run`: the run, its summary line, the stats pass; the exit code."""
     from bulkbackup.errors import BulkbackupError
-    from bulkbackup.runner import run
+    from bulkbackup.run.supervisor import run
 
     _preflight(settings)
     report = run(settings, procs, max_users,
@@ -207,10 +207,10 @@ def _prove_tokens(settings: Settings) -> None:
     """One cheap call per token on the API `run` lists with (GraphQL: a `rateLimit` query,
     1 point, also without a token, which GitHub refuses; REST: `GET /rate_limit`, free),
     through the shared quota broker: TokenRefused (exit 2) names a refused token's place."""
-    from bulkbackup.connection import connect
-    from bulkbackup.github import GitHub
-    from bulkbackup.graphql import GraphQLLister
-    from bulkbackup.quota import Broker
+    from bulkbackup.forge.github_graphql import GraphQLLister
+    from bulkbackup.forge.github_rest import GitHub
+    from bulkbackup.forge.quota_broker import Broker
+    from bulkbackup.queue.connection import connect
 
     r = connect(settings.redis)
     broker = Broker(r, settings.github.tokens)
@@ -235,7 +235,7 @@ def _parse_time(text: str) -> datetime:
 def restore_command(settings: Settings, target: str, to: str, at: str | None, with_zip: bool,
                     force: bool) -> int:
     from bulkbackup.logins import stored_spelling
-    from bulkbackup.restore import RestoreOptions, Status, parse_target, restore
+    from bulkbackup.passes.restore import RestoreOptions, Status, parse_target, restore
     from bulkbackup.store import open_store
 
     try:
@@ -274,9 +274,9 @@ def verify_command(settings: Settings, logins: list[str], sample: int | None,
                    as_json: bool) -> int:
     from bulkbackup.logins import stored_spelling
     from bulkbackup.names import check_login
+    from bulkbackup.passes.verify import sample_logins, verify
+    from bulkbackup.run.workdir import work_dir
     from bulkbackup.store import open_store
-    from bulkbackup.verify import sample_logins, verify
-    from bulkbackup.workdir import work_dir
 
     for login in logins:
         try:
@@ -314,7 +314,7 @@ def _verify_redis(settings: Settings) -> redis.Redis | None:
     """Redis for the repositories pending verify; away, verify samples at random only."""
     import redis
 
-    from bulkbackup.connection import connect
+    from bulkbackup.queue.connection import connect
 
     try:
         r = connect(settings.redis)
@@ -332,7 +332,7 @@ def _pending_first(r: redis.Redis | None, n: int,
     random sample of the others."""
     import redis
 
-    from bulkbackup import pending
+    from bulkbackup.queue import pending
 
     first: list[str] = []
     if r is not None:
@@ -349,7 +349,7 @@ def _forget_pending(r: redis.Redis | None, report: VerifyReport, started_s: floa
     """Repositories whose result was recorded are no longer pending."""
     import redis
 
-    from bulkbackup import pending
+    from bulkbackup.queue import pending
 
     if r is None:
         return
@@ -367,8 +367,8 @@ def _save_verify_figures(settings: Settings, report: VerifyReport) -> None:
     """The figures for `stats`; Redis being away does not make the verify fail."""
     import redis
 
-    from bulkbackup.connection import connect
-    from bulkbackup.verify import save_figures
+    from bulkbackup.passes.verify import save_figures
+    from bulkbackup.queue.connection import connect
 
     try:
         r = connect(settings.redis)
@@ -379,7 +379,7 @@ def _save_verify_figures(settings: Settings, report: VerifyReport) -> None:
 
 
 def _render_verify(report: VerifyReport) -> str:
-    from bulkbackup.verify import Outcome
+    from bulkbackup.passes.verify import Outcome
 
     lines = []
     for user in report.users:
@@ -427,9 +427,9 @@ def track_command(settings: Settings, logins: list[str]) -> int:
     """Add users by hand (ZADD NX -inf, as ingest): each one added or already tracked (under
     its tracked spelling: logins ignore case). With a GitHub token, a login not tracked yet
     is added as GitHub spells it, and not at all when GitHub has no such user."""
-    from bulkbackup import tracked
-    from bulkbackup.connection import connect
     from bulkbackup.names import check_login
+    from bulkbackup.queue import tracked
+    from bulkbackup.queue.connection import connect
 
     for login in logins:
         try:
@@ -456,7 +456,7 @@ def _github_spellings(settings: Settings, r: Any, logins: list[str]
                       ) -> tuple[list[str], list[str]]:
     """(``logins``, those not tracked yet as GitHub spells them; those GitHub does not
     know): one `GET /users/<login>` per login not tracked under any spelling."""
-    from bulkbackup.github import GitHub
+    from bulkbackup.forge.github_rest import GitHub
     from bulkbackup.logins import tracked_spelling
 
     github = GitHub(settings.github)

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator
 
 import redis
 
-from bulkbackup import keys
 from bulkbackup.names import is_login
+from bulkbackup.queue import keys
 from bulkbackup.store import Store, layout
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from bulkbackup.archives import latest_archive
+from bulkbackup.archive.stored import latest_archive
 from bulkbackup.store import Store
 from bulkbackup.store.base import canonical
 from bulkbackup.testing.forge import BASE_TIME, Forge, RepoSpec, rfc3339

@@ -12,10 +12,10 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bulkbackup import keys, tracked
-from bulkbackup.connection import Scripts, server_time
 from bulkbackup.errors import LockLost
-from bulkbackup.locks import LockKeeper
+from bulkbackup.queue import keys, tracked
+from bulkbackup.queue.connection import Scripts, server_time
+from bulkbackup.queue.locks import LockKeeper
 
 
 def claimer(r: redis.Redis, wid: str, start: float, ttl: int = 10) -> tracked.Claimer:

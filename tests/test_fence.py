@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from bulkbackup import tracked
-from bulkbackup.archives import latest_archive
+from bulkbackup.archive.stored import latest_archive
 from bulkbackup.config import StoreSettings
-from bulkbackup.connection import Scripts, server_time
 from bulkbackup.errors import Interrupted, LockLost
-from bulkbackup.locks import LockKeeper
+from bulkbackup.queue import tracked
+from bulkbackup.queue.connection import Scripts, server_time
+from bulkbackup.queue.locks import LockKeeper
 from bulkbackup.store import Store, open_store
 from bulkbackup.store.fenced import FencedStore, StopFence
 from bulkbackup.store.local import LocalStore

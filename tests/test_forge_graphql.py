@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from graphql import parse, validate
 
-from bulkbackup.graphql_query import build_query
+from bulkbackup.forge.github_graphql_query import build_query
 from bulkbackup.testing import forge_graphql
 from bulkbackup.testing.forge import Forge, RepoSpec
 

@@ -24,7 +24,7 @@ import pytest
 from bulkbackup import config
 from bulkbackup.config import GitHubSettings, RunSettings
 from bulkbackup.errors import ConfigError, GitError
-from bulkbackup.gitops import Archive, GitWork, git_env, run_git
+from bulkbackup.git.gitops import Archive, GitWork, git_env, run_git
 from bulkbackup.testing.forge import Forge, RepoSpec
 from tests.conftest import ROOT
 
@@ -230,7 +230,7 @@ _ARCHIVE = """
 import sys
 from pathlib import Path
 from bulkbackup.config import GitHubSettings, RunSettings
-from bulkbackup.gitops import GitWork
+from bulkbackup.git.gitops import GitWork
 url, work, big_mb = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 run = RunSettings(git_timeout_s=120, git_big_file_mb=big_mb)
 result = GitWork(run, GitHubSettings(api_url=url.rsplit("/", 2)[0]), work).archive(

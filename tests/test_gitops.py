@@ -11,7 +11,7 @@ import pytest
 
 from bulkbackup.config import GitHubSettings
 from bulkbackup.errors import GitError
-from bulkbackup.gitops import git_env, run_git
+from bulkbackup.git.gitops import git_env, run_git
 
 TOKEN = "ghp_gitopsSECRET0123456789"
 

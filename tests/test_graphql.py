@@ -14,9 +14,9 @@ import redis
 
 from bulkbackup.config import GitHubSettings
 from bulkbackup.errors import Interrupted
-from bulkbackup.graphql import GraphQLLister, Outcome
-from bulkbackup.graphql_query import MAPPING
-from bulkbackup.quota import Broker
+from bulkbackup.forge.github_graphql import GraphQLLister, Outcome
+from bulkbackup.forge.github_graphql_query import MAPPING
+from bulkbackup.forge.quota_broker import Broker
 from bulkbackup.testing import forge_graphql
 from bulkbackup.testing.forge import Forge, RepoSpec
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from bulkbackup import keys
 from bulkbackup.config import StoreSettings
+from bulkbackup.queue import keys
 from bulkbackup.store import open_store
 from bulkbackup.testing import forge_graphql
 from bulkbackup.testing.forge import Forge, RepoSpec

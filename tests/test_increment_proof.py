@@ -14,7 +14,7 @@ import orjson
 import pytest
 import redis
 
-from bulkbackup import keys
+from bulkbackup.queue import keys
 from bulkbackup.store import Store, layout
 from bulkbackup.testing import hostile_packs as hp
 from bulkbackup.testing.forge import Forge, RepoSpec

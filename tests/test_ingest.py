@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from bulkbackup import config
-from bulkbackup.ingest import ingest
+from bulkbackup.queue.ingest import ingest
 from tests.conftest import ROOT, run_cli
 
 GOOD = [
@@ -223,7 +223,7 @@ def test_an_over_long_line_is_rejected_in_constant_memory(
 
 
 def test_a_line_at_the_cap_is_read(clean_env: None, r: redis.Redis, tmp_path: Path) -> None:
-    from bulkbackup.ingest import MAX_LINE_BYTES
+    from bulkbackup.queue.ingest import MAX_LINE_BYTES
 
     line = b'{"login": "capped", "pad": "' + b"p" * (MAX_LINE_BYTES - 30) + b'"}'
     assert len(line) == MAX_LINE_BYTES

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from bulkbackup import config, keys
+from bulkbackup import config
+from bulkbackup.queue import keys
 from bulkbackup.store import Store, casefold, open_store
 from bulkbackup.testing.forge import Forge, RepoSpec
 from tests.conftest import git, run_cli

@@ -1,6 +1,6 @@
 """Increments fetched with dulwich over smart HTTP from the stand-in, applied by real git.
 
-Each case takes a base as the lead's full archive does (bulkbackup.gitops.GitWork: a mirror
+Each case takes a base as the lead's full archive does (bulkbackup.git.gitops.GitWork: a mirror
 without refs/pull/*, `git bundle create --all`), changes the repository, fetches the
 increment, then restores base and increments in order into a fresh bare repository with
 `git fetch --prune <part> '+refs/*:refs/*'` and compares with the stand-in's own refs.
@@ -24,8 +24,8 @@ import pytest
 
 from bulkbackup.config import GitHubSettings, RunSettings
 from bulkbackup.errors import GitError
-from bulkbackup.gitops import GitWork
-from bulkbackup.packfetch import EMPTY_PACK, FetchedIncrement, fetch_increment
+from bulkbackup.git.gitops import GitWork
+from bulkbackup.git.packfetch import EMPTY_PACK, FetchedIncrement, fetch_increment
 from bulkbackup.testing.forge import Forge, RepoSpec
 
 TOKEN = "ghp_packfetchSECRET0123456789abcdef"

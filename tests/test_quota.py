@@ -11,8 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from bulkbackup import keys
-from bulkbackup.quota import (
+from bulkbackup.forge.quota_broker import (
     NO_TOKEN_ID,
     Broker,
     Reservation,
@@ -21,6 +20,7 @@ from bulkbackup.quota import (
     WaitReason,
     token_id,
 )
+from bulkbackup.queue import keys
 from bulkbackup.testing.forge import Forge, RepoSpec
 
 TOKEN_A = "ghp_tokenAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"

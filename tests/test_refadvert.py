@@ -1,4 +1,4 @@
-"""The increment fetch's ref listing (bulkbackup/refadvert.py): protocol v2's `ls-refs` with
+"""The increment fetch's ref listing (bulkbackup/git/refadvert.py): protocol v2's `ls-refs` with
 ref prefixes against the stand-in (GitHub's refs/pull/* never listed), v0 from a server
 without v2, and a listing refused while it streams once past the cap."""
 
@@ -20,7 +20,7 @@ import pytest
 
 from bulkbackup import config
 from bulkbackup.errors import GitError
-from bulkbackup.refadvert import MAX_REFS, Pkts, pkt, read_info_refs, read_ls_refs, ref_prefixes
+from bulkbackup.git.refadvert import MAX_REFS, Pkts, pkt, read_info_refs, read_ls_refs, ref_prefixes
 from bulkbackup.store import open_store
 from bulkbackup.testing.forge import Forge, RepoSpec
 from tests.conftest import ROOT, run_cli
@@ -262,8 +262,8 @@ from bulkbackup.config import GitHubSettings, RunSettings
 from bulkbackup import config
 from bulkbackup.config import GitHubSettings, RunSettings
 from bulkbackup.errors import GitError
-from bulkbackup.gitops import GitWork
-from bulkbackup.packfetch import fetch_increment
+from bulkbackup.git.gitops import GitWork
+from bulkbackup.git.packfetch import fetch_increment
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
     fetch_increment(sys.argv[1], {}, "main", Path(sys.argv[2]), RunSettings(git_timeout_s=300),

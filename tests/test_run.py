@@ -18,10 +18,10 @@ import pytest
 import redis
 
 from bulkbackup import config
-from bulkbackup.messages import GivenBack, Lost
+from bulkbackup.run.reports import GivenBack, Lost
+from bulkbackup.run.worker import Worker, WorkerArgs
 from bulkbackup.store import tempfiles
 from bulkbackup.testing.forge import Forge, RepoSpec
-from bulkbackup.worker import Worker, WorkerArgs
 from tests.conftest import ROOT, free_port, start_moto
 
 

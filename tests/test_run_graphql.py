@@ -20,8 +20,8 @@ import redis
 
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import RateLimited
-from bulkbackup.graphql_query import MAPPING
-from bulkbackup.quota import Broker, Reservation, Resource, Wait, WaitReason
+from bulkbackup.forge.github_graphql_query import MAPPING
+from bulkbackup.forge.quota_broker import Broker, Reservation, Resource, Wait, WaitReason
 from bulkbackup.store import open_store
 from bulkbackup.testing import forge_graphql
 from bulkbackup.testing.forge import Forge, RepoSpec

@@ -28,8 +28,8 @@ import pytest
 import redis
 from markupsafe import escape
 
-from bulkbackup.connection import Scripts
-from bulkbackup.locks import LockKeeper
+from bulkbackup.queue.connection import Scripts
+from bulkbackup.queue.locks import LockKeeper
 from bulkbackup.testing.forge import Forge, RepoSpec
 from tests.conftest import ROOT, free_port, remove_object, run_cli
 
@@ -585,7 +585,7 @@ def test_s3_range_redirect_and_no_bucket_created(
 
 def test_user_detail_is_describe_read_in_parallel_and_reused(tmp_path: Path) -> None:
     from bulkbackup.config import StoreSettings
-    from bulkbackup.show import describe
+    from bulkbackup.passes.show import describe
     from bulkbackup.store.local import LocalStore
     from bulkbackup.web.detail import StoredUsers
 

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import redis
 
-from bulkbackup import keys
+from bulkbackup.queue import keys
 from bulkbackup.store import layout
 from tests.test_serve import TOKEN, Served, base_env, start_serve, stop_serve
 

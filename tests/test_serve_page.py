@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from bulkbackup.results import PARTIAL_ERROR
+from bulkbackup.backup.results import PARTIAL_ERROR
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.services import start_redis
 from bulkbackup.web.users import badge_of

@@ -18,10 +18,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bulkbackup import config
+from bulkbackup.backup.results import PARTIAL_ERROR, error_kind
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import ConfigError, NotFound, StoreError
 from bulkbackup.redact import add_secrets
-from bulkbackup.results import PARTIAL_ERROR, error_kind
 from bulkbackup.store import Store, clean_stale_temp, layout, open_store
 from bulkbackup.store.base import METADATA_LIMIT_BYTES, Head, clean_metadata
 from bulkbackup.store.layout import (
@@ -600,7 +600,8 @@ def test_updated_metadata_hides_the_lower_casing() -> None:
 
 
 def test_stats_does_not_import_the_backup_job() -> None:
-    code = "import sys, bulkbackup.stats; print('bulkbackup.backup' in sys.modules)"
+    code = ("import sys, bulkbackup.passes.stats; "
+            "print('bulkbackup.backup.user_backup' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
     assert out.strip() == "False"

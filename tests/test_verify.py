@@ -12,10 +12,10 @@ from typing import Any
 import orjson
 import redis
 
+from bulkbackup.passes.verify import sample_logins
 from bulkbackup.store import Store
 from bulkbackup.store.base import ObjectInfo, canonical
 from bulkbackup.testing.forge import Forge, RepoSpec
-from bulkbackup.verify import sample_logins
 from tests.conftest import git, run_cli
 
 

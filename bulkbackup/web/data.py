@@ -18,10 +18,10 @@ from typing import Any
 import orjson
 import redis
 
-from bulkbackup import keys
 from bulkbackup.config import Settings
-from bulkbackup.connection import connect, server_time
 from bulkbackup.errors import ConfigError, StoreError
+from bulkbackup.queue import keys
+from bulkbackup.queue.connection import connect, server_time
 from bulkbackup.store import Store, open_store
 
 DAY_S = 86400

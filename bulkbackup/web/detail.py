@@ -19,7 +19,7 @@ import orjson
 
 from bulkbackup.errors import BulkbackupError, NotFound, StoreError
 from bulkbackup.names import is_repo_name
-from bulkbackup.show import describe
+from bulkbackup.passes.show import describe
 from bulkbackup.store import Head, ObjectInfo, Store, layout
 
 HEAD_THREADS = 8

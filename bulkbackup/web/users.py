@@ -18,10 +18,10 @@ from typing import Any
 
 import redis
 
-from bulkbackup import keys, tracked
+from bulkbackup.backup.results import error_kind
 from bulkbackup.logins import tracked_spelling
 from bulkbackup.names import is_login
-from bulkbackup.results import error_kind
+from bulkbackup.queue import keys, tracked
 from bulkbackup.store import Head, Store
 from bulkbackup.store.base import ERROR, REPORTED_REPOS, SYNCD_REPOS
 from bulkbackup.store.layout import UserCounts, short_reason

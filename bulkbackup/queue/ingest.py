@@ -26,14 +26,14 @@ from typing import BinaryIO, TextIO
 import orjson
 import redis
 
-from bulkbackup import keys
 from bulkbackup.config import Settings
-from bulkbackup.connection import Scripts, connect
 from bulkbackup.errors import BulkbackupError, UsageError
 from bulkbackup.iterutil import chunks
 from bulkbackup.names import is_login
 from bulkbackup.progress import Progress
-from bulkbackup.tracked import TRACK_BATCH
+from bulkbackup.queue import keys
+from bulkbackup.queue.connection import Scripts, connect
+from bulkbackup.queue.tracked import TRACK_BATCH
 
 GZIP_MAGIC = b"\x1f\x8b"
 # A users dump line is ~50 bytes, a GH Archive event a few KB: anything longer is not a user.

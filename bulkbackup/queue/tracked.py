@@ -1,6 +1,6 @@
 """The `tracked` sorted set: claims, completion, reset, rebuild's scores (DESIGN.md "Redis").
 
-Connections, the server's clock and the Lua scripts are in `bulkbackup.connection`.
+Connections, the server's clock and the Lua scripts are in `bulkbackup.queue.connection`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from enum import IntEnum
 
 import redis
 
-from bulkbackup import keys
-from bulkbackup.connection import Scripts
 from bulkbackup.iterutil import chunks
 from bulkbackup.logins import index_pairs
+from bulkbackup.queue import keys
+from bulkbackup.queue.connection import Scripts
 from bulkbackup.store.layout import UserCounts, short_reason
 
 

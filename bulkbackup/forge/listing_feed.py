@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from bulkbackup import keys
-from bulkbackup.graphql import GraphQLLister, OwnerResult
+from bulkbackup.forge.github_graphql import GraphQLLister, OwnerResult
+from bulkbackup.queue import keys
 
 
 class ListingFeed:

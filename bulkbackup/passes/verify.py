@@ -20,8 +20,7 @@ from typing import Any
 
 import redis
 
-from bulkbackup import keys
-from bulkbackup.archives import (
+from bulkbackup.archive.stored import (
     RepoArchive,
     download,
     latest_archive,
@@ -30,9 +29,10 @@ from bulkbackup.archives import (
 )
 from bulkbackup.config import Settings
 from bulkbackup.errors import ArchiveError, InvalidName, StoreError, printable
-from bulkbackup.fsck import fsck
+from bulkbackup.git.fsck import fsck
 from bulkbackup.names import check_repo_name, is_login
-from bulkbackup.restore import Built, Git, build_mirror
+from bulkbackup.passes.restore import Built, Git, build_mirror
+from bulkbackup.queue import keys
 from bulkbackup.store import Store, layout
 from bulkbackup.store.base import ERROR, LAST_SYNC, LISTING_ETAGS, VERIFIED_AT, VERIFY_NOTES
 from bulkbackup.timeutil import format_rfc3339, now
@@ -181,7 +181,7 @@ def verify_repo(store: Store, settings: Settings, login: str, name: str, listed:
 def check_archive(store: Store, git: Git, archive: RepoArchive, listed: str | None,
                   work: Path, progress: bool = True) -> str:
     """Raise ArchiveError naming the first thing wrong with ``archive``; else return what
-    `git fsck` noted without failing (format oddities git reads, see bulkbackup.fsck)."""
+    `git fsck` noted without failing (format oddities git reads, see bulkbackup.git.fsck)."""
     if not archive.parts:
         raise ArchiveError(archive.error.removeprefix(VERIFY_FAILED) if archive.error else
                            f"{archive.bundle_key} is zero bytes without an Error")

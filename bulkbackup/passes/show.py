@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bulkbackup import chains
+from bulkbackup.archive import chains
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import BulkbackupError
 from bulkbackup.logins import stored_spelling

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from bulkbackup import chains
-from bulkbackup.archives import ArchivePart
-from bulkbackup.bundles import BundleHeader, stored_header
+from bulkbackup.archive import chains
+from bulkbackup.archive.proof import prove
+from bulkbackup.archive.stored import ArchivePart
 from bulkbackup.config import Settings
 from bulkbackup.errors import ArchiveError
-from bulkbackup.gitops import GitWork
-from bulkbackup.packfetch import FetchedIncrement, fetch_increment
-from bulkbackup.proof import prove
+from bulkbackup.git.bundles import BundleHeader, stored_header
+from bulkbackup.git.gitops import GitWork
+from bulkbackup.git.packfetch import FetchedIncrement, fetch_increment
 from bulkbackup.store import Head, layout
 from bulkbackup.store.base import (
     CHAIN,

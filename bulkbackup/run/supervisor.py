@@ -27,14 +27,15 @@ from types import FrameType
 
 import redis
 
-from bulkbackup import keys, workdir
 from bulkbackup.config import Settings
-from bulkbackup.connection import connect, server_time
 from bulkbackup.errors import BulkbackupError
-from bulkbackup.messages import Deferred, Failed, GivenBack, Lost, Synced, WorkerExit
 from bulkbackup.progress import Progress
+from bulkbackup.queue import keys
+from bulkbackup.queue.connection import connect, server_time
+from bulkbackup.run import workdir
+from bulkbackup.run.reports import Deferred, Failed, GivenBack, Lost, Synced, WorkerExit
+from bulkbackup.run.worker import WorkerArgs, worker_main
 from bulkbackup.store import clean_stale_temp
-from bulkbackup.worker import WorkerArgs, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +89,9 @@ def _context() -> mp.context.ForkServerContext | mp.context.SpawnContext:
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
         # Imported once in the fork server, so each worker (and each replacement) starts
-        # without importing boto3, GitPython and redis again (bulkbackup.worker), and so the
+        # without importing boto3, GitPython and redis again (bulkbackup.run.worker), and so the
         # fork server dies with this process (see _forkserver).
-        ctx.set_forkserver_preload(["bulkbackup._forkserver"])
+        ctx.set_forkserver_preload(["bulkbackup.run._forkserver"])
         return ctx
     return mp.get_context("spawn")
 
@@ -179,7 +180,7 @@ class Supervisor:
     def _prepare(self) -> int:
         """Make sure `tracked` is there; fix the run's start; returns the users due."""
         if not self.r.exists(keys.TRACKED):
-            from bulkbackup.stats import rebuild
+            from bulkbackup.passes.stats import rebuild
 
             added = rebuild(self.settings, self.r)
             log.warning("`tracked` was missing: rebuilt %d users from the store", added)
@@ -277,7 +278,7 @@ class Supervisor:
             log.warning("could not check or rebuild `tracked` (will retry): %s", exc)
 
     def _rebuild_tracked(self, size: int) -> None:
-        from bulkbackup.stats import rebuild
+        from bulkbackup.passes.stats import rebuild
 
         before = self.tracked_size
         log.warning("`tracked` has %d users, %d before (Redis flushed or restarted without "

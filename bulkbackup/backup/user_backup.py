@@ -16,7 +16,18 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from bulkbackup import chains
+from bulkbackup.archive import chains
+from bulkbackup.archive.incremental import (
+    Change,
+    Incremental,
+    IncrementOutcome,
+    delete_chains,
+    keep_history,
+    list_parts,
+    plan_prune,
+    prune_expired,
+)
+from bulkbackup.backup.results import PARTIAL_ERROR, UserResult, newer_than, repo_times
 from bulkbackup.config import Settings
 from bulkbackup.errors import (
     ArchiveError,
@@ -27,24 +38,14 @@ from bulkbackup.errors import (
     UsageError,
     UserGone,
 )
-from bulkbackup.github import GitHub, Listing
-from bulkbackup.gitops import Archive, GitWork
-from bulkbackup.graphql import GraphQLLister, Outcome, OwnerResult
-from bulkbackup.incremental import (
-    Change,
-    Incremental,
-    IncrementOutcome,
-    delete_chains,
-    keep_history,
-    list_parts,
-    plan_prune,
-    prune_expired,
-)
+from bulkbackup.forge.github_graphql import GraphQLLister, Outcome, OwnerResult
+from bulkbackup.forge.github_rest import GitHub, Listing
+from bulkbackup.forge.quota_broker import Resource
+from bulkbackup.git.gitops import Archive, GitWork
 from bulkbackup.interrupts import signals_interrupt
 from bulkbackup.logins import stored_spelling
 from bulkbackup.names import check_login, check_repo_name
-from bulkbackup.quota import Resource
-from bulkbackup.results import PARTIAL_ERROR, UserResult, newer_than, repo_times
+from bulkbackup.run.workdir import work_dir
 from bulkbackup.store import Store, layout, open_store
 from bulkbackup.store.base import (
     CHAIN,
@@ -62,7 +63,6 @@ from bulkbackup.store.base import (
 from bulkbackup.store.fenced import Fence, FencedStore, StopFence
 from bulkbackup.store.layout import EMPTY_REPOSITORY
 from bulkbackup.timeutil import format_rfc3339, now
-from bulkbackup.workdir import work_dir
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from typing import IO
 
 from bulkbackup.config import GitHubSettings, RunSettings
 from bulkbackup.errors import BulkbackupError, GitError
-from bulkbackup.packhttp import Client, Http, authorization, base_url
-from bulkbackup.refadvert import Advert, ref_prefixes
+from bulkbackup.git.packhttp import Client, Http, authorization, base_url
+from bulkbackup.git.refadvert import Advert, ref_prefixes
 
 _CHECK_EVERY = 4 << 20  # pack bytes between two calls of check()
 _OID = re.compile(r"[0-9a-f]{40}")

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from bulkbackup.archives import (
+from bulkbackup.archive.stored import (
     ArchivePart,
     RepoArchive,
     archive_at,
@@ -26,10 +26,10 @@ from bulkbackup.archives import (
     listed_branches,
     repositories,
 )
-from bulkbackup.bundles import BundleHeader, Opener, read_header
 from bulkbackup.config import Settings
 from bulkbackup.errors import ArchiveError, InvalidName, StoreError, printable
-from bulkbackup.gitops import git_env
+from bulkbackup.git.bundles import BundleHeader, Opener, read_header
+from bulkbackup.git.gitops import git_env
 from bulkbackup.names import check_login, check_repo_name
 from bulkbackup.store import Store
 

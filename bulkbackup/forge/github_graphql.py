@@ -33,12 +33,12 @@ import orjson
 import urllib3
 
 from bulkbackup import __version__
-from bulkbackup.bounded_http import Overdue, TooLarge, read_whole
 from bulkbackup.config import GitHubSettings
 from bulkbackup.errors import Interrupted, InvalidName, RateLimited, TokenRefused
-from bulkbackup.graphql_query import build_query, points_for, to_rest
+from bulkbackup.forge.bounded_http import Overdue, TooLarge, read_whole
+from bulkbackup.forge.github_graphql_query import build_query, points_for, to_rest
+from bulkbackup.forge.quota_broker import Broker, Reservation, Resource, Wait
 from bulkbackup.names import check_login
-from bulkbackup.quota import Broker, Reservation, Resource, Wait
 from bulkbackup.redact import add_secrets, redact
 
 log = logging.getLogger(__name__)

@@ -9,9 +9,9 @@ from importlib import resources
 
 import redis
 
-from bulkbackup import keys
 from bulkbackup.errors import InvalidName
 from bulkbackup.names import check_login, check_repo_name
+from bulkbackup.queue import keys
 
 
 def add(r: redis.Redis, login: str, repo: str, when_s: float) -> None:

@@ -8,6 +8,6 @@ signal, os.getppid()) and give their users back.
 
 import signal
 
-from bulkbackup.parentdeath import set_parent_death_signal
+from bulkbackup.run.parentdeath import set_parent_death_signal
 
 set_parent_death_signal(signal.SIGKILL)

@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bulkbackup.archives import ArchivePart
-from bulkbackup.bundles import BundleHeader, parse_header
+from bulkbackup.archive.stored import ArchivePart
 from bulkbackup.config import Settings
 from bulkbackup.errors import ArchiveError
-from bulkbackup.restore import Git, PartReader, apply_part, check_refs, readable
+from bulkbackup.git.bundles import BundleHeader, parse_header
+from bulkbackup.passes.restore import Git, PartReader, apply_part, check_refs, readable
 
 
 @dataclass(frozen=True)

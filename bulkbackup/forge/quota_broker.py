@@ -32,9 +32,9 @@ from typing import TypeVar
 import orjson
 import redis
 
-from bulkbackup import keys
 from bulkbackup.config import token_origin
 from bulkbackup.errors import Interrupted, RateLimited, TokenRefused
+from bulkbackup.queue import keys
 from bulkbackup.redact import redact
 from bulkbackup.timeutil import format_rfc3339
 

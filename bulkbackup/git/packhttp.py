@@ -30,9 +30,8 @@ from dulwich.refs import Ref
 
 from bulkbackup.config import GitHubSettings, RunSettings
 from bulkbackup.errors import GitError, one_line
-from bulkbackup.gitops import basic_authorization, token_schemes
-from bulkbackup.redact import redact
-from bulkbackup.refadvert import (
+from bulkbackup.git.gitops import basic_authorization, token_schemes
+from bulkbackup.git.refadvert import (
     Advert,
     Pkts,
     end,
@@ -41,6 +40,7 @@ from bulkbackup.refadvert import (
     read_info_refs,
     read_ls_refs,
 )
+from bulkbackup.redact import redact
 
 if TYPE_CHECKING:
     from dulwich.client import HTTPResponse

@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 import orjson
 import redis
 
-from bulkbackup import keys, tracked
 from bulkbackup.config import Settings
-from bulkbackup.connection import connect
 from bulkbackup.names import is_login
 from bulkbackup.progress import Progress
+from bulkbackup.queue import keys, tracked
+from bulkbackup.queue.connection import connect
 from bulkbackup.store import Store, layout, open_store
 from bulkbackup.store.base import ERROR, REPORTED_REPOS, SYNCD_REPOS, ObjectInfo
 from bulkbackup.store.layout import EMPTY_REPOSITORY, UserCounts, short_reason

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import orjson
 
-from bulkbackup import chains
-from bulkbackup.bundles import Opener
+from bulkbackup.archive import chains
 from bulkbackup.errors import ArchiveError, NotFound
+from bulkbackup.git.bundles import Opener
 from bulkbackup.progress import Progress
 from bulkbackup.store import Head, ObjectInfo, Store, layout
 from bulkbackup.store.base import ERROR, LAST_SYNC

@@ -23,18 +23,24 @@ from typing import NoReturn, TypeVar
 
 import redis
 
-from bulkbackup import gitops, keys, pending, tracked
-from bulkbackup.backup import UserBackup
-from bulkbackup.batching import BatchSizer, UserBudget
+from bulkbackup.backup.results import UserResult
+from bulkbackup.backup.user_backup import UserBackup
 from bulkbackup.config import Settings
-from bulkbackup.connection import Scripts, connect
 from bulkbackup.errors import BulkbackupError, ConfigError, Interrupted, LockLost, RateLimited
-from bulkbackup.feed import ListingFeed
-from bulkbackup.github import GitHub
-from bulkbackup.gitops import GitWork
-from bulkbackup.graphql import GraphQLLister, OwnerResult
-from bulkbackup.locks import LockKeeper
-from bulkbackup.messages import (
+from bulkbackup.forge.github_graphql import GraphQLLister, OwnerResult
+from bulkbackup.forge.github_rest import GitHub
+from bulkbackup.forge.listing_feed import ListingFeed
+from bulkbackup.forge.quota_broker import Broker, Resource
+from bulkbackup.git import gitops
+from bulkbackup.git.gitops import GitWork
+from bulkbackup.queue import keys, pending, tracked
+from bulkbackup.queue.connection import Scripts, connect
+from bulkbackup.queue.locks import LockKeeper
+from bulkbackup.queue.tracked import Completion
+from bulkbackup.redact import install_redaction
+from bulkbackup.run.batching import BatchSizer, UserBudget
+from bulkbackup.run.parentdeath import ParentDeath
+from bulkbackup.run.reports import (
     Deferred,
     Failed,
     GivenBack,
@@ -43,13 +49,8 @@ from bulkbackup.messages import (
     Synced,
     WorkerExit,
 )
-from bulkbackup.parentdeath import ParentDeath
-from bulkbackup.quota import Broker, Resource
-from bulkbackup.redact import install_redaction
-from bulkbackup.results import UserResult
+from bulkbackup.run.workdir import work_dir
 from bulkbackup.store import open_store
-from bulkbackup.tracked import Completion
-from bulkbackup.workdir import work_dir
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import orjson
 import redis
 
-from bulkbackup import keys
-from bulkbackup.connection import Scripts
 from bulkbackup.errors import LockLost
+from bulkbackup.queue import keys
+from bulkbackup.queue.connection import Scripts
 
 log = logging.getLogger(__name__)
 

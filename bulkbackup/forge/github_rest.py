@@ -26,11 +26,11 @@ import orjson
 import urllib3
 
 from bulkbackup import __version__
-from bulkbackup.bounded_http import BoundedPool, Overdue, TooLarge
 from bulkbackup.config import GitHubSettings
 from bulkbackup.errors import GitHubError, Interrupted, UserGone
+from bulkbackup.forge.bounded_http import BoundedPool, Overdue, TooLarge
+from bulkbackup.forge.quota_broker import Broker, Resource, Wait
 from bulkbackup.names import check_login, is_login
-from bulkbackup.quota import Broker, Resource, Wait
 from bulkbackup.redact import add_secrets, redact
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""One user's backup: list, fetch, write; its results."""

@@ -1,0 +1,2 @@
+"""git: mirrors and bundles, the increment's fetch (dulwich over bounded HTTP), ref
+listings, fsck."""

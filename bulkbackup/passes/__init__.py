@@ -1,0 +1,1 @@
+"""Passes over the store: restore, verify, stats, show."""

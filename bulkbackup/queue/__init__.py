@@ -1,0 +1,1 @@
+"""Redis: the connection, keys, the `tracked` set, locks, ingest, the verify queue."""

@@ -1,0 +1,1 @@
+"""The pool of `bulkbackup run`: supervisor, workers, their reports, batching, parent death."""

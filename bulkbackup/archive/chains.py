@@ -19,6 +19,8 @@ from bulkbackup.timeutil import parse_rfc3339
 
 # More than this many increments in metadata is damage, not a chain (the setting's bound).
 MAX_COMMITTED = 10_000
+# A stored count longer than this is damage (and int() raises past 4300 digits).
+COUNT_DIGITS_MAX = 19
 
 
 @dataclass
@@ -46,7 +48,8 @@ def increments_damage(head: Head) -> str:
     """"" when the base's `Increments` is absent or a count in 0..MAX_COMMITTED; else what
     is wrong with it: a reader must not take the base alone for the latest state."""
     text = head.get(INCREMENTS)
-    if not text or (text.isascii() and text.isdigit() and int(text) <= MAX_COMMITTED):
+    if not text or (text.isascii() and text.isdigit() and len(text) <= COUNT_DIGITS_MAX
+                    and int(text) <= MAX_COMMITTED):
         return ""
     return f"damaged Increments metadata {text[:40]!r} (not a count up to {MAX_COMMITTED})"
 
@@ -74,7 +77,7 @@ class Step(enum.Enum):
 def chain_bytes(head: Head) -> int:
     """The committed increments' bytes, as the base's metadata says (`ChainBytes`)."""
     text = head.get(CHAIN_BYTES)
-    return int(text) if text.isdigit() else 0
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= COUNT_DIGITS_MAX else 0
 
 
 def next_step(head: Head, run: RunSettings) -> Step:

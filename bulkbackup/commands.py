@@ -19,6 +19,7 @@ import orjson
 
 from bulkbackup.config import Settings
 from bulkbackup.errors import EXIT_INTERRUPTED, ConfigError, InvalidName, UsageError, printable
+from bulkbackup.names import check_logins
 from bulkbackup.timeutil import parse_strict
 
 if TYPE_CHECKING:
@@ -273,16 +274,11 @@ def restore_command(settings: Settings, target: str, to: str, at: str | None, wi
 def verify_command(settings: Settings, logins: list[str], sample: int | None,
                    as_json: bool) -> int:
     from bulkbackup.logins import stored_spelling
-    from bulkbackup.names import check_login
     from bulkbackup.passes.verify import sample_logins, verify
     from bulkbackup.run.workdir import work_dir
     from bulkbackup.store import open_store
 
-    for login in logins:
-        try:
-            check_login(login)
-        except InvalidName as exc:
-            raise UsageError(str(exc)) from None
+    check_logins(logins)
     if bool(logins) == (sample is not None):
         raise UsageError("verify: name users (LOGIN...) or give --sample N, one of the two")
     store = open_store(settings.store, create=False)
@@ -427,15 +423,10 @@ def track_command(settings: Settings, logins: list[str]) -> int:
     """Add users by hand (ZADD NX -inf, as ingest): each one added or already tracked (under
     its tracked spelling: logins ignore case). With a GitHub token, a login not tracked yet
     is added as GitHub spells it, and not at all when GitHub has no such user."""
-    from bulkbackup.names import check_login
     from bulkbackup.queue import tracked
     from bulkbackup.queue.connection import connect
 
-    for login in logins:
-        try:
-            check_login(login)
-        except InvalidName as exc:
-            raise UsageError(str(exc)) from None
+    check_logins(logins)
     r = connect(settings.redis)
     unknown: list[str] = []
     if settings.github.tokens:

@@ -2,7 +2,7 @@
 
 import re
 
-from bulkbackup.errors import InvalidName
+from bulkbackup.errors import InvalidName, UsageError
 
 # Looser than GitHub's rules today (single inner hyphens) so legacy logins such as
 # `foo-` or `-Jerry-` are kept; nothing that could act as a path or separator passes.
@@ -27,6 +27,16 @@ def check_login(value: object) -> str:
         raise InvalidName(f"invalid login: {value!r:.60}")
     assert isinstance(value, str)
     return value
+
+
+def check_logins(logins: list[str]) -> None:
+    """Logins named on the command line: the first invalid one is a UsageError (exit 2),
+    before anything is read or written."""
+    for login in logins:
+        try:
+            check_login(login)
+        except InvalidName as exc:
+            raise UsageError(str(exc)) from None
 
 
 def check_repo_name(value: object) -> str:

@@ -35,7 +35,6 @@ from bulkbackup.errors import (
     GitHubError,
     InvalidName,
     RateLimited,
-    UsageError,
     UserGone,
 )
 from bulkbackup.forge.github_graphql import GraphQLLister, Outcome, OwnerResult
@@ -44,7 +43,7 @@ from bulkbackup.forge.quota_broker import Resource
 from bulkbackup.git.gitops import Archive, GitWork
 from bulkbackup.interrupts import signals_interrupt
 from bulkbackup.logins import stored_spelling
-from bulkbackup.names import check_login, check_repo_name
+from bulkbackup.names import check_login, check_logins, check_repo_name
 from bulkbackup.run.workdir import work_dir
 from bulkbackup.store import Store, layout, open_store
 from bulkbackup.store.base import (
@@ -370,11 +369,7 @@ def sync_users(settings: Settings, logins: list[str]) -> Iterator[UserResult]:
     recorded in the store (a user gone, a failed clone) is in its result; a failure to record
     (store unreachable) raises.
     """
-    for login in logins:
-        try:
-            check_login(login)
-        except InvalidName as exc:
-            raise UsageError(str(exc)) from None
+    check_logins(logins)
     store = open_store(settings.store)
     github = GitHub(settings.github)
     lister = (GraphQLLister(settings.github, github.broker, github.stop)

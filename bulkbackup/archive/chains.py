@@ -14,8 +14,17 @@ from datetime import datetime, timedelta
 
 from bulkbackup.config import RunSettings
 from bulkbackup.store import Head, layout
-from bulkbackup.store.base import CHAIN, CHAIN_BYTES, ERROR, INCREMENTS, KEPT_SINCE, LAST_SYNC
-from bulkbackup.timeutil import parse_rfc3339
+from bulkbackup.store.base import (
+    CHAIN,
+    CHAIN_BYTES,
+    ERROR,
+    INCREMENTS,
+    KEPT_SINCE,
+    LAST_SYNC,
+    PUSHED_AT,
+    UPDATED_AT,
+)
+from bulkbackup.timeutil import parse_api_time, parse_rfc3339
 
 # More than this many increments in metadata is damage, not a chain (the setting's bound).
 MAX_COMMITTED = 10_000
@@ -133,3 +142,19 @@ def new_chain(head: Head | None, now: datetime) -> str:
         else None
     when = now if latest is None or now > latest else latest + timedelta(microseconds=1)
     return layout.chain_id(when)
+
+
+def newer_than(head: Head, pushed: str, updated: str) -> bool:
+    """Is the stored archive newer than what the API just described?
+
+    Times are compared as dates, never as text. Only a real stored time can be newer: a
+    stored value that is malformed or in the future (written by an older version, or by
+    hand) must not block a repository forever; nor can anything be newer than unknown
+    times (then the fresh archive is stored, as on every pass for such a repository)."""
+    stored = parse_api_time(head.get(PUSHED_AT)), parse_api_time(head.get(UPDATED_AT))
+    listed = parse_api_time(pushed), parse_api_time(updated)
+    if stored[0] is None or listed[0] is None:
+        return False
+    if stored[0] != listed[0]:
+        return stored[0] > listed[0]
+    return stored[1] is not None and listed[1] is not None and stored[1] > listed[1]

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from bulkbackup.store.base import PUSHED_AT, UPDATED_AT, Head
 from bulkbackup.store.layout import UserCounts, short_reason
 from bulkbackup.timeutil import parse_api_time
 
@@ -103,19 +102,3 @@ def repo_times(repo: dict[str, Any]) -> tuple[str, str]:
     """(pushed_at, updated_at); "" for a value that is not a real time: such a repository
     cannot be seen to be unchanged, so it is archived again each pass."""
     return _timestamp(repo.get("pushed_at")), _timestamp(repo.get("updated_at"))
-
-
-def newer_than(head: Head, pushed: str, updated: str) -> bool:
-    """Is the stored archive newer than what the API just described?
-
-    Times are compared as dates, never as text. Only a real stored time can be newer: a
-    stored value that is malformed or in the future (written by an older version, or by
-    hand) must not block a repository forever; nor can anything be newer than unknown
-    times (then the fresh archive is stored, as on every pass for such a repository)."""
-    stored = parse_api_time(head.get(PUSHED_AT)), parse_api_time(head.get(UPDATED_AT))
-    listed = parse_api_time(pushed), parse_api_time(updated)
-    if stored[0] is None or listed[0] is None:
-        return False
-    if stored[0] != listed[0]:
-        return stored[0] > listed[0]
-    return stored[1] is not None and listed[1] is not None and stored[1] > listed[1]

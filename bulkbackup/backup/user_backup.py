@@ -16,22 +16,11 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from bulkbackup.archive import chains
-from bulkbackup.archive.incremental import (
-    Change,
-    Incremental,
-    IncrementOutcome,
-    delete_chains,
-    keep_history,
-    list_parts,
-    plan_prune,
-    prune_expired,
-)
-from bulkbackup.backup.results import PARTIAL_ERROR, UserResult, newer_than, repo_times
+from bulkbackup.archive.incremental import Change
+from bulkbackup.archive.writer import ArchiveWriter, WriteOutcome, Written
+from bulkbackup.backup.results import PARTIAL_ERROR, UserResult, repo_times
 from bulkbackup.config import Settings
 from bulkbackup.errors import (
-    ArchiveError,
-    GitError,
     GitHubError,
     InvalidName,
     RateLimited,
@@ -40,17 +29,14 @@ from bulkbackup.errors import (
 from bulkbackup.forge.github_graphql import GraphQLLister, Outcome, OwnerResult
 from bulkbackup.forge.github_rest import GitHub, Listing
 from bulkbackup.forge.quota_broker import Resource
-from bulkbackup.git.gitops import Archive, GitWork
+from bulkbackup.git.gitops import GitWork
 from bulkbackup.interrupts import signals_interrupt
 from bulkbackup.logins import stored_spelling
 from bulkbackup.names import check_login, check_logins, check_repo_name
 from bulkbackup.run.workdir import work_dir
 from bulkbackup.store import Store, layout, open_store
 from bulkbackup.store.base import (
-    CHAIN,
     ERROR,
-    INCREMENTS,
-    KEPT_SINCE,
     LAST_SYNC,
     LISTING_ETAGS,
     PUSHED_AT,
@@ -60,7 +46,6 @@ from bulkbackup.store.base import (
     Head,
 )
 from bulkbackup.store.fenced import Fence, FencedStore, StopFence
-from bulkbackup.store.layout import EMPTY_REPOSITORY
 from bulkbackup.timeutil import format_rfc3339, now
 
 log = logging.getLogger(__name__)
@@ -78,9 +63,8 @@ class UserBackup:
         self.github = github
         self.gitwork = gitwork
         self.clone_host = settings.github.clone_host
-        self.incremental = Incremental(settings, gitwork)
+        self.writer = ArchiveWriter(settings, gitwork, committed)
         self.stop = stop or threading.Event()
-        self.committed = committed
 
     def _fenced(self, fence: Fence | None) -> FencedStore:
         """The store for one user's writes; without a lock, only interruption stops them."""
@@ -167,7 +151,7 @@ class UserBackup:
         if (head is not None and pushed
                 and (head.get(PUSHED_AT), head.get(UPDATED_AT)) == (pushed, updated)
                 and not head.get(ERROR).startswith(layout.VERIFY_FAILED)):
-            self._prune_expired(store, login, name, head)
+            self.writer.prune_expired(store, login, name, head)
             if head.size > 0:
                 result.unchanged += 1
             else:
@@ -184,134 +168,41 @@ class UserBackup:
 
     def _archive(self, store: FencedStore, login: str, name: str, repo: dict[str, Any],
                  head: Head | None, result: UserResult) -> None:
-        """Store one changed repository: an increment on its chain when it can be one,
-        else a full archive."""
-        if (head is not None and not head.get(ERROR).startswith(layout.VERIFY_FAILED)
-                and chains.next_step(head, self.settings.run) is chains.Step.INCREMENT
-                and self._increment(store, login, name, repo, head, result)):
+        """Store one changed repository (archive/writer.py) and count what it did."""
+        try:
+            change = self._change(repo)
+        except InvalidName as exc:
+            self._record_failure(store, login, name, head, str(exc), result)
             return
-        self._full(store, login, name, repo, head, result)
+        self._count(name, self.writer.write(store, login, name, change, head,
+                                            self.github.token_for_git()), result)
+
+    def _record_failure(self, store: FencedStore, login: str, name: str, head: Head | None,
+                        error: str, result: UserResult) -> None:
+        self._count(name, self.writer.record_failure(store, login, name, head, error), result)
+
+    @staticmethod
+    def _count(name: str, written: Written, result: UserResult) -> None:
+        result.bytes += written.bytes
+        result.read_bytes += written.read_bytes
+        if written.bundle_size is not None:
+            result.bundles[name] = written.bundle_size
+        if written.outcome is WriteOutcome.ARCHIVED:
+            result.archived += 1
+        elif written.outcome is WriteOutcome.UNCHANGED:
+            result.unchanged += 1
+        elif written.outcome is WriteOutcome.EMPTY:
+            result.empty += 1
+            result.empty_names.add(name)
+        else:
+            result.failed += 1
+            result.failures.append(f"{name}: {written.error}")
 
     def _change(self, repo: dict[str, Any]) -> Change:
         branch = repo.get("default_branch")
         pushed, updated = repo_times(repo)
         return Change(self._clone_url(repo), branch if isinstance(branch, str) else None,
                       pushed, updated, now())
-
-    def _increment(self, store: FencedStore, login: str, name: str, repo: dict[str, Any],
-                   head: Head, result: UserResult) -> bool:
-        """True when done (stored, or nothing to store); False: a full archive is needed
-        (the repository was emptied, or its stored chain cannot be read)."""
-        try:
-            change = self._change(repo)
-            done = self.incremental.archive(store, login, name, head, change,
-                                            self.github.token_for_git())
-        except (GitError, InvalidName) as exc:
-            self._record_failure(store, login, name, head, str(exc), result)
-            return True
-        except ArchiveError as exc:
-            log.warning("%s/%s: a full archive instead of an increment: %s", login, name, exc)
-            return False
-        result.read_bytes += done.read_bytes
-        if done.outcome is IncrementOutcome.EMPTIED:
-            return False
-        if done.outcome is IncrementOutcome.REFUSED:
-            # The old state stays the newest; its PushedAt/UpdatedAt are the old ones, so
-            # the next pass fetches again.
-            self._record_failure(store, login, name, head, done.error, result)
-            return True
-        if done.outcome is IncrementOutcome.STORED:
-            result.archived += 1
-            result.bytes += done.bytes
-            if self.committed is not None:
-                self.committed(login, name)
-        else:
-            result.unchanged += 1
-        self._prune_expired(store, login, name, head)
-        return True
-
-    def _full(self, store: FencedStore, login: str, name: str, repo: dict[str, Any],
-              head: Head | None, result: UserResult) -> None:
-        """Mirror one changed repository and store its archives (the bundle last): a new
-        chain, the one it replaces kept as history first."""
-        try:
-            change = self._change(repo)
-            archive = self.gitwork.archive(login, name, change.clone_url, change.default_branch,
-                                           self.github.token_for_git(), store.fence.check)
-        except (GitError, InvalidName) as exc:
-            self._record_failure(store, login, name, head, str(exc), result)
-            return
-        fresh = store.head(layout.bundle_key(login, name))
-        if fresh is not None and fresh.size > 0 and newer_than(fresh, change.pushed_at,
-                                                           change.updated_at):
-            # Another worker stored a newer archive meanwhile: never go back in time.
-            result.unchanged += 1
-            return
-        if (archive.bundle is None and fresh is not None and fresh.size > 0
-                and self.settings.run.keep_history_days == 0):
-            # Without history, the last archive with data is all there is: keep it.
-            self._record_failure(store, login, name, fresh, EMPTY_REPOSITORY, result)
-            return
-        self._store_full(store, login, name, change, archive, fresh, result)
-
-    def _store_full(self, store: FencedStore, login: str, name: str, change: Change,
-                    archive: Archive, fresh: Head | None, result: UserResult) -> None:
-        """Zip, the replaced chain kept as history, the new full bundle (the commit), then
-        what the retention no longer needs is deleted."""
-        key = layout.bundle_key(login, name)
-        keep_days = self.settings.run.keep_history_days
-        meta = {LAST_SYNC: change.stamp, PUSHED_AT: change.pushed_at,
-                UPDATED_AT: change.updated_at, CHAIN: chains.new_chain(fresh, change.when),
-                INCREMENTS: "0"}
-        parts = list_parts(store, login, name) if fresh is not None else chains.StoredParts()
-        if archive.zip is not None:
-            store.put_file(layout.zip_key(login, name), archive.zip, {LAST_SYNC: change.stamp})
-            result.bytes += archive.zip.stat().st_size
-            archive.zip.unlink()  # a user's disk use is one repository's at a time
-        if archive.bundle is None and fresh is not None and fresh.size == 0:
-            meta[CHAIN] = fresh.get(CHAIN) or meta[CHAIN]  # empty before too: the same chain
-        else:
-            keep_history(store, login, name, fresh, parts, keep_days)
-        doomed, kept_since = plan_prune(parts, meta[CHAIN], now(), keep_days)
-        if kept_since:
-            meta[KEPT_SINCE] = kept_since
-        if archive.bundle is None:
-            store.put_bytes(key, b"", {**meta, ERROR: EMPTY_REPOSITORY})
-            result.empty += 1
-            result.empty_names.add(name)
-            result.bundles[name] = 0
-        else:
-            # The bundle goes last: its PushedAt/UpdatedAt say the archives are complete.
-            store.put_file(key, archive.bundle, meta)
-            size = archive.bundle.stat().st_size
-            archive.bundle.unlink()
-            result.bytes += size
-            result.bundles[name] = size
-            result.archived += 1
-        delete_chains(store, login, name, parts, doomed)
-
-    def _prune_expired(self, store: FencedStore, login: str, name: str, head: Head) -> None:
-        keep_days = self.settings.run.keep_history_days
-        if chains.may_expire(head, now(), keep_days):
-            fresh = store.head(layout.bundle_key(login, name))  # an increment may have moved it
-            if fresh is not None:
-                prune_expired(store, login, name, fresh, now(), keep_days)
-
-    @staticmethod
-    def _record_failure(store: FencedStore, login: str, name: str, head: Head | None,
-                        error: str, result: UserResult) -> None:
-        result.failed += 1
-        result.failures.append(f"{name}: {error}")
-        log.info("%s/%s: %s", login, name, error)
-        key = layout.bundle_key(login, name)
-        if head is not None and head.size > 0:
-            # A good archive is never replaced by a failure: only its Error changes.
-            store.replace_metadata(key, layout.updated_metadata(head, {ERROR: error}))
-        else:
-            # Kept chains stay known (KeptSince) under a failure, for the retention to end.
-            kept = {KEPT_SINCE: head.get(KEPT_SINCE)} if head and head.get(KEPT_SINCE) else {}
-            store.put_bytes(key, b"", {LAST_SYNC: format_rfc3339(now()), ERROR: error, **kept})
-            result.bundles[name] = 0
 
     def _clone_url(self, repo: dict[str, Any]) -> str:
         url = repo.get("clone_url")

@@ -4,9 +4,11 @@ It serves `GET /users/<login>/repos` in GitHub's JSON shape (Link pagination, we
 304, X-RateLimit-* headers, 404 for unknown users, switches for rate limits, token budgets and
 5xx answers) and the bare repositories it builds with `git fast-import` over git's smart HTTP
 protocol through `git http-backend` (read-only). It counts what it serves so tests can assert
-what was fetched. Also `POST /graphql` (forge_graphql.py). The repositories' content is in
-repos.py, the HTTP side in forge_http.py, changes to built repositories in forge_changes.py;
-this module holds the state, switches and counters.
+what was fetched. Also `POST /graphql` (forge_graphql.py). This module builds the content and
+serves it; the state the handlers see (switches, counters, rate limits) is in forge_state.py,
+the repositories' content in repos.py, the HTTP side in forge_http.py, changes to built
+repositories in forge_changes.py. Imports run one way: forge -> forge_http -> forge_graphql
+-> forge_graphql_data -> forge_state -> forge_graphql_controls -> forge_quota.
 
     python -m bulkbackup.testing.forge --root DIR [--port PORT] [--sample] [--users N --repos M]
 """
@@ -25,17 +27,15 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from bulkbackup.testing.forge_changes import ForgeChanges
 from bulkbackup.testing.forge_http import _Handler, _Server
-from bulkbackup.testing.hostile_packs import PackAnswer
+from bulkbackup.testing.forge_state import ForgeState
 from bulkbackup.testing.repos import (
     BASE_TIME,
     DEFAULT_FILES,
@@ -53,87 +53,24 @@ from bulkbackup.testing.repos import (
 __all__ = ["BASE_TIME", "DEFAULT_FILES", "Forge", "RepoSpec", "make_users", "rfc3339", "sample"]
 
 
-@dataclass
-class _Budget:
-    remaining: int
-    reset_at: float
-    full: int
-    window_s: float
-    told_spent: bool = False  # an answer of this window said Remaining 0
-
-    def refill_if_due(self, now: float) -> None:
-        if now >= self.reset_at:
-            self.remaining, self.reset_at = self.full, now + self.window_s
-            self.told_spent = False
-
-    def headers(self) -> dict[str, str]:
-        return {"X-RateLimit-Limit": str(self.full), "X-RateLimit-Remaining": str(self.remaining),
-                "X-RateLimit-Reset": str(math.ceil(self.reset_at)),
-                "X-RateLimit-Used": str(self.full - self.remaining),
-                "X-RateLimit-Resource": "core"}
-
-
-class Forge(ForgeChanges):
+class Forge(ForgeState, ForgeChanges):
     """The stand-in: `start()` (or `with`) serves it on `url`, `stop()` ends it.
 
     Content: add_user/add_users (built repositories), add_raw_repo_entry, push, remove_user;
-    changes to a built repository (force_push, add_branch, ...) in forge_changes.py;
-    `renamed` (old login -> new: 301) and `link_host` (pagination links to another host).
-    Failures: rate_limit, fail_5xx, set_token_budget, `require_known_tokens` (unknown token:
-    401), RepoSpec.stall with `stall_s`, `git_v2` off (no protocol v2). Observation: `counters`
-    ("api", "api_<status>", "api_5xx", "info_refs", "upload_pack", "git_bytes_sent*";
-    "api_after_spent": requests with a budgeted token after an answer had said its quota was
-    spent), clones(), upload_packs(), pack_requests(), `auth_headers_seen`.
-    `counters`, `users` and the switches are guarded by `lock`.
+    changes to a built repository (force_push, add_branch, ...) in forge_changes.py.
+    Switches and counters (rate_limit, fail_5xx, set_token_budget, `require_known_tokens`,
+    RepoSpec.stall with `stall_s`, `git_v2`, `counters`, clones(), ...; the GraphQL side's in
+    `graphql`): see ForgeState (forge_state.py). All of it is guarded by `lock`.
     """
 
     def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.root = Path(root)
-        self.git_root = self.root / "git"
+        super().__init__(root)
         self.git_root.mkdir(parents=True, exist_ok=True)
         self.host, self.port = host, port
-        self.url = ""
-        self.lock = threading.Lock()
-        self.users: dict[str, list[dict[str, Any]]] = {}  # login -> listing entries
-        self.counters: Counter[str] = Counter()
-        self.auth_headers_seen: list[str] = []
-        self.stall_s = 30.0
-        self.require_known_tokens = False
-        self.renamed: dict[str, str] = {}  # old login -> new login: the API answers 301
-        self.link_host: str | None = None  # set: pagination links name this host instead
-        self.etag_suffix = ""  # appended inside every listing ETag (a misbehaving server)
         self.build_workers = max(4, os.cpu_count() or 1)
-        self._per_repo: Counter[tuple[str, str, str]] = Counter()
-        self._stalled: set[tuple[str, str]] = set()
-        self._limited, self._limit_reset, self._limit_secondary = 0, 0.0, False
-        self._limit_window_s = 0.0
-        self._fail, self._fail_status = 0, 502
-        self._budgets: dict[str, _Budget] = {}
-        self._core = _Budget(5000, time.time() + 3600, 5000, 3600)  # reported, never exhausted
         self._next_id = 1000
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
-        self._conns: dict[socket.socket, threading.Thread] = {}
-        self._procs: set[subprocess.Popen[bytes]] = set()
-        # Set to another server's base URL (e.g. a second Forge on `localhost` sharing this
-        # root): every `info/refs` answers 302 to the same path there.
-        self.git_redirect = ""
-        # Off: `git http-backend` never sees the client's Git-Protocol header, so every client
-        # gets protocol v0 (a server without v2; GitHub has it).
-        self.git_v2 = True
-        self._stalled_mid: set[tuple[str, str]] = set()
-        # (login, repo) -> a wrong answer to its increment fetches (forge_changes.set_pack_answer)
-        self._pack_answers: dict[tuple[str, str], PackAnswer] = {}
-        # A hostile API (tests of the client's bounds); each applies to every listing request.
-        self.api_next_loop = False  # Link rel="next" names the page just served
-        self.api_endless = False  # every page links to a next one, forever
-        self.api_drip_s = 0.0  # > 0: a listing body goes out one byte per api_drip_s
-        self.api_drip_head = False  # with api_drip_s: the status line and headers drip too
-        self.api_pad_mb = 0  # > 0: listing bodies padded with this many MB of spaces (streamed)
-        self.api_pad_unsized = False  # padded bodies without Content-Length (end at EOF)
-        self.api_retry_after: str | None = None  # set: every answer is 429 with this Retry-After
-        self.api_reset: str | None = None  # set: every answer is 403, Remaining 0, this Reset
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -282,91 +219,6 @@ class Forge(ForgeChanges):
             "created_at": rfc3339(BASE_TIME - 86400), "archived": False, "disabled": False,
             "visibility": "public",
         }
-
-    # -- switches and counters -------------------------------------------------------------
-
-    def rate_limit(self, requests: int, reset_in_s: float, secondary: bool = False) -> None:
-        """The next `requests` API calls answer 403 (primary: Remaining 0, Reset) or 429
-        (secondary: Retry-After), until the reset time, `reset_in_s` after the first of them
-        (counted from that call, not from now: a client's start-up, however slow, never
-        misses the limit); at the reset time it lifts."""
-        with self.lock:
-            self._limited, self._limit_secondary = requests, secondary
-            self._limit_window_s, self._limit_reset = reset_in_s, math.inf
-
-    def fail_5xx(self, requests: int, status: int = 502) -> None:
-        with self.lock:
-            self._fail, self._fail_status = requests, status
-
-    def set_token_budget(self, token: str, remaining: int, reset_in_s: float) -> None:
-        """Requests with this token succeed `remaining` times, then 403 until the reset time,
-        when the budget refills to `remaining` for another `reset_in_s`."""
-        with self.lock:
-            self._budgets[token] = _Budget(remaining, time.time() + reset_in_s, remaining,
-                                           reset_in_s)
-
-    def reset_counters(self) -> None:
-        with self.lock:
-            self.counters.clear()
-            self._per_repo.clear()
-
-    def clones(self, login: str, name: str) -> int:
-        """Clones (or fetches) of one repository: its `info/refs` requests."""
-        with self.lock:
-            return self._per_repo[("info_refs", login, name)]
-
-    def upload_packs(self, login: str, name: str) -> int:
-        """POST git-upload-pack requests to one repository (protocol v2: 2 per clone)."""
-        with self.lock:
-            return self._per_repo[("upload_pack", login, name)]
-
-    def pack_requests(self, login: str, name: str) -> int:
-        """POST git-upload-pack requests to one repository that want objects (not v2's
-        `ls-refs`)."""
-        with self.lock:
-            return self._per_repo[("fetch", login, name)]
-
-    def _admit(self, auth: str) -> tuple[int, bytes, dict[str, str]]:
-        """Rate limits and switches for one API request (lock held): (status, body, headers);
-        status 0 means go ahead with these rate-limit headers."""
-        now = time.time()
-        scheme, _, token = auth.partition(" ")
-        token = token.strip() if scheme.lower() in ("token", "bearer") else ""
-        budget = self._budgets.get(token)
-        if token and budget is None and self.require_known_tokens:
-            return 401, b'{"message": "Bad credentials"}', {}
-        if self._fail > 0:
-            self._fail -= 1
-            return self._fail_status, b'{"message": "Server Error"}', {}
-        quota = budget or self._core
-        quota.refill_if_due(now)
-        if budget is not None and budget.told_spent:
-            # Sent although an answer had already said this token's quota was spent.
-            self.counters["api_after_spent"] += 1
-        if self._limited > 0 and self._limit_reset == math.inf:
-            self._limit_reset = now + self._limit_window_s  # the window opens with its first call
-        if self._limited > 0 and now < self._limit_reset:
-            self._limited -= 1
-            if self._limit_secondary:
-                wait = str(max(1, math.ceil(self._limit_reset - now)))
-                return 429, b'{"message": "You have exceeded a secondary rate limit."}', {
-                    **quota.headers(), "Retry-After": wait}
-            return 403, b'{"message": "API rate limit exceeded for user."}', {
-                **quota.headers(), "X-RateLimit-Remaining": "0",
-                "X-RateLimit-Used": str(quota.full),
-                "X-RateLimit-Reset": str(math.ceil(self._limit_reset))}
-        if quota.remaining <= 0:
-            if budget is not None:
-                budget.told_spent = True
-                return 403, b'{"message": "API rate limit exceeded for user."}', quota.headers()
-            quota.remaining, quota.reset_at = quota.full, now + quota.window_s
-        quota.remaining -= 1
-        quota.told_spent = quota.remaining == 0
-        if budget is None and quota.remaining == 0:
-            # Never exhausted, and never said to be: a client that believes the headers (the
-            # quota broker) would otherwise wait for a reset an hour away.
-            quota.remaining, quota.reset_at = quota.full, now + quota.window_s
-        return 0, b"", quota.headers()
 
 
 def make_users(forge: Forge, n_users: int, repos_per_user: int, prefix: str = "user",

@@ -15,7 +15,8 @@ So 100 aliases `repositoryOwner(login:) { repositories(first: 100) {...} }` cost
 cost 2, 250 cost 3 (2.5 rounds up). `first`/`last` are required on connections and at most
 100, as on github.com. Invalid queries are answered without charging.
 
-Switches and counters live in `controls(forge)` (a `Controls`, guarded by `forge.lock`):
+Switches and counters live in `controls(forge)` (a `Controls`, forge_graphql_controls.py,
+guarded by `forge.lock`):
 RATE_LIMITED answers (200 with an error of type RATE_LIMITED), secondary limits (403 with
 Retry-After), 5xx on demand, an answer for batches larger than `max_batch` aliases (502, 504,
 a "resource limits" error or a stall, to exercise splitting), per-token point budgets, and
@@ -31,17 +32,13 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
-import weakref
-from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.message import Message
-from enum import Enum
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from graphql import (
     DocumentNode,
@@ -62,13 +59,16 @@ from graphql import (
     validate,
 )
 
-from bulkbackup.testing.forge import Forge
-from bulkbackup.testing.forge_graphql_data import Context, Endless, NotFound, root
+from bulkbackup.testing.forge_graphql_controls import Controls, Oversize
+from bulkbackup.testing.forge_graphql_data import MAX_PAGE, Context, NotFound, root
+from bulkbackup.testing.forge_quota import token_of
+from bulkbackup.testing.forge_state import ForgeState
+
+# Controls and Oversize are re-exported: tests and benchmarks name them through this module.
+__all__ = ["Answer", "Controls", "Cost", "Oversize", "PaginationError", "answer", "controls",
+           "query_cost", "schema", "top_level_fields"]
 
 SCHEMA_FILE = Path(__file__).with_name("github_schema.graphql")
-DEFAULT_POINTS = 5000  # GitHub's GraphQL budget per token and hour
-WINDOW_S = 3600.0
-MAX_PAGE = 100
 _JSON = {"Content-Type": "application/json; charset=utf-8"}
 
 
@@ -77,80 +77,9 @@ def schema() -> GraphQLSchema:
     return build_schema(SCHEMA_FILE.read_text(encoding="utf-8"))
 
 
-class Oversize(Enum):
-    """How the stand-in answers a batch above `Controls.max_batch` aliases."""
-
-    BAD_GATEWAY = 502
-    GATEWAY_TIMEOUT = 504
-    RESOURCE_LIMITS = 200  # 200 with an error "Resource limits for this query exceeded."
-    STALL = 0  # answered normally, after `Controls.stall_s` (the client's read times out)
-
-
-@dataclass
-class Points:
-    remaining: int
-    reset_at: float
-    full: int
-    told_spent: bool = False  # an answer of this window said remaining 0
-    window_s: float = WINDOW_S
-
-    def refill_if_due(self, now: float) -> None:
-        if now >= self.reset_at:
-            self.remaining, self.reset_at = self.full, now + self.window_s
-            self.told_spent = False
-
-    def headers(self) -> dict[str, str]:
-        return {"X-RateLimit-Limit": str(self.full), "X-RateLimit-Remaining": str(self.remaining),
-                "X-RateLimit-Used": str(self.full - self.remaining),
-                "X-RateLimit-Reset": str(math.ceil(self.reset_at)),
-                "X-RateLimit-Resource": "graphql"}
-
-
-@dataclass
-class Controls:
-    """The GraphQL side's switches and counters for one Forge (guarded by `forge.lock`)."""
-
-    organizations: set[str] = field(default_factory=set)  # logins served as Organization
-    counters: Counter[str] = field(default_factory=Counter)
-    max_batch: int | None = None  # more top-level fields than this: answered by `oversize`
-    oversize: Oversize = Oversize.BAD_GATEWAY
-    stall_s: float = 30.0  # Oversize.STALL: how long such a batch waits (cut short by stop)
-    rate_limited: int = 0  # the next N queries: RATE_LIMITED until `limit_reset`
-    secondary: int = 0  # the next N queries: 403 with Retry-After
-    retry_after_s: int | None = 60  # None: a secondary limit without Retry-After
-    fail: int = 0  # the next N queries answer `fail_status`
-    fail_status: int = 502
-    limit_reset: float = 0.0
-    # x-ratelimit-* of `rate_limited` answers: "spent" (remaining 0 until `limit_reset`),
-    # "none" (no headers), "stale" (the budget as it stands, points left).
-    limit_headers: Literal["spent", "none", "stale"] = "spent"
-    budgets: dict[str, Points] = field(default_factory=dict)  # token -> its points
-    default: Points = field(
-        default_factory=lambda: Points(DEFAULT_POINTS, time.time() + WINDOW_S, DEFAULT_POINTS))
-    queries: list[str] = field(default_factory=list)  # every query text received (bounded)
-    endless: Endless | None = None  # every repositories connection has a next page, forever
-    spent_reset: str | None = None  # set: every query is 403, Remaining 0, this Reset
-    require_token: bool = False  # GitHub's 401 without a token (off: tests, demo query without)
-    revoke_after: int | None = None  # set: after this many queries, every token is refused
-
-    def set_token_budget(self, token: str, points: int, reset_in_s: float) -> None:
-        """Queries with this token may spend `points`, then RATE_LIMITED until the reset,
-        when the budget refills for another `reset_in_s`... (as GitHub's hourly window)."""
-        self.budgets[token] = Points(points, time.time() + reset_in_s, points,
-                                     window_s=reset_in_s)
-
-
-_CONTROLS: weakref.WeakKeyDictionary[Forge, Controls] = weakref.WeakKeyDictionary()
-_CONTROLS_LOCK = threading.Lock()
-
-
-def controls(forge: Forge) -> Controls:
-    """The GraphQL switches and counters of `forge` (created on first use)."""
-    with _CONTROLS_LOCK:
-        found = _CONTROLS.get(forge)
-        if found is None:
-            found = _CONTROLS[forge] = Controls()
-        return found
+def controls(forge: ForgeState) -> Controls:
+    """The GraphQL switches and counters of `forge`."""
+    return forge.graphql
 
 
 @dataclass(frozen=True)
@@ -247,7 +176,7 @@ def top_level_fields(document: DocumentNode) -> int:
 # -- answering ---------------------------------------------------------------------------------
 
 
-def answer(forge: Forge, headers: Message, body: bytes, netloc: str) -> Answer:
+def answer(forge: ForgeState, headers: Message, body: bytes, netloc: str) -> Answer:
     """The answer to one `POST /graphql` (called by the stand-in's request handler)."""
     c = controls(forge)
     auth = headers.get("Authorization", "")
@@ -255,7 +184,7 @@ def answer(forge: Forge, headers: Message, body: bytes, netloc: str) -> Answer:
         c.counters["requests"] += 1
         if auth:
             forge.auth_headers_seen.append(auth)
-        unauthorized = _unauthorized(c, forge, _token(auth))
+        unauthorized = _unauthorized(c, forge, token_of(auth))
     if unauthorized is not None:
         return _status(c, forge, 401, {"message": unauthorized,
                                        "documentation_url": "https://docs.github.com/graphql"}, {})
@@ -305,7 +234,7 @@ def answer(forge: Forge, headers: Message, body: bytes, netloc: str) -> Answer:
     return _status(c, forge, 200, _result(result), limits)
 
 
-def _status(c: Controls, forge: Forge, status: int, payload: dict[str, Any],
+def _status(c: Controls, forge: ForgeState, status: int, payload: dict[str, Any],
             headers: dict[str, str]) -> Answer:
     with forge.lock:
         c.counters[f"status_{status}"] += 1
@@ -327,12 +256,7 @@ def _result(result: ExecutionResult) -> dict[str, Any]:
     return out
 
 
-def _token(auth: str) -> str:
-    scheme, _, token = auth.partition(" ")
-    return token.strip() if scheme.lower() in ("token", "bearer") else ""
-
-
-def _unauthorized(c: Controls, forge: Forge, token: str) -> str | None:
+def _unauthorized(c: Controls, forge: ForgeState, token: str) -> str | None:
     """GitHub's message when the query's credentials are refused (401), else None."""
     if not token:
         return "This endpoint requires you to be authenticated." if c.require_token else None
@@ -359,7 +283,7 @@ def _admit(c: Controls, auth: str, cost: Cost, fields: int
             return Answer(200, json.dumps(limits).encode(), dict(_JSON))
         return Answer(c.oversize.value, b'{"message": "We couldn\'t respond to your request '
                                         b'in time. Sorry about that."}', dict(_JSON))
-    budget = c.budgets.get(_token(auth))
+    budget = c.budgets.get(token_of(auth))
     points = budget or c.default
     points.refill_if_due(now)
     if budget is not None and budget.told_spent:
@@ -392,11 +316,6 @@ def _admit(c: Controls, auth: str, cost: Cost, fields: int
         refusal = {"errors": [{"type": "RATE_LIMITED", "code": "graphql_rate_limit",
                                "message": "API rate limit exceeded for user ID 1."}]}
         return Answer(200, json.dumps(refusal).encode(), {**headers, **_JSON})
-    if points.remaining < cost.points:  # the default budget is never exhausted: a new window
-        points.remaining, points.reset_at = points.full, now + WINDOW_S
-    points.remaining -= cost.points
-    points.told_spent = points.remaining == 0
-    if budget is None and points.remaining == 0:  # never said to be exhausted either
-        points.remaining, points.reset_at = points.full, now + WINDOW_S
+    points.spend(cost.points, now)  # the default budget is never exhausted: RateWindow.endless
     c.counters["points"] += cost.points
     return points.headers(), (points.full, points.remaining, points.reset_at)

@@ -8,20 +8,17 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 from graphql import GraphQLError
 
-from bulkbackup.testing.forge import Forge
+from bulkbackup.testing.forge_graphql_controls import Endless
+from bulkbackup.testing.forge_state import ForgeState
 from bulkbackup.testing.repos import PLACEHOLDER, rfc3339
 
+__all__ = ["MAX_PAGE", "Context", "Endless", "NotFound", "root"]  # Endless: tests import it here
 
-class Endless(Enum):
-    """A hostile connection: `hasNextPage` is true forever (tests of the client's bounds)."""
-
-    NEW_CURSORS = "new"  # each page a new cursor; past the last repository, the first again
-    SAME_CURSOR = "same"  # every next page names the cursor it was asked with
+MAX_PAGE = 100  # the most a connection's `first`/`last` may ask (as github.com)
 
 
 class NotFound(Exception):
@@ -32,7 +29,7 @@ class NotFound(Exception):
 class Context:
     """What one query's resolvers see."""
 
-    forge: Forge
+    forge: ForgeState
     organizations: frozenset[str]  # logins served as Organization
     netloc: str
     cost: tuple[int, int]  # points, nodes
@@ -126,8 +123,6 @@ def _selected(entries: list[dict[str, Any]], args: Mapping[str, Any]) -> list[di
     return out
 
 
-MAX_PAGE = 100
-
 
 def _cursor(index: int) -> str:
     return base64.b64encode(f"cursor:v2:{index}".encode()).decode()
@@ -196,7 +191,7 @@ def _repo(ctx: Context, e: dict[str, Any], owner: dict[str, Any]) -> dict[str, A
     }
 
 
-def _is_empty(forge: Forge, login: str, name: object) -> bool:
+def _is_empty(forge: ForgeState, login: str, name: object) -> bool:
     """A repository with no refs (a listed repository with nothing behind it is not empty:
     GitHub would list it with its default branch and fail the clone)."""
     if not isinstance(name, str) or "/" in name or name.startswith("."):

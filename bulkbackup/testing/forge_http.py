@@ -21,14 +21,14 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from bulkbackup.testing import forge_graphql
+from bulkbackup.testing.forge_quota import token_of
+from bulkbackup.testing.forge_state import ForgeState
 from bulkbackup.testing.hostile_packs import PackAnswer, answer_with, wants_and_haves
 from bulkbackup.testing.repos import NAME, PLACEHOLDER
-
-if TYPE_CHECKING:
-    from bulkbackup.testing.forge import Forge
 
 _JSON = {"Content-Type": "application/json; charset=utf-8"}
 
@@ -42,7 +42,7 @@ class _Server(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    forge: Forge
+    forge: ForgeState  # set by Forge.start on a subclass
     protocol_version = "HTTP/1.1"
     # Headers and body go out in separate writes: without this, Nagle's algorithm and the
     # client's delayed ACK add ~40 ms to every keep-alive request.
@@ -88,8 +88,6 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         segs = parts.path.split("/")
         if parts.path in ("/graphql", "/api/graphql"):  # GitHub's, GitHub Enterprise's
-            from bulkbackup.testing import forge_graphql  # imports this module: import here
-
             reply = forge_graphql.answer(self.forge, self.headers, self._body(), self._netloc())
             self._send(reply.status, reply.body, reply.headers)
         elif len(segs) == 4 and segs[3] == "git-upload-pack":
@@ -123,17 +121,14 @@ class _Handler(BaseHTTPRequestHandler):
         """GitHub's `GET /rate_limit`: free (nothing charged, never rate limited); 401 for a
         token `require_known_tokens` refuses, as the listing does."""
         f = self.forge
-        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
-        token = token.strip() if scheme.lower() in ("token", "bearer") else ""
+        token = token_of(self.headers.get("Authorization", ""))
         with f.lock:
             f.counters["rate_limit"] += 1
-            if token and f.require_known_tokens and token not in f._budgets:
+            if f.refuses(token):
                 f.counters["rate_limit_401"] += 1
                 self._send(401, b'{"message": "Bad credentials"}', _JSON)
                 return
-            quota = f._budgets.get(token) or f._core
-            quota.refill_if_due(time.time())
-            limits = quota.headers()
+            limits = f.rest_window(token, time.time()).headers()
         core = {"limit": int(limits["X-RateLimit-Limit"]),
                 "remaining": int(limits["X-RateLimit-Remaining"]),
                 "reset": int(limits["X-RateLimit-Reset"])}
@@ -159,7 +154,7 @@ class _Handler(BaseHTTPRequestHandler):
             f.counters["api"] += 1
             if auth:
                 f.auth_headers_seen.append(auth)
-            status, body, limits = f._admit(auth)
+            status, body, limits = f.admit(auth)
             if status == 0 and f.api_retry_after is not None:
                 status, body = 429, b'{"message": "You have exceeded a secondary rate limit."}'
                 limits["Retry-After"] = f.api_retry_after

@@ -37,6 +37,7 @@ from bulkbackup.errors import (
     RateLimited,
     UserGone,
 )
+from bulkbackup.forge.git_auth import git_auth
 from bulkbackup.forge.github_graphql import GraphQLLister, Outcome, OwnerResult
 from bulkbackup.forge.github_rest import GitHub, Listing
 from bulkbackup.forge.quota_broker import Resource
@@ -204,8 +205,8 @@ class UserBackup:
         (the repository was emptied, or its stored chain cannot be read)."""
         try:
             change = self._change(repo)
-            done = self.incremental.archive(store, login, name, head, change,
-                                            self.github.token_for_git())
+            done = self.incremental.archive(store, login, name, head, change, git_auth(
+                self.settings.github, self.github.token_for_git()))
         except (GitError, InvalidName) as exc:
             self._record_failure(store, login, name, head, str(exc), result)
             return True
@@ -237,7 +238,9 @@ class UserBackup:
         try:
             change = self._change(repo)
             archive = self.gitwork.archive(login, name, change.clone_url, change.default_branch,
-                                           self.github.token_for_git(), store.fence.check)
+                                           git_auth(self.settings.github,
+                                                    self.github.token_for_git()),
+                                           store.fence.check)
         except (GitError, InvalidName) as exc:
             self._record_failure(store, login, name, head, str(exc), result)
             return
@@ -378,7 +381,7 @@ def sync_users(settings: Settings, logins: list[str]) -> Iterator[UserResult]:
         # Logins ignore case: a user already archived is synced under its stored spelling.
         logins = list(dict.fromkeys(stored_spelling(store, x) for x in logins))
         with signals_interrupt(), work_dir(settings, "sync") as path:
-            job = UserBackup(settings, store, github, GitWork(settings.run, settings.github, path))
+            job = UserBackup(settings, store, github, GitWork(settings.run, path))
             listed: dict[str, OwnerResult] = {}
             if lister is not None:
                 try:

@@ -4,12 +4,12 @@ fetch (wants, haves, the bundle) because this is where the untrusted server is b
 
 `Http`: a pool of the one bounded reader (http/bounded.py: no redirects or retries, a
 watchdog that shuts the socket at the deadline, a per-read timeout, a byte cap) per fetch,
-only the two smart URLs ever requested, the token as gitops.git_env would send it
-(`authorization`), only smart answers (a dumb or non-git answer is a GitError, never
-dulwich's fallback to the dumb protocol); every answer whole by the fetch's deadline
-(run.git_timeout_s), bounded in bytes (the pack by packfetch.pack_limit) and by git's
-low-speed rule. `Client`: dulwich's AbstractHttpGitClient over it, for one stateless fetch
-in protocol v2 (`ls-refs` with ref prefixes, then `fetch`), or v0 from a server without v2.
+only the two smart URLs ever requested, the token under `GitAuth`'s rule (as gitops.git_env
+sends it), only smart answers (a dumb or non-git answer is a GitError, never dulwich's fallback
+to the dumb protocol); every answer whole by the fetch's deadline (run.git_timeout_s), bounded
+in bytes (the pack by packfetch.pack_limit) and by git's low-speed rule. `Client`: dulwich's
+AbstractHttpGitClient over it, for one stateless fetch in protocol v2 (`ls-refs` with ref
+prefixes, then `fetch`), or v0 from a server without v2.
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ from dulwich.objects import ObjectID
 from dulwich.protocol import CAPABILITY_OFS_DELTA, agent_string
 from dulwich.refs import Ref
 
-from bulkbackup.config import GitHubSettings, RunSettings
+from bulkbackup.config import RunSettings
 from bulkbackup.errors import GitError, one_line
-from bulkbackup.git.gitops import basic_authorization, token_schemes
 from bulkbackup.git.refadvert import (
     Advert,
     Pkts,
@@ -67,22 +66,6 @@ def base_url(clone_url: str) -> str:
             r"[A-Za-z0-9._~%/+-]*", parts.path):
         raise GitError("git fetch refused: unexpected characters in the clone URL")
     return f"{parts.scheme}://{parts.netloc.lower()}{parts.path.rstrip('/')}/"
-
-
-def _origin(scheme: str, netloc: str) -> str:
-    default = {"https": ":443", "http": ":80"}[scheme]
-    return netloc.lower().removesuffix(default)
-
-
-def authorization(base: str, gh: GitHubSettings, token: str | None) -> str | None:
-    """The token's header, under gitops.git_env's rule: only if github.token_for_git, only to
-    https://<github.clone_host>/ (plain http too only with github.allow_http_token)."""
-    parts = urlsplit(base)
-    if not token or not gh.token_for_git or parts.scheme not in token_schemes(gh):
-        return None
-    if _origin(parts.scheme, parts.netloc) != _origin(parts.scheme, gh.clone_host):
-        return None
-    return basic_authorization(token)
 
 
 class _Haves:

@@ -30,11 +30,11 @@ class _Server:
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 server_self.connections += 1
-                while _read_request(self.request):
-                    try:
+                try:
+                    while _read_request(self.request):
                         script(self.request, stop)
-                    except OSError:
-                        return
+                except OSError:  # the reader gave up on this connection: its bound held
+                    return
 
         self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

@@ -250,6 +250,9 @@ class BoundedPool:
             if dog.fired or time.monotonic() >= ends:  # the watchdog cut it
                 raise Overdue() from None
             raise
+        except BaseException:
+            dog.stop()
+            raise
         finally:
             _asking.dog = None
         answer = Answer(resp, dog, ends, read_s, max_bytes)

@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bulkbackup.config import GitHubSettings, RunSettings
+from bulkbackup.config import RunSettings
+from bulkbackup.git.auth import ANONYMOUS
 from bulkbackup.git.gitops import GitWork, git_env, run_git
 from bulkbackup.git.packfetch import fetch_increment
 from bulkbackup.testing.forge import Forge, RepoSpec
@@ -65,7 +66,7 @@ def old_state(bundle: Path) -> dict[str, str]:
 def zip_with_tags(forge: Forge, work: Path, url: str, commit: str) -> None:
     """The zip's fetch as it was: depth 1, tags followed."""
     shallow = work / "before.git"
-    env = git_env(work, GitHubSettings(api_url=forge.url), None, RUN)
+    env = git_env(work, None, RUN)
     run_git(["init", "--bare", "--quiet", "--template=", str(shallow)], work, env, 60)
     run_git(["fetch", "--quiet", "--depth=1", "--no-write-fetch-head", "--", url,
              f"{commit}:refs/zip"], shallow, env, 600)
@@ -86,9 +87,9 @@ def main() -> None:
         add_refs(repo, args.tags, args.pulls)
         print(f"repository: {args.tags} annotated tags, {args.pulls} pull refs, "
               f"{len(files) * 16} KB tree (refs made in {time.monotonic() - start:.1f}s)")
-        url, gh = f"{forge.url}/u/big.git", GitHubSettings(api_url=forge.url)
-        work = GitWork(RUN, gh, Path(tmp) / "work")
-        base = work.archive("u", "big", url, "main", None)
+        url = f"{forge.url}/u/big.git"
+        work = GitWork(RUN, Path(tmp) / "work")
+        base = work.archive("u", "big", url, "main", ANONYMOUS)
         assert base.bundle is not None
         old = old_state(base.bundle)
         forge.push("u", "big", {"new.txt": os.urandom(4096)})
@@ -97,7 +98,7 @@ def main() -> None:
         for label, v2 in (("protocol v2 (now)", True), ("v0 server (as before)", False)):
             forge.git_v2 = v2
             forge.reset_counters()
-            inc = fetch_increment(url, old, "main", Path(tmp) / f"{v2}.bundle", RUN, gh, None)
+            inc = fetch_increment(url, old, "main", Path(tmp) / f"{v2}.bundle", RUN, ANONYMOUS)
             total, listing, _ = sent(forge)
             print(f"  {label:<22} {total:>10,} {listing:>11,} {inc.received_bytes:>9,}")
         print("\nzip of the new tip          total B   listing B    tree B")

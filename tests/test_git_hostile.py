@@ -24,6 +24,8 @@ import pytest
 from bulkbackup import config
 from bulkbackup.config import GitHubSettings, RunSettings
 from bulkbackup.errors import ConfigError, GitError
+from bulkbackup.forge.git_auth import git_auth
+from bulkbackup.git.auth import ANONYMOUS
 from bulkbackup.git.gitops import Archive, GitWork, git_env, run_git
 from bulkbackup.testing.forge import Forge, RepoSpec
 from tests.conftest import ROOT
@@ -40,8 +42,8 @@ def archive(forge: Forge, tmp_path: Path, name: str, token: str | None = None,
             allow_http_token: bool = False, **run: object) -> Archive:
     gh = GitHubSettings(api_url=forge.url, allow_http_token=allow_http_token)
     settings = dataclasses.replace(RunSettings(git_timeout_s=60), **run)  # type: ignore[arg-type]
-    work = GitWork(settings, gh, tmp_path / "work")
-    return work.archive("u", name, f"{forge.url}/u/{name}.git", "main", token)
+    work = GitWork(settings, tmp_path / "work")
+    return work.archive("u", name, f"{forge.url}/u/{name}.git", "main", git_auth(gh, token))
 
 
 @pytest.fixture
@@ -84,10 +86,10 @@ def test_token_is_never_sent_over_plain_http(forge: Forge, tmp_path: Path) -> No
     result = archive(forge, tmp_path, "a", TOKEN)  # the forge is http://: no token for git
     assert result.bundle is not None
     assert forge.counters["upload_pack"] > 0 and forge.auth_headers_seen == []
-    pairs = _config(git_env(tmp_path, GitHubSettings(api_url=forge.url), TOKEN))
+    pairs = _config(git_env(tmp_path, git_auth(GitHubSettings(api_url=forge.url), TOKEN)))
     host = forge.url.removeprefix("http://")
     assert [k for k in pairs if k.endswith(".extraHeader")] == [f"http.https://{host}/.extraHeader"]
-    https = _config(git_env(tmp_path, GitHubSettings(), TOKEN))
+    https = _config(git_env(tmp_path, git_auth(GitHubSettings(), TOKEN)))
     assert [k for k in https if k.endswith(".extraHeader")] == [
         "http.https://github.com/.extraHeader"]
 
@@ -143,20 +145,19 @@ def test_pull_refs_and_their_objects_stay_out_of_the_bundle(
 def test_bundle_head_is_the_default_branch(forge: Forge, tmp_path: Path) -> None:
     forge.add_user("u", [RepoSpec("t", default_branch="trunk",
                                   branches={"aaa": {"a.txt": b"a\n"}})])
-    gh = GitHubSettings(api_url=forge.url)
-    work = GitWork(RunSettings(git_timeout_s=60), gh, tmp_path / "work")
-    result = work.archive("u", "t", f"{forge.url}/u/t.git", "trunk", None)
+    work = GitWork(RunSettings(git_timeout_s=60), tmp_path / "work")
+    result = work.archive("u", "t", f"{forge.url}/u/t.git", "trunk", ANONYMOUS)
     assert result.bundle is not None and result.branch == "trunk"
     restored = tmp_path / "r.git"
     git("clone", "--mirror", "-q", str(result.bundle), str(restored), cwd=tmp_path)
     assert git("symbolic-ref", "HEAD", cwd=restored).stdout.strip() == "refs/heads/trunk"
     # The API names no default branch: HEAD is still a branch the mirror has.
-    result = work.archive("u", "t", f"{forge.url}/u/t.git", None, None)
+    result = work.archive("u", "t", f"{forge.url}/u/t.git", None, ANONYMOUS)
     assert result.bundle is not None and result.branch in ("aaa", "trunk")
     assert _heads(result.bundle, tmp_path)["HEAD"] == _heads(result.bundle, tmp_path)[
         f"refs/heads/{result.branch}"]
     forge.add_user("u", [RepoSpec("s", default_branch="release/2")])
-    result = work.archive("u", "s", f"{forge.url}/u/s.git", "release/2", None)
+    result = work.archive("u", "s", f"{forge.url}/u/s.git", "release/2", ANONYMOUS)
     assert result.bundle is not None and result.branch == "release/2"
     assert set(_heads(result.bundle, tmp_path)) == {"HEAD", "refs/heads/release/2"}
 
@@ -186,7 +187,7 @@ def test_a_transfer_that_stalls_midway_ends_on_the_low_speed_limit(
 def test_git_memory_settings_reach_git(tmp_path: Path) -> None:
     run = RunSettings(git_threads=2, git_big_file_mb=8, git_low_speed_bytes_s=500,
                       git_low_speed_time_s=30)
-    env = git_env(tmp_path, GitHubSettings(), None, run)
+    env = git_env(tmp_path, None, run)
     got = {k: run_git(["config", "--get", k], tmp_path, env, 10).strip() for k in (
         "pack.threads", "core.bigFileThreshold", "http.lowSpeedLimit", "http.lowSpeedTime",
         "pack.windowMemory", "core.deltaBaseCacheLimit", "http.followRedirects", "gc.auto",
@@ -196,7 +197,7 @@ def test_git_memory_settings_reach_git(tmp_path: Path) -> None:
                    "http.lowSpeedLimit": "500", "http.lowSpeedTime": "30",
                    "pack.windowMemory": "128m", "core.deltaBaseCacheLimit": "32m",
                    "http.followRedirects": "false", "gc.auto": "0", "maintenance.auto": "false"}
-    off = git_env(tmp_path, GitHubSettings(), None, RunSettings(git_low_speed_bytes_s=0))
+    off = git_env(tmp_path, None, RunSettings(git_low_speed_bytes_s=0))
     assert "http.lowSpeedLimit" not in _config(off)
 
 
@@ -205,12 +206,12 @@ def test_git_threads_are_the_cores_shared_among_the_procs(tmp_path: Path) -> Non
     least 1 (one thread made a lone large first archive 1.6x slower than plain git)."""
     cores = len(os.sched_getaffinity(0))
     for procs, threads in ((1, cores), (cores, 1), (cores * 4, 1), (2, max(1, cores // 2))):
-        env = git_env(tmp_path, GitHubSettings(), None, RunSettings(), procs)
+        env = git_env(tmp_path, None, RunSettings(), procs)
         config = _config(env)
         assert config["pack.threads"] == str(threads), procs
         assert config["pack.windowMemory"] == f"{max(32, 256 // threads)}m"
         assert config["core.deltaBaseCacheLimit"] == f"{max(8, 64 // threads)}m"
-    fixed = git_env(tmp_path, GitHubSettings(), None, RunSettings(git_threads=3), 64)
+    fixed = git_env(tmp_path, None, RunSettings(git_threads=3), 64)
     assert _config(fixed)["pack.threads"] == "3"
     assert RunSettings().git_threads == 0
 
@@ -229,12 +230,12 @@ def test_git_limit_settings_are_validated(tmp_path: Path, text: str) -> None:
 _ARCHIVE = """
 import sys
 from pathlib import Path
-from bulkbackup.config import GitHubSettings, RunSettings
+from bulkbackup.config import RunSettings
+from bulkbackup.git.auth import ANONYMOUS
 from bulkbackup.git.gitops import GitWork
 url, work, big_mb = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 run = RunSettings(git_timeout_s=120, git_big_file_mb=big_mb)
-result = GitWork(run, GitHubSettings(api_url=url.rsplit("/", 2)[0]), work).archive(
-    "u", "big", url, "main", None)
+result = GitWork(run, work).archive("u", "big", url, "main", ANONYMOUS)
 print(result.zip, result.bundle)
 """
 

@@ -11,6 +11,7 @@ import pytest
 
 from bulkbackup.config import GitHubSettings
 from bulkbackup.errors import GitError
+from bulkbackup.forge.git_auth import git_auth
 from bulkbackup.git.gitops import git_env, run_git
 
 TOKEN = "ghp_gitopsSECRET0123456789"
@@ -19,7 +20,7 @@ TOKEN = "ghp_gitopsSECRET0123456789"
 def test_env_is_closed_and_carries_the_token_only_as_a_scoped_header(tmp_path: Path) -> None:
     os.environ["AWS_SECRET_ACCESS_KEY"] = "do-not-leak"
     try:
-        env = git_env(tmp_path, GitHubSettings(api_url="https://api.github.com"), TOKEN)
+        env = git_env(tmp_path, git_auth(GitHubSettings(api_url="https://api.github.com"), TOKEN))
     finally:
         del os.environ["AWS_SECRET_ACCESS_KEY"]
     assert env["GIT_TERMINAL_PROMPT"] == "0"
@@ -39,20 +40,20 @@ def test_env_is_closed_and_carries_the_token_only_as_a_scoped_header(tmp_path: P
 
 
 def test_no_token_no_header(tmp_path: Path) -> None:
-    env = git_env(tmp_path, GitHubSettings(), None)
+    env = git_env(tmp_path, git_auth(GitHubSettings(), None))
     assert not any(v.endswith(".extraHeader") for k, v in env.items() if k.startswith("GIT_"))
 
 
 def test_file_protocol_is_refused(tmp_path: Path) -> None:
     src = tmp_path / "src.git"
     run_git(["init", "--bare", "-q", str(src)], tmp_path, dict(os.environ), 10)
-    env = git_env(tmp_path, GitHubSettings(), None)
+    env = git_env(tmp_path, git_auth(GitHubSettings(), None))
     with pytest.raises(GitError, match="clone failed"):
         run_git(["clone", "--mirror", f"file://{src}", str(tmp_path / "m.git")], tmp_path, env, 10)
 
 
 def _hang_env(tmp_path: Path, marker: Path) -> dict[str, str]:
-    env = git_env(tmp_path, GitHubSettings(), None)
+    env = git_env(tmp_path, git_auth(GitHubSettings(), None))
     env["GIT_CONFIG_COUNT"] = str(int(env["GIT_CONFIG_COUNT"]) + 1)
     last = int(env["GIT_CONFIG_COUNT"]) - 1
     env[f"GIT_CONFIG_KEY_{last}"] = "alias.hang"
@@ -119,7 +120,7 @@ def test_token_reaches_git_as_a_header_never_in_the_mirror(tmp_path: Path) -> No
         forge.add_user("octocat", [RepoSpec("a")])
         # The stand-in is http://: allow the token there (test/dev only) to see it used.
         gh = GitHubSettings(api_url=forge.url, allow_http_token=True)
-        env = git_env(tmp_path, gh, TOKEN)
+        env = git_env(tmp_path, git_auth(gh, TOKEN))
         mirror = tmp_path / "a.git"
         run_git(["clone", "--mirror", "-q", f"{forge.url}/octocat/a.git", str(mirror)],
                 tmp_path, env, 30)
@@ -130,3 +131,20 @@ def test_token_reaches_git_as_a_header_never_in_the_mirror(tmp_path: Path) -> No
                 data = path.read_bytes()
                 assert TOKEN.encode() not in data and basic.encode() not in data, path
         assert "extraheader" not in (mirror / "config").read_text().lower()
+
+
+def test_the_token_goes_only_to_the_clone_host_over_its_schemes() -> None:
+    """GitAuth's rule (packhttp sends the header by it; git_env scopes git's to the same)."""
+    auth = git_auth(GitHubSettings(), TOKEN)
+    assert auth.host == "github.com" and auth.schemes == ("https",)
+    header = auth.authorization("https://github.com/u/a.git/")
+    assert header is not None and TOKEN not in header
+    assert auth.authorization("https://GitHub.com:443/u/a.git/") == header  # one origin
+    assert auth.authorization("http://github.com/u/a.git/") is None  # https only
+    assert auth.authorization("https://github.com:8443/u/a.git/") is None
+    assert auth.authorization("https://evil.example/u/a.git/") is None
+    assert git_auth(GitHubSettings(token_for_git=False), TOKEN).authorization(
+        "https://github.com/u/a.git/") is None
+    assert git_auth(GitHubSettings(), None).authorization("https://github.com/u/a.git/") is None
+    http = git_auth(GitHubSettings(allow_http_token=True), TOKEN)
+    assert http.authorization("http://github.com/u/a.git/") == header

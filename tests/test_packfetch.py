@@ -24,6 +24,8 @@ import pytest
 
 from bulkbackup.config import GitHubSettings, RunSettings
 from bulkbackup.errors import GitError
+from bulkbackup.forge.git_auth import git_auth
+from bulkbackup.git.auth import ANONYMOUS
 from bulkbackup.git.gitops import GitWork
 from bulkbackup.git.packfetch import EMPTY_PACK, FetchedIncrement, fetch_increment
 from bulkbackup.testing.forge import Forge, RepoSpec
@@ -47,9 +49,8 @@ def list_heads(bundle: Path) -> dict[str, str]:
 
 def base_of(forge: Forge, tmp_path: Path, name: str) -> tuple[Path, dict[str, str]]:
     """The full archive's bundle and its refs with HEAD (as the lead reads them back)."""
-    gh = GitHubSettings(api_url=forge.url)
-    archive = GitWork(RUN, gh, tmp_path / "work").archive("u", name, url(forge, name), "main",
-                                                          None)
+    archive = GitWork(RUN, tmp_path / "work").archive("u", name, url(forge, name), "main",
+                                                      ANONYMOUS)
     assert archive.bundle is not None
     return archive.bundle, list_heads(archive.bundle)
 
@@ -63,8 +64,8 @@ def fetch(forge: Forge, tmp_path: Path, name: str, old: dict[str, str], part: st
           check: Callable[[], None] = lambda: None, **run: Any) -> FetchedIncrement:
     gh = gh or GitHubSettings(api_url=forge.url, allow_http_token=True)
     settings = dataclasses.replace(RUN, **run)
-    return fetch_increment(url(forge, name), old, default_branch, tmp_path / part, settings, gh,
-                           TOKEN, check)
+    return fetch_increment(url(forge, name), old, default_branch, tmp_path / part, settings,
+                           git_auth(gh, TOKEN), check)
 
 
 def remote_refs(forge: Forge, name: str, pulls: bool = False) -> dict[str, str]:
@@ -330,7 +331,7 @@ def test_the_token_goes_only_to_the_clone_host_over_https(
     assert forge.auth_headers_seen == []
     allowed = GitHubSettings(api_url=forge.url, allow_http_token=True)  # for 127.0.0.1 only
     inc = fetch_increment(f"{other.url}/u/a.git", {}, "main", tmp_path / "3.bundle", RUN,
-                          allowed, TOKEN)
+                          git_auth(allowed, TOKEN))
     assert inc.bundle is not None and other.auth_headers_seen == []
 
 
@@ -339,8 +340,8 @@ def test_the_token_goes_only_to_the_clone_host_over_https(
     f"http://x-access-token:{TOKEN}@127.0.0.1:1/u/a.git", "http://127.0.0.1:1/u/a.git?x=1"])
 def test_only_plain_http_urls(tmp_path: Path, clone_url: str) -> None:
     with pytest.raises(GitError, match="refused") as info:
-        fetch_increment(clone_url, {}, "main", tmp_path / "x.bundle", RUN, GitHubSettings(),
-                        TOKEN)
+        fetch_increment(clone_url, {}, "main", tmp_path / "x.bundle", RUN,
+                        git_auth(GitHubSettings(), TOKEN))
     assert TOKEN not in str(info.value)
 
 
@@ -404,7 +405,7 @@ def test_a_dripping_server_is_cut(tmp_path: Path, head: bool, low: bool) -> None
         try:
             with pytest.raises(GitError, match="stalled" if low else "timed out after 2s"):
                 fetch_increment(f"http://127.0.0.1:{server.server_address[1]}/u/a.git", {},
-                                "main", tmp_path / "1.bundle", run, GitHubSettings(), None)
+                                "main", tmp_path / "1.bundle", run, ANONYMOUS)
         finally:
             Handler.stop.set()
             server.shutdown()
@@ -468,8 +469,9 @@ def dumb(tmp_path: Path, forge: Forge) -> Iterator[str]:
 def test_a_dumb_or_non_git_server_is_refused(dumb: str, forge: Forge, tmp_path: Path) -> None:
     gh = GitHubSettings(api_url=dumb, allow_http_token=True)
     with pytest.raises(GitError, match="not a smart git server"):
-        fetch_increment(f"{dumb}/u/a.git", {}, "main", tmp_path / "1.bundle", RUN, gh, TOKEN)
+        fetch_increment(f"{dumb}/u/a.git", {}, "main", tmp_path / "1.bundle", RUN,
+                        git_auth(gh, TOKEN))
     with pytest.raises(GitError, match="404"):  # the API's host, not a repository
         fetch_increment(f"{forge.url}/users/u", {}, "main", tmp_path / "2.bundle", RUN,
-                        GitHubSettings(api_url=forge.url), None)
+                        git_auth(GitHubSettings(api_url=forge.url), None))
     assert not (tmp_path / "1.bundle").exists() and not (tmp_path / "2.bundle").exists()

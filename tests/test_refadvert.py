@@ -258,16 +258,17 @@ _FETCH = """
 import json, resource, sys
 from pathlib import Path
 from bulkbackup import config
-from bulkbackup.config import GitHubSettings, RunSettings
+from bulkbackup.config import RunSettings
 from bulkbackup import config
-from bulkbackup.config import GitHubSettings, RunSettings
+from bulkbackup.config import RunSettings
+from bulkbackup.git.auth import ANONYMOUS
 from bulkbackup.errors import GitError
 from bulkbackup.git.gitops import GitWork
 from bulkbackup.git.packfetch import fetch_increment
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
     fetch_increment(sys.argv[1], {}, "main", Path(sys.argv[2]), RunSettings(git_timeout_s=300),
-                    GitHubSettings(), None)
+                    ANONYMOUS)
     error = ""
 except GitError as exc:
     error = str(exc)

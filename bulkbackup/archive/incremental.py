@@ -22,6 +22,7 @@ from bulkbackup.archive.proof import prove
 from bulkbackup.archive.stored import ArchivePart
 from bulkbackup.config import Settings
 from bulkbackup.errors import ArchiveError
+from bulkbackup.git.auth import GitAuth
 from bulkbackup.git.bundles import BundleHeader, stored_header
 from bulkbackup.git.gitops import GitWork
 from bulkbackup.git.packfetch import FetchedIncrement, fetch_increment
@@ -83,7 +84,7 @@ class Incremental:
         self.gitwork = gitwork
 
     def archive(self, store: FencedStore, login: str, name: str, head: Head, change: Change,
-                token: str | None) -> IncrementResult:
+                auth: GitAuth) -> IncrementResult:
         """Fetch what is new since the state ``head`` (a base with data) describes, prove
         it applies on the chain (proof.py), and commit it as increment n+1 (REFUSED, nothing
         written, when it does not apply). Raises ArchiveError when the stored chain cannot be
@@ -97,8 +98,7 @@ class Incremental:
         # With HEAD: a default branch that moved alone is a change too.
         old_refs = {**old.refs, "HEAD": old.head} if old.head else old.refs
         fetched = fetch_increment(change.clone_url, old_refs, change.default_branch, dest,
-                                  self.settings.run, self.settings.github, token,
-                                  store.fence.check)
+                                  self.settings.run, auth, store.fence.check)
         if not fetched.refs:
             return IncrementResult(IncrementOutcome.EMPTIED)
         base_key = layout.bundle_key(login, name)

@@ -27,6 +27,7 @@ from bulkbackup.archive.incremental import (
 )
 from bulkbackup.config import Settings
 from bulkbackup.errors import ArchiveError, GitError, InvalidName
+from bulkbackup.git.auth import GitAuth
 from bulkbackup.git.gitops import Archive, GitWork
 from bulkbackup.store import layout
 from bulkbackup.store.base import (
@@ -79,21 +80,21 @@ class ArchiveWriter:
         self.committed = committed
 
     def write(self, store: FencedStore, login: str, name: str, change: Change,
-              head: Head | None, token: str | None) -> Written:
+              head: Head | None, auth: GitAuth) -> Written:
         """Store the changed repository ``login/name`` (``head``: its full bundle now)."""
         if (head is not None and not head.get(ERROR).startswith(layout.VERIFY_FAILED)
                 and chains.next_step(head, self.settings.run) is chains.Step.INCREMENT):
-            done = self._increment(store, login, name, change, head, token)
+            done = self._increment(store, login, name, change, head, auth)
             if done is not None:
                 return done
-        return self._full(store, login, name, change, head, token)
+        return self._full(store, login, name, change, head, auth)
 
     def _increment(self, store: FencedStore, login: str, name: str, change: Change,
-                   head: Head, token: str | None) -> Written | None:
+                   head: Head, auth: GitAuth) -> Written | None:
         """None: a full archive is needed (the repository was emptied, or its stored chain
         cannot be read)."""
         try:
-            done = self.incremental.archive(store, login, name, head, change, token)
+            done = self.incremental.archive(store, login, name, head, change, auth)
         except (GitError, InvalidName) as exc:
             return self.record_failure(store, login, name, head, str(exc))
         except ArchiveError as exc:
@@ -114,11 +115,11 @@ class ArchiveWriter:
         return Written(WriteOutcome.UNCHANGED, 0, done.read_bytes)
 
     def _full(self, store: FencedStore, login: str, name: str, change: Change,
-              head: Head | None, token: str | None) -> Written:
+              head: Head | None, auth: GitAuth) -> Written:
         """Mirror the repository and store its archives (the bundle last)."""
         try:
             archive = self.gitwork.archive(login, name, change.clone_url, change.default_branch,
-                                           token, store.fence.check)
+                                           auth, store.fence.check)
         except (GitError, InvalidName) as exc:
             return self.record_failure(store, login, name, head, str(exc))
         fresh = store.head(layout.bundle_key(login, name))

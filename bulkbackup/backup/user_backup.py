@@ -26,6 +26,7 @@ from bulkbackup.errors import (
     RateLimited,
     UserGone,
 )
+from bulkbackup.forge.git_auth import git_auth
 from bulkbackup.forge.github_graphql import GraphQLLister, Outcome, OwnerResult
 from bulkbackup.forge.github_rest import GitHub, Listing
 from bulkbackup.forge.quota_broker import Resource
@@ -174,8 +175,8 @@ class UserBackup:
         except InvalidName as exc:
             self._record_failure(store, login, name, head, str(exc), result)
             return
-        self._count(name, self.writer.write(store, login, name, change, head,
-                                            self.github.token_for_git()), result)
+        auth = git_auth(self.settings.github, self.github.token_for_git())
+        self._count(name, self.writer.write(store, login, name, change, head, auth), result)
 
     def _record_failure(self, store: FencedStore, login: str, name: str, head: Head | None,
                         error: str, result: UserResult) -> None:
@@ -269,7 +270,7 @@ def sync_users(settings: Settings, logins: list[str]) -> Iterator[UserResult]:
         # Logins ignore case: a user already archived is synced under its stored spelling.
         logins = list(dict.fromkeys(stored_spelling(store, x) for x in logins))
         with signals_interrupt(), work_dir(settings, "sync") as path:
-            job = UserBackup(settings, store, github, GitWork(settings.run, settings.github, path))
+            job = UserBackup(settings, store, github, GitWork(settings.run, path))
             listed: dict[str, OwnerResult] = {}
             if lister is not None:
                 try:

@@ -35,9 +35,9 @@ import urllib3
 from bulkbackup import __version__
 from bulkbackup.config import GitHubSettings
 from bulkbackup.errors import Interrupted, InvalidName, RateLimited, TokenRefused
-from bulkbackup.forge.bounded_http import Overdue, TooLarge, read_whole
 from bulkbackup.forge.github_graphql_query import build_query, points_for, to_rest
 from bulkbackup.forge.quota_broker import Broker, Reservation, Resource, Wait
+from bulkbackup.http.bounded import BoundedPool, Overdue, SlowRead, TooLarge
 from bulkbackup.names import check_login
 from bulkbackup.redact import add_secrets, redact
 
@@ -124,10 +124,9 @@ class GraphQLLister:
         self._paging: dict[str, _Paging] = {}  # the same owners' pages
         self._ready: list[OwnerResult] = []  # finished, not yet returned by step()
         add_secrets(settings.tokens)
-        self._http = urllib3.PoolManager(
-            maxsize=pool_size, retries=False,
-            headers={"Content-Type": "application/json", "Accept": "application/json",
-                     "User-Agent": f"bulkbackup/{__version__}"})
+        self._http = BoundedPool(pool_size, {
+            "Content-Type": "application/json", "Accept": "application/json",
+            "User-Agent": f"bulkbackup/{__version__}"})
 
     def close(self) -> None:
         self._http.clear()
@@ -325,27 +324,26 @@ class GraphQLLister:
         """One POST; None when the answer was a rate limit (recorded with the broker)."""
         headers = {"Authorization": f"bearer {res.token}"} if res.token else {}
         self.stats.queries += 1
+        # The timeout is read from `settings` on each request (not fixed in the pool), so a
+        # lister whose settings are replaced uses the new one. Each read waits at most
+        # timeout_s, the whole answer at most 4 x timeout_s: a server trickling bytes (headers
+        # included) cannot hold a worker.
+        timeout_s = self.settings.timeout_s
         try:
-            # The timeout is read from `settings` on each request (not fixed in the pool), so
-            # a lister whose settings are replaced uses the new one.
-            timeout = urllib3.Timeout(connect=min(self.settings.timeout_s, 10.0),
-                                      read=self.settings.timeout_s)
-            resp = self._http.request("POST", self.url, body=body, headers=headers,
-                                      redirect=False, preload_content=False, timeout=timeout)
-            # Within 4 x timeout_s in all: a server trickling bytes cannot hold a worker.
-            data = read_whole(resp, MAX_BODY_BYTES,
-                              time.monotonic() + 4 * self.settings.timeout_s)
+            status, got, data = self._http.request(
+                "POST", self.url, headers, body=body, ends=time.monotonic() + 4 * timeout_s,
+                max_bytes=MAX_BODY_BYTES, read_s=timeout_s, connect_s=min(timeout_s, 10.0))
         except TooLarge:
             return _Reply(_Kind.SPLIT if size > 1 else _Kind.FAILED,
                           error=f"GraphQL answer above {MAX_BODY_BYTES} bytes")
-        except (urllib3.exceptions.HTTPError, Overdue) as exc:
-            timed_out = isinstance(exc, urllib3.exceptions.ReadTimeoutError | Overdue)
+        except (urllib3.exceptions.HTTPError, Overdue, SlowRead) as exc:
+            timed_out = isinstance(exc, Overdue | SlowRead)
             if timed_out and size > 1:  # GitHub gives up on a query after 10 s
                 return _Reply(_Kind.SPLIT)
             reason = redact(f"{type(exc).__name__}: {exc}")[:300]
             return _Reply(_Kind.FAILED, {"retry": True}, f"GitHub GraphQL unreachable: {reason}")
-        self.broker.record(res, resp.headers)
-        return self._judge(resp.status, resp.headers, data, res, size)
+        self.broker.record(res, got)
+        return self._judge(status, got, data, res, size)
 
     def _judge(self, status: int, headers: Any, data: bytes, res: Reservation,
                size: int) -> _Reply | None:

@@ -28,8 +28,8 @@ import urllib3
 from bulkbackup import __version__
 from bulkbackup.config import GitHubSettings
 from bulkbackup.errors import GitHubError, Interrupted, UserGone
-from bulkbackup.forge.bounded_http import BoundedPool, Overdue, TooLarge
 from bulkbackup.forge.quota_broker import Broker, Resource, Wait
+from bulkbackup.http.bounded import BoundedPool, Overdue, TooLarge
 from bulkbackup.names import check_login, is_login
 from bulkbackup.redact import add_secrets, redact
 

@@ -8,7 +8,6 @@ GitPython's clone has no timeout.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import shutil
@@ -22,8 +21,9 @@ from pathlib import Path
 
 import git
 
-from bulkbackup.config import GitHubSettings, RunSettings
+from bulkbackup.config import RunSettings
 from bulkbackup.errors import GitError
+from bulkbackup.git.auth import GitAuth
 from bulkbackup.redact import redact
 
 _ACTIVE: set[int] = set()
@@ -52,14 +52,15 @@ def kill_all() -> None:
             os.killpg(pgid, signal.SIGKILL)
 
 
-def git_env(home: Path, gh: GitHubSettings, token: str | None,
-            run: RunSettings | None = None, procs: int = 1) -> dict[str, str]:
+def git_env(home: Path, auth: GitAuth | None, run: RunSettings | None = None,
+            procs: int = 1) -> dict[str, str]:
     """A closed environment: no prompts, no credential helpers, no user config, http(s) only,
     git's transfer and memory limits from ``run`` (its threads shared among ``procs``
     processes running git side by side).
 
-    The token travels as an HTTP header set through GIT_CONFIG_* variables, which git never
-    writes to the repository's config or prints; it is scoped to https:// on the clone host.
+    ``auth``'s token (None: anonymous) travels as an HTTP header set through GIT_CONFIG_*
+    variables, which git never writes to the repository's config or prints; it is scoped to
+    its schemes (https://) on its host, the clone host.
     """
     env = {k: os.environ[k] for k in _KEEP_ENV if k in os.environ}
     env.update(
@@ -77,7 +78,7 @@ def git_env(home: Path, gh: GitHubSettings, token: str | None,
     # redirected (another host included) on every later request. Checking the target
     # ourselves would mean predicting git's and curl's redirect rules (and http-alternates)
     # across versions; "false" gives one invariant instead: git only ever talks to the URL
-    # we validated against github.git_host, token or not. The cost: a repository renamed
+    # we validated against the clone host, token or not. The cost: a repository renamed
     # between its listing and its clone fails this pass; the next listing has its new name.
     config = [("credential.helper", ""), ("core.askPass", ""), ("http.followRedirects", "false"),
               # No automatic gc/maintenance after a fetch: it may detach into its own session,
@@ -88,27 +89,15 @@ def git_env(home: Path, gh: GitHubSettings, token: str | None,
               ("fetch.fsckObjects", "false")]
     run = run or RunSettings()
     config += _limits(run, git_threads(run, procs))
-    if token and gh.token_for_git:
-        for scheme in token_schemes(gh):
-            config.append((f"http.{scheme}://{gh.clone_host}/.extraHeader",
-                           f"Authorization: {basic_authorization(token)}"))
+    if auth is not None and auth.sends_token():
+        for scheme in auth.schemes:
+            config.append((f"http.{scheme}://{auth.host}/.extraHeader",
+                           f"Authorization: {auth.basic()}"))
     env["GIT_CONFIG_COUNT"] = str(len(config))
     for i, (key, value) in enumerate(config):
         env[f"GIT_CONFIG_KEY_{i}"] = key
         env[f"GIT_CONFIG_VALUE_{i}"] = value
     return env
-
-
-def token_schemes(gh: GitHubSettings) -> tuple[str, ...]:
-    """The schemes the token may travel over to the clone host (git and packfetch alike).
-    Plain http:// would show it to anyone on the path: https only, unless a test/dev setup
-    says otherwise (its stand-in is http)."""
-    return ("https", "http") if gh.allow_http_token else ("https",)
-
-
-def basic_authorization(token: str) -> str:
-    """The `Authorization` value GitHub takes for git over HTTP."""
-    return "Basic " + base64.b64encode(f"x-access-token:{token}".encode()).decode()
 
 
 def git_threads(run: RunSettings, procs: int) -> int:
@@ -212,11 +201,9 @@ def _zip(repo: Path, name: str, branch: str, rev: str, zipfile: Path, env: dict[
 class GitWork:
     """Builds archives for one worker process under its own work directory."""
 
-    def __init__(self, run: RunSettings, gh: GitHubSettings, work_dir: Path,
-                 procs: int = 1) -> None:
+    def __init__(self, run: RunSettings, work_dir: Path, procs: int = 1) -> None:
         """``procs``: how many worker processes of this run archive side by side."""
         self.run = run
-        self.gh = gh
         self.work_dir = work_dir
         self.procs = procs
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -233,12 +220,13 @@ class GitWork:
         name: str,
         clone_url: str,
         default_branch: str | None,
-        token: str | None,
+        auth: GitAuth,
         check: Callable[[], None] = lambda: None,
     ) -> Archive:
         """Mirror ``clone_url``, then write `<name>.bundle` and `<name>.zip` beside it.
 
         ``check`` runs between steps; it raises to abandon the work (lock lost, stopping).
+        ``auth``: the token, if any, and where it may go (the forge's `GitAuth`).
         Files are left in ``user_dir(login)`` for the caller to upload, then ``cleanup``.
         """
         base = self.user_dir(login)
@@ -249,7 +237,7 @@ class GitWork:
         for stale in (bundle, zipfile):
             stale.unlink(missing_ok=True)
         shutil.rmtree(mirror, ignore_errors=True)
-        env = git_env(self.work_dir, self.gh, token, self.run, self.procs)
+        env = git_env(self.work_dir, auth, self.run, self.procs)
         left = self._time_left()
         try:
             self._mirror(clone_url, mirror, base, env, left)
@@ -284,7 +272,7 @@ class GitWork:
         base.mkdir(parents=True, exist_ok=True)
         zipfile = base / f"{name}.zip"
         zipfile.unlink(missing_ok=True)
-        env = git_env(self.work_dir, self.gh, None, self.run, self.procs)
+        env = git_env(self.work_dir, None, self.run, self.procs)
         _zip(repo, name, branch, commit, zipfile, env, self.run.git_timeout_s)
         return zipfile
 

@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from bulkbackup.config import GitHubSettings, RunSettings
+from bulkbackup.config import RunSettings
 from bulkbackup.errors import BulkbackupError, GitError
-from bulkbackup.git.packhttp import Client, Http, authorization, base_url
+from bulkbackup.git.auth import GitAuth
+from bulkbackup.git.packhttp import Client, Http, base_url
 from bulkbackup.git.refadvert import Advert, ref_prefixes
 
 _CHECK_EVERY = 4 << 20  # pack bytes between two calls of check()
@@ -59,19 +60,20 @@ def pack_limit(run: RunSettings) -> int:
 
 
 def fetch_increment(clone_url: str, old_refs: dict[str, str], default_branch: str | None,
-                    dest: Path, run: RunSettings, gh: GitHubSettings, token: str | None,
+                    dest: Path, run: RunSettings, auth: GitAuth,
                     check: Callable[[], None] = lambda: None) -> FetchedIncrement:
     """Fetch what ``clone_url`` has beyond ``old_refs`` and write it as a bundle at ``dest``.
 
     ``old_refs`` is the previous state (name -> id); it may hold `HEAD` (as `git bundle
     list-heads` gives it): then a different head alone makes an increment. ``check`` runs
     between steps and every few MB of pack; what it raises is raised as it is, with ``dest``
-    absent. Every other failure is a GitError; on failure ``dest`` is absent.
+    absent. Every other failure is a GitError; on failure ``dest`` is absent. ``auth``: the
+    token, if any, and the one host it may go to (the forge's `GitAuth`).
     """
     dest.unlink(missing_ok=True)
     base = base_url(clone_url)
     old, old_head = _old_state(old_refs)
-    http = Http(base, authorization(base, gh, token), run, pack_limit(run))
+    http = Http(base, auth.authorization(base), run, pack_limit(run))
     guard = _Guard(check)
     writer = _Writer(dest, pack_limit(run), guard)
     steps = _Steps(writer, guard, lambda advert: _plan(advert, old, old_head, default_branch))

@@ -2,35 +2,33 @@
 side-band), refadvert.py reads the refs; the HTTP under both is ours. Kept apart from the
 fetch (wants, haves, the bundle) because this is where the untrusted server is bounded.
 
-`Http`: a urllib3 PoolManager per fetch with redirects and retries off, only the two smart URLs
-ever requested, the token as gitops.git_env would send it (`authorization`), only smart answers
-(a dumb or non-git answer is a GitError, never dulwich's fallback to the dumb protocol), every
-body bounded in bytes, by the deadline (a watchdog shuts the sockets) and by git's low-speed
-rule. `Client`: dulwich's AbstractHttpGitClient over it, for one stateless fetch in protocol
-v2 (`ls-refs` with ref prefixes, then `fetch`), or v0 from a server without v2.
+`Http`: a pool of the one bounded reader (http/bounded.py: no redirects or retries, a
+watchdog that shuts the socket at the deadline, a per-read timeout, a byte cap) per fetch,
+only the two smart URLs ever requested, the token under `GitAuth`'s rule (as gitops.git_env
+sends it), only smart answers (a dumb or non-git answer is a GitError, never dulwich's fallback
+to the dumb protocol); every answer whole by the fetch's deadline (run.git_timeout_s), bounded
+in bytes (the pack by packfetch.pack_limit) and by git's low-speed rule. `Client`: dulwich's
+AbstractHttpGitClient over it, for one stateless fetch in protocol v2 (`ls-refs` with ref
+prefixes, then `fetch`), or v0 from a server without v2.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
 import urllib3
-import urllib3.connection
 from dulwich.client import AbstractHttpGitClient, default_user_agent_string
 from dulwich.objects import ObjectID
 from dulwich.protocol import CAPABILITY_OFS_DELTA, agent_string
 from dulwich.refs import Ref
 
-from bulkbackup.config import GitHubSettings, RunSettings
+from bulkbackup.config import RunSettings
 from bulkbackup.errors import GitError, one_line
-from bulkbackup.git.gitops import basic_authorization, token_schemes
 from bulkbackup.git.refadvert import (
     Advert,
     Pkts,
@@ -40,6 +38,7 @@ from bulkbackup.git.refadvert import (
     read_info_refs,
     read_ls_refs,
 )
+from bulkbackup.http.bounded import Answer, BoundedPool, Overdue, SlowRead, TooLarge
 from bulkbackup.redact import redact
 
 if TYPE_CHECKING:
@@ -67,22 +66,6 @@ def base_url(clone_url: str) -> str:
             r"[A-Za-z0-9._~%/+-]*", parts.path):
         raise GitError("git fetch refused: unexpected characters in the clone URL")
     return f"{parts.scheme}://{parts.netloc.lower()}{parts.path.rstrip('/')}/"
-
-
-def _origin(scheme: str, netloc: str) -> str:
-    default = {"https": ":443", "http": ":80"}[scheme]
-    return netloc.lower().removesuffix(default)
-
-
-def authorization(base: str, gh: GitHubSettings, token: str | None) -> str | None:
-    """The token's header, under gitops.git_env's rule: only if github.token_for_git, only to
-    https://<github.clone_host>/ (plain http too only with github.allow_http_token)."""
-    parts = urlsplit(base)
-    if not token or not gh.token_for_git or parts.scheme not in token_schemes(gh):
-        return None
-    if _origin(parts.scheme, parts.netloc) != _origin(parts.scheme, gh.clone_host):
-        return None
-    return basic_authorization(token)
 
 
 class _Haves:
@@ -177,83 +160,41 @@ def _with_arg(request: bytes, arg: bytes) -> bytes:
     return request
 
 
-# The sockets of the fetch running on this thread (see Http): the watchdog shuts them down.
-_live = threading.local()
-
-
-def _register(sock: socket.socket | None) -> None:
-    socks = getattr(_live, "socks", None)
-    if socks is not None and sock is not None:
-        socks.append(sock)
-
-
-class _Conn(urllib3.connection.HTTPConnection):
-    def connect(self) -> None:
-        super().connect()
-        _register(self.sock)
-
-
-class _TLSConn(urllib3.connection.HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        _register(self.sock)
-
-
-class _Pool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _Conn
-
-
-class _TLSPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _TLSConn
-
-
 class Http:
-    """The fetch's HTTP: two URLs, bounded answers; `with` arms the deadline's watchdog.
+    """The fetch's HTTP: two URLs, bounded answers, one deadline for them all; `with` closes
+    what is left open. ``auth``: the Authorization header (GitAuth.authorization) or None;
     ``max_pack``: the most pack bytes the fetch takes (packfetch.pack_limit)."""
 
     def __init__(self, base: str, auth: str | None, run: RunSettings, max_pack: int) -> None:
         self.base, self.auth, self.run, self.max_pack = base, auth, run, max_pack
         self.deadline = time.monotonic() + run.git_timeout_s
-        self.expired = False
-        self.socks: list[socket.socket] = []
-        self.pool = urllib3.PoolManager(num_pools=1, maxsize=1, retries=False)
-        self.pool.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
+        self.pool = BoundedPool(1, num_pools=1)
+        self.answers: list[Answer] = []
         self.window_start, self.window_bytes = time.monotonic(), 0
-        self._timer = threading.Timer(run.git_timeout_s, self._expire)
-        self._timer.daemon = True
 
     def __enter__(self) -> Http:
-        _live.socks = self.socks
-        self._timer.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-        _live.socks = None
+        for answer in self.answers:  # closed already, unless the fetch was cut short
+            answer.close()
         self.pool.clear()
-
-    def _expire(self) -> None:
-        self.expired = True
-        for sock in list(self.socks):
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     def left(self) -> float:
         left = self.deadline - time.monotonic()
-        if self.expired or left <= 0:
-            raise GitError(f"git fetch timed out after {self.run.git_timeout_s:g}s")
+        if left <= 0:
+            raise self.timed_out()
         return left
 
-    def failure(self, exc: BaseException) -> GitError:
-        if self.expired or time.monotonic() >= self.deadline:
-            return GitError(f"git fetch timed out after {self.run.git_timeout_s:g}s")
-        return GitError(f"git fetch failed: {redact(one_line(exc))[:300]}")
-
-    def waited_too_long(self) -> GitError:
-        """A socket read's timeout: the low-speed time, or what was left of the deadline."""
-        if self.run.git_low_speed_bytes_s > 0 and time.monotonic() < self.deadline:
-            return self.stalled()
+    def timed_out(self) -> GitError:
         return GitError(f"git fetch timed out after {self.run.git_timeout_s:g}s")
+
+    def failure(self, exc: BaseException) -> GitError:
+        if isinstance(exc, Overdue) or time.monotonic() >= self.deadline:
+            return self.timed_out()
+        if isinstance(exc, SlowRead):  # the per-read timeout: only with the low-speed rule
+            return self.stalled()
+        return GitError(f"git fetch failed: {redact(one_line(exc))[:300]}")
 
     def stalled(self) -> GitError:
         return GitError(f"git fetch failed: stalled: less than {self.run.git_low_speed_bytes_s}"
@@ -262,31 +203,29 @@ class Http:
     def request(self, url: str, headers: Mapping[str, str], data: bytes | Iterator[bytes] | None,
                 listing: bool = False) -> tuple[_Body, Callable[[int], bytes]]:
         """GET info/refs (``data`` None) or POST git-upload-pack; ``listing``: a POST that
-        lists refs (v2 ls-refs), bounded as a listing rather than as a pack."""
+        lists refs (v2 ls-refs), bounded as a listing rather than as a pack. A read waiting
+        git_low_speed_time_s (when the low-speed rule is on) is a stall."""
         post = data is not None
         if url != self.base + (_POST if post else _GET):
             raise GitError("git fetch refused: a request to another URL (dumb HTTP, packfile URI)")
-        left = self.left()
+        self.left()
         low = self.run.git_low_speed_bytes_s > 0
         send = {"User-Agent": default_user_agent_string(), **headers, "Pragma": "no-cache"}
         if self.auth:
             send["Authorization"] = self.auth
+        pack = post and not listing
+        budget = self.max_pack + (16 << 20) if pack else _MAX_ADVERT_BYTES
         try:
-            resp = self.pool.request(
-                "POST" if post else "GET", url, body=data, headers=send, redirect=False,
-                retries=False, preload_content=False,
-                timeout=urllib3.Timeout(connect=min(left, 60.0), read=min(
-                    left, self.run.git_low_speed_time_s) if low else left))
-        except urllib3.exceptions.ReadTimeoutError:
-            raise self.waited_too_long() from None
-        except urllib3.exceptions.HTTPError as exc:
+            answer = self.pool.open(
+                "POST" if post else "GET", url, send, body=data, ends=self.deadline,
+                max_bytes=budget, read_s=self.run.git_low_speed_time_s if low else None,
+                connect_s=60.0)
+        except (Overdue, SlowRead, urllib3.exceptions.HTTPError, OSError) as exc:
             raise self.failure(exc) from None
+        self.answers.append(answer)
         self.window_start, self.window_bytes = time.monotonic(), 0
-        _refuse(resp, _RESULT_TYPE if post else _ADVERT_TYPE)
-        if post and not listing:
-            body = _Body(self, resp, self.max_pack + (16 << 20), "the answer")
-        else:
-            body = _Body(self, resp, _MAX_ADVERT_BYTES, "the ref advertisement")
+        _refuse(answer, _RESULT_TYPE if post else _ADVERT_TYPE)
+        body = _Body(self, answer, "the answer" if pack else "the ref advertisement")
         return body, body.read
 
     def received(self, size: int) -> None:
@@ -302,7 +241,7 @@ class Http:
             self.window_start, self.window_bytes = now, 0
 
 
-def _refuse(resp: urllib3.BaseHTTPResponse, content_type: str) -> None:
+def _refuse(resp: Answer, content_type: str) -> None:
     """Only a 200 with the smart protocol's Content-Type; never a redirect (not followed)."""
     got = resp.headers.get("Content-Type", "")
     if resp.status == 200 and got.split(";")[0].strip().lower() == content_type:
@@ -321,45 +260,33 @@ def _refuse(resp: urllib3.BaseHTTPResponse, content_type: str) -> None:
 
 class _Body:
     """One answer as dulwich expects it (its HTTPResponse), read in exact sizes (pkt-lines
-    need them), bounded in bytes, by the deadline and by the low-speed rule."""
+    need them) under the answer's bounds and git's low-speed rule."""
 
-    def __init__(self, http: Http, resp: urllib3.BaseHTTPResponse, budget: int,
-                 what: str) -> None:
-        self.http, self.resp, self.budget, self.what = http, resp, budget, what
-        self.status, self.headers = resp.status, cast(Mapping[str, str], resp.headers)
-        self.content_type: str | None = resp.headers.get("Content-Type")
+    def __init__(self, http: Http, answer: Answer, what: str) -> None:
+        self.http, self.answer, self.what = http, answer, what
+        self.status, self.headers = answer.status, cast(Mapping[str, str], answer.headers)
+        self.content_type: str | None = answer.headers.get("Content-Type")
         self.redirect_location = ""
-        self.size = 0
-        self.eof = False
 
     def geturl(self) -> str | None:
         return None
 
     def close(self) -> None:
-        if self.eof:
-            self.resp.release_conn()  # read whole: the connection can serve the next request
-        else:
-            self.resp.close()
+        self.answer.close()  # read whole: the connection can serve the next request
 
     def read(self, amt: int | None = None) -> bytes:
         n, parts = _CHUNK if amt is None else amt, list[bytes]()
-        while n > 0 and not self.eof:
-            self.http.left()
+        while n > 0:
             try:
-                chunk = self.resp.read1(min(n, _CHUNK))
-            except urllib3.exceptions.ReadTimeoutError:
-                raise self.http.waited_too_long() from None
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                chunk = self.answer.read1(min(n, _CHUNK))
+            except TooLarge:
+                raise GitError(f"git fetch refused: {self.what} is larger than "
+                               f"{self.answer.max_bytes} bytes") from None
+            except (Overdue, SlowRead, urllib3.exceptions.HTTPError, OSError) as exc:
                 raise self.http.failure(exc) from None
             if not chunk:
-                self.eof = True
                 break
-            self.size += len(chunk)
-            if self.size > self.budget:
-                raise GitError(f"git fetch refused: {self.what} is larger than "
-                               f"{self.budget} bytes")
             self.http.received(len(chunk))
             parts.append(chunk)
             n -= len(chunk)
         return b"".join(parts)
-

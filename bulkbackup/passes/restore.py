@@ -47,7 +47,7 @@ class Git:
 
     def __init__(self, settings: Settings, home: Path) -> None:
         self.timeout_s = settings.run.git_timeout_s
-        self.env = git_env(home, settings.github, None, settings.run)  # one process: its cores
+        self.env = git_env(home, None, settings.run)  # one process: its cores
         self.env["GIT_ALLOW_PROTOCOL"] = "file"  # a bundle is fetched as a local file
 
     def __call__(self, *args: str, cwd: Path, stdin: int = subprocess.DEVNULL) -> str:

@@ -164,8 +164,7 @@ class Worker:
         self.keeper.start()
         try:
             with work_dir(s, f"w{self.args.index}") as path:
-                job = UserBackup(s, store, github, GitWork(s.run, s.github, path,
-                                                             self.args.procs),
+                job = UserBackup(s, store, github, GitWork(s.run, path, self.args.procs),
                                  committed=self._pending_verify)
                 if self.feed is not None:
                     self._loop_listed(job, self.feed)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from bulkbackup.archive.metadata import canonical
 from bulkbackup.store import Store
-from bulkbackup.store.base import canonical
 from bulkbackup.testing.forge import Forge, RepoSpec
 from tests.conftest import git, run_cli
 

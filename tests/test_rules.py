@@ -16,16 +16,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bulkbackup.archive import chains
+from bulkbackup.archive import chains, layout
 from bulkbackup.archive.incremental import plan_prune
+from bulkbackup.archive.metadata import CHAIN, CHAIN_BYTES, INCREMENTS, KEPT_SINCE, LAST_SYNC
 from bulkbackup.config import GitHubSettings, RunSettings
 from bulkbackup.forge.github_graphql import GraphQLLister
 from bulkbackup.forge.listing_feed import ListingFeed
 from bulkbackup.forge.quota_broker import Broker
 from bulkbackup.queue import keys
 from bulkbackup.run.batching import BatchSizer
-from bulkbackup.store import Head, layout
-from bulkbackup.store.base import CHAIN, CHAIN_BYTES, INCREMENTS, KEPT_SINCE, LAST_SYNC
+from bulkbackup.store import Head
 from bulkbackup.web.downloads import ByteRange, Unsatisfiable, parse_range
 
 FAST = hypothesis.settings(max_examples=150, deadline=None)

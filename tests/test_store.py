@@ -18,13 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bulkbackup import config
-from bulkbackup.backup.results import PARTIAL_ERROR, error_kind
-from bulkbackup.config import StoreSettings
-from bulkbackup.errors import ConfigError, NotFound, StoreError
-from bulkbackup.redact import add_secrets
-from bulkbackup.store import Store, clean_stale_temp, layout, open_store
-from bulkbackup.store.base import METADATA_LIMIT_BYTES, Head, clean_metadata
-from bulkbackup.store.layout import (
+from bulkbackup.archive import layout
+from bulkbackup.archive.layout import (
     REASON_MAX_CHARS,
     UNPRINTABLE_REASON,
     Kind,
@@ -32,6 +27,12 @@ from bulkbackup.store.layout import (
     UserCounts,
     short_reason,
 )
+from bulkbackup.backup.results import PARTIAL_ERROR, error_kind
+from bulkbackup.config import StoreSettings
+from bulkbackup.errors import ConfigError, NotFound, StoreError
+from bulkbackup.redact import add_secrets
+from bulkbackup.store import Store, clean_stale_temp, open_store
+from bulkbackup.store.base import METADATA_LIMIT_BYTES, Head, clean_metadata
 from bulkbackup.store.local import LocalStore
 from bulkbackup.store.s3 import S3Store
 from tests.conftest import ROOT

@@ -17,16 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from bulkbackup.archive import chains
-from bulkbackup.archive.proof import prove
-from bulkbackup.archive.stored import ArchivePart
-from bulkbackup.config import Settings
-from bulkbackup.errors import ArchiveError
-from bulkbackup.git.bundles import BundleHeader, stored_header
-from bulkbackup.git.gitops import GitWork
-from bulkbackup.git.packfetch import FetchedIncrement, fetch_increment
-from bulkbackup.store import Head, layout
-from bulkbackup.store.base import (
+from bulkbackup.archive import chains, layout
+from bulkbackup.archive.metadata import (
     CHAIN,
     CHAIN_BYTES,
     ERROR,
@@ -38,6 +30,14 @@ from bulkbackup.store.base import (
     VERIFIED_AT,
     VERIFY_NOTES,
 )
+from bulkbackup.archive.proof import prove
+from bulkbackup.archive.stored import ArchivePart
+from bulkbackup.config import Settings
+from bulkbackup.errors import ArchiveError
+from bulkbackup.git.bundles import BundleHeader, stored_header
+from bulkbackup.git.gitops import GitWork
+from bulkbackup.git.packfetch import FetchedIncrement, fetch_increment
+from bulkbackup.store import Head
 from bulkbackup.store.fenced import FencedStore
 from bulkbackup.timeutil import format_rfc3339
 

@@ -3,7 +3,7 @@
 `archive_at` is the one function that answers it: the full base `<login>/<repo>.bundle` and
 the increments committed on it (its `Increments` metadata), or, for an earlier time, a kept
 chain (README "Incremental archives"). `restore.build_mirror` fetches the parts in order.
-Keys come from store/layout.py.
+Keys come from archive/layout.py.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import orjson
 
-from bulkbackup.archive import chains
+from bulkbackup.archive import chains, layout
+from bulkbackup.archive.metadata import ERROR, LAST_SYNC
 from bulkbackup.errors import ArchiveError, NotFound
 from bulkbackup.git.bundles import Opener
 from bulkbackup.progress import Progress
-from bulkbackup.store import Head, ObjectInfo, Store, layout
-from bulkbackup.store.base import ERROR, LAST_SYNC
+from bulkbackup.store import Head, ObjectInfo, Store
 from bulkbackup.timeutil import format_rfc3339, parse_rfc3339
 
 CHUNK_BYTES = 1 << 20

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bulkbackup.archive import chains
+from bulkbackup.archive import chains, layout
 from bulkbackup.archive.incremental import (
     Change,
     Incremental,
@@ -25,11 +25,8 @@ from bulkbackup.archive.incremental import (
     plan_prune,
     prune_expired,
 )
-from bulkbackup.config import Settings
-from bulkbackup.errors import ArchiveError, GitError, InvalidName
-from bulkbackup.git.gitops import Archive, GitWork
-from bulkbackup.store import layout
-from bulkbackup.store.base import (
+from bulkbackup.archive.layout import EMPTY_REPOSITORY
+from bulkbackup.archive.metadata import (
     CHAIN,
     ERROR,
     INCREMENTS,
@@ -37,10 +34,12 @@ from bulkbackup.store.base import (
     LAST_SYNC,
     PUSHED_AT,
     UPDATED_AT,
-    Head,
 )
+from bulkbackup.config import Settings
+from bulkbackup.errors import ArchiveError, GitError, InvalidName
+from bulkbackup.git.gitops import Archive, GitWork
+from bulkbackup.store.base import Head
 from bulkbackup.store.fenced import FencedStore
-from bulkbackup.store.layout import EMPTY_REPOSITORY
 from bulkbackup.timeutil import format_rfc3339, now
 
 log = logging.getLogger(__name__)

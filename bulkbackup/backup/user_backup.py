@@ -16,7 +16,17 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from bulkbackup.archive import layout
 from bulkbackup.archive.incremental import Change
+from bulkbackup.archive.metadata import (
+    ERROR,
+    LAST_SYNC,
+    LISTING_ETAGS,
+    PUSHED_AT,
+    REPORTED_REPOS,
+    SYNCD_REPOS,
+    UPDATED_AT,
+)
 from bulkbackup.archive.writer import ArchiveWriter, WriteOutcome, Written
 from bulkbackup.backup.results import PARTIAL_ERROR, UserResult, repo_times
 from bulkbackup.config import Settings
@@ -34,17 +44,8 @@ from bulkbackup.interrupts import signals_interrupt
 from bulkbackup.logins import stored_spelling
 from bulkbackup.names import check_login, check_logins, check_repo_name
 from bulkbackup.run.workdir import work_dir
-from bulkbackup.store import Store, layout, open_store
-from bulkbackup.store.base import (
-    ERROR,
-    LAST_SYNC,
-    LISTING_ETAGS,
-    PUSHED_AT,
-    REPORTED_REPOS,
-    SYNCD_REPOS,
-    UPDATED_AT,
-    Head,
-)
+from bulkbackup.store import Store, open_store
+from bulkbackup.store.base import Head
 from bulkbackup.store.fenced import Fence, FencedStore, StopFence
 from bulkbackup.timeutil import format_rfc3339, now
 

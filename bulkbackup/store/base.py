@@ -17,28 +17,6 @@ from typing import BinaryIO
 
 from bulkbackup.errors import StoreError
 
-# Metadata names (DESIGN.md). Written in this case; read back lower-cased.
-LAST_SYNC = "LastSync"
-SYNCD_REPOS = "SyncdRepos"
-REPORTED_REPOS = "ReportedRepos"
-UPDATED_AT = "UpdatedAt"
-PUSHED_AT = "PushedAt"
-ERROR = "Error"
-# The per-page ETags of the last listing, for conditional requests (not in DESIGN.md's
-# table: an addition, kept in the user object's metadata rather than in Redis memory).
-LISTING_ETAGS = "ListingETags"
-# Incremental archives (README "Incremental archives"): on a full bundle, the id of the chain
-# it is the base of, and how many increments on top of it are committed.
-CHAIN = "Chain"
-INCREMENTS = "Increments"
-CHAIN_BYTES = "ChainBytes"  # the committed increments' bytes (the half-size rule)
-KEPT_SINCE = "KeptSince"  # the oldest kept chain's id (retention, without a listing)
-# When `verify` last proved the bundle restorable (RFC 3339 UTC).
-VERIFIED_AT = "VerifiedAt"
-# What that verify noted but did not fail for: `git fsck` messages about objects git reads
-# (e.g. a 2011 commit's time zone `+051800`), as `<msg-id> <count> (<object>); ...`.
-VERIFY_NOTES = "VerifyNotes"
-
 # Storj rejects user metadata above 2 KiB; keep a margin for names and encoding.
 METADATA_LIMIT_BYTES = 1900
 
@@ -62,16 +40,6 @@ class Head:
 
     def get(self, name: str, default: str = "") -> str:
         return self.metadata.get(name.lower(), default)
-
-
-_CANONICAL = {n.lower(): n for n in (LAST_SYNC, SYNCD_REPOS, REPORTED_REPOS, UPDATED_AT,
-                                     PUSHED_AT, ERROR, LISTING_ETAGS, VERIFIED_AT, VERIFY_NOTES,
-                                     CHAIN, INCREMENTS, CHAIN_BYTES, KEPT_SINCE)}
-
-
-def canonical(metadata: Mapping[str, str]) -> dict[str, str]:
-    """Metadata read back lower-cased, with the contract's names restored for writing."""
-    return {_CANONICAL.get(k, k): v for k, v in metadata.items()}
 
 
 def check_key(key: str) -> str:
@@ -102,7 +70,7 @@ def clean_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
         out[name] = " ".join(text.split()) if any(c < " " for c in text) else text
     overflow = sum(len(k) + len(v) for k, v in out.items()) - METADATA_LIMIT_BYTES
     if overflow > 0:
-        err_name = next((k for k in out if k.lower() == ERROR.lower()), None)
+        err_name = next((k for k in out if k.lower() == "error"), None)
         if err_name is None or len(out[err_name]) <= overflow + 3:
             raise StoreError("metadata exceeds the store limit")
         out[err_name] = out[err_name][: len(out[err_name]) - overflow - 3] + "..."

@@ -22,9 +22,9 @@ import botocore.exceptions
 from botocore.config import Config
 from s3transfer.utils import ReadFileChunk
 
+from bulkbackup.archive import layout
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import ConfigError, NotFound, StoreError, one_line
-from bulkbackup.store import layout
 from bulkbackup.store.base import (
     BeforeCommit,
     Head,

@@ -18,13 +18,14 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from bulkbackup.store import Head, Store, layout
+from bulkbackup.archive import layout
+from bulkbackup.store import Head, Store
 
 CHUNK_BYTES = 64 * 1024
 PRESIGN_S = 300
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 DIGITS_MAX = 19  # 10**19 bytes is past any object
-# What can be downloaded (its Content-Type comes from the key: store.layout.content_type).
+# What can be downloaded (its Content-Type comes from the key: archive.layout.content_type).
 KINDS = ("bundle", "zip")
 
 

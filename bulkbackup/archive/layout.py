@@ -20,8 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from bulkbackup.archive.metadata import canonical
 from bulkbackup.redact import redact
-from bulkbackup.store.base import Head, canonical
+from bulkbackup.store.base import Head
 
 SEPARATOR = "/"
 BUNDLE_SUFFIX = ".bundle"

@@ -1,11 +1,14 @@
 """The archive's metadata names (docs/design.md), written in this case and read back
 lower-cased by every store (`Head.get` ignores case); `canonical` restores the spelling for
-a write of metadata read back.
+a write of metadata read back; `fitted` shortens the `Error` so that the whole fits the
+store's limit (the store refuses metadata over it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+
+from bulkbackup.store.base import METADATA_LIMIT_BYTES, clean_value, metadata_bytes
 
 LAST_SYNC = "LastSync"
 SYNCD_REPOS = "SyncdRepos"
@@ -36,3 +39,25 @@ _CANONICAL = {n.lower(): n for n in (LAST_SYNC, SYNCD_REPOS, REPORTED_REPOS, UPD
 def canonical(metadata: Mapping[str, str]) -> dict[str, str]:
     """Metadata read back lower-cased, with the contract's names restored for writing."""
     return {_CANONICAL.get(k, k): v for k, v in metadata.items()}
+
+
+#: What ends an Error shortened by `fitted`.
+CUT_MARK = "..."
+
+
+def fitted(metadata: Mapping[str, str]) -> dict[str, str]:
+    """``metadata`` with its `Error` (the one value that can be long: a git or API failure's
+    text) cut to end in CUT_MARK where the whole would exceed the store's limit
+    (store.base.METADATA_LIMIT_BYTES), measured as the store cleans it (ASCII, one line).
+    Without an `Error`, or when even a cut one cannot fit, it is returned as it is (the store
+    then refuses it)."""
+    out = dict(metadata)
+    name = next((k for k in out if k.lower() == ERROR.lower()), None)
+    if name is None:
+        return out
+    error = clean_value(out[name])
+    others = metadata_bytes({k: clean_value(v) for k, v in out.items() if k != name})
+    room = METADATA_LIMIT_BYTES - others - len(name)
+    if len(error) > room > len(CUT_MARK):
+        out[name] = error[: room - len(CUT_MARK)] + CUT_MARK
+    return out

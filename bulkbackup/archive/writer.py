@@ -34,6 +34,7 @@ from bulkbackup.archive.metadata import (
     LAST_SYNC,
     PUSHED_AT,
     UPDATED_AT,
+    fitted,
 )
 from bulkbackup.config import Settings
 from bulkbackup.errors import ArchiveError, GitError, InvalidName
@@ -184,5 +185,6 @@ class ArchiveWriter:
             return Written(WriteOutcome.FAILED, error=error)
         # Kept chains stay known (KeptSince) under a failure, for the retention to end.
         kept = {KEPT_SINCE: head.get(KEPT_SINCE)} if head and head.get(KEPT_SINCE) else {}
-        store.put_bytes(key, b"", {LAST_SYNC: format_rfc3339(now()), ERROR: error, **kept})
+        store.put_bytes(key, b"", fitted({LAST_SYNC: format_rfc3339(now()), ERROR: error,
+                                          **kept}))
         return Written(WriteOutcome.FAILED, bundle_size=0, error=error)

@@ -26,6 +26,7 @@ from bulkbackup.archive.metadata import (
     REPORTED_REPOS,
     SYNCD_REPOS,
     UPDATED_AT,
+    fitted,
 )
 from bulkbackup.archive.writer import ArchiveWriter, WriteOutcome, Written
 from bulkbackup.backup.results import PARTIAL_ERROR, UserResult, repo_times
@@ -242,15 +243,15 @@ class UserBackup:
             # retried even when the listing has not changed.
             if listing.etags and not result.failed:
                 meta[LISTING_ETAGS] = " ".join(listing.etags)
-            store.put_bytes(key, orjson.dumps(listing.repos), meta)
+            store.put_bytes(key, orjson.dumps(listing.repos), fitted(meta))
             return
         if previous is None:
-            store.put_bytes(key, b"[]", meta)
+            store.put_bytes(key, b"[]", fitted(meta))
             return
         # The API failed or the user is gone: keep the last listing and counts, record why.
         meta[SYNCD_REPOS] = previous.get(SYNCD_REPOS, "0")
         meta[REPORTED_REPOS] = previous.get(REPORTED_REPOS, "0")
-        store.replace_metadata(key, meta)
+        store.replace_metadata(key, fitted(meta))
 
 
 def sync_users(settings: Settings, logins: list[str]) -> Iterator[UserResult]:

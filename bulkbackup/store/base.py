@@ -57,24 +57,47 @@ def check_range(start: int, end: int | None) -> None:
         raise StoreError(f"invalid byte range: {start} to {end}")
 
 
-def clean_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
-    """Make metadata safe for every backend: ASCII, one line, under Storj's size limit.
+def clean_value(value: str) -> str:
+    """A metadata value as every backend can keep it: ASCII (others escaped), one line."""
+    text = str(value).encode("ascii", "backslashreplace").decode("ascii")
+    return " ".join(text.split()) if any(c < " " for c in text) else text
 
-    Only `Error` is ever long; it is the one that gets truncated.
-    """
+
+def metadata_bytes(metadata: Mapping[str, str]) -> int:
+    """The size that counts against METADATA_LIMIT_BYTES (of cleaned metadata)."""
+    return sum(len(k) + len(v) for k, v in metadata.items())
+
+
+def clean_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """Make metadata safe for every backend: ASCII, one line; metadata over Storj's size
+    limit is refused (StoreError): shortening a value is the writer's choice, not the
+    store's (the archive shortens its `Error`: archive/metadata.py)."""
     out: dict[str, str] = {}
     for name, value in metadata.items():
         if not name.isascii() or not name.replace("-", "").isalnum():
             raise StoreError(f"invalid metadata name: {name!r}")
-        text = str(value).encode("ascii", "backslashreplace").decode("ascii")
-        out[name] = " ".join(text.split()) if any(c < " " for c in text) else text
-    overflow = sum(len(k) + len(v) for k, v in out.items()) - METADATA_LIMIT_BYTES
-    if overflow > 0:
-        err_name = next((k for k in out if k.lower() == "error"), None)
-        if err_name is None or len(out[err_name]) <= overflow + 3:
-            raise StoreError("metadata exceeds the store limit")
-        out[err_name] = out[err_name][: len(out[err_name]) - overflow - 3] + "..."
+        out[name] = clean_value(value)
+    size = metadata_bytes(out)
+    if size > METADATA_LIMIT_BYTES:
+        raise StoreError(f"metadata of {size} bytes exceeds the store limit "
+                         f"({METADATA_LIMIT_BYTES})")
     return out
+
+
+#: Content-Types by the extension of a key's last part.
+CONTENT_TYPES = {".bundle": "application/x-git-bundle", ".zip": "application/zip",
+                 ".json": "application/json"}
+
+
+def content_type(key: str) -> str:
+    """The Content-Type of an object, from its key alone (so a metadata-replacing copy can
+    set it again without asking the store): a top-level object (a key without '/') is a
+    JSON document, others go by their extension (CONTENT_TYPES), else octet-stream."""
+    if "/" not in key:
+        return "application/json"
+    name = key.rsplit("/", 1)[1]
+    ext = name[name.rfind("."):] if "." in name else ""
+    return CONTENT_TYPES.get(ext, "application/octet-stream")
 
 
 #: Called right before a write becomes visible; raising aborts the write (nothing appears).

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bulkbackup.archive import chains, layout
-from bulkbackup.archive.incremental import plan_prune
+from bulkbackup.archive.history import plan_prune
 from bulkbackup.archive.metadata import CHAIN, CHAIN_BYTES, INCREMENTS, KEPT_SINCE, LAST_SYNC
 from bulkbackup.config import GitHubSettings, RunSettings
 from bulkbackup.forge.github_graphql import GraphQLLister

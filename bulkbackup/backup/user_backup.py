@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 import orjson
 
 from bulkbackup.archive import layout
-from bulkbackup.archive.incremental import Change
 from bulkbackup.archive.metadata import (
     ERROR,
     LAST_SYNC,
@@ -28,7 +27,8 @@ from bulkbackup.archive.metadata import (
     UPDATED_AT,
     fitted,
 )
-from bulkbackup.archive.writer import ArchiveWriter, WriteOutcome, Written
+from bulkbackup.archive.stored import repositories
+from bulkbackup.archive.writer import ArchiveWriter, Change, WriteOutcome, Written
 from bulkbackup.backup.results import PARTIAL_ERROR, UserResult, repo_times
 from bulkbackup.config import Settings
 from bulkbackup.errors import (
@@ -115,24 +115,13 @@ class UserBackup:
         result.reported = len(listing.repos)
         result.listed = True
         # One listing of what is stored, not a request per repository (none for no repos).
-        stored = self._stored(store, login) if listing.repos else {}
+        stored = repositories(store, login) if listing.repos else {}
         result.bundles = dict(stored)
         for repo in listing.repos:
             store.fence.check()  # abandon early: no clone for a user that is not ours
             self._sync_repo(store, login, repo, stored, result)
         result.error = self._summary(result)
         self._write_user(store, login, previous, listing, result, stamp)
-
-    @staticmethod
-    def _stored(store: FencedStore, login: str) -> dict[str, int]:
-        """Sizes of the bundles stored for ``login`` (0 = no archive): one shallow listing,
-        not a request per repository; the chains' parts below are not listed."""
-        bundles: dict[str, int] = {}
-        for info in store.list(layout.user_prefix(login), shallow=True):
-            key = layout.parse_key(info.key)
-            if key.login == login and key.kind is layout.Kind.BUNDLE:
-                bundles[key.repo] = info.size
-        return bundles
 
     def _sync_repo(
         self, store: FencedStore, login: str, repo: dict[str, Any], stored: dict[str, int],

@@ -86,7 +86,7 @@ def latest_archive(store: Store, login: str, repo: str,
         if n and index is None:
             index = list_parts(store, login, repo)
         parts = (ArchivePart(key, head.size),
-                 *_increments(index or chains.StoredParts(), login, repo, chain, n))
+                 *increments(index or chains.StoredParts(), login, repo, chain, n))
     zip_key = layout.zip_key(login, repo)
     return RepoArchive(login, repo, parts, key, head, zip_key, store.head(zip_key) is not None,
                        last_sync, format_rfc3339(layout.chain_time(chain) or head.last_modified))
@@ -108,8 +108,8 @@ def list_parts(store: Lister, login: str, repo: str) -> chains.StoredParts:
     return parts
 
 
-def _increments(index: chains.StoredParts, login: str, repo: str, chain: str, n: int
-                ) -> list[ArchivePart]:
+def increments(index: chains.StoredParts, login: str, repo: str, chain: str, n: int
+               ) -> list[ArchivePart]:
     """Increments 1..n of ``chain``; a missing one is an ArchiveError: the chain cannot be
     restored past it."""
     found = index.chains.get(chain, {})
@@ -146,7 +146,7 @@ def archive_at(store: Store, login: str, repo: str, at: datetime | None) -> Repo
         raise ArchiveError(f"missing object {base_key}")
     _check_increments(base_key, base)
     parts = ((ArchivePart(base_key, base.size),
-              *_increments(index, login, repo, chain, chains.committed(base)))
+              *increments(index, login, repo, chain, chains.committed(base)))
              if base.size > 0 else ())
     kept_archive = replace(archive, parts=parts, bundle=base, last_sync=base.get(LAST_SYNC),
                            latest=False, has_zip=False)

@@ -40,7 +40,7 @@ from bulkbackup.archive.metadata import (
     fitted,
 )
 from bulkbackup.archive.proof import prove
-from bulkbackup.archive.stored import ArchivePart, list_parts
+from bulkbackup.archive.stored import ArchivePart, increments, list_parts
 from bulkbackup.config import Settings
 from bulkbackup.errors import ArchiveError, GitError, InvalidName
 from bulkbackup.git.bundles import BundleHeader, stored_header
@@ -229,15 +229,9 @@ class ArchiveWriter:
                    ) -> list[ArchivePart]:
         """The base and its ``n`` committed increments; a missing one is an ArchiveError
         (the chain cannot be built on: the caller stores a full archive)."""
-        out = [ArchivePart(layout.bundle_key(login, name), base.size)]
-        if n:
-            found = list_parts(store, login, name).chains.get(chains.chain_of(base), {})
-            for seq in range(1, n + 1):
-                key = layout.part_key(login, name, chains.chain_of(base), seq)
-                if seq not in found:
-                    raise ArchiveError(f"missing object {key}")
-                out.append(ArchivePart(key, found[seq]))
-        return out
+        listed = list_parts(store, login, name) if n else chains.StoredParts()
+        return [ArchivePart(layout.bundle_key(login, name), base.size),
+                *increments(listed, login, name, chains.chain_of(base), n)]
 
     def _zip(self, store: FencedStore, login: str, name: str, change: Change,
              old: BundleHeader, fetched: FetchedIncrement, repo: Path) -> int:

@@ -102,7 +102,7 @@ def main() -> None:
             total, listing, _ = sent(forge)
             print(f"  {label:<22} {total:>10,} {listing:>11,} {inc.received_bytes:>9,}")
         print("\nzip of the new tip          total B   listing B    tree B")
-        # Now: made from the repository the increment's proof built (incremental.py): 0 bytes.
+        # Now: made from the repository the increment's proof built (archive/writer.py): 0 bytes.
         print(f"  {'from the proof (now)':<26} {0:>10,} {0:>11,} {0:>9,}")
         forge.git_v2 = True
         forge.reset_counters()

@@ -28,10 +28,10 @@ from pathlib import Path
 import redis
 
 from bulkbackup import config
+from bulkbackup.archive.metadata import ERROR, LAST_SYNC, REPORTED_REPOS, SYNCD_REPOS
 from bulkbackup.passes import stats
 from bulkbackup.queue import keys
 from bulkbackup.store import open_store
-from bulkbackup.store.base import ERROR, LAST_SYNC, REPORTED_REPOS, SYNCD_REPOS
 from bulkbackup.testing.services import free_port, start_moto, start_redis
 
 

@@ -13,9 +13,10 @@ from collections.abc import Iterable, Iterator
 
 import redis
 
+from bulkbackup.archive import layout
 from bulkbackup.names import is_login
 from bulkbackup.queue import keys
-from bulkbackup.store import Store, layout
+from bulkbackup.store import Store
 
 
 def index_entry(login: str) -> tuple[str, str] | None:

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from bulkbackup.archive.metadata import canonical
 from bulkbackup.archive.stored import latest_archive
 from bulkbackup.store import Store
-from bulkbackup.store.base import canonical
 from bulkbackup.testing.forge import BASE_TIME, Forge, RepoSpec, rfc3339
 from tests.conftest import ROOT, run_cli
 

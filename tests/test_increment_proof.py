@@ -14,8 +14,9 @@ import orjson
 import pytest
 import redis
 
+from bulkbackup.archive import layout
 from bulkbackup.queue import keys
-from bulkbackup.store import Store, layout
+from bulkbackup.store import Store
 from bulkbackup.testing import hostile_packs as hp
 from bulkbackup.testing.forge import Forge, RepoSpec
 from tests.conftest import git, run_cli

@@ -15,8 +15,9 @@ import orjson
 import pytest
 
 from bulkbackup import faults
-from bulkbackup.store import Store, layout
-from bulkbackup.store.base import canonical
+from bulkbackup.archive import layout
+from bulkbackup.archive.metadata import canonical
+from bulkbackup.store import Store
 from bulkbackup.testing.forge import Forge, RepoSpec
 from tests.conftest import git, run_cli
 from tests.test_serve import start_serve, stop_serve

@@ -115,7 +115,7 @@ def test_ref_prefixes() -> None:
 def test_a_changes_zip_costs_no_fetch_of_its_own(env: None, forge: Forge, tmp_path: Path,
                                                  v2: bool) -> None:
     """Issue 26.2: the zip's depth-1 fetch listed every ref (pull refs and tags followed);
-    now an increment's zip comes from the repository its proof built (incremental.py): one
+    now an increment's zip comes from the repository its proof built (archive/writer.py): one
     fetch per change, nothing shallow, whatever the repository's refs."""
     blob = os.urandom(200_000)
     forge.add_user("u", [RepoSpec("z", files={"blob.bin": blob}, tags=["v1"])])

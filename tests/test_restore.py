@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from bulkbackup.archive.metadata import canonical
 from bulkbackup.store import Store
-from bulkbackup.store.base import canonical
 from bulkbackup.testing.forge import Forge, RepoSpec
 from tests.conftest import git, run_cli
 
@@ -111,6 +111,21 @@ def test_restore_user_whose_repositories_without_archive_say_why_exits_0(
     assert "dan/gone: no archive: git clone" in proc.stdout
     assert "1 repositories restored, 1 without archive, 0 failed" in proc.stderr
     assert sorted(p.name for p in (to / "dan").iterdir()) == ["kept.git"]
+
+
+def test_restore_user_leaves_out_keys_no_repository_can_have(
+        env: None, forge: Forge, store: Store, tmp_path: Path) -> None:
+    """A bundle key whose name is not a repository name (not written by a sync: put there
+    by hand or another tool) is not one of the user's repositories: the restore of the
+    user does not fail on it (it used to, "invalid repository name")."""
+    synced(forge, "erin", [RepoSpec("kept")])
+    store.put_bytes("erin/bad name.bundle", b"", {"Error": "not ours"})
+    to = tmp_path / "out"
+    proc = run_cli("restore", "erin", "--to", str(to))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 repositories restored, 0 without archive, 0 failed" in proc.stderr
+    assert "bad name" not in proc.stdout + proc.stderr
+    assert sorted(p.name for p in (to / "erin").iterdir()) == ["kept.git"]
 
 
 def test_restore_at(env: None, forge: Forge, store: Store, tmp_path: Path) -> None:

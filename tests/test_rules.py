@@ -1,7 +1,8 @@
 """Unit tests of the pure rules (issue 21, the test pyramid): no subprocess, no server.
 
 Each test states a property the rule's docstring or its callers rely on: the chain rules
-(archive/chains.py) and the retention (incremental.plan_prune), the claim batch size
+(archive/chains.py), the retention (history.plan_prune), the Error cut to fit the store's
+metadata limit (metadata.fitted), the claim batch size
 (run/batching.py), the GraphQL feed's claims (forge/listing_feed.py), the Range parser
 (web/downloads.py).
 """
@@ -16,16 +17,31 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bulkbackup.archive import chains
-from bulkbackup.archive.incremental import plan_prune
+from bulkbackup.archive import chains, layout
+from bulkbackup.archive.history import plan_prune
+from bulkbackup.archive.metadata import (
+    CHAIN,
+    CHAIN_BYTES,
+    CUT_MARK,
+    ERROR,
+    INCREMENTS,
+    KEPT_SINCE,
+    LAST_SYNC,
+    fitted,
+)
 from bulkbackup.config import GitHubSettings, RunSettings
 from bulkbackup.forge.github_graphql import GraphQLLister
 from bulkbackup.forge.listing_feed import ListingFeed
 from bulkbackup.forge.quota_broker import Broker
 from bulkbackup.queue import keys
 from bulkbackup.run.batching import BatchSizer
-from bulkbackup.store import Head, layout
-from bulkbackup.store.base import CHAIN, CHAIN_BYTES, INCREMENTS, KEPT_SINCE, LAST_SYNC
+from bulkbackup.store import Head
+from bulkbackup.store.base import (
+    METADATA_LIMIT_BYTES,
+    clean_metadata,
+    clean_value,
+    metadata_bytes,
+)
 from bulkbackup.web.downloads import ByteRange, Unsatisfiable, parse_range
 
 FAST = hypothesis.settings(max_examples=150, deadline=None)
@@ -383,3 +399,33 @@ def test_numbers_past_any_object(big: int, size: int, first: int) -> None:
                                     "bytes 0-1", "bytes=a-b"])
 def test_a_range_not_served_means_the_whole_object(header: str | None) -> None:
     assert parse_range(header, 100) is None
+
+
+# -- metadata.fitted: an Error always fits the store -------------------------------------------
+
+def cleaned_size(meta: dict[str, str]) -> int:
+    """The size the store counts against its limit."""
+    return metadata_bytes({k: clean_value(v) for k, v in meta.items()})
+
+
+def long_text(max_repeats: int) -> st.SearchStrategy[str]:
+    """Texts of any characters, up to hundreds of times longer than hypothesis' own."""
+    return st.builds(lambda s, n: s * n, st.text(max_size=20), st.integers(0, max_repeats))
+
+
+@FAST
+@given(long_text(300), long_text(100))
+def test_an_error_is_cut_to_fit_and_only_when_needed(error: str, other: str) -> None:
+    """Whatever the Error's text (any characters, escaped by the store), the store takes it
+    once fitted while the other values leave room; a cut one fills the limit exactly and
+    ends in CUT_MARK; one that fits, and every other value, is not touched."""
+    meta = {LAST_SYNC: "2026-01-01T00:00:00Z", "Other": other, ERROR: error}
+    out = fitted(meta)
+    assert {k: v for k, v in out.items() if k != ERROR} == {LAST_SYNC: meta[LAST_SYNC],
+                                                            "Other": other}
+    if cleaned_size(meta) <= METADATA_LIMIT_BYTES:
+        assert out == meta
+    elif cleaned_size({**meta, ERROR: ""}) + len(CUT_MARK) < METADATA_LIMIT_BYTES:
+        cleaned = clean_metadata(out)  # never refused
+        assert cleaned[ERROR].endswith(CUT_MARK)
+        assert metadata_bytes(cleaned) == METADATA_LIMIT_BYTES

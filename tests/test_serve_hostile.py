@@ -23,8 +23,8 @@ import httpx
 import pytest
 import redis
 
+from bulkbackup.archive import layout
 from bulkbackup.queue import keys
-from bulkbackup.store import layout
 from tests.test_serve import TOKEN, Served, base_env, start_serve, stop_serve
 
 MIB = 1 << 20

@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from bulkbackup import config
+from bulkbackup.archive.layout import UserCounts
 from bulkbackup.store import Store, open_store
-from bulkbackup.store.layout import UserCounts
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.timeutil import parse_rfc3339
 from tests.conftest import remove_object, run_cli

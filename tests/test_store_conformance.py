@@ -118,7 +118,13 @@ def test_metadata_is_cleaned_or_refused(store: Store) -> None:
         store.put_bytes("v", b"", {"bad name": "x"})
     with pytest.raises(StoreError):
         store.put_bytes("v", b"", {"LastSync": "t" * 3000})
+    with pytest.raises(StoreError):  # no value is shortened: the store knows no field names
+        store.put_bytes("v", b"", {"LastSync": "t", "Error": "e" * 3000})
     assert store.head("v") is None
+    with pytest.raises(StoreError):
+        store.replace_metadata("u", {"Error": "e" * 3000})
+    head = store.head("u")
+    assert head is not None and head.get("Error") == "line one line two \\xf1"
 
 
 # -- missing objects ---------------------------------------------------------------------------

@@ -12,9 +12,10 @@ from typing import Any
 import orjson
 import redis
 
+from bulkbackup.archive.metadata import canonical
 from bulkbackup.passes.verify import sample_logins
 from bulkbackup.store import Store
-from bulkbackup.store.base import ObjectInfo, canonical
+from bulkbackup.store.base import ObjectInfo
 from bulkbackup.testing.forge import Forge, RepoSpec
 from tests.conftest import git, run_cli
 

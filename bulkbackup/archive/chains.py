@@ -12,9 +12,8 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from bulkbackup.config import RunSettings
-from bulkbackup.store import Head, layout
-from bulkbackup.store.base import (
+from bulkbackup.archive import layout
+from bulkbackup.archive.metadata import (
     CHAIN,
     CHAIN_BYTES,
     ERROR,
@@ -24,6 +23,8 @@ from bulkbackup.store.base import (
     PUSHED_AT,
     UPDATED_AT,
 )
+from bulkbackup.config import RunSettings
+from bulkbackup.store import Head
 from bulkbackup.timeutil import parse_api_time, parse_rfc3339
 
 # More than this many increments in metadata is damage, not a chain (the setting's bound).

@@ -3,27 +3,36 @@
 `archive_at` is the one function that answers it: the full base `<login>/<repo>.bundle` and
 the increments committed on it (its `Increments` metadata), or, for an earlier time, a kept
 chain (README "Incremental archives"). `restore.build_mirror` fetches the parts in order.
-Keys come from store/layout.py.
+Keys come from archive/layout.py.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 import orjson
 
-from bulkbackup.archive import chains
+from bulkbackup.archive import chains, layout
+from bulkbackup.archive.metadata import ERROR, LAST_SYNC
 from bulkbackup.errors import ArchiveError, NotFound
 from bulkbackup.git.bundles import Opener
+from bulkbackup.names import is_repo_name
 from bulkbackup.progress import Progress
-from bulkbackup.store import Head, ObjectInfo, Store, layout
-from bulkbackup.store.base import ERROR, LAST_SYNC
+from bulkbackup.store import Head, ObjectInfo, Store
 from bulkbackup.timeutil import format_rfc3339, parse_rfc3339
 
 CHUNK_BYTES = 1 << 20
 MAX_USER_OBJECT_BYTES = 256 << 20
+
+
+class Lister(Protocol):
+    """What listing a user's objects needs: a Store, or the FencedStore a writer holds."""
+
+    def list(self, prefix: str = "", shallow: bool = False) -> Iterator[ObjectInfo]: ...
 
 
 @dataclass(frozen=True)
@@ -61,8 +70,8 @@ class RepoArchive:
         return not self.parts and self.error == layout.EMPTY_REPOSITORY
 
 
-def latest_archive(store: Store, login: str, repo: str, index: PartsIndex | None = None
-                   ) -> RepoArchive:
+def latest_archive(store: Store, login: str, repo: str,
+                   index: chains.StoredParts | None = None) -> RepoArchive:
     """The objects of the newest archive of ``login/repo``; raises ArchiveError if none.
     ``index``: the repository's parts, when the caller has listed them already."""
     key = layout.bundle_key(login, repo)
@@ -75,8 +84,9 @@ def latest_archive(store: Store, login: str, repo: str, index: PartsIndex | None
     parts: tuple[ArchivePart, ...] = ()
     if head.size > 0:
         if n and index is None:
-            index = parts_index(store, login, repo)
-        parts = (ArchivePart(key, head.size), *_increments(index or {}, login, repo, chain, n))
+            index = list_parts(store, login, repo)
+        parts = (ArchivePart(key, head.size),
+                 *increments(index or chains.StoredParts(), login, repo, chain, n))
     zip_key = layout.zip_key(login, repo)
     return RepoArchive(login, repo, parts, key, head, zip_key, store.head(zip_key) is not None,
                        last_sync, format_rfc3339(layout.chain_time(chain) or head.last_modified))
@@ -88,39 +98,36 @@ def _check_increments(key: str, head: Head) -> None:
         raise ArchiveError(f"{key}: {damage}")
 
 
-#: (chain, seq) -> the part's listing entry, for one repository.
-PartsIndex = dict[tuple[str, int], ObjectInfo]
-
-
-def parts_index(store: Store, login: str, repo: str) -> PartsIndex:
+def list_parts(store: Lister, login: str, repo: str) -> chains.StoredParts:
     """Every part of every chain of ``login/repo``: one listing."""
-    out: PartsIndex = {}
+    parts = chains.StoredParts()
     for info in store.list(layout.parts_prefix(login, repo)):
         key = layout.parse_key(info.key)
         if key.kind is layout.Kind.PART and (key.login, key.repo) == (login, repo):
-            out[(key.chain, key.seq)] = info
-    return out
+            parts.add(key.chain, key.seq, info.size)
+    return parts
 
 
-def _increments(index: PartsIndex, login: str, repo: str, chain: str, n: int
-                ) -> list[ArchivePart]:
+def increments(index: chains.StoredParts, login: str, repo: str, chain: str, n: int
+               ) -> list[ArchivePart]:
     """Increments 1..n of ``chain``; a missing one is an ArchiveError: the chain cannot be
     restored past it."""
+    found = index.chains.get(chain, {})
     parts = []
     for seq in range(1, n + 1):
-        info = index.get((chain, seq))
-        if info is None:
-            raise ArchiveError(f"missing object {layout.part_key(login, repo, chain, seq)}")
-        parts.append(ArchivePart(info.key, info.size))
+        key = layout.part_key(login, repo, chain, seq)
+        if seq not in found:
+            raise ArchiveError(f"missing object {key}")
+        parts.append(ArchivePart(key, found[seq]))
     return parts
 
 
 def archive_at(store: Store, login: str, repo: str, at: datetime | None) -> RepoArchive:
     """The archive as it was at ``at`` (None: the latest): the newest state archived at or
     before ``at``, from the current chain or a kept one."""
-    index = parts_index(store, login, repo)
+    index = list_parts(store, login, repo)
     archive = latest_archive(store, login, repo, index)
-    kept = sorted(chain for chain, seq in index if seq == 0)
+    kept = index.kept()
     oldest = min([archive.oldest, *(_chain_start(c) for c in kept)])
     archive = replace(archive, oldest=oldest)
     if at is None:
@@ -139,7 +146,7 @@ def archive_at(store: Store, login: str, repo: str, at: datetime | None) -> Repo
         raise ArchiveError(f"missing object {base_key}")
     _check_increments(base_key, base)
     parts = ((ArchivePart(base_key, base.size),
-              *_increments(index, login, repo, chain, chains.committed(base)))
+              *increments(index, login, repo, chain, chains.committed(base)))
              if base.size > 0 else ())
     kept_archive = replace(archive, parts=parts, bundle=base, last_sync=base.get(LAST_SYNC),
                            latest=False, has_zip=False)
@@ -171,12 +178,17 @@ def _until(store: Store, archive: RepoArchive, at: datetime, chain: str) -> Repo
                    has_zip=False)
 
 
-def repositories(store: Store, login: str) -> list[str]:
-    """Names of the repositories with a bundle (data or not) stored for ``login``."""
-    keys = (layout.parse_key(info.key)
-            for info in store.list(layout.user_prefix(login), shallow=True))
-    names = (k.repo for k in keys if k.kind is layout.Kind.BUNDLE and k.login == login)
-    return sorted(n for n in names if n is not None)
+def repositories(store: Lister, login: str) -> dict[str, int]:
+    """The repositories with a bundle (data or not) stored for ``login``, in name order:
+    name -> the bundle's size (0: no archive). One shallow listing, not a request per
+    repository (the chains' parts below are not listed). A key with a name no repository
+    can have (names.is_repo_name: not written by a sync) is not one of them."""
+    found: dict[str, int] = {}
+    for info in store.list(layout.user_prefix(login), shallow=True):
+        key = layout.parse_key(info.key)
+        if key.kind is layout.Kind.BUNDLE and key.login == login and is_repo_name(key.repo):
+            found[key.repo] = info.size
+    return dict(sorted(found.items()))
 
 
 def listed_branches(store: Store, login: str) -> dict[str, str]:

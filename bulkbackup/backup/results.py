@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from bulkbackup.store.layout import UserCounts, short_reason
+from bulkbackup.archive.layout import UserCounts, short_reason
 from bulkbackup.timeutil import parse_api_time
 
 # The user object's Error when some repositories failed (the others are archived).

@@ -16,8 +16,19 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from bulkbackup.archive.incremental import Change
-from bulkbackup.archive.writer import ArchiveWriter, WriteOutcome, Written
+from bulkbackup.archive import layout
+from bulkbackup.archive.metadata import (
+    ERROR,
+    LAST_SYNC,
+    LISTING_ETAGS,
+    PUSHED_AT,
+    REPORTED_REPOS,
+    SYNCD_REPOS,
+    UPDATED_AT,
+    fitted,
+)
+from bulkbackup.archive.stored import repositories
+from bulkbackup.archive.writer import ArchiveWriter, Change, WriteOutcome, Written
 from bulkbackup.backup.results import PARTIAL_ERROR, UserResult, repo_times
 from bulkbackup.config import Settings
 from bulkbackup.errors import (
@@ -35,17 +46,8 @@ from bulkbackup.interrupts import signals_interrupt
 from bulkbackup.logins import stored_spelling
 from bulkbackup.names import check_login, check_logins, check_repo_name
 from bulkbackup.run.workdir import work_dir
-from bulkbackup.store import Store, layout, open_store
-from bulkbackup.store.base import (
-    ERROR,
-    LAST_SYNC,
-    LISTING_ETAGS,
-    PUSHED_AT,
-    REPORTED_REPOS,
-    SYNCD_REPOS,
-    UPDATED_AT,
-    Head,
-)
+from bulkbackup.store import Store, open_store
+from bulkbackup.store.base import Head
 from bulkbackup.store.fenced import Fence, FencedStore, StopFence
 from bulkbackup.timeutil import format_rfc3339, now
 
@@ -114,24 +116,13 @@ class UserBackup:
         result.reported = len(listing.repos)
         result.listed = True
         # One listing of what is stored, not a request per repository (none for no repos).
-        stored = self._stored(store, login) if listing.repos else {}
+        stored = repositories(store, login) if listing.repos else {}
         result.bundles = dict(stored)
         for repo in listing.repos:
             store.fence.check()  # abandon early: no clone for a user that is not ours
             self._sync_repo(store, login, repo, stored, result)
         result.error = self._summary(result)
         self._write_user(store, login, previous, listing, result, stamp)
-
-    @staticmethod
-    def _stored(store: FencedStore, login: str) -> dict[str, int]:
-        """Sizes of the bundles stored for ``login`` (0 = no archive): one shallow listing,
-        not a request per repository; the chains' parts below are not listed."""
-        bundles: dict[str, int] = {}
-        for info in store.list(layout.user_prefix(login), shallow=True):
-            key = layout.parse_key(info.key)
-            if key.login == login and key.kind is layout.Kind.BUNDLE:
-                bundles[key.repo] = info.size
-        return bundles
 
     def _sync_repo(
         self, store: FencedStore, login: str, repo: dict[str, Any], stored: dict[str, int],
@@ -242,15 +233,15 @@ class UserBackup:
             # retried even when the listing has not changed.
             if listing.etags and not result.failed:
                 meta[LISTING_ETAGS] = " ".join(listing.etags)
-            store.put_bytes(key, orjson.dumps(listing.repos), meta)
+            store.put_bytes(key, orjson.dumps(listing.repos), fitted(meta))
             return
         if previous is None:
-            store.put_bytes(key, b"[]", meta)
+            store.put_bytes(key, b"[]", fitted(meta))
             return
         # The API failed or the user is gone: keep the last listing and counts, record why.
         meta[SYNCD_REPOS] = previous.get(SYNCD_REPOS, "0")
         meta[REPORTED_REPOS] = previous.get(REPORTED_REPOS, "0")
-        store.replace_metadata(key, meta)
+        store.replace_metadata(key, fitted(meta))
 
 
 def sync_users(settings: Settings, logins: list[str]) -> Iterator[UserResult]:

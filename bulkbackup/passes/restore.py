@@ -227,7 +227,7 @@ def restore(store: Store, settings: Settings, login: str, repo: str | None,
     repositories, one without an archive whose `Error` says why is reported, not failed (the
     user's backup is whole: `sync` recorded why); the one repository asked for by name that
     has no archive is a failure (nothing of what was asked could be restored)."""
-    names = [repo] if repo is not None else repositories(store, login)
+    names = [repo] if repo is not None else list(repositories(store, login))
     report = RestoreReport()
     if not names:
         report.repos.append(RepoRestore(login, "*", Status.FAILED,

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bulkbackup.archive import chains
-from bulkbackup.config import StoreSettings
-from bulkbackup.errors import BulkbackupError
-from bulkbackup.logins import stored_spelling
-from bulkbackup.names import check_login, is_repo_name
-from bulkbackup.store import Store, layout, open_store
-from bulkbackup.store.base import (
+from bulkbackup.archive import chains, layout
+from bulkbackup.archive.metadata import (
     ERROR,
     LAST_SYNC,
     PUSHED_AT,
@@ -18,6 +13,11 @@ from bulkbackup.store.base import (
     SYNCD_REPOS,
     UPDATED_AT,
 )
+from bulkbackup.config import StoreSettings
+from bulkbackup.errors import BulkbackupError
+from bulkbackup.logins import stored_spelling
+from bulkbackup.names import check_login, is_repo_name
+from bulkbackup.store import Store, open_store
 
 
 def describe(store: Store, login: str) -> dict[str, Any]:

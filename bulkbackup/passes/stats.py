@@ -16,14 +16,16 @@ from datetime import UTC, datetime
 import orjson
 import redis
 
+from bulkbackup.archive import layout
+from bulkbackup.archive.layout import EMPTY_REPOSITORY, UserCounts, short_reason
+from bulkbackup.archive.metadata import ERROR, REPORTED_REPOS, SYNCD_REPOS
 from bulkbackup.config import Settings
 from bulkbackup.names import is_login
 from bulkbackup.progress import Progress
 from bulkbackup.queue import keys, tracked
 from bulkbackup.queue.connection import connect
-from bulkbackup.store import Store, layout, open_store
-from bulkbackup.store.base import ERROR, REPORTED_REPOS, SYNCD_REPOS, ObjectInfo
-from bulkbackup.store.layout import EMPTY_REPOSITORY, UserCounts, short_reason
+from bulkbackup.store import Store, open_store
+from bulkbackup.store.base import ObjectInfo
 from bulkbackup.timeutil import format_rfc3339
 
 HSCAN_BATCH = 500

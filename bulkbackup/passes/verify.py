@@ -20,6 +20,8 @@ from typing import Any
 
 import redis
 
+from bulkbackup.archive import layout
+from bulkbackup.archive.metadata import ERROR, LAST_SYNC, LISTING_ETAGS, VERIFIED_AT, VERIFY_NOTES
 from bulkbackup.archive.stored import (
     RepoArchive,
     download,
@@ -33,8 +35,7 @@ from bulkbackup.git.fsck import fsck
 from bulkbackup.names import check_repo_name, is_login
 from bulkbackup.passes.restore import Built, Git, build_mirror
 from bulkbackup.queue import keys
-from bulkbackup.store import Store, layout
-from bulkbackup.store.base import ERROR, LAST_SYNC, LISTING_ETAGS, VERIFIED_AT, VERIFY_NOTES
+from bulkbackup.store import Store
 from bulkbackup.timeutil import format_rfc3339, now
 
 VERIFY_FAILED = layout.VERIFY_FAILED

@@ -12,11 +12,11 @@ from enum import IntEnum
 
 import redis
 
+from bulkbackup.archive.layout import UserCounts, short_reason
 from bulkbackup.iterutil import chunks
 from bulkbackup.logins import index_pairs
 from bulkbackup.queue import keys
 from bulkbackup.queue.connection import Scripts
-from bulkbackup.store.layout import UserCounts, short_reason
 
 
 @dataclass
@@ -72,7 +72,7 @@ class Claimer:
         """Synced: score := now. Not synced: the score it had is restored. DONE, or LOST when
         the lock was no longer ours (nothing changed).
 
-        ``counts`` (store.layout.UserCounts, encoded) is cached for the stats pass in the same
+        ``counts`` (archive.layout.UserCounts, encoded) is cached for the stats pass in the same
         call; ``repos`` and ``nbytes`` (archived by this sync) go to the per-minute counters.
         """
         return self._complete(member, 1 if synced else 0, counts, 0, repos, nbytes)

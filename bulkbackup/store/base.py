@@ -17,28 +17,6 @@ from typing import BinaryIO
 
 from bulkbackup.errors import StoreError
 
-# Metadata names (DESIGN.md). Written in this case; read back lower-cased.
-LAST_SYNC = "LastSync"
-SYNCD_REPOS = "SyncdRepos"
-REPORTED_REPOS = "ReportedRepos"
-UPDATED_AT = "UpdatedAt"
-PUSHED_AT = "PushedAt"
-ERROR = "Error"
-# The per-page ETags of the last listing, for conditional requests (not in DESIGN.md's
-# table: an addition, kept in the user object's metadata rather than in Redis memory).
-LISTING_ETAGS = "ListingETags"
-# Incremental archives (README "Incremental archives"): on a full bundle, the id of the chain
-# it is the base of, and how many increments on top of it are committed.
-CHAIN = "Chain"
-INCREMENTS = "Increments"
-CHAIN_BYTES = "ChainBytes"  # the committed increments' bytes (the half-size rule)
-KEPT_SINCE = "KeptSince"  # the oldest kept chain's id (retention, without a listing)
-# When `verify` last proved the bundle restorable (RFC 3339 UTC).
-VERIFIED_AT = "VerifiedAt"
-# What that verify noted but did not fail for: `git fsck` messages about objects git reads
-# (e.g. a 2011 commit's time zone `+051800`), as `<msg-id> <count> (<object>); ...`.
-VERIFY_NOTES = "VerifyNotes"
-
 # Storj rejects user metadata above 2 KiB; keep a margin for names and encoding.
 METADATA_LIMIT_BYTES = 1900
 
@@ -64,16 +42,6 @@ class Head:
         return self.metadata.get(name.lower(), default)
 
 
-_CANONICAL = {n.lower(): n for n in (LAST_SYNC, SYNCD_REPOS, REPORTED_REPOS, UPDATED_AT,
-                                     PUSHED_AT, ERROR, LISTING_ETAGS, VERIFIED_AT, VERIFY_NOTES,
-                                     CHAIN, INCREMENTS, CHAIN_BYTES, KEPT_SINCE)}
-
-
-def canonical(metadata: Mapping[str, str]) -> dict[str, str]:
-    """Metadata read back lower-cased, with the contract's names restored for writing."""
-    return {_CANONICAL.get(k, k): v for k, v in metadata.items()}
-
-
 def check_key(key: str) -> str:
     """Refuse keys that could escape the store or collide with a backend's own files."""
     if not key or key.startswith("/") or key.endswith("/") or "\x00" in key:
@@ -89,24 +57,47 @@ def check_range(start: int, end: int | None) -> None:
         raise StoreError(f"invalid byte range: {start} to {end}")
 
 
-def clean_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
-    """Make metadata safe for every backend: ASCII, one line, under Storj's size limit.
+def clean_value(value: str) -> str:
+    """A metadata value as every backend can keep it: ASCII (others escaped), one line."""
+    text = str(value).encode("ascii", "backslashreplace").decode("ascii")
+    return " ".join(text.split()) if any(c < " " for c in text) else text
 
-    Only `Error` is ever long; it is the one that gets truncated.
-    """
+
+def metadata_bytes(metadata: Mapping[str, str]) -> int:
+    """The size that counts against METADATA_LIMIT_BYTES (of cleaned metadata)."""
+    return sum(len(k) + len(v) for k, v in metadata.items())
+
+
+def clean_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """Make metadata safe for every backend: ASCII, one line; metadata over Storj's size
+    limit is refused (StoreError): shortening a value is the writer's choice, not the
+    store's (the archive shortens its `Error`: archive/metadata.py)."""
     out: dict[str, str] = {}
     for name, value in metadata.items():
         if not name.isascii() or not name.replace("-", "").isalnum():
             raise StoreError(f"invalid metadata name: {name!r}")
-        text = str(value).encode("ascii", "backslashreplace").decode("ascii")
-        out[name] = " ".join(text.split()) if any(c < " " for c in text) else text
-    overflow = sum(len(k) + len(v) for k, v in out.items()) - METADATA_LIMIT_BYTES
-    if overflow > 0:
-        err_name = next((k for k in out if k.lower() == ERROR.lower()), None)
-        if err_name is None or len(out[err_name]) <= overflow + 3:
-            raise StoreError("metadata exceeds the store limit")
-        out[err_name] = out[err_name][: len(out[err_name]) - overflow - 3] + "..."
+        out[name] = clean_value(value)
+    size = metadata_bytes(out)
+    if size > METADATA_LIMIT_BYTES:
+        raise StoreError(f"metadata of {size} bytes exceeds the store limit "
+                         f"({METADATA_LIMIT_BYTES})")
     return out
+
+
+#: Content-Types by the extension of a key's last part.
+CONTENT_TYPES = {".bundle": "application/x-git-bundle", ".zip": "application/zip",
+                 ".json": "application/json"}
+
+
+def content_type(key: str) -> str:
+    """The Content-Type of an object, from its key alone (so a metadata-replacing copy can
+    set it again without asking the store): a top-level object (a key without '/') is a
+    JSON document, others go by their extension (CONTENT_TYPES), else octet-stream."""
+    if "/" not in key:
+        return "application/json"
+    name = key.rsplit("/", 1)[1]
+    ext = name[name.rfind("."):] if "." in name else ""
+    return CONTENT_TYPES.get(ext, "application/octet-stream")
 
 
 #: Called right before a write becomes visible; raising aborts the write (nothing appears).

@@ -24,7 +24,6 @@ from s3transfer.utils import ReadFileChunk
 
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import ConfigError, NotFound, StoreError, one_line
-from bulkbackup.store import layout
 from bulkbackup.store.base import (
     BeforeCommit,
     Head,
@@ -33,6 +32,7 @@ from bulkbackup.store.base import (
     check_key,
     check_range,
     clean_metadata,
+    content_type,
     no_fence,
 )
 
@@ -200,7 +200,7 @@ class S3Store(Store):
     def _extra(self, key: str, metadata: Mapping[str, str]) -> dict[str, Any]:
         # The Content-Type is derived from the key, so a metadata-replacing copy can set it
         # again without first asking the store for it (one request fewer).
-        return {"Metadata": clean_metadata(metadata), "ContentType": layout.content_type(key)}
+        return {"Metadata": clean_metadata(metadata), "ContentType": content_type(key)}
 
     @contextlib.contextmanager
     def _committing(self, before_commit: BeforeCommit) -> Iterator[None]:

@@ -26,10 +26,11 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from bulkbackup.archive import layout
 from bulkbackup.config import Settings
 from bulkbackup.errors import StoreError
 from bulkbackup.names import is_login, is_repo_name
-from bulkbackup.store import Store, layout
+from bulkbackup.store import Store
 from bulkbackup.web import data, downloads, http, memory, metrics
 from bulkbackup.web.http import JSONResponse, Unavailable
 from bulkbackup.web.render import svg

@@ -17,10 +17,11 @@ from typing import Any, cast
 
 import orjson
 
+from bulkbackup.archive import layout
 from bulkbackup.errors import BulkbackupError, NotFound, StoreError
 from bulkbackup.names import is_repo_name
 from bulkbackup.passes.show import describe
-from bulkbackup.store import Head, ObjectInfo, Store, layout
+from bulkbackup.store import Head, ObjectInfo, Store
 
 HEAD_THREADS = 8
 CACHE_S = 30.0

@@ -18,13 +18,15 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from bulkbackup.store import Head, Store, layout
+from bulkbackup.archive import layout
+from bulkbackup.store import Head, Store
+from bulkbackup.store.base import content_type
 
 CHUNK_BYTES = 64 * 1024
 PRESIGN_S = 300
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 DIGITS_MAX = 19  # 10**19 bytes is past any object
-# What can be downloaded (its Content-Type comes from the key: store.layout.content_type).
+# What can be downloaded (its Content-Type comes from the key: store.base.content_type).
 KINDS = ("bundle", "zip")
 
 
@@ -171,7 +173,7 @@ def respond(request: Request, store: Store, key: str, kind: str, head: Head,
         status, start, length = 206, wanted.start, wanted.length
         headers["Content-Range"] = f"bytes {wanted.start}-{wanted.end}/{head.size}"
     headers["Content-Length"] = str(length)
-    media = layout.content_type(key)
+    media = content_type(key)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=media)
     return Download(_chunks(store, key, start, length), ended, status_code=status,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from shlex import quote
 from typing import Any
 
-from bulkbackup.store import layout
+from bulkbackup.archive import layout
 
 # The refspec every increment is fetched with: all refs, forced (a force push is an increment).
 ALL_REFS = "+refs/*:refs/*"

@@ -18,13 +18,13 @@ from typing import Any
 
 import redis
 
+from bulkbackup.archive.layout import UserCounts, short_reason
+from bulkbackup.archive.metadata import ERROR, REPORTED_REPOS, SYNCD_REPOS
 from bulkbackup.backup.results import error_kind
 from bulkbackup.logins import tracked_spelling
 from bulkbackup.names import is_login
 from bulkbackup.queue import keys, tracked
 from bulkbackup.store import Head, Store
-from bulkbackup.store.base import ERROR, REPORTED_REPOS, SYNCD_REPOS
-from bulkbackup.store.layout import UserCounts, short_reason
 from bulkbackup.web.data import iso, number
 from bulkbackup.web.detail import StoredUsers
 

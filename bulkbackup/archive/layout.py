@@ -10,6 +10,7 @@
 Also the per-user summary cached in Redis for the stats pass and the users list
 (`UserCounts`, with the Error's reason shortened by `short_reason`), the `Error` of an
 empty repository, and the metadata update that hides the lower-casing of names on read.
+An object's Content-Type is the store's rule (store.base.content_type), from its key.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from bulkbackup.archive.metadata import canonical, fitted
 from bulkbackup.redact import redact
-from bulkbackup.store.base import Head, canonical
+from bulkbackup.store.base import Head
 
 SEPARATOR = "/"
 BUNDLE_SUFFIX = ".bundle"
@@ -128,18 +130,6 @@ def is_below(key: str, login: str) -> bool:
     return key.startswith(user_prefix(login))
 
 
-def content_type(key: str) -> str:
-    """The Content-Type of an object, derived from its key alone."""
-    kind = parse_key(key).kind
-    if kind is Kind.USER:
-        return "application/json"
-    if kind is Kind.ZIP:
-        return "application/zip"
-    if kind in (Kind.BUNDLE, Kind.PART):
-        return "application/x-git-bundle"
-    return "application/octet-stream"
-
-
 def file_name(key: str) -> str:
     """The name a downloaded object is saved under: a part's names its repository and
     place in the chain (`<repo>.<chain>.<seq>.bundle`), so parts of one repository sort in
@@ -154,11 +144,12 @@ def file_name(key: str) -> str:
 
 def updated_metadata(head: Head, changes: Mapping[str, str]) -> dict[str, str]:
     """``head``'s metadata with ``changes`` applied, names spelled as the contract writes them
-    (they are read back lower-cased; ``changes`` may use either spelling)."""
+    (they are read back lower-cased; ``changes`` may use either spelling), its `Error` cut to
+    fit the store's limit (metadata.fitted)."""
     meta = dict(head.metadata)
     for name, value in changes.items():
         meta[name.lower()] = value
-    return canonical(meta)
+    return fitted(canonical(meta))
 
 
 #: The longest error reason a summary keeps (enough for results.ErrorKind's marks: a partial

@@ -53,7 +53,7 @@ def store() -> Iterator[FencedStore]:
 
 def writer(tmp_path: Path, keep_history_days: int = 365) -> ArchiveWriter:
     settings = Settings(run=RunSettings(keep_history_days=keep_history_days))
-    return ArchiveWriter(settings, GitWork(settings.run, settings.github, tmp_path / "work"))
+    return ArchiveWriter(settings, GitWork(settings.run, tmp_path / "work"))
 
 
 def change(pushed: str = T2, when: datetime | None = None) -> Change:

@@ -127,14 +127,17 @@ class Site:
         if q and not is_login(q):
             return {"error": "q must be the start of a login (letters, digits, hyphens)",
                     "users": [], "next": None, "q": q}, 400
+        if q:  # the cursor is the last login shown, lowercased
+            if raw_cursor and not (is_login(raw_cursor) and raw_cursor == raw_cursor.lower()
+                                   and raw_cursor.startswith(q.lower())):
+                return {"error": "invalid cursor", "users": [], "next": None, "q": q}, 400
+            rows, after, more = await self.blocking(self.users.search, q, limit,
+                                                    await self.store_or_none(), raw_cursor)
+            return {"users": [r.to_json() for r in rows], "next": after, "more": more,
+                    "q": q}, 200
         cursor = Cursor.decode(raw_cursor) if raw_cursor else None
         if raw_cursor and cursor is None:
             return {"error": "invalid cursor", "users": [], "next": None, "q": q}, 400
-        if q:
-            store = await self.live_store()
-            rows, more = await self.blocking(self.users.search, q, limit, store)
-            return {"users": [r.to_json() for r in rows], "next": None, "more": more,
-                    "q": q}, 200
         store_or_none = await self.store_or_none()  # only for users without a summary
         rows, nxt = await self.blocking(self.users.page, cursor, limit, store_or_none)
         return {"users": [r.to_json() for r in rows], "next": nxt.encode() if nxt else None,

@@ -18,6 +18,9 @@ from typing import Any
 
 import pytest
 import redis
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import WebDriverWait
 
 from bulkbackup.config import StoreSettings
 from bulkbackup.store import layout
@@ -26,6 +29,7 @@ from bulkbackup.store.local import LocalStore
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.web.states import RepoStates, StateId
 from tests.conftest import git
+from tests.test_browser import _browser, _wait_download, find_chromium
 from tests.test_serve import base_env, start_serve, stop_serve
 from tests.test_serve_page import BIG, Commands, refs_of, sync
 
@@ -197,4 +201,61 @@ def test_a_page_of_states_costs_the_same_store_requests_at_10000_increments(
         finally:
             reader.close()
     assert counts[0] == counts[2] and counts[1] == counts[3], counts
-    assert max(counts) <= 2 * 23, counts  # a HEAD and a header per state read, no listing
+    # The base's HEAD, then per state a HEAD and a header, and the older neighbour's (a
+    # page deep in: the newer neighbour's HEAD too). No listing.
+    assert counts == [1 + 2 * 21, 1 + 2 * 21 + 1] * 2, counts
+
+
+def test_the_repository_page_in_a_browser(history: History, tmp_path: Path) -> None:
+    """Chromium: from the user page to the repository's states; a kept state's first part
+    downloaded by a click is the stored object, and its commands, as the page shows them,
+    rebuild it."""
+    chromium = find_chromium()
+    served = start_serve(history.env, history.tmp / "serve-browser.log")
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    print(f"\nbrowser screenshots: {artifacts}")
+    try:
+        kept, commands, got = _browse(chromium, served.url, tmp_path, artifacts)
+        chain = kept.split("-")[0]
+        stored = LocalStore(StoreSettings(url=str(history.store)))
+        assert got.read_bytes() == stored.read_bytes(layout.part_key("bob", "hist", chain, 0))
+        # The commands as the browser shows them, pasted: git, then `restore --at`.
+        env = _shell_env(history, tmp_path / "bin")
+        _paste(commands[1:], tmp_path / "pasted", env)
+        assert refs_of(tmp_path / "pasted" / "hist.git") == history.refs[3]
+        _paste(commands[:1], tmp_path / "at", env)
+        assert refs_of(tmp_path / "at" / "bob" / "hist.git") == history.refs[3]
+    finally:
+        stop_serve(served)
+
+
+def _browse(chromium: tuple[str, str], url: str, tmp_path: Path, artifacts: Path
+            ) -> tuple[str, list[str], Path]:
+    """The user page, then the repository's: (the kept chain's newest state, its commands
+    as shown, its base part downloaded by a click)."""
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    driver = _browser(chromium, tmp_path / "profile", downloads)
+    wait = WebDriverWait(driver, 30)
+    try:
+        driver.get(url + "/users/bob")
+        wait.until(ec.presence_of_element_located((By.ID, "repos")))
+        driver.find_element(By.CSS_SELECTOR, "a.states").click()
+        wait.until(ec.presence_of_element_located((By.ID, "states")))
+        assert driver.current_url.endswith("/users/bob/hist/states")
+        driver.save_screenshot(str(artifacts / "states.png"))
+        rows = driver.find_elements(By.CSS_SELECTOR, "#states tr.state")
+        assert len(rows) == 6
+        kept = rows[2].get_attribute("data-state")  # the kept chain with its 3 increments
+        assert kept is not None and kept.endswith("-3")
+        restore = driver.find_element(
+            By.XPATH, f"//tr[@id='state-{kept}']/following-sibling::tr[1]")
+        commands = [c.text for c in restore.find_elements(By.CSS_SELECTOR, "code[data-cmd]")]
+        links = restore.find_elements(By.CSS_SELECTOR, "a.dl")
+        assert len(links) == 4  # the kept base and its three increments
+        links[0].click()
+        got = _wait_download(downloads, f"hist.{kept.split('-')[0]}.000000.bundle")
+    finally:
+        driver.quit()
+    return kept, commands, got

@@ -167,21 +167,24 @@ class RepoStates:
         current = _Chain(chains.chain_of(head), base_key, head, chains.committed(head), True)
         # The page's states, the one just older (what moved in the last shown state; there
         # is a next page when it exists), and ``after`` itself (whether an `at` is unique).
-        slots = _walk(store, login, repo, current, after, limit + 2)
+        slots = _walk(store, login, repo, current, after, limit + 1 + (after is not None))
         context = bool(slots) and after is not None and (
             slots[0][0].id, slots[0][1]) == (after.chain, after.seq)
+        if after is not None and not context:
+            slots = slots[:limit + 1]  # ``after`` is gone (expired): no context to read
         states = self._states(store, login, repo, slots, context, limit)
         nxt = states[-1].id if states and len(slots) - context > limit else None
         return StatesPage(login, repo, states, nxt)
 
-    def _parts(self, store: Store, login: str, repo: str, slots: list[tuple[_Chain, int]]
-               ) -> Iterator[_Part]:
+    def _parts(self, store: Store, login: str, repo: str, slots: list[tuple[_Chain, int]],
+               context: bool) -> Iterator[_Part]:
         """The slots' parts, in order, read READ_THREADS at a time (so at most that many
-        headers' refs are held at once)."""
+        headers' refs are held at once); of the ``context`` slot only the time."""
         pending: deque[Future[_Part]] = deque()
         try:
-            for slot in slots:
-                pending.append(self._pool.submit(_read_part, store, login, repo, *slot))
+            for i, slot in enumerate(slots):
+                pending.append(self._pool.submit(_read_part, store, login, repo, *slot,
+                                                 refs=not (context and i == 0)))
                 if len(pending) >= READ_THREADS:
                     yield pending.popleft().result()
             while pending:
@@ -197,7 +200,7 @@ class RepoStates:
         out: list[State] = []
         newer: _Part | None = None
         held: _Part | None = None  # read, its state not made yet (waits for the older one)
-        for i, part in enumerate(self._parts(store, login, repo, slots)):
+        for i, part in enumerate(self._parts(store, login, repo, slots, context)):
             if held is not None:
                 out.append(_state(newer, held, part))
                 newer = _Part.dropped(held)
@@ -277,11 +280,13 @@ def _kept_chains(store: Store, login: str, repo: str, current: str) -> list[str]
     return out
 
 
-def _read_part(store: Store, login: str, repo: str, chain: _Chain, seq: int) -> _Part:
+def _read_part(store: Store, login: str, repo: str, chain: _Chain, seq: int,
+               refs: bool = True) -> _Part:
+    """The slot's part: its size and time (a HEAD, but for a base: its chain says), and its
+    refs (a ranged read of its header) when ``refs``."""
     if seq == 0:
         key, size = chain.base_key, chain.base.size
         when = layout.chain_time(chain.id) or chain.base.last_modified
-        problem = ""
     else:
         key = layout.part_key(login, repo, chain.id, seq)
         head = store.head(key)
@@ -290,9 +295,10 @@ def _read_part(store: Store, login: str, repo: str, chain: _Chain, seq: int) -> 
                          None, f"missing object {key}")
         size = head.size
         when = parse_rfc3339(head.get(LAST_SYNC)) or head.last_modified
-        problem = ""
-    refs, problem = _refs(store, key)
-    return _Part(chain, seq, key, size, when, refs, problem)
+    if not refs:
+        return _Part(chain, seq, key, size, when, None)
+    found, problem = _refs(store, key)
+    return _Part(chain, seq, key, size, when, found, problem)
 
 
 def _refs(store: Store, key: str) -> tuple[dict[str, str] | None, str]:

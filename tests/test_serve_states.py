@@ -27,7 +27,8 @@ from bulkbackup.store import layout
 from bulkbackup.store.base import canonical
 from bulkbackup.store.local import LocalStore
 from bulkbackup.testing.forge import Forge, RepoSpec
-from bulkbackup.web.states import RepoStates, StateId
+from bulkbackup.web.restore_cmds import state_commands
+from bulkbackup.web.states import PARTS_LISTED, RepoStates, StateId
 from tests.conftest import git
 from tests.test_browser import _browser, _wait_download, find_chromium
 from tests.test_serve import base_env, start_serve, stop_serve
@@ -198,6 +199,12 @@ def test_a_page_of_states_costs_the_same_store_requests_at_10000_increments(
                 assert page is not None and len(page.states) == 20
                 assert page.states[-1].id.seq == (n - 19 if after is None else n // 2 - 20)
                 counts.append(store.request_count - before)
+                # What the page shows of a state does not grow with its increments either.
+                top = page.states[0]
+                assert len(top.part_keys()) == min(top.parts_total, PARTS_LISTED)
+                assert top.part_keys()[-1].endswith(f"/{top.id.seq:06d}.bundle")
+                assert len(state_commands("http://x", "bob", "hist", top.base_key,
+                                          top.id.chain, top.id.seq)) == 3
         finally:
             reader.close()
     assert counts[0] == counts[2] and counts[1] == counts[3], counts

@@ -219,8 +219,7 @@ class Site:
     async def repo_page(self, request: Request) -> Response:
         page, commands = await self.repo_states(request)
         return self.page(request, "repo.html", {
-            "p": page, "commands": commands, "cursor": request.query_params.get("cursor", ""),
-            "explicit_max": 20})
+            "p": page, "commands": commands})
 
     async def user_object(self, request: Request) -> Response:
         login = await self.spelled(request.path_params["login"])

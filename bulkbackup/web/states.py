@@ -36,6 +36,8 @@ PAGE_MAX = 100
 HEADER_MAX_BYTES = 2 * 1024 * 1024
 # Ref changes listed per state (the count says how many more).
 MOVED_SHOWN = 20
+# Downloads listed per state (past it: the first ones, the last, and a pattern).
+PARTS_LISTED = 21
 READ_THREADS = 8
 CACHE_S = 30.0
 CACHE_PAGES = 64
@@ -91,11 +93,24 @@ class State:
     def when(self) -> str:
         return format_rfc3339(self.time)
 
-    def part_keys(self) -> Iterator[str]:
-        """The objects that rebuild this state, in the order they apply."""
-        yield self.base_key
-        for seq in range(1, self.id.seq + 1):
-            yield layout.part_key(*self._login_repo(), self.id.chain, seq)
+    @property
+    def parts_total(self) -> int:
+        """How many objects rebuild this state: its base and its increments."""
+        return 1 + self.id.seq
+
+    def part_keys(self) -> list[str]:
+        """The objects that rebuild this state, in the order they apply: all of them up to
+        PARTS_LISTED, else the first PARTS_LISTED - 1 and the last (a page's size does not
+        grow with the history; `part_url` names the others)."""
+        login, repo = self._login_repo()
+        seqs = list(range(1, self.id.seq + 1)) if self.parts_total <= PARTS_LISTED else [
+            *range(1, PARTS_LISTED - 1), self.id.seq]
+        return [self.base_key, *(layout.part_key(login, repo, self.id.chain, s) for s in seqs)]
+
+    def part_url(self) -> str:
+        """The path of increment ``{seq}`` (six digits) of this state's chain."""
+        login, repo = self._login_repo()
+        return "/users/" + layout.parts_prefix(login, repo, self.id.chain) + "{seq}.bundle"
 
     def _login_repo(self) -> tuple[str, str]:
         key = layout.parse_key(self.base_key)
@@ -371,4 +386,5 @@ def state_json(s: State, base_url: str, commands: dict[str, Any]) -> dict[str, A
         "moved": [{"ref": m.ref, "old": m.old, "new": m.new} for m in s.moved],
         "moved_more": s.moved_more, "error": s.problem or None,
         "downloads": [f"{base_url}/users/{k}" for k in s.part_keys()],
+        "downloads_total": s.parts_total, "part_url": base_url + s.part_url(),
         "commands": commands}

@@ -6,8 +6,9 @@ Starts a private redis-server, tracks N realistic logins the way `ingest` does (
 which also fills the search index), marks the index whole (`rebuild` would), then times
 `Users.search` (the very call `/api/users?q=` makes: the index range, the spellings, the
 scores, the page's rows) for random prefixes of 1-4 characters, first pages and pages deep
-in a prefix through its cursor. Prints the latency percentiles and the index's memory per
-user (MEMORY USAGE of the sorted set over its size).
+in a prefix through its cursor. Prints the latency percentiles, the index's memory per
+user (MEMORY USAGE of the sorted set over its size), and first what the index adds to
+track.lua's Redis time per login (ingest's cost).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import redis
 
 from benchmarks.ingest import realistic_login
 from bulkbackup.queue import keys
-from bulkbackup.queue.tracked import add_never_synced
+from bulkbackup.queue.connection import Scripts
+from bulkbackup.queue.tracked import TRACK_BATCH, add_never_synced
 from bulkbackup.testing.services import start_redis
 from bulkbackup.web.users import Users
 
@@ -37,6 +39,26 @@ def fill(r: redis.Redis, n: int) -> None:
         add_never_synced(r, [realistic_login(rng, i) for i in range(start, min(start + BATCH, n))])
     r.set(keys.SEARCH_WHOLE, 1)
     print(f"tracked {r.zcard(keys.TRACKED):,} users in {time.perf_counter() - started:.1f}s")
+
+
+def track_cost(r: redis.Redis, n: int) -> None:
+    """Redis's own time in track.lua per login (INFO commandstats), without and with the
+    search index (its third key is optional): what the index adds to `ingest` and `track`."""
+    script = Scripts(r).track
+    usec = []
+    for with_index in (False, True):
+        r.flushall()
+        r.config_resetstat()
+        rng = random.Random(7)
+        names = [keys.TRACKED, keys.LOGINS, *([keys.SEARCH] if with_index else [])]
+        for start in range(0, n, TRACK_BATCH):
+            script(keys=names, args=[keys.MEMBER_PREFIX, "count", *(
+                realistic_login(rng, i) for i in range(start, min(start + TRACK_BATCH, n)))])
+        stats = r.info("commandstats")
+        usec.append(sum(v["usec"] for k, v in stats.items() if "eval" in k) / n)
+    print(f"track.lua, Redis time per login ({n:,} logins): {usec[0]:.2f} us without the "
+          f"search index, {usec[1]:.2f} us with it ({usec[1] / usec[0]:.2f}x)")
+    r.flushall()
 
 
 def timed(users: Users, prefixes: list[str], deep: bool) -> list[float]:
@@ -68,6 +90,7 @@ def main() -> None:
         proc, url = start_redis(Path(tmp))
         try:
             r = redis.Redis.from_url(url, decode_responses=True)
+            track_cost(r, min(args.users, 500_000))
             fill(r, args.users)
             per_user = int(r.memory_usage(keys.SEARCH, samples=0) or 0) / r.zcard(keys.SEARCH)
             tracked = int(r.memory_usage(keys.TRACKED, samples=0) or 0) / r.zcard(keys.TRACKED)

@@ -45,6 +45,10 @@ def _bulk(text: str) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(text), text.encode("ascii"))
 
 
+# The arguments of _head's command before the logins.
+HEAD_ARGS = 8
+
+
 def _head(sha: str) -> bytes:
     """`EVALSHA <track.lua> 3 tracked bulkbackup:logins bulkbackup:search github.com/ count`,
     RESP-encoded."""
@@ -159,7 +163,7 @@ def parse_lines(
 def _pack(head: bytes, logins: list[str]) -> bytes:
     """One RESP `EVALSHA <track.lua> ... <login> ...` command (``head``: see _head)."""
     body = "".join([f"${len(x)}\r\n{x}\r\n" for x in logins])
-    return b"*%d\r\n" % (8 + len(logins)) + head + body.encode("ascii")
+    return b"*%d\r\n" % (HEAD_ARGS + len(logins)) + head + body.encode("ascii")
 
 
 class _Sender:

@@ -7,6 +7,7 @@ increments (on a big base: the half-size rule never applies), consolidated by
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from bulkbackup.config import StoreSettings
+from bulkbackup.git.bundles import write_header
 from bulkbackup.store import layout
 from bulkbackup.store.base import canonical
 from bulkbackup.store.local import LocalStore
@@ -266,3 +268,34 @@ def _browse(chromium: tuple[str, str], url: str, tmp_path: Path, artifacts: Path
     finally:
         driver.quit()
     return kept, commands, got
+
+
+def _bundle(refs: int) -> bytes:
+    """A bundle's header with ``refs`` refs (and the start of a pack)."""
+    out = io.BytesIO()
+    write_header(out, [], {f"refs/tags/t{i:06d}": f"{i:040x}" for i in range(refs)}, None)
+    return out.getvalue() + b"PACK"
+
+
+def test_headers_are_read_in_a_bounded_range(tmp_path: Path) -> None:
+    """A header past the first 64 KiB is read again up to 2 MiB; past that its refs are
+    shown as not read (and nothing else fails)."""
+    store = LocalStore(StoreSettings(url=str(tmp_path)))
+    chain = "20260101T000000000000Z"
+    store.put_bytes("eve", b"[]", {})
+    store.put_bytes(layout.bundle_key("eve", "r"), _bundle(3000),
+                    {"Chain": chain, "Increments": "2", "LastSync": "2026-01-01T00:00:00Z"})
+    for seq, refs in ((1, 40_000), (2, 1)):
+        store.put_bytes(layout.part_key("eve", "r", chain, seq), _bundle(refs),
+                        {"LastSync": f"2026-01-0{seq + 1}T00:00:00Z"})
+    reader = RepoStates()
+    try:
+        page = reader.page(store, "eve", "r", None, 20)
+    finally:
+        reader.close()
+    assert page is not None
+    assert [(s.id.seq, s.refs) for s in page.states] == [(2, 1), (1, None), (0, 3000)]
+    assert page.states[1].problem == "header above 2 MiB: refs not read"
+    assert page.states[0].moved == () and page.states[2].moved_more == 3000 - 20
+    assert [s.at for s in page.states] == [
+        "2026-01-03T00:00:00Z", "2026-01-02T00:00:00Z", "2026-01-01T00:00:00Z"]

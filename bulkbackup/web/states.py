@@ -13,6 +13,7 @@ state just older than the page (what moved in the page's last state).
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections import OrderedDict, deque
@@ -34,6 +35,7 @@ PAGE_MAX = 100
 # A bundle header is read up to this size (a repository with ~30 000 refs); past it the
 # state's refs are shown as unknown rather than read further for a web page.
 HEADER_MAX_BYTES = 2 * 1024 * 1024
+HEADER_FIRST_BYTES = 64 * 1024  # most headers (up to ~1 000 refs) fit in the first read
 # Ref changes listed per state (the count says how many more).
 MOVED_SHOWN = 20
 # Downloads listed per state (past it: the first ones, the last, and a pattern).
@@ -317,18 +319,22 @@ def _read_part(store: Store, login: str, repo: str, chain: _Chain, seq: int,
 
 
 def _refs(store: Store, key: str) -> tuple[dict[str, str] | None, str]:
-    """The refs of the bundle ``key`` (one ranged read of at most HEADER_MAX_BYTES), or
-    None and why not."""
-    try:
-        with store.open(key, 0, HEADER_MAX_BYTES) as f:
-            header = parse_header(f, key, need_pack=False)
-    except NotFound:
-        return None, f"missing object {key}"
-    except ArchiveError as exc:
-        if "truncated in its header" in str(exc):
-            return None, f"header above {HEADER_MAX_BYTES // (1024 * 1024)} MiB: refs not read"
-        return None, str(exc)
-    return header.refs, ""
+    """The refs of the bundle ``key``, or None and why not: a ranged read of its first
+    HEADER_FIRST_BYTES (read whole, so an S3 connection goes back to the pool), and only
+    when the header is longer, one of HEADER_MAX_BYTES."""
+    for limit in (HEADER_FIRST_BYTES, HEADER_MAX_BYTES):
+        try:
+            with store.open(key, 0, limit) as f:
+                data = f.read(limit)
+            return parse_header(io.BytesIO(data), key, need_pack=False).refs, ""
+        except NotFound:
+            return None, f"missing object {key}"
+        except ArchiveError as exc:
+            if "truncated in its header" not in str(exc):
+                return None, str(exc)
+            if len(data) < limit:
+                return None, str(exc)  # the whole object is shorter than its header
+    return None, f"header above {HEADER_MAX_BYTES // (1024 * 1024)} MiB: refs not read"
 
 
 def _state(newer: _Part | None, part: _Part, older: _Part | None) -> State:

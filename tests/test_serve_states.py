@@ -28,6 +28,7 @@ from bulkbackup.git.bundles import write_header
 from bulkbackup.store import layout
 from bulkbackup.store.base import canonical
 from bulkbackup.store.local import LocalStore
+from bulkbackup.store.s3 import S3Store
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.web.restore_cmds import state_commands
 from bulkbackup.web.states import PARTS_LISTED, RepoStates, StateId
@@ -299,3 +300,32 @@ def test_headers_are_read_in_a_bounded_range(tmp_path: Path) -> None:
     assert page.states[0].moved == () and page.states[2].moved_more == 3000 - 20
     assert [s.at for s in page.states] == [
         "2026-01-03T00:00:00Z", "2026-01-02T00:00:00Z", "2026-01-01T00:00:00Z"]
+
+
+def test_the_states_read_from_s3_are_the_local_stores(history: History, s3_endpoint: str
+                                                      ) -> None:
+    """The same archive on moto_server: the same states, page after page (S3's listing of the
+    kept chains, its ranged reads)."""
+    local = LocalStore(StoreSettings(url=str(history.store)))
+    s3 = S3Store(StoreSettings(url="s3://states"))
+    for info in local.list():
+        head, path = local.head(info.key), local.local_path(info.key)
+        assert head is not None and path is not None
+        s3.put_file(info.key, path, canonical(head.metadata))
+    seen = []
+    for store in (local, s3):
+        reader = RepoStates()
+        states = []
+        try:
+            after = None
+            while True:
+                page = reader.page(store, "bob", "hist", after, 4)
+                assert page is not None
+                states += page.states
+                if page.next is None:
+                    break
+                after = page.next
+        finally:
+            reader.close()
+        seen.append([(s.id, s.at, s.size, s.refs, s.moved, s.base_key) for s in states])
+    assert seen[0] == seen[1] and len(seen[0]) == 6

@@ -59,7 +59,9 @@ class StateId:
     @classmethod
     def decode(cls, text: str) -> StateId | None:
         """None for anything that is not a state id this server made."""
-        chain, sep, seq = text[:CURSOR_MAX_CHARS].partition("-")
+        if len(text) > CURSOR_MAX_CHARS:
+            return None
+        chain, sep, seq = text.partition("-")
         if not sep or layout.chain_time(chain) is None or not (
                 seq.isascii() and seq.isdigit() and len(seq) <= layout.SEQ_DIGITS):
             return None

@@ -145,15 +145,17 @@ def test_every_state_is_listed_and_its_commands_rebuild_it(history: History) -> 
             _paste([commands["restore"]], at, env)
             assert refs_of(at / "bob" / "hist.git") == refs, state["id"]
             assert len(state["downloads"]) == 1 + int(state["increments"])
-        # The HTML page shows the same commands (the first page: four states).
-        page = served.get("/users/bob/hist/states?limit=4")
-        assert page.status_code == 200
-        parser = Commands()
-        parser.feed(page.text)
-        shown = [c for s in states[:4] for c in [s["commands"]["restore"],
-                                                   *s["commands"]["git"]]]
-        assert parser.found == shown
-        assert 'rel="next"' in page.text
+        # The HTML pages show the same commands, no other (pasted above, every one).
+        found = []
+        for query in ("limit=4", f"limit=4&cursor={cursor}"):
+            page = served.get(f"/users/bob/hist/states?{query}")
+            assert page.status_code == 200
+            parser = Commands()
+            parser.feed(page.text)
+            found += parser.found
+            assert ('rel="next"' in page.text) == (query == "limit=4")
+        assert found == [c for s in states for c in [s["commands"]["restore"],
+                                                     *s["commands"]["git"]]]
         # The loop form (three increments): pasted above; on the page too.
         assert "$(seq 1 3)" in " ".join(states[2]["commands"]["git"])
         user = served.get("/users/bob")

@@ -11,7 +11,9 @@ from typing import Any
 
 import redis
 
+from bulkbackup.config import StoreSettings
 from bulkbackup.queue import keys
+from bulkbackup.store.local import LocalStore
 from tests.conftest import run_cli
 from tests.test_serve import base_env, start_serve, stop_serve
 
@@ -41,6 +43,8 @@ def test_search_pages_every_match_once_ignoring_case(redis_url: str, tmp_path: P
     r.hset(keys.LOGINS, "user-before-index2", "uSer-Before-Index2")
     env = base_env(tmp_path, redis_url, str(tmp_path / "store"))
     (tmp_path / "store").mkdir()
+    LocalStore(StoreSettings(url=str(tmp_path / "store"))).put_bytes(  # only in the store
+        "Stored-User", b"[]", {"LastSync": "2026-01-01T00:00:00Z"})
     dump = tmp_path / "users.json"
     dump.write_text("".join(json.dumps({"login": x}) + "\n" for x in INGESTED))
     for args in (("ingest", str(dump)), ("track", *TRACKED)):
@@ -62,6 +66,7 @@ def test_search_pages_every_match_once_ignoring_case(redis_url: str, tmp_path: P
             got, pages = _all_pages(served, q, limit)
             assert got == want, q  # every match once, in order, spelled as tracked
             assert pages == max(1, -(-len(want) // limit)), (q, pages)
+        assert _all_pages(served, "stored", 5)[0] == ["Stored-User"]  # rebuilt from the store
         found = served.get("/api/users", params={"q": "user-before"}).json()["users"]
         assert [u["login"] for u in found] == EARLY and found[0]["status"] == "unsynced"
         bad = served.get("/api/users", params={"q": "user", "cursor": "other"})

@@ -152,7 +152,7 @@ def reset(r: redis.Redis) -> int:
 def add_scores_gt(r: redis.Redis, scores: Iterable[tuple[str, float]], batch: int = 1000) -> int:
     """ZADD GT in pipelined batches: a member keeps a higher score it already has. The
     members that are not all lowercase go to the logins index too (keys.LOGINS: these are
-    stored spellings, which `rebuild` trusts), and every one to the search index.
+    stored spellings, which `rebuild` trusts; the search index is `index_for_search`'s).
 
     Returns how many members were new.
     """
@@ -169,10 +169,7 @@ def add_scores_gt(r: redis.Redis, scores: Iterable[tuple[str, float]], batch: in
     for chunk in chunks(scores, batch):
         pipe.zadd(keys.TRACKED, dict(chunk), gt=True)
         is_zadd.append(True)
-        logins = [keys.login_of(m) for m, _ in chunk]
-        pipe.zadd(keys.SEARCH, dict.fromkeys((x.lower() for x in logins), 0))
-        is_zadd.append(False)
-        entries = dict(index_pairs(logins))
+        entries = dict(index_pairs(keys.login_of(m) for m, _ in chunk))
         if entries:
             pipe.hset(keys.LOGINS, mapping=entries)  # type: ignore[arg-type]
             is_zadd.append(False)

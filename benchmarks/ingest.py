@@ -89,13 +89,13 @@ def resp_commands(dump: Path, out: Path, batch: int = 1000) -> None:
 
 def resp_track_commands(dump: Path, out: Path, sha: str) -> None:
     """The same logins as ingest's `EVALSHA track.lua` commands, for `redis-cli --pipe`."""
-    from bulkbackup.queue.ingest import _head
+    from bulkbackup.queue.ingest import HEAD_ARGS, _head
     from bulkbackup.queue.tracked import TRACK_BATCH
 
     head = _head(sha)
     with out.open("wb") as f:
         for logins in dump_batches(dump, TRACK_BATCH):
-            f.write(b"*%d\r\n" % (7 + len(logins)) + head)
+            f.write(b"*%d\r\n" % (HEAD_ARGS + len(logins)) + head)
             f.write(b"".join(b"$%d\r\n%s\r\n" % (len(m), m) for m in logins))
 
 

@@ -366,6 +366,10 @@ def test_download_full_head_range_conditional(archive: Archive) -> None:
     "/users/alice/" + "r" * 101 + ".bundle", "/users/alice/hello.exe", "/users/alice/.bundle",
     "/users/alice/...bundle", "/users/%2e%2e/hello.bundle", "/users/alice/hello.bundle%00",
     "/users/alice.json%00", "/users/..%2Fbob.json",
+    "/users/alice/..%2F..%2Fetc/states", "/users/alice/hel%00lo/states",
+    "/api/users/alice/" + "r" * 101 + "/states", "/users/alice/hello/states?cursor=x-1",
+    "/users/alice/hello/states?cursor=20260101T000000000000Z-" + "9" * 30,
+    "/api/users/alice/nope/states", "/users/alice/empty-repo/states?cursor=%00",
 ])
 def test_bad_names_are_404(archive: Archive, path: str) -> None:
     status, _, body = archive.served.raw("GET", path)
@@ -375,6 +379,7 @@ def test_bad_names_are_404(archive: Archive, path: str) -> None:
 
 def test_security_headers(archive: Archive) -> None:
     for path in ("/", "/users", "/users/alice", "/api/stats", "/users/nobody",
+                 "/users/alice/hello/states",
                  "/users/alice/hello.bundle", "/static/app.js", "/metrics"):
         h = archive.served.get(path).headers
         csp = h["content-security-policy"]

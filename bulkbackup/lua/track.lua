@@ -2,6 +2,7 @@
 -- added when the account is tracked under another spelling (GitHub logins ignore case).
 -- KEYS[1]  tracked   KEYS[2]  bulkbackup:logins (lowercased login -> spelling; only logins
 --          that are not all lowercase: a lowercase login is its own lowercased form)
+-- KEYS[3]  bulkbackup:search (optional: lowercased logins, score 0): each added login goes in
 -- ARGV[1]  member prefix (github.com/)   ARGV[2]  "each" or "count"
 -- ARGV[3..] logins, validated (ASCII), at most 1000
 -- Returns, "each": one string per login, "" when it was added, else the spelling it is
@@ -65,6 +66,14 @@ if #zadd > 0 then
 end
 if #hset > 0 then
   redis.call('HSET', KEYS[2], unpack(hset))
+end
+if KEYS[3] and #zadd > 0 then
+  local search = {}
+  for f, _ in pairs(batch) do
+    search[#search + 1] = 0
+    search[#search + 1] = f
+  end
+  redis.call('ZADD', KEYS[3], unpack(search))
 end
 if each then
   return out

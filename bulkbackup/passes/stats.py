@@ -255,7 +255,8 @@ def rebuild(settings: Settings, r: redis.Redis | None = None, store: Store | Non
             progress: bool = True) -> int:
     """Every user in the store becomes a member of `tracked`, scored with its last sync (the
     listing's last-modified time of its object, written together with LastSync). A higher
-    score already in `tracked` is kept (ZADD GT); members only in Redis stay.
+    score already in `tracked` is kept (ZADD GT); members only in Redis stay. Then every
+    member goes to serve's search index, marked whole (tracked.index_for_search).
 
     Costs listing pages of the top level only. Returns how many members were new.
     """
@@ -272,7 +273,9 @@ def rebuild(settings: Settings, r: redis.Redis | None = None, store: Store | Non
                 yield keys.member(login), info.last_modified.timestamp()
 
     try:
-        return tracked.add_scores_gt(r, scores())
+        added = tracked.add_scores_gt(r, scores())
+        tracked.index_for_search(r)  # the members only Redis had, and the index marked whole
+        return added
     finally:
         bar.close()
         if own:

@@ -45,10 +45,15 @@ def _bulk(text: str) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(text), text.encode("ascii"))
 
 
+# The arguments of _head's command before the logins.
+HEAD_ARGS = 8
+
+
 def _head(sha: str) -> bytes:
-    """`EVALSHA <track.lua> 2 tracked bulkbackup:logins github.com/ count`, RESP-encoded."""
-    return b"".join(_bulk(x) for x in ("EVALSHA", sha, "2", keys.TRACKED, keys.LOGINS,
-                                       keys.MEMBER_PREFIX, "count"))
+    """`EVALSHA <track.lua> 3 tracked bulkbackup:logins bulkbackup:search github.com/ count`,
+    RESP-encoded."""
+    return b"".join(_bulk(x) for x in ("EVALSHA", sha, "3", keys.TRACKED, keys.LOGINS,
+                                       keys.SEARCH, keys.MEMBER_PREFIX, "count"))
 
 
 @dataclass
@@ -158,7 +163,7 @@ def parse_lines(
 def _pack(head: bytes, logins: list[str]) -> bytes:
     """One RESP `EVALSHA <track.lua> ... <login> ...` command (``head``: see _head)."""
     body = "".join([f"${len(x)}\r\n{x}\r\n" for x in logins])
-    return b"*%d\r\n" % (7 + len(logins)) + head + body.encode("ascii")
+    return b"*%d\r\n" % (HEAD_ARGS + len(logins)) + head + body.encode("ascii")
 
 
 class _Sender:

@@ -33,6 +33,13 @@ INTACT = "bulkbackup:intact"
 # entry: ZSCORE tracked answers for it). Kept by track.lua (track, ingest, POST /api/users)
 # and `rebuild`; read by `track` and `serve` (logins.py).
 LOGINS = "bulkbackup:logins"
+# Prefix search of logins (serve's `?q=`): every tracked login, lowercased, in a sorted set
+# whose scores are all 0, so ZRANGEBYLEX answers a prefix in O(log N + page). Kept by
+# track.lua (track, ingest, POST /api/users) and `rebuild` (which also adds every member of
+# `tracked` and then sets SEARCH_WHOLE). Without SEARCH_WHOLE (never rebuilt since the index
+# exists, or Redis lost it) serve searches the store instead, one page.
+SEARCH = "bulkbackup:search"
+SEARCH_WHOLE = "bulkbackup:search:whole"
 
 MEMBER_PREFIX = HOST + "/"
 LOCK_PREFIX = "lock:"

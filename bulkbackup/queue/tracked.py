@@ -15,6 +15,7 @@ import redis
 from bulkbackup.archive.layout import UserCounts, short_reason
 from bulkbackup.iterutil import chunks
 from bulkbackup.logins import index_pairs
+from bulkbackup.names import is_login
 from bulkbackup.queue import keys
 from bulkbackup.queue.connection import Scripts
 
@@ -151,7 +152,7 @@ def reset(r: redis.Redis) -> int:
 def add_scores_gt(r: redis.Redis, scores: Iterable[tuple[str, float]], batch: int = 1000) -> int:
     """ZADD GT in pipelined batches: a member keeps a higher score it already has. The
     members that are not all lowercase go to the logins index too (keys.LOGINS: these are
-    stored spellings, which `rebuild` trusts).
+    stored spellings, which `rebuild` trusts; the search index is `index_for_search`'s).
 
     Returns how many members were new.
     """
@@ -176,6 +177,27 @@ def add_scores_gt(r: redis.Redis, scores: Iterable[tuple[str, float]], batch: in
             added += flush()
     if len(pipe):
         added += flush()
+    return added
+
+
+def index_for_search(r: redis.Redis, batch: int = 1000) -> int:
+    """Put every member of `tracked` in the search index (keys.SEARCH), then mark the index
+    whole: what `rebuild` runs last, so the members tracked before the index existed (or
+    before Redis lost it) are found too. One ZSCAN of `tracked`, ZADDs pipelined; members
+    added meanwhile go in by track.lua. Returns how many logins were new to the index."""
+    added = 0
+    pipe = r.pipeline(transaction=False)
+    for chunk in chunks(r.zscan_iter(keys.TRACKED, count=batch), batch):
+        logins = [keys.login_of(m.decode() if isinstance(m, bytes) else str(m))
+                  for m, _ in chunk]
+        folded = dict.fromkeys((x.lower() for x in logins if is_login(x)), 0)
+        if folded:
+            pipe.zadd(keys.SEARCH, folded)
+        if len(pipe) >= 16:
+            added += sum(int(x) for x in pipe.execute())
+    if len(pipe):
+        added += sum(int(x) for x in pipe.execute())
+    r.set(keys.SEARCH_WHOLE, 1)
     return added
 
 
@@ -204,7 +226,8 @@ def add_never_synced(r: redis.Redis, logins: list[str]
     added: list[str] = []
     existing: list[tuple[str, str]] = []
     for chunk in chunks(unique, TRACK_BATCH):
-        found = script(keys=[keys.TRACKED, keys.LOGINS], args=[keys.MEMBER_PREFIX, "each", *chunk])
+        found = script(keys=[keys.TRACKED, keys.LOGINS, keys.SEARCH],
+                       args=[keys.MEMBER_PREFIX, "each", *chunk])
         for login, spelled in zip(chunk, found, strict=True):
             text = spelled.decode() if isinstance(spelled, bytes) else str(spelled)
             if text:

@@ -31,10 +31,10 @@ from bulkbackup.config import Settings
 from bulkbackup.errors import StoreError
 from bulkbackup.names import is_login, is_repo_name
 from bulkbackup.store import Store
-from bulkbackup.web import data, downloads, http, memory, metrics
+from bulkbackup.web import data, downloads, http, memory, metrics, states
 from bulkbackup.web.http import JSONResponse, Unavailable
 from bulkbackup.web.render import svg
-from bulkbackup.web.restore_cmds import restore_commands
+from bulkbackup.web.restore_cmds import at_command, restore_commands, state_commands
 from bulkbackup.web.users import Cursor, Users
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class Site:
         self.registry = metrics.registry(self.backend)
         # Users described at once (each runs up to detail.HEAD_THREADS store requests).
         self.detail_slots = asyncio.Semaphore(DETAIL_CONCURRENCY)
+        self.states = states.RepoStates()
         self.trimmer = memory.Trimmer()
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -127,14 +128,17 @@ class Site:
         if q and not is_login(q):
             return {"error": "q must be the start of a login (letters, digits, hyphens)",
                     "users": [], "next": None, "q": q}, 400
+        if q:  # the cursor is the last login shown, lowercased
+            if raw_cursor and not (is_login(raw_cursor) and raw_cursor == raw_cursor.lower()
+                                   and raw_cursor.startswith(q.lower())):
+                return {"error": "invalid cursor", "users": [], "next": None, "q": q}, 400
+            rows, after, more = await self.blocking(self.users.search, q, limit,
+                                                    await self.store_or_none(), raw_cursor)
+            return {"users": [r.to_json() for r in rows], "next": after, "more": more,
+                    "q": q}, 200
         cursor = Cursor.decode(raw_cursor) if raw_cursor else None
         if raw_cursor and cursor is None:
             return {"error": "invalid cursor", "users": [], "next": None, "q": q}, 400
-        if q:
-            store = await self.live_store()
-            rows, more = await self.blocking(self.users.search, q, limit, store)
-            return {"users": [r.to_json() for r in rows], "next": None, "more": more,
-                    "q": q}, 200
         store_or_none = await self.store_or_none()  # only for users without a summary
         rows, nxt = await self.blocking(self.users.page, cursor, limit, store_or_none)
         return {"users": [r.to_json() for r in rows], "next": nxt.encode() if nxt else None,
@@ -180,6 +184,43 @@ class Site:
         banner = QUEUE_UNAVAILABLE if "redis" in detail["unavailable"] else ""
         return self.page(request, "user.html", {"d": detail, "u": detail["user"],
                                                 "commands": commands, "banner": banner})
+
+    # -- a repository's states ---------------------------------------------------------------
+
+    async def repo_states(self, request: Request) -> tuple[states.StatesPage, Doc]:
+        """A page of the repository's states and, per state, the commands that rebuild it."""
+        repo = request.path_params["repo"]
+        if not is_repo_name(repo):
+            raise HTTPException(404)
+        login = await self.spelled(request.path_params["login"])
+        raw_cursor = request.query_params.get("cursor", "")
+        after = states.StateId.decode(raw_cursor) if raw_cursor else None
+        if raw_cursor and after is None:
+            raise HTTPException(404)
+        limit = http.page_limit(request.query_params.get("limit"), states.PAGE_SIZE,
+                                states.PAGE_MAX)
+        store = await self.live_store()
+        async with self.detail_slots:  # the same bound as a user page's store reads
+            page = await self.blocking(self.states.page, store, login, repo, after, limit)
+        if page is None:
+            raise HTTPException(404)
+        base = str(request.base_url).rstrip("/")
+        commands: Doc = {}
+        for s in page.states:
+            git_cmds = state_commands(base, login, repo, s.base_key, s.id.chain, s.id.seq)
+            commands[s.id.encode()] = {
+                "restore": at_command(login, repo, s.at) if s.at else None, "git": git_cmds}
+        return page, commands
+
+    async def api_repo_states(self, request: Request) -> Response:
+        page, commands = await self.repo_states(request)
+        base = str(request.base_url).rstrip("/")
+        return JSONResponse(states.to_json(page, base, commands))
+
+    async def repo_page(self, request: Request) -> Response:
+        page, commands = await self.repo_states(request)
+        return self.page(request, "repo.html", {
+            "p": page, "commands": commands})
 
     async def user_object(self, request: Request) -> Response:
         login = await self.spelled(request.path_params["login"])
@@ -291,6 +332,8 @@ class Site:
             Route("/users/{login}.json", self.user_object),  # before /users/{login}
             Route("/users/{login}", self.user_page), Route("/api/users/{login}", self.api_user),
             Route("/users/{login}/{file}", self.download),
+            Route("/users/{login}/{repo}/states", self.repo_page),
+            Route("/api/users/{login}/{repo}/states", self.api_repo_states),
             Route("/users/{login}/{folder}/{chain}/{part}", self.download_part),
             Route("/workers", self.workers_page), Route("/api/workers", self.api_workers),
             Route("/healthz", self.healthz), Route("/metrics", self.metrics_text),
@@ -308,6 +351,7 @@ def create_app(settings: Settings) -> Starlette:
         yield
         trimming.cancel()
         site.users.stored.close()
+        site.states.close()
         site.backend.close()
 
     app = Starlette(routes=site.routes(), lifespan=lifespan, exception_handlers={

@@ -107,11 +107,11 @@ async def read_logins(request: Request) -> tuple[list[str], str]:
     return [str(x) for x in logins], ""
 
 
-def page_limit(text: str | None) -> int:
+def page_limit(text: str | None, default: int = PAGE_SIZE, most: int = PAGE_MAX) -> int:
     try:
-        return max(1, min(int(text or PAGE_SIZE), PAGE_MAX))
+        return max(1, min(int(text or default), most))
     except ValueError:
-        return PAGE_SIZE
+        return default
 
 
 def size(n: object) -> str:

@@ -21,6 +21,7 @@ import redis
 from bulkbackup.archive.layout import UserCounts, short_reason
 from bulkbackup.archive.metadata import ERROR, REPORTED_REPOS, SYNCD_REPOS
 from bulkbackup.backup.results import error_kind
+from bulkbackup.errors import StoreError
 from bulkbackup.logins import tracked_spelling
 from bulkbackup.names import is_login
 from bulkbackup.queue import keys, tracked
@@ -146,10 +147,39 @@ class Users:
         nxt = Cursor(pairs[-1][1], pairs[-1][0]) if len(pairs) == limit else None
         return rows, nxt
 
-    def search(self, prefix: str, limit: int, store: Store) -> tuple[list[UserRow], bool]:
-        """Users whose login starts with ``prefix`` ignoring case (the store's listings, plus
-        the login itself when it is tracked but not stored yet), ordered by login; and
-        whether there are more than ``limit``."""
+    def search(self, prefix: str, limit: int, store: Store | None, after: str = ""
+               ) -> tuple[list[UserRow], str | None, bool]:
+        """Users whose login starts with ``prefix`` ignoring case, ordered by login (lower
+        case), after the lowercased login ``after``: (rows, the next page's cursor, whether
+        more match). From the search index (keys.SEARCH: O(log N + page)) when it is whole;
+        else one page from the store (``more``: type more)."""
+        folded, start = prefix.lower(), after or prefix.lower()
+        pipe = self.r.pipeline(transaction=False)
+        pipe.exists(keys.SEARCH_WHOLE)
+        # Logins are ASCII: chr(0x7f) sorts after every character a login can hold.
+        pipe.zrangebylex(keys.SEARCH, f"({start}" if after else f"[{start}",
+                         f"[{folded}\x7f", start=0, num=limit + 1)
+        whole, found = pipe.execute()
+        if not whole:
+            if after:  # a cursor of an index since lost: the store's one page was shown
+                return [], None, False
+            if store is None:
+                raise StoreError("the store does not answer (and the search index is not built)")
+            rows, more = self._search_store(prefix, limit, store)
+            return rows, None, more
+        lowered = [x.decode() if isinstance(x, bytes) else str(x) for x in found]
+        page = [x for x in lowered[:limit] if is_login(x)]
+        nxt = lowered[limit - 1] if len(lowered) > limit else None
+        spellings = self.r.hmget(keys.LOGINS, page) if page else []
+        logins = [_spelled(low, sp) for low, sp in zip(page, spellings, strict=True)]
+        scores = self.r.zmscore(keys.TRACKED, [keys.member(x) for x in logins]) if logins else []
+        rows = self.rows(list(zip(logins, scores, strict=True)), store)
+        return rows, nxt, nxt is not None
+
+    def _search_store(self, prefix: str, limit: int, store: Store
+                      ) -> tuple[list[UserRow], bool]:
+        """Before the index is whole: the store's listings (the local store reads its whole
+        top folder), plus the login itself when it is tracked but not stored yet."""
         logins, more = store.top_ignoring_case(prefix, limit)
         spelled = tracked_spelling(self.r, prefix)
         if spelled is not None and spelled not in logins:
@@ -259,6 +289,15 @@ def _row(login: str, score: float | None, locked: bool, counts: UserCounts | Non
         status = Status.SYNCED
     last = iso(score) if score is not None else None
     return UserRow(login, status, badge_of(status, error), last, syncd, reported, error)
+
+
+def _spelled(lowered: str, indexed: object) -> str:
+    """A login's spelling from the logins index (keys.LOGINS), else its lowercase form."""
+    if isinstance(indexed, bytes):
+        indexed = indexed.decode("ascii", "replace")
+    if isinstance(indexed, str) and is_login(indexed) and indexed.lower() == lowered:
+        return indexed
+    return lowered
 
 
 def _digits(text: str) -> int | None:

@@ -11,7 +11,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
 
 import urllib3
@@ -87,18 +87,7 @@ class BoundedPool:
     ) -> tuple[int, urllib3.HTTPHeaderDict, bytes]:
         """(status, headers, body) of a GET that must be whole by ``ends`` (monotonic) and at
         most ``max_bytes`` long; Overdue, TooLarge, or urllib3's HTTPError otherwise."""
-        left_s = max(ends - time.monotonic(), 0.001)
-        _answer_deadline.at = ends
-        try:
-            resp = self._http.request(
-                "GET", url, headers=dict(headers), redirect=False, preload_content=False,
-                timeout=urllib3.Timeout(connect=min(left_s, 10.0), read=left_s))
-        except urllib3.exceptions.HTTPError:
-            if time.monotonic() >= ends:  # the watchdog cut it, or the last read timed out
-                raise Overdue() from None
-            raise
-        finally:
-            _answer_deadline.at = None
+        resp = self._open(url, headers, ends)
         try:
             body = _read_body(resp, ends, max_bytes)
         except BaseException:
@@ -108,12 +97,54 @@ class BoundedPool:
             resp.release_conn()
         return resp.status, resp.headers, body
 
+    @contextlib.contextmanager
+    def stream(
+        self, url: str, headers: Mapping[str, str], ends: float, max_bytes: int
+    ) -> Iterator[tuple[int, urllib3.HTTPHeaderDict, Iterator[bytes]]]:
+        """As `get`, but the body comes as chunks, for answers too large to hold (an hour of
+        GH Archive): each chunk by ``ends``, all of them within ``max_bytes`` (else Overdue,
+        TooLarge). Leaving the block closes the connection unless the body was read whole."""
+        resp = self._open(url, headers, ends)
+        whole = False
+
+        def chunks() -> Iterator[bytes]:
+            nonlocal whole
+            yield from _body_chunks(resp, ends, max_bytes)
+            whole = True
+
+        try:
+            yield resp.status, resp.headers, chunks()
+        finally:
+            if not whole:
+                resp.close()
+            resp.release_conn()
+
+    def _open(self, url: str, headers: Mapping[str, str], ends: float
+              ) -> urllib3.BaseHTTPResponse:
+        """The answer's status line and headers, by ``ends``; its body not read yet."""
+        left_s = max(ends - time.monotonic(), 0.001)
+        _answer_deadline.at = ends
+        try:
+            return self._http.request(
+                "GET", url, headers=dict(headers), redirect=False, preload_content=False,
+                timeout=urllib3.Timeout(connect=min(left_s, 10.0), read=left_s))
+        except urllib3.exceptions.HTTPError:
+            if time.monotonic() >= ends:  # the watchdog cut it, or the last read timed out
+                raise Overdue() from None
+            raise
+        finally:
+            _answer_deadline.at = None
+
 
 def _read_body(resp: urllib3.BaseHTTPResponse, ends: float, max_bytes: int) -> bytes:
+    return b"".join(_body_chunks(resp, ends, max_bytes))
+
+
+def _body_chunks(resp: urllib3.BaseHTTPResponse, ends: float, max_bytes: int
+                 ) -> Iterator[bytes]:
     declared = resp.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise TooLarge()
-    chunks: list[bytes] = []
     size = 0
     while True:
         left_s = ends - time.monotonic()
@@ -127,11 +158,11 @@ def _read_body(resp: urllib3.BaseHTTPResponse, ends: float, max_bytes: int) -> b
         except urllib3.exceptions.ReadTimeoutError:
             raise Overdue() from None
         if not chunk:
-            return b"".join(chunks)
+            return
         size += len(chunk)
         if size > max_bytes:
             raise TooLarge()
-        chunks.append(chunk)
+        yield chunk
 
 
 def read_whole(resp: urllib3.BaseHTTPResponse, limit: int, deadline: float) -> bytes:

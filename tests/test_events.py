@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -256,6 +256,9 @@ def test_a_missing_hour_is_skipped_after_gap_hours(ev_env: Path, archive: gh.GHA
     assert r.zrange(keys.EVENTS_HOURS, 0, -1) == ["2020-01-01-0", "2020-01-01-2"]
     status = queue_events.status(r)
     assert status["last_hour"] == "2020-01-01-2" and status["last_gap"] == "2020-01-01-1"
+    shown = queue_events.figures(r, (H3 + timedelta(minutes=30)).timestamp())
+    assert shown == {"last_hour": "2020-01-01-2", "lag_s": 1800, "hours": 2, "gaps": 1,
+                     "events": 2, "bad_lines": 0, "marked_due": 0, "needs_listing": 0}
     archive.publish(H3, [gh.push("a/b", at=H3)])  # without --from: resumes after the last
     resumed = _events("--to", hours.name(H3))
     assert resumed.returncode == 0, resumed.stderr
@@ -394,3 +397,16 @@ def test_the_stand_ins_changes_are_their_events(ev_env: Path, archive: gh.GHArch
     assert proc.returncode == 0, proc.stderr
     assert r.smembers(keys.events_refs("alice")) == {"r1", "r2"}
     assert r.smembers(keys.EVENTS_LISTING) == {keys.member("Bob")}
+
+
+def test_a_server_that_never_answers_fails_the_hour_in_bounded_time(
+        ev_env: Path, r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    ev_env.write_text("events:\n  hour_timeout_s: 1\n")
+    with socket.socket() as silent:  # accepts connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        monkeypatch.setenv("GHARCHIVE_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        proc = run_cli("events", "--from", hours.name(H0), "--to", hours.name(H0), timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "2020-01-01-0: failed: not read whole within events.hour_timeout_s (1s)" in proc.stderr
+    assert r.zcard(keys.EVENTS_HOURS) == 0

@@ -135,13 +135,25 @@ def status(r: redis.Redis) -> dict[str, str]:
     return {_text(k): _text(v) for k, v in raw.items()}
 
 
-def due_counts(r: redis.Redis) -> dict[str, int]:
-    """Owners marked due by events, and of them those needing a listing (one round trip)."""
+def figures(r: redis.Redis, now_s: float) -> dict[str, object]:
+    """For `stats`: the last hour read and how far behind ``now_s`` its end is (None before
+    any), totals, and the owners marked due (of them, needing a listing). One round trip."""
     pipe = r.pipeline(transaction=False)
+    pipe.hgetall(keys.EVENTS_STATUS)
     pipe.zcard(keys.EVENTS_DUE)
     pipe.scard(keys.EVENTS_LISTING)
-    due, listing = pipe.execute()
-    return {"marked_due": int(due), "needs_listing": int(listing)}
+    raw, due, listing = pipe.execute()
+    status = {_text(k): _text(v) for k, v in raw.items()}
+    start = status.get("last_hour_start")
+    lag_s = max(now_s - (int(start) + 3600), 0) if start else None
+
+    def num(name: str) -> int:
+        return int(status.get(name, "0") or 0)
+
+    return {"last_hour": status.get("last_hour"), "lag_s": None if lag_s is None else
+            int(lag_s), "hours": num("hours"), "gaps": num("gaps"), "events": num("events"),
+            "bad_lines": num("bad_lines"), "marked_due": int(due),
+            "needs_listing": int(listing)}
 
 
 def _text(value: object) -> str:

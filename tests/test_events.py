@@ -183,6 +183,17 @@ def test_marks_travel_in_batches_not_a_round_trip_per_event(r: redis.Redis) -> N
     assert r.zcard(keys.EVENTS_DUE) == 3000
 
 
+def test_marks_survive_scripts_flushed_between_batches(r: redis.Redis) -> None:
+    r.zadd(keys.TRACKED, {keys.member("alice"): 1.0})
+    marks = queue_events.DueMarks(r, Scripts(r), track_new=True, batch_events=1)
+    marks.add("alice", "r1", needs_listing=False)
+    r.script_flush()  # as a Redis restarted without its scripts
+    marks.add("alice", "r2", needs_listing=False)
+    marks.add("bob", "b", needs_listing=False)
+    assert r.smembers(keys.events_refs("alice")) == {"r1", "r2"}
+    assert r.smembers(keys.events_refs("bob")) == {"b"}
+
+
 # -- the command, over HTTP --------------------------------------------------------------------
 
 @pytest.fixture

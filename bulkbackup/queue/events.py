@@ -9,6 +9,7 @@ batch, each owner's repositories capped at keys.EVENTS_REFS_MAX.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -53,6 +54,7 @@ class DueMarks:
         self._held = 0
         self.score_s = 0.0  # a new mark's score: the end of the hour being read
         self.figures = MarkFigures()
+        self._load_scripts()  # EVALSHA below: loaded before the first batch
 
     def add(self, owner: str, repo: str, needs_listing: bool) -> None:
         """``owner``'s repository ``repo`` changed: its refs moved, or it needs a listing.
@@ -71,33 +73,64 @@ class DueMarks:
             self.flush()
 
     def flush(self) -> None:
-        """Send what is held: one pipeline (track.lua first with --track-new)."""
+        """Send what is held in one round trip (track.lua first with --track-new)."""
         if not self._owners:
             return
         owners = list(self._owners.items())
         self._owners, self._held = {}, 0
-        pipe = self._r.pipeline(transaction=False)
-        tracks = 0
+        commands: list[bytes] = []
         if self._track_new:
             for logins in chunks([login for login, _ in owners], TRACK_BATCH):
-                self._scripts.track(keys=[keys.TRACKED, keys.LOGINS],
-                                    args=[keys.MEMBER_PREFIX, "count", *logins], client=pipe)
-                tracks += 1
+                commands.append(_resp("EVALSHA", self._scripts.track.sha, "2", keys.TRACKED,
+                                      keys.LOGINS, keys.MEMBER_PREFIX, "count", *logins))
+        tracks = len(commands)
+        score = repr(float(self.score_s))
         for part in chunks(owners, OWNERS_PER_CALL):
-            args: list[str | int | float] = [keys.MEMBER_PREFIX, self.score_s,
-                                              keys.EVENTS_REFS_MAX, len(part)]
+            args = [keys.MEMBER_PREFIX, score, str(keys.EVENTS_REFS_MAX), str(len(part))]
             for login, entry in part:
-                args += [login, int(entry.listing), len(entry.repos), *sorted(entry.repos)]
-            self._scripts.events_mark(
-                keys=[keys.TRACKED, keys.LOGINS, keys.EVENTS_DUE, keys.EVENTS_LISTING,
-                      *(keys.events_refs(login) for login, _ in part)],
-                args=args, client=pipe)
-        replies = pipe.execute()
+                args += [login, "1" if entry.listing else "0", str(len(entry.repos)),
+                         *sorted(entry.repos)]
+            commands.append(_resp(
+                "EVALSHA", self._scripts.events_mark.sha, str(4 + len(part)), keys.TRACKED,
+                keys.LOGINS, keys.EVENTS_DUE, keys.EVENTS_LISTING,
+                *[keys.events_refs(login) for login, _ in part], *args))
+        try:
+            replies = self._send(commands)
+        except redis.exceptions.NoScriptError:  # Redis restarted, or SCRIPT FLUSH: again
+            self._load_scripts()
+            replies = self._send(commands)
         self.figures.tracked_new += sum(int(n) for n in replies[:tracks])
         for marked, new, untracked in replies[tracks:]:
             self.figures.marked += int(marked)
             self.figures.newly_due += int(new)
             self.figures.untracked += int(untracked)
+
+    def _load_scripts(self) -> None:
+        for script in (self._scripts.track, self._scripts.events_mark):
+            self._r.script_load(script.script)
+
+    def _send(self, commands: list[bytes]) -> list[Any]:
+        """``commands`` written at once, then their replies read (one round trip). Marks are
+        idempotent: a batch cut short (NOSCRIPT) may be sent again whole."""
+        pool = self._r.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(commands, check_health=True)
+            replies = [conn.read_response() for _ in commands]
+        except BaseException:
+            conn.disconnect()  # replies may be left unread: the connection is not reused
+            raise
+        finally:
+            pool.release(conn)
+        return replies
+
+
+def _resp(*args: str) -> bytes:
+    """One Redis command in RESP, packed in one pass (redis-py's packing, an argument at a
+    time, cost more than reading the hour: queue/ingest.py packs its commands alike). Every
+    argument is ASCII: names are validated (names.py), the rest are numbers and key names."""
+    body = "".join([f"${len(a)}\r\n{a}\r\n" for a in args])
+    return b"*%d\r\n" % len(args) + body.encode("ascii")
 
 
 def is_done(r: redis.Redis, hour: str) -> bool:

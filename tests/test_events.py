@@ -183,6 +183,50 @@ def test_marks_travel_in_batches_not_a_round_trip_per_event(r: redis.Redis) -> N
     assert r.zcard(keys.EVENTS_DUE) == 3000
 
 
+_SPELLINGS = {"alice": ["alice", "Alice", "ALICE"], "bob": ["Bob", "bob"], "carol": ["carol"]}
+
+
+@hsettings(max_examples=150, deadline=None)
+@given(tracked=st.sets(st.sampled_from(sorted(_SPELLINGS))),
+       marks=st.lists(st.tuples(st.sampled_from(sorted(_SPELLINGS)), st.integers(0, 3),
+                                st.integers(0, 140), st.integers(0, 30),
+                                st.sampled_from([False, False, False, True])), max_size=30),
+       batch=st.integers(1, 60))
+def test_marks_are_what_the_events_say_in_any_order_and_batching(
+        redis_server: str, tracked: set[str], marks: list[tuple[str, int, int, int, bool]],
+        batch: int) -> None:
+    """A model: a tracked account (any spelling in the events) is due once it has a mark; it
+    needs a listing when one of its marks does, or more than EVENTS_REFS_MAX repositories
+    moved; else its refs are exactly the repositories named. Untracked: nothing."""
+    r = redis.Redis.from_url(redis_server, decode_responses=True)
+    r.flushall()
+    stored = {a: _SPELLINGS[a][-1] for a in tracked}  # the tracked spelling
+    r.zadd(keys.TRACKED, {keys.member("someone-else"): 1.0,
+                          **{keys.member(login): 1.0 for login in stored.values()}})
+    for login in stored.values():
+        if login != login.lower():
+            r.hset(keys.LOGINS, login.lower(), login)
+    due = queue_events.DueMarks(r, Scripts(r), track_new=False, batch_events=batch)
+    for account, spelling, first, count, needs_listing in marks:
+        login = _SPELLINGS[account][spelling % len(_SPELLINGS[account])]
+        for n in range(first, first + count):
+            due.add(login, f"r{n}", needs_listing)
+    due.flush()
+    named: dict[str, set[str]] = {a: set() for a, *_ in marks}
+    for account, _, first, count, _ in marks:
+        named[account] |= {f"r{n}" for n in range(first, first + count)}
+    listing = {a for a, _, _, count, needs in marks if count and needs} | {
+        a for a, repos in named.items() if len(repos) > keys.EVENTS_REFS_MAX}
+    marked = {a for a, _, _, count, _ in marks if count} & tracked
+    assert set(r.zrange(keys.EVENTS_DUE, 0, -1)) == {keys.member(stored[a]) for a in marked}
+    assert r.smembers(keys.EVENTS_LISTING) == {keys.member(stored[a])
+                                               for a in marked & listing}
+    refs = {k.removeprefix(keys.EVENTS_REFS_PREFIX): r.smembers(k)
+            for k in r.scan_iter(keys.EVENTS_REFS_PREFIX + "*")}
+    assert refs == {a: named[a] for a in marked - listing}
+    r.close()
+
+
 def test_marks_survive_scripts_flushed_between_batches(r: redis.Redis) -> None:
     r.zadd(keys.TRACKED, {keys.member("alice"): 1.0})
     marks = queue_events.DueMarks(r, Scripts(r), track_new=True, batch_events=1)

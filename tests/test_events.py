@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+import tracemalloc
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +26,7 @@ from hypothesis import strategies as st
 from bulkbackup.events import hours
 from bulkbackup.events.lines import BAD_SHOWN, HourCounts, marks_of
 from bulkbackup.events.rules import Bad, Change, Mark, change_of, interesting_type
+from bulkbackup.events.source import lines_of
 from bulkbackup.names import is_login, is_repo_name
 from bulkbackup.queue import events as queue_events
 from bulkbackup.queue import keys
@@ -123,6 +126,27 @@ def test_bad_lines_are_counted_in_bounded_memory() -> None:
     assert counts.bad[Bad.TOO_LONG] == 1  # the huge WatchEvent is just ignored
     assert counts.bad_lines == 2 * len(gh.BAD_LINES) + 1
     assert len(counts.first_bad) == BAD_SHOWN
+
+
+def test_gzip_members_in_a_row_are_one_stream_and_a_cut_one_fails() -> None:
+    a, b = b"".join(gh.lines_of([gh.push("a/b")])), b"line two\n" * 50_000
+    both = gzip.compress(a) + gzip.compress(b)
+    assert lines_of(io.BytesIO(both), True, "x").read() == a + b
+    with pytest.raises(EOFError):
+        lines_of(io.BytesIO(both[:-9]), True, "x").read()
+    corrupt = bytearray(both)
+    corrupt[-6] ^= 0xFF  # the second member's CRC
+    with pytest.raises(zlib.error):
+        lines_of(io.BytesIO(bytes(corrupt)), True, "x").read()
+    bomb = gzip.compress(b"\0" * (64 << 20))  # 64 MB from 64 KB: inflated piece by piece
+    stream = lines_of(io.BytesIO(bomb), True, "x")
+    tracemalloc.start()
+    try:
+        assert len(stream.read(1000)) == 1000
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
 
 
 # -- the marks in Redis -----------------------------------------------------------------------

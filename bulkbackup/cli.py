@@ -100,6 +100,19 @@ def _job_commands(command: _Command) -> None:
     s = command("track", "add users by hand (as ingest: ZADD NX -inf)")
     s.add_argument("logins", nargs="+", metavar="LOGIN")
 
+    s = command("events", "read GH Archive hours: mark the owners whose repositories changed")
+    s.add_argument("sources", nargs="*", metavar="SOURCE",
+                   help="hour files (gzip or plain JSON lines) or - for stdin; none: the "
+                        "hours of events.url")
+    s.add_argument("--from", dest="first", metavar="HOUR",
+                   help="first hour (YYYY-MM-DD-H or RFC 3339; default: where reading stopped)")
+    s.add_argument("--to", dest="last", metavar="HOUR",
+                   help="last hour, included (default: the newest published)")
+    s.add_argument("--follow", action="store_true",
+                   help="then wait for each next hour, forever (Ctrl-C stops)")
+    s.add_argument("--track-new", action="store_true",
+                   help="also track owners not tracked yet (as ingest)")
+
 
 def _archive_commands(command: _Command) -> None:
     """The commands that read (and check) what the store holds."""
@@ -156,6 +169,11 @@ def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:
         return commands.serve_command(settings, args.host, args.port)
     if cmd == "track":
         return commands.track_command(settings, args.logins)
+    if cmd == "events":
+        from bulkbackup.events.report import events_command
+
+        return events_command(settings, args.sources, args.first, args.last, args.follow,
+                              args.track_new)
     raise AssertionError(cmd)  # pragma: no cover - argparse refuses unknown commands
 
 

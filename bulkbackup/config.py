@@ -122,6 +122,16 @@ class ServeSettings:
 
 
 @dataclass(frozen=True)
+class EventsSettings:
+    url: str = "https://data.gharchive.org"
+    full_pass_days: int = 30
+    gap_hours: float = 6.0
+    poll_s: float = 60.0
+    hour_timeout_s: float = 1800.0
+    max_hour_mb: int = 4096
+
+
+@dataclass(frozen=True)
 class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
@@ -129,6 +139,7 @@ class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     run: RunSettings = field(default_factory=RunSettings)
     serve: ServeSettings = field(default_factory=ServeSettings)
+    events: EventsSettings = field(default_factory=EventsSettings)
 
 
 def load(
@@ -193,8 +204,11 @@ def _apply_env(s: Settings, env: typing.Mapping[str, str]) -> Settings:
     serve = s.serve
     if env.get("BULKBACKUP_ADMIN_TOKEN", "").strip():
         serve = dataclasses.replace(serve, admin_token=env["BULKBACKUP_ADMIN_TOKEN"].strip())
+    events = s.events
+    if env.get("GHARCHIVE_URL", "").strip():
+        events = dataclasses.replace(events, url=env["GHARCHIVE_URL"].strip())
     out = Settings(redis=redis_s, store=store_s, github=gh, ingest=s.ingest, run=run,
-                   serve=serve)
+                   serve=serve, events=events)
     _validate(out)
     if store_scheme(out.store.url) == "s3":
         _check_endpoints(env)
@@ -239,6 +253,11 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "run.git_big_file_mb": (1, 4096),
     "run.max_increments": (0, 10_000),  # 0: every change is a full archive
     "run.keep_history_days": (0, 100 * 366),  # 0: no history kept past the current chain
+    "events.full_pass_days": (1, 100 * 366),
+    "events.gap_hours": (0, 100 * 366 * 24),
+    "events.poll_s": (0.01, 86_400),
+    "events.hour_timeout_s": (1, 7 * 86_400),
+    "events.max_hour_mb": (1, None),
 }
 
 
@@ -309,6 +328,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"github.api must be graphql or rest: {s.github.api!r}")
     if s.github.graphql_url and urlsplit(s.github.graphql_url).scheme not in ("http", "https"):
         raise ConfigError(f"github.graphql_url must be http(s): {s.github.graphql_url!r}")
+    if urlsplit(s.events.url).scheme not in ("http", "https"):
+        raise ConfigError(f"events.url must be http(s): {s.events.url!r}")
     if not s.serve.host:
         raise ConfigError("serve.host must not be empty")
     host = s.run.worker_host

@@ -22,6 +22,7 @@ from bulkbackup.archive.metadata import ERROR, REPORTED_REPOS, SYNCD_REPOS
 from bulkbackup.config import Settings
 from bulkbackup.names import is_login
 from bulkbackup.progress import Progress
+from bulkbackup.queue import events as queue_events
 from bulkbackup.queue import keys, tracked
 from bulkbackup.queue.connection import connect
 from bulkbackup.store import Store, open_store
@@ -219,6 +220,7 @@ def collect(settings: Settings, write: bool, progress: bool = True) -> dict[str,
             "users_per_s": float(last_run.get("users_per_s", 0.0)),
         },
         "verify": _last_verify(r),
+        "events": queue_events.figures(r, now),
         "pass": {"syncd_repos_written": totals.written, "store_requests": totals.store_requests,
                  "elapsed_s": round(totals.elapsed_s, 3), "wrote": write},
     }

@@ -50,3 +50,5 @@ class Scripts:
         self.refresh = r.register_script(_script("refresh.lua"))
         self.complete = r.register_script(_script("complete.lua"))
         self.track = r.register_script(_script("track.lua"))
+        self.events_mark = r.register_script(_script("events_mark.lua"))
+        self.events_hour = r.register_script(_script("events_hour.lua"))

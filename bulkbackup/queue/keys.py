@@ -93,3 +93,30 @@ def rate(minute: int) -> str:
 
 def worker(worker_id: str) -> str:
     return WORKER_PREFIX + worker_id
+
+
+# -- events (bulkbackup events: GH Archive's hours read as marks; queue/events.py) -------------
+EVENTS_PREFIX = "bulkbackup:events:"
+# Hours read whole: member the hour's name (2015-01-01-15), score its start (unix s). An hour
+# here is never read again (an hour read twice changes nothing more). ~8 760 a year.
+EVENTS_HOURS = EVENTS_PREFIX + "hours"
+# Where reading stands (a hash): last_hour (the newest hour read), last_hour_start, read_at,
+# lag_s (how old its newest events were when read), next_hour (where reading resumes without
+# --from: after the newest hour read or skipped), last_gap, and totals hours, events, marks,
+# bad_lines, gaps.
+EVENTS_STATUS = EVENTS_PREFIX + "status"
+# Owners marked due by events: member the `tracked` member, score the end of the hour of its
+# first mark since its last sync (unix s; ZADD NX: the oldest mark first). A run clears it when
+# it syncs the owner (phase 2).
+EVENTS_DUE = EVENTS_PREFIX + "due"
+# Owners whose events need a listing (a new repository, a fork, a release...): members.
+EVENTS_LISTING = EVENTS_PREFIX + "listing"
+# Per owner (lowercased login: logins ignore case), the repositories whose refs moved (a set),
+# at most EVENTS_REFS_MAX: past that the owner needs a listing instead (one listing costs
+# less than that many repositories fetched blind), and the set is dropped.
+EVENTS_REFS_PREFIX = EVENTS_PREFIX + "refs:"
+EVENTS_REFS_MAX = 100
+
+
+def events_refs(login: str) -> str:
+    return EVENTS_REFS_PREFIX + login.lower()

@@ -2,17 +2,26 @@
 branch or tag, a deleted ref, every ref deleted, a renamed repository. Each moves the listing's
 pushed_at/updated_at as a real push would. A mixin of `Forge` (forge.py), kept apart so that
 module stays about serving and counting.
+
+With `event_log` set (a GH Archive stand-in, gharchive.py), a change is also recorded as the
+event GitHub would publish (PushEvent, CreateEvent, DeleteEvent), in the hour it is made; a
+rename publishes none (GitHub's events miss renames). `push_commit` and `add_repo` are
+Forge.push and Forge.add_user with their events.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bulkbackup.testing.hostile_packs import PackAnswer
-from bulkbackup.testing.repos import NAME, PLACEHOLDER, commit, epoch, git, rfc3339
+from bulkbackup.testing.repos import NAME, PLACEHOLDER, RepoSpec, commit, epoch, git, rfc3339
+
+if TYPE_CHECKING:
+    from bulkbackup.testing.gharchive import GHArchive
 
 
 class ForgeChanges:
@@ -24,6 +33,37 @@ class ForgeChanges:
     _stalled: set[tuple[str, str]]
     _stalled_mid: set[tuple[str, str]]
     _pack_answers: dict[tuple[str, str], PackAnswer]
+    # Set: every change below is recorded there as its event (see the module's docstring).
+    event_log: GHArchive | None = None
+
+    def push(self, login: str, name: str, files: dict[str, bytes]) -> None:
+        raise NotImplementedError  # Forge.push
+
+    def add_user(self, login: str, repos: Iterable[RepoSpec]) -> None:
+        raise NotImplementedError  # Forge.add_user
+
+    def _event(self, kind: str, login: str, name: str, **payload: Any) -> None:
+        if self.event_log is not None:
+            self.event_log.record(kind, f"{login}/{name}", payload)
+
+    def _ref_event(self, kind: str, login: str, name: str, ref: str) -> None:
+        """CreateEvent/DeleteEvent of a branch or tag, named as GitHub names it (`dev`)."""
+        ref_type = "tag" if ref.startswith("refs/tags/") else "branch"
+        short = ref.removeprefix("refs/tags/").removeprefix("refs/heads/")
+        self._event(kind, login, name, ref=short, ref_type=ref_type, pusher_type="user")
+
+    def push_commit(self, login: str, name: str, files: dict[str, bytes]) -> None:
+        """Forge.push (a new commit on the default branch), recorded as a PushEvent."""
+        self.push(login, name, files)
+        with self.lock:
+            branch = next(e for e in self.users[login] if e.get("name") == name)["default_branch"]
+        self._event("PushEvent", login, name, ref=f"refs/heads/{branch}", size=1)
+
+    def add_repo(self, login: str, spec: RepoSpec) -> None:
+        """Forge.add_user with one new repository, recorded as a CreateEvent (repository)."""
+        self.add_user(login, [spec])
+        self._event("CreateEvent", login, spec.name, ref=None, ref_type="repository",
+                    pusher_type="user")
 
     def _repo_of(self, login: str, name: str) -> tuple[dict[str, Any], Path]:
         with self.lock:
@@ -69,6 +109,7 @@ class ForgeChanges:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"{oid}\n")
         self._moved(entry)
+        self._event("PushEvent", login, name, ref=ref, head=oid, size=0)
 
     def tag_tree(self, login: str, name: str, tag: str, files: dict[str, bytes]) -> str:
         """A lightweight tag ``refs/tags/<tag>`` at a new tree holding ``files`` (flat
@@ -81,6 +122,7 @@ class ForgeChanges:
         tree = git("mktree", cwd=repo, data="".join(lines).encode()).strip()
         git("update-ref", f"refs/tags/{tag}", tree, cwd=repo)
         self._moved(entry)
+        self._ref_event("CreateEvent", login, name, f"refs/tags/{tag}")
         return tree
 
     def force_push(self, login: str, name: str, files: dict[str, bytes]) -> None:
@@ -91,6 +133,7 @@ class ForgeChanges:
                                                        "force push")
         git("fast-import", "--quiet", "--force", cwd=repo, data=stream)
         self._moved(entry)
+        self._event("PushEvent", login, name, ref=ref, size=1, forced=True)
 
     def add_branch(self, login: str, name: str, branch: str, files: dict[str, bytes]) -> None:
         """A new commit with ``files`` on top of the default branch, as branch ``branch``."""
@@ -99,6 +142,7 @@ class ForgeChanges:
         git("fast-import", "--quiet", cwd=repo,
             data=commit(f"refs/heads/{branch}", int(time.time()), files, parent, branch))
         self._moved(entry)
+        self._ref_event("CreateEvent", login, name, f"refs/heads/{branch}")
 
     def add_tag(self, login: str, name: str, tag: str, annotated: bool = True) -> None:
         """Tag ``refs/tags/<tag>`` on the default branch's tip (an annotated tag object, or a
@@ -114,12 +158,14 @@ class ForgeChanges:
             stream = f"reset refs/tags/{tag}\nfrom {tip}\n\n".encode()
         git("fast-import", "--quiet", "--force", cwd=repo, data=stream)
         self._moved(entry)
+        self._ref_event("CreateEvent", login, name, f"refs/tags/{tag}")
 
     def delete_ref(self, login: str, name: str, ref: str) -> None:
         """Delete one ref (``refs/heads/dev``, ``refs/tags/v1``, ...)."""
         entry, repo = self._repo_of(login, name)
         git("update-ref", "-d", ref, cwd=repo)
         self._moved(entry)
+        self._ref_event("DeleteEvent", login, name, ref)
 
     def empty_repo(self, login: str, name: str) -> None:
         """Every ref deleted: the repository serves no refs (its objects stay)."""
@@ -127,6 +173,8 @@ class ForgeChanges:
         refs = git("for-each-ref", "--format=%(refname)", cwd=repo).split()
         git("update-ref", "--stdin", cwd=repo, data="".join(f"delete {r}\n" for r in refs).encode())
         self._moved(entry)
+        for ref in refs:
+            self._ref_event("DeleteEvent", login, name, ref)
 
     def rename_repo(self, login: str, old: str, new: str) -> None:
         """The repository is now ``new``: its listing entry (name, URLs) and its git folder;

@@ -96,6 +96,11 @@ def worker(worker_id: str) -> str:
 
 
 # -- events (bulkbackup events: GH Archive's hours read as marks; queue/events.py) -------------
+# Priority users (the seed's plus-users: signed in with GitHub on serve's page): member the
+# `tracked` member, score when it is next due (unix s; sign-in sets now). Claimed before
+# everyone else once due; a sync sets it serve.priority_hours ahead (complete.lua).
+PRIORITY = "bulkbackup:priority"
+
 EVENTS_PREFIX = "bulkbackup:events:"
 # Hours read whole: member the hour's name (2015-01-01-15), score its start (unix s). An hour
 # here is never read again (an hour read twice changes nothing more). ~8 760 a year.

@@ -26,8 +26,7 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from bulkbackup.testing.forge import Forge, sample
-from tests.conftest import ROOT
-from tests.test_serve import TOKEN, base_env, run_backup, start_serve, stop_serve
+from tests.helpers import ROOT, SERVE_TOKEN, base_env, run_backup, start_serve, stop_serve
 
 NO_CHROMIUM = ("needs Debian's chromium and chromedriver on PATH: "
                "apt-get install chromium chromium-driver (.ci/run installs them)")
@@ -91,7 +90,7 @@ def demo_served(redis_server: str, tmp_path: Path) -> Iterator[str]:
         env = base_env(tmp_path, redis_server, str(store))
         env["GITHUB_API_URL"] = forge.url
         run_backup(env, ["octocat", "torvalds-demo", "ghost-user"])
-    served = start_serve({**env, "BULKBACKUP_ADMIN_TOKEN": TOKEN}, tmp_path / "serve.log")
+    served = start_serve({**env, "BULKBACKUP_ADMIN_TOKEN": SERVE_TOKEN}, tmp_path / "serve.log")
     yield served.url
     stop_serve(served)
 
@@ -122,7 +121,7 @@ def test_dashboard_search_user_download_clone(
 
         # The add form (static JavaScript under the CSP) sends the token as a bearer header.
         driver.find_element(By.ID, "add-logins").send_keys("newcomer octocat")
-        driver.find_element(By.ID, "add-token").send_keys(TOKEN)
+        driver.find_element(By.ID, "add-token").send_keys(SERVE_TOKEN)
         driver.find_element(By.CSS_SELECTOR, "#add-form button").click()
         wait.until(ec.text_to_be_present_in_element((By.ID, "add-result"), "added"))
         assert driver.find_element(By.ID, "add-result").text == \
@@ -164,7 +163,6 @@ def test_dashboard_search_user_download_clone(
     if os.environ.get("BULKBACKUP_UPDATE_SCREENSHOT") == "1":
         (ROOT / "docs").mkdir(exist_ok=True)
         shutil.copyfile(artifacts / "dashboard.png", ROOT / "docs" / "dashboard.png")
-
 
 
 def test_without_chromium_the_browser_test_is_skipped_saying_what_to_install_but_fails_in_ci(

@@ -33,8 +33,7 @@ from bulkbackup.store.s3 import S3Store
 from bulkbackup.store.tempfiles import INCOMING
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.services import free_port
-from tests.conftest import git
-from tests.test_run import start_run, track, wait_for, workers_of
+from tests.helpers import git, read, start_run, track, wait_for, workers_of
 
 MIB = 1024 * 1024
 WID = "1.0.h"
@@ -190,11 +189,6 @@ def uploading_bundle(store: Store, login: str, repo: str) -> bool:
     return ((store.root / login / f"{repo}.zip").exists()
             and not (store.root / login / f"{repo}.bundle").exists()
             and any(p.name.startswith("%tmp-") for p in incoming.iterdir()))
-
-
-def read(store: Store, key: str) -> bytes:
-    with store.open(key) as f:
-        return f.read()
 
 
 def stop_mid_upload(store: Store, run_pid: int, login: str, repo: str) -> int:

@@ -23,7 +23,7 @@ from bulkbackup.store import open_store
 from bulkbackup.testing import forge_graphql
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.forge_graphql_data import Endless
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 TOKENS = ["ghp_hostileGOODone0123456789", "ghp_hostileREVOKEDtwo0123456789",
           "ghp_hostileGOODthree0123456789"]

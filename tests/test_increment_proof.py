@@ -18,19 +18,19 @@ from bulkbackup.queue import keys
 from bulkbackup.store import Store, layout
 from bulkbackup.testing import hostile_packs as hp
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.conftest import git, run_cli
-from tests.test_increments import (
+from tests.helpers import (
     base_meta,
+    git,
     parts,
     refs_of,
     remote_refs,
     restore,
+    run_cli,
     source,
+    start_run,
     sync,
+    track,
 )
-from tests.test_run import run_env, start_run, track
-
-__all__ = ["run_env"]  # a fixture of test_run.py, used here
 
 FILES = {"a.txt": b"a\n", "blob.bin": os.urandom(50_000)}
 

@@ -18,8 +18,18 @@ from bulkbackup import faults
 from bulkbackup.store import Store, layout
 from bulkbackup.store.base import canonical
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.conftest import git, run_cli
-from tests.test_serve import start_serve, stop_serve
+from tests.helpers import (
+    base_meta,
+    git,
+    parts,
+    refs_of,
+    remote_refs,
+    restore,
+    run_cli,
+    start_serve,
+    stop_serve,
+    sync,
+)
 
 BIG = os.urandom(400_000)  # incompressible: a full bundle is far larger than an increment
 
@@ -27,49 +37,6 @@ BIG = os.urandom(400_000)  # incompressible: a full bundle is far larger than an
 def configure(tmp_path: Path, **run: int) -> None:
     lines = "".join(f"  {k}: {v}\n" for k, v in run.items())
     (tmp_path / "config.yaml").write_text(f"run:\n{lines}" if lines else "{}\n")
-
-
-def refs_of(repo: Path) -> dict[str, str]:
-    out = git("for-each-ref", "--format=%(objectname) %(refname)", cwd=repo)
-    return {ref: sha for sha, ref in (line.split() for line in out.splitlines())}
-
-
-def source(forge: Forge, login: str, name: str) -> Path:
-    return forge.git_root / login / f"{name}.git"
-
-
-def remote_refs(forge: Forge, login: str, name: str) -> dict[str, str]:
-    return {r: s for r, s in refs_of(source(forge, login, name)).items()
-            if not r.startswith("refs/pull/")}
-
-
-def sync(login: str, env: dict[str, str] | None = None) -> str:
-    proc = run_cli("sync", login, env=env)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
-
-
-def restore(login: str, name: str, to: Path, at: str | None = None) -> Path:
-    args = ["restore", f"{login}/{name}", "--to", str(to), "--force"]
-    proc = run_cli(*args, *(["--at", at] if at else []))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    mirror = to / login / f"{name}.git"
-    git("fsck", "--full", "--no-dangling", cwd=mirror)
-    return mirror
-
-
-def base_meta(store: Store, login: str, name: str) -> tuple[str, int]:
-    head = store.head(layout.bundle_key(login, name))
-    assert head is not None
-    return head.get("Chain"), int(head.get("Increments") or 0)
-
-
-def parts(store: Store, login: str, name: str) -> list[tuple[str, int, int]]:
-    out = []
-    for info in store.list(layout.parts_prefix(login, name)):
-        key = layout.parse_key(info.key)
-        out.append((key.chain, key.seq, info.size))
-    return sorted(out)
 
 
 def stamp() -> str:

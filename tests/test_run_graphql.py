@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from bulkbackup.store import open_store
 from bulkbackup.testing import forge_graphql
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.services import free_port
-from tests.conftest import ROOT, run_cli
+from tests.helpers import run_cli, run_config, start_run
 
 TOKEN = "ghp_wire14SECRETtoken0123456789abcdef"
 HUGE_KB = 10_000_000  # above run.max_repo_kb: recorded as skipped, never cloned
@@ -57,19 +56,12 @@ ALL = [*COUNTS, "acme-org", "octo", "ghost-user", *FILLERS]
 def run_env(tmp_path: Path, forge: Forge, redis_url: str, store: Path, api: str,
             extra: str = "", github: str = "") -> dict[str, str]:
     cfg = tmp_path / f"run-{api}-{store.name}.yaml"
-    cfg.write_text("run:\n  lock_ttl_s: 2\n  grace_s: 20\n  claim_target_s: 1.0\n"
-                   "  claim_batch_max: 2\n" + extra +
-                   "github:\n  backoff_s: 0.05\n  max_rate_wait_s: 30\n" + github)
+    cfg.write_text(run_config("  claim_batch_max: 2\n" + extra,
+                              "  max_rate_wait_s: 30\n" + github))
     env = {k: v for k, v in os.environ.items()
            if k not in ("GITHUB_TOKEN", "GITHUB_TOKENS", "BULKBACKUP_DEBUG")}
     return {**env, "BULKBACKUP_CONFIG": str(cfg), "GITHUB_API_URL": forge.url,
             "BULKBACKUP_STORE": str(store), "REDIS_URL": redis_url, "GITHUB_API": api}
-
-
-def start_run(env: dict[str, str], *args: str, host: str = "hostA") -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "bulkbackup", "run", *args],
-                            env={**env, "BULKBACKUP_WORKER_HOST": host}, cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def run(env: dict[str, str], *args: str) -> str:

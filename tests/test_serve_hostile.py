@@ -25,7 +25,7 @@ import redis
 
 from bulkbackup.queue import keys
 from bulkbackup.store import layout
-from tests.test_serve import TOKEN, Served, base_env, start_serve, stop_serve
+from tests.helpers import SERVE_TOKEN, Served, base_env, start_serve, stop_serve
 
 MIB = 1 << 20
 MB = 1000 * 1000
@@ -171,7 +171,7 @@ def test_half_sent_requests_are_closed_and_others_served(redis_url: str, tmp_pat
     cfg = Path(env["BULKBACKUP_CONFIG"])
     cfg.write_text(cfg.read_text() + "serve:\n  header_timeout_s: 2\n  body_timeout_s: 2\n")
     (tmp_path / "store").mkdir()
-    served = start_serve({**env, "BULKBACKUP_ADMIN_TOKEN": TOKEN}, tmp_path / "serve.log",
+    served = start_serve({**env, "BULKBACKUP_ADMIN_TOKEN": SERVE_TOKEN}, tmp_path / "serve.log",
                          preexec_fn=limit_open_files(256))
     try:
         with sockets_closed([]) as socks:
@@ -186,7 +186,7 @@ def test_half_sent_requests_are_closed_and_others_served(redis_url: str, tmp_pat
         # A body that stops half-way is closed too (its headers were in time).
         with sockets_closed([stalled_socket(served, (
                 b"POST /api/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+                b"Authorization: Bearer " + SERVE_TOKEN.encode() + b"\r\n"
                 b"Content-Length: 100\r\n\r\n{\"logins\":"))]) as (sock,):
             sock.settimeout(60)
             assert until_closed(sock) == b""
@@ -206,7 +206,7 @@ def plain(redis_url: str, tmp_path: Path) -> Iterator[tuple[Served, redis.Redis]
     store = tmp_path / "store"
     (store / "alice").mkdir(parents=True)
     (store / "alice" / "hello.bundle").write_bytes(SMALL)
-    env = {**base_env(tmp_path, redis_url, str(store)), "BULKBACKUP_ADMIN_TOKEN": TOKEN}
+    env = {**base_env(tmp_path, redis_url, str(store)), "BULKBACKUP_ADMIN_TOKEN": SERVE_TOKEN}
     served = start_serve(env, tmp_path / "serve.log")
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
@@ -272,7 +272,7 @@ def test_a_deeply_nested_body_is_a_400(plain: tuple[Served, redis.Redis]) -> Non
     for depth in (1000, 100_000):
         body = '{"logins": [' + "[" * depth + "]" * depth + "]}"
         resp = httpx.post(served.url + "/api/users", content=body.encode(), timeout=30,
-                          headers={"Authorization": f"Bearer {TOKEN}"})
+                          headers={"Authorization": f"Bearer {SERVE_TOKEN}"})
         assert resp.status_code == 400, (depth, resp.status_code, resp.text[:200])
         assert "\n" not in resp.json()["error"]
 

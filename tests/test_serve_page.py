@@ -19,8 +19,7 @@ from bulkbackup.backup.results import PARTIAL_ERROR
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.services import start_redis
 from bulkbackup.web.users import badge_of
-from tests.conftest import git, run_cli
-from tests.test_serve import base_env, start_serve, stop_serve
+from tests.helpers import base_env, git, refs_of, run_cli, start_serve, stop_serve
 
 BIG = os.urandom(400_000)  # incompressible: the increments stay far smaller than the bundle
 LONG = "a-rather-long-repository-name_with.several-words-in-it"
@@ -31,11 +30,6 @@ class Stored:
     env: dict[str, str]
     refs: dict[str, dict[str, str]]  # repository -> the stand-in's refs at the last sync
     tmp: Path
-
-
-def refs_of(repo: Path) -> dict[str, str]:
-    out = git("for-each-ref", "--format=%(objectname) %(refname)", cwd=repo)
-    return {ref: sha for sha, ref in (line.split() for line in out.splitlines())}
 
 
 def sync(env: dict[str, str], login: str) -> None:

@@ -16,7 +16,7 @@ from bulkbackup.store import Store, open_store
 from bulkbackup.store.layout import UserCounts
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.timeutil import parse_rfc3339
-from tests.conftest import remove_object, run_cli
+from tests.helpers import remove_object, run_cli
 
 
 @pytest.fixture

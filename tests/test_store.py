@@ -34,7 +34,7 @@ from bulkbackup.store.layout import (
 )
 from bulkbackup.store.local import LocalStore
 from bulkbackup.store.s3 import S3Store
-from tests.conftest import ROOT
+from tests.helpers import ROOT, read
 
 MIB = 1024 * 1024
 
@@ -53,11 +53,6 @@ def store(store_url: str) -> Iterator[Store]:
 
 def keys_of(listing: Iterator[Any]) -> list[str]:
     return [info.key for info in listing]
-
-
-def read(store: Store, key: str) -> bytes:
-    with store.open(key) as f:
-        return f.read()
 
 
 class Refused(Exception):

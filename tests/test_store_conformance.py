@@ -16,6 +16,7 @@ from bulkbackup.store import ObjectInfo, Store, open_store
 from bulkbackup.store.local import LocalStore
 from bulkbackup.store.memory import MemoryStore
 from bulkbackup.store.s3 import S3Store
+from tests.helpers import read
 
 PAGE = 3  # a small page size, so that every listing below spans several pages
 
@@ -45,11 +46,6 @@ def refuse() -> None:
 
 def keys(listing: Iterator[ObjectInfo]) -> list[str]:
     return [info.key for info in listing]
-
-
-def read(store: Store, key: str, start: int = 0, end: int | None = None) -> bytes:
-    with store.open(key, start, end) as f:
-        return f.read()
 
 
 def put_all(store: Store, names: list[str]) -> None:

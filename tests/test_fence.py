@@ -23,7 +23,7 @@ import redis
 from bulkbackup.archive.stored import latest_archive
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import Interrupted, LockLost
-from bulkbackup.queue import tracked
+from bulkbackup.queue import keys, tracked
 from bulkbackup.queue.connection import Scripts, server_time
 from bulkbackup.queue.locks import LockKeeper
 from bulkbackup.store import Store, open_store
@@ -206,9 +206,13 @@ def stop_mid_upload(store: Store, run_pid: int, login: str, repo: str) -> int:
 
 def take_over(fence_env: dict[str, str], r: redis.Redis, login: str,
               change: Callable[[], None]) -> None:
-    """While a worker holding ``login`` is paused: its lock expires, ``change()`` changes
-    the user's repository, and a run on another host syncs the user."""
-    wait_for(lambda: r.get(f"lock:github.com/{login}") is None, 30, "the lock to expire")
+    """While a worker holding ``login`` is paused: its lock and lease expire (now, instead
+    of after lock_ttl_s: the paused worker cannot refresh them either way), ``change()``
+    changes the user's repository, and a run on another host syncs the user."""
+    member = f"github.com/{login}"
+    r.pexpire(keys.lock(member), 1)
+    r.zadd(keys.LEASES, {member: server_time(r)}, xx=True)
+    wait_for(lambda: r.get(keys.lock(member)) is None, 30, "the lock to expire")
     change()
     second = start_run(fence_env, "--procs", "1", "--no-stats", host="hostB")
     _, err = second.communicate(timeout=240)

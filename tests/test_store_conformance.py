@@ -412,6 +412,10 @@ def test_a_key_below_another_key(store: Store) -> None:
         assert read(store, key) == (b"file" if key.endswith("/r") else b"below")
 
 
+def test_clean_stale_temp_on_a_clean_store(store: Store) -> None:
+    assert store.clean_stale_temp() == 0
+
+
 def test_writes_from_several_threads_all_land(store: Store) -> None:
     """One instance used by several threads (a worker's pool): no write is lost."""
     def write(n: int) -> None:

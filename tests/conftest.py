@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +13,9 @@ import redis
 
 from bulkbackup import config
 from bulkbackup.store import Store, open_store
-from bulkbackup.store.local import LocalStore
-from bulkbackup.store.s3 import S3Store
 from bulkbackup.testing.forge import Forge
 from bulkbackup.testing.services import free_port, start_moto, start_redis
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import run_config
 
 
 @pytest.fixture(scope="session")
@@ -118,30 +113,6 @@ def settings(clean_env: None, redis_url: str, store_url: str) -> config.Settings
     return config.load()
 
 
-def run_cli(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None,
-            timeout: float = 120, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    """Run the real `bulkbackup` command line in a child process (stdout/stderr as text)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "bulkbackup", *args],
-        input=stdin, capture_output=True, timeout=timeout,
-        env={**os.environ, **(env or {})}, cwd=cwd,
-    )
-    return subprocess.CompletedProcess(
-        proc.args, proc.returncode, proc.stdout.decode("utf-8", "replace"),
-        proc.stderr.decode("utf-8", "replace"),
-    )
-
-
-def remove_object(store: Store, key: str) -> None:
-    """Delete an object the way an operator would: behind the store's back (not with
-    Store.delete, whose own tests are in test_store.py)."""
-    if isinstance(store, S3Store):
-        store._client.delete_object(Bucket=store.bucket, Key=key)
-    else:
-        assert isinstance(store, LocalStore)
-        store._path(key).unlink()
-
-
 @pytest.fixture
 def env(clean_env: None, redis_url: str, store_url: str, forge: Forge,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -158,7 +129,16 @@ def store(env: None) -> Iterator[Store]:
     s.close()
 
 
-def git(*args: str, cwd: Path | None = None) -> str:
-    """``git args`` (must succeed); its standard output."""
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                          text=True).stdout
+@pytest.fixture
+def run_env(
+    clean_env: None, redis_url: str, tmp_path: Path, forge: Forge,
+    monkeypatch: pytest.MonkeyPatch,
+) -> dict[str, str]:
+    """For `bulkbackup run` in a child process: the test's Redis, the stand-in's API, a local
+    store in tmp_path and the tests' run configuration (helpers.run_config); the environment."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(run_config())
+    monkeypatch.setenv("BULKBACKUP_STORE", str(tmp_path / "backup" / "github.com"))
+    monkeypatch.setenv("GITHUB_API_URL", forge.url)
+    monkeypatch.setenv("BULKBACKUP_CONFIG", str(cfg))
+    return {**os.environ}

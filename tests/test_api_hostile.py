@@ -20,7 +20,7 @@ from bulkbackup.archive.metadata import canonical
 from bulkbackup.archive.stored import latest_archive
 from bulkbackup.store import Store
 from bulkbackup.testing.forge import BASE_TIME, Forge, RepoSpec, rfc3339
-from tests.conftest import ROOT, run_cli
+from tests.helpers import ROOT, run_cli
 
 
 @pytest.fixture(autouse=True)

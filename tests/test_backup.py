@@ -13,7 +13,7 @@ import pytest
 
 from bulkbackup.store import Store
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.conftest import git, run_cli
+from tests.helpers import git, read, refs_of, run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -24,11 +24,6 @@ def rest_api(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 TOKEN = "ghp_SECRETtoken0123456789abcdefABCDEF0123"
-
-
-def read(store: Store, key: str) -> bytes:
-    with store.open(key) as f:
-        return f.read()
 
 
 def _config_with(text: str) -> str:
@@ -43,11 +38,6 @@ def _config_with(text: str) -> str:
 
 def sync(*logins: str, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return run_cli("sync", *logins, env=extra)
-
-
-def refs_of(repo: Path) -> dict[str, str]:
-    out = git("for-each-ref", "--format=%(objectname) %(refname)", cwd=repo)
-    return {ref: sha for sha, ref in (line.split() for line in out.splitlines())}
 
 
 def test_branches_tags_bundle_and_zip_round_trip(

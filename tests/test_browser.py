@@ -12,25 +12,18 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from bulkbackup.testing.forge import Forge, sample
-from tests.conftest import ROOT
-from tests.test_serve import TOKEN, base_env, run_backup, start_serve, stop_serve
-
-NO_CHROMIUM = ("needs Debian's chromium and chromedriver on PATH: "
-               "apt-get install chromium chromium-driver (.ci/run installs them)")
+from tests.browser import NO_CHROMIUM, find_chromium, open_browser, wait_download
+from tests.helpers import ROOT, SERVE_TOKEN, base_env, run_backup, start_serve, stop_serve
 
 
 @pytest.fixture(scope="session")
@@ -38,38 +31,6 @@ def chromium() -> tuple[str, str]:
     """Session-scoped and first in the test's arguments: decided before any other fixture
     starts a server."""
     return find_chromium()
-
-
-def find_chromium() -> tuple[str, str]:
-    """Chromium and chromedriver. Without them the browser test is skipped, saying what to
-    install (the README's test command passes on a fresh machine); with CI=true (.ci/run) it
-    fails instead, so CI never passes without it."""
-    exe, driver_exe = shutil.which("chromium"), shutil.which("chromedriver")
-    if exe is None or driver_exe is None:
-        if os.environ.get("CI", "").lower() in ("1", "true"):
-            pytest.fail(f"CI=true: the browser test {NO_CHROMIUM}")
-        pytest.skip(NO_CHROMIUM)
-    return exe, driver_exe
-
-
-def _browser(chromium: tuple[str, str], profile: Path, downloads: Path) -> webdriver.Chrome:
-    exe, driver_exe = chromium
-    opts = Options()
-    opts.binary_location = exe
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                 f"--user-data-dir={profile}", "--window-size=1280,1500"):
-        opts.add_argument(flag)
-    opts.add_experimental_option("prefs", {
-        "download.default_directory": str(downloads), "download.prompt_for_download": False,
-        "download.directory_upgrade": True, "safebrowsing.enabled": False})
-    driver = webdriver.Chrome(service=Service(driver_exe), options=opts)
-    driver.set_page_load_timeout(60)
-    # Headless chromium needs to be told where downloads go (the prefs alone may not do).
-    driver.execute_cdp_cmd("Browser.setDownloadBehavior",
-                           {"behavior": "allow", "downloadPath": str(downloads)})
-    return driver
 
 
 @pytest.fixture
@@ -91,19 +52,9 @@ def demo_served(redis_server: str, tmp_path: Path) -> Iterator[str]:
         env = base_env(tmp_path, redis_server, str(store))
         env["GITHUB_API_URL"] = forge.url
         run_backup(env, ["octocat", "torvalds-demo", "ghost-user"])
-    served = start_serve({**env, "BULKBACKUP_ADMIN_TOKEN": TOKEN}, tmp_path / "serve.log")
+    served = start_serve({**env, "BULKBACKUP_ADMIN_TOKEN": SERVE_TOKEN}, tmp_path / "serve.log")
     yield served.url
     stop_serve(served)
-
-
-def _wait_download(folder: Path, name: str, timeout_s: float = 60) -> Path:
-    deadline = time.monotonic() + timeout_s
-    target = folder / name
-    while time.monotonic() < deadline:
-        if target.exists() and not list(folder.glob("*.crdownload")):
-            return target
-        time.sleep(0.1)
-    raise AssertionError(f"no download of {name}: {sorted(p.name for p in folder.iterdir())}")
 
 
 def test_dashboard_search_user_download_clone(
@@ -111,7 +62,7 @@ def test_dashboard_search_user_download_clone(
 ) -> None:
     downloads = tmp_path / "downloads"
     downloads.mkdir()
-    driver = _browser(chromium, tmp_path / "profile", downloads)
+    driver = open_browser(chromium, tmp_path / "profile", downloads)
     wait = WebDriverWait(driver, 30)
     try:
         driver.get(demo_served + "/")
@@ -122,7 +73,7 @@ def test_dashboard_search_user_download_clone(
 
         # The add form (static JavaScript under the CSP) sends the token as a bearer header.
         driver.find_element(By.ID, "add-logins").send_keys("newcomer octocat")
-        driver.find_element(By.ID, "add-token").send_keys(TOKEN)
+        driver.find_element(By.ID, "add-token").send_keys(SERVE_TOKEN)
         driver.find_element(By.CSS_SELECTOR, "#add-form button").click()
         wait.until(ec.text_to_be_present_in_element((By.ID, "add-result"), "added"))
         assert driver.find_element(By.ID, "add-result").text == \
@@ -142,7 +93,7 @@ def test_dashboard_search_user_download_clone(
 
         link = driver.find_element(By.CSS_SELECTOR, 'a.dl[href$="/Hello-World.bundle"]')
         link.click()
-        bundle = _wait_download(downloads, "Hello-World.bundle")
+        bundle = wait_download(downloads, "Hello-World.bundle")
         driver.get(demo_served + "/users")
         wait.until(ec.presence_of_element_located((By.ID, "users")))
         badges = {row.find_element(By.CSS_SELECTOR, "td a").text:
@@ -164,7 +115,6 @@ def test_dashboard_search_user_download_clone(
     if os.environ.get("BULKBACKUP_UPDATE_SCREENSHOT") == "1":
         (ROOT / "docs").mkdir(exist_ok=True)
         shutil.copyfile(artifacts / "dashboard.png", ROOT / "docs" / "dashboard.png")
-
 
 
 def test_without_chromium_the_browser_test_is_skipped_saying_what_to_install_but_fails_in_ci(

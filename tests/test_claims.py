@@ -16,6 +16,7 @@ from bulkbackup.errors import LockLost
 from bulkbackup.queue import keys, tracked
 from bulkbackup.queue.connection import Scripts, server_time
 from bulkbackup.queue.locks import LockKeeper
+from tests.helpers import wait_for
 
 
 def claimer(r: redis.Redis, wid: str, start: float, ttl: int = 10) -> tracked.Claimer:
@@ -117,7 +118,14 @@ def test_an_abandoned_claim_is_taken_over_after_its_lock_expires(r: redis.Redis)
     assert dead.claim(1)[0] == ["github.com/a"]
     other = claimer(r, "2.0.alive", start, ttl=2)
     assert other.claim(1)[0] == []  # locked: not claimable
-    time.sleep(2.6)  # the dead worker never refreshes
+    # The lock and the lease carry the TTL; the dead worker never refreshes them, so they run
+    # out: now, instead of in two seconds.
+    assert 0 < r.pttl("lock:github.com/a") <= 2000
+    lease = r.zscore(keys.LEASES, "github.com/a")
+    assert lease is not None and 0 < lease - server_time(r) <= 2
+    r.pexpire("lock:github.com/a", 1)
+    r.zadd(keys.LEASES, {"github.com/a": server_time(r)}, xx=True)
+    wait_for(lambda: not r.exists("lock:github.com/a"), 10, "the lock to expire")
     assert other.claim(1)[0] == ["github.com/a"]
     assert r.get("lock:github.com/a") == "2.0.alive"
     assert not dead.finish("github.com/a", True)
@@ -141,7 +149,12 @@ def test_refresher_extends_locks_and_detects_a_lost_one(r: redis.Redis) -> None:
     keeper.add(claimed, time.monotonic())
     keeper.start()
     try:
-        time.sleep(3.5)  # longer than the ttl: only refreshing keeps the locks
+        # Both locks run down below a whole TTL; only the refresher (every ttl/2, both locks
+        # in one call) can lift them above it again.
+        r.pexpire("lock:github.com/a", 1800)
+        r.pexpire("lock:github.com/b", 1800)
+        wait_for(lambda: min(r.pttl("lock:github.com/a"), r.pttl("lock:github.com/b")) > 1800,
+                 10, "the refresher to extend both locks")
         assert r.get("lock:github.com/a") == "1.0.h"
         keeper.check("github.com/a")
         r.set("lock:github.com/b", "thief.0.x")  # someone else's now

@@ -21,7 +21,8 @@ import pytest
 import redis
 
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.conftest import ROOT, free_port, run_cli, start_moto
+from bulkbackup.testing.services import free_port, start_moto
+from tests.helpers import ROOT, run_cli
 
 
 def one_line_error(proc: object, *needles: str) -> None:
@@ -240,7 +241,6 @@ def test_sync_exits_1_when_the_store_cannot_record(forge_env: Path) -> None:
     proc = run_cli("sync", "octocat")
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.count("\n") == 1 and "store" in proc.stderr
-
 
 
 # -- serve's start-up -------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from bulkbackup import config
 from bulkbackup.cli import build_parser
 from bulkbackup.errors import ConfigError
-from tests.conftest import ROOT, run_cli
+from tests.helpers import ROOT, run_cli
 
 
 def test_the_documented_file_is_the_defaults() -> None:

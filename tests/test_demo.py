@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_demo_runs_end_to_end_on_its_own_redis(

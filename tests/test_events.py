@@ -33,7 +33,7 @@ from bulkbackup.queue import keys
 from bulkbackup.queue.connection import Scripts
 from bulkbackup.testing import gharchive as gh
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.conftest import ROOT, run_cli
+from tests.helpers import ROOT, run_cli
 
 H0 = datetime(2020, 1, 1, 0, tzinfo=UTC)
 H1, H2, H3 = (H0 + timedelta(hours=n) for n in (1, 2, 3))

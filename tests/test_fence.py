@@ -23,7 +23,7 @@ import redis
 from bulkbackup.archive.stored import latest_archive
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import Interrupted, LockLost
-from bulkbackup.queue import tracked
+from bulkbackup.queue import keys, tracked
 from bulkbackup.queue.connection import Scripts, server_time
 from bulkbackup.queue.locks import LockKeeper
 from bulkbackup.store import Store, open_store
@@ -33,8 +33,7 @@ from bulkbackup.store.s3 import S3Store
 from bulkbackup.store.tempfiles import INCOMING
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.services import free_port
-from tests.conftest import git
-from tests.test_run import start_run, track, wait_for, workers_of
+from tests.helpers import git, read, start_run, track, wait_for, workers_of
 
 MIB = 1024 * 1024
 WID = "1.0.h"
@@ -56,8 +55,8 @@ def claim(r: redis.Redis, *logins: str) -> tuple[Scripts, LockKeeper]:
 
 def test_confirm_extends_our_lock_and_refuses_a_lost_one(r: redis.Redis) -> None:
     _, keeper = claim(r, "a", "b")
-    time.sleep(1.0)  # no refresher running: the TTL runs down
-    assert r.pttl("lock:github.com/a") <= 1100
+    assert 1000 < r.pttl("lock:github.com/a") <= 2000  # the claim's TTL
+    r.pexpire("lock:github.com/a", 1000)  # no refresher running: the TTL runs down
     keeper.confirm("github.com/a")
     assert r.pttl("lock:github.com/a") > 1500  # one round trip extended it to a whole TTL
     r.set("lock:github.com/b", "thief.0.x")  # taken over after ours expired
@@ -192,11 +191,6 @@ def uploading_bundle(store: Store, login: str, repo: str) -> bool:
             and any(p.name.startswith("%tmp-") for p in incoming.iterdir()))
 
 
-def read(store: Store, key: str) -> bytes:
-    with store.open(key) as f:
-        return f.read()
-
-
 def stop_mid_upload(store: Store, run_pid: int, login: str, repo: str) -> int:
     """SIGSTOP the worker of run ``run_pid`` while the bundle of ``login/repo`` is on its way
     into the store; its pid."""
@@ -212,9 +206,13 @@ def stop_mid_upload(store: Store, run_pid: int, login: str, repo: str) -> int:
 
 def take_over(fence_env: dict[str, str], r: redis.Redis, login: str,
               change: Callable[[], None]) -> None:
-    """While a worker holding ``login`` is paused: its lock expires, ``change()`` changes
-    the user's repository, and a run on another host syncs the user."""
-    wait_for(lambda: r.get(f"lock:github.com/{login}") is None, 30, "the lock to expire")
+    """While a worker holding ``login`` is paused: its lock and lease expire (now, instead
+    of after lock_ttl_s: the paused worker cannot refresh them either way), ``change()``
+    changes the user's repository, and a run on another host syncs the user."""
+    member = f"github.com/{login}"
+    r.pexpire(keys.lock(member), 1)
+    r.zadd(keys.LEASES, {member: server_time(r)}, xx=True)
+    wait_for(lambda: r.get(keys.lock(member)) is None, 30, "the lock to expire")
     change()
     second = start_run(fence_env, "--procs", "1", "--no-stats", host="hostB")
     _, err = second.communicate(timeout=240)

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from bulkbackup.testing.forge import DEFAULT_FILES, Forge, RepoSpec, make_users
+from tests.helpers import git, git_run
 
 ROOT = Path(__file__).resolve().parent.parent
 GIT_ENV = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1",
@@ -49,17 +50,9 @@ def links(header: str) -> dict[str, str]:
     return out
 
 
-def git(*args: str, cwd: Path | None = None, check: bool = True
-        ) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, capture_output=True, text=True,
-                          timeout=120, check=False)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
-
-
 def mirror(forge: Forge, login: str, name: str, dest: Path) -> subprocess.CompletedProcess[str]:
-    return git("clone", "--mirror", f"{forge.url}/{login}/{name}.git", str(dest), check=False)
+    return git_run("clone", "--mirror", f"{forge.url}/{login}/{name}.git", str(dest),
+                   env=GIT_ENV)
 
 
 def test_pagination_three_pages_with_links(forge: Forge) -> None:
@@ -192,25 +185,25 @@ def test_mirror_clone_has_branches_both_tag_kinds_and_exact_content(
                                         branches={"dev": {"dev.txt": b"dev\n"}})])
     dest = tmp_path / "m.git"
     assert mirror(forge, "octocat", "Hello-World", dest).returncode == 0
-    out = git("for-each-ref", "--format=%(refname) %(objecttype)", cwd=dest).stdout
+    out = git("for-each-ref", "--format=%(refname) %(objecttype)", cwd=dest, env=GIT_ENV)
     refs = dict(line.split(" ", 1) for line in out.splitlines())
     assert refs == {"refs/heads/trunk": "commit", "refs/heads/dev": "commit",
                     "refs/tags/v1.0": "tag", "refs/tags/v1.0-light": "commit"}
-    assert git("symbolic-ref", "HEAD", cwd=dest).stdout.strip() == "refs/heads/trunk"
+    assert git("symbolic-ref", "HEAD", cwd=dest, env=GIT_ENV).strip() == "refs/heads/trunk"
     for path, data in DEFAULT_FILES.items():
         shown = subprocess.run(["git", "show", f"trunk:{path}"], cwd=dest, capture_output=True,
                                check=True).stdout
         assert shown == data
     assert b"\0" in DEFAULT_FILES["bin/blob.dat"] and "docs/naïve-ß.txt" in DEFAULT_FILES
-    assert git("show", "dev:dev.txt", cwd=dest).stdout == "dev\n"
-    assert git("show", "dev:README.md", cwd=dest).stdout.startswith("# Hello")
-    git("fsck", "--strict", cwd=dest)
+    assert git("show", "dev:dev.txt", cwd=dest, env=GIT_ENV) == "dev\n"
+    assert git("show", "dev:README.md", cwd=dest, env=GIT_ENV).startswith("# Hello")
+    git("fsck", "--strict", cwd=dest, env=GIT_ENV)
     # Builds are deterministic: the same spec gives the same commits in another forge.
     with Forge(tmp_path / "other") as other:
         other.add_user("o", [RepoSpec("h", default_branch="trunk", tags=["v1.0"],
                                       branches={"dev": {"dev.txt": b"dev\n"}})])
-        theirs = git("for-each-ref", cwd=other.root / "git" / "o" / "h.git").stdout
-    assert theirs == git("for-each-ref", cwd=dest).stdout
+        theirs = git("for-each-ref", cwd=other.root / "git" / "o" / "h.git", env=GIT_ENV)
+    assert theirs == git("for-each-ref", cwd=dest, env=GIT_ENV)
 
 
 def test_empty_and_missing_repositories(forge: Forge, tmp_path: Path) -> None:
@@ -244,13 +237,13 @@ def test_counters_and_push(forge: Forge, tmp_path: Path) -> None:
     forge.push("u", "a", {"newer.txt": b"newer\n"})
     again = json.loads(listing(forge, "u")[2])[0]
     assert again["pushed_at"] > after["pushed_at"]  # strictly later, even within a second
-    git("remote", "update", cwd=dest)
-    assert git("show", "main:new.txt", cwd=dest).stdout == "new\n"
-    assert git("show", "main:README.md", cwd=dest).stdout.startswith("# Hello")
+    git("remote", "update", cwd=dest, env=GIT_ENV)
+    assert git("show", "main:new.txt", cwd=dest, env=GIT_ENV) == "new\n"
+    assert git("show", "main:README.md", cwd=dest, env=GIT_ENV).startswith("# Hello")
     assert forge.clones("u", "a") == 2
     assert pushed_empty["name"] == "e"
     assert mirror(forge, "u", "e", tmp_path / "e.git").returncode == 0
-    assert git("show", "main:first.txt", cwd=tmp_path / "e.git").stdout == "first\n"
+    assert git("show", "main:first.txt", cwd=tmp_path / "e.git", env=GIT_ENV) == "first\n"
 
 
 def test_parallel_clones(forge: Forge, tmp_path: Path) -> None:
@@ -264,12 +257,13 @@ def test_parallel_clones(forge: Forge, tmp_path: Path) -> None:
         results = list(pool.map(clone, range(24)))
     assert [p.returncode for p in results] == [0] * 24, [p.stderr for p in results]
     for i in range(24):
-        assert git("show", "main:f.txt", cwd=tmp_path / f"c{i}.git").stdout == f"{i % 6}\n"
+        assert git("show", "main:f.txt", cwd=tmp_path / f"c{i}.git", env=GIT_ENV) == f"{i % 6}\n"
     assert forge.counters["info_refs"] == 24
 
 
 def test_large_pack_streams(forge: Forge, tmp_path: Path) -> None:
-    big = b"".join(i.to_bytes(4, "big") * 7 + bytes([i % 251]) for i in range(1 << 20))
+    # 8 MiB that compress poorly: a pack far bigger than any pipe or socket buffer.
+    big = b"".join(i.to_bytes(4, "big") * 7 + bytes([i % 251]) for i in range(1 << 18))
     forge.add_user("big", [RepoSpec("huge", files={"big.bin": big})])
     dest = tmp_path / "h.git"
     assert mirror(forge, "big", "huge", dest).returncode == 0
@@ -360,8 +354,8 @@ def test_real_git_large_requests(
                           timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert f"=> Send header: {sent}" in trace.read_text()
-    assert len(git("for-each-ref", "refs/heads", cwd=tmp_path / "m.git").stdout.splitlines()) == (
-        branches + 1)
+    heads = git("for-each-ref", "refs/heads", cwd=tmp_path / "m.git", env=GIT_ENV)
+    assert len(heads.splitlines()) == branches + 1
 
 
 def test_receive_pack_is_refused(forge: Forge, tmp_path: Path) -> None:
@@ -369,10 +363,10 @@ def test_receive_pack_is_refused(forge: Forge, tmp_path: Path) -> None:
     status = get(f"{forge.url}/u/a.git/info/refs?service=git-receive-pack")[0]
     assert status == 403
     work = tmp_path / "w"
-    git("clone", "-q", f"{forge.url}/u/a.git", str(work))
+    git("clone", "-q", f"{forge.url}/u/a.git", str(work), env=GIT_ENV)
     git("-c", "user.name=x", "-c", "user.email=x@example.com", "commit", "-q",
-        "--allow-empty", "-m", "x", cwd=work)
-    assert git("push", "origin", "main", cwd=work, check=False).returncode != 0
+        "--allow-empty", "-m", "x", cwd=work, env=GIT_ENV)
+    assert git_run("push", "origin", "main", cwd=work, env=GIT_ENV).returncode != 0
 
 
 def test_raw_entries_are_served_verbatim(forge: Forge) -> None:

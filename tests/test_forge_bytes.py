@@ -8,7 +8,7 @@ import urllib.request
 from pathlib import Path
 
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.conftest import git
+from tests.helpers import git
 
 
 def test_git_bytes_sent_counts_a_ref_listing_exactly(forge: Forge) -> None:

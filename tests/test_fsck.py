@@ -21,8 +21,7 @@ from bulkbackup.passes.restore import Git
 from bulkbackup.store import Store
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.oddities import add_bad_tree, add_oddities
-from tests.conftest import git, run_cli
-from tests.test_verify import damage, verify
+from tests.helpers import damage, git, run_cli, verify
 
 
 def _source(tmp_path: Path) -> tuple[Path, dict[str, str]]:

@@ -28,14 +28,10 @@ from bulkbackup.forge.git_auth import git_auth
 from bulkbackup.git.auth import ANONYMOUS
 from bulkbackup.git.gitops import Archive, GitWork, git_env, run_git
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.conftest import ROOT
+from tests.helpers import ROOT, git, git_run, list_heads
 
 TOKEN = "ghp_hostileSECRET0123456789abcdef"
 BASIC = base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode()
-
-
-def git(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
 
 
 def archive(forge: Forge, tmp_path: Path, name: str, token: str | None = None,
@@ -103,17 +99,15 @@ def _config(env: dict[str, str]) -> dict[str, str]:
 
 
 def _heads(bundle: Path, cwd: Path) -> dict[str, str]:
-    out = git("bundle", "list-heads", str(bundle), cwd=cwd)
-    assert out.returncode == 0, out.stderr
-    return {ref: sha for sha, ref in (line.split() for line in out.stdout.splitlines())}
+    return list_heads(bundle)
 
 
 def _restored_has(bundle: Path, sha: str, tmp_path: Path) -> bool:
     """Is the object anywhere in the bundle's pack (reachable or not)?"""
     restored = tmp_path / "restored.git"
-    assert git("clone", "--mirror", "-q", str(bundle), str(restored), cwd=tmp_path).returncode == 0
+    git("clone", "--mirror", "-q", str(bundle), str(restored), cwd=tmp_path)
     try:
-        return git("cat-file", "-e", sha, cwd=restored).returncode == 0
+        return git_run("cat-file", "-e", sha, cwd=restored).returncode == 0
     finally:
         subprocess.run(["rm", "-rf", str(restored)], check=True)
 
@@ -124,8 +118,8 @@ def test_pull_refs_and_their_objects_stay_out_of_the_bundle(
     forge.add_user("u", [RepoSpec("p", branches={"dev": {"d.txt": b"dev\n"}}, tags=["v1"],
                                   pulls=[1, 2])])
     source = forge.git_root / "u" / "p.git"
-    pull = {n: git("rev-parse", f"refs/pull/{n}/head", cwd=source).stdout.strip() for n in (1, 2)}
-    main = git("rev-parse", "refs/heads/main", cwd=source).stdout.strip()
+    pull = {n: git("rev-parse", f"refs/pull/{n}/head", cwd=source).strip() for n in (1, 2)}
+    main = git("rev-parse", "refs/heads/main", cwd=source).strip()
     result = archive(forge, tmp_path, "p")
     assert result.bundle is not None and result.branch == "main"
     heads = _heads(result.bundle, tmp_path)
@@ -150,7 +144,7 @@ def test_bundle_head_is_the_default_branch(forge: Forge, tmp_path: Path) -> None
     assert result.bundle is not None and result.branch == "trunk"
     restored = tmp_path / "r.git"
     git("clone", "--mirror", "-q", str(result.bundle), str(restored), cwd=tmp_path)
-    assert git("symbolic-ref", "HEAD", cwd=restored).stdout.strip() == "refs/heads/trunk"
+    assert git("symbolic-ref", "HEAD", cwd=restored).strip() == "refs/heads/trunk"
     # The API names no default branch: HEAD is still a branch the mirror has.
     result = work.archive("u", "t", f"{forge.url}/u/t.git", None, ANONYMOUS)
     assert result.bundle is not None and result.branch in ("aaa", "trunk")
@@ -259,7 +253,7 @@ def test_a_big_file_never_sits_whole_in_gits_memory(forge: Forge, tmp_path: Path
     with zipfile.ZipFile(zip_path) as z:
         assert z.read("big-main/big.bin") == blob
     git("init", "-q", str(tmp_path / "v"), cwd=tmp_path)
-    assert git("bundle", "verify", "-q", str(bundle), cwd=tmp_path / "v").returncode == 0
+    assert git_run("bundle", "verify", "-q", str(bundle), cwd=tmp_path / "v").returncode == 0
 
 
 # -- item 12: `sync` interrupted kills git and removes its work folder ----------------------

@@ -23,7 +23,7 @@ from bulkbackup.store import open_store
 from bulkbackup.testing import forge_graphql
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.forge_graphql_data import Endless
-from tests.conftest import ROOT
+from tests.helpers import ROOT, track
 
 TOKENS = ["ghp_hostileGOODone0123456789", "ghp_hostileREVOKEDtwo0123456789",
           "ghp_hostileGOODthree0123456789"]
@@ -50,10 +50,6 @@ def cli_env(tmp_path: Path, forge: Forge, redis_url: str, api: str = "graphql",
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bulkbackup", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=END_S)
-
-
-def track(r: redis.Redis, logins: list[str]) -> None:
-    r.zadd(keys.TRACKED, {keys.member(x): float("-inf") for x in logins})
 
 
 def stored(tmp_path: Path) -> list[str]:
@@ -94,7 +90,7 @@ def test_endless_pages_fail_the_user_as_rest_does(
 ) -> None:
     c = forge_graphql.controls(users)
     c.endless = endless
-    track(r, ["alpha"])
+    track(r, "alpha")
     before = time.time()
     proc = cli(cli_env(tmp_path, users, redis_url, github="  max_pages: 5\n"),
                "run", "--procs", "1", "--no-stats")
@@ -115,7 +111,7 @@ def test_endless_pages_stop_at_the_users_deadline(
     clean_env: None, redis_url: str, r: redis.Redis, users: Forge, tmp_path: Path
 ) -> None:
     forge_graphql.controls(users).endless = Endless.NEW_CURSORS
-    track(r, ["alpha"])
+    track(r, "alpha")
     env = cli_env(tmp_path, users, redis_url,
                   github="  max_pages: 100000000\n  user_deadline_s: 2\n")
     proc = cli(env, "run", "--procs", "1", "--no-stats")
@@ -143,7 +139,7 @@ def test_a_spent_limit_with_a_past_reset_pauses_run_with_the_broker(
 ) -> None:
     c = forge_graphql.controls(users)
     c.spent_reset = str(int(time.time()) - 120)  # remaining 0, reset two minutes ago
-    track(r, ["alpha"])
+    track(r, "alpha")
     env = cli_env(tmp_path, users, redis_url, github=LIMITS,
                   run=f"  max_attempts: {ATTEMPTS}\n")
     proc = cli(env, "run", "--procs", "1", "--no-stats")
@@ -198,7 +194,7 @@ def test_run_proves_its_tokens_before_claiming_anyone(
     clean_env: None, redis_url: str, r: redis.Redis, users: Forge, tmp_path: Path, api: str
 ) -> None:
     refuse_token_2(users)
-    track(r, USERS)
+    track(r, *USERS)
     env = cli_env(tmp_path, users, redis_url, api=api, tokens=",".join(TOKENS))
     proc = cli(env, "run", "--procs", "1", "--no-stats")
     which = "GraphQL API" if api == "graphql" else "REST API"
@@ -214,7 +210,7 @@ def test_graphql_without_a_token_is_a_configuration_error_at_start(
     clean_env: None, redis_url: str, r: redis.Redis, users: Forge, tmp_path: Path
 ) -> None:
     forge_graphql.controls(users).require_token = True  # as GitHub's GraphQL API
-    track(r, USERS)
+    track(r, *USERS)
     proc = cli(cli_env(tmp_path, users, redis_url, tokens=None), "run", "--procs", "1")
     assert_refused_at_start(proc, r, tmp_path, "GitHub's GraphQL API refused a request "
                             "without a token (401: This endpoint requires you to be "
@@ -242,7 +238,7 @@ def test_a_token_revoked_mid_run_gives_the_users_back_and_exits_2(
 ) -> None:
     c = forge_graphql.controls(users)
     c.revoke_after = 1  # the proof passes; every listing query is refused
-    track(r, USERS)
+    track(r, *USERS)
     proc = cli(cli_env(tmp_path, users, redis_url), "run", "--procs", "1", "--no-stats")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines()[-1] == (

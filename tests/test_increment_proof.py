@@ -15,23 +15,26 @@ import pytest
 import redis
 
 from bulkbackup.archive import layout
+from bulkbackup.archive.metadata import canonical
+from bulkbackup.config import StoreSettings
 from bulkbackup.queue import keys
 from bulkbackup.store import Store
+from bulkbackup.store.local import LocalStore
 from bulkbackup.testing import hostile_packs as hp
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.conftest import git, run_cli
-from tests.test_increments import (
+from tests.helpers import (
     base_meta,
+    git,
     parts,
     refs_of,
     remote_refs,
     restore,
+    run_cli,
     source,
+    start_run,
     sync,
+    track,
 )
-from tests.test_run import run_env, start_run, track
-
-__all__ = ["run_env"]  # a fixture of test_run.py, used here
 
 FILES = {"a.txt": b"a\n", "blob.bin": os.urandom(50_000)}
 
@@ -121,16 +124,49 @@ def test_a_wrong_increment_is_refused_and_the_next_sane_pass_stores_it(
     assert refs_of(restore(login, "r", tmp_path / "sane")) == remote_refs(forge, login, "r")
 
 
+def _full_then_increment(forge: Forge) -> None:
+    """`dee/r` archived by two real syncs: a full bundle, then one increment on it."""
+    forge.add_user("dee", [RepoSpec("r", files=FILES)])
+    sync("dee")
+    _push(forge, "dee")
+    sync("dee")
+
+
+@pytest.fixture(scope="module")
+def local_full_then_increment(redis_server: str, tmp_path_factory: pytest.TempPathFactory
+                              ) -> Path:
+    """A local store made once by _full_then_increment (the cases only damage a copy)."""
+    tmp = tmp_path_factory.mktemp("full-then-increment")
+    store_dir = tmp / "backup" / "github.com"
+    (tmp / "config.yaml").write_text("{}\n")
+    with Forge(tmp / "forge") as forge, pytest.MonkeyPatch.context() as mp:
+        for name in ("GITHUB_TOKEN", "GITHUB_TOKENS", "GITHUB_API_URL", "GITHUB_GIT_HOST",
+                     "BULKBACKUP_WORKER_HOST", "BULKBACKUP_DEBUG"):
+            mp.delenv(name, raising=False)
+        mp.setenv("BULKBACKUP_CONFIG", str(tmp / "config.yaml"))
+        mp.setenv("BULKBACKUP_STORE", str(store_dir))
+        mp.setenv("REDIS_URL", redis_server)
+        mp.setenv("GITHUB_API_URL", forge.url)
+        _full_then_increment(forge)
+    return store_dir
+
+
 # The check reads metadata alike on both stores: every damage locally, one on S3.
 @pytest.mark.parametrize(("damage", "store_url"),
                          [*((d, "local") for d in ["x", "-1", "1e3", "99999999"]),
                           ("x", "s3")], indirect=["store_url"])
 def test_damaged_increments_metadata_fails_restore_and_verify(
-        damage: str, env: None, forge: Forge, store: Store, tmp_path: Path) -> None:
-    forge.add_user("dee", [RepoSpec("r", files=FILES)])
-    sync("dee")
-    _push(forge, "dee")
-    sync("dee")
+        damage: str, env: None, forge: Forge, store: Store, tmp_path: Path,
+        request: pytest.FixtureRequest) -> None:
+    if isinstance(store, LocalStore):  # a copy, object by object (a sidecar is inode-bound)
+        made = LocalStore(StoreSettings(url=str(request.getfixturevalue(
+            "local_full_then_increment"))))
+        for info in made.list():
+            head = made.head(info.key)
+            assert head is not None
+            store.put_bytes(info.key, made.read_bytes(info.key), canonical(head.metadata))
+    else:
+        _full_then_increment(forge)
     key = layout.bundle_key("dee", "r")
     head = store.head(key)
     assert head is not None and head.get("Increments") == "1"

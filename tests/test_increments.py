@@ -5,6 +5,7 @@ previous or the new state, never a mix."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -19,8 +20,18 @@ from bulkbackup.archive import layout
 from bulkbackup.archive.metadata import canonical
 from bulkbackup.store import Store
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.conftest import git, run_cli
-from tests.test_serve import start_serve, stop_serve
+from tests.helpers import (
+    base_meta,
+    git,
+    parts,
+    refs_of,
+    remote_refs,
+    restore,
+    run_cli,
+    start_serve,
+    stop_serve,
+    sync,
+)
 
 BIG = os.urandom(400_000)  # incompressible: a full bundle is far larger than an increment
 
@@ -30,56 +41,15 @@ def configure(tmp_path: Path, **run: int) -> None:
     (tmp_path / "config.yaml").write_text(f"run:\n{lines}" if lines else "{}\n")
 
 
-def refs_of(repo: Path) -> dict[str, str]:
-    out = git("for-each-ref", "--format=%(objectname) %(refname)", cwd=repo)
-    return {ref: sha for sha, ref in (line.split() for line in out.splitlines())}
-
-
-def source(forge: Forge, login: str, name: str) -> Path:
-    return forge.git_root / login / f"{name}.git"
-
-
-def remote_refs(forge: Forge, login: str, name: str) -> dict[str, str]:
-    return {r: s for r, s in refs_of(source(forge, login, name)).items()
-            if not r.startswith("refs/pull/")}
-
-
-def sync(login: str, env: dict[str, str] | None = None) -> str:
-    proc = run_cli("sync", login, env=env)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
-
-
-def restore(login: str, name: str, to: Path, at: str | None = None) -> Path:
-    args = ["restore", f"{login}/{name}", "--to", str(to), "--force"]
-    proc = run_cli(*args, *(["--at", at] if at else []))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    mirror = to / login / f"{name}.git"
-    git("fsck", "--full", "--no-dangling", cwd=mirror)
-    return mirror
-
-
-def base_meta(store: Store, login: str, name: str) -> tuple[str, int]:
-    head = store.head(layout.bundle_key(login, name))
-    assert head is not None
-    return head.get("Chain"), int(head.get("Increments") or 0)
-
-
-def parts(store: Store, login: str, name: str) -> list[tuple[str, int, int]]:
-    out = []
-    for info in store.list(layout.parts_prefix(login, name)):
-        key = layout.parse_key(info.key)
-        out.append((key.chain, key.seq, info.size))
-    return sorted(out)
-
-
 def stamp() -> str:
-    """A time strictly between what was archived before and what is archived after
-    (`--at` and archive times have one-second resolution)."""
-    time.sleep(1.1)
-    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    time.sleep(1.1)
-    return when
+    """A time strictly between what was archived before and what is archived after, at
+    `--at`'s one-second resolution: the next whole second S (what was archived before is
+    older, to the microsecond), returned once S + 1 has begun (what is archived after is
+    newer, even cut to the second). 1 to 2 s instead of a fixed 2.2 s."""
+    second = math.floor(time.time()) + 1
+    while (left_s := second + 1 - time.time()) > 0:
+        time.sleep(left_s)
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
 
 
 def test_a_change_is_stored_as_a_small_increment_and_restores_exactly(

@@ -13,7 +13,7 @@ import redis
 
 from bulkbackup import config
 from bulkbackup.queue.ingest import ingest
-from tests.conftest import ROOT, run_cli
+from tests.helpers import ROOT, run_cli
 
 GOOD = [
     b'{"login": "octocat", "id": 583231}',

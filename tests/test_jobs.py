@@ -22,7 +22,7 @@ import yaml
 
 from bulkbackup import config
 from bulkbackup.cli import build_parser
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 JOBS = ROOT / "jobs"
 K8S = JOBS / "kubernetes"

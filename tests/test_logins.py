@@ -13,8 +13,7 @@ from bulkbackup import config
 from bulkbackup.queue import keys
 from bulkbackup.store import Store, casefold, open_store
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.conftest import git, run_cli
-from tests.test_relative_store import serve_get
+from tests.helpers import git, run_cli, serve_get
 
 
 def members(r: redis.Redis) -> list[str]:

@@ -23,7 +23,8 @@ import pytest
 import redis
 
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.conftest import ROOT, free_port
+from bulkbackup.testing.services import free_port
+from tests.helpers import ROOT
 
 
 @dataclass

@@ -9,13 +9,12 @@ increment, then restores base and increments in order into a fresh bare reposito
 from __future__ import annotations
 
 import base64
-import dataclasses
 import functools
 import os
 import socketserver
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -26,85 +25,23 @@ from bulkbackup.config import GitHubSettings, RunSettings
 from bulkbackup.errors import GitError
 from bulkbackup.forge.git_auth import git_auth
 from bulkbackup.git.auth import ANONYMOUS
-from bulkbackup.git.gitops import GitWork
 from bulkbackup.git.packfetch import EMPTY_PACK, FetchedIncrement, fetch_increment
 from bulkbackup.testing.forge import Forge, RepoSpec
+from tests.helpers import PACK_RUN as RUN
+from tests.helpers import PACK_TOKEN as TOKEN
+from tests.helpers import (
+    base_of,
+    check_increment,
+    fetch,
+    git,
+    git_bytes,
+    list_heads,
+    refs_of,
+    remote_refs,
+    restore_bundles,
+)
 
-TOKEN = "ghp_packfetchSECRET0123456789abcdef"
 BASIC = base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode()
-RUN = RunSettings(git_timeout_s=60)
-
-
-def git(*args: str, cwd: Path, raw: bool = False, input: bytes | None = None) -> Any:
-    out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=False,
-                         input=input)
-    assert out.returncode == 0, out.stderr.decode(errors="replace")
-    return out.stdout if raw else out.stdout.decode()
-
-
-def list_heads(bundle: Path) -> dict[str, str]:
-    out = git("bundle", "list-heads", str(bundle), cwd=bundle.parent)
-    return {ref: sha for sha, ref in (line.split() for line in out.splitlines())}
-
-
-def base_of(forge: Forge, tmp_path: Path, name: str) -> tuple[Path, dict[str, str]]:
-    """The full archive's bundle and its refs with HEAD (as the lead reads them back)."""
-    archive = GitWork(RUN, tmp_path / "work").archive("u", name, url(forge, name), "main",
-                                                      ANONYMOUS)
-    assert archive.bundle is not None
-    return archive.bundle, list_heads(archive.bundle)
-
-
-def url(forge: Forge, name: str) -> str:
-    return f"{forge.url}/u/{name}.git"
-
-
-def fetch(forge: Forge, tmp_path: Path, name: str, old: dict[str, str], part: str,
-          gh: GitHubSettings | None = None, default_branch: str | None = "main",
-          check: Callable[[], None] = lambda: None, **run: Any) -> FetchedIncrement:
-    gh = gh or GitHubSettings(api_url=forge.url, allow_http_token=True)
-    settings = dataclasses.replace(RUN, **run)
-    return fetch_increment(url(forge, name), old, default_branch, tmp_path / part, settings,
-                           git_auth(gh, TOKEN), check)
-
-
-def remote_refs(forge: Forge, name: str, pulls: bool = False) -> dict[str, str]:
-    out = git("for-each-ref", "--format=%(refname) %(objectname)",
-              cwd=forge.git_root / "u" / f"{name}.git")
-    refs = dict(line.split() for line in out.splitlines())
-    return {r: s for r, s in refs.items() if pulls or not r.startswith("refs/pull/")}
-
-
-def restore(tmp_path: Path, parts: list[Path]) -> Path:
-    """Apply the parts in order as restore does; the repository's refs are the last part's."""
-    repo = tmp_path / f"restored-{len(list(tmp_path.glob('restored-*')))}.git"
-    git("init", "-q", "--bare", str(repo), cwd=tmp_path)
-    for part in parts:
-        git("bundle", "verify", "-q", str(part), cwd=repo)
-        git("fetch", "-q", "--prune", str(part), "+refs/*:refs/*", cwd=repo)
-    fsck = subprocess.run(["git", "fsck", "--full", "--strict"], cwd=repo, capture_output=True,
-                          text=True, check=False)
-    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
-    assert not any(w in fsck.stdout + fsck.stderr for w in ("missing", "broken", "error"))
-    return repo
-
-
-def refs_of(repo: Path) -> dict[str, str]:
-    out = git("for-each-ref", "--format=%(refname) %(objectname)", cwd=repo)
-    return dict(line.split() for line in out.splitlines())
-
-
-def check_increment(forge: Forge, name: str, inc: FetchedIncrement, tmp_path: Path,
-                    parts: list[Path]) -> Path:
-    """The increment's refs, HEAD and restore agree with the stand-in's repository."""
-    assert inc.bundle is not None
-    expected = remote_refs(forge, name)
-    assert inc.refs == expected
-    assert inc.head == expected[f"refs/heads/{inc.branch}"]
-    assert list_heads(inc.bundle) == {**expected, "HEAD": inc.head}
-    repo = restore(tmp_path, [*parts, inc.bundle])
-    assert refs_of(repo) == expected
-    return repo
 
 
 # -- what an increment carries -------------------------------------------------------------
@@ -213,7 +150,7 @@ def test_nothing_changed_asks_for_no_pack(forge: Forge, tmp_path: Path) -> None:
     (tmp_path / "1.bundle").write_bytes(b"stale")
     inc = fetch(forge, tmp_path, "n", old, "1.bundle")
     assert inc.bundle is None and not (tmp_path / "1.bundle").exists()
-    assert inc.refs == remote_refs(forge, "n") and inc.branch == "main"
+    assert inc.refs == remote_refs(forge, "u", "n") and inc.branch == "main"
     assert inc.head == old["HEAD"] and inc.received_bytes == 0
     assert forge.clones("u", "n") == clones + 1 and forge.pack_requests("u", "n") == posts
 
@@ -246,15 +183,15 @@ def test_emptied_repository(forge: Forge, tmp_path: Path) -> None:
 def test_pull_refs_stay_out_unless_asked(forge: Forge, tmp_path: Path) -> None:
     forge.add_user("u", [RepoSpec("p", pulls=[1, 2])])
     base, old = base_of(forge, tmp_path, "p")
-    pulls = {r: s for r, s in remote_refs(forge, "p", pulls=True).items() if "pull" in r}
+    pulls = {r: s for r, s in remote_refs(forge, "u", "p", pulls=True).items() if "pull" in r}
     forge.push("u", "p", {"new.txt": b"new\n"})
     inc = fetch(forge, tmp_path, "p", old, "1.bundle")
     repo = check_increment(forge, "p", inc, tmp_path, [base])
     for sha in pulls.values():  # neither the refs nor the objects only they reach
         assert subprocess.run(["git", "cat-file", "-e", sha], cwd=repo).returncode != 0
     kept = fetch(forge, tmp_path, "p", old, "2.bundle", pull_refs=True)
-    assert kept.refs == remote_refs(forge, "p", pulls=True) and kept.bundle is not None
-    repo = restore(tmp_path, [base, kept.bundle])
+    assert kept.refs == remote_refs(forge, "u", "p", pulls=True) and kept.bundle is not None
+    repo = restore_bundles(tmp_path, [base, kept.bundle])
     assert all(git("cat-file", "-t", sha, cwd=repo).strip() == "commit" for sha in pulls.values())
 
 
@@ -267,7 +204,7 @@ def test_a_huge_blob_arrives_whole(forge: Forge, tmp_path: Path) -> None:
     inc = fetch(forge, tmp_path, "b", old, "1.bundle", check=lambda: calls.append(1))
     assert inc.received_bytes > len(blob) and len(calls) >= 4  # steps, and every 4 MiB
     repo = check_increment(forge, "b", inc, tmp_path, [base])
-    assert git("cat-file", "blob", "refs/heads/main:huge.bin", cwd=repo, raw=True) == blob
+    assert git_bytes("cat-file", "blob", "refs/heads/main:huge.bin", cwd=repo) == blob
 
 
 def test_a_tag_of_a_blob_is_no_prerequisite(forge: Forge, tmp_path: Path) -> None:

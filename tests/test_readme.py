@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bulkbackup.testing.forge import Forge, sample
-from tests.conftest import ROOT, run_cli
+from tests.helpers import ROOT, run_cli
 
 
 def quick_start_lines() -> list[str]:

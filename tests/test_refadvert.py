@@ -23,8 +23,7 @@ from bulkbackup.errors import GitError
 from bulkbackup.git.refadvert import MAX_REFS, Pkts, pkt, read_info_refs, read_ls_refs, ref_prefixes
 from bulkbackup.store import open_store
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.conftest import ROOT, run_cli
-from tests.test_packfetch import base_of, check_increment, fetch, git, list_heads
+from tests.helpers import ROOT, base_of, check_increment, fetch, git, list_heads, run_cli
 
 
 def many_refs(forge: Forge, name: str, tags: int, pulls: int) -> None:

@@ -3,20 +3,14 @@ against the folder it was started in, however git and the web server move about.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from bulkbackup import config
 from bulkbackup.testing.forge import Forge, RepoSpec
-from bulkbackup.testing.services import free_port
-from tests.conftest import git, run_cli
+from tests.helpers import git, run_cli, serve_get
 
 
 def test_config_resolves_a_relative_store_once(tmp_path: Path,
@@ -28,28 +22,6 @@ def test_config_resolves_a_relative_store_once(tmp_path: Path,
     assert s.store.url == str(tmp_path / "rel" / "store")
     s = config.load(None, environ={"BULKBACKUP_STORE": "s3://b", "BULKBACKUP_WORKER_HOST": "h"})
     assert s.store.url == "s3://b"
-
-
-def serve_get(env: dict[str, str], cwd: Path, paths: list[str]) -> list[httpx.Response]:
-    """Start a real `serve` in ``cwd``, GET each path, stop it."""
-    port = free_port()
-    log = cwd / "serve.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bulkbackup", "serve", "--port",
-                                 str(port)], env=env, cwd=cwd, stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            with contextlib.suppress(httpx.HTTPError):
-                httpx.get(url + "/healthz", timeout=2)
-                break
-            time.sleep(0.1)
-        return [httpx.get(url + p, timeout=30) for p in paths]
-    finally:
-        proc.terminate()
-        proc.wait(15)
 
 
 def test_every_command_with_the_default_relative_store(

@@ -7,29 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from bulkbackup.archive.metadata import canonical
 from bulkbackup.store import Store
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.conftest import git, run_cli
-
-
-def refs_of(repo: Path) -> dict[str, str]:
-    out = git("for-each-ref", "--format=%(objectname) %(refname)", cwd=repo)
-    return {ref: sha for sha, ref in (line.split() for line in out.splitlines())}
+from tests.helpers import damage, git, refs_of, run_cli
 
 
 def synced(forge: Forge, login: str, repos: list[RepoSpec]) -> None:
     forge.add_user(login, repos)
     proc = run_cli("sync", login)
     assert "archived" in proc.stdout, proc.stderr
-
-
-def damage(store: Store, key: str, data: bytes, drop: tuple[str, ...] = ()) -> None:
-    """Replace ``key``'s data, keeping its metadata (but the names in ``drop``)."""
-    head = store.head(key)
-    assert head is not None
-    meta = {k: v for k, v in head.metadata.items() if k not in drop}
-    store.put_bytes(key, data, canonical(meta))
 
 
 def test_restore_user_gives_exact_mirrors_and_zips(env: None, forge: Forge, store: Store,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import math
 import multiprocessing
@@ -22,10 +21,10 @@ from bulkbackup.run.reports import GivenBack, Lost
 from bulkbackup.run.worker import Worker, WorkerArgs
 from bulkbackup.store import tempfiles
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.conftest import ROOT, free_port, start_moto
+from bulkbackup.testing.services import free_port, start_moto
+from tests.helpers import all_synced, start_run, track, wait_for, workers_of
 
 
-@pytest.fixture
 def run_env(
     clean_env: None, redis_url: str, tmp_path: Path, forge: Forge,
     monkeypatch: pytest.MonkeyPatch,
@@ -38,55 +37,6 @@ def run_env(
     monkeypatch.setenv("GITHUB_API_URL", forge.url)
     monkeypatch.setenv("BULKBACKUP_CONFIG", str(cfg))
     return {**os.environ}
-
-
-def start_run(env: dict[str, str], *args: str, host: str = "hostA",
-              new_session: bool = False) -> subprocess.Popen[str]:
-    """`bulkbackup run ARGS` in a child process; ``new_session``: in a process group of its
-    own (group id = its pid), as systemd or a shell's job control starts it."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "bulkbackup", "run", *args],
-        env={**env, "BULKBACKUP_WORKER_HOST": host}, cwd=ROOT, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=new_session,
-    )
-
-
-def track(r: redis.Redis, *logins: str) -> None:
-    r.zadd("tracked", {f"github.com/{x}": float("-inf") for x in logins})
-
-
-def children(pid: int) -> list[int]:
-    kids: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            kids += [int(k) for k in (task / "children").read_text().split()]
-    return kids
-
-
-def workers_of(pid: int) -> list[int]:
-    """The worker processes of a run: the children of its multiprocessing forkserver."""
-    for kid in children(pid):
-        try:
-            cmd = Path(f"/proc/{kid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"forkserver" in cmd:
-            return children(kid)
-    return []
-
-
-def wait_for(cond: object, timeout_s: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def all_synced(r: redis.Redis, logins: list[str], start: float) -> bool:
-    scores = r.zmscore("tracked", [f"github.com/{x}" for x in logins])
-    return all(s is not None and start <= s < float("inf") for s in scores)
 
 
 def test_run_drains_tracked_then_runs_stats(

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from bulkbackup.store import open_store
 from bulkbackup.testing import forge_graphql
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.services import free_port
-from tests.conftest import ROOT, run_cli
+from tests.helpers import run_cli, run_config, start_run, track
 
 TOKEN = "ghp_wire14SECRETtoken0123456789abcdef"
 HUGE_KB = 10_000_000  # above run.max_repo_kb: recorded as skipped, never cloned
@@ -57,19 +56,12 @@ ALL = [*COUNTS, "acme-org", "octo", "ghost-user", *FILLERS]
 def run_env(tmp_path: Path, forge: Forge, redis_url: str, store: Path, api: str,
             extra: str = "", github: str = "") -> dict[str, str]:
     cfg = tmp_path / f"run-{api}-{store.name}.yaml"
-    cfg.write_text("run:\n  lock_ttl_s: 2\n  grace_s: 20\n  claim_target_s: 1.0\n"
-                   "  claim_batch_max: 2\n" + extra +
-                   "github:\n  backoff_s: 0.05\n  max_rate_wait_s: 30\n" + github)
+    cfg.write_text(run_config("  claim_batch_max: 2\n" + extra,
+                              "  max_rate_wait_s: 30\n" + github))
     env = {k: v for k, v in os.environ.items()
            if k not in ("GITHUB_TOKEN", "GITHUB_TOKENS", "BULKBACKUP_DEBUG")}
     return {**env, "BULKBACKUP_CONFIG": str(cfg), "GITHUB_API_URL": forge.url,
             "BULKBACKUP_STORE": str(store), "REDIS_URL": redis_url, "GITHUB_API": api}
-
-
-def start_run(env: dict[str, str], *args: str, host: str = "hostA") -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "bulkbackup", "run", *args],
-                            env={**env, "BULKBACKUP_WORKER_HOST": host}, cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def run(env: dict[str, str], *args: str) -> str:
@@ -79,9 +71,10 @@ def run(env: dict[str, str], *args: str) -> str:
     return err
 
 
-def track(r: redis.Redis, logins: list[str]) -> None:
+def track_alone(r: redis.Redis, logins: list[str]) -> None:
+    """A flushed Redis that tracks only ``logins``."""
     r.flushall()
-    r.zadd("tracked", {f"github.com/{x}": float("-inf") for x in logins})
+    track(r, *logins)
 
 
 def bundle_heads(path: Path, tmp_path: Path) -> str:
@@ -148,7 +141,7 @@ def test_graphql_run_stores_what_the_rest_run_stores(
 ) -> None:
     stores = {api: tmp_path / f"store-{api}" for api in ("rest", "graphql")}
     c = forge_graphql.controls(world)
-    track(r, ALL)
+    track_alone(r, ALL)
     run(run_env(tmp_path, world, redis_url, stores["rest"], "rest"), "--procs", "2")
     rest_api_requests = world.counters["api"]
     assert rest_api_requests >= len(ALL) and c.counters["requests"] == 0
@@ -157,7 +150,7 @@ def test_graphql_run_stores_what_the_rest_run_stores(
     with world.lock:
         c.max_batch, c.oversize = 4, forge_graphql.Oversize.BAD_GATEWAY
     world.reset_counters()
-    track(r, ALL)
+    track_alone(r, ALL)
     err = run(run_env(tmp_path, world, redis_url, stores["graphql"], "graphql"), "--procs", "1")
     assert world.counters["api"] == 0  # no REST listing at all
     assert c.counters["oversize"] >= 1 and c.counters["status_200"] >= 1
@@ -171,7 +164,7 @@ def test_graphql_run_stores_what_the_rest_run_stores(
         c.max_batch = None
         c.queries.clear()
     world.reset_counters()
-    track(r, ALL)
+    track_alone(r, ALL)
     run(run_env(tmp_path, world, redis_url, stores["graphql"], "graphql"), "--procs", "1")
     assert world.counters["info_refs"] == 0 and world.counters["api"] == 0
     aliases = [q.count("repositoryOwner(") for q in c.queries]
@@ -239,7 +232,7 @@ def test_two_hosts_sharing_a_token_stop_once_its_quota_is_known_spent(
     else:
         forge.set_token_budget(TOKEN, 15, reset_in_s)
     reset_at = time.time() + reset_in_s
-    track(r, logins)
+    track_alone(r, logins)
     store_dir = tmp_path / "store"
     # GraphQL queries of at most 3 owners: 41 users need more than one window's 6 points.
     env = {**run_env(tmp_path, forge, redis_url, store_dir, api, github="  graphql_batch: 3\n"),

@@ -14,8 +14,7 @@ import redis
 from bulkbackup.config import StoreSettings
 from bulkbackup.queue import keys
 from bulkbackup.store.local import LocalStore
-from tests.conftest import run_cli
-from tests.test_serve import base_env, start_serve, stop_serve
+from tests.helpers import base_env, run_cli, start_serve, stop_serve
 
 INGESTED = [f"user{i:04d}" for i in range(1200)] + [f"User-Mixed{i}" for i in range(60)]
 TRACKED = ["UseR-by-hand", "other"]

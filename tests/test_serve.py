@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import html
-import http.client
 import json
 import math
 import os
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,79 +29,24 @@ from markupsafe import escape
 from bulkbackup.queue.connection import Scripts
 from bulkbackup.queue.locks import LockKeeper
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.conftest import ROOT, free_port, remove_object, run_cli
+from bulkbackup.testing.services import free_port
+from tests.helpers import (
+    SERVE_TOKEN,
+    WORKER_HOST,
+    Served,
+    base_env,
+    remove_object,
+    rows_by_login,
+    run_backup,
+    run_cli,
+    start_serve,
+    stop_serve,
+)
 
-TOKEN = "admin-token-for-tests"
 XSS = "<script>alert('xss')</script>"
-WORKER_HOST = "serve-test-host"
 
 
-# -- helpers shared with test_browser.py ------------------------------------------------------
-
-
-@dataclass
-class Served:
-    url: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def get(self, path: str, timeout: float = 30, **kwargs: object) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=timeout, **kwargs)  # type: ignore[arg-type]
-
-    def raw(self, method: str, path: str, headers: dict[str, str] | None = None
-            ) -> tuple[int, dict[str, str], bytes]:
-        """A request with ``path`` sent exactly as given (no client normalization)."""
-        host, port = self.url.removeprefix("http://").split(":")
-        conn = http.client.HTTPConnection(host, int(port), timeout=30)
-        try:
-            conn.putrequest(method, path, skip_accept_encoding=True)
-            for k, v in (headers or {}).items():
-                conn.putheader(k, v)
-            conn.endheaders()
-            resp = conn.getresponse()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-        finally:
-            conn.close()
-
-
-def start_serve(env: dict[str, str], log: Path, *args: str,
-                preexec_fn: Callable[[], None] | None = None) -> Served:
-    port = free_port()
-    with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bulkbackup", "serve", "--port",
-                                 str(port), *args], env=env, cwd=ROOT, stdout=out, stderr=out,
-                                preexec_fn=preexec_fn)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"serve exited: {log.read_text()[-2000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            httpx.get(url + "/healthz", timeout=2)
-            return Served(url, proc, log)
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"serve did not answer: {log.read_text()[-2000:]}")
-
-
-def stop_serve(served: Served) -> None:
-    served.proc.terminate()
-    try:
-        served.proc.wait(15)
-    except subprocess.TimeoutExpired:
-        served.proc.kill()
-        served.proc.wait()
-
-
-def base_env(tmp: Path, redis_url: str, store: str) -> dict[str, str]:
-    cfg = tmp / "config.yaml"
-    cfg.write_text("run:\n  lock_ttl_s: 2\n  claim_target_s: 1.0\ngithub:\n  backoff_s: 0.05\n"
-                   "  max_retries: 1\n")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("GITHUB_", "BULKBACKUP_", "AWS_"))}
-    env.update(REDIS_URL=redis_url, BULKBACKUP_STORE=store, BULKBACKUP_CONFIG=str(cfg),
-               BULKBACKUP_WORKER_HOST=WORKER_HOST)
-    return env
+# -- the archive's users -----------------------------------------------------------------------
 
 
 def fill_forge(forge: Forge) -> None:
@@ -116,15 +59,6 @@ def fill_forge(forge: Forge) -> None:
     with forge.lock:
         entry = next(e for e in forge.users["alice"] if e["name"] == "xss")
         entry["description"] = XSS
-
-
-def run_backup(env: dict[str, str], logins: list[str]) -> None:
-    r = redis.Redis.from_url(env["REDIS_URL"])
-    r.zadd("tracked", {f"github.com/{x}": float("-inf") for x in logins})
-    r.close()
-    proc = subprocess.run([sys.executable, "-m", "bulkbackup", "run", "--procs", "2"],
-                          env=env, cwd=ROOT, capture_output=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
 
 
 # -- the served archive -----------------------------------------------------------------------
@@ -150,14 +84,10 @@ def archive(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         env["GITHUB_API_URL"] = forge.url
         run_backup(env, ["alice", "bob", "gone-user"])
     client.zadd("tracked", {"github.com/unsynced-user": float("-inf")})
-    served = start_serve({**env, "BULKBACKUP_ADMIN_TOKEN": TOKEN}, tmp / "serve.log")
+    served = start_serve({**env, "BULKBACKUP_ADMIN_TOKEN": SERVE_TOKEN}, tmp / "serve.log")
     yield Archive(served, client, store, env)
     stop_serve(served)
     client.close()
-
-
-def rows_by_login(doc: dict[str, object]) -> dict[str, dict[str, object]]:
-    return {u["login"]: u for u in doc["users"]}  # type: ignore[attr-defined, index]
 
 
 def test_stats_dashboard_and_pictures(archive: Archive) -> None:
@@ -395,7 +325,7 @@ def test_security_headers(archive: Archive) -> None:
 
 
 def test_post_users(archive: Archive) -> None:
-    def post(body: object, token: str | None = TOKEN) -> httpx.Response:
+    def post(body: object, token: str | None = SERVE_TOKEN) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         return httpx.post(archive.served.url + "/api/users", json=body, headers=headers,
                           timeout=30)
@@ -415,7 +345,7 @@ def test_post_users(archive: Archive) -> None:
     # GET never changes state.
     assert archive.served.get("/api/users", params={"logins": "x"}).status_code == 200
     assert archive.r.zscore("tracked", "github.com/x") is None
-    assert TOKEN not in archive.served.log.read_text()
+    assert SERVE_TOKEN not in archive.served.log.read_text()
     archive.r.zrem("tracked", "github.com/new-one")
 
 

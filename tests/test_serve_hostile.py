@@ -25,11 +25,13 @@ import redis
 
 from bulkbackup.archive import layout
 from bulkbackup.queue import keys
-from tests.test_serve import TOKEN, Served, base_env, start_serve, stop_serve
+from tests.helpers import SERVE_TOKEN, Served, base_env, start_serve, stop_serve
 
 MIB = 1 << 20
 MB = 1000 * 1000
-BIG_BYTES = 64 * MIB
+# Far more than one stalled client may hold (the bug held ~2.5 MiB each); small enough to
+# write to moto quickly.
+BIG_BYTES = 16 * MIB
 SMALL = b"small bundle\n" * 1000
 
 
@@ -47,7 +49,7 @@ def wait_for(check: Callable[[], bool], deadline_s: float) -> bool:
     while time.monotonic() < end:
         if check():
             return True
-        time.sleep(0.5)
+        time.sleep(0.05)
     return check()
 
 
@@ -127,7 +129,7 @@ def test_stalled_downloads_hold_bounded_memory_and_give_it_back(big_served: Serv
         assert peak - before < 96 * MIB and peak < 300 * MB, (before, peak)
     # Gone: what they held goes back, or was little (measured: local +26 MiB at the peak,
     # +28 after; S3 +47-52 at the peak, +26-47 after).
-    assert wait_for(lambda: rss_bytes(pid) - before < BIG_BYTES and rss_bytes(pid) < 200 * MB,
+    assert wait_for(lambda: rss_bytes(pid) - before < 64 * MIB and rss_bytes(pid) < 200 * MB,
                     60), (before, rss_bytes(pid))
     print(f"rss after {rss_bytes(pid) >> 20} MiB")
 
@@ -171,7 +173,7 @@ def test_half_sent_requests_are_closed_and_others_served(redis_url: str, tmp_pat
     cfg = Path(env["BULKBACKUP_CONFIG"])
     cfg.write_text(cfg.read_text() + "serve:\n  header_timeout_s: 2\n  body_timeout_s: 2\n")
     (tmp_path / "store").mkdir()
-    served = start_serve({**env, "BULKBACKUP_ADMIN_TOKEN": TOKEN}, tmp_path / "serve.log",
+    served = start_serve({**env, "BULKBACKUP_ADMIN_TOKEN": SERVE_TOKEN}, tmp_path / "serve.log",
                          preexec_fn=limit_open_files(256))
     try:
         with sockets_closed([]) as socks:
@@ -186,7 +188,7 @@ def test_half_sent_requests_are_closed_and_others_served(redis_url: str, tmp_pat
         # A body that stops half-way is closed too (its headers were in time).
         with sockets_closed([stalled_socket(served, (
                 b"POST /api/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+                b"Authorization: Bearer " + SERVE_TOKEN.encode() + b"\r\n"
                 b"Content-Length: 100\r\n\r\n{\"logins\":"))]) as (sock,):
             sock.settimeout(60)
             assert until_closed(sock) == b""
@@ -206,7 +208,7 @@ def plain(redis_url: str, tmp_path: Path) -> Iterator[tuple[Served, redis.Redis]
     store = tmp_path / "store"
     (store / "alice").mkdir(parents=True)
     (store / "alice" / "hello.bundle").write_bytes(SMALL)
-    env = {**base_env(tmp_path, redis_url, str(store)), "BULKBACKUP_ADMIN_TOKEN": TOKEN}
+    env = {**base_env(tmp_path, redis_url, str(store)), "BULKBACKUP_ADMIN_TOKEN": SERVE_TOKEN}
     served = start_serve(env, tmp_path / "serve.log")
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
@@ -272,7 +274,7 @@ def test_a_deeply_nested_body_is_a_400(plain: tuple[Served, redis.Redis]) -> Non
     for depth in (1000, 100_000):
         body = '{"logins": [' + "[" * depth + "]" * depth + "]}"
         resp = httpx.post(served.url + "/api/users", content=body.encode(), timeout=30,
-                          headers={"Authorization": f"Bearer {TOKEN}"})
+                          headers={"Authorization": f"Bearer {SERVE_TOKEN}"})
         assert resp.status_code == 400, (depth, resp.status_code, resp.text[:200])
         assert "\n" not in resp.json()["error"]
 

@@ -9,7 +9,6 @@ import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,8 @@ from bulkbackup.backup.results import PARTIAL_ERROR
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.services import start_redis
 from bulkbackup.web.users import badge_of
-from tests.conftest import git, run_cli
-from tests.test_serve import base_env, start_serve, stop_serve
+from tests.helpers import base_env, git, refs_of, run_cli, start_serve, stop_serve
+from tests.pages import Commands
 
 BIG = os.urandom(400_000)  # incompressible: the increments stay far smaller than the bundle
 LONG = "a-rather-long-repository-name_with.several-words-in-it"
@@ -31,11 +30,6 @@ class Stored:
     env: dict[str, str]
     refs: dict[str, dict[str, str]]  # repository -> the stand-in's refs at the last sync
     tmp: Path
-
-
-def refs_of(repo: Path) -> dict[str, str]:
-    out = git("for-each-ref", "--format=%(objectname) %(refname)", cwd=repo)
-    return {ref: sha for sha, ref in (line.split() for line in out.splitlines())}
 
 
 def sync(env: dict[str, str], login: str) -> None:
@@ -69,27 +63,6 @@ def stored(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     client.zadd("tracked", {"github.com/ann": 1.0})
     client.close()
     yield Stored(env, refs, tmp)
-
-
-class Commands(HTMLParser):
-    """The text of every `<code data-cmd>` of a page, in order (entities decoded)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.found: list[str] = []
-        self._open = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "code" and any(name == "data-cmd" for name, _ in attrs):
-            self._open = True
-            self.found.append("")
-
-    def handle_endtag(self, tag: str) -> None:
-        self._open = self._open and tag != "code"
-
-    def handle_data(self, data: str) -> None:
-        if self._open:
-            self.found[-1] += data
 
 
 def test_every_command_on_the_user_page_works_pasted_into_a_shell(stored: Stored) -> None:

@@ -32,13 +32,15 @@ from bulkbackup.store.s3 import S3Store
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.web.restore_cmds import state_commands
 from bulkbackup.web.states import PARTS_LISTED, RepoStates, StateId
-from tests.conftest import git
-from tests.test_browser import _browser, _wait_download, find_chromium
-from tests.test_serve import base_env, start_serve, stop_serve
-from tests.test_serve_page import BIG, Commands, refs_of, sync
+from tests.browser import find_chromium, open_browser, wait_download
+from tests.helpers import base_env, git, refs_of, start_serve, stop_serve, sync
+from tests.pages import Commands
 
 CONFIG = ("run:\n  lock_ttl_s: 2\n  claim_target_s: 1.0\n  max_increments: 3\n"
           "github:\n  backoff_s: 0.05\n  max_retries: 1\n")
+
+
+BIG = os.urandom(400_000)  # incompressible: the increments stay far smaller than the bundle
 
 
 @dataclass
@@ -75,7 +77,7 @@ def history(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         refs = []
         for change in [_nothing, *changes]:
             change()
-            sync(env, "bob")
+            sync("bob", env)
             refs.append(refs_of(bare))
             time.sleep(1.1)
     client.zadd("tracked", {"github.com/bob": 1.0})
@@ -248,7 +250,7 @@ def _browse(chromium: tuple[str, str], url: str, tmp_path: Path, artifacts: Path
     as shown, its base part downloaded by a click)."""
     downloads = tmp_path / "downloads"
     downloads.mkdir()
-    driver = _browser(chromium, tmp_path / "profile", downloads)
+    driver = open_browser(chromium, tmp_path / "profile", downloads)
     wait = WebDriverWait(driver, 30)
     try:
         driver.get(url + "/users/bob")
@@ -267,7 +269,7 @@ def _browse(chromium: tuple[str, str], url: str, tmp_path: Path, artifacts: Path
         links = restore.find_elements(By.CSS_SELECTOR, "a.dl")
         assert len(links) == 4  # the kept base and its three increments
         links[0].click()
-        got = _wait_download(downloads, f"hist.{kept.split('-')[0]}.000000.bundle")
+        got = wait_download(downloads, f"hist.{kept.split('-')[0]}.000000.bundle")
     finally:
         driver.quit()
     return kept, commands, got

@@ -9,7 +9,7 @@ import pytest
 
 from bulkbackup import config
 from bulkbackup.store import open_store
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 @pytest.fixture

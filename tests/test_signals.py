@@ -12,23 +12,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.test_run import Forge, RepoSpec, all_synced, start_run, track, wait_for, workers_of
+from bulkbackup.testing.forge import Forge, RepoSpec
+from tests.helpers import all_synced, run_config, start_run, track, wait_for, workers_of
 
 
 @pytest.fixture
-def run_env(
-    clean_env: None, redis_url: str, tmp_path: Path, forge: Forge,
-    monkeypatch: pytest.MonkeyPatch,
-) -> dict[str, str]:
-    store = tmp_path / "backup" / "github.com"
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text(f"run:\n  lock_ttl_s: 2\n  grace_s: 20\n  claim_target_s: 1.0\n"
-                   f"  work_dir: {tmp_path / 'work'}\n"
-                   "github:\n  backoff_s: 0.05\n")
-    monkeypatch.setenv("BULKBACKUP_STORE", str(store))
-    monkeypatch.setenv("GITHUB_API_URL", forge.url)
-    monkeypatch.setenv("BULKBACKUP_CONFIG", str(cfg))
-    return {**os.environ}
+def run_env(run_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """conftest's, with the workers' folders in tmp_path (the cases look into them)."""
+    Path(run_env["BULKBACKUP_CONFIG"]).write_text(
+        run_config(f"  work_dir: {tmp_path / 'work'}\n"))
+    return run_env
 
 
 def alive(pid: int) -> bool:

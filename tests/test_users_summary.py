@@ -13,8 +13,15 @@ import pytest
 import redis
 
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.conftest import run_cli
-from tests.test_serve import Served, base_env, rows_by_login, run_backup, start_serve, stop_serve
+from tests.helpers import (
+    Served,
+    base_env,
+    rows_by_login,
+    run_backup,
+    run_cli,
+    start_serve,
+    stop_serve,
+)
 
 SMALL = b"not really a bundle\n"
 

@@ -7,25 +7,15 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import redis
 
-from bulkbackup.archive.metadata import canonical
 from bulkbackup.passes.verify import sample_logins
 from bulkbackup.store import Store
 from bulkbackup.store.base import ObjectInfo
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.conftest import git, run_cli
-
-
-def damage(store: Store, key: str, data: bytes, drop: tuple[str, ...] = ()) -> None:
-    """Replace ``key``'s data, keeping its metadata (but the names in ``drop``)."""
-    head = store.head(key)
-    assert head is not None
-    store.put_bytes(key, data, canonical({k: v for k, v in head.metadata.items()
-                                          if k not in drop}))
+from tests.helpers import damage, git, run_cli, verify
 
 
 def without_branch(store: Store, key: str, branch: str, tmp_path: Path) -> bytes:
@@ -38,12 +28,6 @@ def without_branch(store: Store, key: str, branch: str, tmp_path: Path) -> bytes
     git("update-ref", "-d", f"refs/heads/{branch}", cwd=mirror)
     git("bundle", "create", "--quiet", str(tmp_path / "out.bundle"), "--all", cwd=mirror)
     return (tmp_path / "out.bundle").read_bytes()
-
-
-def verify(*args: str) -> tuple[int, dict[str, Any]]:
-    proc = run_cli("verify", *args, "--json")
-    assert proc.stdout, proc.stderr
-    return proc.returncode, orjson.loads(proc.stdout)
 
 
 def test_every_kind_of_bad_archive_is_found_and_named(

@@ -287,6 +287,11 @@ class S3Store(Store):
     def copy(self, src: str, dest: str, before_commit: BeforeCommit = no_fence) -> None:
         check_key(src)
         check_key(dest)
+        if src == dest:  # S3 refuses a CopyObject onto itself that changes nothing
+            if self.head(src) is None:
+                raise NotFound(f"no such object: {src!r}")
+            before_commit()
+            return
         # CopyObject (up to 5 GB, as replace_metadata): the managed copy's UploadPartCopy is
         # not implemented by every S3-compatible store.
         with self._committing(before_commit):
@@ -355,6 +360,8 @@ class S3Store(Store):
             yield from self._infos(page)
 
     def list_top(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        if "/" in prefix:  # no top-level key has one (S3 would list the keys below it)
+            return
         # With a delimiter each user's folder is one CommonPrefixes entry, not a page of keys.
         for page in self._pages("the users", Delimiter="/", Prefix=prefix):
             yield from self._infos(page)

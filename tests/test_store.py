@@ -27,12 +27,13 @@ from bulkbackup.archive.layout import (
     UserCounts,
     short_reason,
 )
+from bulkbackup.archive.metadata import fitted
 from bulkbackup.backup.results import PARTIAL_ERROR, error_kind
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import ConfigError, StoreError
 from bulkbackup.redact import add_secrets
 from bulkbackup.store import Store, clean_stale_temp, open_store
-from bulkbackup.store.base import METADATA_LIMIT_BYTES, Head, clean_metadata
+from bulkbackup.store.base import METADATA_LIMIT_BYTES, Head, clean_metadata, content_type
 from bulkbackup.store.local import LocalStore
 from bulkbackup.store.s3 import S3Store
 from tests.helpers import ROOT, read
@@ -195,13 +196,41 @@ def test_local_odd_names_are_plain_files(local_root: Path) -> None:
 
 
 def test_clean_metadata_limit() -> None:
-    out = clean_metadata({"LastSync": "t", "Error": "é\n" * 5000})
+    with pytest.raises(StoreError):
+        clean_metadata({"LastSync": "t", "Error": "é\n" * 5000})
+    out = clean_metadata(fitted({"LastSync": "t", "Error": "é\n" * 5000}))
     assert sum(len(k) + len(v) for k, v in out.items()) <= METADATA_LIMIT_BYTES
     assert len("".join(f"{k}{v}" for k, v in out.items()).encode()) <= METADATA_LIMIT_BYTES
+    assert fitted({"LastSync": "t", "Error": "short"}) == {"LastSync": "t", "Error": "short"}
+    assert fitted({"LastSync": "t" * 3000, "Error": "x" * 10})["Error"] == "x" * 10  # no room
     with pytest.raises(StoreError):
         clean_metadata({"LastSync": "t" * 3000})
     with pytest.raises(StoreError):
         clean_metadata({"bad name": "x"})
+
+
+def test_long_error_is_refused_by_the_store_and_fitted_by_the_archive(store: Store) -> None:
+    """The store knows no field names: metadata over the limit is refused whole; the
+    archive cuts its Error to fit (metadata.fitted), on a put and on a metadata update."""
+    error = ("clone failed: ñ\nfatal: line two\t" * 200)[:5000]
+    meta = {"LastSync": "2026-11-28T17:00:00Z", "PushedAt": "x", "UpdatedAt": "y", "Error": error}
+    with pytest.raises(StoreError, match="exceeds the store limit"):
+        store.put_bytes("octocat/x.bundle", b"", meta)
+    assert store.head("octocat/x.bundle") is None
+    store.put_bytes("octocat/x.bundle", b"", fitted(meta))
+    head = store.head("octocat/x.bundle")
+    assert head is not None and head.size == 0
+    stored = head.get("Error")
+    assert stored.startswith("clone failed: ") and stored.endswith("...")
+    assert stored.isascii() and "\n" not in stored
+    assert sum(len(k) + len(v) for k, v in head.metadata.items()) == METADATA_LIMIT_BYTES
+    assert head.get("LastSync") == "2026-11-28T17:00:00Z"
+    with pytest.raises(StoreError):
+        store.replace_metadata("octocat/x.bundle", {"Error": error})
+    store.replace_metadata("octocat/x.bundle", layout.updated_metadata(head, {"Error": error}))
+    head = store.head("octocat/x.bundle")
+    assert head is not None and head.get("error").endswith("...")
+    assert head.get("PushedAt") == "x"
 
 
 # -- missing, ranges, refused commits ----------------------------------------------------------
@@ -439,9 +468,9 @@ def test_layout_builds_and_parses_keys() -> None:
     for other in ("octocat/x/y.bundle", "octocat/.bundle", "octocat/notes.txt"):
         assert layout.parse_key(other) == StoreKey("octocat", "", Kind.OTHER)
     assert layout.is_below("a/x.zip", "a") and not layout.is_below("a-b/x.zip", "a")
-    assert [layout.content_type(k) for k in ("a", "a/b.zip", "a/b.bundle", "a/b/c")] == [
-        "application/json", "application/zip", "application/x-git-bundle",
-        "application/octet-stream"]
+    assert [content_type(k) for k in ("a", "a/b.zip", "a/b.bundle", "a/b/c", "a/b.bundle.zip")
+            ] == ["application/json", "application/zip", "application/x-git-bundle",
+                  "application/octet-stream", "application/zip"]
 
 
 def test_user_counts_round_trip_and_the_old_forms() -> None:
@@ -541,7 +570,7 @@ def test_layout_parts_of_a_chain() -> None:
         assert layout.parse_key(other).kind is Kind.OTHER
     with pytest.raises(ValueError):
         layout.part_key("ann", "r", "../x", 1)
-    assert layout.content_type(key) == "application/x-git-bundle"
+    assert content_type(key) == "application/x-git-bundle"
 
 
 def test_local_path_reads_in_place_only_on_the_local_store(store: Store) -> None:

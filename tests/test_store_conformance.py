@@ -131,20 +131,28 @@ def test_metadata_is_cleaned_or_refused(store: Store) -> None:
     assert head is not None and head.get("Error") == "line one line two \\xf1"
 
 
-def test_a_long_error_is_truncated_to_one_ascii_line(store: Store) -> None:
-    error = ("clone failed: ñ\nfatal: line two\t" * 200)[:5000]
-    meta = {"LastSync": "2026-11-28T17:00:00Z", "PushedAt": "x", "UpdatedAt": "y", "Error": error}
-    store.put_bytes("octocat/x.bundle", b"", meta)
+def test_metadata_over_the_limit_is_refused_whole(store: Store) -> None:
+    """The store knows no field names: it cuts nothing; metadata over the limit is refused,
+    on a put and on a metadata replace, and nothing changes; under it, a value with line
+    breaks is stored as one ASCII line."""
+    note = ("clone failed: ñ\nfatal: line two\t" * 200)[:5000]
+    with pytest.raises(StoreError, match="exceeds the store limit"):
+        store.put_bytes("octocat/x.bundle", b"", {"LastSync": "t", "Note": note})
+    assert store.head("octocat/x.bundle") is None
+    short = note[:300]
+    store.put_bytes("octocat/x.bundle", b"", {"LastSync": "t", "Note": short})
     head = store.head("octocat/x.bundle")
     assert head is not None and head.size == 0
-    stored = head.get("Error")
-    assert stored.startswith("clone failed: ") and stored.endswith("...")
-    assert stored.isascii() and "\n" not in stored
-    assert sum(len(k) + len(v) for k, v in head.metadata.items()) <= METADATA_LIMIT_BYTES
-    assert head.get("LastSync") == "2026-11-28T17:00:00Z"
-    store.replace_metadata("octocat/x.bundle", {"Error": error})
+    assert head.get("Note").isascii() and "\n" not in head.get("Note")
+    assert head.get("Note").startswith("clone failed: ")
+    with pytest.raises(StoreError, match="exceeds the store limit"):
+        store.replace_metadata("octocat/x.bundle", {"Note": note})
     head = store.head("octocat/x.bundle")
-    assert head is not None and head.get("error").endswith("...")
+    assert head is not None and head.get("LastSync") == "t"
+    at_limit = {"LastSync": "t", "Note": "n" * (METADATA_LIMIT_BYTES - len("LastSynctNote"))}
+    store.replace_metadata("octocat/x.bundle", at_limit)
+    head = store.head("octocat/x.bundle")
+    assert head is not None and len(head.get("Note")) == len(at_limit["Note"])
 
 
 # -- missing objects ---------------------------------------------------------------------------

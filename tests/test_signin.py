@@ -7,6 +7,8 @@ does it in tests/test_signin_browser.py).
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ import redis
 
 from bulkbackup.queue import history
 from bulkbackup.testing.forge import Forge, RepoSpec
+from tests.conftest import ROOT
 from tests.test_serve import TOKEN, Served, base_env, start_serve, stop_serve
 
 CLIENT_ID, CLIENT_SECRET = "client-for-tests", "oauth-secret-for-tests"
@@ -116,6 +119,11 @@ def test_sign_in_makes_a_priority_user_and_drops_the_token(site: SignInSite) -> 
         seen = " ".join([*done.headers.get_list("set-cookie"), user.text, str(me),
                          str(dict(client.cookies)), site.served.log.read_text()])
         assert tokens[0] not in seen and CLIENT_SECRET not in seen
+        # The cookie is signed, not encrypted: its payload is all it holds.
+        payload = client.cookies["bb_session"].split(".")[0]
+        decoded = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        assert set(decoded) == {"l", "c", "t"} and decoded["l"] == "Octo-Cat"
+        assert tokens[0] not in json.dumps(decoded)
         assert "/login/callback?..." in site.served.log.read_text()  # the code not logged
         assert "code=" not in site.served.log.read_text()
         # Signing out needs the session's token.
@@ -225,3 +233,75 @@ def test_a_users_history(site: SignInSite) -> None:
         assert "2023-11-15T22:13:20Z" in page.text and "12.3 kB" in page.text
         assert "&lt;b&gt;x&lt;/b&gt;" in page.text  # escaped
     assert site.served.get("/api/users/nobody-at-all/log").status_code == 404
+
+
+def test_a_callback_replayed_or_a_tampered_cookie_signs_no_one_in(site: SignInSite) -> None:
+    """The stand-in approves at once for `auto_login` (an app already authorized)."""
+    with site.forge.oauth.lock:
+        site.forge.oauth.auto_login = "bob"
+    try:
+        with httpx.Client(base_url=site.served.url, timeout=30) as client:
+            start = client.get("/login")
+            granted = httpx.get(start.headers["location"], timeout=30)
+            assert granted.status_code == 302
+            back = granted.headers["location"].removeprefix(site.served.url)
+            assert client.get(back).status_code == 303
+            assert client.get("/api/session").json()["login"] == "bob"
+            assert client.get(back).status_code == 400  # its state cookie is spent
+            value = client.cookies["bb_session"]
+            client.cookies.set("bb_session", value[:-2] + ("A" if value[-2] != "A" else "B")
+                               + value[-1])
+            assert client.get("/api/session").json()["login"] is None
+            # A session value is no sign-in cookie (the cookie's name is in its signature).
+            client.cookies.set("bb_signin", value)
+            query = parse_qs(urlsplit(start.headers["location"]).query)
+            assert client.get("/login/callback", params={
+                "code": "x", "state": query["state"][0]}).status_code == 400
+    finally:
+        with site.forge.oauth.lock:
+            site.forge.oauth.auto_login = None
+
+
+def test_cancelled_on_github(site: SignInSite) -> None:
+    with httpx.Client(base_url=site.served.url, timeout=30) as client:
+        start = client.get("/login")
+        query = {k: v[0] for k, v in parse_qs(urlsplit(start.headers["location"]).query).items()}
+        denied = httpx.post(site.forge.url + "/login/oauth/authorize",
+                            data={**query, "deny": "1"}, timeout=30)
+        back = denied.headers["location"].removeprefix(site.served.url)
+        assert "error=access_denied" in back
+        answer = client.get(back)
+        assert answer.status_code == 400 and "sign-in cancelled on GitHub" in answer.text
+
+
+def test_signer_and_addresses() -> None:
+    from bulkbackup.web.public_add import address_of
+    from bulkbackup.web.session import Signer
+
+    signer = Signer("k")
+    value = signer.sign("a", {"x": 1})
+    assert signer.unsign("a", value, 60) == {"x": 1, "t": signer.unsign("a", value, 60)["t"]}
+    assert signer.unsign("b", value, 60) is None  # another cookie's
+    assert Signer("other").unsign("a", value, 60) is None
+    assert signer.unsign("a", value, -1) is None  # older than its max age
+    assert signer.unsign("a", value + "x", 60) is None and signer.unsign("a", "", 60) is None
+    assert address_of("2001:db8:1:2:3:4:5:6") == address_of("2001:db8:1:2::9") == \
+        "2001:db8:1:2::/64"
+    assert address_of("::ffff:10.0.0.1") == "10.0.0.1" and address_of("10.0.0.2") == "10.0.0.2"
+
+
+def test_settings_from_the_environment() -> None:
+    from bulkbackup import config
+
+    s = config.load(ROOT / "config.yaml", environ={
+        "BULKBACKUP_WORKER_HOST": "h", "GITHUB_WEB_URL": "https://ghe.example/",
+        "BULKBACKUP_GITHUB_CLIENT_ID": "id1", "BULKBACKUP_GITHUB_CLIENT_SECRET": "sec1",
+        "BULKBACKUP_SESSION_SECRET": "sess1"})
+    assert s.github.web_url == "https://ghe.example"
+    assert (s.serve.github_client_id, s.serve.github_client_secret,
+            s.serve.session_secret) == ("id1", "sec1", "sess1")
+    assert "sec1" not in repr(s) and "sess1" not in repr(s)
+    assert (s.serve.public_add, s.serve.public_add_per_hour) == (False, 10)
+    with pytest.raises(config.ConfigError, match=r"github\.web_url must be http"):
+        config.load(ROOT / "config.yaml", environ={"BULKBACKUP_WORKER_HOST": "h",
+                                                   "GITHUB_WEB_URL": "ftp://x"})

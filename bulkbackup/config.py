@@ -42,6 +42,8 @@ class StoreSettings:
 @dataclass(frozen=True)
 class GitHubSettings:
     api_url: str = "https://api.github.com"
+    # GitHub's web side: serve's "Sign in with GitHub" (OAuth web flow) goes there.
+    web_url: str = "https://github.com"
     git_host: str = ""
     tokens: tuple[str, ...] = field(default=(), repr=False)  # secrets: never in a repr
     timeout_s: float = 30.0
@@ -119,6 +121,15 @@ class ServeSettings:
     redirect_downloads: bool = False
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
+    # "Sign in with GitHub" (an OAuth app's id and secret; both set: the button shows).
+    github_client_id: str = ""
+    github_client_secret: str = field(default="", repr=False)  # a secret
+    # Signs the session and sign-in cookies; empty: a random one per process (sessions end
+    # when serve restarts, and replicas do not share them).
+    session_secret: str = field(default="", repr=False)  # a secret
+    # Anyone may add logins that exist on GitHub, at most public_add_per_hour per address.
+    public_add: bool = False
+    public_add_per_hour: int = 10
 
 
 @dataclass(frozen=True)
@@ -192,6 +203,8 @@ def _apply_env(s: Settings, env: typing.Mapping[str, str]) -> Settings:
         gh = dataclasses.replace(gh, graphql_url=env["GITHUB_GRAPHQL_URL"].rstrip("/"))
     if env.get("GITHUB_API"):
         gh = dataclasses.replace(gh, api=env["GITHUB_API"].strip())
+    if env.get("GITHUB_WEB_URL"):
+        gh = dataclasses.replace(gh, web_url=env["GITHUB_WEB_URL"].rstrip("/"))
     if env.get("GITHUB_GIT_HOST"):
         gh = dataclasses.replace(gh, git_host=env["GITHUB_GIT_HOST"])
     tokens = [t.strip() for t in env.get("GITHUB_TOKENS", "").split(",") if t.strip()]
@@ -204,6 +217,12 @@ def _apply_env(s: Settings, env: typing.Mapping[str, str]) -> Settings:
     serve = s.serve
     if env.get("BULKBACKUP_ADMIN_TOKEN", "").strip():
         serve = dataclasses.replace(serve, admin_token=env["BULKBACKUP_ADMIN_TOKEN"].strip())
+    for var, name in (("BULKBACKUP_GITHUB_CLIENT_ID", "github_client_id"),
+                      ("BULKBACKUP_GITHUB_CLIENT_SECRET", "github_client_secret"),
+                      ("BULKBACKUP_SESSION_SECRET", "session_secret")):
+        if env.get(var, "").strip():
+            changed: dict[str, Any] = {name: env[var].strip()}
+            serve = dataclasses.replace(serve, **changed)
     events = s.events
     if env.get("GHARCHIVE_URL", "").strip():
         events = dataclasses.replace(events, url=env["GHARCHIVE_URL"].strip())
@@ -247,6 +266,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "serve.port": (0, 65535),
     "serve.header_timeout_s": (0.1, 3600),
     "serve.body_timeout_s": (0.1, 3600),
+    "serve.public_add_per_hour": (1, 1_000_000),
     "run.git_low_speed_bytes_s": (0, None),  # 0: no low-speed limit
     "run.git_low_speed_time_s": (1, 86_400),
     "run.git_threads": (0, 64),
@@ -326,6 +346,8 @@ def _validate(s: Settings) -> None:
     store_scheme(s.store.url)
     if s.github.api not in ("graphql", "rest"):
         raise ConfigError(f"github.api must be graphql or rest: {s.github.api!r}")
+    if urlsplit(s.github.web_url).scheme not in ("http", "https"):
+        raise ConfigError(f"github.web_url must be http(s): {s.github.web_url!r}")
     if s.github.graphql_url and urlsplit(s.github.graphql_url).scheme not in ("http", "https"):
         raise ConfigError(f"github.graphql_url must be http(s): {s.github.graphql_url!r}")
     if urlsplit(s.events.url).scheme not in ("http", "https"):

@@ -125,3 +125,26 @@ EVENTS_REFS_MAX = 100
 
 def events_refs(login: str) -> str:
     return EVENTS_REFS_PREFIX + login.lower()
+
+
+# -- serve's sign-in, public add and a user's history ----------------------------------------
+# Public adds (serve.public_add): logins looked up on GitHub per client address (an IPv6
+# address by its /64) and hour (unix s // 3600), a counter that expires after its hour.
+PUBLIC_ADD_PREFIX = "bulkbackup:publicadd:"
+PUBLIC_ADD_TTL_S = 3600 + 60
+
+
+def public_add(address: str, hour: int) -> str:
+    return f"{PUBLIC_ADD_PREFIX}{hour}:{address}"
+
+
+# A user's last syncs (the seed's /user/<user>/log): a list per user (lowercased login:
+# logins ignore case), newest first, at most HISTORY_MAX entries (queue/history.py). It
+# expires HISTORY_TTL_S after its last write: a user no longer synced lets it go.
+HISTORY_PREFIX = "bulkbackup:log:"
+HISTORY_MAX = 50
+HISTORY_TTL_S = 400 * 86400
+
+
+def history(login: str) -> str:
+    return HISTORY_PREFIX + login.lower()

@@ -28,6 +28,7 @@ from bulkbackup.testing import forge_graphql
 from bulkbackup.testing.forge_quota import token_of
 from bulkbackup.testing.forge_state import ForgeState
 from bulkbackup.testing.hostile_packs import PackAnswer, answer_with, wants_and_haves
+from bulkbackup.testing.oauth import OAuthApps
 from bulkbackup.testing.repos import NAME, PLACEHOLDER
 
 _JSON = {"Content-Type": "application/json; charset=utf-8"}
@@ -66,7 +67,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
         segs = parts.path.split("/")
-        if len(segs) == 4 and segs[:2] == ["", "users"] and segs[3] == "repos":
+        if OAuthApps.handles(parts.path):
+            self._oauth(parts.path, parts.query, b"")
+        elif len(segs) == 4 and segs[:2] == ["", "users"] and segs[3] == "repos":
             self._api(segs[2], parse_qs(parts.query))
         elif parts.path == "/rate_limit":
             self._rate_limit()
@@ -87,7 +90,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         parts = urlsplit(self.path)
         segs = parts.path.split("/")
-        if parts.path in ("/graphql", "/api/graphql"):  # GitHub's, GitHub Enterprise's
+        if OAuthApps.handles(parts.path):
+            self._oauth(parts.path, parts.query, self._body())
+        elif parts.path in ("/graphql", "/api/graphql"):  # GitHub's, GitHub Enterprise's
             reply = forge_graphql.answer(self.forge, self.headers, self._body(), self._netloc())
             self._send(reply.status, reply.body, reply.headers)
         elif len(segs) == 4 and segs[3] == "git-upload-pack":
@@ -116,6 +121,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if status != 304:
             self.wfile.write(body)
+
+    def _oauth(self, path: str, query: str, body: bytes) -> None:
+        """Sign in with GitHub's endpoints (oauth.py)."""
+        with self.forge.lock:
+            users = list(self.forge.users)
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        reply = self.forge.oauth.answer(self.command, path, query, headers, body, users)
+        self._send(reply.status, reply.body, reply.headers)
 
     def _rate_limit(self) -> None:
         """GitHub's `GET /rate_limit`: free (nothing charged, never rate limited); 401 for a

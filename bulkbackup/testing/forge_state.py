@@ -19,6 +19,7 @@ from typing import Any
 from bulkbackup.testing.forge_graphql_controls import Controls
 from bulkbackup.testing.forge_quota import WINDOW_S, RateWindow, token_of
 from bulkbackup.testing.hostile_packs import PackAnswer
+from bulkbackup.testing.oauth import OAuthApps
 
 CORE_REQUESTS = 5000  # GitHub's REST quota per token and hour
 
@@ -46,6 +47,7 @@ class ForgeState:
         self.counters: Counter[str] = Counter()
         self.auth_headers_seen: list[str] = []
         self.graphql = Controls()
+        self.oauth = OAuthApps()  # Sign in with GitHub's side (oauth.py)
         self.stall_s = 30.0
         self.require_known_tokens = False
         self.renamed: dict[str, str] = {}  # old login -> new login: the API answers 301

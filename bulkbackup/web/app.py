@@ -31,7 +31,8 @@ from bulkbackup.config import Settings
 from bulkbackup.errors import StoreError
 from bulkbackup.names import is_login, is_repo_name
 from bulkbackup.store import Store
-from bulkbackup.web import data, downloads, http, memory, metrics, states
+from bulkbackup.web import data, downloads, http, memory, metrics, session, states
+from bulkbackup.web.accounts import Accounts
 from bulkbackup.web.http import JSONResponse, Unavailable
 from bulkbackup.web.render import svg
 from bulkbackup.web.restore_cmds import at_command, restore_commands, state_commands
@@ -64,6 +65,7 @@ class Site:
         self.detail_slots = asyncio.Semaphore(DETAIL_CONCURRENCY)
         self.states = states.RepoStates()
         self.trimmer = memory.Trimmer()
+        self.accounts = Accounts(settings, self.backend.r, self.page, self.blocking)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -82,6 +84,8 @@ class Site:
 
     def page(self, request: Request, name: str, context: Doc, status: int = 200) -> Response:
         context.setdefault("banner", "")
+        for key, value in self.accounts.context(request).items():
+            context.setdefault(key, value)
         return self.templates.TemplateResponse(request, name, context, status_code=status)
 
     async def live_store(self) -> Store:
@@ -113,11 +117,18 @@ class Site:
 
     async def index(self, request: Request) -> Response:
         stats = await self.blocking(data.stats, self.backend.r)
-        return self.page(request, "index.html", {
-            "s": stats, "banner": await self.store_banner(),
-            "can_add": bool(self.settings.serve.admin_token),
+        public = self.accounts.public is not None
+        me = self.accounts.session_of(request)
+        fresh = public and me is None  # the public add form needs a session's CSRF token
+        me = session.Session.new() if fresh else me
+        response = self.page(request, "index.html", {
+            "s": stats, "banner": await self.store_banner(), "public_add": public,
+            "can_add": bool(self.settings.serve.admin_token), "me": me,
             "rate_svg": svg.users_per_minute(stats.users_per_minute),
             "fresh_svg": svg.freshness(stats.freshness)})
+        if fresh and me is not None:
+            session.save(response, request, self.accounts.signer, me)
+        return response
 
     # -- users -------------------------------------------------------------------------------
 
@@ -182,8 +193,22 @@ class Site:
         commands = {r["name"]: restore_commands(base, login, r)
                     for r in detail["user"]["repositories"] if r["bundle_bytes"]}
         banner = QUEUE_UNAVAILABLE if "redis" in detail["unavailable"] else ""
+        syncs, prio = ([], False) if banner else await self.accounts.user_log(login)
         return self.page(request, "user.html", {"d": detail, "u": detail["user"],
-                                                "commands": commands, "banner": banner})
+                                                "commands": commands, "banner": banner,
+                                                "syncs": syncs, "priority": prio})
+
+    async def api_user_log(self, request: Request) -> Response:
+        detail = await self.user_detail(request)
+        login = detail["user"]["login"]
+        syncs, _ = await self.accounts.user_log(login)
+        return JSONResponse({"login": login, "syncs": syncs})
+
+    async def user_log_page(self, request: Request) -> Response:
+        detail = await self.user_detail(request)
+        login = detail["user"]["login"]
+        syncs, _ = await self.accounts.user_log(login)
+        return self.page(request, "log.html", {"u": detail["user"], "syncs": syncs})
 
     # -- a repository's states ---------------------------------------------------------------
 
@@ -272,6 +297,8 @@ class Site:
 
     async def add_users(self, request: Request) -> Response:
         token = self.settings.serve.admin_token
+        if self.accounts.public is not None and not request.headers.get("authorization"):
+            return await self.accounts.add_users(request)  # public add (serve.public_add)
         if not token:
             return JSONResponse({"error": "adding users is disabled (no admin token)"}, 403)
         if not hmac.compare_digest(http.bearer(request).encode(), token.encode()):
@@ -331,12 +358,19 @@ class Site:
             Route("/api/users", self.add_users, methods=["POST"]),
             Route("/users/{login}.json", self.user_object),  # before /users/{login}
             Route("/users/{login}", self.user_page), Route("/api/users/{login}", self.api_user),
+            Route("/users/{login}/log", self.user_log_page),  # before the downloads
+            Route("/api/users/{login}/log", self.api_user_log),
             Route("/users/{login}/{file}", self.download),
             Route("/users/{login}/{repo}/states", self.repo_page),
             Route("/api/users/{login}/{repo}/states", self.api_repo_states),
             Route("/users/{login}/{folder}/{chain}/{part}", self.download_part),
             Route("/workers", self.workers_page), Route("/api/workers", self.api_workers),
             Route("/healthz", self.healthz), Route("/metrics", self.metrics_text),
+            Route("/login", self.accounts.login), Route("/login/callback", self.accounts.callback),
+            Route("/logout", self.accounts.logout_page, methods=["GET"]),
+            Route("/logout", self.accounts.logout, methods=["POST"]),
+            Route("/api/session", self.accounts.api_session),
+            Route("/api/logins", self.accounts.complete),
             Route("/favicon.ico", self.favicon),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
@@ -352,6 +386,7 @@ def create_app(settings: Settings) -> Starlette:
         trimming.cancel()
         site.users.stored.close()
         site.states.close()
+        site.accounts.close()
         site.backend.close()
 
     app = Starlette(routes=site.routes(), lifespan=lifespan, exception_handlers={

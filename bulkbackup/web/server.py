@@ -12,6 +12,7 @@ from bulkbackup.config import Settings
 from bulkbackup.errors import BulkbackupError
 from bulkbackup.web.app import create_app
 from bulkbackup.web.deadlines import protocol_class
+from bulkbackup.web.signin import CALLBACK_PATH
 
 log = logging.getLogger(__name__)
 # The open-file soft limit serve raises itself to (at most the hard limit): each client
@@ -60,6 +61,18 @@ def bound_address(sock: socket.socket) -> str:
     return address(str(host), int(port))
 
 
+class _NoCallbackQuery(logging.Filter):
+    """The access log shows the sign-in callback without its query: its `code` is a
+    credential for a few minutes (exchanged for a token once)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) \
+                and args[2].startswith(CALLBACK_PATH + "?"):
+            record.args = (*args[:2], CALLBACK_PATH + "?...", *args[3:])
+        return True
+
+
 def serve(settings: Settings, sock: socket.socket) -> None:
     """Serve ``settings``' archive on the listening ``sock`` until SIGINT/SIGTERM."""
     # Access logs carry paths and query strings only: tokens travel in headers, never logged.
@@ -70,4 +83,6 @@ def serve(settings: Settings, sock: socket.socket) -> None:
     http = protocol_class(settings.serve.header_timeout_s, settings.serve.body_timeout_s)
     config = uvicorn.Config(create_app(settings), log_level="info", server_header=False,
                             proxy_headers=True, timeout_graceful_shutdown=5, http=http)
+    # After the Config: it sets uvicorn's logging up.
+    logging.getLogger("uvicorn.access").addFilter(_NoCallbackQuery())
     uvicorn.Server(config).run(sockets=[sock])

@@ -15,6 +15,7 @@ from bulkbackup import config
 from bulkbackup.store import Store, open_store
 from bulkbackup.testing.forge import Forge
 from bulkbackup.testing.services import free_port, start_moto, start_redis
+from tests.browser import find_chromium
 from tests.helpers import run_config
 
 
@@ -142,3 +143,18 @@ def run_env(
     monkeypatch.setenv("GITHUB_API_URL", forge.url)
     monkeypatch.setenv("BULKBACKUP_CONFIG", str(cfg))
     return {**os.environ}
+
+
+@pytest.fixture(scope="session")
+def chromium() -> tuple[str, str]:
+    """Session-scoped and first in the test's arguments: decided before any other fixture
+    starts a server."""
+    return find_chromium()
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("BULKBACKUP_ARTIFACTS") or tmp_path / "artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"\nbrowser screenshots: {folder}")
+    return folder

@@ -26,21 +26,6 @@ from tests.browser import NO_CHROMIUM, find_chromium, open_browser, wait_downloa
 from tests.helpers import ROOT, SERVE_TOKEN, base_env, run_backup, start_serve, stop_serve
 
 
-@pytest.fixture(scope="session")
-def chromium() -> tuple[str, str]:
-    """Session-scoped and first in the test's arguments: decided before any other fixture
-    starts a server."""
-    return find_chromium()
-
-
-@pytest.fixture
-def artifacts(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("BULKBACKUP_ARTIFACTS") or tmp_path / "artifacts")
-    folder.mkdir(parents=True, exist_ok=True)
-    print(f"\nbrowser screenshots: {folder}")
-    return folder
-
-
 @pytest.fixture
 def demo_served(redis_server: str, tmp_path: Path) -> Iterator[str]:
     client = redis.Redis.from_url(redis_server)

@@ -14,9 +14,9 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from bulkbackup.queue import history
-from tests.test_browser import _browser, artifacts, chromium  # noqa: F401 - fixtures
-from tests.test_serve import stop_serve
-from tests.test_signin import SignInSite, start_site
+from tests.browser import open_browser
+from tests.helpers import stop_serve
+from tests.signin_site import SignInSite, start_site
 
 
 @pytest.fixture
@@ -31,12 +31,12 @@ def site(redis_server: str, tmp_path: Path) -> Iterator[SignInSite]:
 
 
 def test_sign_in_priority_sign_out_public_add_history(
-        chromium: tuple[str, str], site: SignInSite, tmp_path: Path,  # noqa: F811
-        artifacts: Path) -> None:  # noqa: F811
+        chromium: tuple[str, str], site: SignInSite, tmp_path: Path,
+        artifacts: Path) -> None:
     history.record(site.r, "Octo-Cat", history.entry(1_700_000_000, 3, 45_678, 0))
     downloads = tmp_path / "downloads"
     downloads.mkdir()
-    driver = _browser(chromium, tmp_path / "profile", downloads)
+    driver = open_browser(chromium, tmp_path / "profile", downloads)
     wait = WebDriverWait(driver, 30)
     url = site.served.url
     try:

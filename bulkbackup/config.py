@@ -119,6 +119,8 @@ class ServeSettings:
     redirect_downloads: bool = False
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
+    # A priority user (signed in with GitHub) is synced at least this often (queue/claims.py).
+    priority_hours: float = 24.0
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "serve.port": (0, 65535),
     "serve.header_timeout_s": (0.1, 3600),
     "serve.body_timeout_s": (0.1, 3600),
+    "serve.priority_hours": (0.01, 100 * 366 * 24),
     "run.git_low_speed_bytes_s": (0, None),  # 0: no low-speed limit
     "run.git_low_speed_time_s": (1, 86_400),
     "run.git_threads": (0, 64),

@@ -280,7 +280,7 @@ Op = tuple[str, str, int, bool]  # (kind, login, repo or hour, listing)
 
 @hsettings(max_examples=120, deadline=None)
 @given(ops=st.lists(st.tuples(
-    st.sampled_from(["mark", "mark", "claim", "synced", "refs", "back", "fail"]),
+    st.sampled_from(["mark", "mark", "claim", "synced", "refs", "back", "fail", "die"]),
     st.sampled_from(LOGINS), st.integers(1, 6), st.sampled_from([False, False, False, True])),
     max_size=40))
 def test_no_mark_is_ever_lost(redis_server: str, ops: list[Op]) -> None:
@@ -294,6 +294,7 @@ def test_no_mark_is_ever_lost(redis_server: str, ops: list[Op]) -> None:
     queued: dict[str, tuple[set[str], bool, float | None] | None] = dict.fromkeys(LOGINS)
     taken: dict[str, tuple[set[str], bool, float | None] | None] = dict.fromkeys(LOGINS)
     claimed: set[str] = set()
+    dead: set[str] = set()  # claimed, their worker killed: the next claim takes them over
 
     def merge(x: Any, y: Any) -> Any:
         if x is None or y is None:
@@ -316,17 +317,25 @@ def test_no_mark_is_ever_lost(redis_server: str, ops: list[Op]) -> None:
         elif kind == "claim":
             c = claimer(r, server_time(r) + 1, full_pass_days=365)
             got = {x.member: x for x in c.claim_due(len(LOGINS)).claimed}
-            assert set(got) == {member(x) for x in LOGINS
-                                if x not in claimed and queued[x] is not None}
+            assert set(got) == {member(x) for x in LOGINS if x in dead or
+                                (x not in claimed and queued[x] is not None)}
             for x in LOGINS:
                 if member(x) in got:
-                    q = queued[x]
+                    q = merge(taken[x], queued[x])  # a dead worker's marks given back first
                     assert q is not None
                     want = DueReason.EVENTS_LISTING if q[1] else DueReason.EVENTS_REFS
                     assert got[member(x)].reason is want
                     assert set(got[member(x)].repos) == (set() if q[1] else q[0])
-                    taken[x], queued[x] = merge(taken[x], q), None
+                    taken[x], queued[x] = q, None
                     claimed.add(x)
+                    dead.discard(x)
+        elif kind == "die" and login in claimed and login not in dead:
+            r.delete(keys.lock(m))  # its lock expired
+            r.zadd(keys.LEASES, {m: 0})
+            dead.add(login)
+        elif login in dead:
+            c = claimer(r, now)
+            assert c.complete(m, CompleteMode.SYNCED) is Completion.LOST
         elif login in claimed:
             c = claimer(r, now)
             mode = {"synced": CompleteMode.SYNCED, "refs": CompleteMode.SYNCED_REFS,

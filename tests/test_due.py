@@ -365,3 +365,13 @@ def check(r: redis.Redis, login: str, queued: Any, taken: Any) -> None:
         repos, listing, hour = taken
         assert r.smembers(keys.taken_refs(m)) == repos
         assert (r.hget(keys.taken(m), "listing") == "1") == listing
+
+
+def test_in_flight_counts_users_claimed_for_their_marks(r: redis.Redis) -> None:
+    now = server_time(r)
+    events_read(r)
+    r.zadd(keys.TRACKED, {member("a"): now + 10, member("b"): now + 10})  # synced in this run
+    mark(r, "a", ["x"])
+    c = claimer(r, now)
+    assert c.claim(5) == ([member("a")], 0)
+    assert (c.remaining(), c.in_flight()) == (0, 1)  # the run waits for it

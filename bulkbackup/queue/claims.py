@@ -283,12 +283,19 @@ class Claimer:
         return max(total, 0)
 
     def in_flight(self) -> int:
-        """Claimed users (anyone's) that were due in this run: the run waits for them."""
+        """Claimed users (anyone's) that were due in this run: the run waits for them. Due in
+        this run: scored below its start before the claim, or claimed with marks or as a
+        priority user (a taken hash: claims.lua took its marks)."""
         members: list[str] = list(self.r.zrange(keys.LEASES, 0, -1))  # type: ignore[arg-type]
         if not members:
             return 0
-        prev = self.r.hmget(keys.CLAIMS, members)
-        return sum(1 for p in prev if p is None or float(p) < self.run_start)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(keys.CLAIMS, members)
+        for m in members:
+            pipe.exists(keys.taken(_text(m)))
+        prev, *taken = pipe.execute()
+        return sum(1 for p, t in zip(prev, taken, strict=True)
+                   if p is None or float(p) < self.run_start or int(t))
 
 
 def _text(value: object) -> str:

@@ -130,6 +130,8 @@ class ServeSettings:
     # Anyone may add logins that exist on GitHub, at most public_add_per_hour per address.
     public_add: bool = False
     public_add_per_hour: int = 10
+    # A priority user (signed in with GitHub) is synced at least this often (queue/claims.py).
+    priority_hours: float = 24.0
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "serve.header_timeout_s": (0.1, 3600),
     "serve.body_timeout_s": (0.1, 3600),
     "serve.public_add_per_hour": (1, 1_000_000),
+    "serve.priority_hours": (0.01, 100 * 366 * 24),
     "run.git_low_speed_bytes_s": (0, None),  # 0: no low-speed limit
     "run.git_low_speed_time_s": (1, 86_400),
     "run.git_threads": (0, 64),

@@ -9,38 +9,48 @@
 -- ARGV[4]  n, the owners in this call; then per owner: login, "1" (needs a listing) or "0",
 --          k, and k repository names whose refs moved
 -- Returns {owners marked, of them newly due, owners not tracked (nothing written)}.
--- O(log N) per owner (ZSCORE, HGET, ZADD), O(1) per repository (SADD).
+-- O(log N) per owner (ZSCORE, HGET, ZADD), O(1) per repository (SADD). A mark made while the
+-- owner is claimed is scored +inf (see marks.lua).
 local prefix, score, most = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
 local at = 5
 local marked, new, untracked = 0, 0, 0
 
+-- The member as tracked, and its score in `tracked`.
 local function tracked_member(login)
   local exact = prefix .. login
-  if redis.call('ZSCORE', KEYS[1], exact) then
-    return exact
+  local score = redis.call('ZSCORE', KEYS[1], exact)
+  if score then
+    return exact, score
   end
   local folded = string.lower(login)
   local spelling = redis.call('HGET', KEYS[2], folded)
   if spelling and string.lower(spelling) == folded then
-    return prefix .. spelling
+    score = redis.call('ZSCORE', KEYS[1], prefix .. spelling)
+    if score then return prefix .. spelling, score end
+    return prefix .. spelling, nil
   end
-  if folded ~= login and redis.call('ZSCORE', KEYS[1], prefix .. folded) then
-    return prefix .. folded
+  if folded ~= login then
+    score = redis.call('ZSCORE', KEYS[1], prefix .. folded)
+    if score then return prefix .. folded, score end
   end
-  return nil
+  return nil, nil
 end
 
 for i = 1, n do
   local login, listing, k = ARGV[at], ARGV[at + 1] == '1', tonumber(ARGV[at + 2])
   local repos_at = at + 3
   at = repos_at + k
-  local member = tracked_member(login)
+  local member, tracked_score = tracked_member(login)
   if not member then
     untracked = untracked + 1
   else
     marked = marked + 1
-    new = new + redis.call('ZADD', KEYS[3], 'NX', score, member)
+    -- A claimed user (parked at +inf) gets a fresh mark at +inf: claims never step over it,
+    -- and its completion scores it (marks.lua).
+    local mark_score = score
+    if tracked_score and tonumber(tracked_score) == math.huge then mark_score = '+inf' end
+    new = new + redis.call('ZADD', KEYS[3], 'NX', mark_score, member)
     local refs = KEYS[4 + i]
     if not listing and redis.call('SISMEMBER', KEYS[4], member) == 0 then
       for j = repos_at, repos_at + k - 1 do

@@ -46,9 +46,12 @@ class Scripts:
     """The project's Lua scripts, registered on one client (EVALSHA, loaded on demand)."""
 
     def __init__(self, r: redis.Redis) -> None:
-        self.claim = r.register_script(_script("claim.lua"))
+        # A user's marks are taken by a claim and given back or dropped by its completion:
+        # one Lua library (marks.lua) prepended to both.
+        marks = _script("marks.lua")
+        self.claim = r.register_script(marks + _script("claim.lua"))
         self.refresh = r.register_script(_script("refresh.lua"))
-        self.complete = r.register_script(_script("complete.lua"))
+        self.complete = r.register_script(marks + _script("complete.lua"))
         self.track = r.register_script(_script("track.lua"))
         self.events_mark = r.register_script(_script("events_mark.lua"))
         self.events_hour = r.register_script(_script("events_hour.lua"))

@@ -148,3 +148,20 @@ HISTORY_TTL_S = 400 * 86400
 
 def history(login: str) -> str:
     return HISTORY_PREFIX + login.lower()
+
+
+# A claimed user's marks, taken aside at its claim (claim.lua, lua/marks.lua) so that events
+# marking it during its sync make a fresh mark: a hash (due: its events:due score; listing: 1
+# when it needed a listing; priority: its bulkbackup:priority score, parked at +inf while
+# claimed) and a set (the repositories of its events:refs set, renamed here). A give back puts
+# them back (merged with fresh marks, the older due score kept); a sync deletes them.
+TAKEN_PREFIX = "bulkbackup:taken:"
+TAKEN_REFS_PREFIX = "bulkbackup:taken-refs:"
+
+
+def taken(member_name: str) -> str:
+    return TAKEN_PREFIX + member_name
+
+
+def taken_refs(member_name: str) -> str:
+    return TAKEN_REFS_PREFIX + member_name

@@ -33,6 +33,8 @@ from bulkbackup.names import is_login, is_repo_name
 from bulkbackup.store import Store
 from bulkbackup.web import data, downloads, http, memory, metrics, states
 from bulkbackup.web.http import JSONResponse, Unavailable
+from bulkbackup.web.lease_api import LeaseApi
+from bulkbackup.web.lease_objects import LeaseObjects
 from bulkbackup.web.render import svg
 from bulkbackup.web.restore_cmds import at_command, restore_commands, state_commands
 from bulkbackup.web.users import Cursor, Users
@@ -64,6 +66,9 @@ class Site:
         self.detail_slots = asyncio.Semaphore(DETAIL_CONCURRENCY)
         self.states = states.RepoStates()
         self.trimmer = memory.Trimmer()
+        # Remote workers (DESIGN.md "Remote workers"): the lease API and their objects.
+        self.lease_api = LeaseApi(settings, self.backend.r, self.blocking)
+        self.lease_objects = LeaseObjects(self.lease_api, self.live_store)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -338,6 +343,7 @@ class Site:
             Route("/workers", self.workers_page), Route("/api/workers", self.api_workers),
             Route("/healthz", self.healthz), Route("/metrics", self.metrics_text),
             Route("/favicon.ico", self.favicon),
+            *self.lease_api.routes(self.lease_objects.routes()),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
 
@@ -353,6 +359,7 @@ def create_app(settings: Settings) -> Starlette:
         site.users.stored.close()
         site.states.close()
         site.backend.close()
+        site.lease_objects.close()
 
     app = Starlette(routes=site.routes(), lifespan=lifespan, exception_handlers={
         Unavailable: site.unavailable, HTTPException: site.http_error,

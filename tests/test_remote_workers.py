@@ -478,3 +478,12 @@ def test_lease_lost_during_the_upload_lands_nothing(s: Setup, bundle: Path) -> N
         sock.close()
     assert answer.startswith(b"HTTP/1.1 409"), answer[:300]
     assert list(s.store.list("")) == [] and spooled(s.tmp) == []
+
+
+def test_client_retries_then_gives_up_when_the_server_is_away() -> None:
+    from bulkbackup.testing.services import free_port
+
+    client = LeaseClient(f"http://127.0.0.1:{free_port()}", "t", timeout_s=5, retries=2,
+                         backoff_s=0.01)
+    with pytest.raises(ServerUnavailable, match="POST /api/lease"):
+        client.lease(1)

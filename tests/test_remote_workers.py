@@ -487,3 +487,22 @@ def test_client_retries_then_gives_up_when_the_server_is_away() -> None:
                          backoff_s=0.01)
     with pytest.raises(ServerUnavailable, match="POST /api/lease"):
         client.lease(1)
+
+
+def test_a_large_upload_on_a_lapsed_lease_is_lease_lost(s: Setup) -> None:
+    """The server refuses before reading the body; the client still learns why (not a
+    connection reset retried into "unavailable")."""
+    client = LeaseClient(s.served.url, s.token("box-1"), timeout_s=30, retries=1,
+                         backoff_s=0.01)
+    s.track("alice")
+    lease_one(s, client, "alice")
+    big = s.tmp / "big.bundle"
+    with big.open("wb") as f:
+        f.write(b"# v2 git bundle\n")
+        f.write(b"x" * (12 << 20))
+    lock = keys.lock(keys.member("alice"))
+    s.r.pexpire(lock, 1)
+    wait_until(lambda: s.r.exists(lock) == 0, "lock expiry")
+    with pytest.raises(LockLost):
+        client.put("alice", "alice/big.bundle", big, {})
+    assert list(s.store.list("")) == []

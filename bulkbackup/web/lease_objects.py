@@ -28,7 +28,7 @@ from starlette.routing import BaseRoute, Route
 from bulkbackup.archive import layout
 from bulkbackup.archive.metadata import WORKER, canonical
 from bulkbackup.archive.stored import MAX_USER_OBJECT_BYTES
-from bulkbackup.errors import LockLost, StoreError
+from bulkbackup.errors import LockLost, NotFound, StoreError
 from bulkbackup.store.base import Head, check_key, clean_metadata
 from bulkbackup.store.fenced import FencedStore
 from bulkbackup.web.lease_api import ApiError, LeaseApi, guarded, read_json
@@ -98,7 +98,10 @@ class LeaseObjects:
         head = await self.api.blocking(store.head, key)
         if head is None:
             raise ApiError(404, "not found")
-        stream = await self.api.blocking(store.open, key, start, end)
+        try:
+            stream = await self.api.blocking(store.open, key, start, end)
+        except NotFound:  # deleted since the head
+            raise ApiError(404, "not found") from None
 
         def chunks() -> Any:
             with contextlib.closing(stream):

@@ -21,6 +21,7 @@ from bulkbackup.archive import layout
 from bulkbackup.archive.layout import UserCounts
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import LockLost, NotFound
+from bulkbackup.git.bundles import read_header, stored_header
 from bulkbackup.queue import keys
 from bulkbackup.run.lease_client import LeaseClient, Outcome, ServerUnavailable, WorkerTokenRefused
 from bulkbackup.run.remote_store import RemoteStore
@@ -176,6 +177,12 @@ def test_lease_upload_complete(s: Setup, bundle: Path) -> None:
     assert remote.head(layout.bundle_key("alice", "nope")) is None
     with remote.open(key, 0, 16) as f:
         assert f.read() == bundle.read_bytes()[:16]
+    with remote.open(key) as f:
+        assert f.read() == bundle.read_bytes()
+    # The tips an increment needs: the stored bundle's header, read through the server.
+    assert stored_header(remote, key) == read_header(bundle, key)
+    with pytest.raises(NotFound):
+        remote.open(layout.bundle_key("alice", "nope"))
     assert [o.key for o in remote.list("alice/", shallow=True)] == [
         layout.bundle_key("alice", "hello"), layout.zip_key("alice", "hello")]
     remote.replace_metadata(key, {"LastSync": "2026-02-02T00:00:00Z", "Chain": "c"})

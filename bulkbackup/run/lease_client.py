@@ -12,24 +12,26 @@
 from __future__ import annotations
 
 import enum
+import io
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode
 
 import orjson
 import urllib3
 
 from bulkbackup.errors import BulkbackupError, ConfigError, LockLost
-from bulkbackup.http.bounded import BoundedPool, Overdue, SlowRead
+from bulkbackup.http.bounded import Answer, BoundedPool, Overdue, SlowRead
 from bulkbackup.store.base import Head, ObjectInfo, clean_metadata
 
 METADATA_HEADER = "X-Bulkbackup-Metadata"
 JSON_MAX_BYTES = 64 << 20  # a listing of a user with very many parts
 UPLOAD_CHUNK = 1 << 20
+STREAM_MAX_BYTES = 1 << 50  # a streamed read: bounded by its range and deadline instead
 BACKOFF_MAX_S = 60.0
 
 
@@ -99,26 +101,33 @@ class LeaseClient:
 
     def call(self, c: Call) -> tuple[int, bytes]:
         """(status, body) of a 2xx or 404 answer; raises as the module says otherwise."""
+        with self.answer(c) as got:
+            return got.status, got.read_all()
+
+    def answer(self, c: Call) -> Answer:
+        """The open answer (2xx or 404), its body still to read (the caller closes it)."""
         delay_s = self.backoff_s
         for attempt in range(self.retries + 1):
             try:
-                status, headers, body = self._once(c)
+                got = self._open(c)
+                if got.status < 300 or got.status == 404:
+                    return got
+                with got:
+                    status, after, body = got.status, got.headers.get("Retry-After", ""), \
+                        got.read_all()
             except (urllib3.exceptions.HTTPError, OSError, Overdue, SlowRead) as exc:
                 why, wait_s = f"{type(exc).__name__}: {exc}", delay_s
             else:
-                if status < 300 or status == 404:
-                    return status, body
                 why, wait_s = self._refusal(status, body), delay_s
-                if status == 429:
-                    after = str(headers.get("Retry-After", ""))
-                    wait_s = min(float(after), BACKOFF_MAX_S) if after.isdigit() else delay_s
+                if status == 429 and str(after).isdigit():
+                    wait_s = min(float(after), BACKOFF_MAX_S)
             if attempt == self.retries:
                 raise ServerUnavailable(f"{c.method} {c.path}: {why}")
             time.sleep(wait_s)
             delay_s = min(delay_s * 2, BACKOFF_MAX_S)
         raise AssertionError  # pragma: no cover
 
-    def _once(self, c: Call) -> tuple[int, Any, bytes]:
+    def _open(self, c: Call) -> Answer:
         headers = {**(c.headers or {}), **self._auth}
         body: bytes | Iterator[bytes] | None
         if isinstance(c.body, Path):
@@ -127,8 +136,8 @@ class LeaseClient:
         else:
             body = c.body
         ends = time.monotonic() + (c.timeout_s or self.timeout_s)
-        return self._pool.request(c.method, self.url + c.path, headers, ends=ends,
-                                  max_bytes=c.max_bytes, body=body)  # type: ignore[arg-type]
+        return self._pool.open(c.method, self.url + c.path, headers, ends=ends,
+                               max_bytes=c.max_bytes, body=body)
 
     @staticmethod
     def _refusal(status: int, body: bytes) -> str:
@@ -201,6 +210,18 @@ class LeaseClient:
                                       max_bytes=max_bytes))
         return None if status == 404 else body
 
+    def open(self, login: str, key: str, start: int = 0, end: int | None = None
+             ) -> BinaryIO | None:
+        """A stream of bytes ``start`` to ``end`` of ``key``, read as it is consumed (a bundle
+        header is read without the pack behind it); None: no object. The caller closes it."""
+        query = urlencode({"start": start, **({"end": end} if end is not None else {})})
+        got = self.answer(Call("GET", f"/api/lease/{_q(login)}/objects/{_q(key)}?{query}",
+                               timeout_s=self.upload_timeout_s, max_bytes=STREAM_MAX_BYTES))
+        if got.status == 404:
+            got.close()
+            return None
+        return io.BufferedReader(_AnswerReader(got), buffer_size=UPLOAD_CHUNK)
+
     def list(self, login: str, prefix: str, shallow: bool = False) -> list[ObjectInfo]:
         query = urlencode({"prefix": prefix, "shallow": "1" if shallow else ""})
         doc = self._json("GET", f"/api/lease/{_q(login)}/list?{query}")
@@ -230,6 +251,25 @@ class LeaseClient:
 
     def delete(self, login: str, key: str) -> None:
         self.call(Call("DELETE", f"/api/lease/{_q(login)}/objects/{_q(key)}"))
+
+
+class _AnswerReader(io.RawIOBase):
+    """An answer's body as a raw stream (bounded reads: http/bounded.Answer.read1)."""
+
+    def __init__(self, answer: Answer) -> None:
+        self._answer = answer
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        chunk = self._answer.read1(len(buf))
+        buf[: len(chunk)] = chunk
+        return len(chunk)
+
+    def close(self) -> None:
+        self._answer.close()
+        super().close()
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:

@@ -8,7 +8,6 @@ here before the request is sent, so a fence known lost stops the upload before i
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
@@ -25,9 +24,6 @@ from bulkbackup.store.base import (
     check_range,
     no_fence,
 )
-
-# The most a whole-object read carries (the user object's cap: archive/stored.py).
-READ_MAX_BYTES = 256 << 20
 
 
 def _login(key: str) -> str:
@@ -75,15 +71,13 @@ class RemoteStore(Store):
         return self.client.head(_login(key), key)
 
     def open(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
-        """The bytes, read whole into memory first (a remote worker reads only small
-        objects: the user object, bundle headers)."""
+        """Streamed as it is read: a bundle header costs its bytes, not the pack's."""
         check_range(start, end)
         self._requests += 1
-        most = end - start if end is not None else READ_MAX_BYTES
-        data = self.client.read(_login(key), key, start, end, max_bytes=max(most, 1))
-        if data is None:
+        stream = self.client.open(_login(key), key, start, end)
+        if stream is None:
             raise NotFound(f"no such object: {key}")
-        return io.BytesIO(data)
+        return stream
 
     def list(self, prefix: str = "", shallow: bool = False) -> Iterator[ObjectInfo]:
         login = prefix.partition(layout.SEPARATOR)[0]

@@ -17,16 +17,21 @@ import httpx
 import pytest
 import redis
 
+from bulkbackup import config
 from bulkbackup.archive import layout
 from bulkbackup.archive.layout import UserCounts
+from bulkbackup.backup.user_backup import UserBackup
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import LockLost, NotFound
+from bulkbackup.forge.github_rest import GitHub
 from bulkbackup.git.bundles import read_header, stored_header
+from bulkbackup.git.gitops import GitWork
 from bulkbackup.queue import keys
 from bulkbackup.run.lease_client import LeaseClient, Outcome, ServerUnavailable, WorkerTokenRefused
 from bulkbackup.run.remote_store import RemoteStore
 from bulkbackup.store import Store, open_store
 from bulkbackup.store.fenced import FencedStore, StopFence
+from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.services import wait_until
 from tests.conftest import git, run_cli
 from tests.test_serve import Served, start_serve, stop_serve
@@ -513,3 +518,45 @@ def test_a_large_upload_on_a_lapsed_lease_is_lease_lost(s: Setup) -> None:
     with pytest.raises(LockLost):
         client.put("alice", "alice/big.bundle", big, {})
     assert list(s.store.list("")) == []
+
+
+def test_a_user_backup_through_the_server(s: Setup, forge: Forge) -> None:
+    """A remote worker's UserBackup: its RemoteStore is every store access it makes (reads
+    of the stored state included), a full archive then an increment, restorable."""
+    forge.add_user("alice", [RepoSpec("hello", files={"README.md": b"hello\n"}),
+                             RepoSpec("empty", empty=True)])
+    settings = config.load(None, {**s.env, "GITHUB_API_URL": forge.url, "GITHUB_API": "rest"})
+    client = s.client(s.token("box-1"))
+    s.track("alice")
+    github = GitHub(settings.github)
+    job = UserBackup(settings, RemoteStore(client), github, GitWork(settings.run,
+                                                                    s.tmp / "work"))
+    try:
+        for round_ in (1, 2):
+            lease = client.lease(1, run_start=lease_start(s))
+            assert lease.users == ["alice"]
+            result = job.sync("alice")
+            counts = result.counts()
+            assert counts is not None and counts.syncd == 1 and not counts.error, result.line()
+            assert client.complete("alice", True, counts.encode(), result.syncd, 1) \
+                is Outcome.DONE
+            if round_ == 1:
+                forge.push("alice", "hello", {"second.txt": b"two\n"})
+    finally:
+        github.close()
+    base = s.store.head(layout.bundle_key("alice", "hello"))
+    assert base is not None and base.get("Increments") == "1"
+    assert base.get("Worker") == "box-1"
+    parts = [o.key for o in s.store.list(layout.parts_prefix("alice", "hello"))]
+    assert len(parts) == 1
+    out = run_cli("restore", "alice/hello", "--to", str(s.tmp / "restored"), env=s.env)
+    assert out.returncode == 0, out.stderr
+    files = git("--git-dir", str(s.tmp / "restored" / "alice" / "hello.git"), "ls-tree",
+                "-r", "--name-only", "HEAD")
+    assert files.split() == ["README.md", "second.txt"]
+
+
+def lease_start(s: Setup) -> float:
+    """A run start after every sync so far (the server's clock: Redis's)."""
+    sec, usec = s.r.time()
+    return float(sec) + usec / 1e6

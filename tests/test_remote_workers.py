@@ -229,6 +229,12 @@ def test_give_back_and_fail(s: Setup) -> None:
     assert sorted(lease.users) == ["alice", "bob"]
     assert client.give_back("alice") is Outcome.DONE
     assert s.r.zscore(keys.TRACKED, keys.member("alice")) == float("-inf")
+    # A sync that listed nothing: the summary Redis has keeps its counts, gets the error.
+    s.r.hset(keys.SYNCD, "alice", UserCounts(2, 0, 0, False, 2).encode())
+    assert client.lease(1).users == ["alice"]
+    assert client.complete("alice", True, error="the API failed: 502") is Outcome.DONE
+    summary = UserCounts.decode(s.r.hget(keys.SYNCD, "alice"))
+    assert summary == UserCounts(2, 0, 0, True, 2, "the API failed: 502")
     assert client.fail("bob") is Outcome.DONE
     assert s.r.hget(keys.FAILURES, keys.member("bob")) == "1"
     with pytest.raises(LockLost):

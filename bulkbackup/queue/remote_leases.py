@@ -63,8 +63,9 @@ class RemoteLeases:
         return self._offset_s
 
     def _claimer(self, worker_id: str, run_start: float) -> Claimer:
-        return Claimer(self.r, self.scripts, worker_id, self.lock_ttl_s, run_start,
-                       self.clock_offset_s())
+        return Claimer(r=self.r, scripts=self.scripts, worker_id=worker_id,
+                       lock_ttl_s=self.lock_ttl_s, run_start=run_start,
+                       clock_offset_s=self.clock_offset_s())
 
     def now(self) -> float:
         """Redis server time (unix s)."""
@@ -107,11 +108,16 @@ class RemoteLeases:
         return kept, lost
 
     def finish(self, name: str, member: str, synced: bool, counts: str, repos: int,
-               nbytes: int, run_start: float) -> Completion:
+               nbytes: int, run_start: float, error: str = "") -> Completion:
+        """Claimer.finish for the token's lease; ``error`` without ``counts``: a sync that
+        listed nothing (the summary Redis has gets the error: Claimer.summary_with_error)."""
         wid = self.holder(name, member)
         if wid is None:
             return Completion.LOST
-        result = self._claimer(wid, run_start).finish(member, synced, counts, repos, nbytes)
+        claimer = self._claimer(wid, run_start)
+        if error and not counts:
+            counts = claimer.summary_with_error(keys.login_of(member), error)
+        result = claimer.finish(member, synced, counts, repos, nbytes)
         self.r.srem(keys.worker_leases(name), member)
         if result is Completion.DONE and synced:
             self.r.sadd(keys.worker_archived(name), member)
@@ -130,7 +136,9 @@ class RemoteLeases:
         members = [m for m in (_text(x) for x in self.r.smembers(keys.worker_leases(name)))
                    if m is not None]
         if members:
-            stale = [m for m in members if self.holder(name, m) is None]
+            holders = self.r.mget([keys.lock(m) for m in members])
+            stale = [m for m, h in zip(members, holders, strict=True)
+                     if token_of(_text(h) or "") != name]
             if stale:
                 self.r.srem(keys.worker_leases(name), *stale)
 

@@ -177,9 +177,11 @@ class LeaseClient:
         return list(got["kept"]), list(got["lost"])
 
     def complete(self, login: str, synced: bool, counts: str = "", repos: int = 0,
-                 nbytes: int = 0, run_start: float | None = None) -> Outcome:
+                 nbytes: int = 0, run_start: float | None = None, error: str = "") -> Outcome:
+        """``error`` without ``counts``: a sync that listed nothing; the server gives the
+        user's summary that error (Claimer.summary_with_error)."""
         doc: dict[str, Any] = {"synced": synced, "counts": counts, "repos": repos,
-                               "bytes": nbytes}
+                               "bytes": nbytes, "error": error}
         if run_start is not None:
             doc["run_start"] = run_start
         return Outcome(self._json("POST", f"/api/lease/{_q(login)}/complete", doc)["result"])

@@ -138,11 +138,14 @@ class LeaseApi:
             raise ApiError(400, "synced must be true or false")
         if not isinstance(counts, str) or (counts and UserCounts.decode(counts) is None):
             raise ApiError(400, "counts must be a user's counts (archive.layout.UserCounts)")
+        error = doc.get("error", "")
+        if not isinstance(error, str):
+            raise ApiError(400, "error must be a string")
         if not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**53
                    for x in (repos, nbytes)):
             raise ApiError(400, "repos and bytes must be integers >= 0")
         result = await self.blocking(self.leases.finish, name, member, synced, counts, repos,
-                                     nbytes, await self.run_start(doc))
+                                     nbytes, await self.run_start(doc), error[:4000])
         if result is Completion.DONE and synced:
             self.workers.note_done(name, repos, nbytes)
         self.beat(name, changed=True)

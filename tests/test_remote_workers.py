@@ -566,3 +566,34 @@ def lease_start(s: Setup) -> float:
     """A run start after every sync so far (the server's clock: Redis's)."""
     sec, usec = s.r.time()
     return float(sec) + usec / 1e6
+
+
+def test_an_upload_has_its_own_body_deadline(redis_url: str, tmp_path: Path,
+                                             bundle: Path) -> None:
+    """serve.body_timeout_s closes a half-sent body; an archive's PUT gets
+    serve.upload_timeout_s instead (a large bundle takes longer than a form)."""
+    config = CONFIG + "  body_timeout_s: 1\n  upload_timeout_s: 600\n"
+    with setup_for(tmp_path, redis_url, str(tmp_path / "store" / "github.com"),
+                   config) as setup:
+        client = setup.client(setup.token("box-1"))
+        setup.track("alice")
+        lease_one(setup, client, "alice")
+        host, port = setup.served.url.removeprefix("http://").split(":")
+        data = bundle.read_bytes()
+        upload = socket.create_connection((host, int(port)), timeout=60)
+        other = socket.create_connection((host, int(port)), timeout=60)
+        try:
+            upload.sendall((f"PUT /api/lease/alice/objects/alice/a.bundle HTTP/1.1\r\n"
+                            f"Host: x\r\nAuthorization: Bearer {client_token(client)}\r\n"
+                            f"Content-Length: {len(data)}\r\n\r\n").encode() + data[:20])
+            other.sendall((f"POST /api/lease/refresh HTTP/1.1\r\nHost: x\r\n"
+                           f"Authorization: Bearer {client_token(client)}\r\n"
+                           f"Content-Length: 100\r\n\r\n{{").encode())
+            assert other.recv(65536) == b""  # closed at body_timeout_s
+            upload.sendall(data[20:])  # started earlier, still open
+            answer = upload.recv(65536)
+        finally:
+            upload.close()
+            other.close()
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        assert setup.store.read_bytes("alice/a.bundle") == data

@@ -306,6 +306,21 @@ def test_lapsed_lease_late_upload_refused(s: Setup, bundle: Path) -> None:
     assert list(s.store.list("")) == []
 
 
+def test_a_chunked_upload_is_refused(s: Setup) -> None:
+    """Without a Content-Length the size is not known before the bytes: 411."""
+    client = s.client(s.token("box-1"))
+    s.track("alice")
+    lease_one(s, client, "alice")
+
+    def body() -> Iterator[bytes]:
+        yield b"# v2 git bundle\n"
+
+    resp = httpx.put(s.served.url + "/api/lease/alice/objects/alice/a.bundle", content=body(),
+                     headers={"Authorization": f"Bearer {client_token(client)}"})
+    assert resp.status_code == 411
+    assert list(s.store.list("")) == []
+
+
 def test_upload_claiming_10_gb_refused_early(s: Setup) -> None:
     client = s.client(s.token("box-1"))
     s.track("alice")
@@ -324,8 +339,9 @@ def test_upload_claiming_10_gb_refused_early(s: Setup) -> None:
     assert list(s.store.list("")) == []
 
 
-def test_upload_longer_than_the_limit_refused_while_streaming(s: Setup) -> None:
-    """A body longer than its Content-Length (under the limit) is not taken."""
+def test_a_body_longer_than_its_content_length_lands_nothing(s: Setup) -> None:
+    """The bytes past the Content-Length are no request: the connection is dropped, and
+    nothing of the upload is written."""
     client = s.client(s.token("box-1"))
     s.track("alice")
     lease_one(s, client, "alice")

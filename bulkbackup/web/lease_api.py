@@ -77,8 +77,9 @@ class LeaseApi:
         """Write the token's last use and its /workers row when due (in the background)."""
         touch, beat = self.workers.due_writes(name, changed)
         if touch or beat:
-            asyncio.get_running_loop().run_in_executor(
-                None, write_beat, self.r, self.workers, name, touch, beat)
+            figures = self.workers.figures(name) if beat else None
+            asyncio.get_running_loop().run_in_executor(None, write_beat, self.r, name, touch,
+                                                       figures)
 
     async def leased(self, request: Request, name: str) -> tuple[str, str]:
         """(login, member) of the path, leased by token ``name`` (403: not a login, or a

@@ -86,7 +86,9 @@ class RemoteWorkers:
     def forget(self, name: str) -> None:
         self._tokens.pop(name, None)
 
-    def figures(self, name: str, held: int) -> dict[str, object]:
+    def figures(self, name: str) -> dict[str, object]:
+        """The row's figures but `users` (read from Redis by write_beat); in the event loop,
+        where the counts are kept."""
         entry, now = self._get(name), time.time()
         while entry.done and entry.done[0][0] < now - 60:
             entry.done.popleft()
@@ -94,21 +96,21 @@ class RemoteWorkers:
         return {"id": row_id(name), "host": "remote", "token": name, "since": int(entry.since),
                 "seen": int(now), "users_per_min": len(done),
                 "repos_per_min": sum(d[1] for d in done),
-                "bytes_per_min": sum(d[2] for d in done), "users": held}
+                "bytes_per_min": sum(d[2] for d in done)}
 
 
-def write_beat(r: redis.Redis, workers: RemoteWorkers, name: str, touch: bool,
-               beat: bool) -> None:
-    """Blocking: the token's last use and its row on /workers (a failure loses one beat)."""
+def write_beat(r: redis.Redis, name: str, touch: bool, figures: dict[str, object] | None
+               ) -> None:
+    """Blocking: the token's last use and its row on /workers (``figures``: none, not due).
+    A failure loses one beat."""
     now = time.time()
     try:
         if touch:
             worker_tokens.touch(r, name, now)
-        if beat:
-            held = int(r.scard(keys.worker_leases(name)))
+        if figures is not None:
+            figures["users"] = int(r.scard(keys.worker_leases(name)))
             pipe = r.pipeline(transaction=False)
-            pipe.set(keys.worker(row_id(name)), orjson.dumps(workers.figures(name, held)),
-                     ex=keys.WORKER_TTL_S)
+            pipe.set(keys.worker(row_id(name)), orjson.dumps(figures), ex=keys.WORKER_TTL_S)
             pipe.zadd(keys.WORKERS, {row_id(name): now})
             pipe.execute()
     except redis.RedisError:

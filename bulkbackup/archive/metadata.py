@@ -30,10 +30,14 @@ VERIFIED_AT = "VerifiedAt"
 # What that verify noted but did not fail for: `git fsck` messages about objects git reads
 # (e.g. a 2011 commit's time zone `+051800`), as `<msg-id> <count> (<object>); ...`.
 VERIFY_NOTES = "VerifyNotes"
+# The worker token's name (DESIGN.md "Remote workers") on every object `serve` wrote for a
+# remote worker: what was archived by whom (`worker-token revoke --redo` finds the users
+# through Redis, not by reading this).
+WORKER = "Worker"
 
 _CANONICAL = {n.lower(): n for n in (LAST_SYNC, SYNCD_REPOS, REPORTED_REPOS, UPDATED_AT,
                                      PUSHED_AT, ERROR, LISTING_ETAGS, VERIFIED_AT, VERIFY_NOTES,
-                                     CHAIN, INCREMENTS, CHAIN_BYTES, KEPT_SINCE)}
+                                     CHAIN, INCREMENTS, CHAIN_BYTES, KEPT_SINCE, WORKER)}
 
 
 def canonical(metadata: Mapping[str, str]) -> dict[str, str]:

@@ -33,8 +33,7 @@ from bulkbackup.store import Store, open_store
 from bulkbackup.store.fenced import FencedStore, StopFence
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.services import wait_until
-from tests.conftest import git, run_cli
-from tests.test_serve import Served, start_serve, stop_serve
+from tests.helpers import Served, git, run_cli, start_serve, stop_serve
 
 CONFIG = "run:\n  lock_ttl_s: 60\nserve:\n  max_upload_mb: 16\n"
 

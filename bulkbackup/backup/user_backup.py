@@ -18,7 +18,7 @@ from bulkbackup.archive.incremental import Change
 from bulkbackup.archive.writer import ArchiveWriter, WriteOutcome, Written
 from bulkbackup.backup.results import PARTIAL_ERROR, UserResult
 from bulkbackup.config import Settings
-from bulkbackup.errors import RateLimited
+from bulkbackup.errors import RateLimited, StoreError
 from bulkbackup.forge.github_lister import open_github_lister
 from bulkbackup.forge.listing import (
     Lister,
@@ -76,7 +76,14 @@ class UserBackup:
     def conditions(self, login: str) -> list[str]:
         """The ETags of the user's last clean listing, for a conditional listing (REST's
         lister asks just before it lists; the sync that follows uses the same read)."""
-        head = self._store.head(layout.user_key(login))
+        self._read = None
+        try:
+            head = self._store.head(layout.user_key(login))
+        except StoreError as exc:
+            # The ETags only save quota: listed in full, and the sync's own read of the
+            # object fails as it always did (the user is given back).
+            log.warning("%s: listed without its ETags: %s", login, exc)
+            return []
         self._read = (login, head)
         return head.get(LISTING_ETAGS).split() if head else []
 

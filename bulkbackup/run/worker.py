@@ -152,6 +152,7 @@ class Worker:
         self._store = store
         self._lister = lister or self._github_lister
         self.feed: ListingFeed | None = None  # claimed users not started (run)
+        self._listed_s = 0.0  # the last listing step's seconds per user it finished
         self.failures_in_a_row = 0  # store or Redis failures since the last user that worked
         self.parent_pid = parent_pid
         self._finished = threading.Event()  # run() has returned: the watch thread ends
@@ -289,11 +290,15 @@ class Worker:
         """One step of the lister. Waiting for quota before it is this process waiting for
         the forge (its users' locks are kept alive meanwhile): the deadline,
         github.user_deadline_s, starts after it. A wait during the step past the deadline
-        gives the users back: those the rate limit stopped count an attempt (see
-        TakenBack); then this process waits for the quota holding no user."""
+        gives the users back, never recorded as their failure: those the rate limit stopped
+        count an attempt (see TakenBack), so a forge rate limited forever cannot keep a run
+        from ending; then this process waits for the quota holding no user."""
         feed.lister.wait_ready()
+        started = time.monotonic()
         try:
-            feed.step(time.monotonic() + self.args.settings.github.user_deadline_s)
+            made = feed.step(started + self.args.settings.github.user_deadline_s)
+            if made:  # each user's time (the batch size rule) includes its share of this
+                self._listed_s = (time.monotonic() - started) / made
         except RateLimited as exc:
             back = feed.take_back()
             for member in back.stopped:
@@ -345,7 +350,7 @@ class Worker:
             except BulkbackupError as again:
                 log.warning("%s: could not record the error: %s", login, again)
         self.failures_in_a_row = 0
-        self.sizer.observe(time.monotonic() - started)
+        self.sizer.observe(time.monotonic() - started + self._listed_s)
         rs = self.args.settings.run.redis_retry_s
         counts = result.counts()
         finished = _retrying("complete", lambda: self.claimer.finish(

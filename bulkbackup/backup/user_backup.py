@@ -1,9 +1,10 @@
 """Back up one user: with its listing (a Lister's: forge/listing.py), mirror the changed
 repositories, upload archives and metadata.
 
-`bulkbackup sync` calls this directly (`sync_users`, with the same lister as `run`); the run job's workers call it under a lock, passing the
-lock's fence. Every store write goes through a FencedStore built from that fence, so none can
-start, nor commit, once the user is not ours (see bulkbackup.store.fenced).
+`bulkbackup sync` calls this directly (`sync_users`, with the same lister as `run`); the
+run job's workers call it under a lock, passing the lock's fence. Every store write goes
+through a FencedStore built from that fence, so none can start, nor commit, once the user is
+not ours (see bulkbackup.store.fenced).
 """
 
 from __future__ import annotations

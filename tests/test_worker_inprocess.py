@@ -23,13 +23,14 @@ import pytest
 import redis
 
 from bulkbackup import config
+from bulkbackup.archive import layout
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import Interrupted
 from bulkbackup.forge.listing import Batching, Conditions, Lister, OwnerListing, TakenBack
 from bulkbackup.queue import keys
 from bulkbackup.run.reports import Deferred, GivenBack, Lost, Report, Synced
 from bulkbackup.run.worker import Worker, WorkerArgs
-from bulkbackup.store import Store, layout
+from bulkbackup.store import Store
 from bulkbackup.store.local import LocalStore
 from bulkbackup.store.memory import MemoryStore
 from bulkbackup.testing import forge_graphql

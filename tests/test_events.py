@@ -461,7 +461,7 @@ def test_the_stand_ins_changes_are_their_events(ev_env: Path, archive: gh.GHArch
         forge.add_users({"alice": [RepoSpec("r1"), RepoSpec("r2")], "Bob": [RepoSpec("b")]})
         r.zadd(keys.TRACKED, {keys.member("alice"): 1.0, keys.member("Bob"): 1.0})
         forge.event_log = archive
-        forge.push_commit("alice", "r1", {"new.txt": b"new\n"})
+        forge.push("alice", "r1", {"new.txt": b"new\n"})
         forge.add_branch("alice", "r2", "dev", {"dev.txt": b"dev\n"})
         forge.add_tag("alice", "r2", "v9")
         forge.add_repo("Bob", RepoSpec("fresh"))

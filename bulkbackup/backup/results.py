@@ -46,6 +46,9 @@ class UserResult:
     read_bytes: int = 0  # archives read back from the store to prove increments (proof.py)
     not_modified: bool = False
     listed: bool = False
+    # Synced from its events' repositories only, without a listing (ListingOutcome.CHANGED):
+    # its object was not written, so its counts stay; `error` is for the run's figures.
+    refs_only: bool = False
     # Not listed, and the user's object written for the first time (SyncdRepos 0).
     new_object: bool = False
     error: str = ""

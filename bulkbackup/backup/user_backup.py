@@ -29,6 +29,7 @@ from bulkbackup.archive.metadata import (
 )
 from bulkbackup.archive.stored import repositories
 from bulkbackup.archive.writer import ArchiveWriter, Change, WriteOutcome, Written
+from bulkbackup.backup.archived_listing import archived_listing
 from bulkbackup.backup.results import PARTIAL_ERROR, UserResult
 from bulkbackup.config import Settings
 from bulkbackup.errors import RateLimited, StoreError
@@ -92,6 +93,12 @@ class UserBackup:
         self._read = (login, head)
         return head.get(LISTING_ETAGS).split() if head else []
 
+    def archived_listing(self, login: str, repos: Sequence[str]) -> OwnerListing | None:
+        """The listing of a user whose events only moved the refs of ``repos``, from its
+        archive (ListingOutcome.CHANGED), or None: the forge must list it
+        (backup/archived_listing.py)."""
+        return archived_listing(self._store, login, repos, self.settings.github.clone_host)
+
     def _previous(self, store: FencedStore, login: str) -> Head | None:
         read, self._read = self._read, None
         if read is not None and read[0] == login:
@@ -114,6 +121,9 @@ class UserBackup:
 
     def _sync(self, store: FencedStore, login: str, result: UserResult,
               listing: OwnerListing) -> None:
+        if listing.outcome is ListingOutcome.CHANGED:
+            self._sync_moved(store, login, result, listing)
+            return
         previous = self._previous(store, login)
         stamp = format_rfc3339(now())
         if listing.outcome in (ListingOutcome.GONE, ListingOutcome.FAILED):
@@ -138,10 +148,26 @@ class UserBackup:
         result.error = self._summary(result)
         self._write_user(store, login, previous, listing, result, stamp)
 
+    def _sync_moved(self, store: FencedStore, login: str, result: UserResult,
+                    listing: OwnerListing) -> None:
+        """Only the repositories whose refs moved (ListingOutcome.CHANGED: their entries
+        from the stored listing). Their times are the stored ones, so none looks unchanged:
+        each is fetched from its archived tips (an increment, or nothing new), its archive
+        keeping the stored PushedAt/UpdatedAt (the next full listing brings GitHub's). The
+        user's object is not written: its listing, LastSync and counts stay those of its
+        last full listing; a failure is recorded on the repository's archive as always."""
+        result.refs_only = True
+        result.reported = len(listing.repos)
+        for entry in listing.repos:
+            store.fence.check()  # abandon early: no fetch for a user that is not ours
+            self._sync_repo(store, login, entry, {}, result, refs_moved=True)
+        result.error = self._summary(result)  # for the run's figures and history only
+
     def _sync_repo(
         self, store: FencedStore, login: str, repo: RepoEntry, stored: dict[str, int],
-        result: UserResult,
+        result: UserResult, refs_moved: bool = False,
     ) -> None:
+        """``refs_moved``: its events say its refs moved, whatever its times say."""
         if isinstance(repo, RejectedRepo):  # not a valid name: fails alone
             result.failed += 1
             result.failures.append(repo.error)
@@ -151,8 +177,9 @@ class UserBackup:
             result.skipped += 1
             return
         name, pushed, updated = repo.name, repo.pushed_at, repo.updated_at
-        head = store.head(layout.bundle_key(login, name)) if name in stored else None
-        if (head is not None and pushed
+        head = (store.head(layout.bundle_key(login, name)) if refs_moved or name in stored
+                else None)
+        if (not refs_moved and head is not None and pushed
                 and (head.get(PUSHED_AT), head.get(UPDATED_AT)) == (pushed, updated)
                 and not head.get(ERROR).startswith(layout.VERIFY_FAILED)):
             self.writer.prune_expired(store, login, name, head)

@@ -114,6 +114,10 @@ class ListingOutcome(Enum):
     NOT_MODIFIED = "not modified"  # every page answered 304 to the conditions given
     GONE = "gone"  # the owner does not exist (REST's 404, GraphQL's NOT_FOUND)
     FAILED = "failed"  # the API failed for good (after retries), or the listing's bounds
+    # Not the forge's listing: only the repositories whose refs moved (GH Archive's events),
+    # their entries from the stored listing. The stored listing, its ETags and counts stay;
+    # each of these repositories is fetched from its archived tips (backup/archived_listing.py).
+    CHANGED = "changed"
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,13 @@ class OwnerListing:
                etags: Sequence[str] = ()) -> OwnerListing:
         return cls(login, ListingOutcome.LISTED,
                    tuple(RepoInfo.from_rest(e, clone_host) for e in entries), tuple(etags))
+
+    @classmethod
+    def changed(cls, login: str, entries: Sequence[dict[str, Any]], clone_host: str
+                ) -> OwnerListing:
+        """Only these repositories changed (see ListingOutcome.CHANGED)."""
+        return cls(login, ListingOutcome.CHANGED,
+                   tuple(RepoInfo.from_rest(e, clone_host) for e in entries))
 
     @classmethod
     def failed(cls, login: str, outcome: ListingOutcome, error: str) -> OwnerListing:

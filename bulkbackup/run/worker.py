@@ -27,12 +27,19 @@ from bulkbackup.backup.user_backup import UserBackup
 from bulkbackup.config import Settings
 from bulkbackup.errors import BulkbackupError, ConfigError, Interrupted, LockLost, RateLimited
 from bulkbackup.forge.github_lister import open_github_lister
-from bulkbackup.forge.listing import Conditions, Lister, ListerFactory, OwnerListing
+from bulkbackup.forge.listing import (
+    Conditions,
+    Lister,
+    ListerFactory,
+    ListingOutcome,
+    OwnerListing,
+)
 from bulkbackup.forge.listing_feed import ListingFeed
 from bulkbackup.forge.quota_broker import QuotaBroker
 from bulkbackup.git import gitops
 from bulkbackup.git.gitops import GitWork
-from bulkbackup.queue import keys, pending, tracked
+from bulkbackup.queue import history, keys, pending, tracked
+from bulkbackup.queue.claims import Claimed
 from bulkbackup.queue.connection import Scripts, connect
 from bulkbackup.queue.locks import LockKeeper
 from bulkbackup.queue.tracked import Completion
@@ -144,7 +151,9 @@ class Worker:
         self.r = connect(s.redis)
         scripts = Scripts(self.r)
         self.claimer = tracked.Claimer(self.r, scripts, args.worker_id, s.run.lock_ttl_s,
-                                       args.run_start, args.clock_offset_s)
+                                       args.run_start, args.clock_offset_s,
+                                       full_pass_days=s.events.full_pass_days,
+                                       priority_hours=s.serve.priority_hours)
         self.keeper = LockKeeper(self.r, scripts, args.worker_id, s.run.lock_ttl_s)
         self.sizer = BatchSizer(s.run.claim_target_s, s.run.claim_batch_max, args.procs)
         # One view of every token's quota for all processes on all hosts, REST and GraphQL.
@@ -239,19 +248,20 @@ class Worker:
         with self._orphan_mu:
             pass
 
-    def _claim(self, remaining: int | None, size: int) -> tuple[list[str], int]:
+    def _claim(self, remaining: int | None, size: int) -> tuple[list[Claimed], int]:
+        """Due users, each with what it is due for (queue/claims.py: DueReason)."""
         want = self.budget.take(size)
         if want == 0:
             return [], 0
         with self._claim_mu:
             if self._closed:
                 return [], 0
-            claimed, left = _retrying("claim", lambda: self.claimer.claim(want),
-                                      self.args.settings.run.redis_retry_s, self.stop)
-            if claimed:
-                self.keeper.add(claimed, time.monotonic())
-        self.budget.give_back(want - len(claimed))
-        return claimed, left
+            batch = _retrying("claim", lambda: self.claimer.claim_due(want),
+                              self.args.settings.run.redis_retry_s, self.stop)
+            if batch.claimed:
+                self.keeper.add([c.member for c in batch.claimed], time.monotonic())
+        self.budget.give_back(want - len(batch.claimed))
+        return batch.claimed, batch.remaining
 
     def _loop(self, job: UserBackup, feed: ListingFeed) -> None:
         """The one loop, whatever the lister: sync the users whose listing is ready; else
@@ -264,7 +274,7 @@ class Worker:
                 member, listing = feed.ready.popleft()
                 self._one(job, member, listing)
                 continue
-            remaining = self._fill(feed, remaining)
+            remaining = self._fill(job, feed, remaining)
             if feed.ready:  # invalid logins: failed without a request
                 continue
             if feed.queued:
@@ -275,15 +285,30 @@ class Worker:
             # Others hold the last users; if one dies its lease expires and is ours.
             self.stop.wait(idle_wait)
 
-    def _fill(self, feed: ListingFeed, remaining: int | None) -> int | None:
-        """Claim as the feed wants (see ListingFeed.wanted)."""
+    def _fill(self, job: UserBackup, feed: ListingFeed, remaining: int | None) -> int | None:
+        """Claim as the feed wants (see ListingFeed.wanted). A user whose events only moved
+        refs of repositories it has archived (EVENTS_REFS) is ready at once, its listing
+        read from the archive (no API request); the others go to the lister."""
         run = self.args.settings.run
         while (want := feed.wanted(remaining, self.sizer.size(remaining), self.args.procs,
                                    run.claim_batch_max)) > 0:
             claimed, remaining = self._claim(remaining, want)
             if not claimed:
                 break
-            feed.add(claimed)
+            to_list = []
+            for c in claimed:
+                archived = (None if c.needs_listing
+                            else job.archived_listing(keys.login_of(c.member), c.repos))
+                if archived is None:
+                    to_list.append(c.member)
+                else:
+                    feed.ready.append((c.member, archived))
+            if to_list:
+                feed.add(to_list)
+            if feed.ready:
+                # Synced before more are claimed: users made ready here take no room in the
+                # lister's next request, so claiming on would hold ever more of them.
+                break
         return remaining
 
     def _list(self, feed: ListingFeed) -> None:
@@ -352,18 +377,37 @@ class Worker:
         self.failures_in_a_row = 0
         self.sizer.observe(time.monotonic() - started + self._listed_s)
         rs = self.args.settings.run.redis_retry_s
-        counts = result.counts()
-        finished = _retrying("complete", lambda: self.claimer.finish(
-            member, True, counts.encode() if counts is not None else
-            self.claimer.summary_with_error(login, result.error) if result.error else "",
-            result.archived, result.bytes), rs, threading.Event())
+        finished = _retrying("complete", lambda: self._complete(member, listing, result), rs,
+                             threading.Event())
         self.keeper.drop(member)
         self.keeper.note_done(result.archived, result.bytes)
         if finished is Completion.LOST:
             self._report(Lost(self.args.index, login))
             return
+        self._record_history(login, result)
         self._report(Synced(self.args.index, login, result.reported, result.archived,
                             result.bytes, bool(result.error)))
+
+    def _complete(self, member: str, listing: OwnerListing, result: UserResult) -> Completion:
+        """End a sync: listed in full (SYNCED: score := now), or without a listing (its
+        listing from the archive: SYNCED_REFS, the score of its last full listing kept)."""
+        login = keys.login_of(member)
+        counts = result.counts()
+        # A sync without a listing wrote no user object: the cached counts stay its.
+        summary = ("" if result.refs_only else counts.encode() if counts is not None else
+                   self.claimer.summary_with_error(login, result.error) if result.error
+                   else "")
+        if listing.outcome is ListingOutcome.CHANGED:
+            return self.claimer.finish_refs(member, summary, result.archived, result.bytes)
+        return self.claimer.finish(member, True, summary, result.archived, result.bytes)
+
+    def _record_history(self, login: str, result: UserResult) -> None:
+        """The user's history (queue/history.py): best effort, never the user's failure."""
+        try:
+            history.record(self.r, login, history.entry(
+                time.time(), result.archived, result.bytes, result.failed, result.error))
+        except redis.RedisError as exc:
+            log.warning("%s: sync not recorded in its history: %s", login, exc)
 
     def _give_back(self, member: str, failure: str = "") -> None:
         login = keys.login_of(member)

@@ -154,7 +154,8 @@ class Forge(ForgeState, ForgeChanges):
         shutil.rmtree(self.git_root / login, ignore_errors=True)
 
     def push(self, login: str, name: str, files: dict[str, bytes]) -> None:
-        """A new commit on the default branch; pushed_at/updated_at move strictly later."""
+        """A new commit on the default branch; pushed_at/updated_at move strictly later.
+        With `event_log` set, recorded as the PushEvent GitHub would publish."""
         with self.lock:
             entry = next(e for e in self.users[login] if e.get("name") == name)
             branch = entry["default_branch"]
@@ -170,6 +171,7 @@ class Forge(ForgeState, ForgeChanges):
             later = max(time.time(), epoch(entry["pushed_at"]) + 1,
                         epoch(entry["updated_at"]) + 1)
             entry["pushed_at"] = entry["updated_at"] = rfc3339(later)
+        self._event("PushEvent", login, name, ref=f"refs/heads/{branch}", size=1)
 
     def _template(self, key: str, stream: bytes, branch: str) -> Path:
         """One bare repository per distinct content, copied for every repo that has it."""

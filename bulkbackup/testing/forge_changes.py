@@ -5,8 +5,8 @@ module stays about serving and counting.
 
 With `event_log` set (a GH Archive stand-in, gharchive.py), a change is also recorded as the
 event GitHub would publish (PushEvent, CreateEvent, DeleteEvent), in the hour it is made; a
-rename publishes none (GitHub's events miss renames). `push_commit` and `add_repo` are
-Forge.push and Forge.add_user with their events.
+rename publishes none (GitHub's events miss renames). Forge.push records its PushEvent too;
+`add_repo` is Forge.add_user with its event (a CreateEvent of the repository).
 """
 
 from __future__ import annotations
@@ -36,9 +36,6 @@ class ForgeChanges:
     # Set: every change below is recorded there as its event (see the module's docstring).
     event_log: GHArchive | None = None
 
-    def push(self, login: str, name: str, files: dict[str, bytes]) -> None:
-        raise NotImplementedError  # Forge.push
-
     def add_user(self, login: str, repos: Iterable[RepoSpec]) -> None:
         raise NotImplementedError  # Forge.add_user
 
@@ -51,13 +48,6 @@ class ForgeChanges:
         ref_type = "tag" if ref.startswith("refs/tags/") else "branch"
         short = ref.removeprefix("refs/tags/").removeprefix("refs/heads/")
         self._event(kind, login, name, ref=short, ref_type=ref_type, pusher_type="user")
-
-    def push_commit(self, login: str, name: str, files: dict[str, bytes]) -> None:
-        """Forge.push (a new commit on the default branch), recorded as a PushEvent."""
-        self.push(login, name, files)
-        with self.lock:
-            branch = next(e for e in self.users[login] if e.get("name") == name)["default_branch"]
-        self._event("PushEvent", login, name, ref=f"refs/heads/{branch}", size=1)
 
     def add_repo(self, login: str, spec: RepoSpec) -> None:
         """Forge.add_user with one new repository, recorded as a CreateEvent (repository)."""

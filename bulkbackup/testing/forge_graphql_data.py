@@ -63,6 +63,7 @@ def root(ctx: Context) -> dict[str, Callable[..., Any]]:
 def _owner(ctx: Context, login: str, wanted: str) -> dict[str, Any]:
     with ctx.forge.lock:
         known = login in ctx.forge.users
+        ctx.forge.per_owner[login] += 1
     kind = "Organization" if login in ctx.organizations else "User"
     if not known or wanted not in ("RepositoryOwner", kind):
         raise NotFound(f"Could not resolve to a{'n' if wanted[0] in 'AEIOU' else ''} "

@@ -153,6 +153,7 @@ class _Handler(BaseHTTPRequestHandler):
         with self.forge.lock:
             self.forge.counters["api"] += 1
             self.forge.counters["api_user"] += 1
+            self.forge.per_owner[login] += 1
             spelled = next((u for u in self.forge.users if u.lower() == login.lower()), None)
         if spelled is None:
             self._send(404, b'{"message": "Not Found", "status": "404"}', _JSON)
@@ -165,6 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization", "")
         with f.lock:
             f.counters["api"] += 1
+            f.per_owner[login] += 1
             if auth:
                 f.auth_headers_seen.append(auth)
             status, body, limits = f.admit(auth)

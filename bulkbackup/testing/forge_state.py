@@ -35,6 +35,7 @@ class ForgeState:
     side's in `graphql`. Counters: `counters` ("api", "api_<status>", "api_5xx", "info_refs",
     "upload_pack", "git_bytes_sent*"; "api_after_spent": requests with a budgeted token after
     an answer had said its quota was spent), clones(), upload_packs(), pack_requests(),
+    owner_requests() (API requests naming one owner, REST and GraphQL),
     `auth_headers_seen`. All of it is guarded by `lock`.
     """
 
@@ -45,6 +46,9 @@ class ForgeState:
         self.lock = threading.Lock()
         self.users: dict[str, list[dict[str, Any]]] = {}  # login -> listing entries
         self.counters: Counter[str] = Counter()
+        # Login as asked -> REST listing pages and `GET /users/<login>`, and GraphQL owner
+        # fields (an owner of a query counts once a query and page), naming it.
+        self.per_owner: Counter[str] = Counter()
         self.auth_headers_seen: list[str] = []
         self.graphql = Controls()
         self.oauth = OAuthApps()  # Sign in with GitHub's side (oauth.py)
@@ -106,7 +110,13 @@ class ForgeState:
     def reset_counters(self) -> None:
         with self.lock:
             self.counters.clear()
+            self.per_owner.clear()
             self._per_repo.clear()
+
+    def owner_requests(self, login: str) -> int:
+        """API requests (REST pages, GraphQL owners of a query) that named ``login``."""
+        with self.lock:
+            return self.per_owner[login]
 
     def clones(self, login: str, name: str) -> int:
         """Clones (or fetches) of one repository: its `info/refs` requests."""

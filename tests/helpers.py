@@ -5,14 +5,18 @@ from here, never from one another."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import http.client
+import math
+import multiprocessing
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +24,19 @@ import httpx
 import orjson
 import redis
 
+from bulkbackup import config
 from bulkbackup.archive import layout
 from bulkbackup.archive.metadata import canonical
 from bulkbackup.config import GitHubSettings, RunSettings
+from bulkbackup.errors import Interrupted
 from bulkbackup.forge.git_auth import git_auth
+from bulkbackup.forge.listing import Conditions, Lister
 from bulkbackup.git.auth import ANONYMOUS
 from bulkbackup.git.gitops import GitWork
 from bulkbackup.git.packfetch import FetchedIncrement, fetch_increment
+from bulkbackup.queue import keys
+from bulkbackup.run.reports import Report
+from bulkbackup.run.worker import Worker, WorkerArgs
 from bulkbackup.store import Store
 from bulkbackup.store.local import LocalStore
 from bulkbackup.store.s3 import S3Store
@@ -379,3 +389,60 @@ def run_backup(env: dict[str, str], logins: list[str]) -> None:
 def rows_by_login(doc: dict[str, object]) -> dict[str, dict[str, object]]:
     return {u["login"]: u for u in doc["users"]}  # type: ignore[attr-defined, index]
 
+
+# -- the `run` worker in this process (tests/test_worker_inprocess.py) ----------------------
+
+
+@dataclass
+class InProcess:
+    """One worker and the reading end of its reports' pipe."""
+
+    worker: Worker
+    reader: Connection
+
+    def run(self) -> list[Report]:
+        """Drain `tracked` (as a worker process does), then every report it sent."""
+        # Stopped while waiting: its users were given back (as worker_main takes it).
+        with contextlib.suppress(Interrupted):
+            self.worker.run()
+        return self.reports()
+
+    def reports(self) -> list[Report]:
+        out: list[Report] = []
+        while self.reader.poll(0):
+            out.append(self.reader.recv())
+        return out
+
+    def close(self) -> None:
+        self.worker.r.close()
+        self.reader.close()
+
+
+def worker_of(settings: config.Settings, store: Store | None = None,
+              lister: Callable[[Worker, Conditions], Lister] | None = None, index: int = 0,
+              budget: int = -1) -> InProcess:
+    """A Worker from plain parts: the parent's pipe, flag and `--max-users` budget are made
+    here; its parent is this process's (never seen gone); `lister(worker, conditions)`
+    builds its lister (default: the one github.api names)."""
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    graceful = multiprocessing.RawValue(ctypes.c_bool, False)
+    shared = multiprocessing.Value("q", budget)
+    # As the run's parent: its start in whole seconds, so that a user completed in its first
+    # second scores run_start, not below it, and is not claimed twice.
+    args = WorkerArgs(settings=settings, index=index, worker_id=f"1.{index}.inprocess",
+                      run_start=float(math.floor(time.time())), clock_offset_s=0.0, procs=1)
+    holder: list[Worker] = []
+    factory = None if lister is None else (lambda c: lister(holder[0], c))
+    worker = Worker(args, writer, graceful, shared, os.getppid(), store, factory)
+    holder.append(worker)
+    return InProcess(worker, reader)
+
+
+def completed(r: redis.Redis, logins: Sequence[str], since: float) -> bool:
+    scores = r.zmscore(keys.TRACKED, [keys.member(x) for x in logins])
+    return all(s is not None and since <= s < math.inf for s in scores)
+
+
+def nothing_held(r: redis.Redis) -> bool:
+    return (not r.keys("lock:*") and r.zcard(keys.LEASES) == 0 and r.hlen(keys.CLAIMS) == 0
+            and r.zcount(keys.TRACKED, math.inf, math.inf) == 0)

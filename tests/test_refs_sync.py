@@ -9,30 +9,59 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from bulkbackup import config
 from bulkbackup.archive import chains, layout
+from bulkbackup.config import StoreSettings
 from bulkbackup.queue import events as queue_events
 from bulkbackup.queue import history, keys
 from bulkbackup.queue.connection import Scripts
 from bulkbackup.run.reports import Synced
 from bulkbackup.store import Store
+from bulkbackup.store.local import LocalStore
+from bulkbackup.store.memory import MemoryStore
 from bulkbackup.testing import forge_graphql
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.test_worker_inprocess import (  # noqa: F401 - fixtures
-    cfg,
-    completed,
-    nothing_held,
-    store,
-    track,
-    worker_of,
-)
+from tests.helpers import completed, nothing_held, worker_of
 
 Settings = Callable[..., config.Settings]
+
+
+@pytest.fixture
+def cfg(clean_env: None, redis_url: str, forge: Forge, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings for an in-process worker (as test_worker_inprocess.py's): the stand-in's
+    API, the test's Redis, `api` as asked."""
+    monkeypatch.setenv("GITHUB_API_URL", forge.url)
+    monkeypatch.setenv("BULKBACKUP_STORE", str(tmp_path / "backup" / "github.com"))
+
+    def make(api: str = "rest") -> config.Settings:
+        path = tmp_path / f"worker-{api}.yaml"
+        path.write_text("run:\n  lock_ttl_s: 5\n  claim_target_s: 1.0\n"
+                        f"  work_dir: {tmp_path / 'work'}\n"
+                        "github:\n  backoff_s: 0.05\n  api: " + api + "\n")
+        return config.load(path)
+
+    return make
+
+
+@pytest.fixture(params=["local", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    s: Store = (MemoryStore() if request.param == "memory"
+                else LocalStore(StoreSettings(url=str(tmp_path / "given-store"))))
+    yield s
+    s.close()
+
+
+def track(r: redis.Redis, *logins: str) -> None:
+    """Never synced, and `tracked` marked intact (as the run's parent does at its start)."""
+    r.zadd(keys.TRACKED, {keys.member(x): -math.inf for x in logins})
+    r.set(keys.INTACT, int(time.time()))
 
 
 def first_pass(cfg: Settings, r: redis.Redis, store: Store, api: str, *logins: str) -> None:

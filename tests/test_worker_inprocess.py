@@ -7,16 +7,10 @@ end-to-end cases with real processes are in test_run.py, test_run_graphql.py, te
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import math
-import multiprocessing
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
@@ -25,61 +19,16 @@ import redis
 from bulkbackup import config
 from bulkbackup.archive import layout
 from bulkbackup.config import StoreSettings
-from bulkbackup.errors import Interrupted
 from bulkbackup.forge.listing import Batching, Conditions, Lister, OwnerListing, TakenBack
 from bulkbackup.queue import keys
 from bulkbackup.run.reports import Deferred, GivenBack, Lost, Report, Synced
-from bulkbackup.run.worker import Worker, WorkerArgs
+from bulkbackup.run.worker import Worker
 from bulkbackup.store import Store
 from bulkbackup.store.local import LocalStore
 from bulkbackup.store.memory import MemoryStore
 from bulkbackup.testing import forge_graphql
 from bulkbackup.testing.forge import Forge, RepoSpec
-
-
-@dataclass
-class InProcess:
-    """One worker and the reading end of its reports' pipe."""
-
-    worker: Worker
-    reader: Connection
-
-    def run(self) -> list[Report]:
-        """Drain `tracked` (as a worker process does), then every report it sent."""
-        # Stopped while waiting: its users were given back (as worker_main takes it).
-        with contextlib.suppress(Interrupted):
-            self.worker.run()
-        return self.reports()
-
-    def reports(self) -> list[Report]:
-        out: list[Report] = []
-        while self.reader.poll(0):
-            out.append(self.reader.recv())
-        return out
-
-    def close(self) -> None:
-        self.worker.r.close()
-        self.reader.close()
-
-
-def worker_of(settings: config.Settings, store: Store | None = None,
-              lister: Callable[[Worker, Conditions], Lister] | None = None, index: int = 0,
-              budget: int = -1) -> InProcess:
-    """A Worker from plain parts: the parent's pipe, flag and `--max-users` budget are made
-    here; its parent is this process's (never seen gone); `lister(worker, conditions)`
-    builds its lister (default: the one github.api names)."""
-    reader, writer = multiprocessing.Pipe(duplex=False)
-    graceful = multiprocessing.RawValue(ctypes.c_bool, False)
-    shared = multiprocessing.Value("q", budget)
-    # As the run's parent: its start in whole seconds, so that a user completed in its first
-    # second scores run_start, not below it, and is not claimed twice.
-    args = WorkerArgs(settings=settings, index=index, worker_id=f"1.{index}.inprocess",
-                      run_start=float(math.floor(time.time())), clock_offset_s=0.0, procs=1)
-    holder: list[Worker] = []
-    factory = None if lister is None else (lambda c: lister(holder[0], c))
-    worker = Worker(args, writer, graceful, shared, os.getppid(), store, factory)
-    holder.append(worker)
-    return InProcess(worker, reader)
+from tests.helpers import completed, nothing_held, worker_of
 
 
 @pytest.fixture
@@ -115,16 +64,6 @@ def track(r: redis.Redis, *logins: str, score: float = -math.inf) -> None:
     worker does not end while the mark is missing: see Worker._drained)."""
     r.zadd(keys.TRACKED, {keys.member(x): score for x in logins})
     r.set(keys.INTACT, int(time.time()))
-
-
-def completed(r: redis.Redis, logins: Sequence[str], since: float) -> bool:
-    scores = r.zmscore(keys.TRACKED, [keys.member(x) for x in logins])
-    return all(s is not None and since <= s < math.inf for s in scores)
-
-
-def nothing_held(r: redis.Redis) -> bool:
-    return (not r.keys("lock:*") and r.zcard(keys.LEASES) == 0 and r.hlen(keys.CLAIMS) == 0
-            and r.zcount(keys.TRACKED, math.inf, math.inf) == 0)
 
 
 @pytest.mark.parametrize("api", ["rest", "graphql"])

@@ -20,7 +20,7 @@ import orjson
 
 from bulkbackup.archive import layout
 from bulkbackup.archive.stored import MAX_USER_OBJECT_BYTES
-from bulkbackup.errors import NotFound, StoreError
+from bulkbackup.errors import BulkbackupError, ConfigError, Interrupted, NotFound
 from bulkbackup.forge.listing import OwnerListing, RepoInfo
 from bulkbackup.store import Store
 
@@ -48,7 +48,9 @@ def archived_listing(store: Store, login: str, repos: Sequence[str], clone_host:
             head = store.head(layout.bundle_key(login, name))
             if head is None or head.size == 0:
                 return None  # no archive to fetch an increment on
-    except StoreError as exc:
+    except (ConfigError, Interrupted):
+        raise  # not this user's: the run stops (a refused token) or is stopping
+    except (BulkbackupError, OSError) as exc:  # the store (or serve, for a remote worker)
         log.warning("%s: listed by the forge: its archive could not be read: %s", login, exc)
         return None
     return listing

@@ -30,10 +30,14 @@ VERIFIED_AT = "VerifiedAt"
 # What that verify noted but did not fail for: `git fsck` messages about objects git reads
 # (e.g. a 2011 commit's time zone `+051800`), as `<msg-id> <count> (<object>); ...`.
 VERIFY_NOTES = "VerifyNotes"
+# On a repository's bundle: the LFS objects its archived refs point to that could not be
+# stored, and why (`<n> LFS objects not stored: <oid>: <reason>; ...`); the repository's own
+# archive is not failed by it (docs/archive.md "Git LFS objects").
+LFS_ERROR = "LfsError"
 
 _CANONICAL = {n.lower(): n for n in (LAST_SYNC, SYNCD_REPOS, REPORTED_REPOS, UPDATED_AT,
                                      PUSHED_AT, ERROR, LISTING_ETAGS, VERIFIED_AT, VERIFY_NOTES,
-                                     CHAIN, INCREMENTS, CHAIN_BYTES, KEPT_SINCE)}
+                                     CHAIN, INCREMENTS, CHAIN_BYTES, KEPT_SINCE, LFS_ERROR)}
 
 
 def canonical(metadata: Mapping[str, str]) -> dict[str, str]:

@@ -29,7 +29,9 @@ from bulkbackup.archive.metadata import (
 )
 from bulkbackup.archive.stored import repositories
 from bulkbackup.archive.writer import ArchiveWriter, Change, WriteOutcome, Written
+from bulkbackup.backup.lfs_objects import store_lfs_objects
 from bulkbackup.backup.results import PARTIAL_ERROR, UserResult, repo_times
+from bulkbackup.backup.wikis import WikiOutcome, sync_wiki
 from bulkbackup.config import Settings
 from bulkbackup.errors import (
     GitHubError,
@@ -41,6 +43,7 @@ from bulkbackup.forge.git_auth import git_auth
 from bulkbackup.forge.github_graphql import GraphQLLister, Outcome, OwnerResult
 from bulkbackup.forge.github_rest import GitHub, Listing
 from bulkbackup.forge.quota_broker import Resource
+from bulkbackup.git.auth import GitAuth
 from bulkbackup.git.gitops import GitWork
 from bulkbackup.interrupts import signals_interrupt
 from bulkbackup.logins import stored_spelling
@@ -138,6 +141,16 @@ class UserBackup:
         if repo.get("fork") and self.settings.run.skip_forks:
             result.skipped += 1
             return
+        self._sync_git(store, login, name, repo, stored, result)
+        if self.settings.run.wikis and repo.get("has_wiki") is True:
+            try:
+                url = self._clone_url(repo)
+            except InvalidName:
+                return  # the repository's failure says why
+            self._wiki(store, login, name, url, result)
+
+    def _sync_git(self, store: FencedStore, login: str, name: str, repo: dict[str, Any],
+                  stored: dict[str, int], result: UserResult) -> None:
         pushed, updated = repo_times(repo)
         head = store.head(layout.bundle_key(login, name)) if name in stored else None
         if (head is not None and pushed
@@ -167,7 +180,37 @@ class UserBackup:
             self._record_failure(store, login, name, head, str(exc), result)
             return
         auth = git_auth(self.settings.github, self.github.token_for_git())
-        self._count(name, self.writer.write(store, login, name, change, head, auth), result)
+        written = self.writer.write(store, login, name, change, head, auth,
+                                    lfs=self.settings.run.lfs)
+        self._count(name, written, result)
+        if written.lfs or written.lfs_error:
+            self._lfs(store, login, name, change.clone_url, written, auth, result)
+
+    def _wiki(self, store: FencedStore, login: str, name: str, clone_url: str,
+              result: UserResult) -> None:
+        """The repository's wiki, when it changed (backup/wikis.py): counted apart."""
+        auth = git_auth(self.settings.github, self.github.token_for_git())
+        done = sync_wiki(self.writer, store, login, name, clone_url, auth, self.settings.run)
+        if done.written is not None:
+            result.bytes += done.written.bytes
+            result.read_bytes += done.written.read_bytes
+        if done.outcome is WikiOutcome.ARCHIVED:
+            result.wikis_archived += 1
+        elif done.outcome is WikiOutcome.UNCHANGED:
+            result.wikis_unchanged += 1
+        elif done.outcome is WikiOutcome.FAILED:
+            error = done.written.error if done.written else ""
+            result.wiki_failures.append(f"{layout.wiki_name(name)}: {error}")
+
+    def _lfs(self, store: FencedStore, login: str, name: str, clone_url: str,
+             written: Written, auth: GitAuth, result: UserResult) -> None:
+        """The LFS objects the newly archived commits point to (backup/lfs_objects.py)."""
+        done = store_lfs_objects(store, self.settings.run, login, name, clone_url,
+                                 written.lfs, auth, self.gitwork.user_dir(login) / "lfs",
+                                 written.lfs_error)
+        result.bytes += done.bytes
+        result.lfs_objects += done.stored
+        result.lfs_failed += len(done.failures)
 
     def _record_failure(self, store: FencedStore, login: str, name: str, head: Head | None,
                         error: str, result: UserResult) -> None:
@@ -231,7 +274,7 @@ class UserBackup:
         if listing is not None:
             # Only a clean sync may be skipped next time on a 304: a failed repository must be
             # retried even when the listing has not changed.
-            if listing.etags and not result.failed:
+            if listing.etags and not result.failed and not result.wiki_failures:
                 meta[LISTING_ETAGS] = " ".join(listing.etags)
             store.put_bytes(key, orjson.dumps(listing.repos), fitted(meta))
             return

@@ -25,8 +25,9 @@ from pathlib import Path
 import redis
 
 from bulkbackup.config import GitHubSettings
-from bulkbackup.forge.github_graphql import GraphQLLister, OwnerResult
-from bulkbackup.forge.quota_broker import Broker
+from bulkbackup.forge.github_graphql import GraphQLLister
+from bulkbackup.forge.listing import OwnerListing
+from bulkbackup.forge.quota_broker import QuotaBroker
 from bulkbackup.testing import forge_graphql
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.services import redis_server
@@ -46,15 +47,15 @@ def population(users: int, seed: int) -> dict[str, int]:
     return {f"user{i:06d}": size() for i in range(users)}
 
 
-def by_batch(lister: GraphQLLister, logins: list[str]) -> dict[str, OwnerResult]:
-    got: dict[str, OwnerResult] = {}
+def by_batch(lister: GraphQLLister, logins: list[str]) -> dict[str, OwnerListing]:
+    got: dict[str, OwnerListing] = {}
     for i in range(0, len(logins), 100):
         got.update(lister.list_owners(logins[i:i + 100]))
     return got
 
 
-def as_stream(lister: GraphQLLister, logins: list[str]) -> dict[str, OwnerResult]:
-    got: dict[str, OwnerResult] = {}
+def as_stream(lister: GraphQLLister, logins: list[str]) -> dict[str, OwnerListing]:
+    got: dict[str, OwnerListing] = {}
     i = 0
     while i < len(logins) or lister.queued:
         if lister.queued < 100 and i < len(logins):
@@ -84,9 +85,10 @@ def main() -> None:
         settings = GitHubSettings(api_url=forge.url, tokens=("benchmark-token",))
         for name, way in (("per claimed batch of 100", by_batch), ("as a stream", as_stream)):
             counters.clear()
-            lister = GraphQLLister(settings, Broker(redis.Redis.from_url(url), settings.tokens))
+            broker = QuotaBroker(redis.Redis.from_url(url), settings.tokens)
+            lister = GraphQLLister(settings, broker)
             got = way(lister, list(sizes))
-            assert all(len(got[login].repos) == n for login, n in sizes.items())
+            assert all(len(got[login].stored) == n for login, n in sizes.items())
             print(f"GraphQL {name}: {counters['points'] * per_k:.1f} points and "
                   f"{counters['requests'] * per_k:.1f} queries per 1 000 users")
             lister.close()

@@ -135,6 +135,17 @@ def _archive_commands(command: _Command) -> None:
                    help="verify N users drawn at random from the store")
     s.add_argument("--json", action="store_true", help="print the figures as one JSON object")
 
+    s = command("worker-token", "tokens of remote workers (run --server): add, list, revoke")
+    tok = s.add_subparsers(dest="token_action", metavar="ACTION", required=True)
+    t = tok.add_parser("add", help="make a token; printed once", allow_abbrev=False)
+    t.add_argument("name", metavar="NAME")
+    tok.add_parser("list", help="names, creation, last use (never tokens)", allow_abbrev=False)
+    t = tok.add_parser("revoke", help="end the token and its leases at once",
+                       allow_abbrev=False)
+    t.add_argument("name", metavar="NAME")
+    t.add_argument("--redo", action="store_true",
+                   help="also make every user it archived due again")
+
     s = command("serve", "the web server: status, search, downloads, metrics")
     s.add_argument("--host", metavar="H", help="address to listen on (default: serve.host)")
     s.add_argument("--port", type=at_least(0), metavar="P",
@@ -167,6 +178,11 @@ def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:
         return commands.rebuild_command(settings)
     if cmd == "serve":
         return commands.serve_command(settings, args.host, args.port)
+    if cmd == "worker-token":
+        from bulkbackup.commands_tokens import worker_token_command
+
+        return worker_token_command(settings, args.token_action, getattr(args, "name", None),
+                                    getattr(args, "redo", False))
     if cmd == "track":
         return commands.track_command(settings, args.logins)
     if cmd == "events":

@@ -217,11 +217,11 @@ def _prove_tokens(settings: Settings) -> None:
     through the shared quota broker: TokenRefused (exit 2) names a refused token's place."""
     from bulkbackup.forge.github_graphql import GraphQLLister
     from bulkbackup.forge.github_rest import GitHub
-    from bulkbackup.forge.quota_broker import Broker
+    from bulkbackup.forge.quota_broker import QuotaBroker
     from bulkbackup.queue.connection import connect
 
     r = connect(settings.redis)
-    broker = Broker(r, settings.github.tokens)
+    broker = QuotaBroker(r, settings.github.tokens)
     client = (GraphQLLister(settings.github, broker) if settings.github.api == "graphql"
               else GitHub(settings.github, broker=broker))
     try:

@@ -137,6 +137,12 @@ class ServeSettings:
     public_add_per_hour: int = 10
     # A priority user (signed in with GitHub) is synced at least this often (queue/claims.py).
     priority_hours: float = 24.0
+    # The lease API of remote workers (DESIGN.md "Remote workers", docs/serve.md).
+    max_upload_mb: int = 8192
+    upload_timeout_s: float = 3600.0
+    lease_batch_max: int = 100
+    lease_requests_per_s: float = 20.0
+    lease_burst: int = 200
 
 
 @dataclass(frozen=True)
@@ -275,6 +281,11 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "serve.body_timeout_s": (0.1, 3600),
     "serve.public_add_per_hour": (1, 1_000_000),
     "serve.priority_hours": (0.01, 100 * 366 * 24),
+    "serve.max_upload_mb": (1, None),
+    "serve.upload_timeout_s": (1, 7 * 86_400),
+    "serve.lease_batch_max": (1, 10_000),
+    "serve.lease_requests_per_s": (0.01, 1_000_000),
+    "serve.lease_burst": (1, 1_000_000),
     "run.git_low_speed_bytes_s": (0, None),  # 0: no low-speed limit
     "run.git_low_speed_time_s": (1, 86_400),
     "run.git_threads": (0, 64),

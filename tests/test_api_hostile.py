@@ -151,7 +151,7 @@ def test_a_dripping_answer_is_cut_at_github_timeout_s(
 @pytest.mark.parametrize("switch,value", [
     ("api_retry_after", "inf"), ("api_retry_after", "nan"), ("api_retry_after", "-5"),
     ("api_retry_after", "1e300"), ("api_reset", "99999999999"), ("api_reset", "inf"),
-    ("api_reset", "1000000000"),  # already past: paused (Broker.hold), never a tight loop
+    ("api_reset", "1000000000"),  # already past: paused (QuotaBroker.hold), never a tight loop
 ])
 def test_an_endless_rate_limit_gives_the_user_back_unfailed(
     env: None, forge: Forge, store: Store, switch: str, value: str

@@ -14,9 +14,10 @@ import redis
 
 from bulkbackup.config import GitHubSettings
 from bulkbackup.errors import Interrupted
-from bulkbackup.forge.github_graphql import GraphQLLister, Outcome
+from bulkbackup.forge.github_graphql import GraphQLLister
 from bulkbackup.forge.github_graphql_query import MAPPING
-from bulkbackup.forge.quota_broker import Broker
+from bulkbackup.forge.listing import ListingOutcome as Outcome
+from bulkbackup.forge.quota_broker import QuotaBroker
 from bulkbackup.testing import forge_graphql
 from bulkbackup.testing.forge import Forge, RepoSpec
 
@@ -47,7 +48,7 @@ def world(forge: Forge) -> Forge:
 @pytest.fixture
 def lister(world: Forge, r: redis.Redis) -> Iterator[GraphQLLister]:
     s = settings(world)
-    out = GraphQLLister(s, Broker(r, s.tokens))
+    out = GraphQLLister(s, QuotaBroker(r, s.tokens))
     yield out
     out.close()
 
@@ -82,15 +83,15 @@ def test_listing_matches_rest_field_by_field(world: Forge, lister: GraphQLLister
     for login in ALL:
         got, rest = results[login], rest_listing(world, login)
         assert got.outcome is Outcome.LISTED, got.error
-        assert [r["name"] for r in got.repos] == [r["name"] for r in rest]
-        for mine, theirs in zip(got.repos, rest, strict=True):
+        assert [r["name"] for r in got.stored] == [r["name"] for r in rest]
+        for mine, theirs in zip(got.stored, rest, strict=True):
             for m in MAPPING:
                 if m.rest == "default_branch" and theirs["name"] == "blank":
                     continue
                 assert mine[m.rest] == theirs[m.rest], (login, theirs["name"], m.rest)
-    assert [len(results[login].repos) for login in SIZES] == list(SIZES.values())
+    assert [len(results[login].stored) for login in SIZES] == list(SIZES.values())
     # GitHub has no default branch ref for an empty repository; REST names the configured one
-    blank = next(r for r in results["octo"].repos if r["name"] == "blank")
+    blank = next(r for r in results["octo"].stored if r["name"] == "blank")
     assert blank["default_branch"] is None
     # 7 owners in one query; then the second pages of 101 and 250 together; then 250's third
     assert lister.stats.queries == 3 and lister.stats.points == 3
@@ -102,7 +103,7 @@ def test_an_unknown_user_inside_a_batch_of_good_ones(lister: GraphQLLister) -> N
     assert results["ghost-user"].outcome is Outcome.GONE
     assert "not found" in results["ghost-user"].error
     assert [results[x].outcome for x in ("one", "big", "zero")] == [Outcome.LISTED] * 3
-    assert len(results["big"].repos) == 250
+    assert len(results["big"].stored) == 250
     assert lister.stats.queries == 3
 
 
@@ -116,14 +117,14 @@ def test_a_batch_refused_as_too_big_is_split_until_it_passes(
     # a stall after that: the answers that grow the size back (64 and 100 owners, slow on a
     # loaded machine) are read with the usual timeout.
     s = settings(world, timeout_s=3.0 if stalls else 20.0, max_retries=5)
-    lister = GraphQLLister(s, Broker(r, s.tokens))
-    expected = {k: v.repos for k, v in lister.list_owners(ALL).items()}
+    lister = GraphQLLister(s, QuotaBroker(r, s.tokens))
+    expected = {k: v.stored for k, v in lister.list_owners(ALL).items()}
     c = forge_graphql.controls(world)
     with world.lock:
         c.max_batch, c.oversize, c.stall_s = 2, oversize, 3600.0
         c.counters.clear()
     results = lister.list_owners(ALL)
-    assert {k: v.repos for k, v in results.items()} == expected
+    assert {k: v.stored for k, v in results.items()} == expected
     assert all(v.outcome is Outcome.LISTED for v in results.values())
     assert c.counters["oversize"] >= 2 and lister.stats.splits >= 2
     assert lister.batch < lister.max_batch
@@ -144,7 +145,7 @@ def test_one_owner_answered_502_is_retried_then_failed_not_gone(
         c.fail, c.fail_status = 1000, 502
     results = lister.list_owners(["one", "big"])
     assert [results[x].outcome for x in ("one", "big")] == [Outcome.FAILED] * 2
-    assert "HTTP 502" in results["one"].error and results["one"].repos == []
+    assert "HTTP 502" in results["one"].error and results["one"].stored == []
     with world.lock:
         c.fail = 0
     assert lister.list_owners(["one"])["one"].outcome is Outcome.LISTED
@@ -178,12 +179,12 @@ def test_no_request_is_sent_after_the_quota_is_known_spent(
     with world.lock:
         c.set_token_budget(TOKEN, 2, 120)
     s = settings(world, graphql_batch=1)
-    first = GraphQLLister(s, Broker(redis.Redis.from_url(redis_url), s.tokens))
+    first = GraphQLLister(s, QuotaBroker(redis.Redis.from_url(redis_url), s.tokens))
     assert all(v.outcome is Outcome.LISTED
                for v in first.list_owners(["one", "zero"]).values())  # 2 queries, 1 point each
     sent = c.counters["requests"]
     stop = threading.Event()
-    second = GraphQLLister(s, Broker(redis.Redis.from_url(redis_url), s.tokens), stop)
+    second = GraphQLLister(s, QuotaBroker(redis.Redis.from_url(redis_url), s.tokens), stop)
     timer = threading.Timer(1.0, stop.set)
     timer.start()
     with pytest.raises(Interrupted):
@@ -197,7 +198,7 @@ def test_a_malformed_answer_fails_that_owner_only(world: Forge, lister: GraphQLL
     world.add_raw_repo_entry("weird", {"name": "x", "full_name": "weird/x", "fork": "yes",
                                        "html_url": "http://forge.invalid/weird/x"})
     results = lister.list_owners(["one", "weird", "zero"])
-    assert results["weird"].outcome is Outcome.FAILED and results["weird"].repos == []
+    assert results["weird"].outcome is Outcome.FAILED and results["weird"].stored == []
     assert results["one"].outcome is results["zero"].outcome is Outcome.LISTED
 
 
@@ -264,7 +265,7 @@ def test_a_stream_carries_big_owners_pages_along_with_new_owners(
     finished = lister.step()  # big's page 2 and the 99 first pages: one query of 100
     assert {r.login for r in finished} == set(small) and lister.queued == 1
     [big] = lister.step()
-    assert big.login == "big" and len(big.repos) == 250 and big.outcome is Outcome.LISTED
+    assert big.login == "big" and len(big.stored) == 250 and big.outcome is Outcome.LISTED
     assert lister.stats.queries == 3 and lister.stats.points == 3
     last = forge_graphql.controls(world).queries[-2]
     assert last.count("repositoryOwner(") == 100
@@ -277,6 +278,6 @@ def test_an_interrupted_stream_keeps_its_pages_and_can_be_abandoned(
     with pytest.raises(Interrupted):
         lister.step()
     assert lister.queued == 2
-    assert sorted(lister.abandon()) == ["big", "one"] and lister.queued == 0
+    assert sorted(lister.take_back().all) == ["big", "one"] and lister.queued == 0
     lister.stop.clear()
     assert lister.list_owners(["one"])["one"].outcome is Outcome.LISTED

@@ -695,7 +695,14 @@ def test_the_contracts_command_lines_are_the_parsers() -> None:
     parser = build_parser()
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     common = {"--help", "--config", "--debug", "--verbose"}
-    actual = {name: {o for a in p._actions for o in a.option_strings
-                     if o.startswith("--")} - common
-              for name, p in sub.choices.items()}
+
+    def options(p: argparse.ArgumentParser) -> set[str]:
+        """A parser's long options and its own subcommands' (`worker-token revoke`)."""
+        found = {o for a in p._actions for o in a.option_strings if o.startswith("--")}
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                found |= {o for q in a.choices.values() for o in options(q)}
+        return found
+
+    actual = {name: options(p) - common for name, p in sub.choices.items()}
     assert documented == actual

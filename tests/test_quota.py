@@ -13,7 +13,7 @@ import redis
 
 from bulkbackup.forge.quota_broker import (
     NO_TOKEN_ID,
-    Broker,
+    QuotaBroker,
     Reservation,
     Resource,
     Wait,
@@ -27,9 +27,9 @@ TOKEN_A = "ghp_tokenAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 TOKEN_B = "ghp_tokenBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"
 
 
-def brokers(redis_url: str, tokens: list[str], n: int = 2) -> list[Broker]:
+def brokers(redis_url: str, tokens: list[str], n: int = 2) -> list[QuotaBroker]:
     """`n` brokers on their own connections: what `n` processes would have."""
-    return [Broker(redis.Redis.from_url(redis_url), tokens) for _ in range(n)]
+    return [QuotaBroker(redis.Redis.from_url(redis_url), tokens) for _ in range(n)]
 
 
 def spent(reset_in_s: float, remaining: int = 0) -> dict[str, str]:
@@ -128,7 +128,7 @@ def test_a_secondary_limit_pauses_the_token_for_every_process(redis_url: str) ->
     # Another process's request that was already in flight: the pause stays as it is.
     assert two.pause(res, "5").length_s == 30
     # Both tokens of a process: the other one is used meanwhile.
-    both = Broker(redis.Redis.from_url(redis_url), [TOKEN_A, TOKEN_B])
+    both = QuotaBroker(redis.Redis.from_url(redis_url), [TOKEN_A, TOKEN_B])
     picked = both.reserve(Resource.CORE)
     assert isinstance(picked, Reservation) and picked.token == TOKEN_B
 
@@ -169,7 +169,7 @@ def test_tokens_never_appear_in_redis(redis_url: str) -> None:
 
 
 def test_without_tokens_one_anonymous_quota(redis_url: str) -> None:
-    got = Broker(redis.Redis.from_url(redis_url), []).reserve(Resource.CORE)
+    got = QuotaBroker(redis.Redis.from_url(redis_url), []).reserve(Resource.CORE)
     assert isinstance(got, Reservation)
     assert got.token is None and got.token_id == NO_TOKEN_ID
 

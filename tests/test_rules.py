@@ -32,7 +32,7 @@ from bulkbackup.archive.metadata import (
 from bulkbackup.config import GitHubSettings, RunSettings
 from bulkbackup.forge.github_graphql import GraphQLLister
 from bulkbackup.forge.listing_feed import ListingFeed
-from bulkbackup.forge.quota_broker import Broker
+from bulkbackup.forge.quota_broker import QuotaBroker
 from bulkbackup.queue import keys
 from bulkbackup.run.batching import BatchSizer
 from bulkbackup.store import Head
@@ -284,8 +284,8 @@ def test_a_batch_holds_about_target_seconds(s_per_user: float, expected: int) ->
 # -- ListingFeed.wanted ---------------------------------------------------------------------
 
 def feed_of(batch: int) -> ListingFeed:
-    # No request is sent: submit() only queues owners (Broker(None): this process's quota).
-    return ListingFeed(GraphQLLister(GitHubSettings(graphql_batch=batch), Broker(None, ())),
+    # No request is sent: submit() only queues owners (QuotaBroker(None): this process's quota).
+    return ListingFeed(GraphQLLister(GitHubSettings(graphql_batch=batch), QuotaBroker(None, ())),
                        batch)
 
 

@@ -20,7 +20,7 @@ import redis
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import RateLimited
 from bulkbackup.forge.github_graphql_query import MAPPING
-from bulkbackup.forge.quota_broker import Broker, Reservation, Resource, Wait, WaitReason
+from bulkbackup.forge.quota_broker import QuotaBroker, Reservation, Resource, Wait, WaitReason
 from bulkbackup.store import open_store
 from bulkbackup.testing import forge_graphql
 from bulkbackup.testing.forge import Forge, RepoSpec
@@ -265,7 +265,7 @@ def test_two_hosts_sharing_a_token_stop_once_its_quota_is_known_spent(
 # -- the broker's additions for the wiring ----------------------------------------------------
 
 def test_broker_peeks_bounds_resets_and_pauses_and_survives_redis(redis_url: str) -> None:
-    broker = Broker(redis.Redis.from_url(redis_url), [TOKEN])
+    broker = QuotaBroker(redis.Redis.from_url(redis_url), [TOKEN])
     first = broker.reserve(Resource.CORE)
     assert isinstance(first, Reservation) and first.remaining == 4999  # assumed: 5 000 an hour
     # The first answer replaces the assumed window even when its reset is the same moment
@@ -282,7 +282,7 @@ def test_broker_peeks_bounds_resets_and_pauses_and_survives_redis(redis_url: str
     assert isinstance(wait, Wait) and 3500 < wait.seconds <= 3601
     # Four processes reserve before any answer of a new window: the first answer (12 - 1)
     # cannot have counted the three others still in flight.
-    fresh = Broker(redis.Redis.from_url(redis_url), ["ghp_another_token_for_the_window"])
+    fresh = QuotaBroker(redis.Redis.from_url(redis_url), ["ghp_another_token_for_the_window"])
     held = [fresh.reserve(Resource.GRAPHQL) for _ in range(4)]
     assert isinstance(held[0], Reservation) and isinstance(held[1], Reservation)
     small = {"X-RateLimit-Limit": "12", "X-RateLimit-Reset": str(int(time.time()) + 60)}
@@ -292,7 +292,7 @@ def test_broker_peeks_bounds_resets_and_pauses_and_survives_redis(redis_url: str
     assert broker.pause(first, "900", max_s=5).length_s == 5
     # Redis gone: the same rules on the process's own state; nothing fails.
     port = free_port()
-    lost = Broker(redis.Redis(port=port, socket_connect_timeout=1), [TOKEN])
+    lost = QuotaBroker(redis.Redis(port=port, socket_connect_timeout=1), [TOKEN])
     got = lost.reserve(Resource.GRAPHQL, 2)
     assert isinstance(got, Reservation) and got.remaining == 4998
     assert lost.record(got, {"X-RateLimit-Remaining": "0",

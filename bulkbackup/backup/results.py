@@ -1,15 +1,13 @@
-"""What one user's sync found and did (`UserResult`), and the API's times of a repository
-read safely (a time that is not a real date never makes a repository look unchanged)."""
+"""What one user's sync found and did (`UserResult`), and what a user object's Error says.
+(The API's times of a repository are read in forge/listing.py: `RepoInfo`.)"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
 
 from bulkbackup.archive.layout import UserCounts, short_reason
-from bulkbackup.timeutil import parse_api_time
 
 # The user object's Error when some repositories failed (the others are archived).
 PARTIAL_ERROR = "{failed} of {reported} repositories failed: "
@@ -103,17 +101,3 @@ class UserResult:
             text += f"; LFS objects {self.lfs_objects} stored, {self.lfs_failed} not stored"
         return text + (f"; error: {self.error}" if self.error else "")
 
-
-def _timestamp(value: object) -> str:
-    """The API's time as given, or "" unless it is a real date in a sane range: anything
-    else would go into metadata (and a far-future `9999-12-31T23:59:59Z` would look newer
-    than every later push)."""
-    if not isinstance(value, str) or parse_api_time(value) is None:
-        return ""
-    return value
-
-
-def repo_times(repo: dict[str, Any]) -> tuple[str, str]:
-    """(pushed_at, updated_at); "" for a value that is not a real time: such a repository
-    cannot be seen to be unchanged, so it is archived again each pass."""
-    return _timestamp(repo.get("pushed_at")), _timestamp(repo.get("updated_at"))

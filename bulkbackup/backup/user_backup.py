@@ -1,8 +1,10 @@
-"""Back up one user: list repositories, mirror the changed ones, upload archives and metadata.
+"""Back up one user: with its listing (a Lister's: forge/listing.py), mirror the changed
+repositories, upload archives and metadata.
 
-`bulkbackup sync` calls this directly; the run job's workers call it under a lock, passing the
-lock's fence. Every store write goes through a FencedStore built from that fence, so none can
-start, nor commit, once the user is not ours (see bulkbackup.store.fenced).
+`bulkbackup sync` calls this directly (`sync_users`, with the same lister as `run`); the
+run job's workers call it under a lock, passing the lock's fence. Every store write goes
+through a FencedStore built from that fence, so none can start, nor commit, once the user is
+not ours (see bulkbackup.store.fenced).
 """
 
 from __future__ import annotations
@@ -10,9 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
-from urllib.parse import urlsplit
+from collections.abc import Callable, Iterator, Sequence
 
 import orjson
 
@@ -30,24 +30,26 @@ from bulkbackup.archive.metadata import (
 from bulkbackup.archive.stored import repositories
 from bulkbackup.archive.writer import ArchiveWriter, Change, WriteOutcome, Written
 from bulkbackup.backup.lfs_objects import store_lfs_objects
-from bulkbackup.backup.results import PARTIAL_ERROR, UserResult, repo_times
+from bulkbackup.backup.results import PARTIAL_ERROR, UserResult
 from bulkbackup.backup.wikis import WikiOutcome, sync_wiki
 from bulkbackup.config import Settings
-from bulkbackup.errors import (
-    GitHubError,
-    InvalidName,
-    RateLimited,
-    UserGone,
-)
+from bulkbackup.errors import RateLimited, StoreError
 from bulkbackup.forge.git_auth import git_auth
-from bulkbackup.forge.github_graphql import GraphQLLister, Outcome, OwnerResult
-from bulkbackup.forge.github_rest import GitHub, Listing
-from bulkbackup.forge.quota_broker import Resource
+from bulkbackup.forge.github_lister import open_github_lister
+from bulkbackup.forge.listing import (
+    Lister,
+    ListingOutcome,
+    OwnerListing,
+    RejectedRepo,
+    RepoEntry,
+    RepoInfo,
+)
+from bulkbackup.forge.quota_broker import QuotaBroker
 from bulkbackup.git.auth import GitAuth
 from bulkbackup.git.gitops import GitWork
 from bulkbackup.interrupts import signals_interrupt
 from bulkbackup.logins import stored_spelling
-from bulkbackup.names import check_login, check_logins, check_repo_name
+from bulkbackup.names import check_login, check_logins
 from bulkbackup.run.workdir import work_dir
 from bulkbackup.store import Store, open_store
 from bulkbackup.store.base import Head
@@ -59,59 +61,71 @@ log = logging.getLogger(__name__)
 class UserBackup:
     """Everything that happens to one user; one instance per process, reused across users."""
 
-    def __init__(self, settings: Settings, store: Store, github: GitHub, gitwork: GitWork,
-                 stop: threading.Event | None = None,
+    def __init__(self, settings: Settings, store: Store, git_token: Callable[[], str | None],
+                 gitwork: GitWork, stop: threading.Event | None = None,
                  committed: Callable[[str, str], None] | None = None) -> None:
-        """``committed(login, repo)``: told of each increment committed (a run's worker
-        marks it pending verify: pending.py)."""
+        """``git_token()``: a token for cloning (the quota broker's, in rotation);
+        ``committed(login, repo)``: told of each increment committed (a run's worker marks
+        it pending verify: pending.py)."""
         self.settings = settings
         self._store = store  # only ever written through a FencedStore (see _fenced)
-        self.github = github
+        self.git_token = git_token
         self.gitwork = gitwork
-        self.clone_host = settings.github.clone_host
         self.writer = ArchiveWriter(settings, gitwork, committed)
         self.stop = stop or threading.Event()
+        # The user's object as read for its listing's conditions (`conditions`), so that the
+        # sync that follows reads it once: (login, head).
+        self._read: tuple[str, Head | None] | None = None
 
     def _fenced(self, fence: Fence | None) -> FencedStore:
         """The store for one user's writes; without a lock, only interruption stops them."""
         return FencedStore(self._store, fence or StopFence(self.stop))
 
-    def sync(self, login: str, fence: Fence | None = None,
-             listed: OwnerResult | None = None) -> UserResult:
-        """Back up ``login``: its repositories listed here with REST, or ``listed`` elsewhere
-        (a GraphQL batch: gone is recorded as REST's 404, failed as an API failure)."""
+    def conditions(self, login: str) -> list[str]:
+        """The ETags of the user's last clean listing, for a conditional listing (REST's
+        lister asks just before it lists; the sync that follows uses the same read)."""
+        self._read = None
+        try:
+            head = self._store.head(layout.user_key(login))
+        except StoreError as exc:
+            # The ETags only save quota: listed in full, and the sync's own read of the
+            # object fails as it always did (the user is given back).
+            log.warning("%s: listed without its ETags: %s", login, exc)
+            return []
+        self._read = (login, head)
+        return head.get(LISTING_ETAGS).split() if head else []
+
+    def _previous(self, store: FencedStore, login: str) -> Head | None:
+        read, self._read = self._read, None
+        if read is not None and read[0] == login:
+            return read[1]
+        return store.head(layout.user_key(login))
+
+    def sync(self, login: str, listing: OwnerListing, fence: Fence | None = None
+             ) -> UserResult:
+        """Back up ``login`` with its ``listing`` (a Lister's: gone is recorded as REST's
+        404, failed as an API failure)."""
         check_login(login)
-        if listed is not None and listed.login != login:
-            raise ValueError(f"listing of {listed.login!r} given for {login!r}")
+        if listing.login != login:
+            raise ValueError(f"listing of {listing.login!r} given for {login!r}")
         result = UserResult(login)
         try:
-            self._sync(self._fenced(fence), login, result, listed)
+            self._sync(self._fenced(fence), login, result, listing)
         finally:
             self.gitwork.cleanup(login)
         return result
 
-    def _listing(self, login: str, etags: list[str], listed: OwnerResult | None) -> Listing:
-        if listed is None:
-            return self.github.list_repos(login, etags)
-        if listed.outcome is Outcome.GONE:
-            raise UserGone(listed.error)
-        if listed.outcome is Outcome.FAILED:
-            raise GitHubError(listed.error)
-        return Listing(repos=listed.repos)
-
     def _sync(self, store: FencedStore, login: str, result: UserResult,
-              listed: OwnerResult | None) -> None:
-        previous = store.head(layout.user_key(login))
-        etags = previous.get(LISTING_ETAGS).split() if previous else []
+              listing: OwnerListing) -> None:
+        previous = self._previous(store, login)
         stamp = format_rfc3339(now())
-        try:
-            listing = self._listing(login, etags, listed)
-        except GitHubError as exc:  # a 404 (UserGone), or the API failing after retries
-            result.error = str(exc)
+        if listing.outcome in (ListingOutcome.GONE, ListingOutcome.FAILED):
+            # A 404 (or NOT_FOUND), or the API failing after retries: recorded, completes.
+            result.error = listing.error
             result.new_object = previous is None
             self._write_user(store, login, previous, None, result, stamp)
             return
-        if listing.not_modified and previous is not None:
+        if listing.outcome is ListingOutcome.NOT_MODIFIED and previous is not None:
             result.not_modified = True
             store.replace_metadata(layout.user_key(login),
                                    layout.updated_metadata(previous, {LAST_SYNC: stamp}))
@@ -121,37 +135,33 @@ class UserBackup:
         # One listing of what is stored, not a request per repository (none for no repos).
         stored = repositories(store, login) if listing.repos else {}
         result.bundles = dict(stored)
-        for repo in listing.repos:
+        for entry in listing.repos:
             store.fence.check()  # abandon early: no clone for a user that is not ours
-            self._sync_repo(store, login, repo, stored, result)
+            self._sync_repo(store, login, entry, stored, result)
         result.error = self._summary(result)
         self._write_user(store, login, previous, listing, result, stamp)
 
     def _sync_repo(
-        self, store: FencedStore, login: str, repo: dict[str, Any], stored: dict[str, int],
+        self, store: FencedStore, login: str, repo: RepoEntry, stored: dict[str, int],
         result: UserResult,
     ) -> None:
-        try:
-            name = check_repo_name(repo.get("name"))
-        except InvalidName as exc:
+        if isinstance(repo, RejectedRepo):  # not a valid name: fails alone
             result.failed += 1
-            result.failures.append(str(exc))
-            log.warning("%s: %s", login, exc)
+            result.failures.append(repo.error)
+            log.warning("%s: %s", login, repo.error)
             return
-        if repo.get("fork") and self.settings.run.skip_forks:
+        if repo.fork and self.settings.run.skip_forks:
             result.skipped += 1
             return
-        self._sync_git(store, login, name, repo, stored, result)
-        if self.settings.run.wikis and repo.get("has_wiki") is True:
-            try:
-                url = self._clone_url(repo)
-            except InvalidName:
-                return  # the repository's failure says why
-            self._wiki(store, login, name, url, result)
+        self._sync_git(store, login, repo, stored, result)
+        # The wiki's edits do not move the repository's times: checked whatever they say.
+        if self.settings.run.wikis and repo.has_wiki and not repo.clone_refusal:
+            self._wiki(store, login, repo.name, repo.clone_url, result)
 
-    def _sync_git(self, store: FencedStore, login: str, name: str, repo: dict[str, Any],
+    def _sync_git(self, store: FencedStore, login: str, repo: RepoInfo,
                   stored: dict[str, int], result: UserResult) -> None:
-        pushed, updated = repo_times(repo)
+        """The repository itself: skipped when its times are the archived ones."""
+        name, pushed, updated = repo.name, repo.pushed_at, repo.updated_at
         head = store.head(layout.bundle_key(login, name)) if name in stored else None
         if (head is not None and pushed
                 and (head.get(PUSHED_AT), head.get(UPDATED_AT)) == (pushed, updated)
@@ -163,23 +173,23 @@ class UserBackup:
                 result.empty += 1
                 result.empty_names.add(name)
             return
-        size_kb = repo.get("size")
-        if isinstance(size_kb, int) and size_kb > self.settings.run.max_repo_kb:
+        size_kb = repo.size_kb
+        if size_kb is not None and size_kb > self.settings.run.max_repo_kb:
             reason = (f"skipped: {size_kb} KB is above run.max_repo_kb "
                       f"({self.settings.run.max_repo_kb})")
             self._record_failure(store, login, name, head, reason, result)
             return
         self._archive(store, login, name, repo, head, result)
 
-    def _archive(self, store: FencedStore, login: str, name: str, repo: dict[str, Any],
+    def _archive(self, store: FencedStore, login: str, name: str, repo: RepoInfo,
                  head: Head | None, result: UserResult) -> None:
         """Store one changed repository (archive/writer.py) and count what it did."""
-        try:
-            change = self._change(repo)
-        except InvalidName as exc:
-            self._record_failure(store, login, name, head, str(exc), result)
+        if repo.clone_refusal:
+            self._record_failure(store, login, name, head, repo.clone_refusal, result)
             return
-        auth = git_auth(self.settings.github, self.github.token_for_git())
+        change = Change(repo.clone_url, repo.default_branch, repo.pushed_at, repo.updated_at,
+                        now())
+        auth = git_auth(self.settings.github, self.git_token())
         written = self.writer.write(store, login, name, change, head, auth,
                                     lfs=self.settings.run.lfs)
         self._count(name, written, result)
@@ -189,7 +199,7 @@ class UserBackup:
     def _wiki(self, store: FencedStore, login: str, name: str, clone_url: str,
               result: UserResult) -> None:
         """The repository's wiki, when it changed (backup/wikis.py): counted apart."""
-        auth = git_auth(self.settings.github, self.github.token_for_git())
+        auth = git_auth(self.settings.github, self.git_token())
         done = sync_wiki(self.writer, store, login, name, clone_url, auth, self.settings.run)
         if done.written is not None:
             result.bytes += done.written.bytes
@@ -233,22 +243,6 @@ class UserBackup:
             result.failed += 1
             result.failures.append(f"{name}: {written.error}")
 
-    def _change(self, repo: dict[str, Any]) -> Change:
-        branch = repo.get("default_branch")
-        pushed, updated = repo_times(repo)
-        return Change(self._clone_url(repo), branch if isinstance(branch, str) else None,
-                      pushed, updated, now())
-
-    def _clone_url(self, repo: dict[str, Any]) -> str:
-        url = repo.get("clone_url")
-        if not isinstance(url, str):
-            raise InvalidName("no clone_url")
-        parts = urlsplit(url)
-        if (parts.scheme not in ("http", "https") or parts.netloc.lower() != self.clone_host
-                or parts.username or parts.password or parts.query or parts.fragment):
-            raise InvalidName(f"refusing clone URL outside {self.clone_host}: {url[:200]!r}")
-        return url
-
     @staticmethod
     def _summary(result: UserResult) -> str:
         if not result.failed:
@@ -265,18 +259,18 @@ class UserBackup:
 
     @staticmethod
     def _write_user(
-        store: FencedStore, login: str, previous: Head | None, listing: Listing | None,
+        store: FencedStore, login: str, previous: Head | None, listing: OwnerListing | None,
         result: UserResult, stamp: str,
     ) -> None:
         key = layout.user_key(login)
         meta = {LAST_SYNC: stamp, SYNCD_REPOS: str(result.syncd),
                 REPORTED_REPOS: str(result.reported), ERROR: result.error}
         if listing is not None:
-            # Only a clean sync may be skipped next time on a 304: a failed repository must be
-            # retried even when the listing has not changed.
+            # Only a clean sync may be skipped next time on a 304: a failed repository (or
+            # wiki) must be retried even when the listing has not changed.
             if listing.etags and not result.failed and not result.wiki_failures:
                 meta[LISTING_ETAGS] = " ".join(listing.etags)
-            store.put_bytes(key, orjson.dumps(listing.repos), fitted(meta))
+            store.put_bytes(key, orjson.dumps(listing.stored), fitted(meta))
             return
         if previous is None:
             store.put_bytes(key, b"[]", fitted(meta))
@@ -288,46 +282,49 @@ class UserBackup:
 
 
 def sync_users(settings: Settings, logins: list[str]) -> Iterator[UserResult]:
-    """Back up the named users now, without queue or locks: each one's result as it ends.
+    """Back up the named users now, without queue or locks: each one's result as it ends, in
+    the order named.
 
-    With `github.api: graphql` all of them are listed first, in batched queries (one for up
-    to `github.graphql_batch` users). The quota is this process's own (no Redis). A problem
+    They are listed by the lister `github.api` names, as in `run`: with `graphql`, up to
+    `github.graphql_batch` users a query (the first query before the first sync); with
+    `rest`, each just before its sync. The quota is this process's own (no Redis). A problem
     recorded in the store (a user gone, a failed clone) is in its result; a failure to record
     (store unreachable) raises.
     """
     check_logins(logins)
     store = open_store(settings.store)
-    github = GitHub(settings.github)
-    lister = (GraphQLLister(settings.github, github.broker, github.stop)
-              if settings.github.api == "graphql" else None)
+    stop = threading.Event()
+    broker = QuotaBroker(None, settings.github.tokens)
+    job: UserBackup | None = None
+    lister = open_github_lister(settings.github, broker, stop,
+                                lambda login: job.conditions(login) if job else [])
     try:
         # Logins ignore case: a user already archived is synced under its stored spelling.
         logins = list(dict.fromkeys(stored_spelling(store, x) for x in logins))
         with signals_interrupt(), work_dir(settings, "sync") as path:
-            job = UserBackup(settings, store, github, GitWork(settings.run, path))
-            listed: dict[str, OwnerResult] = {}
-            if lister is not None:
-                try:
-                    listed = _list_all(github, lister, logins)
-                except RateLimited as exc:
-                    yield from (UserResult(login, not_done=str(exc)) for login in logins)
-                    return
-            for login in logins:
-                try:
-                    yield job.sync(login, listed=listed[login] if lister else None)
-                except RateLimited as exc:
-                    yield UserResult(login, not_done=str(exc))
+            job = UserBackup(settings, store, broker.any_token,
+                             GitWork(settings.run, path), stop)
+            for login, listing in in_order(lister, logins, settings.github.user_deadline_s):
+                yield (job.sync(login, listing) if isinstance(listing, OwnerListing)
+                       else UserResult(login, not_done=listing))
     finally:
-        if lister is not None:
-            lister.close()
-        github.close()
+        lister.close()
         store.close()
 
 
-def _list_all(github: GitHub, lister: GraphQLLister, logins: list[str]
-              ) -> dict[str, OwnerResult]:
-    """Every login listed with GraphQL; the deadline (github.user_deadline_s) starts once a
-    token is usable, as REST's per user."""
-    github.broker.wait_ready(Resource.GRAPHQL, github.stop, github.settings.max_rate_wait_s)
-    deadline = time.monotonic() + github.settings.user_deadline_s
-    return lister.list_owners(logins, deadline)
+def in_order(lister: Lister, logins: Sequence[str], deadline_s: float
+             ) -> Iterator[tuple[str, OwnerListing | str]]:
+    """Each login with its listing, in the order given, listed as late as the lister allows;
+    or, for one whose listing a rate limit stopped past its deadline (`deadline_s` from the
+    wait for quota, as in `run`), why it was not listed."""
+    ready: dict[str, OwnerListing | str] = {r.login: r for r in lister.submit(logins)}
+    for login in logins:
+        while login not in ready and lister.queued:
+            lister.wait_ready()
+            try:
+                ready.update((r.login, r) for r in lister.step(time.monotonic() + deadline_s))
+            except RateLimited as exc:
+                back = lister.take_back()
+                ready.update(dict.fromkeys(back.stopped, str(exc)))
+                ready.update((r.login, r) for r in lister.submit(back.waiting))
+        yield login, ready.pop(login, "not listed")

@@ -12,7 +12,7 @@ that also builds the query), so readers of the store see one shape whichever API
 Failure handling: an alias answered null (`NOT_FOUND`) is a gone owner and fails no other;
 502/504, a "resource limits" error, a read timeout or an oversized answer split the batch in
 halves (the batch size adapts down, and back up after successes); RATE_LIMITED answers and
-403/429 limits are waits through the quota broker (REST's rule: `Broker.limited`), never
+403/429 limits are waits through the quota broker (REST's rule: `QuotaBroker.limited`), never
 failures; a 401 or another 403 is a refused token (TokenRefused: exit 2, no owner failed). An
 owner's pages are bounded as REST's (github.max_pages, no cursor twice, github.user_deadline_s).
 """
@@ -36,7 +36,8 @@ from bulkbackup import __version__
 from bulkbackup.config import GitHubSettings
 from bulkbackup.errors import Interrupted, InvalidName, RateLimited, TokenRefused
 from bulkbackup.forge.github_graphql_query import build_query, points_for, to_rest
-from bulkbackup.forge.quota_broker import Broker, Reservation, Resource, Wait
+from bulkbackup.forge.listing import Batching, ListingOutcome, OwnerListing, TakenBack
+from bulkbackup.forge.quota_broker import QuotaBroker, Reservation, Resource, Wait
 from bulkbackup.http.bounded import BoundedPool, Overdue, SlowRead, TooLarge
 from bulkbackup.names import check_login
 from bulkbackup.redact import add_secrets, redact
@@ -51,21 +52,22 @@ GROW_AFTER = 2  # full batches passing before a split batch size doubles again
 PROOF_QUERY = "query { rateLimit { cost remaining resetAt } }"
 
 
-class Outcome(Enum):
-    LISTED = "listed"
-    GONE = "gone"  # NOT_FOUND: the owner does not exist (REST's 404)
-    FAILED = "failed"
-
-
 @dataclass
-class OwnerResult:
+class _Owner:
+    """An owner's listing while its pages come in (REST field names)."""
+
     login: str
-    outcome: Outcome = Outcome.LISTED
+    outcome: ListingOutcome = ListingOutcome.LISTED
     repos: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
 
-    def fail(self, outcome: Outcome, error: str) -> None:
+    def fail(self, outcome: ListingOutcome, error: str) -> None:
         self.outcome, self.error, self.repos = outcome, error, []
+
+    def done(self, clone_host: str) -> OwnerListing:
+        if self.outcome is ListingOutcome.LISTED:
+            return OwnerListing.listed(self.login, self.repos, clone_host)
+        return OwnerListing.failed(self.login, self.outcome, self.error)
 
 
 @dataclass
@@ -101,7 +103,8 @@ class _Reply:
 
 class GraphQLLister:
     """Lists owners in batched queries; one per process, reused (the batch size it learned
-    from splits carries over).
+    from splits carries over). A `Lister` (forge/listing.py) with batches of up to
+    `github.graphql_batch` owners.
 
     Two ways to use it: `list_owners(logins)` lists a claimed batch and returns when every
     owner is done; or a stream, `submit(logins)` then `step()` (one query each) while
@@ -110,7 +113,9 @@ class GraphQLLister:
     cost no extra queries.
     """
 
-    def __init__(self, settings: GitHubSettings, broker: Broker,
+    batching = Batching.FILL
+
+    def __init__(self, settings: GitHubSettings, broker: QuotaBroker,
                  stop: threading.Event | None = None, pool_size: int = 4) -> None:
         self.settings = settings
         self.broker = broker
@@ -120,9 +125,9 @@ class GraphQLLister:
         self.stats = Stats()
         self._good = 0
         self._queue: deque[tuple[str, str | None]] = deque()  # (login, cursor): next pages
-        self._open: dict[str, OwnerResult] = {}  # submitted, not finished
+        self._open: dict[str, _Owner] = {}  # submitted, not finished
         self._paging: dict[str, _Paging] = {}  # the same owners' pages
-        self._ready: list[OwnerResult] = []  # finished, not yet returned by step()
+        self._ready: list[OwnerListing] = []  # finished, not yet returned by step()
         add_secrets(settings.tokens)
         self._http = BoundedPool(pool_size, {
             "Content-Type": "application/json", "Accept": "application/json",
@@ -136,13 +141,17 @@ class GraphQLLister:
         """Pages waiting for a query (owners submitted and not finished have one each)."""
         return len(self._queue)
 
+    def wait_ready(self) -> None:
+        """Wait until a token could send a query (see QuotaBroker.wait_ready)."""
+        self.broker.wait_ready(Resource.GRAPHQL, self.stop, self.settings.max_rate_wait_s)
+
     def list_owners(self, logins: Sequence[str], deadline: float | None = None
-                    ) -> dict[str, OwnerResult]:
+                    ) -> dict[str, OwnerListing]:
         """Every login's repositories (REST field names), or gone, or failed. Owners of an
         open stream finished meanwhile are kept for the next `step()`. RateLimited when a
         wait for quota would pass `deadline` (time.monotonic())."""
         wanted = set(logins)
-        results: dict[str, OwnerResult] = {}
+        results: dict[str, OwnerListing] = {}
         for r in self.submit(logins):
             results[r.login] = r
         while wanted - results.keys() and self._queue:
@@ -153,34 +162,34 @@ class GraphQLLister:
                     self._ready.append(r)
         return results
 
-    def submit(self, logins: Sequence[str]) -> list[OwnerResult]:
+    def submit(self, logins: Sequence[str]) -> list[OwnerListing]:
         """Queue owners for listing; returns those finished at once (invalid logins)."""
-        done: list[OwnerResult] = []
+        done: list[OwnerListing] = []
         for login in dict.fromkeys(logins):
             if login in self._open:
                 continue
-            result = OwnerResult(login)
             try:
                 check_login(login)
             except InvalidName as exc:
-                result.fail(Outcome.FAILED, str(exc))
-                done.append(result)
+                done.append(OwnerListing.failed(login, ListingOutcome.FAILED, str(exc)))
                 continue
-            self._open[login] = result
+            self._open[login] = _Owner(login)
             self._paging[login] = _Paging()
             self._queue.append((login, None))
         return done
 
-    def abandon(self) -> list[str]:
-        """Forget every owner not returned yet (after Interrupted): their logins."""
+    def take_back(self) -> TakenBack:
+        """Forget every owner not returned yet: all of them `stopped`, as the owners of one
+        stream wait on the same rate limit (each counts an attempt when it passes the
+        deadline)."""
         logins = list(self._open) + [r.login for r in self._ready]
         self._queue.clear()
         self._open.clear()
         self._paging.clear()
         self._ready.clear()
-        return logins
+        return TakenBack(stopped=tuple(logins))
 
-    def step(self, deadline: float | None = None) -> list[OwnerResult]:
+    def step(self, deadline: float | None = None) -> list[OwnerListing]:
         """One query for the next queued pages (next pages of owners already started come
         first); the owners it finished (listed, gone or failed). RateLimited (nothing lost:
         the pages stay queued) when a wait for quota would pass `deadline`."""
@@ -206,9 +215,9 @@ class GraphQLLister:
             return finished
         if reply.kind is not _Kind.OK:
             for login, _ in chunk:
-                result = self._done(login)
-                result.fail(Outcome.FAILED, reply.error or "GraphQL query failed")
-                finished.append(result)
+                owner = self._open[login]
+                owner.fail(ListingOutcome.FAILED, reply.error or "GraphQL query failed")
+                finished.append(self._done(login))
             return finished
         self._grow(len(chunk))
         more: list[tuple[str, str | None]] = []
@@ -221,9 +230,9 @@ class GraphQLLister:
         self._queue.extendleft(reversed(more))
         return finished
 
-    def _done(self, login: str) -> OwnerResult:
+    def _done(self, login: str) -> OwnerListing:
         self._paging.pop(login, None)
-        return self._open.pop(login)
+        return self._open.pop(login).done(self.settings.clone_host)
 
     def _may_follow(self, login: str, cursor: str) -> bool:
         """Whether the owner's next page may be asked (REST's bounds, github.py); if not,
@@ -241,7 +250,7 @@ class GraphQLLister:
         else:
             paging.cursors.add(cursor)
             return True
-        result.fail(Outcome.FAILED, error)
+        result.fail(ListingOutcome.FAILED, error)
         return False
 
     def _grow(self, size: int) -> None:
@@ -251,7 +260,7 @@ class GraphQLLister:
             if self._good >= GROW_AFTER:
                 self.batch, self._good = min(self.max_batch, self.batch * 2), 0
 
-    def _absorb(self, result: OwnerResult, payload: dict[str, Any], alias: str) -> str | None:
+    def _absorb(self, result: _Owner, payload: dict[str, Any], alias: str) -> str | None:
         """Add one alias's answer to `result`; the cursor of its next page, if any."""
         data = payload.get("data")
         node = data.get(alias) if isinstance(data, dict) else None
@@ -259,26 +268,27 @@ class GraphQLLister:
                   and isinstance(e.get("path"), list) and e["path"][:1] == [alias]]
         if node is None:
             if errors and not any(e.get("type") == "NOT_FOUND" for e in errors):
-                result.fail(Outcome.FAILED, "GraphQL: " + _message(errors[0]))
+                result.fail(ListingOutcome.FAILED, "GraphQL: " + _message(errors[0]))
             else:
-                result.fail(Outcome.GONE, f"user {result.login} not found on GitHub (NOT_FOUND)")
+                result.fail(ListingOutcome.GONE,
+                            f"user {result.login} not found on GitHub (NOT_FOUND)")
             return None
         conn = node.get("repositories") if isinstance(node, dict) else None
         nodes = conn.get("nodes") if isinstance(conn, dict) else None
         page = conn.get("pageInfo") if isinstance(conn, dict) else None
         if errors or not isinstance(nodes, list) or not isinstance(page, dict):
             reason = _message(errors[0]) if errors else "malformed repositories connection"
-            result.fail(Outcome.FAILED, "GraphQL: " + reason)
+            result.fail(ListingOutcome.FAILED, "GraphQL: " + reason)
             return None
         result.repos.extend(to_rest(n) for n in nodes if isinstance(n, dict))
         if len(result.repos) > MAX_REPOS_PER_OWNER:
-            result.fail(Outcome.FAILED, f"more than {MAX_REPOS_PER_OWNER} repositories")
+            result.fail(ListingOutcome.FAILED, f"more than {MAX_REPOS_PER_OWNER} repositories")
             return None
         cursor = page.get("endCursor")
         if page.get("hasNextPage") is not True:
             return None
         if not isinstance(cursor, str) or not 0 < len(cursor) <= MAX_CURSOR_CHARS:
-            result.fail(Outcome.FAILED, "GraphQL: invalid pagination cursor")
+            result.fail(ListingOutcome.FAILED, "GraphQL: invalid pagination cursor")
             return None
         return cursor
 

@@ -18,6 +18,8 @@ import random
 import re
 import threading
 import time
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -27,8 +29,16 @@ import urllib3
 
 from bulkbackup import __version__
 from bulkbackup.config import GitHubSettings
-from bulkbackup.errors import GitHubError, Interrupted, UserGone
-from bulkbackup.forge.quota_broker import Broker, Resource, Wait
+from bulkbackup.errors import GitHubError, Interrupted, InvalidName, UserGone
+from bulkbackup.forge.listing import (
+    Batching,
+    Conditions,
+    ListingOutcome,
+    OwnerListing,
+    TakenBack,
+    no_conditions,
+)
+from bulkbackup.forge.quota_broker import QuotaBroker, Resource, Wait
 from bulkbackup.http.bounded import BoundedPool, Overdue, TooLarge
 from bulkbackup.names import check_login, is_login
 from bulkbackup.redact import add_secrets, redact
@@ -54,14 +64,16 @@ class Listing:
 
 
 class GitHub:
+    """The REST client (one per process): listings, a login's spelling, token proofs."""
+
     def __init__(
         self, settings: GitHubSettings, stop: threading.Event | None = None, pool_size: int = 4,
-        broker: Broker | None = None,
+        broker: QuotaBroker | None = None,
     ) -> None:
         self.settings = settings
         self.stop = stop or threading.Event()
         # Without a shared broker (`bulkbackup sync`), this process's own count.
-        self.broker = broker or Broker(None, settings.tokens)
+        self.broker = broker or QuotaBroker(None, settings.tokens)
         add_secrets(settings.tokens)
         api = urlsplit(settings.api_url)
         self._origin = (api.scheme, api.netloc.lower())
@@ -103,19 +115,22 @@ class GitHub:
             if status in (401, 403) and not self.broker.limited(res, status, got, body, max_s):
                 raise self.broker.refused(res, status, body, "REST API")
 
-    def list_repos(self, login: str, etags: list[str] | None = None) -> Listing:
-        """All of ``login``'s repositories.
+    def list_repos(self, login: str, etags: Sequence[str] | None = None,
+                   deadline: float | None = None) -> Listing:
+        """All of ``login``'s repositories, within ``deadline`` (time.monotonic(); None:
+        github.user_deadline_s from when a token is usable).
 
         With ``etags`` (one per page, from the last listing) pages are asked conditionally
         while they answer 304 (free under GitHub's rate limit); when all do, the listing is
         ``not_modified`` and nothing else is fetched.
         """
         check_login(login)
-        # Waiting for quota before the user's first request is this process waiting for
-        # GitHub (at most max_rate_wait_s at a time), not the user being slow: the user's
-        # deadline starts after it, so a rate limit does not turn user after user away.
-        self.wait_for_quota()
-        deadline = time.monotonic() + self.settings.user_deadline_s
+        if deadline is None:
+            # Waiting for quota before the user's first request is this process waiting for
+            # GitHub (at most max_rate_wait_s at a time), not the user being slow: the user's
+            # deadline starts after it, so a rate limit does not turn user after user away.
+            self.wait_for_quota()
+            deadline = time.monotonic() + self.settings.user_deadline_s
         old = list(etags or [])
         out, complete = self._list(login, old, deadline)
         if not complete:
@@ -281,3 +296,69 @@ def _page_items(body: bytes, what: str) -> list[dict[str, Any]]:
     if not isinstance(items, list):
         raise GitHubError(f"{what}: expected a JSON array")
     return [i for i in items if isinstance(i, dict)]
+
+
+class RestLister:
+    """The `Lister` of GitHub REST (forge/listing.py): a batch of one, each owner's pages
+    asked with the ETags of its last clean listing (`conditions`, read from the archive).
+
+    A step lists the first owner queued, within `deadline` (github.user_deadline_s from the
+    worker's wait for quota, as REST always did); a rate limit past it, a stop or a refused
+    token leaves that owner first in line."""
+
+    batching = Batching.ONE
+
+    def __init__(self, github: GitHub, conditions: Conditions = no_conditions) -> None:
+        self.github = github
+        self.conditions = conditions
+        self._queue: deque[str] = deque()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def submit(self, logins: Sequence[str]) -> list[OwnerListing]:
+        done: list[OwnerListing] = []
+        for login in dict.fromkeys(logins):
+            if login in self._queue:
+                continue
+            try:
+                check_login(login)
+            except InvalidName as exc:
+                done.append(OwnerListing.failed(login, ListingOutcome.FAILED, str(exc)))
+                continue
+            self._queue.append(login)
+        return done
+
+    def step(self, deadline: float | None) -> list[OwnerListing]:
+        if not self._queue:
+            return []
+        login = self._queue[0]
+        # Rate limits, a stop, a refused token: raised, the owner stays first in line.
+        listing = self._list(login, deadline)
+        self._queue.popleft()
+        return [listing]
+
+    def _list(self, login: str, deadline: float | None) -> OwnerListing:
+        etags = self.conditions(login)
+        host = self.github.settings.clone_host
+        try:
+            got = self.github.list_repos(login, etags, deadline)
+        except UserGone as exc:
+            return OwnerListing.failed(login, ListingOutcome.GONE, str(exc))
+        except GitHubError as exc:  # the API failing after retries, or a listing's bounds
+            return OwnerListing.failed(login, ListingOutcome.FAILED, str(exc))
+        if got.not_modified:
+            return OwnerListing(login, ListingOutcome.NOT_MODIFIED, etags=tuple(got.etags))
+        return OwnerListing.listed(login, got.repos, host, got.etags)
+
+    def take_back(self) -> TakenBack:
+        logins = list(self._queue)
+        self._queue.clear()
+        return TakenBack(tuple(logins[:1]), tuple(logins[1:]))
+
+    def wait_ready(self) -> None:
+        self.github.wait_for_quota()
+
+    def close(self) -> None:
+        self.github.close()

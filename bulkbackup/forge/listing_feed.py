@@ -1,12 +1,19 @@
-"""A `run` worker's claimed users on their way through the GraphQL lister (`github.api: graphql`).
+"""A `run` worker's claimed users on their way through its lister (forge/listing.py).
 
-The worker claims users until the lister has `github.graphql_batch` pages queued (big owners'
-next pages count), so one query carries up to that many owners; the next pages of big owners
-ride along with the first pages of users claimed later. Each query's finished owners become
-`ready`: a user's listing is always complete before its sync starts. The worker syncs the
-ready users, and only then claims and queries again, so a user is held past its claim for
-the queries its listing needs (one per 100 repositories) and the syncs of the users they
-finished; never more users than one query carries.
+The feed maps claimed members to the logins the lister lists, keeps the users whose listing is
+finished (`ready`), and says how many users the next claim should ask for (`wanted`):
+
+- GitHub REST (`Batching.ONE`, a batch of one): the batch sizer's batch, claimed when the
+  worker holds no user; the users are then listed and synced one after the other.
+- GitHub GraphQL (`Batching.FILL`): the worker claims users until the lister has
+  `github.graphql_batch` pages queued (big owners' next pages count), so one query carries up
+  to that many owners; the next pages of big owners ride along with the first pages of users
+  claimed later.
+
+Either way a user's listing is complete before its sync starts. The worker syncs the ready
+users, and only then claims and lists again, so a user is held past its claim for the requests
+its listing needs and the syncs of the users they finished; never more users than one query
+carries (GraphQL) or one claim brought (REST).
 """
 
 from __future__ import annotations
@@ -14,15 +21,15 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from bulkbackup.forge.github_graphql import GraphQLLister, OwnerResult
+from bulkbackup.forge.listing import Batching, Lister, OwnerListing, TakenBack
 from bulkbackup.queue import keys
 
 
 class ListingFeed:
-    def __init__(self, lister: GraphQLLister, batch: int) -> None:
+    def __init__(self, lister: Lister, batch: int) -> None:
         self.lister = lister
-        self.batch = batch
-        self.ready: deque[tuple[str, OwnerResult]] = deque()  # (member, its listing)
+        self.batch = batch  # GraphQL: owners a query carries (github.graphql_batch)
+        self.ready: deque[tuple[str, OwnerListing]] = deque()  # (member, its listing)
         self._members: dict[str, str] = {}  # login -> member, for users in the lister
 
     @property
@@ -31,27 +38,37 @@ class ListingFeed:
         return len(self._members)
 
     @property
+    def held(self) -> int:
+        """Claimed users not started: being listed, or listed."""
+        return len(self._members) + len(self.ready)
+
+    @property
     def queued(self) -> int:
-        """Pages waiting for the next query."""
+        """What waits for the lister's next step (GraphQL: pages)."""
         return self.lister.queued
 
     def room(self) -> int:
         """How many users a claim may add before the next query."""
         return max(0, self.batch - self.lister.queued)
 
-    def wanted(self, remaining: int | None, first: int, procs: int, claim_max: int) -> int:
-        """Users the next claim should ask for: up to a full query (github.graphql_batch
-        pages), at most `claim_max` (run.claim_batch_max) a claim, holding no more than the
-        batch size rule's share of the `remaining` users still due (1/(2 x procs)); before
-        any claim, `first` (the rule's first size)."""
+    def wanted(self, remaining: int | None, sized: int, procs: int, claim_max: int) -> int:
+        """Users the next claim should ask for. `sized`: the batch size rule's batch
+        (run/batching.py, for the `remaining` users still due).
+
+        REST: `sized`, when no user is held. GraphQL: up to a full query
+        (github.graphql_batch pages), at most `claim_max` (run.claim_batch_max) a claim,
+        holding no more than the batch size rule's share of the `remaining` users
+        (1/(2 x procs)); before any claim, `sized` (the rule's first size)."""
+        if self.lister.batching is Batching.ONE:
+            return 0 if self.held else sized
         if remaining is None:
-            share = first
+            share = sized
         else:
             share = max(1, math.ceil(remaining / (2 * procs))) - self.listing
         return min(self.room(), claim_max, share)
 
     def add(self, members: list[str]) -> None:
-        """Claimed users, to be listed in the next query."""
+        """Claimed users, to be listed in the lister's next steps."""
         logins = []
         for member in members:
             login = keys.login_of(member)
@@ -60,25 +77,25 @@ class ListingFeed:
         self._finished(self.lister.submit(logins))  # invalid logins: failed at once
 
     def step(self, deadline: float | None) -> int:
-        """One query (see GraphQLLister.step); how many users it made ready."""
+        """One step of the lister (see Lister.step); how many users it made ready."""
         before = len(self.ready)
         self._finished(self.lister.step(deadline))
         return len(self.ready) - before
 
-    def _finished(self, results: list[OwnerResult]) -> None:
+    def _finished(self, results: list[OwnerListing]) -> None:
         for result in results:
             member = self._members.pop(result.login, None)
             if member is not None:
                 self.ready.append((member, result))
 
-    def take_back(self) -> list[str]:
-        """Every user not started (listed or not): to be given back."""
-        members = [m for m, _ in self.ready]
+    def take_back(self) -> TakenBack:
+        """Every user not started (listed or not), as members: to be given back. `stopped`:
+        those whose listing a rate limit stopped (see TakenBack)."""
+        waiting = [m for m, _ in self.ready]
         self.ready.clear()
-        for login in self.lister.abandon():
-            member = self._members.pop(login, None)
-            if member is not None:
-                members.append(member)
-        members += self._members.values()
+        back = self.lister.take_back()
+        stopped = [m for login in back.stopped if (m := self._members.pop(login, None))]
+        waiting += [m for login in back.waiting if (m := self._members.pop(login, None))]
+        waiting += self._members.values()
         self._members.clear()
-        return members
+        return TakenBack(tuple(stopped), tuple(waiting))

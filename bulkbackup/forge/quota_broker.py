@@ -9,7 +9,7 @@ headers; `pause` stops a token for every process after a secondary-limit answer
 (Retry-After, else 60 s, doubling while they repeat). A token the broker knows nothing about
 is assumed to have its full quota, so losing the keys loses nothing.
 
-Without Redis (`Broker(None, ...)`: `bulkbackup sync`), or while Redis does not answer, the
+Without Redis (`QuotaBroker(None, ...)`: `bulkbackup sync`), or while Redis does not answer, the
 same rules run on this process's own state (`LocalQuota`): nothing is shared then, nothing
 fails either.
 """
@@ -128,7 +128,7 @@ def _script(name: str) -> str:
     return resources.files("bulkbackup").joinpath("lua", name).read_text(encoding="utf-8")
 
 
-class Broker:
+class QuotaBroker:
     """The shared quota of `tokens` (this process's tokens; other processes may share them).
 
     `r`: the Redis that shares the state (None: this process's own, see `LocalQuota`).

@@ -165,3 +165,26 @@ def taken(member_name: str) -> str:
 
 def taken_refs(member_name: str) -> str:
     return TAKEN_REFS_PREFIX + member_name
+
+
+# -- remote workers (issue 23: the lease API of `serve`; queue/worker_tokens.py) --------------
+# Worker tokens: name -> JSON {hash, created, last_used} (a hash). Never a token: its sha256.
+WORKER_TOKENS = "bulkbackup:worker-tokens"
+# The index by hash: sha256 hex of a token -> its name (a hash), what each request looks up.
+WORKER_TOKEN_HASHES = "bulkbackup:worker-tokens:by-hash"  # noqa: S105 - a key name
+# Per token name, the members it holds a lease on right now (a set; kept by the lease API:
+# added at a claim, removed at completion or give-back; a lapsed lease's member stays until
+# the token's next lease call prunes it). What `worker-token revoke` gives back at once.
+WORKER_LEASES_PREFIX = "bulkbackup:worker-tokens:leases:"
+# Per token name, the members it archived (synced) while the token lived (a set; added by
+# the lease API at each synced completion): what `worker-token revoke --redo` makes due
+# again. At most the number of tracked users; dropped by the revoke.
+WORKER_ARCHIVED_PREFIX = "bulkbackup:worker-tokens:archived:"
+
+
+def worker_leases(name: str) -> str:
+    return WORKER_LEASES_PREFIX + name
+
+
+def worker_archived(name: str) -> str:
+    return WORKER_ARCHIVED_PREFIX + name

@@ -225,3 +225,13 @@ class LockFence:
 
     def confirm(self) -> None:
         self.keeper.confirm(self.member)
+
+
+def refresh_locks(scripts: Scripts, worker_id: str, lock_ttl_s: int,
+                  members: list[str]) -> list[bool]:
+    """One refresh.lua call (as LockKeeper's): extend ``members``' locks where they are still
+    ``worker_id``'s; per member whether it was. For the lease API of `serve`, which keeps
+    remote workers' locks on their behalf."""
+    result = scripts.refresh(keys=[keys.LEASES, *map(keys.lock, members)],
+                             args=[worker_id, lock_ttl_s, *members])
+    return [bool(int(x)) for x in result]

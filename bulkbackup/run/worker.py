@@ -14,7 +14,6 @@ import os
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -27,10 +26,10 @@ from bulkbackup.backup.results import UserResult
 from bulkbackup.backup.user_backup import UserBackup
 from bulkbackup.config import Settings
 from bulkbackup.errors import BulkbackupError, ConfigError, Interrupted, LockLost, RateLimited
-from bulkbackup.forge.github_graphql import GraphQLLister, OwnerResult
-from bulkbackup.forge.github_rest import GitHub
+from bulkbackup.forge.github_lister import open_github_lister
+from bulkbackup.forge.listing import Conditions, Lister, ListerFactory, OwnerListing
 from bulkbackup.forge.listing_feed import ListingFeed
-from bulkbackup.forge.quota_broker import Broker, Resource
+from bulkbackup.forge.quota_broker import QuotaBroker
 from bulkbackup.git import gitops
 from bulkbackup.git.gitops import GitWork
 from bulkbackup.queue import keys, pending, tracked
@@ -50,7 +49,7 @@ from bulkbackup.run.reports import (
     WorkerExit,
 )
 from bulkbackup.run.workdir import work_dir
-from bulkbackup.store import open_store
+from bulkbackup.store import Store, open_store
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -126,8 +125,16 @@ def worker_main(args: WorkerArgs, reports: Connection,
 
 
 class Worker:
+    """One worker process's work. Built from plain parts (settings and ids in `args`, the
+    parent's pipe, flag and budget; optionally its store and lister), so that a test can run
+    one in its own process: `run()` drains `tracked` and returns."""
+
     def __init__(self, args: WorkerArgs, reports: Connection,
-                 graceful: ctypes.c_bool, budget: Synchronized[int], parent_pid: int) -> None:
+                 graceful: ctypes.c_bool, budget: Synchronized[int], parent_pid: int,
+                 store: Store | None = None, lister: ListerFactory | None = None) -> None:
+        """`store`: used, not closed (default: opened from the settings, closed at the
+        end); `lister`: builds the lister from the archive's conditions (default: the one
+        `github.api` names, through the quota broker shared in Redis)."""
         s = args.settings
         self.args = args
         self.reports = reports
@@ -140,8 +147,12 @@ class Worker:
                                        args.run_start, args.clock_offset_s)
         self.keeper = LockKeeper(self.r, scripts, args.worker_id, s.run.lock_ttl_s)
         self.sizer = BatchSizer(s.run.claim_target_s, s.run.claim_batch_max, args.procs)
-        self.queue: deque[str] = deque()
-        self.feed: ListingFeed | None = None  # github.api: graphql
+        # One view of every token's quota for all processes on all hosts, REST and GraphQL.
+        self.broker = QuotaBroker(self.r, s.github.tokens)
+        self._store = store
+        self._lister = lister or self._github_lister
+        self.feed: ListingFeed | None = None  # claimed users not started (run)
+        self._listed_s = 0.0  # the last listing step's seconds per user it finished
         self.failures_in_a_row = 0  # store or Redis failures since the last user that worked
         self.parent_pid = parent_pid
         self._finished = threading.Event()  # run() has returned: the watch thread ends
@@ -151,32 +162,30 @@ class Worker:
         self._closed = False  # the parent is gone: no more claims
         self._orphan_mu = threading.Lock()
 
+    def _github_lister(self, conditions: Conditions) -> Lister:
+        return open_github_lister(self.args.settings.github, self.broker, self.stop, conditions)
+
     def run(self) -> None:
         s = self.args.settings
         threading.Thread(target=self._watch, name="watch", daemon=True).start()
-        store = open_store(s.store)
-        # One view of every token's quota for all processes on all hosts, REST and GraphQL.
-        broker = Broker(self.r, s.github.tokens)
-        github = GitHub(s.github, stop=self.stop, broker=broker)
-        if s.github.api == "graphql":
-            self.feed = ListingFeed(GraphQLLister(s.github, broker, self.stop),
-                                    s.github.graphql_batch)
+        store = self._store or open_store(s.store)
         self.keeper.start()
+        lister: Lister | None = None
         try:
             with work_dir(s, f"w{self.args.index}") as path:
-                job = UserBackup(s, store, github, GitWork(s.run, path, self.args.procs),
+                job = UserBackup(s, store, self.broker.any_token,
+                                 GitWork(s.run, path, self.args.procs),
                                  committed=self._pending_verify)
-                if self.feed is not None:
-                    self._loop_listed(job, self.feed)
-                else:
-                    self._loop(job)
+                lister = self._lister(job.conditions)
+                self.feed = ListingFeed(lister, s.github.graphql_batch)
+                self._loop(job, self.feed)
         finally:
             self._give_back_queue()
             self.keeper.stop()
-            github.close()
-            if self.feed is not None:
-                self.feed.lister.close()
-            store.close()
+            if lister is not None:
+                lister.close()
+            if self._store is None:
+                store.close()
             self._finished.set()
 
     def _pending_verify(self, login: str, repo: str) -> None:
@@ -230,8 +239,8 @@ class Worker:
         with self._orphan_mu:
             pass
 
-    def _claim(self, remaining: int | None, size: int | None = None) -> tuple[list[str], int]:
-        want = self.budget.take(self.sizer.size(remaining) if size is None else size)
+    def _claim(self, remaining: int | None, size: int) -> tuple[list[str], int]:
+        want = self.budget.take(size)
         if want == 0:
             return [], 0
         with self._claim_mu:
@@ -244,62 +253,59 @@ class Worker:
         self.budget.give_back(want - len(claimed))
         return claimed, left
 
-    def _loop(self, job: UserBackup) -> None:
+    def _loop(self, job: UserBackup, feed: ListingFeed) -> None:
+        """The one loop, whatever the lister: sync the users whose listing is ready; else
+        claim (as the feed says) and list; else end once nothing is left."""
         remaining: int | None = None
         # Short: at the end of a run every idle worker waits here for the last users.
         idle_wait = min(0.25, self.args.settings.run.lock_ttl_s / 8)
         while not self.stop.is_set():
-            if not self.queue:
-                claimed, remaining = self._claim(remaining)
-                if not claimed:
-                    if self._drained():
-                        return
-                    # Others hold the last users; if one dies its lease expires and is ours.
-                    self.stop.wait(idle_wait)
-                    continue
-                self.queue.extend(claimed)
-            self._one(job, self.queue.popleft())
-
-    def _loop_listed(self, job: UserBackup, feed: ListingFeed) -> None:
-        """As `_loop`, each user synced with the listing its GraphQL batch brought."""
-        remaining: int | None = None
-        idle_wait = min(0.25, self.args.settings.run.lock_ttl_s / 8)
-        while not self.stop.is_set():
             if feed.ready:
-                member, listed = feed.ready.popleft()
-                self._one(job, member, listed)
+                member, listing = feed.ready.popleft()
+                self._one(job, member, listing)
                 continue
             remaining = self._fill(feed, remaining)
+            if feed.ready:  # invalid logins: failed without a request
+                continue
             if feed.queued:
-                self._list(job, feed)
+                self._list(feed)
                 continue
             if self._drained():
                 return
+            # Others hold the last users; if one dies its lease expires and is ours.
             self.stop.wait(idle_wait)
 
     def _fill(self, feed: ListingFeed, remaining: int | None) -> int | None:
-        """Claim until the next query is full (see ListingFeed.wanted)."""
+        """Claim as the feed wants (see ListingFeed.wanted)."""
         run = self.args.settings.run
-        first = self.sizer.size(None)
-        while (want := feed.wanted(remaining, first, self.args.procs, run.claim_batch_max)) > 0:
+        while (want := feed.wanted(remaining, self.sizer.size(remaining), self.args.procs,
+                                   run.claim_batch_max)) > 0:
             claimed, remaining = self._claim(remaining, want)
             if not claimed:
                 break
             feed.add(claimed)
         return remaining
 
-    def _list(self, job: UserBackup, feed: ListingFeed) -> None:
-        """One GraphQL query. Waiting for quota before it is this process waiting for GitHub
-        (its users' locks are kept alive meanwhile); a wait during it past
-        github.user_deadline_s gives the users back, as REST's RateLimited does."""
-        gh = self.args.settings.github
-        job.github.broker.wait_ready(Resource.GRAPHQL, self.stop, gh.max_rate_wait_s)
+    def _list(self, feed: ListingFeed) -> None:
+        """One step of the lister. Waiting for quota before it is this process waiting for
+        the forge (its users' locks are kept alive meanwhile): the deadline,
+        github.user_deadline_s, starts after it. A wait during the step past the deadline
+        gives the users back, never recorded as their failure: those the rate limit stopped
+        count an attempt (see TakenBack), so a forge rate limited forever cannot keep a run
+        from ending; then this process waits for the quota holding no user."""
+        feed.lister.wait_ready()
+        started = time.monotonic()
         try:
-            feed.step(time.monotonic() + gh.user_deadline_s)
+            made = feed.step(started + self.args.settings.github.user_deadline_s)
+            if made:  # each user's time (the batch size rule) includes its share of this
+                self._listed_s = (time.monotonic() - started) / made
         except RateLimited as exc:
-            for member in feed.take_back():
+            back = feed.take_back()
+            for member in back.stopped:
                 self._give_back(member, str(exc))
-            job.github.broker.wait_ready(Resource.GRAPHQL, self.stop, gh.max_rate_wait_s)
+            for member in back.waiting:
+                self._give_back(member)
+            feed.lister.wait_ready()
 
     def _drained(self) -> bool:
         if self.budget.spent():
@@ -312,26 +318,18 @@ class Worker:
                 and bool(_retrying("claim", lambda: self.r.exists(keys.INTACT), rs,
                                    self.stop)))
 
-    def _one(self, job: UserBackup, member: str, listed: OwnerResult | None = None) -> None:
+    def _one(self, job: UserBackup, member: str, listing: OwnerListing) -> None:
         login = keys.login_of(member)
         started = time.monotonic()
         fence = self.keeper.fence(member)  # every write of this user is fenced by its lock
         try:
-            result = job.sync(login, fence, listed)
+            result = job.sync(login, listing, fence)
         except LockLost:
             self.keeper.drop(member)
             self._report(Lost(self.args.index, login))
             return
         except Interrupted:
             self._give_back(member)
-            return
-        except RateLimited as exc:
-            # Never recorded as the user's failure; it still counts an attempt, so a server
-            # that is rate limited forever cannot keep a run from ending. The wait for the
-            # quota is spent holding no user.
-            self._give_back(member, str(exc))
-            self._give_back_queue()
-            job.github.wait_for_quota()
             return
         except ConfigError:  # a token GitHub refuses: no user's failure; the run stops
             self._give_back(member)
@@ -352,7 +350,7 @@ class Worker:
             except BulkbackupError as again:
                 log.warning("%s: could not record the error: %s", login, again)
         self.failures_in_a_row = 0
-        self.sizer.observe(time.monotonic() - started)
+        self.sizer.observe(time.monotonic() - started + self._listed_s)
         rs = self.args.settings.run.redis_retry_s
         counts = result.counts()
         finished = _retrying("complete", lambda: self.claimer.finish(
@@ -404,8 +402,7 @@ class Worker:
         self.stop.wait(delay_s)
 
     def _give_back_queue(self) -> None:
-        while self.queue:
-            self._give_back(self.queue.popleft())
-        if self.feed is not None:  # listed or being listed, not started
-            for member in self.feed.take_back():
+        """Every user claimed and not started (listed or being listed), as it was."""
+        if self.feed is not None:
+            for member in self.feed.take_back().all:
                 self._give_back(member)

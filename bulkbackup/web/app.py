@@ -34,6 +34,8 @@ from bulkbackup.store import Store
 from bulkbackup.web import data, downloads, http, memory, metrics, session, states
 from bulkbackup.web.accounts import Accounts
 from bulkbackup.web.http import JSONResponse, Unavailable
+from bulkbackup.web.lease_api import LeaseApi
+from bulkbackup.web.lease_objects import LeaseObjects
 from bulkbackup.web.render import svg
 from bulkbackup.web.restore_cmds import at_command, restore_commands, state_commands
 from bulkbackup.web.users import Cursor, Users
@@ -66,6 +68,9 @@ class Site:
         self.states = states.RepoStates()
         self.trimmer = memory.Trimmer()
         self.accounts = Accounts(settings, self.backend.r, self.page, self.blocking)
+        # Remote workers (DESIGN.md "Remote workers"): the lease API and their objects.
+        self.lease_api = LeaseApi(settings, self.backend.r, self.blocking)
+        self.lease_objects = LeaseObjects(self.lease_api, self.live_store)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -372,6 +377,7 @@ class Site:
             Route("/api/session", self.accounts.api_session),
             Route("/api/logins", self.accounts.complete),
             Route("/favicon.ico", self.favicon),
+            *self.lease_api.routes(self.lease_objects.routes()),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
 
@@ -388,6 +394,7 @@ def create_app(settings: Settings) -> Starlette:
         site.states.close()
         site.accounts.close()
         site.backend.close()
+        site.lease_objects.close()
 
     app = Starlette(routes=site.routes(), lifespan=lifespan, exception_handlers={
         Unavailable: site.unavailable, HTTPException: site.http_error,

@@ -213,6 +213,7 @@ class WorkerRow:
     repos_per_min: int
     bytes_per_min: int
     users: int
+    token: str = ""  # a remote worker's token name (one row per token); "" for a local one
 
 
 def workers(r: redis.Redis) -> list[WorkerRow]:
@@ -233,7 +234,7 @@ def workers(r: redis.Redis) -> list[WorkerRow]:
             users_per_min=_int(doc.get("users_per_min")) or 0,
             repos_per_min=_int(doc.get("repos_per_min")) or 0,
             bytes_per_min=_int(doc.get("bytes_per_min")) or 0,
-            users=_int(doc.get("users")) or 0))
+            users=_int(doc.get("users")) or 0, token=str(doc.get("token") or "")[:100]))
     rows.sort(key=lambda w: (w.host, w.id))
     return rows
 

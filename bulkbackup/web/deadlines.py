@@ -16,6 +16,9 @@ from typing import Any
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+# Where remote workers' archives are PUT (web/lease_api.py).
+UPLOAD_PREFIX = "/api/lease/"
+
 
 class Phase(enum.Enum):
     HEADERS = "headers"
@@ -29,6 +32,8 @@ class _Deadlines:
 
     header_timeout_s = 10.0
     body_timeout_s = 30.0
+    # An archive sent by a remote worker (PUT under UPLOAD_PREFIX) may take this long instead.
+    upload_timeout_s = 3600.0
 
     def connection_made(self, transport: asyncio.BaseTransport, *args: Any) -> None:
         self._deadline: asyncio.TimerHandle | None = None
@@ -63,9 +68,16 @@ class _Deadlines:
         self._cancel()
         self._phase = phase
         if phase is not None:
-            timeout_s = self.header_timeout_s if phase is Phase.HEADERS else self.body_timeout_s
+            timeout_s = self.header_timeout_s if phase is Phase.HEADERS else self._body_s()
             loop = asyncio.get_running_loop()
             self._deadline = loop.call_later(timeout_s, self._expired)
+
+    def _body_s(self) -> float:
+        scope = getattr(getattr(self, "cycle", None), "scope", None) or {}
+        if scope.get("method") == "PUT" and str(scope.get("path", "")).startswith(
+                UPLOAD_PREFIX):
+            return self.upload_timeout_s
+        return self.body_timeout_s
 
     def _cancel(self) -> None:
         if self._deadline is not None:
@@ -79,8 +91,10 @@ class _Deadlines:
             transport.close()
 
 
-def protocol_class(header_timeout_s: float, body_timeout_s: float) -> type[asyncio.Protocol]:
+def protocol_class(header_timeout_s: float, body_timeout_s: float,
+                   upload_timeout_s: float = 3600.0) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol (as `http="auto"` picks it) with the receipt deadlines."""
     base: Any = AutoHTTPProtocol
     return type("DeadlineHTTPProtocol", (_Deadlines, base), {
-        "header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s})
+        "header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s,
+        "upload_timeout_s": upload_timeout_s})

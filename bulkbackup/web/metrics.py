@@ -37,9 +37,18 @@ class ArchiveCollector(Collector):
             for what, value in figures.items():
                 rates.add_metric([what, window], value)
         yield rates
+        workers = data.workers(self.backend.r)
         yield GaugeMetricFamily("bulkbackup_workers_active",
-                                "Worker processes seen in the last minute",
-                                value=len(data.workers(self.backend.r)))
+                                "Worker processes seen in the last minute (a remote worker "
+                                "token's processes count as one)", value=len(workers))
+        remote = GaugeMetricFamily("bulkbackup_remote_worker_rate_per_minute",
+                                   "Remote workers by token: users, repos, bytes per minute",
+                                   labels=["token", "what"])
+        for w in workers:
+            if w.token:
+                for what in ("users", "repos", "bytes"):
+                    remote.add_metric([w.token, what], getattr(w, f"{what}_per_min"))
+        yield remote
         if s.repos is not None:
             yield GaugeMetricFamily("bulkbackup_last_stats_repositories",
                                     "Archived repositories at the last stats pass", value=s.repos)

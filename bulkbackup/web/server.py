@@ -80,7 +80,8 @@ def serve(settings: Settings, sock: socket.socket) -> None:
     # FORWARDED_ALLOW_IPS, default 127.0.0.1), so restore commands show the public https URL.
     # Half-sent requests are closed at serve.header_timeout_s / body_timeout_s (deadlines.py).
     raise_open_file_limit()
-    http = protocol_class(settings.serve.header_timeout_s, settings.serve.body_timeout_s)
+    http = protocol_class(settings.serve.header_timeout_s, settings.serve.body_timeout_s,
+                          settings.serve.upload_timeout_s)
     config = uvicorn.Config(create_app(settings), log_level="info", server_header=False,
                             proxy_headers=True, timeout_graceful_shutdown=5, http=http)
     # After the Config: it sets uvicorn's logging up.

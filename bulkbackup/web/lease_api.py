@@ -1,0 +1,216 @@
+"""The lease API of `serve` for remote workers (DESIGN.md "Remote workers"; the endpoints and
+their JSON: docs/serve.md). Every request carries `Authorization: Bearer <worker token>`; a
+token acts only on the users it leased. The objects' endpoints are in lease_objects.py.
+
+    POST /api/lease                    {"n", "run_start"?} -> {"lease", "users", "remaining", ...}
+    POST /api/lease/refresh            {"users"} -> {"kept", "lost", "lock_ttl_s"}
+    POST /api/lease/<login>/complete   {"synced", "counts", "repos", "bytes", "run_start"}
+    POST /api/lease/<login>/fail       {"run_start"}
+    POST /api/lease/<login>/give-back  {}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from bulkbackup.archive.layout import UserCounts
+from bulkbackup.config import Settings
+from bulkbackup.names import is_login
+from bulkbackup.queue import keys, worker_tokens
+from bulkbackup.queue.connection import Scripts
+from bulkbackup.queue.remote_leases import RemoteLeases
+from bulkbackup.queue.tracked import Completion
+from bulkbackup.web.http import BODY_MAX_BYTES, JSONResponse, bearer
+from bulkbackup.web.remote_workers import RemoteWorkers, write_beat
+
+Handler = Callable[[Request], Awaitable[Response]]
+Blocking = Callable[..., Awaitable[Any]]
+# How far in the future a run's start may be given (clocks of other machines).
+RUN_START_SLACK_S = 5.0
+
+
+class ApiError(Exception):
+    """An answer other than 200: its status and one line for the worker."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None,
+                 **extra: object) -> None:
+        super().__init__(message)
+        self.status, self.headers, self.extra = status, headers or {}, extra
+
+
+class LeaseApi:
+    """The handlers; ``blocking`` runs a blocking call in the threadpool (Site.blocking:
+    Redis or the store failing is a 503)."""
+
+    def __init__(self, settings: Settings, r: Any, blocking: Blocking) -> None:
+        self.settings, self.r, self.blocking = settings, r, blocking
+        self.leases = RemoteLeases(r, Scripts(r), settings.run.lock_ttl_s,
+                                   settings.run.max_attempts)
+        self.workers = RemoteWorkers(settings.serve.lease_requests_per_s,
+                                     settings.serve.lease_burst)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    async def token_name(self, request: Request) -> str:
+        """The name of the request's worker token (401 unless it is a live one; 429 past its
+        rate); its last use and its /workers row are written now and then."""
+        name = await self.blocking(worker_tokens.lookup, self.r, bearer(request))
+        if name is None:
+            raise ApiError(401, "unknown or revoked worker token",
+                           {"WWW-Authenticate": "Bearer"})
+        wait_s = self.workers.take(name)
+        if wait_s > 0:
+            raise ApiError(429, "too many requests for this worker token",
+                           {"Retry-After": str(max(1, math.ceil(wait_s)))})
+        self.beat(name)
+        return str(name)
+
+    def beat(self, name: str, changed: bool = False) -> None:
+        """Write the token's last use and its /workers row when due (in the background)."""
+        touch, beat = self.workers.due_writes(name, changed)
+        if touch or beat:
+            figures = self.workers.figures(name) if beat else None
+            asyncio.get_running_loop().run_in_executor(None, write_beat, self.r, name, touch,
+                                                       figures)
+
+    async def leased(self, request: Request, name: str) -> tuple[str, str]:
+        """(login, member) of the path, leased by token ``name`` (403: not a login, or a
+        user the token does not hold: another's, or its lease lapsed)."""
+        login = request.path_params["login"]
+        if not is_login(login):
+            raise ApiError(403, "not a login")
+        member = keys.member(login)
+        if await self.blocking(self.leases.holder, name, member) is None:
+            raise ApiError(403, f"no lease on {login} for this worker token", result="lost")
+        return login, member
+
+    async def run_start(self, doc: dict[str, Any]) -> float:
+        value = doc.get("run_start")
+        now = float(await self.blocking(self.leases.now))
+        if value is None:
+            return now
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            raise ApiError(400, "run_start must be a number (unix s, the server's clock)")
+        return min(float(value), now + RUN_START_SLACK_S)
+
+    # -- leases ------------------------------------------------------------------------------
+
+    async def lease(self, request: Request) -> Response:
+        name = await self.token_name(request)
+        doc = await read_json(request)
+        n = doc.get("n", 1)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ApiError(400, "n must be a positive integer")
+        n = min(n, self.settings.serve.lease_batch_max)
+        wid, members, remaining = await self.blocking(self.leases.lease, name, n,
+                                                      await self.run_start(doc))
+        self.beat(name, changed=bool(members))
+        return JSONResponse({"lease": wid, "users": [keys.login_of(m) for m in members],
+                             "remaining": remaining, "lock_ttl_s": self.leases.lock_ttl_s,
+                             "server_time": await self.blocking(self.leases.now)})
+
+    async def refresh(self, request: Request) -> Response:
+        name = await self.token_name(request)
+        logins = (await read_json(request)).get("users")
+        if not isinstance(logins, list) or not all(isinstance(x, str) and is_login(x)
+                                                   for x in logins):
+            raise ApiError(400, 'body must be {"users": ["login", ...]}')
+        kept, lost = await self.blocking(self.leases.refresh, name,
+                                         [keys.member(x) for x in dict.fromkeys(logins)])
+        return JSONResponse({"kept": [keys.login_of(m) for m in kept],
+                             "lost": [keys.login_of(m) for m in lost],
+                             "lock_ttl_s": self.leases.lock_ttl_s})
+
+    async def complete(self, request: Request) -> Response:
+        name = await self.token_name(request)
+        login, member = await self.leased(request, name)
+        doc = await read_json(request)
+        synced, counts = doc.get("synced"), doc.get("counts", "")
+        repos, nbytes = doc.get("repos", 0), doc.get("bytes", 0)
+        if not isinstance(synced, bool):
+            raise ApiError(400, "synced must be true or false")
+        if not isinstance(counts, str) or (counts and UserCounts.decode(counts) is None):
+            raise ApiError(400, "counts must be a user's counts (archive.layout.UserCounts)")
+        error = doc.get("error", "")
+        if not isinstance(error, str):
+            raise ApiError(400, "error must be a string")
+        if not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**53
+                   for x in (repos, nbytes)):
+            raise ApiError(400, "repos and bytes must be integers >= 0")
+        result = await self.blocking(self.leases.finish, name, member, synced, counts, repos,
+                                     nbytes, await self.run_start(doc), error[:4000])
+        if result is Completion.DONE and synced:
+            self.workers.note_done(name, repos, nbytes)
+        self.beat(name, changed=True)
+        return completion(login, result)
+
+    async def fail(self, request: Request) -> Response:
+        name = await self.token_name(request)
+        login, member = await self.leased(request, name)
+        doc = await read_json(request)
+        result = await self.blocking(self.leases.fail, name, member, await self.run_start(doc))
+        return completion(login, result)
+
+    async def give_back(self, request: Request) -> Response:
+        name = await self.token_name(request)
+        login, member = await self.leased(request, name)
+        result = await self.blocking(self.leases.finish, name, member, False, "", 0, 0, 0.0)
+        return completion(login, result)
+
+    def routes(self, objects: list[BaseRoute]) -> list[BaseRoute]:
+        return [
+            Route("/api/lease", guarded(self.lease), methods=["POST"]),
+            Route("/api/lease/refresh", guarded(self.refresh), methods=["POST"]),
+            Route("/api/lease/{login}/complete", guarded(self.complete), methods=["POST"]),
+            Route("/api/lease/{login}/fail", guarded(self.fail), methods=["POST"]),
+            Route("/api/lease/{login}/give-back", guarded(self.give_back), methods=["POST"]),
+            *objects,
+        ]
+
+
+def completion(login: str, result: Completion) -> Response:
+    if result is Completion.LOST:
+        return JSONResponse({"error": f"the lease on {login} was lost", "result": "lost"}, 409)
+    return JSONResponse({"result": result.name.lower()})
+
+
+def guarded(handler: Handler) -> Handler:
+    """``handler`` with its ApiError answered as JSON: {"error": ..., **extra}."""
+
+    async def run(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return JSONResponse({"error": str(exc), **exc.extra}, exc.status,
+                                headers=exc.headers)
+
+    return run
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    """The body, a JSON object of at most BODY_MAX_BYTES ({} when empty)."""
+    body = b""
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > BODY_MAX_BYTES:
+                raise ApiError(413, f"body larger than {BODY_MAX_BYTES} bytes")
+    except ClientDisconnect:
+        raise ApiError(400, "the body was not received") from None
+    if not body.strip():
+        return {}
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "body must be a JSON object") from None
+    if not isinstance(doc, dict):
+        raise ApiError(400, "body must be a JSON object")
+    return doc

@@ -102,6 +102,8 @@ def test_lfs_objects_are_stored_once_and_restored_where_git_lfs_finds_them(
 
     shown = orjson.loads(run_cli("show", "lena", "--json").stdout)["repositories"][0]
     assert (shown["lfs_objects"], shown["lfs_bytes"]) == (3, 6000)
+    figures = orjson.loads(run_cli("stats", "--json").stdout)["more_than_git"]
+    assert (figures["lfs_objects"], figures["lfs_bytes"]) == (3, 6000)
 
 
 def test_without_lfs_setting_nothing_is_fetched(env: None, forge: Forge, store: Store,

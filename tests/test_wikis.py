@@ -39,7 +39,13 @@ def test_a_wiki_is_archived_restored_and_an_edit_is_an_increment(
     assert forge.upload_packs("wendy", "plain.wiki") == 0
     assert store.head(layout.bundle_key("wendy", "plain.wiki")) is None
     assert forge.clones("wendy", "nowiki.wiki") == 0  # the listing says it has none
-    # The user's object counts repositories only.
+    # The user's object counts repositories only, and the stats pass agrees.
+    user = store.head("wendy")
+    assert user is not None and user.get("SyncdRepos") == "3"
+    proc = run_cli("stats", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = orjson.loads(proc.stdout)
+    assert report["repositories"]["archived"] == 3 and report["more_than_git"]["wikis"] == 1
     user = store.head("wendy")
     assert user is not None and user.get("SyncdRepos") == "3"
 

@@ -5,6 +5,7 @@ verify checks it; a wiki that fails does not fail its repository."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from bulkbackup.errors import InvalidName
 from bulkbackup.names import check_repo_name, is_archive_name
 from bulkbackup.store import Store
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.helpers import git, refs_of, run_cli, sync, verify
+from tests.helpers import git, refs_of, run_cli, start_serve, stop_serve, sync, verify
 
 PAGES = {"Home.md": b"# Home\n\nThe wiki's first page.\n"}
 
@@ -97,7 +98,8 @@ def test_a_wiki_that_fails_does_not_fail_its_repository(
     assert user is not None and not user.get(ERROR) and user.get("SyncdRepos") == "1"
 
 
-def test_show_lists_the_wiki_beside_its_repository(env: None, forge: Forge) -> None:
+def test_show_and_serve_list_the_wiki_beside_its_repository(
+        env: None, forge: Forge, store: Store, tmp_path: Path) -> None:
     forge.add_user("wanda", [RepoSpec("a", wiki=PAGES), RepoSpec("a-b")])
     sync("wanda")
     proc = run_cli("show", "wanda", "--json")
@@ -105,6 +107,18 @@ def test_show_lists_the_wiki_beside_its_repository(env: None, forge: Forge) -> N
     repos = orjson.loads(proc.stdout)["repositories"]
     assert [(r["name"], r["wiki_of"]) for r in repos] == [
         ("a", None), ("a.wiki", "a"), ("a-b", None)]
+    served = start_serve(dict(os.environ), tmp_path / "serve.log")
+    try:
+        page = served.get("/users/wanda").text
+        assert "the wiki of a" in page
+        assert page.index("/users/wanda/a.bundle") < page.index("/users/wanda/a.wiki.bundle") \
+            < page.index("/users/wanda/a-b.bundle")
+        got = served.get("/users/wanda/a.wiki.bundle")
+        assert got.status_code == 200
+        assert got.content == store.read_bytes(layout.bundle_key("wanda", "a.wiki"))
+        assert served.get("/users/wanda/a.wiki/states").status_code == 200
+    finally:
+        stop_serve(served)
 
 
 def test_a_repository_name_ending_in_wiki_is_no_repository() -> None:

@@ -53,18 +53,7 @@ def describe(store: Store, login: str) -> dict[str, Any]:
         else:
             entry[f"{key.kind.value}_bytes"] = info.size
     for name, entry in repos.items():
-        bundle = (store.head(layout.bundle_key(login, name))
-                  if entry["bundle_bytes"] is not None else None)
-        entry.update(
-            last_sync=bundle.get(LAST_SYNC) if bundle else None,
-            pushed_at=bundle.get(PUSHED_AT) or None if bundle else None,
-            updated_at=bundle.get(UPDATED_AT) or None if bundle else None,
-            error=bundle.get(ERROR) or None if bundle else None,
-            increments=chains.committed(bundle) if bundle else 0,
-            chain=chains.chain_of(bundle) if bundle and bundle.size else None,
-            lfs_objects=lfs.get(name, [0, 0])[0], lfs_bytes=lfs.get(name, [0, 0])[1],
-            lfs_error=bundle.get(LFS_ERROR) or None if bundle else None,
-        )
+        _with_head(store, login, name, entry, lfs.get(name, [0, 0]))
     return {
         "login": login,
         "last_sync": head.get(LAST_SYNC) or None,
@@ -75,6 +64,23 @@ def describe(store: Store, login: str) -> dict[str, Any]:
         "repositories": [repos[n] for n in sorted(repos, key=lambda n: (
             layout.wiki_of(n) or n, n if layout.wiki_of(n) else ""))],
     }
+
+
+def _with_head(store: Store, login: str, name: str, entry: dict[str, Any],
+               lfs: list[int]) -> None:
+    """``entry`` with what its bundle's metadata says, and its LFS objects' count and bytes."""
+    bundle = (store.head(layout.bundle_key(login, name))
+              if entry["bundle_bytes"] is not None else None)
+    entry.update(
+        last_sync=bundle.get(LAST_SYNC) if bundle else None,
+        pushed_at=bundle.get(PUSHED_AT) or None if bundle else None,
+        updated_at=bundle.get(UPDATED_AT) or None if bundle else None,
+        error=bundle.get(ERROR) or None if bundle else None,
+        increments=chains.committed(bundle) if bundle else 0,
+        chain=chains.chain_of(bundle) if bundle and bundle.size else None,
+        lfs_objects=lfs[0], lfs_bytes=lfs[1],
+        lfs_error=bundle.get(LFS_ERROR) or None if bundle else None,
+    )
 
 
 def _int(text: str) -> int | None:

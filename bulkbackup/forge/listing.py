@@ -71,7 +71,7 @@ class RepoInfo:
     updated_at: str
     size_kb: int | None  # None: the listing gave no number
     fork: bool
-    has_wiki: bool | None  # None: the listing did not say (GraphQL lists no wikis yet)
+    has_wiki: bool | None  # None: the listing did not say (REST has_wiki, GraphQL hasWikiEnabled)
     # The entry as listed, with REST field names: what the user's object stores, unchanged.
     # Not to be modified (it is shared with the stored listing).
     rest: dict[str, Any] = field(repr=False, compare=False)

@@ -151,6 +151,13 @@ def render_user(user: dict[str, Any]) -> str:
         lines.append(f"{r['name']:<{width}}  {r['last_sync'] or '-':<20}  "
                      f"{_size(r['bundle_bytes']):>9}  {_size(r['zip_bytes']):>9}  "
                      f"{r['error'] or '-'}")
+    wikis = sum(1 for r in repos if r.get("wiki_of") and r["bundle_bytes"])
+    lfs = [r for r in repos if r.get("lfs_objects") or r.get("lfs_error")]
+    if wikis or lfs:
+        lines.append(f"wikis {wikis}, LFS objects "
+                     f"{sum(r['lfs_objects'] for r in lfs)} "
+                     f"({_size(sum(r['lfs_bytes'] for r in lfs))})")
+    lines += [f"{r['name']}: LFS: {r['lfs_error']}" for r in lfs if r.get("lfs_error")]
     return "\n".join(map(printable, lines))
 
 
@@ -263,6 +270,7 @@ def restore_command(settings: Settings, target: str, to: str, at: str | None, wi
         what = "empty repository" if r.status is Status.EMPTY else f"{r.refs} refs"
         extra = f", HEAD {r.branch}" if r.branch else ""
         extra += f", zip {r.zip_path}" if r.zip_path else ""
+        extra += f", {r.lfs_objects} LFS objects" if r.lfs_objects else ""
         print(f"{r.login}/{r.repo}: restored to {r.path} ({what}{extra})", flush=True)
     missing = len(report.without_archive)
     done = len(report.repos) - len(report.failed) - missing

@@ -111,6 +111,11 @@ class RunSettings:
     git_big_file_mb: int = 64
     max_increments: int = 16
     keep_history_days: int = 365
+    # More than git (docs/archive.md "Wikis and Git LFS objects"): each on by default.
+    wikis: bool = True
+    lfs: bool = True
+    max_lfs_object_mb: int = 2048  # an LFS object larger than this is not fetched
+    max_lfs_repo_mb: int = 20480  # LFS bytes fetched for one repository in one pass
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,10 @@ class GitError(BulkbackupError):
     """A git command failed or timed out."""
 
 
+class RemoteNotFound(GitError):
+    """The git host answered 404 for the repository (a wiki never created: no wiki)."""
+
+
 class LockLost(BulkbackupError):
     """The lock on a user is no longer ours: stop working on that user, write nothing."""
 

@@ -8,6 +8,10 @@ from bulkbackup.errors import InvalidName, UsageError
 # `foo-` or `-Jerry-` are kept; nothing that could act as a path or separator passes.
 _LOGIN = re.compile(r"[A-Za-z0-9-]{1,39}")
 _REPO = re.compile(r"[A-Za-z0-9._-]{1,100}")
+# GitHub refuses a repository name ending in ".wiki" ("The repository REPO cannot end in
+# .wiki"): `<repo>.wiki` is the name the repository's wiki is archived under, so a name with
+# that ending is never a repository's (any case: a store may fold it).
+WIKI_SUFFIX = ".wiki"
 
 
 def is_login(value: object) -> bool:
@@ -19,7 +23,19 @@ def is_repo_name(value: object) -> bool:
         isinstance(value, str)
         and _REPO.fullmatch(value) is not None
         and value not in (".", "..")
+        and not value.lower().endswith(WIKI_SUFFIX)
     )
+
+
+def is_wiki_name(value: object) -> bool:
+    """`<repo>.wiki`: the name a repository's wiki is archived under."""
+    return (isinstance(value, str) and value.endswith(WIKI_SUFFIX)
+            and is_repo_name(value[: -len(WIKI_SUFFIX)]))
+
+
+def is_archive_name(value: object) -> bool:
+    """A repository's name, or its wiki's (each has a bundle of its own)."""
+    return is_repo_name(value) or is_wiki_name(value)
 
 
 def check_login(value: object) -> str:
@@ -41,6 +57,14 @@ def check_logins(logins: list[str]) -> None:
 
 def check_repo_name(value: object) -> str:
     if not is_repo_name(value):
+        raise InvalidName(f"invalid repository name: {value!r:.120}")
+    assert isinstance(value, str)
+    return value
+
+
+def check_archive_name(value: object) -> str:
+    """A repository's or a wiki's name (`<repo>.wiki`), as restore and verify take them."""
+    if not is_archive_name(value):
         raise InvalidName(f"invalid repository name: {value!r:.120}")
     assert isinstance(value, str)
     return value

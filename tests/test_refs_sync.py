@@ -8,6 +8,7 @@ test_events_run.py)."""
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -181,3 +182,36 @@ def test_once_events_are_read_a_user_without_events_costs_nothing(
     assert not forge.counters and graphql_requests(forge) == requests
     assert forge.owner_requests("quiet") == 0
     assert store.request_count == store_requests
+
+
+def test_a_failure_without_a_listing_is_recorded_on_the_repository_alone(
+    cfg: Settings, r: redis.Redis, forge: Forge, store: Store
+) -> None:
+    """The moved repository cannot be fetched (gone from the forge): its archive keeps its
+    data and gets the Error; the user's object, its cached counts and its score stay as its
+    last full listing left them; the history has the failure."""
+    forge.add_users({"alice": [RepoSpec("r1"), RepoSpec("r2")]})
+    first_pass(cfg, r, store, "rest", "alice")
+    score = r.zscore(keys.TRACKED, keys.member("alice"))
+    user = store.head(layout.user_key("alice"))
+    summary = r.hget(keys.SYNCD, "alice")
+    events_read(r)
+    shutil.rmtree(forge.git_root / "alice" / "r1.git")
+    mark(r, "alice", "r1")
+    forge.reset_counters()
+
+    w = worker_of(cfg("rest"), store)
+    reports = w.run()
+    w.close()
+    assert [(x.login, x.archived, x.error) for x in reports if isinstance(x, Synced)] == [
+        ("alice", 0, True)]
+    assert forge.owner_requests("alice") == 0
+    bundle = store.head(layout.bundle_key("alice", "r1"))
+    assert bundle is not None and bundle.size > 0 and bundle.get("Error")
+    after = store.head(layout.user_key("alice"))
+    assert user is not None and after is not None and after.metadata == user.metadata
+    assert r.hget(keys.SYNCD, "alice") == summary
+    assert r.zscore(keys.TRACKED, keys.member("alice")) == score
+    newest = history.read(r, "alice")[0]
+    assert (newest.repos_changed, newest.errors) == (0, 1) and "r1" in newest.error
+    assert nothing_held(r)

@@ -20,10 +20,11 @@ import redis
 from bulkbackup import config
 from bulkbackup.archive import layout
 from bulkbackup.archive.layout import UserCounts
-from bulkbackup.backup.user_backup import UserBackup
+from bulkbackup.backup.user_backup import UserBackup, in_order
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import LockLost, NotFound
-from bulkbackup.forge.github_rest import GitHub
+from bulkbackup.forge.github_rest import GitHub, RestLister
+from bulkbackup.forge.listing import OwnerListing
 from bulkbackup.git.bundles import read_header, stored_header
 from bulkbackup.git.gitops import GitWork
 from bulkbackup.queue import keys
@@ -550,13 +551,16 @@ def test_a_user_backup_through_the_server(s: Setup, forge: Forge) -> None:
     client = s.client(s.token("box-1"))
     s.track("alice")
     github = GitHub(settings.github)
-    job = UserBackup(settings, RemoteStore(client), github, GitWork(settings.run,
-                                                                    s.tmp / "work"))
+    job = UserBackup(settings, RemoteStore(client), github.token_for_git,
+                     GitWork(settings.run, s.tmp / "work"))
+    lister = RestLister(github, job.conditions)
     try:
         for round_ in (1, 2):
             lease = client.lease(1, run_start=lease_start(s))
             assert lease.users == ["alice"]
-            result = job.sync("alice")
+            [(_, listing)] = in_order(lister, ["alice"], settings.github.user_deadline_s)
+            assert isinstance(listing, OwnerListing)
+            result = job.sync("alice", listing)
             counts = result.counts()
             assert counts is not None and counts.syncd == 1 and not counts.error, result.line()
             assert client.complete("alice", True, counts.encode(), result.syncd, 1) \

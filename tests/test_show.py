@@ -54,7 +54,9 @@ def test_show_json(filled: None) -> None:
         "updated_at": "2026-01-02T00:00:00Z", "error": None, "increments": 0,
         "increment_bytes": 0, "history_chains": 0,
         # A full bundle from before increments: its chain starts at its LastSync.
-        "chain": "20261128T170001000000Z"}
+        "chain": "20261128T170001000000Z",
+        # More than git (none here): not a wiki, no LFS objects.
+        "wiki_of": None, "lfs_objects": 0, "lfs_bytes": 0, "lfs_error": None}
     assert repos["broken"]["bundle_bytes"] == 0 and repos["broken"]["error"].startswith("git")
     assert repos["nothing"]["error"] == "empty repository" and repos["nothing"]["zip_bytes"] is None
 

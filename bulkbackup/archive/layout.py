@@ -6,6 +6,10 @@
     <login>/<repo>.bundle.d/<chain>/<seq>.bundle
                               part <seq> of chain <chain> (README "Incremental archives"):
                               000001.. increments on the base; 000000 a kept chain's base
+    <login>/<repo>.wiki.bundle (+ .wiki.zip, .wiki.bundle.d/...)
+                              the repository's wiki, archived as a repository named
+                              `<repo>.wiki` (GitHub refuses repository names ending so)
+    <login>/<repo>.lfs/<oid>  a Git LFS object the archived refs point to (sha256 oid)
 
 Also the per-user summary cached in Redis for the stats pass and the users list
 (`UserCounts`, with the Error's reason shortened by `short_reason`), the `Error` of an
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bulkbackup.archive.metadata import canonical, fitted
+from bulkbackup.names import WIKI_SUFFIX, is_wiki_name
 from bulkbackup.redact import redact
 from bulkbackup.store.base import Head
 
@@ -29,6 +34,7 @@ SEPARATOR = "/"
 BUNDLE_SUFFIX = ".bundle"
 ZIP_SUFFIX = ".zip"
 PARTS_SUFFIX = ".bundle.d"
+LFS_SUFFIX = ".lfs"
 SEQ_DIGITS = 6
 
 #: The `Error` of a zero-byte bundle of a repository without commits (not a failure).
@@ -42,19 +48,32 @@ class Kind(enum.Enum):
     BUNDLE = "bundle"
     ZIP = "zip"
     PART = "part"  # one bundle of a chain: an increment, or a kept chain's base
+    LFS = "lfs"  # a Git LFS object of a repository (``oid``)
     OTHER = "other"  # a key the layout does not define (left alone by every pass)
 
 
 @dataclass(frozen=True)
 class StoreKey:
-    """A key taken apart: ``repo`` is "" unless ``kind`` is BUNDLE, ZIP or PART; ``chain``
-    and ``seq`` are a PART's."""
+    """A key taken apart: ``repo`` is "" unless ``kind`` is BUNDLE, ZIP, PART or LFS (a
+    wiki's BUNDLE, ZIP and PART have ``repo`` `<repo>.wiki`: see ``wiki_of``); ``chain`` and
+    ``seq`` are a PART's, ``oid`` an LFS object's."""
 
     login: str
     repo: str
     kind: Kind
     chain: str = ""
     seq: int = 0
+    oid: str = ""
+
+
+def wiki_name(repo: str) -> str:
+    """The name ``repo``'s wiki is archived under (its keys are a repository's)."""
+    return repo + WIKI_SUFFIX
+
+
+def wiki_of(name: str) -> str | None:
+    """The repository whose wiki ``name`` is, or None (``name`` is no wiki's)."""
+    return name[: -len(WIKI_SUFFIX)] if is_wiki_name(name) else None
 
 
 def user_key(login: str) -> str:
@@ -87,6 +106,21 @@ def part_key(login: str, repo: str, chain: str, seq: int) -> str:
     return f"{parts_prefix(login, repo, chain)}{seq:0{SEQ_DIGITS}d}{BUNDLE_SUFFIX}"
 
 
+LFS_OID = re.compile(r"[0-9a-f]{64}")
+
+
+def lfs_prefix(login: str, repo: str) -> str:
+    """What the keys of ``repo``'s LFS objects start with (one listing finds them all)."""
+    return f"{login}{SEPARATOR}{repo}{LFS_SUFFIX}{SEPARATOR}"
+
+
+def lfs_key(login: str, repo: str, oid: str) -> str:
+    """An LFS object, by its sha256 (the content's: checked before it is stored)."""
+    if not LFS_OID.fullmatch(oid):
+        raise ValueError(f"invalid LFS oid {oid[:80]!r}")
+    return lfs_prefix(login, repo) + oid
+
+
 # A chain id is the base's archive time, to the microsecond (so ids sort by time).
 CHAIN_ID = re.compile(r"[0-9]{8}T[0-9]{12}Z")
 _PART_NAME = re.compile(rf"([0-9]{{{SEQ_DIGITS}}}){re.escape(BUNDLE_SUFFIX)}")
@@ -117,6 +151,9 @@ def parse_key(key: str) -> StoreKey:
                 return StoreKey(login, rest[: -len(suffix)], kind)
         return StoreKey(login, "", Kind.OTHER)
     folder, _, tail = rest.partition(SEPARATOR)
+    if (folder.endswith(LFS_SUFFIX) and len(folder) > len(LFS_SUFFIX)
+            and LFS_OID.fullmatch(tail)):
+        return StoreKey(login, folder[: -len(LFS_SUFFIX)], Kind.LFS, oid=tail)
     chain, _, name = tail.partition(SEPARATOR)
     seq = _PART_NAME.fullmatch(name)
     if (folder.endswith(PARTS_SUFFIX) and len(folder) > len(PARTS_SUFFIX)

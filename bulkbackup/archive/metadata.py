@@ -30,6 +30,10 @@ VERIFIED_AT = "VerifiedAt"
 # What that verify noted but did not fail for: `git fsck` messages about objects git reads
 # (e.g. a 2011 commit's time zone `+051800`), as `<msg-id> <count> (<object>); ...`.
 VERIFY_NOTES = "VerifyNotes"
+# On a repository's bundle: the LFS objects its archived refs point to that could not be
+# stored, and why (`<n> LFS objects not stored: <oid>: <reason>; ...`); the repository's own
+# archive is not failed by it (docs/archive.md "Git LFS objects").
+LFS_ERROR = "LfsError"
 # The worker token's name (DESIGN.md "Remote workers") on every object `serve` wrote for a
 # remote worker: what was archived by whom (`worker-token revoke --redo` finds the users
 # through Redis, not by reading this).
@@ -37,7 +41,8 @@ WORKER = "Worker"
 
 _CANONICAL = {n.lower(): n for n in (LAST_SYNC, SYNCD_REPOS, REPORTED_REPOS, UPDATED_AT,
                                      PUSHED_AT, ERROR, LISTING_ETAGS, VERIFIED_AT, VERIFY_NOTES,
-                                     CHAIN, INCREMENTS, CHAIN_BYTES, KEPT_SINCE, WORKER)}
+                                     CHAIN, INCREMENTS, CHAIN_BYTES, KEPT_SINCE, WORKER,
+                                     LFS_ERROR)}
 
 
 def canonical(metadata: Mapping[str, str]) -> dict[str, str]:

@@ -8,7 +8,7 @@ Keys come from archive/layout.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +20,7 @@ from bulkbackup.archive import chains, layout
 from bulkbackup.archive.metadata import ERROR, LAST_SYNC
 from bulkbackup.errors import ArchiveError, NotFound
 from bulkbackup.git.bundles import Opener
-from bulkbackup.names import is_repo_name
+from bulkbackup.names import is_archive_name, is_repo_name, is_wiki_name
 from bulkbackup.progress import Progress
 from bulkbackup.store import Head, ObjectInfo, Store
 from bulkbackup.timeutil import format_rfc3339, parse_rfc3339
@@ -183,10 +183,25 @@ def repositories(store: Lister, login: str) -> dict[str, int]:
     name -> the bundle's size (0: no archive). One shallow listing, not a request per
     repository (the chains' parts below are not listed). A key with a name no repository
     can have (names.is_repo_name: not written by a sync) is not one of them."""
+    return _bundles(store, login, is_repo_name)
+
+
+def wikis(store: Lister, login: str) -> dict[str, int]:
+    """The wikis with a bundle stored for ``login``: `<repo>.wiki` -> the bundle's size (0:
+    no archive), as `repositories` (one shallow listing)."""
+    return _bundles(store, login, is_wiki_name)
+
+
+def archived(store: Lister, login: str) -> dict[str, int]:
+    """The repositories and wikis with a bundle (what restore and verify go through)."""
+    return _bundles(store, login, is_archive_name)
+
+
+def _bundles(store: Lister, login: str, accept: Callable[[object], bool]) -> dict[str, int]:
     found: dict[str, int] = {}
     for info in store.list(layout.user_prefix(login), shallow=True):
         key = layout.parse_key(info.key)
-        if key.kind is layout.Kind.BUNDLE and key.login == login and is_repo_name(key.repo):
+        if key.kind is layout.Kind.BUNDLE and key.login == login and accept(key.repo):
             found[key.repo] = info.size
     return dict(sorted(found.items()))
 

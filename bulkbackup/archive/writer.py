@@ -20,7 +20,7 @@ import enum
 import logging
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -46,6 +46,7 @@ from bulkbackup.errors import ArchiveError, GitError, InvalidName
 from bulkbackup.git.auth import GitAuth
 from bulkbackup.git.bundles import BundleHeader, stored_header
 from bulkbackup.git.gitops import Archive, GitWork
+from bulkbackup.git.lfspointers import lfs_pointers
 from bulkbackup.git.packfetch import FetchedIncrement, fetch_increment
 from bulkbackup.store import Head
 from bulkbackup.store.fenced import FencedStore
@@ -91,6 +92,10 @@ class Written:
     # here (unchanged), the caller keeps what its listing said.
     bundle_size: int | None = None
     error: str = ""
+    # The Git LFS objects (oid -> size) the newly archived objects point to (write(lfs=True):
+    # every object of a full archive, an increment's new ones); the caller fetches them.
+    lfs: dict[str, int] = field(default_factory=dict)
+    lfs_error: str = ""  # the search for them failed (the archive itself is fine)
 
 
 class FullPlan(enum.Enum):
@@ -125,24 +130,37 @@ class ArchiveWriter:
         self.committed = committed
 
     def write(self, store: FencedStore, login: str, name: str, change: Change,
-              head: Head | None, auth: GitAuth) -> Written:
-        """Store the changed repository ``login/name`` (``head``: its full bundle now)."""
+              head: Head | None, auth: GitAuth, lfs: bool = False) -> Written:
+        """Store the changed repository ``login/name`` (``head``: its full bundle now);
+        with ``lfs`` the Written names the LFS objects the new objects point to."""
         if (head is not None and not head.get(ERROR).startswith(layout.VERIFY_FAILED)
                 and chains.next_step(head, self.settings.run) is chains.Step.INCREMENT):
-            done = self._increment(store, login, name, change, head, auth)
+            done = self._increment(store, login, name, change, head, auth, lfs)
             if done is not None:
                 return done
-        return self._full(store, login, name, change, head, auth)
+        return self._full(store, login, name, change, head, auth, lfs)
+
+    def _lfs(self, written: Written, login: str, name: str, repo: Path,
+             include: list[str], exclude: list[str]) -> Written:
+        """``written`` with the LFS pointers among the objects of ``repo`` reachable from
+        ``include`` and not from ``exclude`` (a failure to look is recorded apart)."""
+        try:
+            found = lfs_pointers(repo, include, exclude, self.gitwork.env(),
+                                 self.settings.run.git_timeout_s,
+                                 self.gitwork.user_dir(login) / f"{name}.lfs-scan")
+        except GitError as exc:
+            return replace(written, lfs_error=f"LFS pointers not searched: {exc}")
+        return replace(written, lfs=found)
 
     # -- the increment --------------------------------------------------------------------
 
     def _increment(self, store: FencedStore, login: str, name: str, change: Change,
-                   head: Head, auth: GitAuth) -> Written | None:
+                   head: Head, auth: GitAuth, lfs: bool) -> Written | None:
         """An increment on the chain ``head`` (a base with data) is the base of. None: a
         full archive is needed (the repository was emptied, or its stored chain cannot be
         read)."""
         try:
-            done = self._fetch_and_commit(store, login, name, change, head, auth)
+            done = self._fetch_and_commit(store, login, name, change, head, auth, lfs)
         except (GitError, InvalidName) as exc:
             return self.record_failure(store, login, name, head, str(exc))
         except ArchiveError as exc:
@@ -162,7 +180,7 @@ class ArchiveWriter:
         return done
 
     def _fetch_and_commit(self, store: FencedStore, login: str, name: str, change: Change,
-                          head: Head, auth: GitAuth) -> Written | None:
+                          head: Head, auth: GitAuth, lfs: bool) -> Written | None:
         """Fetch what is new since the state ``head`` describes, prove it applies on the
         chain (proof.py) and commit it as increment n+1. Written FAILED (nothing written)
         when it does not apply; UNCHANGED when git has nothing new (only the forge's times
@@ -193,7 +211,12 @@ class ArchiveWriter:
             return Written(WriteOutcome.UNCHANGED)
         work = self.gitwork.user_dir(login) / f"{name}.proof"
         try:
-            return self._commit(store, login, name, fresh, change, old, fetched, work)
+            done = self._commit(store, login, name, fresh, change, old, fetched, work)
+            if lfs and done.outcome is WriteOutcome.ARCHIVED:  # the proof's repo: new state
+                done = self._lfs(done, login, name, work / "proof.git",
+                                 sorted(set(fetched.refs.values())),
+                                 sorted(set(old.refs.values())))
+            return done
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -253,13 +276,24 @@ class ArchiveWriter:
     # -- the full archive -----------------------------------------------------------------
 
     def _full(self, store: FencedStore, login: str, name: str, change: Change,
-              head: Head | None, auth: GitAuth) -> Written:
+              head: Head | None, auth: GitAuth, lfs: bool) -> Written:
         """Mirror the repository and store its archives (the bundle last)."""
         try:
             archive = self.gitwork.archive(login, name, change.clone_url, change.default_branch,
-                                           auth, store.fence.check)
+                                           auth, store.fence.check, keep_mirror=lfs)
         except (GitError, InvalidName) as exc:
             return self.record_failure(store, login, name, head, str(exc))
+        try:
+            done = self._plan_full(store, login, name, change, archive)
+            if archive.mirror is not None and done.outcome is WriteOutcome.ARCHIVED:
+                done = self._lfs(done, login, name, archive.mirror, ["--all"], [])
+            return done
+        finally:
+            if archive.mirror is not None:
+                shutil.rmtree(archive.mirror, ignore_errors=True)
+
+    def _plan_full(self, store: FencedStore, login: str, name: str, change: Change,
+                   archive: Archive) -> Written:
         fresh = store.head(layout.bundle_key(login, name))
         plan = plan_full(fresh, change, archive.bundle is None,
                          self.settings.run.keep_history_days)

@@ -59,6 +59,17 @@ class UserResult:
     # of the zero-byte ones are empty repositories.
     bundles: dict[str, int] = field(default_factory=dict)
     empty_names: set[str] = field(default_factory=set)
+    # More than git (backup/wikis.py, backup/lfs_objects.py), counted apart from the
+    # repositories: a wiki or an LFS object that fails does not fail its repository.
+    wikis_archived: int = 0
+    wikis_unchanged: int = 0
+    wiki_failures: list[str] = field(default_factory=list)
+    lfs_objects: int = 0  # stored by this sync
+    lfs_failed: int = 0  # recorded in LfsError
+
+    @property
+    def wikis_failed(self) -> int:
+        return len(self.wiki_failures)
 
     @property
     def syncd(self) -> int:
@@ -87,5 +98,9 @@ class UserResult:
                 f"{self.bytes / 1e6:.1f} MB uploaded")
         if self.read_bytes:
             text += f", {self.read_bytes / 1e6:.1f} MB read back"
+        if self.wikis_archived or self.wikis_failed:
+            text += f"; wikis {self.wikis_archived} archived, {self.wikis_failed} failed"
+        if self.lfs_objects or self.lfs_failed:
+            text += f"; LFS objects {self.lfs_objects} stored, {self.lfs_failed} not stored"
         return text + (f"; error: {self.error}" if self.error else "")
 

@@ -30,7 +30,9 @@ from bulkbackup.archive.metadata import (
 from bulkbackup.archive.stored import repositories
 from bulkbackup.archive.writer import ArchiveWriter, Change, WriteOutcome, Written
 from bulkbackup.backup.archived_listing import archived_listing
+from bulkbackup.backup.lfs_objects import store_lfs_objects
 from bulkbackup.backup.results import PARTIAL_ERROR, UserResult
+from bulkbackup.backup.wikis import WikiOutcome, sync_wiki
 from bulkbackup.config import Settings
 from bulkbackup.errors import RateLimited, StoreError
 from bulkbackup.forge.git_auth import git_auth
@@ -44,6 +46,7 @@ from bulkbackup.forge.listing import (
     RepoInfo,
 )
 from bulkbackup.forge.quota_broker import QuotaBroker
+from bulkbackup.git.auth import GitAuth
 from bulkbackup.git.gitops import GitWork
 from bulkbackup.interrupts import signals_interrupt
 from bulkbackup.logins import stored_spelling
@@ -167,7 +170,8 @@ class UserBackup:
         self, store: FencedStore, login: str, repo: RepoEntry, stored: dict[str, int],
         result: UserResult, refs_moved: bool = False,
     ) -> None:
-        """``refs_moved``: its events say its refs moved, whatever its times say."""
+        """``refs_moved``: its events say its refs moved, whatever its times say (only the
+        repository: a wiki edit is an event that needs a listing)."""
         if isinstance(repo, RejectedRepo):  # not a valid name: fails alone
             result.failed += 1
             result.failures.append(repo.error)
@@ -176,6 +180,16 @@ class UserBackup:
         if repo.fork and self.settings.run.skip_forks:
             result.skipped += 1
             return
+        self._sync_git(store, login, repo, stored, result, refs_moved)
+        # The wiki's edits do not move the repository's times: checked whatever they say.
+        if (self.settings.run.wikis and repo.has_wiki and not repo.clone_refusal
+                and not refs_moved):
+            self._wiki(store, login, repo.name, repo.clone_url, result)
+
+    def _sync_git(self, store: FencedStore, login: str, repo: RepoInfo,
+                  stored: dict[str, int], result: UserResult, refs_moved: bool) -> None:
+        """The repository itself: skipped when its times are the archived ones (unless
+        ``refs_moved``)."""
         name, pushed, updated = repo.name, repo.pushed_at, repo.updated_at
         head = (store.head(layout.bundle_key(login, name)) if refs_moved or name in stored
                 else None)
@@ -206,7 +220,37 @@ class UserBackup:
         change = Change(repo.clone_url, repo.default_branch, repo.pushed_at, repo.updated_at,
                         now())
         auth = git_auth(self.settings.github, self.git_token())
-        self._count(name, self.writer.write(store, login, name, change, head, auth), result)
+        written = self.writer.write(store, login, name, change, head, auth,
+                                    lfs=self.settings.run.lfs)
+        self._count(name, written, result)
+        if written.lfs or written.lfs_error:
+            self._lfs(store, login, name, change.clone_url, written, auth, result)
+
+    def _wiki(self, store: FencedStore, login: str, name: str, clone_url: str,
+              result: UserResult) -> None:
+        """The repository's wiki, when it changed (backup/wikis.py): counted apart."""
+        auth = git_auth(self.settings.github, self.git_token())
+        done = sync_wiki(self.writer, store, login, name, clone_url, auth, self.settings.run)
+        if done.written is not None:
+            result.bytes += done.written.bytes
+            result.read_bytes += done.written.read_bytes
+        if done.outcome is WikiOutcome.ARCHIVED:
+            result.wikis_archived += 1
+        elif done.outcome is WikiOutcome.UNCHANGED:
+            result.wikis_unchanged += 1
+        elif done.outcome is WikiOutcome.FAILED:
+            error = done.written.error if done.written else ""
+            result.wiki_failures.append(f"{layout.wiki_name(name)}: {error}")
+
+    def _lfs(self, store: FencedStore, login: str, name: str, clone_url: str,
+             written: Written, auth: GitAuth, result: UserResult) -> None:
+        """The LFS objects the newly archived commits point to (backup/lfs_objects.py)."""
+        done = store_lfs_objects(store, self.settings.run, login, name, clone_url,
+                                 written.lfs, auth, self.gitwork.user_dir(login) / "lfs",
+                                 written.lfs_error)
+        result.bytes += done.bytes
+        result.lfs_objects += done.stored
+        result.lfs_failed += len(done.failures)
 
     def _record_failure(self, store: FencedStore, login: str, name: str, head: Head | None,
                         error: str, result: UserResult) -> None:
@@ -252,9 +296,9 @@ class UserBackup:
         meta = {LAST_SYNC: stamp, SYNCD_REPOS: str(result.syncd),
                 REPORTED_REPOS: str(result.reported), ERROR: result.error}
         if listing is not None:
-            # Only a clean sync may be skipped next time on a 304: a failed repository must be
-            # retried even when the listing has not changed.
-            if listing.etags and not result.failed:
+            # Only a clean sync may be skipped next time on a 304: a failed repository (or
+            # wiki) must be retried even when the listing has not changed.
+            if listing.etags and not result.failed and not result.wiki_failures:
                 meta[LISTING_ETAGS] = " ".join(listing.etags)
             store.put_bytes(key, orjson.dumps(listing.stored), fitted(meta))
             return

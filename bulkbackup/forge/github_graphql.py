@@ -34,12 +34,11 @@ import urllib3
 
 from bulkbackup import __version__
 from bulkbackup.config import GitHubSettings
-from bulkbackup.errors import Interrupted, InvalidName, RateLimited, TokenRefused
+from bulkbackup.errors import Interrupted, RateLimited, TokenRefused
 from bulkbackup.forge.github_graphql_query import build_query, points_for, to_rest
-from bulkbackup.forge.listing import Batching, ListingOutcome, OwnerListing, TakenBack
+from bulkbackup.forge.listing import Batching, ListingOutcome, OwnerListing, TakenBack, admit
 from bulkbackup.forge.quota_broker import QuotaBroker, Reservation, Resource, Wait
 from bulkbackup.http.bounded import BoundedPool, Overdue, SlowRead, TooLarge
-from bulkbackup.names import check_login
 from bulkbackup.redact import add_secrets, redact
 
 log = logging.getLogger(__name__)
@@ -164,19 +163,12 @@ class GraphQLLister:
 
     def submit(self, logins: Sequence[str]) -> list[OwnerListing]:
         """Queue owners for listing; returns those finished at once (invalid logins)."""
-        done: list[OwnerListing] = []
-        for login in dict.fromkeys(logins):
-            if login in self._open:
-                continue
-            try:
-                check_login(login)
-            except InvalidName as exc:
-                done.append(OwnerListing.failed(login, ListingOutcome.FAILED, str(exc)))
-                continue
+        admitted, refused = admit(logins, self._open)
+        for login in admitted:
             self._open[login] = _Owner(login)
             self._paging[login] = _Paging()
             self._queue.append((login, None))
-        return done
+        return refused
 
     def take_back(self) -> TakenBack:
         """Forget every owner not returned yet: all of them `stopped`, as the owners of one

@@ -61,6 +61,8 @@ MAPPING: tuple[FieldMap, ...] = (
     FieldMap("created_at", "createdAt"),
     FieldMap("archived", "isArchived"),
     FieldMap("visibility", "visibility", convert=_lower),  # PUBLIC -> public
+    # Whether the wiki is on (its git repository may still not exist: backup/wikis.py).
+    FieldMap("has_wiki", "hasWikiEnabled"),
 )
 NODE_FIELDS = " ".join(dict.fromkeys(m.selection or m.graphql for m in MAPPING))
 

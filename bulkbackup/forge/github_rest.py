@@ -29,13 +29,14 @@ import urllib3
 
 from bulkbackup import __version__
 from bulkbackup.config import GitHubSettings
-from bulkbackup.errors import GitHubError, Interrupted, InvalidName, UserGone
+from bulkbackup.errors import GitHubError, Interrupted, UserGone
 from bulkbackup.forge.listing import (
     Batching,
     Conditions,
     ListingOutcome,
     OwnerListing,
     TakenBack,
+    admit,
     no_conditions,
 )
 from bulkbackup.forge.quota_broker import QuotaBroker, Resource, Wait
@@ -318,17 +319,9 @@ class RestLister:
         return len(self._queue)
 
     def submit(self, logins: Sequence[str]) -> list[OwnerListing]:
-        done: list[OwnerListing] = []
-        for login in dict.fromkeys(logins):
-            if login in self._queue:
-                continue
-            try:
-                check_login(login)
-            except InvalidName as exc:
-                done.append(OwnerListing.failed(login, ListingOutcome.FAILED, str(exc)))
-                continue
-            self._queue.append(login)
-        return done
+        admitted, refused = admit(logins, self._queue)
+        self._queue.extend(admitted)
+        return refused
 
     def step(self, deadline: float | None) -> list[OwnerListing]:
         if not self._queue:

@@ -18,14 +18,14 @@ into the stored `<login>` object unchanged (REST field names: the contract).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from bulkbackup.errors import InvalidName
-from bulkbackup.names import check_repo_name
+from bulkbackup.names import check_login, check_repo_name
 from bulkbackup.timeutil import parse_api_time
 
 # The ETags of an owner's last clean listing (REST: one a page), read from the archive; a
@@ -71,7 +71,7 @@ class RepoInfo:
     updated_at: str
     size_kb: int | None  # None: the listing gave no number
     fork: bool
-    has_wiki: bool | None  # None: the listing did not say (GraphQL lists no wikis yet)
+    has_wiki: bool | None  # None: the listing did not say (REST has_wiki, GraphQL hasWikiEnabled)
     # The entry as listed, with REST field names: what the user's object stores, unchanged.
     # Not to be modified (it is shared with the stored listing).
     rest: dict[str, Any] = field(repr=False, compare=False)
@@ -225,3 +225,20 @@ def no_conditions(_login: str) -> Sequence[str]:
     """For a lister used without an archive (tests, benchmarks): every listing in full."""
     return ()
 
+
+def admit(logins: Sequence[str], queued: Container[str]
+          ) -> tuple[list[str], list[OwnerListing]]:
+    """A lister's `submit`: (the logins to queue, in order, once each and not ``queued``
+    already; a FAILED listing for each invalid login, finished without a request)."""
+    admitted: list[str] = []
+    refused: list[OwnerListing] = []
+    for login in dict.fromkeys(logins):
+        if login in queued:
+            continue
+        try:
+            check_login(login)
+        except InvalidName as exc:
+            refused.append(OwnerListing.failed(login, ListingOutcome.FAILED, str(exc)))
+            continue
+        admitted.append(login)
+    return admitted, refused

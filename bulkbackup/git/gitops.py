@@ -41,6 +41,9 @@ class Archive:
     bundle: Path | None
     zip: Path | None
     branch: str | None  # the branch zipped, and the bundle's HEAD
+    # The mirror, left for the caller (archive(keep_mirror=True): to find the LFS pointers
+    # in it) to remove; None otherwise.
+    mirror: Path | None = None
 
 
 def kill_all() -> None:
@@ -181,6 +184,31 @@ def run_git(args: list[str], cwd: Path, env: dict[str, str], timeout_s: float,
     return out.decode("utf-8", "replace")
 
 
+def run_git_files(args: list[str], cwd: Path, env: dict[str, str], timeout_s: float,
+                  stdin: Path, stdout: Path, what: str = "") -> None:
+    """``git args`` reading ``stdin`` and writing ``stdout`` (files: an output as large as a
+    repository's object list is never held in memory), bounded and killed as run_git's."""
+    what = what or args[0]
+    with stdin.open("rb") as src, stdout.open("wb") as dst:
+        proc = subprocess.Popen(["git", *args], cwd=cwd, env=env, stdin=src, stdout=dst,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        with _ACTIVE_MU:
+            _ACTIVE.add(proc.pid)
+        try:
+            _, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            raise GitError(f"git {what} timed out after {timeout_s:g}s") from None
+        except BaseException:
+            _kill(proc)
+            raise
+        finally:
+            with _ACTIVE_MU:
+                _ACTIVE.discard(proc.pid)
+    if proc.returncode != 0:
+        raise GitError(f"git {what} failed: {redact(_why(err, proc.returncode))[:300]}")
+
+
 def _why(err: bytes, status: int) -> str:
     """The line of git's stderr that says what went wrong: usually the last one."""
     lines = [ln.strip() for ln in err.decode("utf-8", "replace").splitlines() if ln.strip()]
@@ -222,12 +250,14 @@ class GitWork:
         default_branch: str | None,
         auth: GitAuth,
         check: Callable[[], None] = lambda: None,
+        keep_mirror: bool = False,
     ) -> Archive:
         """Mirror ``clone_url``, then write `<name>.bundle` and `<name>.zip` beside it.
 
         ``check`` runs between steps; it raises to abandon the work (lock lost, stopping).
         ``auth``: the token, if any, and where it may go (the forge's `GitAuth`).
-        Files are left in ``user_dir(login)`` for the caller to upload, then ``cleanup``.
+        Files are left in ``user_dir(login)`` for the caller to upload, then ``cleanup``;
+        with ``keep_mirror`` the mirror of a repository with refs too (Archive.mirror).
         """
         base = self.user_dir(login)
         base.mkdir(parents=True, exist_ok=True)
@@ -239,6 +269,7 @@ class GitWork:
         shutil.rmtree(mirror, ignore_errors=True)
         env = git_env(self.work_dir, auth, self.run, self.procs)
         left = self._time_left()
+        kept: Path | None = None
         try:
             self._mirror(clone_url, mirror, base, env, left)
             check()
@@ -249,9 +280,16 @@ class GitWork:
             check()
             if branch is not None:
                 _zip(mirror, name, branch, f"refs/heads/{branch}", zipfile, env, left())
-            return Archive(bundle=bundle, zip=zipfile if branch else None, branch=branch)
+            kept = mirror if keep_mirror else None
+            return Archive(bundle=bundle, zip=zipfile if branch else None, branch=branch,
+                           mirror=kept)
         finally:
-            shutil.rmtree(mirror, ignore_errors=True)
+            if kept is None:
+                shutil.rmtree(mirror, ignore_errors=True)
+
+    def env(self) -> dict[str, str]:
+        """git's environment for local work (no token: nothing is fetched with it)."""
+        return git_env(self.work_dir, None, self.run, self.procs)
 
     def _time_left(self) -> Callable[[], float]:
         """Seconds left of one repository's `run.git_timeout_s`, for each git call in turn."""

@@ -28,11 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import urllib3
+
 from bulkbackup.config import RunSettings
-from bulkbackup.errors import BulkbackupError, GitError
+from bulkbackup.errors import BulkbackupError, GitError, RemoteNotFound
 from bulkbackup.git.auth import GitAuth
 from bulkbackup.git.packhttp import Client, Http, base_url
 from bulkbackup.git.refadvert import Advert, ref_prefixes
+from bulkbackup.http.bounded import Overdue, SlowRead, TooLarge
 
 _CHECK_EVERY = 4 << 20  # pack bytes between two calls of check()
 _OID = re.compile(r"[0-9a-f]{40}")
@@ -245,3 +248,23 @@ class _Writer:
                 self.file.close()
         if self.tmp is not None:
             self.tmp.unlink(missing_ok=True)
+
+
+def remote_refs(clone_url: str, run: RunSettings, auth: GitAuth) -> Advert | None:
+    """The refs (branches and tags) ``clone_url`` advertises, nothing fetched: one ref listing
+    (v0: one request; v2: its capabilities and one ls-refs). None when the host answers 404
+    (a wiki never created). Other failures are GitErrors."""
+    base = base_url(clone_url)
+    http = Http(base, auth.authorization(base), run, 0)
+    client = Client(base, http, ref_prefixes({}, False), False, lambda advert: None,
+                    lambda: ([], []))
+    try:
+        with http:
+            return client.discover()
+    except RemoteNotFound:
+        return None
+    except BulkbackupError:
+        raise
+    except (Overdue, SlowRead, TooLarge, urllib3.exceptions.HTTPError, OSError,
+            ValueError) as exc:
+        raise http.failure(exc) from None

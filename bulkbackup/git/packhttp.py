@@ -28,7 +28,7 @@ from dulwich.protocol import CAPABILITY_OFS_DELTA, agent_string
 from dulwich.refs import Ref
 
 from bulkbackup.config import RunSettings
-from bulkbackup.errors import GitError, one_line
+from bulkbackup.errors import GitError, RemoteNotFound, one_line
 from bulkbackup.git.refadvert import (
     Advert,
     Pkts,
@@ -127,6 +127,10 @@ class Client(AbstractHttpGitClient):
         self.protocol_version = advert.version
         self._discovered(advert)
         return {}, advert.capabilities, base_url, {}, {}
+
+    def discover(self) -> Advert:
+        """The remote's refs under the prefixes, and nothing fetched (a ref listing)."""
+        return self._discover()
 
     def _discover(self) -> Advert:
         """`GET info/refs` asking for v2: v0's advertisement, or v2's capabilities and then
@@ -250,7 +254,7 @@ def _refuse(resp: Answer, content_type: str) -> None:
     if 300 <= resp.status < 400:
         raise GitError(f"git fetch failed: HTTP {resp.status}, a redirect (never followed)")
     if resp.status == 404:
-        raise GitError("git fetch failed: HTTP 404, repository not found")
+        raise RemoteNotFound("git fetch failed: HTTP 404, repository not found")
     if resp.status != 200:
         raise GitError(f"git fetch failed: HTTP {resp.status}")
     shown = re.sub(r"[^ -~]", "?", got)[:80]

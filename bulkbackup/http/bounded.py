@@ -104,7 +104,10 @@ def _watch(sock: socket.socket | None) -> None:
         dog.watch(sock)
 
 
-class _HTTPConnection(urllib3.connection.HTTPConnection):
+class _Watched(urllib3.connection.HTTPConnection):
+    """A connection whose socket the asking thread's watchdog shuts at the deadline (for
+    http and, through _HTTPSConnection's bases, https)."""
+
     def connect(self) -> None:
         super().connect()
         _watch(self.sock)
@@ -114,14 +117,12 @@ class _HTTPConnection(urllib3.connection.HTTPConnection):
         super().request(*args, **kwargs)
 
 
-class _HTTPSConnection(urllib3.connection.HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        _watch(self.sock)
+class _HTTPConnection(_Watched):
+    pass
 
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _watch(self.sock)
-        super().request(*args, **kwargs)
+
+class _HTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):
+    pass
 
 
 class _HTTPPool(urllib3.HTTPConnectionPool):

@@ -18,19 +18,22 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from bulkbackup.archive import layout
 from bulkbackup.archive.stored import (
     ArchivePart,
     RepoArchive,
     archive_at,
+    archived,
     download,
     listed_branches,
-    repositories,
+    wikis,
 )
 from bulkbackup.config import Settings
 from bulkbackup.errors import ArchiveError, InvalidName, StoreError, printable
 from bulkbackup.git.bundles import BundleHeader, Opener, read_header
 from bulkbackup.git.gitops import git_env
-from bulkbackup.names import check_login, check_repo_name
+from bulkbackup.names import check_archive_name, check_login, check_repo_name, is_wiki_name
+from bulkbackup.passes.restore_lfs import restore_lfs_objects
 from bulkbackup.store import Store
 
 # Written into a restored repository's config: what it is a restore of (see --force).
@@ -191,6 +194,7 @@ class RepoRestore:
     refs: int = 0
     branch: str | None = None
     zip_path: Path | None = None
+    lfs_objects: int = 0  # Git LFS objects put into the mirror (restore_lfs.py)
 
 
 @dataclass
@@ -223,11 +227,16 @@ def parse_target(text: str) -> tuple[str, str | None]:
 
 def restore(store: Store, settings: Settings, login: str, repo: str | None,
             opts: RestoreOptions) -> RestoreReport:
-    """Restore one repository, or every repository stored for ``login``. Of a user's
-    repositories, one without an archive whose `Error` says why is reported, not failed (the
-    user's backup is whole: `sync` recorded why); the one repository asked for by name that
-    has no archive is a failure (nothing of what was asked could be restored)."""
-    names = [repo] if repo is not None else list(repositories(store, login))
+    """Restore one repository (and its wiki, `<repo>.wiki.git`, when one is stored), or
+    every repository and wiki stored for ``login``. Of a user's repositories, one without an
+    archive whose `Error` says why is reported, not failed (the user's backup is whole:
+    `sync` recorded why); the one repository asked for by name that has no archive is a
+    failure (nothing of what was asked could be restored)."""
+    if repo is not None:
+        wiki = layout.wiki_name(repo)
+        names = [repo, *([wiki] if wiki in wikis(store, login) else [])]
+    else:
+        names = list(archived(store, login))
     report = RestoreReport()
     if not names:
         report.repos.append(RepoRestore(login, "*", Status.FAILED,
@@ -236,7 +245,7 @@ def restore(store: Store, settings: Settings, login: str, repo: str | None,
     branches = listed_branches(store, login)
     for name in names:
         result = restore_repo(store, settings, login, name, opts, branches.get(name))
-        if repo is not None and result.status is Status.NO_ARCHIVE:
+        if name == repo and result.status is Status.NO_ARCHIVE:
             result = replace(result, status=Status.FAILED, reason=f"no archive: {result.reason}")
         report.repos.append(result)
     return report
@@ -245,7 +254,7 @@ def restore(store: Store, settings: Settings, login: str, repo: str | None,
 def restore_repo(store: Store, settings: Settings, login: str, repo: str,
                  opts: RestoreOptions, listed: str | None) -> RepoRestore:
     try:
-        check_repo_name(repo)
+        check_archive_name(repo)
         return _restore_repo(store, settings, login, repo, opts, listed)
     except (ArchiveError, InvalidName, StoreError) as exc:
         return RepoRestore(login, repo, Status.FAILED, str(exc))
@@ -280,12 +289,14 @@ def _restore_repo(store: Store, settings: Settings, login: str, repo: str,
             got_zip = True
         elif opts.with_zip and built.branch is not None and archive.latest:
             raise ArchiveError(f"missing object {archive.zip_key}")
+        lfs = 0 if is_wiki_name(repo) else restore_lfs_objects(
+            store, login, repo, work / "repo.git", opts.progress)
         _swap(work / "repo.git", target, work / "old.git")
         if got_zip:
             os.replace(work / "repo.zip", zip_target)
     return RepoRestore(login, repo, Status.EMPTY if archive.empty_repository else
                        Status.RESTORED, path=target, refs=len(built.refs), branch=built.branch,
-                       zip_path=zip_target if got_zip else None)
+                       zip_path=zip_target if got_zip else None, lfs_objects=lfs)
 
 
 def _swap(new: Path, target: Path, old: Path) -> None:

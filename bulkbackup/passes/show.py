@@ -8,6 +8,7 @@ from bulkbackup.archive import chains, layout
 from bulkbackup.archive.metadata import (
     ERROR,
     LAST_SYNC,
+    LFS_ERROR,
     PUSHED_AT,
     REPORTED_REPOS,
     SYNCD_REPOS,
@@ -16,51 +17,70 @@ from bulkbackup.archive.metadata import (
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import BulkbackupError
 from bulkbackup.logins import stored_spelling
-from bulkbackup.names import check_login, is_repo_name
+from bulkbackup.names import check_login, is_archive_name
 from bulkbackup.store import Store, open_store
 
 
 def describe(store: Store, login: str) -> dict[str, Any]:
     """The user's entry and, per repository (valid names only), last sync, sizes and last
-    error."""
+    error; a repository's wiki is an entry of its own (`wiki_of`: its repository), listed
+    right after it; `lfs_objects`/`lfs_bytes` count a repository's stored LFS objects."""
     head = store.head(layout.user_key(login))
     if head is None:
         raise BulkbackupError(f"user {login} is not in the store")
     repos: dict[str, dict[str, Any]] = {}
+    lfs: dict[str, list[int]] = {}
     for info in store.list(layout.user_prefix(login)):
         key = layout.parse_key(info.key)
+        if key.login == login and key.kind is layout.Kind.LFS:
+            counted = lfs.setdefault(key.repo, [0, 0])
+            counted[0] += 1
+            counted[1] += info.size
+            continue
         # A key whose repository part is not a valid name (put there by hand) is no
         # repository: `show` and the user page would offer to restore or download it.
-        if key.login != login or key.kind not in (layout.Kind.BUNDLE, layout.Kind.ZIP,
-                                                  layout.Kind.PART) or not is_repo_name(key.repo):
+        if key.login != login or key.kind not in (
+                layout.Kind.BUNDLE, layout.Kind.ZIP, layout.Kind.PART) \
+                or not is_archive_name(key.repo):
             continue
         entry = repos.setdefault(key.repo, {"name": key.repo, "bundle_bytes": None,
                                             "zip_bytes": None, "increment_bytes": 0,
-                                            "history_chains": 0})
+                                            "history_chains": 0,
+                                            "wiki_of": layout.wiki_of(key.repo)})
         if key.kind is layout.Kind.PART:
             entry["increment_bytes"] += info.size if key.seq else 0
             entry["history_chains"] += 0 if key.seq else 1
         else:
             entry[f"{key.kind.value}_bytes"] = info.size
     for name, entry in repos.items():
-        bundle = (store.head(layout.bundle_key(login, name))
-                  if entry["bundle_bytes"] is not None else None)
-        entry.update(
-            last_sync=bundle.get(LAST_SYNC) if bundle else None,
-            pushed_at=bundle.get(PUSHED_AT) or None if bundle else None,
-            updated_at=bundle.get(UPDATED_AT) or None if bundle else None,
-            error=bundle.get(ERROR) or None if bundle else None,
-            increments=chains.committed(bundle) if bundle else 0,
-            chain=chains.chain_of(bundle) if bundle and bundle.size else None,
-        )
+        _with_head(store, login, name, entry, lfs.get(name, [0, 0]))
     return {
         "login": login,
         "last_sync": head.get(LAST_SYNC) or None,
         "syncd_repos": _int(head.get(SYNCD_REPOS)),
         "reported_repos": _int(head.get(REPORTED_REPOS)),
         "error": head.get(ERROR) or None,
-        "repositories": [repos[n] for n in sorted(repos)],
+        # A wiki right after its repository: (`repo`, "") < (`repo`, "repo.wiki").
+        "repositories": [repos[n] for n in sorted(repos, key=lambda n: (
+            layout.wiki_of(n) or n, n if layout.wiki_of(n) else ""))],
     }
+
+
+def _with_head(store: Store, login: str, name: str, entry: dict[str, Any],
+               lfs: list[int]) -> None:
+    """``entry`` with what its bundle's metadata says, and its LFS objects' count and bytes."""
+    bundle = (store.head(layout.bundle_key(login, name))
+              if entry["bundle_bytes"] is not None else None)
+    entry.update(
+        last_sync=bundle.get(LAST_SYNC) if bundle else None,
+        pushed_at=bundle.get(PUSHED_AT) or None if bundle else None,
+        updated_at=bundle.get(UPDATED_AT) or None if bundle else None,
+        error=bundle.get(ERROR) or None if bundle else None,
+        increments=chains.committed(bundle) if bundle else 0,
+        chain=chains.chain_of(bundle) if bundle and bundle.size else None,
+        lfs_objects=lfs[0], lfs_bytes=lfs[1],
+        lfs_error=bundle.get(LFS_ERROR) or None if bundle else None,
+    )
 
 
 def _int(text: str) -> int | None:

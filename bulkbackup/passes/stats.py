@@ -20,7 +20,7 @@ from bulkbackup.archive import layout
 from bulkbackup.archive.layout import EMPTY_REPOSITORY, UserCounts, short_reason
 from bulkbackup.archive.metadata import ERROR, REPORTED_REPOS, SYNCD_REPOS
 from bulkbackup.config import Settings
-from bulkbackup.names import is_login
+from bulkbackup.names import is_login, is_wiki_name
 from bulkbackup.progress import Progress
 from bulkbackup.queue import events as queue_events
 from bulkbackup.queue import keys, tracked
@@ -44,6 +44,9 @@ class UserKeys:
     bundle_bytes: int = 0
     zip_bytes: int = 0
     part_bytes: int = 0  # increments and kept chains (README "Incremental archives")
+    wikis: int = 0  # wiki bundles with data (not repositories: not in SyncdRepos)
+    lfs_objects: int = 0
+    lfs_bytes: int = 0
 
 
 @dataclass
@@ -56,6 +59,9 @@ class Totals:
     bundle_bytes: int = 0
     zip_bytes: int = 0
     part_bytes: int = 0
+    wikis: int = 0
+    lfs_objects: int = 0
+    lfs_bytes: int = 0
     written: int = 0
     store_requests: int = 0
     elapsed_s: float = 0.0
@@ -81,6 +87,12 @@ def group_by_user(listing: Iterator[ObjectInfo], byte_ordered: bool) -> Iterator
         if key.kind is layout.Kind.USER:
             user.has_object = True
             user.last_modified = info.last_modified.timestamp()
+        elif key.kind is layout.Kind.BUNDLE and is_wiki_name(key.repo):
+            user.wikis += 1 if info.size > 0 else 0
+            user.bundle_bytes += info.size
+        elif key.kind is layout.Kind.LFS:
+            user.lfs_objects += 1
+            user.lfs_bytes += info.size
         elif key.kind is layout.Kind.BUNDLE:
             if info.size > 0:
                 user.with_data += 1
@@ -138,6 +150,9 @@ class StatsPass:
         t.zip_bytes += user.zip_bytes
         t.part_bytes += user.part_bytes
         t.archived += user.with_data
+        t.wikis += user.wikis
+        t.lfs_objects += user.lfs_objects
+        t.lfs_bytes += user.lfs_bytes
         if not user.has_object:
             # Archives without the user's object (a sync that died midway): count them only.
             t.failed += len(user.zero)
@@ -212,6 +227,8 @@ def collect(settings: Settings, write: bool, progress: bool = True) -> dict[str,
         },
         "repositories": {"archived": totals.archived, "failed": totals.failed,
                          "empty": totals.empty},
+        "more_than_git": {"wikis": totals.wikis, "lfs_objects": totals.lfs_objects,
+                          "lfs_bytes": totals.lfs_bytes},
         "bytes": {"bundles": totals.bundle_bytes, "zips": totals.zip_bytes,
                   "increments": totals.part_bytes},
         "last_run": {

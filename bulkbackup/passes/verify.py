@@ -24,15 +24,15 @@ from bulkbackup.archive import layout
 from bulkbackup.archive.metadata import ERROR, LAST_SYNC, LISTING_ETAGS, VERIFIED_AT, VERIFY_NOTES
 from bulkbackup.archive.stored import (
     RepoArchive,
+    archived,
     download,
     latest_archive,
     listed_branches,
-    repositories,
 )
 from bulkbackup.config import Settings
 from bulkbackup.errors import ArchiveError, InvalidName, StoreError, printable
 from bulkbackup.git.fsck import fsck
-from bulkbackup.names import check_repo_name, is_login
+from bulkbackup.names import check_archive_name, is_login
 from bulkbackup.passes.restore import Built, Git, build_mirror
 from bulkbackup.queue import keys
 from bulkbackup.store import Store
@@ -135,7 +135,7 @@ def verify_user(store: Store, settings: Settings, login: str, work_root: Path,
                 progress: bool = True) -> UserVerify:
     user = UserVerify(login)
     try:
-        names = repositories(store, login)
+        names = archived(store, login)  # wikis too: each is a bundle as any other
         if not names and store.head(login) is None:
             user.error = f"user {login} is not in the store"
             return user
@@ -153,7 +153,7 @@ def verify_repo(store: Store, settings: Settings, login: str, name: str, listed:
                 work_root: Path, progress: bool = True) -> RepoVerify:
     """Check one archive and record the result on its bundle."""
     try:
-        check_repo_name(name)
+        check_archive_name(name)
         archive = latest_archive(store, login, name)
     except (ArchiveError, InvalidName, StoreError) as exc:
         return RepoVerify(name, Outcome.FAILED, str(exc))  # nothing to record it on

@@ -10,7 +10,7 @@ from importlib import resources
 import redis
 
 from bulkbackup.errors import InvalidName
-from bulkbackup.names import check_login, check_repo_name
+from bulkbackup.names import check_archive_name, check_login
 from bulkbackup.queue import keys
 
 
@@ -33,7 +33,7 @@ def oldest(r: redis.Redis, n: int) -> list[tuple[str, str]]:
         member = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         login, _, repo = member.partition("/")
         try:
-            out.append((check_login(login), check_repo_name(repo)))
+            out.append((check_login(login), check_archive_name(repo)))  # wikis too
         except InvalidName:
             r.zrem(keys.VERIFY_PENDING, raw)
     return out

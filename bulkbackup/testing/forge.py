@@ -197,6 +197,11 @@ class Forge(ForgeState, ForgeChanges):
             repo.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(repo, ignore_errors=True)
             shutil.copytree(self.root / "templates" / f"{key}.git", repo)
+        if spec.wiki is not None:
+            self._wiki(login, spec.name, spec.wiki)
+        if spec.lfs:
+            with self.lock:
+                self.lfs_objects.update({o.oid: o for o in spec.lfs.values()})
         if spec.stall:
             with self.lock:
                 self._stalled.add((login, spec.name))
@@ -220,7 +225,25 @@ class Forge(ForgeState, ForgeChanges):
             "pushed_at": pushed, "updated_at": spec.updated_at or pushed,
             "created_at": rfc3339(BASE_TIME - 86400), "archived": False, "disabled": False,
             "visibility": "public",
+            "has_wiki": spec.wiki is not None if spec.has_wiki is None else spec.has_wiki,
         }
+
+    def _wiki(self, login: str, name: str, pages: dict[str, bytes]) -> None:
+        """`<name>.wiki.git`: one commit of ``pages`` on `master` (GitHub's wiki branch)."""
+        wiki = self.git_root / login / f"{name}.wiki.git"
+        shutil.rmtree(wiki, ignore_errors=True)
+        git("init", "--bare", "--quiet", "--template=", "--initial-branch=master", str(wiki))
+        git("fast-import", "--quiet", cwd=wiki,
+            data=commit("refs/heads/master", BASE_TIME, pages, None, "wiki", 1))
+
+    def edit_wiki(self, login: str, name: str, pages: dict[str, bytes]) -> None:
+        """A wiki edit: a new commit on the wiki's `master` (the repository's pushed_at
+        does not move, as on GitHub)."""
+        wiki = self.git_root / login / f"{name}.wiki.git"
+        if not wiki.is_dir():
+            raise FileNotFoundError(wiki)
+        git("fast-import", "--quiet", cwd=wiki, data=commit(
+            "refs/heads/master", int(time.time()), pages, "refs/heads/master^0", "wiki edit"))
 
 
 def make_users(forge: Forge, n_users: int, repos_per_user: int, prefix: str = "user",

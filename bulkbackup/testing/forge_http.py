@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from bulkbackup.testing import forge_graphql
+from bulkbackup.testing import forge_graphql, lfs
 from bulkbackup.testing.forge_quota import token_of
 from bulkbackup.testing.forge_state import ForgeState
 from bulkbackup.testing.hostile_packs import PackAnswer, answer_with, wants_and_haves
@@ -75,6 +75,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._rate_limit()
         elif len(segs) == 3 and segs[:2] == ["", "users"] and segs[2]:
             self._user(segs[2])
+        elif parts.path.startswith(lfs.DOWNLOAD_PATH):
+            self._lfs_object(parts.path)
         elif len(segs) == 5 and segs[3:] == ["info", "refs"]:
             service = parse_qs(parts.query).get("service", [""])[0]
             if service == "git-upload-pack":
@@ -97,6 +99,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(reply.status, reply.body, reply.headers)
         elif len(segs) == 4 and segs[3] == "git-upload-pack":
             self._git(segs[1], segs[2], parts.path, parts.query, self._body())
+        elif len(segs) == 7 and segs[3:] == ["info", "lfs", "objects", "batch"]:
+            self._lfs_batch(self._body())
         else:  # receive-pack and anything else: refused without reading the body
             self.close_connection = True
             self._send(403, b"forbidden\n", {"Connection": "close"})
@@ -257,6 +261,20 @@ class _Handler(BaseHTTPRequestHandler):
             pad -= len(spaces)
         self.wfile.write(body[1:])
         self.close_connection = f.api_pad_unsized
+
+    def _lfs_batch(self, body: bytes) -> None:
+        with self.forge.lock:
+            self.forge.counters["lfs_batch"] += 1
+            objects = dict(self.forge.lfs_objects)
+        self._send(*lfs.batch_answer(objects, body, self._netloc()))
+
+    def _lfs_object(self, path: str) -> None:
+        oid = path[len(lfs.DOWNLOAD_PATH):]
+        with self.forge.lock:
+            self.forge.counters["lfs_download"] += 1
+            self.forge.lfs_seen.append((self._netloc(), oid, self.headers.get("Authorization")))
+            obj = self.forge.lfs_objects.get(oid)
+        self._send(*lfs.object_answer(obj, self._netloc(), path))
 
     def _netloc(self) -> str:
         return self.headers.get("Host") or urlsplit(self.forge.url).netloc

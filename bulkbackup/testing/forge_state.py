@@ -19,6 +19,7 @@ from typing import Any
 from bulkbackup.testing.forge_graphql_controls import Controls
 from bulkbackup.testing.forge_quota import WINDOW_S, RateWindow, token_of
 from bulkbackup.testing.hostile_packs import PackAnswer
+from bulkbackup.testing.lfs import LfsObject
 from bulkbackup.testing.oauth import OAuthApps
 
 CORE_REQUESTS = 5000  # GitHub's REST quota per token and hour
@@ -50,6 +51,10 @@ class ForgeState:
         # fields (an owner of a query counts once a query and page), naming it.
         self.per_owner: Counter[str] = Counter()
         self.auth_headers_seen: list[str] = []
+        # Git LFS (testing/lfs.py): the objects by oid; every download's (host, oid,
+        # Authorization or None).
+        self.lfs_objects: dict[str, LfsObject] = {}
+        self.lfs_seen: list[tuple[str, str, str | None]] = []
         self.graphql = Controls()
         self.oauth = OAuthApps()  # Sign in with GitHub's side (oauth.py)
         self.stall_s = 30.0

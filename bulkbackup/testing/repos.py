@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bulkbackup.testing.lfs import LfsObject, files_with_pointers
+
 BASE_TIME = 1_767_225_600  # 2026-01-01T00:00:00Z: commit dates and default pushed_at
 DEFAULT_FILES: dict[str, bytes] = {
     "README.md": b"# Hello\n\nA repository of the GitHub stand-in.\n",
@@ -51,6 +53,15 @@ class RepoSpec:
     # The POST git-upload-pack that sends the pack writes its first bytes, then sleeps
     # forge.stall_s mid-body (a transfer that stalls after it started).
     stall_mid: bool = False
+    # A wiki: its pages (a bare `<name>.wiki.git` beside the repository, on `master`, as
+    # GitHub's); None: no wiki repository (its info/refs answers 404).
+    wiki: dict[str, bytes] | None = None
+    # The listing's `has_wiki`; None: whether `wiki` is set (GitHub says true for most
+    # repositories whose wiki was never created: has_wiki=True without `wiki` is that).
+    has_wiki: bool | None = None
+    # Files committed as Git LFS pointers (path -> the object, served by the LFS batch API
+    # with its hostile mode: testing/lfs.py), on the default branch beside `files`.
+    lfs: dict[str, LfsObject] | None = None
 
 
 def _quote(path: str) -> bytes:
@@ -77,7 +88,8 @@ def fast_import_stream(spec: RepoSpec) -> bytes:
     """Deterministic history: the default branch, extra branches, both kinds of tags."""
     if spec.empty:
         return b""
-    files = DEFAULT_FILES if spec.files is None else spec.files
+    files = files_with_pointers(DEFAULT_FILES if spec.files is None else spec.files,
+                                spec.lfs or {})
     out = [commit(f"refs/heads/{spec.default_branch}", BASE_TIME, files, None, "initial", 1)]
     for i, (branch, extra) in enumerate((spec.branches or {}).items()):
         out.append(commit(f"refs/heads/{branch}", BASE_TIME + i + 1, extra, ":1", branch))

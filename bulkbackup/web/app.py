@@ -29,7 +29,7 @@ from starlette.templating import Jinja2Templates
 from bulkbackup.archive import layout
 from bulkbackup.config import Settings
 from bulkbackup.errors import StoreError
-from bulkbackup.names import is_login, is_repo_name
+from bulkbackup.names import is_archive_name, is_login
 from bulkbackup.store import Store
 from bulkbackup.web import data, downloads, http, memory, metrics, session, states
 from bulkbackup.web.accounts import Accounts
@@ -220,7 +220,7 @@ class Site:
     async def repo_states(self, request: Request) -> tuple[states.StatesPage, Doc]:
         """A page of the repository's states and, per state, the commands that rebuild it."""
         repo = request.path_params["repo"]
-        if not is_repo_name(repo):
+        if not is_archive_name(repo):  # a wiki's states too
             raise HTTPException(404)
         login = await self.spelled(request.path_params["login"])
         raw_cursor = request.query_params.get("cursor", "")
@@ -264,7 +264,7 @@ class Site:
         login, file = request.path_params["login"], request.path_params["file"]
         repo, dot, kind = file.rpartition(".")
         if not dot or kind not in downloads.KINDS or not is_login(login) \
-                or not is_repo_name(repo):
+                or not is_archive_name(repo):
             raise HTTPException(404)
         login = await self.spelled(login)
         key = layout.bundle_key(login, repo) if kind == "bundle" else layout.zip_key(login, repo)
@@ -276,7 +276,7 @@ class Site:
         key = layout.parse_key("/".join((params["login"], params["folder"], params["chain"],
                                          params["part"])))
         if key.kind is not layout.Kind.PART or not is_login(key.login) \
-                or not is_repo_name(key.repo):
+                or not is_archive_name(key.repo):
             raise HTTPException(404)
         part = layout.part_key(await self.spelled(key.login), key.repo, key.chain, key.seq)
         return await self._serve_object(request, part, "bundle")

@@ -19,7 +19,7 @@ import orjson
 
 from bulkbackup.archive import layout
 from bulkbackup.errors import BulkbackupError, NotFound, StoreError
-from bulkbackup.names import is_repo_name
+from bulkbackup.names import is_archive_name
 from bulkbackup.passes.show import describe
 from bulkbackup.store import Head, ObjectInfo, Store
 
@@ -49,7 +49,7 @@ class _Prefetching:
         infos = list(self._store.list(prefix, shallow))
         for info in infos:
             key = layout.parse_key(info.key)
-            if key.kind is layout.Kind.BUNDLE and is_repo_name(key.repo):  # describe()'s
+            if key.kind is layout.Kind.BUNDLE and is_archive_name(key.repo):  # describe()'s
                 self._heads[info.key] = self._pool.submit(self._store.head, info.key)
         return iter(infos)
 

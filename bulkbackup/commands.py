@@ -242,7 +242,7 @@ def _parse_time(text: str) -> datetime:
 
 def restore_command(settings: Settings, target: str, to: str, at: str | None, with_zip: bool,
                     force: bool) -> int:
-    from bulkbackup.logins import stored_spelling
+    from bulkbackup.archive.stored import stored_spelling
     from bulkbackup.passes.restore import RestoreOptions, Status, parse_target, restore
     from bulkbackup.store import open_store
 
@@ -281,10 +281,10 @@ def restore_command(settings: Settings, target: str, to: str, at: str | None, wi
 
 def verify_command(settings: Settings, logins: list[str], sample: int | None,
                    as_json: bool) -> int:
-    from bulkbackup.logins import stored_spelling
+    from bulkbackup.archive.stored import stored_spelling
     from bulkbackup.passes.verify import sample_logins, verify
-    from bulkbackup.run.workdir import work_dir
     from bulkbackup.store import open_store
+    from bulkbackup.workdir import work_dir
 
     check_logins(logins)
     if bool(logins) == (sample is not None):
@@ -456,7 +456,7 @@ def _github_spellings(settings: Settings, r: Any, logins: list[str]
     """(``logins``, those not tracked yet as GitHub spells them; those GitHub does not
     know): one `GET /users/<login>` per login not tracked under any spelling."""
     from bulkbackup.forge.github_rest import GitHub
-    from bulkbackup.logins import tracked_spelling
+    from bulkbackup.queue.logins import tracked_spelling
 
     github = GitHub(settings.github)
     spelled: list[str] = []

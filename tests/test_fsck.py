@@ -17,7 +17,7 @@ import pytest
 from bulkbackup.config import Settings
 from bulkbackup.errors import ArchiveError
 from bulkbackup.git.fsck import NOTES_MAX_CHARS, TOLERATED, FsckNotes, fsck
-from bulkbackup.passes.restore import Git
+from bulkbackup.git.localgit import Git
 from bulkbackup.store import Store
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.oddities import add_bad_tree, add_oddities

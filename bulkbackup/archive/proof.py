@@ -5,7 +5,7 @@ A git server can answer an increment fetch with a pack that `git bundle verify` 
 `git fetch` from the bundle refuses (objects missing, a delta past its base, a branch at a
 blob, ...). Committed, such an increment would make every later state unrestorable. So the
 chain is rebuilt in a scratch bare repository and the increment applied on it with
-`restore.apply_part`, exactly as `restore` applies it: an increment that passes restores.
+`archive.apply.apply_part`, exactly as `restore` applies it: an increment that passes restores.
 The committed parts were proved when they were committed: their packs are only indexed
 (`index-pack --fix-thin`, what `git fetch` from them runs) and the refs of the committed
 state set; `git fetch` of the increment then checks what is new (every object arrives and
@@ -21,11 +21,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bulkbackup.archive.apply import PartReader, apply_part, check_refs, readable
 from bulkbackup.archive.stored import ArchivePart
 from bulkbackup.config import Settings
 from bulkbackup.errors import ArchiveError
 from bulkbackup.git.bundles import BundleHeader, parse_header
-from bulkbackup.passes.restore import Git, PartReader, apply_part, check_refs, readable
+from bulkbackup.git.localgit import Git
 
 
 @dataclass(frozen=True)

@@ -244,3 +244,12 @@ def download(store: Opener, key: str, dest: Path, size: int, progress: bool = Tr
         bar.close()
     if got != size:
         raise ArchiveError(f"{key}: download truncated: {got} bytes, the store says {size}")
+
+
+def stored_spelling(store: Store, login: str) -> str:
+    """The spelling ``login`` is stored under; ``login`` itself when the store has no such
+    user (the caller then reports it missing, or archives it under that spelling)."""
+    if store.head(layout.user_key(login)) is not None:
+        return login
+    found, _ = store.top_ignoring_case(login, 1, whole=True)
+    return found[0] if found else login

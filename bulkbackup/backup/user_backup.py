@@ -27,7 +27,7 @@ from bulkbackup.archive.metadata import (
     UPDATED_AT,
     fitted,
 )
-from bulkbackup.archive.stored import repositories
+from bulkbackup.archive.stored import repositories, stored_spelling
 from bulkbackup.archive.writer import ArchiveWriter, Change, WriteOutcome, Written
 from bulkbackup.backup.archived_listing import archived_listing
 from bulkbackup.backup.lfs_objects import store_lfs_objects
@@ -49,13 +49,12 @@ from bulkbackup.forge.quota_broker import QuotaBroker
 from bulkbackup.git.auth import GitAuth
 from bulkbackup.git.gitops import GitWork
 from bulkbackup.interrupts import signals_interrupt
-from bulkbackup.logins import stored_spelling
 from bulkbackup.names import check_login, check_logins
-from bulkbackup.run.workdir import work_dir
 from bulkbackup.store import Store, open_store
 from bulkbackup.store.base import Head
 from bulkbackup.store.fenced import Fence, FencedStore, StopFence
 from bulkbackup.timeutil import format_rfc3339, now
+from bulkbackup.workdir import work_dir
 
 log = logging.getLogger(__name__)
 

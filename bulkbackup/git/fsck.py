@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bulkbackup.errors import ArchiveError
-from bulkbackup.passes.restore import Git
+from bulkbackup.git.localgit import Git
 
 # fsck message ids (git's fsck.h, camelCase as fsck prints them) for objects git parses and
 # whose links it follows: a fetch with git's default config takes them (checked for each one

@@ -10,17 +10,14 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
-import signal
-import subprocess
 import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
 
 from bulkbackup.archive import layout
+from bulkbackup.archive.apply import apply_part, check_refs, readable
 from bulkbackup.archive.stored import (
-    ArchivePart,
     RepoArchive,
     archive_at,
     archived,
@@ -29,9 +26,9 @@ from bulkbackup.archive.stored import (
     wikis,
 )
 from bulkbackup.config import Settings
-from bulkbackup.errors import ArchiveError, InvalidName, StoreError, printable
-from bulkbackup.git.bundles import BundleHeader, Opener, read_header
-from bulkbackup.git.gitops import git_env
+from bulkbackup.errors import ArchiveError, InvalidName, StoreError
+from bulkbackup.git.bundles import BundleHeader
+from bulkbackup.git.localgit import Git
 from bulkbackup.names import check_archive_name, check_login, check_repo_name, is_wiki_name
 from bulkbackup.passes.restore_lfs import restore_lfs_objects
 from bulkbackup.store import Store
@@ -42,46 +39,6 @@ MARKER = "bulkbackup.restoredFrom"
 
 # ---------------------------------------------------------------------------------------------
 # Bundles and git
-
-
-class Git:
-    """git in a closed environment (no prompts, no user config, local files only), each call
-    bounded by ``run.git_timeout_s`` and killed with its process group on timeout."""
-
-    def __init__(self, settings: Settings, home: Path) -> None:
-        self.timeout_s = settings.run.git_timeout_s
-        self.env = git_env(home, None, settings.run)  # one process: its cores
-        self.env["GIT_ALLOW_PROTOCOL"] = "file"  # a bundle is fetched as a local file
-
-    def __call__(self, *args: str, cwd: Path, stdin: int = subprocess.DEVNULL) -> str:
-        """git's stdout; ArchiveError naming git's first error when it fails. ``stdin``: a
-        file descriptor git reads (from its current offset)."""
-        status, out, err = self.run(*args, cwd=cwd, stdin=stdin)
-        if status != 0:
-            lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
-            fatal = [ln for ln in lines if ln.startswith(("fatal:", "error:"))] or lines
-            why = fatal[0] if fatal else f"exit status {status}"
-            raise ArchiveError(f"git {args[0]} failed: {printable(why[:300])}")
-        return out
-
-    def run(self, *args: str, cwd: Path, stdin: int = subprocess.DEVNULL
-            ) -> tuple[int, str, str]:
-        """(exit status, stdout, stderr), whatever the status; ArchiveError on a timeout."""
-        proc = subprocess.Popen(["git", *args], cwd=cwd, env=self.env, stdin=stdin,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
-        try:
-            out, err = proc.communicate(timeout=self.timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise ArchiveError(f"git {args[0]} timed out after {self.timeout_s:g}s") from None
-        return (proc.returncode, out.decode("utf-8", "replace"),
-                err.decode("utf-8", "replace"))
-
-    def refs(self, repo: Path) -> dict[str, str]:
-        out = self("for-each-ref", "--format=%(objectname) %(refname)", cwd=repo)
-        return {ref: sha for sha, _, ref in (ln.partition(" ") for ln in out.splitlines())}
 
 
 def choose_branch(refs: dict[str, str], head: str | None, listed: str | None) -> str | None:
@@ -121,54 +78,6 @@ def build_mirror(store: Store, git: Git, archive: RepoArchive, dest: Path, work:
             git("symbolic-ref", "HEAD", f"refs/heads/{listed}", cwd=dest)
     git("config", MARKER, f"{archive.login}/{archive.repo}", cwd=dest)
     return Built(refs, branch)
-
-
-def apply_part(git: Git, dest: Path, path: Path, key: str) -> BundleHeader:
-    """Apply the bundle at ``path`` (the store's ``key``) on the repository ``dest``, as
-    restore does it and as an increment is proved before it is committed (proof.py); its
-    header."""
-    header = read_header(path, key)
-    git("bundle", "verify", "--quiet", str(path), cwd=dest)
-    try:
-        git("fetch", "--quiet", "--prune", "--no-write-fetch-head", str(path),
-            "+refs/*:refs/*", cwd=dest)  # + : an increment may move refs anywhere
-    except ArchiveError as exc:
-        if "early EOF" in str(exc) or "premature" in str(exc):
-            raise ArchiveError(f"{key}: bundle truncated ({exc})") from None
-        raise ArchiveError(f"{key}: bundle unreadable ({exc})") from None
-    return header
-
-
-def check_refs(git: Git, dest: Path, header: BundleHeader, what: str) -> dict[str, str]:
-    """The refs of ``dest``, which must be those of the last bundle applied."""
-    refs = git.refs(dest)
-    if refs != header.refs:
-        raise ArchiveError(f"{what}: restored refs differ from the bundle's header: "
-                           + _ref_diff(header.refs, refs))
-    return refs
-
-
-class PartReader(Opener, Protocol):
-    def local_path(self, key: str) -> Path | None: ...
-
-
-def readable(store: PartReader, part: ArchivePart, scratch: Path, progress: bool) -> Path:
-    """A file with the part's data: the local store's own file, read in place (git only
-    reads it), else a download to ``scratch``. Either way its size is the part's."""
-    path = store.local_path(part.key)
-    if path is not None and path.stat().st_size == part.size:
-        return path
-    download(store, part.key, scratch, part.size, progress)
-    return scratch
-
-
-def _ref_diff(expected: dict[str, str], got: dict[str, str]) -> str:
-    missing = sorted(set(expected) - set(got))
-    extra = sorted(set(got) - set(expected))
-    moved = sorted(r for r in set(expected) & set(got) if expected[r] != got[r])
-    parts = [f"{what} {', '.join(refs[:5])}{' ...' if len(refs) > 5 else ''}"
-             for what, refs in (("missing", missing), ("extra", extra), ("moved", moved)) if refs]
-    return printable("; ".join(parts))  # ref names come from the bundle: untrusted
 
 
 # ---------------------------------------------------------------------------------------------

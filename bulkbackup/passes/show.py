@@ -14,9 +14,9 @@ from bulkbackup.archive.metadata import (
     SYNCD_REPOS,
     UPDATED_AT,
 )
+from bulkbackup.archive.stored import stored_spelling
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import BulkbackupError
-from bulkbackup.logins import stored_spelling
 from bulkbackup.names import check_login, is_archive_name
 from bulkbackup.store import Store, open_store
 

@@ -32,8 +32,9 @@ from bulkbackup.archive.stored import (
 from bulkbackup.config import Settings
 from bulkbackup.errors import ArchiveError, InvalidName, StoreError, printable
 from bulkbackup.git.fsck import fsck
+from bulkbackup.git.localgit import Git
 from bulkbackup.names import check_archive_name, is_login
-from bulkbackup.passes.restore import Built, Git, build_mirror
+from bulkbackup.passes.restore import Built, build_mirror
 from bulkbackup.queue import keys
 from bulkbackup.store import Store
 from bulkbackup.timeutil import format_rfc3339, now

@@ -11,11 +11,11 @@ from collections.abc import Iterable
 import redis
 
 from bulkbackup.iterutil import chunks
-from bulkbackup.logins import index_pairs
 from bulkbackup.names import is_login
 from bulkbackup.queue import keys
 from bulkbackup.queue.claims import Claimer, Completion
 from bulkbackup.queue.connection import Scripts
+from bulkbackup.queue.logins import index_pairs
 
 __all__ = ["TRACK_BATCH", "Claimer", "Completion", "add_never_synced", "add_scores_gt",
            "counts", "index_for_search", "reset"]

@@ -27,12 +27,12 @@ from types import FrameType
 
 import redis
 
+from bulkbackup import workdir
 from bulkbackup.config import Settings
 from bulkbackup.errors import BulkbackupError
 from bulkbackup.progress import Progress
 from bulkbackup.queue import keys
 from bulkbackup.queue.connection import connect, server_time
-from bulkbackup.run import workdir
 from bulkbackup.run.reports import Deferred, Failed, GivenBack, Lost, Synced, WorkerExit
 from bulkbackup.run.worker import WorkerArgs, worker_main
 from bulkbackup.store import clean_stale_temp

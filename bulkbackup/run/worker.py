@@ -55,8 +55,8 @@ from bulkbackup.run.reports import (
     Synced,
     WorkerExit,
 )
-from bulkbackup.run.workdir import work_dir
 from bulkbackup.store import Store, open_store
+from bulkbackup.workdir import work_dir
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")

@@ -21,8 +21,8 @@ import redis
 from bulkbackup.config import Settings
 from bulkbackup.errors import BulkbackupError
 from bulkbackup.forge.github_rest import GitHub
-from bulkbackup.logins import tracked_spelling
 from bulkbackup.queue import keys, tracked
+from bulkbackup.queue.logins import tracked_spelling
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ from bulkbackup.archive.layout import UserCounts, short_reason
 from bulkbackup.archive.metadata import ERROR, REPORTED_REPOS, SYNCD_REPOS
 from bulkbackup.backup.results import error_kind
 from bulkbackup.errors import StoreError
-from bulkbackup.logins import tracked_spelling
 from bulkbackup.names import is_login
 from bulkbackup.queue import keys, tracked
+from bulkbackup.queue.logins import tracked_spelling
 from bulkbackup.store import Head, Store
 from bulkbackup.web.data import iso, number
 from bulkbackup.web.detail import StoredUsers

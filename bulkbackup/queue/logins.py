@@ -1,10 +1,9 @@
-"""GitHub logins ignore case: one account is one archive (DESIGN.md "Logins").
+"""GitHub logins ignore case: one account is one member of `tracked` (DESIGN.md "Logins").
 
 Keys and `tracked` members keep the login as GitHub spells it; a lookup finds that spelling:
 - with Redis (`track`, ingest, `serve`): `tracked` and the index `bulkbackup:logins`
   (keys.py), one round trip;
-- from the store alone (`show`, `restore`, `verify`, `sync`): the exact key (one HEAD), else
-  the store's case-insensitive search (Store.top_ignoring_case: bounded listings).
+- from the store alone (`show`, `restore`, `verify`, `sync`): archive/stored.stored_spelling.
 """
 
 from __future__ import annotations
@@ -13,10 +12,8 @@ from collections.abc import Iterable, Iterator
 
 import redis
 
-from bulkbackup.archive import layout
 from bulkbackup.names import is_login
 from bulkbackup.queue import keys
-from bulkbackup.store import Store
 
 
 def index_entry(login: str) -> tuple[str, str] | None:
@@ -41,15 +38,6 @@ def tracked_spelling(r: redis.Redis, login: str) -> str | None:
     if isinstance(indexed, str) and is_login(indexed) and indexed.lower() == folded:
         return indexed
     return folded if lowercase is not None else None
-
-
-def stored_spelling(store: Store, login: str) -> str:
-    """The spelling ``login`` is stored under; ``login`` itself when the store has no such
-    user (the caller then reports it missing, or archives it under that spelling)."""
-    if store.head(layout.user_key(login)) is not None:
-        return login
-    found, _ = store.top_ignoring_case(login, 1, whole=True)
-    return found[0] if found else login
 
 
 def index_pairs(logins: Iterable[str]) -> Iterator[tuple[str, str]]:

@@ -13,7 +13,7 @@ import redis
 
 from bulkbackup.passes.verify import sample_logins
 from bulkbackup.store import Store
-from bulkbackup.store.base import ObjectInfo
+from bulkbackup.store.listing import ObjectInfo
 from bulkbackup.testing.forge import Forge, RepoSpec
 from tests.helpers import damage, git, run_cli, verify
 

@@ -26,7 +26,7 @@ from bulkbackup.queue import events as queue_events
 from bulkbackup.queue import keys, tracked
 from bulkbackup.queue.connection import connect
 from bulkbackup.store import Store, open_store
-from bulkbackup.store.base import ObjectInfo
+from bulkbackup.store.listing import ObjectInfo
 from bulkbackup.timeutil import format_rfc3339
 
 HSCAN_BATCH = 500

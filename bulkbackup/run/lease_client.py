@@ -26,7 +26,8 @@ import urllib3
 
 from bulkbackup.errors import BulkbackupError, ConfigError, LockLost
 from bulkbackup.http.bounded import Answer, BoundedPool, Overdue, SlowRead
-from bulkbackup.store.base import Head, ObjectInfo, clean_metadata
+from bulkbackup.store.base import Head, clean_metadata
+from bulkbackup.store.listing import ObjectInfo
 
 METADATA_HEADER = "X-Bulkbackup-Metadata"
 JSON_MAX_BYTES = 64 << 20  # a listing of a user with very many parts

@@ -15,15 +15,8 @@ from typing import BinaryIO
 from bulkbackup.archive import layout
 from bulkbackup.errors import NotFound, StoreError
 from bulkbackup.run.lease_client import LeaseClient
-from bulkbackup.store.base import (
-    BeforeCommit,
-    Head,
-    ObjectInfo,
-    Store,
-    check_key,
-    check_range,
-    no_fence,
-)
+from bulkbackup.store.base import BeforeCommit, Head, Store, check_key, check_range, no_fence
+from bulkbackup.store.listing import ObjectInfo
 
 
 def _login(key: str) -> str:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from bulkbackup.config import StoreSettings, store_scheme
 from bulkbackup.errors import ConfigError
-from bulkbackup.store.base import Head, ObjectInfo, Store
+from bulkbackup.store.base import Head, Store
+from bulkbackup.store.listing import ObjectInfo
 
 __all__ = ["Head", "ObjectInfo", "Store", "clean_stale_temp", "open_store"]
 

@@ -16,18 +16,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from bulkbackup.errors import StoreError
+from bulkbackup.store.casefold import top_ignoring_case
+from bulkbackup.store.listing import ObjectInfo
 
 # Storj rejects user metadata above 2 KiB; keep a margin for names and encoding.
 METADATA_LIMIT_BYTES = 1900
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """One entry of a listing: what a listing page gives without a request per object."""
-
-    key: str
-    size: int
-    last_modified: datetime  # timezone-aware, UTC
 
 
 @dataclass(frozen=True)
@@ -170,8 +163,6 @@ class Store(abc.ABC):
         """The users (top-level keys) whose login starts with ``prefix`` ignoring case
         (``whole``: is ``prefix`` ignoring case), in byte order, at most ``limit``; and whether
         there may be more. Bounded listings: see store/casefold.py."""
-        from bulkbackup.store.casefold import top_ignoring_case
-
         return top_ignoring_case(self, prefix, limit, whole)
 
     def local_path(self, key: str) -> Path | None:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from bulkbackup.names import is_login
-from bulkbackup.store.base import ObjectInfo
+from bulkbackup.store.listing import ObjectInfo
 
 # Entries read of one listing (S3 counts a user's object and its folder: one page of 1000).
 SCAN_USERS = 250

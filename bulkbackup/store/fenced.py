@@ -16,7 +16,8 @@ from typing import BinaryIO, Protocol
 
 from bulkbackup import faults
 from bulkbackup.errors import Interrupted
-from bulkbackup.store.base import Head, ObjectInfo, Store
+from bulkbackup.store.base import Head, Store
+from bulkbackup.store.listing import ObjectInfo
 
 
 class Fence(Protocol):

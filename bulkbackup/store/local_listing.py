@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bulkbackup.errors import StoreError, one_line
-from bulkbackup.store.base import ObjectInfo
+from bulkbackup.store.listing import ObjectInfo
 
 OBJECT = "%object"
 _RESERVED = re.compile(r"%(?!25)")

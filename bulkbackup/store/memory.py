@@ -21,13 +21,13 @@ from bulkbackup.errors import NotFound, StoreError
 from bulkbackup.store.base import (
     BeforeCommit,
     Head,
-    ObjectInfo,
     Store,
     check_key,
     check_range,
     clean_metadata,
     no_fence,
 )
+from bulkbackup.store.listing import ObjectInfo
 
 _CHUNK = 1024 * 1024
 

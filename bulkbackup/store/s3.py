@@ -27,7 +27,6 @@ from bulkbackup.errors import ConfigError, NotFound, StoreError, one_line
 from bulkbackup.store.base import (
     BeforeCommit,
     Head,
-    ObjectInfo,
     Store,
     check_key,
     check_range,
@@ -35,6 +34,7 @@ from bulkbackup.store.base import (
     content_type,
     no_fence,
 )
+from bulkbackup.store.listing import ObjectInfo
 
 _MIB = 1024 * 1024
 _MISSING = {"404", "NoSuchKey", "NotFound"}

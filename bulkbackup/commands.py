@@ -271,6 +271,7 @@ def restore_command(settings: Settings, target: str, to: str, at: str | None, wi
         extra = f", HEAD {r.branch}" if r.branch else ""
         extra += f", zip {r.zip_path}" if r.zip_path else ""
         extra += f", {r.lfs_objects} LFS objects" if r.lfs_objects else ""
+        extra += f", {r.assets} release assets" if r.assets else ""
         print(f"{r.login}/{r.repo}: restored to {r.path} ({what}{extra})", flush=True)
     missing = len(report.without_archive)
     done = len(report.repos) - len(report.failed) - missing

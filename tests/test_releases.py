@@ -1,0 +1,134 @@
+"""Releases and their assets end to end, on both stores: a real `bulkbackup sync` from the
+stand-in asks for a repository's release list only when the listing says it may have
+changed, stores each asset once (through GitHub's redirect to its asset storage, the token
+to the git host only), records each hostile case on the part it concerns while the
+repository is archived anyway, and `restore` writes the assets beside the mirror."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import orjson
+
+from bulkbackup.archive import layout
+from bulkbackup.archive.metadata import ERROR
+from bulkbackup.store import Store
+from bulkbackup.testing import releases
+from bulkbackup.testing.forge import Forge, RepoSpec
+from bulkbackup.testing.forge_graphql import controls
+from bulkbackup.testing.lfs import other_host
+from bulkbackup.testing.releases import AssetSpec, ReleaseSpec
+from tests.helpers import run_cli
+
+TOKEN = "ghp_RELtoken0123456789abcdefABCDEF012345"
+BASIC = "Basic " + base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode()
+TARBALL = AssetSpec("tool-1.0.tar.gz", os.urandom(5000))
+HUGE = AssetSpec("disk.iso", b"x", releases.HUGE)
+ELSEWHERE = AssetSpec("evil.bin", b"evil\n", releases.ELSEWHERE)
+
+
+def sync_with(forge: Forge, tmp_path: Path, login: str, run: str = "",
+              env: dict[str, str] | None = None) -> str:
+    storage = other_host(urlsplit(forge.url).netloc)
+    cfg = tmp_path / "releases.yaml"
+    cfg.write_text(f"github:\n  allow_http_token: true\n  asset_hosts: ['{storage}']\n"
+                   f"run:\n  max_asset_mb: 1024\n{run}")
+    proc = run_cli("sync", login, env={"GITHUB_TOKEN": TOKEN, "BULKBACKUP_CONFIG": str(cfg),
+                                       **(env or {})})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_releases_and_assets_are_stored_once_and_restored(
+        env: None, forge: Forge, store: Store, tmp_path: Path) -> None:
+    forge.add_user("rita", [RepoSpec("tool")])
+    forge.add_release("rita", "tool", ReleaseSpec("../escape", assets=(AssetSpec("x", b"x"),)))
+    forge.add_release("rita", "tool", ReleaseSpec(
+        "v1.0", "One", "notes " * 5000, assets=(TARBALL, HUGE, ELSEWHERE)))
+    out = sync_with(forge, tmp_path, "rita")
+    assert "assets 1 stored, 3 not stored" in out
+    assert forge.counters["api_releases"] == 1
+    assert store.read_bytes(layout.asset_key("rita", "tool", "v1.0", TARBALL.name)) \
+        == TARBALL.content
+    listed = orjson.loads(store.read_bytes(layout.releases_key("rita", "tool")))
+    assert [r["tag_name"] for r in listed] == ["v1.0", "../escape"]
+    assert len(listed[0]["body"]) == 8000 and "author" not in listed[0]
+    assert [a["name"] for a in listed[0]["assets"]] == [TARBALL.name, HUGE.name, ELSEWHERE.name]
+
+    # The token went to the git host only; the redirect to the storage host without it.
+    host = urlsplit(forge.url).netloc
+    assert [(h, a) for h, _, a in forge.asset_seen] == [(host, BASIC), (other_host(host), None)]
+
+    # Each hostile case recorded on its part; the repository and the user not failed.
+    huge = store.head(layout.asset_key("rita", "tool", "v1.0", HUGE.name))
+    assert huge is not None and huge.size == 0 and "max_asset_mb" in huge.get(ERROR)
+    evil = store.head(layout.asset_key("rita", "tool", "v1.0", ELSEWHERE.name))
+    assert evil is not None and evil.size == 0 and "another host" in evil.get(ERROR)
+    assert not any(releases.ELSEWHERE_HOST in h for h, _, _ in forge.asset_seen)
+    recorded = store.head(layout.releases_key("rita", "tool"))
+    assert recorded is not None and "invalid release tag: '../escape'" in recorded.get(ERROR)
+    assert not any(".." in i.key.split("/") for i in store.list("rita/"))
+    bundle = store.head(layout.bundle_key("rita", "tool"))
+    assert bundle is not None and bundle.size > 0 and not bundle.get(ERROR)
+    user = store.head("rita")
+    assert user is not None and not user.get(ERROR)
+
+    # Nothing changed: neither the list nor an asset is asked for again.
+    forge.reset_counters()
+    sync_with(forge, tmp_path, "rita")
+    assert forge.counters["api_releases"] == forge.counters["asset_download"] == 0
+
+    # A new release: the list once, its one asset (redirect and storage), nothing else.
+    forge.add_release("rita", "tool", ReleaseSpec("v2.0", assets=(AssetSpec("new", b"2\n"),)))
+    sync_with(forge, tmp_path, "rita")
+    assert forge.counters["api_releases"] == 1 and forge.counters["asset_download"] == 2
+    assert store.read_bytes(layout.asset_key("rita", "tool", "v2.0", "new")) == b"2\n"
+
+    proc = run_cli("restore", "rita", "--to", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 release assets" in proc.stdout
+    user_dir = tmp_path / "r" / "rita"
+    assert (user_dir / "tool.releases" / "v1.0" / TARBALL.name).read_bytes() == TARBALL.content
+    assert (user_dir / "tool.releases" / "v2.0" / "new").read_bytes() == b"2\n"
+    assert not (user_dir / "tool.releases" / "v1.0" / HUGE.name).exists()
+    assert orjson.loads((user_dir / "tool.releases.json").read_bytes())[0]["tag_name"] == "v2.0"
+
+
+def test_a_user_without_releases_costs_no_request_nor_point(
+        env: None, forge: Forge, store: Store, tmp_path: Path) -> None:
+    forge.add_user("nora", [RepoSpec("a"), RepoSpec("b")])
+    sync_with(forge, tmp_path, "nora")
+    assert forge.counters["api_releases"] == forge.counters["api"] == 0
+    assert (controls(forge).counters["requests"], controls(forge).counters["points"]) == (1, 1)
+    assert not list(store.list(layout.assets_prefix("nora", "a")))
+    assert store.head(layout.releases_key("nora", "a")) is None
+
+
+def test_rest_asks_for_the_list_when_the_repository_changed(
+        env: None, forge: Forge, store: Store, tmp_path: Path) -> None:
+    forge.add_user("rest", [RepoSpec("tool")])
+    forge.add_release("rest", "tool", ReleaseSpec("v1.0", assets=(TARBALL,)))
+    rest = {"GITHUB_API": "rest"}
+    sync_with(forge, tmp_path, "rest", env=rest)
+    assert forge.counters["api_releases"] == 1
+    assert store.read_bytes(layout.asset_key("rest", "tool", "v1.0", TARBALL.name)) \
+        == TARBALL.content
+    forge.reset_counters()
+    sync_with(forge, tmp_path, "rest", env=rest)  # unchanged: not asked
+    assert forge.counters["api_releases"] == forge.counters["asset_download"] == 0
+    forge.push("rest", "tool", {"f": b"change\n"})
+    sync_with(forge, tmp_path, "rest", env=rest)  # changed: asked, 304, nothing fetched
+    assert forge.counters["api_releases"] == 1 and forge.counters["api_304"] >= 1
+    assert forge.counters["asset_download"] == 0
+
+
+def test_without_the_setting_nothing_is_asked(env: None, forge: Forge, store: Store,
+                                              tmp_path: Path) -> None:
+    forge.add_user("otto", [RepoSpec("tool")])
+    forge.add_release("otto", "tool", ReleaseSpec("v1.0", assets=(TARBALL,)))
+    sync_with(forge, tmp_path, "otto", "  releases: false\n")
+    assert forge.counters["api_releases"] == 0
+    assert store.head(layout.releases_key("otto", "tool")) is None

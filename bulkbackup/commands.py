@@ -158,6 +158,12 @@ def render_user(user: dict[str, Any]) -> str:
                      f"{sum(r['lfs_objects'] for r in lfs)} "
                      f"({_size(sum(r['lfs_bytes'] for r in lfs))})")
     lines += [f"{r['name']}: LFS: {r['lfs_error']}" for r in lfs if r.get("lfs_error")]
+    released = [r for r in repos if r.get("assets") or r.get("releases_error")]
+    if released:
+        lines.append(f"release assets {sum(r['assets'] for r in released)} "
+                     f"({_size(sum(r['asset_bytes'] for r in released))})")
+    lines += [f"{r['name']}: releases: {r['releases_error']}" for r in released
+              if r.get("releases_error")]
     return "\n".join(map(printable, lines))
 
 

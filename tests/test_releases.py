@@ -21,7 +21,7 @@ from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.forge_graphql import controls
 from bulkbackup.testing.lfs import other_host
 from bulkbackup.testing.releases import AssetSpec, ReleaseSpec
-from tests.helpers import run_cli
+from tests.helpers import run_cli, start_serve, stop_serve
 
 TOKEN = "ghp_RELtoken0123456789abcdefABCDEF012345"
 BASIC = "Basic " + base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode()
@@ -132,3 +132,34 @@ def test_without_the_setting_nothing_is_asked(env: None, forge: Forge, store: St
     sync_with(forge, tmp_path, "otto", "  releases: false\n")
     assert forge.counters["api_releases"] == 0
     assert store.head(layout.releases_key("otto", "tool")) is None
+
+
+def test_show_stats_and_serve_list_and_download_the_assets(
+        env: None, forge: Forge, store: Store, tmp_path: Path) -> None:
+    forge.add_user("sara", [RepoSpec("tool")])
+    forge.add_release("sara", "tool", ReleaseSpec("v1.0", assets=(TARBALL, ELSEWHERE)))
+    sync_with(forge, tmp_path, "sara")
+    proc = run_cli("show", "sara", "--json")
+    assert proc.returncode == 0, proc.stderr
+    shown = orjson.loads(proc.stdout)["repositories"][0]
+    assert (shown["assets"], shown["asset_bytes"]) == (1, len(TARBALL.content))
+    assert shown["asset_files"] == [["v1.0", TARBALL.name, len(TARBALL.content)]]
+    assert "evil.bin: refusing download URL" in shown["releases_error"]
+    assert "release assets 1" in run_cli("show", "sara").stdout
+    figures = orjson.loads(run_cli("stats", "--json").stdout)["more_than_git"]
+    assert (figures["release_lists"], figures["assets"], figures["asset_bytes"]) == (
+        1, 1, len(TARBALL.content))
+    served = start_serve(dict(os.environ), tmp_path / "serve.log")
+    try:
+        page = served.get("/users/sara").text
+        assert f"/users/sara/tool.releases/v1.0/{TARBALL.name}" in page
+        got = served.get(f"/users/sara/tool.releases/v1.0/{TARBALL.name}")
+        assert got.status_code == 200 and got.content == TARBALL.content
+        assert 'filename="tool.v1.0.tool-1.0.tar.gz"' in got.headers["content-disposition"]
+        listed = served.get("/users/sara/tool.releases.json")
+        assert listed.status_code == 200 and orjson.loads(listed.content)[0]["tag_name"] == "v1.0"
+        # The refused asset's marker is no download; nor is a path outside the layout.
+        assert served.get(f"/users/sara/tool.releases/v1.0/{ELSEWHERE.name}").status_code == 404
+        assert served.get("/users/sara/tool.releases/..%2F/x").status_code == 404
+    finally:
+        stop_serve(served)

@@ -209,7 +209,12 @@ def file_name(key: str) -> str:
         return f"{parsed.login}.json"
     if parsed.kind is Kind.PART:
         return f"{parsed.repo}.{parsed.chain}.{parsed.seq:0{SEQ_DIGITS}d}{BUNDLE_SUFFIX}"
+    if parsed.kind is Kind.ASSET:  # names from the API: only safe characters in a header
+        return _SAFE_FILE.sub("_", f"{parsed.repo}.{parsed.tag}.{parsed.asset}")[:200]
     return key.rsplit(SEPARATOR, 1)[-1]
+
+
+_SAFE_FILE = re.compile(r"[^A-Za-z0-9._+-]")
 
 
 def updated_metadata(head: Head, changes: Mapping[str, str]) -> dict[str, str]:

@@ -45,9 +45,6 @@ class GitHubSettings:
     # GitHub's web side: serve's "Sign in with GitHub" (OAuth web flow) goes there.
     web_url: str = "https://github.com"
     git_host: str = ""
-    # Gists are git repositories on their own host (docs/archive.md "Releases and gists"):
-    # the git token goes there too, as to git_host.
-    gist_host: str = "gist.github.com"
     # Hosts a release asset's download may be redirected to (GitHub's asset storage),
     # followed without the token; the download itself must be on the git or the API host.
     asset_hosts: tuple[str, ...] = ("objects.githubusercontent.com",
@@ -125,7 +122,6 @@ class RunSettings:
     max_lfs_repo_mb: int = 20480  # LFS bytes fetched for one repository in one pass
     releases: bool = True
     max_asset_mb: int = 2048  # a release asset larger than this is recorded, not fetched
-    gists: bool = True
 
 
 @dataclass(frozen=True)

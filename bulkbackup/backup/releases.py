@@ -10,14 +10,16 @@ When the list is asked for (`wanted`), at most one request per repository and pa
 - REST's listing says nothing of releases: the list is asked when the repository changed
   this pass (its archive was written: a new release's tag is a push), conditionally with the
   stored list's ETag (a 304 is free).
-The list is stored only when its content changed (`ContentSha256`). Each asset is fetched
-once: one listing of `<login>/<repo>.releases/` finds those stored (same key and size: not
-asked again). An asset above `run.max_asset_mb` is recorded, not fetched: a zero-byte object
-at its key with an `Error` (not written twice). Other failures (a download refused or cut
-short, a tag or name that is not a safe key segment) are an asset's zero-byte `Error`, or,
-when it has no key, only in the list's `Error` (which names every asset not stored); none
-fails the repository. A list that could not be read is asked again at the next pass (its
-`LatestRelease` is not updated; REST: at the repository's next change).
+The list is stored only when its content changed (`ContentSha256`), and never when there has
+been no release (REST's listing cannot say: no object is written for such a repository).
+Each asset is fetched once: one listing of `<login>/<repo>.releases/` finds those stored
+(same key and size: not asked again). An asset above `run.max_asset_mb` is recorded, not
+fetched: a zero-byte object at its key with an `Error` (not written twice). Other failures
+(a download refused or cut short, a tag or name that is not a safe key segment) are an
+asset's zero-byte `Error`, or, when it has no key, only in the list's `Error` (which names
+every asset not stored); none fails the repository. A list that could not be read is asked
+again at the next pass (its `LatestRelease` is not updated; REST: at the repository's next
+change).
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ def sync_releases(store: FencedStore, api: GitHub, settings: Settings, login: st
             store.replace_metadata(key, layout.updated_metadata(head, meta))
         return result
     releases = got.releases
+    if not releases and head is None:
+        return result  # none (REST asks without knowing): no object for a repository
     if got.not_modified and head is not None:  # an Error to clear: the stored list's assets
         releases = _stored_list(store, key)
     _assets(store, settings, login, repo.name, releases, auth, scratch, result)

@@ -4,7 +4,8 @@ release's fields kept as `KEPT` names them, its `body` cut to MAX_BODY_CHARS, at
 MAX_ASSETS assets a release. The request is the REST client's (forge/github_rest.py: the
 quota broker, retries, bounds, a redirect followed on the API's host only); the list is
 asked conditionally with the ETag of the one it last stored (a 304 is free under GitHub's
-rate limit).
+rate limit). A rate limit that would keep the user's sync waiting past 4 x
+github.timeout_s is the list's error (asked again next pass), never a wait for the reset.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ def list_releases(gh: GitHub, login: str, repo: str, etag: str) -> ReleaseList:
     """``login/repo``'s releases (see the module's doc); a failure is its ``error``."""
     query = urlencode({"per_page": 100})
     url: str | None = f"{gh.settings.api_url}/repos/{quote(login)}/{quote(repo)}/releases?{query}"
-    deadline = time.monotonic() + gh.settings.user_deadline_s
+    # Short: a user's sync waits for it (a rate limit past it is this list's error, asked
+    # again at the next pass), whatever github.user_deadline_s allows a listing.
+    deadline = time.monotonic() + min(gh.settings.user_deadline_s, 4 * gh.settings.timeout_s)
     out = ReleaseList()
     try:
         while url is not None and out.requests < MAX_PAGES:

@@ -12,9 +12,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import orjson
+import pytest
 
 from bulkbackup.archive import layout
 from bulkbackup.archive.metadata import ERROR
+from bulkbackup.errors import InvalidName
+from bulkbackup.names import is_key_segment
 from bulkbackup.store import Store
 from bulkbackup.testing import releases
 from bulkbackup.testing.forge import Forge, RepoSpec
@@ -163,3 +166,18 @@ def test_show_stats_and_serve_list_and_download_the_assets(
         assert served.get("/users/sara/tool.releases/..%2F/x").status_code == 404
     finally:
         stop_serve(served)
+
+
+def test_tags_and_asset_names_become_keys_only_as_safe_segments() -> None:
+    for bad in ("..", ".", "", "a/b", "a\\b", "../x", "x\n", "x\u202e", " x", "é" * 101):
+        assert not is_key_segment(bad), bad
+        with pytest.raises(InvalidName):
+            layout.asset_key("u", "r", bad, "ok")
+    key = layout.asset_key("u", "r", "v1.0-rc.1+build", "tool 1.0 (linux).tar.gz")
+    parsed = layout.parse_key(key)
+    assert (parsed.kind, parsed.repo, parsed.tag, parsed.asset) == (
+        layout.Kind.ASSET, "r", "v1.0-rc.1+build", "tool 1.0 (linux).tar.gz")
+    assert layout.parse_key(layout.releases_key("u", "r")) == layout.StoreKey(
+        "u", "r", layout.Kind.RELEASES)
+    assert layout.parse_key("u/r.releases/../x").kind is layout.Kind.OTHER
+    assert layout.file_name(layout.asset_key("u", "r", "v1", 'a"b;c.zip')) == "r.v1.a_b_c.zip"

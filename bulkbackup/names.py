@@ -76,10 +76,12 @@ MAX_SEGMENT_BYTES = 200  # a release tag or asset name as one store key segment 
 def is_key_segment(value: object) -> bool:
     """A name from the API (a release's tag, an asset's name) usable as one segment of a
     store key and of a path `restore` writes: printable text (no control, format or line
-    separator character), no `/` or `\\`, not `.` or `..`, at most MAX_SEGMENT_BYTES."""
+    separator character), no `/`, `\\` or `%` (the local store spells `%` as three bytes:
+    the file name would outgrow the bound), not `.` or `..`, no space at either end, at most
+    MAX_SEGMENT_BYTES."""
     return (isinstance(value, str) and value not in ("", ".", "..")
             and len(value.encode("utf-8", "surrogatepass")) <= MAX_SEGMENT_BYTES
-            and value.isprintable() and "/" not in value and "\\" not in value
+            and value.isprintable() and not any(c in value for c in "/\\%")
             and value == value.strip())
 
 

@@ -39,8 +39,8 @@ def sync_with(forge: Forge, tmp_path: Path, login: str, run: str = "",
     cfg = tmp_path / "releases.yaml"
     cfg.write_text(f"github:\n  allow_http_token: true\n  asset_hosts: ['{storage}']\n"
                    f"run:\n  max_asset_mb: 1024\n{run}")
-    proc = run_cli("sync", login, env={"GITHUB_TOKEN": TOKEN, "BULKBACKUP_CONFIG": str(cfg),
-                                       **(env or {})})
+    env = {"GITHUB_TOKEN": TOKEN, "BULKBACKUP_CONFIG": str(cfg), **(env or {})}
+    proc = run_cli("sync", *login.split(), env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -103,11 +103,15 @@ def test_releases_and_assets_are_stored_once_and_restored(
 def test_a_user_without_releases_costs_no_request_nor_point(
         env: None, forge: Forge, store: Store, tmp_path: Path) -> None:
     forge.add_user("nora", [RepoSpec("a"), RepoSpec("b")])
-    sync_with(forge, tmp_path, "nora")
-    assert forge.counters["api_releases"] == forge.counters["api"] == 0
+    forge.add_user("rel", [RepoSpec("c")])
+    forge.add_release("rel", "c", ReleaseSpec("v1", assets=(AssetSpec("f", b"f\n"),)))
+    sync_with(forge, tmp_path, "nora rel")
+    # One query of 1 point listed both, and said which repository has releases: its list is
+    # the one REST request; nora's repositories cost nothing more, nor any store object.
     assert (controls(forge).counters["requests"], controls(forge).counters["points"]) == (1, 1)
-    assert not list(store.list(layout.assets_prefix("nora", "a")))
-    assert store.head(layout.releases_key("nora", "a")) is None
+    assert forge.counters["api_releases"] == forge.counters["api"] == 1
+    assert store.read_bytes(layout.asset_key("rel", "c", "v1", "f")) == b"f\n"
+    assert not [i.key for i in store.list("nora/") if ".releases" in i.key]
 
 
 def test_rest_asks_for_the_list_when_the_repository_changed(
@@ -169,7 +173,7 @@ def test_show_stats_and_serve_list_and_download_the_assets(
 
 
 def test_tags_and_asset_names_become_keys_only_as_safe_segments() -> None:
-    for bad in ("..", ".", "", "a/b", "a\\b", "../x", "x\n", "x\u202e", " x", "é" * 101):
+    for bad in ("..", ".", "", "a/b", "a\\b", "50%", "../x", "x\n", "x\u202e", " x", "é" * 101):
         assert not is_key_segment(bad), bad
         with pytest.raises(InvalidName):
             layout.asset_key("u", "r", bad, "ok")

@@ -158,6 +158,12 @@ def render_user(user: dict[str, Any]) -> str:
                      f"{sum(r['lfs_objects'] for r in lfs)} "
                      f"({_size(sum(r['lfs_bytes'] for r in lfs))})")
     lines += [f"{r['name']}: LFS: {r['lfs_error']}" for r in lfs if r.get("lfs_error")]
+    released = [r for r in repos if r.get("assets") or r.get("releases_error")]
+    if released:
+        lines.append(f"release assets {sum(r['assets'] for r in released)} "
+                     f"({_size(sum(r['asset_bytes'] for r in released))})")
+    lines += [f"{r['name']}: releases: {r['releases_error']}" for r in released
+              if r.get("releases_error")]
     return "\n".join(map(printable, lines))
 
 
@@ -271,6 +277,7 @@ def restore_command(settings: Settings, target: str, to: str, at: str | None, wi
         extra = f", HEAD {r.branch}" if r.branch else ""
         extra += f", zip {r.zip_path}" if r.zip_path else ""
         extra += f", {r.lfs_objects} LFS objects" if r.lfs_objects else ""
+        extra += f", {r.assets} release assets" if r.assets else ""
         print(f"{r.login}/{r.repo}: restored to {r.path} ({what}{extra})", flush=True)
     missing = len(report.without_archive)
     done = len(report.repos) - len(report.failed) - missing

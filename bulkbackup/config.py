@@ -45,6 +45,10 @@ class GitHubSettings:
     # GitHub's web side: serve's "Sign in with GitHub" (OAuth web flow) goes there.
     web_url: str = "https://github.com"
     git_host: str = ""
+    # Hosts a release asset's download may be redirected to (GitHub's asset storage),
+    # followed without the token; the download itself must be on the git or the API host.
+    asset_hosts: tuple[str, ...] = ("objects.githubusercontent.com",
+                                    "release-assets.githubusercontent.com")
     tokens: tuple[str, ...] = field(default=(), repr=False)  # secrets: never in a repr
     timeout_s: float = 30.0
     max_retries: int = 5
@@ -116,6 +120,8 @@ class RunSettings:
     lfs: bool = True
     max_lfs_object_mb: int = 2048  # an LFS object larger than this is not fetched
     max_lfs_repo_mb: int = 20480  # LFS bytes fetched for one repository in one pass
+    releases: bool = True
+    max_asset_mb: int = 2048  # a release asset larger than this is recorded, not fetched
 
 
 @dataclass(frozen=True)

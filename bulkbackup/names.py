@@ -68,3 +68,25 @@ def check_archive_name(value: object) -> str:
         raise InvalidName(f"invalid repository name: {value!r:.120}")
     assert isinstance(value, str)
     return value
+
+
+MAX_SEGMENT_BYTES = 200  # a release tag or asset name as one store key segment (UTF-8)
+
+
+def is_key_segment(value: object) -> bool:
+    """A name from the API (a release's tag, an asset's name) usable as one segment of a
+    store key and of a path `restore` writes: printable text (no control, format or line
+    separator character), no `/`, `\\` or `%` (the local store spells `%` as three bytes:
+    the file name would outgrow the bound), not `.` or `..`, no space at either end, at most
+    MAX_SEGMENT_BYTES."""
+    return (isinstance(value, str) and value not in ("", ".", "..")
+            and len(value.encode("utf-8", "surrogatepass")) <= MAX_SEGMENT_BYTES
+            and value.isprintable() and not any(c in value for c in "/\\%")
+            and value == value.strip())
+
+
+def check_key_segment(value: object, what: str) -> str:
+    if not is_key_segment(value):
+        raise InvalidName(f"invalid {what}: {value!r:.120}")
+    assert isinstance(value, str)
+    return value

@@ -89,7 +89,10 @@ def test_many_pages_empty_failed_and_unchanged(env: None, forge: Forge, store: S
     assert "1 failed" in proc.stdout
     listed = orjson.loads(read(store, "many"))
     assert len(listed) == 12  # three pages, as the API returned them
-    assert forge.counters["api_200"] == 3
+    # and, REST's listing not saying which repositories have releases, one release list for
+    # each repository archived (backup/releases.py); none is stored (there are none)
+    assert forge.counters["api_200"] == 3 + 10 and forge.counters["api_releases"] == 10
+    assert not [i for i in store.list("many/") if ".releases" in i.key]
     keys = {i.key for i in store.list("many/")}
     assert len([k for k in keys if k.endswith(".bundle")]) == 12
     empty = store.head("many/empty.bundle")
@@ -108,7 +111,7 @@ def test_many_pages_empty_failed_and_unchanged(env: None, forge: Forge, store: S
     forge.push("many", "r007", {"new.txt": b"new\n"})
     forge.reset_counters()
     proc = sync("many", extra=small_pages)
-    assert forge.counters["api_200"] == 3
+    assert forge.counters["api_200"] == 3 + 1  # and the release list of r007
     # r007 is fetched once: what is new since its archive (an increment; its zip is made
     # from the repository the increment was proved in); `gone` fails again; nothing else.
     assert forge.clones("many", "r007") == 1

@@ -10,6 +10,10 @@
                               the repository's wiki, archived as a repository named
                               `<repo>.wiki` (GitHub refuses repository names ending so)
     <login>/<repo>.lfs/<oid>  a Git LFS object the archived refs point to (sha256 oid)
+    <login>/<repo>.releases.json
+                              the repository's releases (backup/releases.py)
+    <login>/<repo>.releases/<tag>/<asset>
+                              a release's asset (zero bytes with an `Error`: not stored)
 
 Also the per-user summary cached in Redis for the stats pass and the users list
 (`UserCounts`, with the Error's reason shortened by `short_reason`), the `Error` of an
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bulkbackup.archive.metadata import canonical, fitted
-from bulkbackup.names import WIKI_SUFFIX, is_wiki_name
+from bulkbackup.names import WIKI_SUFFIX, check_key_segment, is_key_segment, is_wiki_name
 from bulkbackup.redact import redact
 from bulkbackup.store.base import Head
 
@@ -35,6 +39,8 @@ BUNDLE_SUFFIX = ".bundle"
 ZIP_SUFFIX = ".zip"
 PARTS_SUFFIX = ".bundle.d"
 LFS_SUFFIX = ".lfs"
+RELEASES_SUFFIX = ".releases"
+RELEASES_LIST_SUFFIX = ".releases.json"
 SEQ_DIGITS = 6
 
 #: The `Error` of a zero-byte bundle of a repository without commits (not a failure).
@@ -49,6 +55,8 @@ class Kind(enum.Enum):
     ZIP = "zip"
     PART = "part"  # one bundle of a chain: an increment, or a kept chain's base
     LFS = "lfs"  # a Git LFS object of a repository (``oid``)
+    RELEASES = "releases"  # a repository's release list
+    ASSET = "asset"  # a release's asset (``tag``, ``asset``)
     OTHER = "other"  # a key the layout does not define (left alone by every pass)
 
 
@@ -56,7 +64,7 @@ class Kind(enum.Enum):
 class StoreKey:
     """A key taken apart: ``repo`` is "" unless ``kind`` is BUNDLE, ZIP, PART or LFS (a
     wiki's BUNDLE, ZIP and PART have ``repo`` `<repo>.wiki`: see ``wiki_of``); ``chain`` and
-    ``seq`` are a PART's, ``oid`` an LFS object's."""
+    ``seq`` are a PART's, ``oid`` an LFS object's, ``tag`` and ``asset`` an ASSET's."""
 
     login: str
     repo: str
@@ -64,6 +72,8 @@ class StoreKey:
     chain: str = ""
     seq: int = 0
     oid: str = ""
+    tag: str = ""
+    asset: str = ""
 
 
 def wiki_name(repo: str) -> str:
@@ -121,6 +131,24 @@ def lfs_key(login: str, repo: str, oid: str) -> str:
     return lfs_prefix(login, repo) + oid
 
 
+def releases_key(login: str, repo: str) -> str:
+    """The repository's release list (JSON array: backup/releases.py)."""
+    return f"{login}{SEPARATOR}{repo}{RELEASES_LIST_SUFFIX}"
+
+
+def assets_prefix(login: str, repo: str) -> str:
+    """What the keys of every asset of ``repo``'s releases start with."""
+    return f"{login}{SEPARATOR}{repo}{RELEASES_SUFFIX}{SEPARATOR}"
+
+
+def asset_key(login: str, repo: str, tag: str, name: str) -> str:
+    """A release's asset; the tag and name come from the API: InvalidName unless each is one
+    safe key segment (names.is_key_segment)."""
+    check_key_segment(tag, "release tag")
+    check_key_segment(name, "asset name")
+    return f"{assets_prefix(login, repo)}{tag}{SEPARATOR}{name}"
+
+
 # A chain id is the base's archive time, to the microsecond (so ids sort by time).
 CHAIN_ID = re.compile(r"[0-9]{8}T[0-9]{12}Z")
 _PART_NAME = re.compile(rf"([0-9]{{{SEQ_DIGITS}}}){re.escape(BUNDLE_SUFFIX)}")
@@ -146,7 +174,8 @@ def parse_key(key: str) -> StoreKey:
     if not sep:
         return StoreKey(login, "", Kind.USER)
     if SEPARATOR not in rest:
-        for suffix, kind in ((BUNDLE_SUFFIX, Kind.BUNDLE), (ZIP_SUFFIX, Kind.ZIP)):
+        for suffix, kind in ((BUNDLE_SUFFIX, Kind.BUNDLE), (ZIP_SUFFIX, Kind.ZIP),
+                             (RELEASES_LIST_SUFFIX, Kind.RELEASES)):
             if rest.endswith(suffix) and len(rest) > len(suffix):
                 return StoreKey(login, rest[: -len(suffix)], kind)
         return StoreKey(login, "", Kind.OTHER)
@@ -155,6 +184,10 @@ def parse_key(key: str) -> StoreKey:
             and LFS_OID.fullmatch(tail)):
         return StoreKey(login, folder[: -len(LFS_SUFFIX)], Kind.LFS, oid=tail)
     chain, _, name = tail.partition(SEPARATOR)
+    if (folder.endswith(RELEASES_SUFFIX) and len(folder) > len(RELEASES_SUFFIX)
+            and is_key_segment(chain) and is_key_segment(name)):
+        return StoreKey(login, folder[: -len(RELEASES_SUFFIX)], Kind.ASSET, tag=chain,
+                        asset=name)
     seq = _PART_NAME.fullmatch(name)
     if (folder.endswith(PARTS_SUFFIX) and len(folder) > len(PARTS_SUFFIX)
             and chain_time(chain) is not None and seq is not None):
@@ -176,7 +209,12 @@ def file_name(key: str) -> str:
         return f"{parsed.login}.json"
     if parsed.kind is Kind.PART:
         return f"{parsed.repo}.{parsed.chain}.{parsed.seq:0{SEQ_DIGITS}d}{BUNDLE_SUFFIX}"
+    if parsed.kind is Kind.ASSET:  # names from the API: only safe characters in a header
+        return _SAFE_FILE.sub("_", f"{parsed.repo}.{parsed.tag}.{parsed.asset}")[:200]
     return key.rsplit(SEPARATOR, 1)[-1]
+
+
+_SAFE_FILE = re.compile(r"[^A-Za-z0-9._+-]")
 
 
 def updated_metadata(head: Head, changes: Mapping[str, str]) -> dict[str, str]:

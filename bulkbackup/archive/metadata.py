@@ -34,6 +34,14 @@ VERIFY_NOTES = "VerifyNotes"
 # stored, and why (`<n> LFS objects not stored: <oid>: <reason>; ...`); the repository's own
 # archive is not failed by it (docs/archive.md "Git LFS objects").
 LFS_ERROR = "LfsError"
+# On `<repo>.releases.json` (backup/releases.py): the list's ETag (a conditional request
+# next time), the latest release's tag the listing gave (GraphQL: unchanged, not asked
+# again) and the list's sha256 (stored only when it changed); its `Error` names the assets
+# that could not be stored. On an asset: its id at GitHub.
+RELEASES_ETAG = "ReleasesETag"
+LATEST_RELEASE = "LatestRelease"
+CONTENT_SHA256 = "ContentSha256"
+ASSET_ID = "AssetId"
 # The worker token's name (DESIGN.md "Remote workers") on every object `serve` wrote for a
 # remote worker: what was archived by whom (`worker-token revoke --redo` finds the users
 # through Redis, not by reading this).
@@ -42,7 +50,8 @@ WORKER = "Worker"
 _CANONICAL = {n.lower(): n for n in (LAST_SYNC, SYNCD_REPOS, REPORTED_REPOS, UPDATED_AT,
                                      PUSHED_AT, ERROR, LISTING_ETAGS, VERIFIED_AT, VERIFY_NOTES,
                                      CHAIN, INCREMENTS, CHAIN_BYTES, KEPT_SINCE, WORKER,
-                                     LFS_ERROR)}
+                                     LFS_ERROR, RELEASES_ETAG, LATEST_RELEASE,
+                                     CONTENT_SHA256, ASSET_ID)}
 
 
 def canonical(metadata: Mapping[str, str]) -> dict[str, str]:

@@ -66,6 +66,11 @@ class UserResult:
     wiki_failures: list[str] = field(default_factory=list)
     lfs_objects: int = 0  # stored by this sync
     lfs_failed: int = 0  # recorded in LfsError
+    # backup/releases.py: lists asked for and stored, assets stored and not stored.
+    release_lists_asked: int = 0
+    release_lists_stored: int = 0
+    assets_stored: int = 0
+    assets_failed: int = 0
 
     @property
     def wikis_failed(self) -> int:
@@ -102,5 +107,8 @@ class UserResult:
             text += f"; wikis {self.wikis_archived} archived, {self.wikis_failed} failed"
         if self.lfs_objects or self.lfs_failed:
             text += f"; LFS objects {self.lfs_objects} stored, {self.lfs_failed} not stored"
+        if self.release_lists_stored or self.assets_stored or self.assets_failed:
+            text += (f"; releases {self.release_lists_stored} lists stored, assets "
+                     f"{self.assets_stored} stored, {self.assets_failed} not stored")
         return text + (f"; error: {self.error}" if self.error else "")
 

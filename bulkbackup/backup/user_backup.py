@@ -31,12 +31,14 @@ from bulkbackup.archive.stored import repositories, stored_spelling
 from bulkbackup.archive.writer import ArchiveWriter, Change, WriteOutcome, Written
 from bulkbackup.backup.archived_listing import archived_listing
 from bulkbackup.backup.lfs_objects import store_lfs_objects
+from bulkbackup.backup.releases import sync_releases, wanted
 from bulkbackup.backup.results import PARTIAL_ERROR, UserResult
 from bulkbackup.backup.wikis import WikiOutcome, sync_wiki
 from bulkbackup.config import Settings
 from bulkbackup.errors import RateLimited, StoreError
 from bulkbackup.forge.git_auth import git_auth
 from bulkbackup.forge.github_lister import open_github_lister
+from bulkbackup.forge.github_rest import GitHub
 from bulkbackup.forge.listing import (
     Lister,
     ListingOutcome,
@@ -63,16 +65,20 @@ class UserBackup:
 
     def __init__(self, settings: Settings, store: Store, git_token: Callable[[], str | None],
                  gitwork: GitWork, stop: threading.Event | None = None,
-                 committed: Callable[[str, str], None] | None = None) -> None:
+                 committed: Callable[[str, str], None] | None = None,
+                 broker: QuotaBroker | None = None) -> None:
         """``git_token()``: a token for cloning (the quota broker's, in rotation);
         ``committed(login, repo)``: told of each increment committed (a run's worker marks
-        it pending verify: pending.py)."""
+        it pending verify: pending.py); ``broker``: the API quota the release lists are
+        asked with (default: this process's own)."""
         self.settings = settings
         self._store = store  # only ever written through a FencedStore (see _fenced)
         self.git_token = git_token
         self.gitwork = gitwork
         self.writer = ArchiveWriter(settings, gitwork, committed)
         self.stop = stop or threading.Event()
+        self._broker = broker
+        self._api: GitHub | None = None  # REST, for release lists: made when first needed
         # The user's object as read for its listing's conditions (`conditions`), so that the
         # sync that follows reads it once: (login, head).
         self._read: tuple[str, Head | None] | None = None
@@ -179,7 +185,11 @@ class UserBackup:
         if repo.fork and self.settings.run.skip_forks:
             result.skipped += 1
             return
+        archived = result.archived
         self._sync_git(store, login, repo, stored, result, refs_moved)
+        # A sync without a listing (refs_moved) knows no latest release: the next listing does.
+        if self.settings.run.releases and not repo.clone_refusal and not refs_moved:
+            self._releases(store, login, repo, result.archived > archived, result)
         # The wiki's edits do not move the repository's times: checked whatever they say.
         if (self.settings.run.wikis and repo.has_wiki and not repo.clone_refusal
                 and not refs_moved):
@@ -240,6 +250,27 @@ class UserBackup:
         elif done.outcome is WikiOutcome.FAILED:
             error = done.written.error if done.written else ""
             result.wiki_failures.append(f"{layout.wiki_name(name)}: {error}")
+
+    def _releases(self, store: FencedStore, login: str, repo: RepoInfo, changed: bool,
+                  result: UserResult) -> None:
+        """The release list and its assets, when the list may have changed
+        (backup/releases.py: no request otherwise)."""
+        # Only a listing that names a latest release needs the stored list's metadata.
+        head = store.head(layout.releases_key(login, repo.name)) if repo.latest_release \
+            else None
+        if not wanted(repo, changed, head):
+            return
+        if self._api is None:
+            broker = self._broker or QuotaBroker(None, self.settings.github.tokens)
+            self._api = GitHub(self.settings.github, self.stop, 1, broker)
+        auth = git_auth(self.settings.github, self.git_token())
+        done = sync_releases(store, self._api, self.settings, login, repo, auth,
+                             self.gitwork.user_dir(login) / "assets")
+        result.release_lists_asked += 1
+        result.release_lists_stored += done.stored_list
+        result.assets_stored += done.assets
+        result.assets_failed += len(done.failures)
+        result.bytes += done.bytes
 
     def _lfs(self, store: FencedStore, login: str, name: str, clone_url: str,
              written: Written, auth: GitAuth, result: UserResult) -> None:
@@ -332,7 +363,7 @@ def sync_users(settings: Settings, logins: list[str]) -> Iterator[UserResult]:
         logins = list(dict.fromkeys(stored_spelling(store, x) for x in logins))
         with signals_interrupt(), work_dir(settings, "sync") as path:
             job = UserBackup(settings, store, broker.any_token,
-                             GitWork(settings.run, path), stop)
+                             GitWork(settings.run, path), stop, broker=broker)
             for login, listing in in_order(lister, logins, settings.github.user_deadline_s):
                 yield (job.sync(login, listing) if isinstance(listing, OwnerListing)
                        else UserResult(login, not_done=listing))

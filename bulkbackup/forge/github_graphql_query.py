@@ -26,6 +26,11 @@ def _ref_name(ref: Any) -> Any:
     return ref.get("name") if isinstance(ref, dict) and isinstance(ref.get("name"), str) else None
 
 
+def _tag_name(release: Any) -> Any:
+    name = release.get("tagName") if isinstance(release, dict) else None
+    return name if isinstance(name, str) else None
+
+
 def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else None
 
@@ -63,6 +68,11 @@ MAPPING: tuple[FieldMap, ...] = (
     FieldMap("visibility", "visibility", convert=_lower),  # PUBLIC -> public
     # Whether the wiki is on (its git repository may still not exist: backup/wikis.py).
     FieldMap("has_wiki", "hasWikiEnabled"),
+    # Not a REST field: the latest release's tag (null: none), which says whether the
+    # release list may have changed (backup/releases.py). An object, not a connection: a
+    # connection (`releases { totalCount }`) would be one more request per repository in
+    # GitHub's point rule, 100 points a query of 100 owners.
+    FieldMap("latest_release", "latestRelease", "latestRelease { tagName }", _tag_name),
 )
 NODE_FIELDS = " ".join(dict.fromkeys(m.selection or m.graphql for m in MAPPING))
 

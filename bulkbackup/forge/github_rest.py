@@ -206,6 +206,16 @@ class GitHub:
             url = self._next_link(headers.get("Link", ""))
         return out, True
 
+    def get(self, url: str, etag: str | None, deadline: float
+            ) -> tuple[int, urllib3.HTTPHeaderDict, bytes]:
+        """One API GET as a listing's (quota, retries, bounds; a redirect followed on the
+        API's host only): for forge/github_releases.py."""
+        return self._get(url, etag, deadline)
+
+    def next_link(self, link: str) -> str | None:
+        """The `Link` header's next page, on the API's own host (else GitHubError)."""
+        return self._next_link(link)
+
     def _next_link(self, link: str) -> str | None:
         for url, rel in _LINK.findall(link):
             if rel == "next":

@@ -72,6 +72,9 @@ class RepoInfo:
     size_kb: int | None  # None: the listing gave no number
     fork: bool
     has_wiki: bool | None  # None: the listing did not say (REST has_wiki, GraphQL hasWikiEnabled)
+    # The latest release's tag, "" for none; None: the listing did not say (REST's has no
+    # such field; GraphQL's `latestRelease`, stored as `latest_release`).
+    latest_release: str | None
     # The entry as listed, with REST field names: what the user's object stores, unchanged.
     # Not to be modified (it is shared with the stored listing).
     rest: dict[str, Any] = field(repr=False, compare=False)
@@ -88,13 +91,17 @@ class RepoInfo:
         branch = entry.get("default_branch")
         size = entry.get("size")
         wiki = entry.get("has_wiki")
+        latest = entry.get("latest_release", False)
         return cls(name=name, clone_url="" if refusal else str(url), clone_refusal=refusal,
                    default_branch=branch if isinstance(branch, str) else None,
                    pushed_at=api_time(entry.get("pushed_at")),
                    updated_at=api_time(entry.get("updated_at")),
                    size_kb=int(size) if isinstance(size, int) else None,
                    fork=bool(entry.get("fork")),
-                   has_wiki=wiki if isinstance(wiki, bool) else None, rest=entry)
+                   has_wiki=wiki if isinstance(wiki, bool) else None,
+                   latest_release=(None if latest is False else
+                                   latest[:1000] if isinstance(latest, str) else ""),
+                   rest=entry)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from bulkbackup.git.bundles import BundleHeader
 from bulkbackup.git.localgit import Git
 from bulkbackup.names import check_archive_name, check_login, check_repo_name, is_wiki_name
 from bulkbackup.passes.restore_lfs import restore_lfs_objects
+from bulkbackup.passes.restore_releases import restore_releases
 from bulkbackup.store import Store
 
 # Written into a restored repository's config: what it is a restore of (see --force).
@@ -104,6 +105,7 @@ class RepoRestore:
     branch: str | None = None
     zip_path: Path | None = None
     lfs_objects: int = 0  # Git LFS objects put into the mirror (restore_lfs.py)
+    assets: int = 0  # release assets written beside it (restore_releases.py)
 
 
 @dataclass
@@ -203,9 +205,12 @@ def _restore_repo(store: Store, settings: Settings, login: str, repo: str,
         _swap(work / "repo.git", target, work / "old.git")
         if got_zip:
             os.replace(work / "repo.zip", zip_target)
+    assets = 0 if is_wiki_name(repo) else restore_releases(store, login, repo, parent,
+                                                           opts.progress)
     return RepoRestore(login, repo, Status.EMPTY if archive.empty_repository else
                        Status.RESTORED, path=target, refs=len(built.refs), branch=built.branch,
-                       zip_path=zip_target if got_zip else None, lfs_objects=lfs)
+                       zip_path=zip_target if got_zip else None, lfs_objects=lfs,
+                       assets=assets)
 
 
 def _swap(new: Path, target: Path, old: Path) -> None:

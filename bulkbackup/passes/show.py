@@ -20,22 +20,33 @@ from bulkbackup.errors import BulkbackupError
 from bulkbackup.names import check_login, is_archive_name
 from bulkbackup.store import Store, open_store
 
+MAX_ASSETS_SHOWN = 50  # release assets named per repository (all are counted)
+
 
 def describe(store: Store, login: str) -> dict[str, Any]:
     """The user's entry and, per repository (valid names only), last sync, sizes and last
     error; a repository's wiki is an entry of its own (`wiki_of`: its repository), listed
-    right after it; `lfs_objects`/`lfs_bytes` count a repository's stored LFS objects."""
+    right after it; `lfs_objects`/`lfs_bytes` count a repository's stored LFS objects,
+    `assets`/`asset_bytes` its stored release assets (`releases_error`: those not stored)."""
     head = store.head(layout.user_key(login))
     if head is None:
         raise BulkbackupError(f"user {login} is not in the store")
     repos: dict[str, dict[str, Any]] = {}
     lfs: dict[str, list[int]] = {}
+    assets: dict[str, list[int]] = {}  # a repository's stored release assets, and a list
+    files: dict[str, list[tuple[str, str, int]]] = {}  # the first MAX_ASSETS_SHOWN of them
     for info in store.list(layout.user_prefix(login)):
         key = layout.parse_key(info.key)
-        if key.login == login and key.kind is layout.Kind.LFS:
-            counted = lfs.setdefault(key.repo, [0, 0])
-            counted[0] += 1
-            counted[1] += info.size
+        if key.kind is layout.Kind.ASSET and info.size and \
+                len(shown := files.setdefault(key.repo, [])) < MAX_ASSETS_SHOWN:
+            shown.append((key.tag, key.asset, info.size))
+        if key.login == login and key.kind in (layout.Kind.LFS, layout.Kind.ASSET,
+                                               layout.Kind.RELEASES):
+            counted = (lfs if key.kind is layout.Kind.LFS else assets).setdefault(
+                key.repo, [0, 0, 0])
+            counted[0] += 1 if info.size and key.kind is not layout.Kind.RELEASES else 0
+            counted[1] += info.size if key.kind is not layout.Kind.RELEASES else 0
+            counted[2] += key.kind is layout.Kind.RELEASES
             continue
         # A key whose repository part is not a valid name (put there by hand) is no
         # repository: `show` and the user page would offer to restore or download it.
@@ -54,6 +65,8 @@ def describe(store: Store, login: str) -> dict[str, Any]:
             entry[f"{key.kind.value}_bytes"] = info.size
     for name, entry in repos.items():
         _with_head(store, login, name, entry, lfs.get(name, [0, 0]))
+        _with_releases(store, login, name, entry, assets.get(name, [0, 0, 0]))
+        entry["asset_files"] = files.get(name, [])
     return {
         "login": login,
         "last_sync": head.get(LAST_SYNC) or None,
@@ -81,6 +94,15 @@ def _with_head(store: Store, login: str, name: str, entry: dict[str, Any],
         lfs_objects=lfs[0], lfs_bytes=lfs[1],
         lfs_error=bundle.get(LFS_ERROR) or None if bundle else None,
     )
+
+
+def _with_releases(store: Store, login: str, name: str, entry: dict[str, Any],
+                   counted: list[int]) -> None:
+    """``entry`` with its release assets' count and bytes, and its release list's `Error`
+    (the assets not stored: backup/releases.py)."""
+    listed = store.head(layout.releases_key(login, name)) if counted[2] else None
+    entry.update(assets=counted[0], asset_bytes=counted[1],
+                 releases_error=listed.get(ERROR) or None if listed else None)
 
 
 def _int(text: str) -> int | None:

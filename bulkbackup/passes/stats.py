@@ -47,6 +47,9 @@ class UserKeys:
     wikis: int = 0  # wiki bundles with data (not repositories: not in SyncdRepos)
     lfs_objects: int = 0
     lfs_bytes: int = 0
+    release_lists: int = 0  # `<repo>.releases.json` objects
+    assets: int = 0  # release assets stored (zero-byte markers of the others not counted)
+    asset_bytes: int = 0
 
 
 @dataclass
@@ -62,6 +65,9 @@ class Totals:
     wikis: int = 0
     lfs_objects: int = 0
     lfs_bytes: int = 0
+    release_lists: int = 0
+    assets: int = 0
+    asset_bytes: int = 0
     written: int = 0
     store_requests: int = 0
     elapsed_s: float = 0.0
@@ -93,6 +99,11 @@ def group_by_user(listing: Iterator[ObjectInfo], byte_ordered: bool) -> Iterator
         elif key.kind is layout.Kind.LFS:
             user.lfs_objects += 1
             user.lfs_bytes += info.size
+        elif key.kind is layout.Kind.RELEASES:
+            user.release_lists += 1
+        elif key.kind is layout.Kind.ASSET:
+            user.assets += 1 if info.size > 0 else 0
+            user.asset_bytes += info.size
         elif key.kind is layout.Kind.BUNDLE:
             if info.size > 0:
                 user.with_data += 1
@@ -153,6 +164,9 @@ class StatsPass:
         t.wikis += user.wikis
         t.lfs_objects += user.lfs_objects
         t.lfs_bytes += user.lfs_bytes
+        t.release_lists += user.release_lists
+        t.assets += user.assets
+        t.asset_bytes += user.asset_bytes
         if not user.has_object:
             # Archives without the user's object (a sync that died midway): count them only.
             t.failed += len(user.zero)
@@ -228,7 +242,8 @@ def collect(settings: Settings, write: bool, progress: bool = True) -> dict[str,
         "repositories": {"archived": totals.archived, "failed": totals.failed,
                          "empty": totals.empty},
         "more_than_git": {"wikis": totals.wikis, "lfs_objects": totals.lfs_objects,
-                          "lfs_bytes": totals.lfs_bytes},
+                          "lfs_bytes": totals.lfs_bytes, "release_lists": totals.release_lists,
+                          "assets": totals.assets, "asset_bytes": totals.asset_bytes},
         "bytes": {"bundles": totals.bundle_bytes, "zips": totals.zip_bytes,
                   "increments": totals.part_bytes},
         "last_run": {

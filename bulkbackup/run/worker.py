@@ -184,7 +184,7 @@ class Worker:
             with work_dir(s, f"w{self.args.index}") as path:
                 job = UserBackup(s, store, self.broker.any_token,
                                  GitWork(s.run, path, self.args.procs),
-                                 committed=self._pending_verify)
+                                 committed=self._pending_verify, broker=self.broker)
                 lister = self._lister(job.conditions)
                 self.feed = ListingFeed(lister, s.github.graphql_batch)
                 self._loop(job, self.feed)

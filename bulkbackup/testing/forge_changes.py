@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bulkbackup.testing.hostile_packs import PackAnswer
+from bulkbackup.testing.releases import Releases, ReleaseSpec
 from bulkbackup.testing.repos import NAME, PLACEHOLDER, RepoSpec, commit, epoch, git, rfc3339
 
 if TYPE_CHECKING:
@@ -33,8 +34,16 @@ class ForgeChanges:
     _stalled: set[tuple[str, str]]
     _stalled_mid: set[tuple[str, str]]
     _pack_answers: dict[tuple[str, str], PackAnswer]
+    releases: Releases
     # Set: every change below is recorded there as its event (see the module's docstring).
     event_log: GHArchive | None = None
+
+    def add_release(self, login: str, name: str, release: ReleaseSpec) -> None:
+        """A published release (testing/releases.py), recorded as a ReleaseEvent; like
+        GitHub's, it moves neither pushed_at nor updated_at of the listing."""
+        with self.lock:
+            self.releases.add(login, name, release)
+        self._event("ReleaseEvent", login, name, action="published")
 
     def add_user(self, login: str, repos: Iterable[RepoSpec]) -> None:
         raise NotImplementedError  # Forge.add_user

@@ -180,6 +180,7 @@ def _repo(ctx: Context, e: dict[str, Any], owner: dict[str, Any]) -> dict[str, A
         "isFork": e.get("fork"), "isPrivate": e.get("private"),
         "isArchived": e.get("archived", False), "isDisabled": e.get("disabled", False),
         "hasWikiEnabled": bool(e.get("has_wiki", False)),
+        "latestRelease": ctx.forge.releases.latest(owner["login"], str(name)),
         "isEmpty": empty, "isLocked": False, "isMirror": False, "isTemplate": False,
         "pushedAt": e.get("pushed_at"), "updatedAt": e.get("updated_at"),
         "createdAt": e.get("created_at"), "archivedAt": None, "diskUsage": e.get("size"),

@@ -1,5 +1,6 @@
-"""The stand-in's HTTP side: the REST listing (with its hostile modes), the GraphQL hook, and
-git's smart HTTP protocol through `git http-backend` (its answers' body bytes are counted in
+"""The stand-in's HTTP side: the REST listing (its hostile modes: forge_hostile.py), the GraphQL
+hook, releases (forge_releases.py), and git's smart HTTP through `git http-backend` (its
+answers' body bytes are counted in
 `forge.counters["git_bytes_sent"]`, those to shallow fetches (`deepen`: a zip's tree) also in
 "git_bytes_sent_shallow", ref listings (`info/refs`, v2 `ls-refs`) also in
 "git_bytes_sent_refs", for the benchmarks of what a sync fetches). Protocol v2 as GitHub
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from bulkbackup.testing import forge_graphql, lfs
+from bulkbackup.testing import forge_graphql, forge_hostile, forge_releases, lfs
 from bulkbackup.testing.forge_quota import token_of
 from bulkbackup.testing.forge_state import ForgeState
 from bulkbackup.testing.hostile_packs import PackAnswer, answer_with, wants_and_haves
@@ -77,6 +78,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._user(segs[2])
         elif parts.path.startswith(lfs.DOWNLOAD_PATH):
             self._lfs_object(parts.path)
+        elif forge_releases.handles(segs):
+            self._send(*forge_releases.answer(self.forge, segs, parse_qs(parts.query),
+                                              self.headers, self._netloc()))
         elif len(segs) == 5 and segs[3:] == ["info", "refs"]:
             service = parse_qs(parts.query).get("service", [""])[0]
             if service == "git-upload-pack":
@@ -237,30 +241,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(status, body, headers)
 
     def _send_hostile(self, body: bytes, headers: dict[str, str]) -> None:
-        """A 200 whose body is dripped (api_drip_s; with api_drip_head the status line and
-        headers too) or padded (api_pad_mb of spaces inside the array, streamed)."""
-        f = self.forge
-        pad = 0 if f.api_drip_s > 0 else f.api_pad_mb << 20
-        size = (["Connection: close"] if f.api_pad_unsized
-                else [f"Content-Length: {len(body) + pad}"])  # unsized: the body ends at EOF
-        lines = ["HTTP/1.1 200 OK", *(f"{k}: {v}" for k, v in headers.items()), *size]
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        if f.api_drip_s > 0:
-            slow = head + body if f.api_drip_head else body
-            self.wfile.write(b"" if f.api_drip_head else head)
-            for i in range(len(slow)):
-                if f._stopping.wait(f.api_drip_s):
-                    break
-                self.wfile.write(slow[i : i + 1])
-            self.close_connection = True
-            return
-        self.wfile.write(head + body[:1])  # "[": the padding is whitespace inside the array
-        spaces = b" " * (1 << 16)
-        while pad > 0:
-            self.wfile.write(spaces[:pad])
-            pad -= len(spaces)
-        self.wfile.write(body[1:])
-        self.close_connection = f.api_pad_unsized
+        forge_hostile.send(self.forge, self.wfile, body, headers)
+        self.close_connection = True if self.forge.api_drip_s > 0 else \
+            self.forge.api_pad_unsized
 
     def _lfs_batch(self, body: bytes) -> None:
         with self.forge.lock:

@@ -21,6 +21,7 @@ from bulkbackup.testing.forge_quota import WINDOW_S, RateWindow, token_of
 from bulkbackup.testing.hostile_packs import PackAnswer
 from bulkbackup.testing.lfs import LfsObject
 from bulkbackup.testing.oauth import OAuthApps
+from bulkbackup.testing.releases import Releases
 
 CORE_REQUESTS = 5000  # GitHub's REST quota per token and hour
 
@@ -55,6 +56,10 @@ class ForgeState:
         # Authorization or None).
         self.lfs_objects: dict[str, LfsObject] = {}
         self.lfs_seen: list[tuple[str, str, str | None]] = []
+        # Releases and their assets (testing/releases.py); every asset download's (host,
+        # path, Authorization or None).
+        self.releases = Releases()
+        self.asset_seen: list[tuple[str, str, str | None]] = []
         self.graphql = Controls()
         self.oauth = OAuthApps()  # Sign in with GitHub's side (oauth.py)
         self.stall_s = 30.0

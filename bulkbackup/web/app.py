@@ -29,7 +29,7 @@ from starlette.templating import Jinja2Templates
 from bulkbackup.archive import layout
 from bulkbackup.config import Settings
 from bulkbackup.errors import StoreError
-from bulkbackup.names import is_archive_name, is_login
+from bulkbackup.names import is_archive_name, is_login, is_repo_name
 from bulkbackup.store import Store
 from bulkbackup.web import data, downloads, http, memory, metrics, session, states
 from bulkbackup.web.accounts import Accounts
@@ -262,6 +262,10 @@ class Site:
 
     async def download(self, request: Request) -> Response:
         login, file = request.path_params["login"], request.path_params["file"]
+        listed = file.removesuffix(layout.RELEASES_LIST_SUFFIX)
+        if listed != file and is_login(login) and is_repo_name(listed):  # a release list
+            key = layout.releases_key(await self.spelled(login), listed)
+            return await self._serve_object(request, key, "releases")
         repo, dot, kind = file.rpartition(".")
         if not dot or kind not in downloads.KINDS or not is_login(login) \
                 or not is_archive_name(repo):
@@ -271,10 +275,15 @@ class Site:
         return await self._serve_object(request, key, kind)
 
     async def download_part(self, request: Request) -> Response:
-        """An increment (or a kept chain's full bundle): `<repo>.bundle.d/<chain>/<seq>.bundle`."""
+        """An increment (or a kept chain's full bundle): `<repo>.bundle.d/<chain>/<seq>.bundle`;
+        or a release asset, `<repo>.releases/<tag>/<name>`."""
         params = request.path_params
         key = layout.parse_key("/".join((params["login"], params["folder"], params["chain"],
                                          params["part"])))
+        if key.kind is layout.Kind.ASSET and is_login(key.login) and is_repo_name(key.repo):
+            asset = layout.asset_key(await self.spelled(key.login), key.repo, key.tag,
+                                     key.asset)
+            return await self._serve_object(request, asset, "asset")
         if key.kind is not layout.Kind.PART or not is_login(key.login) \
                 or not is_archive_name(key.repo):
             raise HTTPException(404)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from bulkbackup.run.parentdeath import PARENT_DEATH_SIGNAL
 from bulkbackup.testing.forge import Forge, RepoSpec
 from tests.helpers import all_synced, run_config, start_run, track, wait_for, workers_of
 
@@ -31,6 +32,18 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def armed(pid: int) -> bool:
+    """Has worker ``pid`` started watching for its parent's death (its handler of
+    PARENT_DEATH_SIGNAL is installed, right after it read its parent's pid)?"""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = int(next(line.split()[1] for line in status.splitlines()
+                      if line.startswith("SigCgt:")), 16)
+    return bool(caught >> (PARENT_DEATH_SIGNAL - 1) & 1)
 
 
 def no_claims_left(r: redis.Redis) -> bool:
@@ -81,8 +94,13 @@ def test_workers_of_a_killed_parent_give_their_users_back_and_exit(
     track(r, *logins)
     proc = start_run(run_env, "--procs", "2", "--no-stats", new_session=True)
     wait_for(lambda: forge.counters["upload_pack"] >= 1, what="a clone in progress")
+    # Both workers started: one of them can be busy cloning while the other is still
+    # importing, and a worker whose fork server dies before it reads its parent's pid never
+    # notices (a known race of worker_main, not what this case is about).
+    wait_for(lambda: len(ws := workers_of(proc.pid)) == 2 and all(map(armed, ws)), 60,
+             "both workers watching their parent")
     workers = workers_of(proc.pid)
-    assert workers and r.keys("lock:*")
+    assert r.keys("lock:*")
     proc.kill()
     proc.wait(30)
     wait_for(lambda: not any(alive(w) for w in workers), 60, "the workers to exit")

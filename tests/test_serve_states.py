@@ -8,6 +8,7 @@ increments (on a big base: the half-size rule never applies), consolidated by
 from __future__ import annotations
 
 import io
+import math
 import os
 import subprocess
 import sys
@@ -79,7 +80,7 @@ def history(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             change()
             sync("bob", env)
             refs.append(refs_of(bare))
-            time.sleep(1.1)
+            _next_second()
     client.zadd("tracked", {"github.com/bob": 1.0})
     client.close()
     yield History(env, tmp, store, refs)
@@ -87,6 +88,14 @@ def history(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 def _nothing() -> None:
     pass
+
+
+def _next_second() -> None:
+    """Return once the next whole second has begun: the next sync's stamp is in a later
+    second than every stamp so far (0 to 1 s, where a fixed 1.1 s was slept)."""
+    second = math.floor(time.time()) + 1
+    while (left_s := second - time.time()) > 0:
+        time.sleep(left_s)
 
 
 def _shell_env(history: History, bin_dir: Path) -> dict[str, str]:

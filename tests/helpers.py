@@ -27,6 +27,8 @@ from bulkbackup.forge.git_auth import git_auth
 from bulkbackup.git.auth import ANONYMOUS
 from bulkbackup.git.gitops import GitWork
 from bulkbackup.git.packfetch import FetchedIncrement, fetch_increment
+from bulkbackup.queue import keys
+from bulkbackup.queue.connection import server_time
 from bulkbackup.store import Store
 from bulkbackup.store.local import LocalStore
 from bulkbackup.store.s3 import S3Store
@@ -246,6 +248,15 @@ def start_run(env: dict[str, str], *args: str, host: str = "hostA",
 def track(r: redis.Redis, *logins: str) -> None:
     """Track ``logins`` as never synced."""
     r.zadd("tracked", {f"github.com/{x}": float("-inf") for x in logins})
+
+
+def expire_claim(r: redis.Redis, member: str) -> None:
+    """End ``member``'s lock and lease now, as lock_ttl_s would once their holder (paused)
+    cannot refresh them: PEXPIRE of the lock, a lease deadline of the server's now. A refresh
+    already on its way may land after this: wait for the lock to be gone (bounded by the TTL)."""
+    r.pexpire(keys.lock(member), 1)
+    r.zadd(keys.LEASES, {member: server_time(r)}, xx=True)
+    wait_for(lambda: r.get(keys.lock(member)) is None, 30, "the lock to expire")
 
 
 def children(pid: int) -> list[int]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import http.client
+import math
 import os
 import subprocess
 import sys
@@ -288,6 +289,14 @@ def wait_for(cond: Callable[[], object], timeout_s: float = 60, what: str = "con
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def next_second() -> None:
+    """Return once the next whole second has begun: what is stamped from now on (at one
+    second's resolution) is later than everything stamped so far (0 to 1 s, not 1.1 s)."""
+    second = math.floor(time.time()) + 1
+    while (left_s := second - time.time()) > 0:
+        time.sleep(left_s)
 
 
 def all_synced(r: redis.Redis, logins: list[str], start: float) -> bool:

@@ -25,6 +25,7 @@ from bulkbackup.testing.services import free_port, start_moto
 from tests.helpers import (
     all_synced,
     expire_claim,
+    next_second,
     start_run,
     track,
     wait_for,
@@ -200,7 +201,7 @@ def test_run_rebuilds_tracked_from_the_store_when_it_is_missing(
     track(r, "back", "again")
     assert start_run(run_env, "--procs", "1", "--no-stats").wait(120) == 0
     r.flushall()  # Redis lost everything; the store still has both users
-    time.sleep(1.1)  # the rebuilt scores (their sync times) must be before this run's start
+    next_second()  # the rebuilt scores (their sync times) must be before this run's start
     proc = start_run(run_env, "--procs", "1", "--no-stats")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -332,6 +333,8 @@ def test_a_store_outage_mid_run_passes_and_leaves_no_user_behind(
         s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
                           aws_secret_access_key="testing", region_name="us-east-1")
         s3.create_bucket(Bucket="github.com")
+        for login in logins:  # the outage is over: the users left need no stall
+            forge.set_stall(login, "r", False)
         _, err = proc.communicate(timeout=240)
     finally:
         proc.kill()

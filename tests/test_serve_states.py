@@ -8,11 +8,9 @@ increments (on a big base: the half-size rule never applies), consolidated by
 from __future__ import annotations
 
 import io
-import math
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +32,7 @@ from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.web.restore_cmds import state_commands
 from bulkbackup.web.states import PARTS_LISTED, RepoStates, StateId
 from tests.browser import find_chromium, open_browser, wait_download
-from tests.helpers import base_env, git, refs_of, start_serve, stop_serve, sync
+from tests.helpers import base_env, git, next_second, refs_of, start_serve, stop_serve, sync
 from tests.pages import Commands
 
 CONFIG = ("run:\n  lock_ttl_s: 2\n  claim_target_s: 1.0\n  max_increments: 3\n"
@@ -80,7 +78,7 @@ def history(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             change()
             sync("bob", env)
             refs.append(refs_of(bare))
-            _next_second()
+            next_second()  # each state its own `restore --at` second
     client.zadd("tracked", {"github.com/bob": 1.0})
     client.close()
     yield History(env, tmp, store, refs)
@@ -88,14 +86,6 @@ def history(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 def _nothing() -> None:
     pass
-
-
-def _next_second() -> None:
-    """Return once the next whole second has begun: the next sync's stamp is in a later
-    second than every stamp so far (0 to 1 s, where a fixed 1.1 s was slept)."""
-    second = math.floor(time.time()) + 1
-    while (left_s := second - time.time()) > 0:
-        time.sleep(left_s)
 
 
 def _shell_env(history: History, bin_dir: Path) -> dict[str, str]:

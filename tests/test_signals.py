@@ -14,7 +14,15 @@ import redis
 
 from bulkbackup.run.parentdeath import PARENT_DEATH_SIGNAL
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.helpers import all_synced, run_config, start_run, track, wait_for, workers_of
+from tests.helpers import (
+    all_synced,
+    next_second,
+    run_config,
+    start_run,
+    track,
+    wait_for,
+    workers_of,
+)
 
 
 @pytest.fixture
@@ -138,6 +146,8 @@ def test_a_killed_workers_folder_is_removed_at_the_next_start_and_live_ones_kept
         wait_for(lambda: stale not in work_folders(work), what="the stale folder's removal")
         assert live.poll() is None
         assert in_use <= work_folders(work)  # the live run's folders are kept
+        for login in ("u1", "u2"):  # the killed worker's user, claimed again, needs no stall
+            forge.set_stall(login, "slow", False)
         _, err = cleaner.communicate(timeout=120)
         assert cleaner.returncode == 0, err
         assert "removed 1 work folders left by killed processes" in err
@@ -163,7 +173,7 @@ def test_a_flushed_redis_mid_run_is_rebuilt_and_lost_users_fail_the_run(
         forge.add_user(login, [RepoSpec("slow", stall=True)])
     track(r, *fresh)
     r.zadd("tracked", {"github.com/kept1": 1, "github.com/kept2": 1})  # both due again
-    time.sleep(1.1)  # rebuilt scores of this run's syncs are at or after its start
+    next_second()  # rebuilt scores of this run's syncs are at or after its start
     start = math.floor(time.time())
     proc = start_run(run_env, "--procs", "1", "--no-stats")
     wait_for(lambda: forge.counters["upload_pack"] >= 1, what="work in progress")

@@ -236,6 +236,8 @@ def test_redis_outage_mid_run_loses_no_user(
         os.kill(server.pid, signal.SIGSTOP)
         time.sleep(4)  # twice the lock TTL: every lock held now expires
         os.kill(server.pid, signal.SIGCONT)
+        for login in logins:  # the outage is over: the users left need no stall
+            forge.set_stall(login, "slow", False)
         _, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err
         # The outage was seen and survived: claims retried, refreshes failed, locks lost.

@@ -35,6 +35,7 @@ from bulkbackup.git.auth import ANONYMOUS
 from bulkbackup.git.gitops import GitWork
 from bulkbackup.git.packfetch import FetchedIncrement, fetch_increment
 from bulkbackup.queue import keys
+from bulkbackup.queue.connection import server_time
 from bulkbackup.run.reports import Report
 from bulkbackup.run.worker import Worker, WorkerArgs
 from bulkbackup.store import Store
@@ -258,6 +259,15 @@ def track(r: redis.Redis, *logins: str) -> None:
     r.zadd("tracked", {f"github.com/{x}": float("-inf") for x in logins})
 
 
+def expire_claim(r: redis.Redis, member: str) -> None:
+    """End ``member``'s lock and lease now, as lock_ttl_s would once their holder (paused)
+    cannot refresh them: PEXPIRE of the lock, a lease deadline of the server's now. A refresh
+    already on its way may land after this: wait for the lock to be gone (bounded by the TTL)."""
+    r.pexpire(keys.lock(member), 1)
+    r.zadd(keys.LEASES, {member: server_time(r)}, xx=True)
+    wait_for(lambda: r.get(keys.lock(member)) is None, 30, "the lock to expire")
+
+
 def children(pid: int) -> list[int]:
     kids: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
@@ -287,6 +297,14 @@ def wait_for(cond: Callable[[], object], timeout_s: float = 60, what: str = "con
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def next_second() -> None:
+    """Return once the next whole second has begun: what is stamped from now on (at one
+    second's resolution) is later than everything stamped so far (0 to 1 s, not 1.1 s)."""
+    second = math.floor(time.time()) + 1
+    while (left_s := second - time.time()) > 0:
+        time.sleep(left_s)
 
 
 def all_synced(r: redis.Redis, logins: list[str], start: float) -> bool:

@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
-import pytest
 
 from bulkbackup import faults
 from bulkbackup.archive import layout
@@ -205,24 +204,31 @@ def _state(tmp_path: Path, name: str) -> dict[str, str]:
     return refs_of(restore("kim", "r", tmp_path / name))
 
 
-@pytest.mark.parametrize("kill_after", [1, 2, 3, 4])
+KILL_POINTS = (1, 2, 3, 4)
+
+
 def test_a_sync_killed_between_any_two_writes_leaves_a_whole_state(
-        env: None, forge: Forge, store: Store, tmp_path: Path, kill_after: int) -> None:
+        env: None, forge: Forge, store: Store, tmp_path: Path) -> None:
     """Four writes each: an increment's zip, increment, base metadata, user object; then a
-    consolidation's (max_increments 1, second change) zip, history copy, base, user object."""
+    consolidation's (max_increments 1, second change) zip, history copy, base, user object.
+    Every kill point starts from the whole state the previous one's completing syncs left
+    (a full bundle, no increment), so one base serves them all."""
     configure(tmp_path, max_increments=1)
     forge.add_user("kim", [RepoSpec("r", files={"blob.bin": BIG})])
     sync("kim")
-    for step in range(2):  # an increment, then a consolidation
-        old = remote_refs(forge, "kim", "r")
-        forge.push("kim", "r", {f"s{step}.txt": f"{step}\n".encode()})
-        new = remote_refs(forge, "kim", "r")
-        proc = run_cli("sync", "kim", env={faults.ENV: str(kill_after)})
-        assert proc.returncode == -9, proc.stdout + proc.stderr  # killed after that write
-        assert _state(tmp_path, f"k{step}") in (old, new)
-        sync("kim")  # the next sync completes the change
-        assert _state(tmp_path, f"d{step}") == new
-        assert run_cli("verify", "kim").returncode == 0
+    for kill_after in KILL_POINTS:
+        assert base_meta(store, "kim", "r")[1] == 0  # the same starting point each time
+        for step in range(2):  # an increment, then a consolidation
+            old = remote_refs(forge, "kim", "r")
+            forge.push("kim", "r", {f"k{kill_after}s{step}.txt": f"{step}\n".encode()})
+            new = remote_refs(forge, "kim", "r")
+            proc = run_cli("sync", "kim", env={faults.ENV: str(kill_after)})
+            # Killed after that write.
+            assert proc.returncode == -9, (kill_after, step, proc.stdout + proc.stderr)
+            assert _state(tmp_path, f"k{kill_after}-{step}") in (old, new), (kill_after, step)
+            sync("kim")  # the next sync completes the change
+            assert _state(tmp_path, f"d{kill_after}-{step}") == new, (kill_after, step)
+            assert run_cli("verify", "kim").returncode == 0, (kill_after, step)
 
 
 def test_increments_above_half_the_full_bundle_make_the_next_archive_full(

@@ -22,7 +22,15 @@ from bulkbackup.run.worker import Worker, WorkerArgs
 from bulkbackup.store import tempfiles
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.services import free_port, start_moto
-from tests.helpers import all_synced, start_run, track, wait_for, workers_of
+from tests.helpers import (
+    all_synced,
+    expire_claim,
+    next_second,
+    start_run,
+    track,
+    wait_for,
+    workers_of,
+)
 
 
 def run_env(
@@ -105,6 +113,8 @@ def test_sigkill_of_a_worker_loses_no_user(
     victims = workers_of(proc.pid)
     assert victims, "no worker process found"
     os.kill(victims[0], signal.SIGKILL)
+    for login in logins:  # killed mid-clone is the point; the users after it need no stall
+        forge.set_stall(login, "slow", False)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
     assert all_synced(r, logins, start)
@@ -127,8 +137,9 @@ def test_a_stopped_worker_writes_nothing_for_users_it_lost(
     workers = workers_of(proc.pid)
     for w in workers:
         os.kill(w, signal.SIGSTOP)
-    time.sleep(3)  # longer than lock_ttl_s: the lock expires
-    assert r.get("lock:github.com/sleepy") is None
+    expire_claim(r, "github.com/sleepy")  # now, not after lock_ttl_s: nobody can refresh it
+    # The paused clone stays stalled; the next one (the user claimed again) is not.
+    forge.set_stall("sleepy", "slow", False)
     for w in workers:
         os.kill(w, signal.SIGCONT)
     _, err = proc.communicate(timeout=120)
@@ -190,7 +201,7 @@ def test_run_rebuilds_tracked_from_the_store_when_it_is_missing(
     track(r, "back", "again")
     assert start_run(run_env, "--procs", "1", "--no-stats").wait(120) == 0
     r.flushall()  # Redis lost everything; the store still has both users
-    time.sleep(1.1)  # the rebuilt scores (their sync times) must be before this run's start
+    next_second()  # the rebuilt scores (their sync times) must be before this run's start
     proc = start_run(run_env, "--procs", "1", "--no-stats")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -225,6 +236,8 @@ def test_redis_outage_mid_run_loses_no_user(
         os.kill(server.pid, signal.SIGSTOP)
         time.sleep(4)  # twice the lock TTL: every lock held now expires
         os.kill(server.pid, signal.SIGCONT)
+        for login in logins:  # the outage is over: the users left need no stall
+            forge.set_stall(login, "slow", False)
         _, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err
         # The outage was seen and survived: claims retried, refreshes failed, locks lost.

@@ -11,7 +11,6 @@ import io
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.web.restore_cmds import state_commands
 from bulkbackup.web.states import PARTS_LISTED, RepoStates, StateId
 from tests.browser import find_chromium, open_browser, wait_download
-from tests.helpers import base_env, git, refs_of, start_serve, stop_serve, sync
+from tests.helpers import base_env, git, next_second, refs_of, start_serve, stop_serve, sync
 from tests.pages import Commands
 
 CONFIG = ("run:\n  lock_ttl_s: 2\n  claim_target_s: 1.0\n  max_increments: 3\n"
@@ -79,7 +78,7 @@ def history(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             change()
             sync("bob", env)
             refs.append(refs_of(bare))
-            time.sleep(1.1)
+            next_second()  # each state its own `restore --at` second
     client.zadd("tracked", {"github.com/bob": 1.0})
     client.close()
     yield History(env, tmp, store, refs)

@@ -1,8 +1,9 @@
 """One worker process of `bulkbackup run`: claim users in batches, back each up under its lock.
 
-A worker receives settings, never live clients: it builds its own Redis, store and HTTP
-clients. It reports to the parent through its own pipe (typed reports) and never prints.
-When the parent dies (SIGKILL, a crash) it gives its users back and exits quietly.
+A worker receives settings, never live clients: it builds its own queue (Redis, or the lease
+API of `serve` for `run --server`: run/work_queue.py), store and HTTP clients. It reports to
+the parent through its own pipe (typed reports) and never prints. When the parent dies
+(SIGKILL, a crash) it gives its users back and exits quietly.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 from typing import NoReturn, TypeVar
 
-import redis
-
 from bulkbackup.backup.results import UserResult
 from bulkbackup.backup.user_backup import UserBackup
 from bulkbackup.config import Settings
@@ -29,16 +28,14 @@ from bulkbackup.errors import BulkbackupError, ConfigError, Interrupted, LockLos
 from bulkbackup.forge.github_lister import open_github_lister
 from bulkbackup.forge.listing import Conditions, Lister, ListerFactory, OwnerListing
 from bulkbackup.forge.listing_feed import ListingFeed
-from bulkbackup.forge.quota_broker import QuotaBroker
 from bulkbackup.git import gitops
 from bulkbackup.git.gitops import GitWork
-from bulkbackup.queue import keys, pending, tracked
-from bulkbackup.queue.connection import Scripts, connect
-from bulkbackup.queue.locks import LockKeeper
+from bulkbackup.queue import keys
 from bulkbackup.queue.tracked import Completion
 from bulkbackup.redact import install_redaction
 from bulkbackup.run.batching import BatchSizer, UserBudget
 from bulkbackup.run.parentdeath import ParentDeath
+from bulkbackup.run.remote_queue import RemoteQueue, RemoteTarget
 from bulkbackup.run.reports import (
     Deferred,
     Failed,
@@ -48,8 +45,9 @@ from bulkbackup.run.reports import (
     Synced,
     WorkerExit,
 )
+from bulkbackup.run.work_queue import RedisQueue, WorkQueue
 from bulkbackup.run.workdir import work_dir
-from bulkbackup.store import Store, open_store
+from bulkbackup.store import Store
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -69,20 +67,29 @@ class WorkerArgs:
     run_start: float
     clock_offset_s: float
     procs: int
+    # `run --server`: the lease API in place of Redis and the store (run/remote_queue.py).
+    remote: RemoteTarget | None = None
+
+    def open_queue(self) -> WorkQueue:
+        if self.remote is not None:
+            return RemoteQueue(self.remote, self.run_start, self.settings.run.lock_ttl_s)
+        return RedisQueue(self.settings, self.worker_id, self.run_start, self.clock_offset_s)
 
 
 def _retrying(what: str, fn: Callable[[], _T], give_up_s: float,
-              stop: threading.Event) -> _T:
-    """Call ``fn``, retrying Redis connection errors with backoff for up to ``give_up_s``."""
+              stop: threading.Event, transient: tuple[type[Exception], ...]) -> _T:
+    """Call ``fn``, retrying the queue's ``transient`` errors (Redis connection errors,
+    the server not answering) with backoff for up to ``give_up_s``."""
     deadline = time.monotonic() + give_up_s
     delay = 0.2
     while True:
         try:
             return fn()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except transient as exc:
             if time.monotonic() + delay > deadline:
-                raise BulkbackupError(f"redis unreachable during {what}: {exc}") from None
-            log.warning("redis error during %s (retrying in %.1fs): %s", what, delay, exc)
+                raise BulkbackupError(f"the queue is unreachable during {what}: {exc}"
+                                      ) from None
+            log.warning("queue error during %s (retrying in %.1fs): %s", what, delay, exc)
             if stop.wait(delay):
                 raise Interrupted("stopping") from None
             delay = min(delay * 2, 5.0)
@@ -108,7 +115,8 @@ def worker_main(args: WorkerArgs, reports: Connection,
     ParentDeath.arm()
     logging.basicConfig(level=logging.WARNING,
                         format=f"%(asctime)s %(levelname)s worker {args.index}: %(message)s")
-    install_redaction(args.settings.github.tokens)
+    install_redaction((*args.settings.github.tokens,
+                       *((args.remote.token,) if args.remote is not None else ())))
     worker = None
     try:
         worker = Worker(args, reports, graceful, budget, parent)
@@ -141,14 +149,9 @@ class Worker:
         self.graceful = graceful
         self.budget = UserBudget(budget)
         self.stop = threading.Event()  # set when the parent asks for a graceful stop
-        self.r = connect(s.redis)
-        scripts = Scripts(self.r)
-        self.claimer = tracked.Claimer(self.r, scripts, args.worker_id, s.run.lock_ttl_s,
-                                       args.run_start, args.clock_offset_s)
-        self.keeper = LockKeeper(self.r, scripts, args.worker_id, s.run.lock_ttl_s)
+        self.queue = args.open_queue()
         self.sizer = BatchSizer(s.run.claim_target_s, s.run.claim_batch_max, args.procs)
-        # One view of every token's quota for all processes on all hosts, REST and GraphQL.
-        self.broker = QuotaBroker(self.r, s.github.tokens)
+        self.broker = self.queue.broker(s.github.tokens)
         self._store = store
         self._lister = lister or self._github_lister
         self.feed: ListingFeed | None = None  # claimed users not started (run)
@@ -168,32 +171,25 @@ class Worker:
     def run(self) -> None:
         s = self.args.settings
         threading.Thread(target=self._watch, name="watch", daemon=True).start()
-        store = self._store or open_store(s.store)
-        self.keeper.start()
+        store = self._store or self.queue.open_store()
+        self.queue.start()
         lister: Lister | None = None
         try:
             with work_dir(s, f"w{self.args.index}") as path:
                 job = UserBackup(s, store, self.broker.any_token,
                                  GitWork(s.run, path, self.args.procs),
-                                 committed=self._pending_verify)
+                                 committed=self.queue.committed)
                 lister = self._lister(job.conditions)
                 self.feed = ListingFeed(lister, s.github.graphql_batch)
                 self._loop(job, self.feed)
         finally:
             self._give_back_queue()
-            self.keeper.stop()
+            self.queue.stop()
             if lister is not None:
                 lister.close()
             if self._store is None:
                 store.close()
             self._finished.set()
-
-    def _pending_verify(self, login: str, repo: str) -> None:
-        """An increment was committed: `verify --sample` checks it first (pending.py)."""
-        try:
-            pending.add(self.r, login, repo, time.time())
-        except redis.RedisError as exc:  # verify's random sample still finds it
-            log.warning("%s/%s: not marked pending verify: %s", login, repo, exc)
 
     def _watch(self) -> None:
         # Polled, not a multiprocessing.Event: a process that dies while waiting on one
@@ -219,15 +215,15 @@ class Worker:
             # A claim in progress lands first (bounded: it would expire anyway by then).
             if self._claim_mu.acquire(timeout=self.args.settings.run.lock_ttl_s):
                 self._closed = True
-            held = self.keeper.held()
+            held = self.queue.held()
             for member in held:
-                self.keeper.drop(member)  # the main thread's next lock check fails: no write
+                self.queue.drop(member)  # the main thread's next lock check fails: no write
             gitops.kill_all()
             back = 0
             for member in held:
                 try:
-                    back += self.claimer.finish(member, False) is Completion.DONE
-                except redis.RedisError as exc:
+                    back += self.queue.finish(member, False) is Completion.DONE
+                except self.queue.errors as exc:
                     log.warning("could not give %s back (its lock will expire): %s", member, exc)
             log.warning("%s: gave %d of %d users back; exiting", why, back, len(held))
             logging.shutdown()
@@ -246,12 +242,12 @@ class Worker:
         with self._claim_mu:
             if self._closed:
                 return [], 0
-            claimed, left = _retrying("claim", lambda: self.claimer.claim(want),
-                                      self.args.settings.run.redis_retry_s, self.stop)
-            if claimed:
-                self.keeper.add(claimed, time.monotonic())
+            batch = _retrying("claim", lambda: self.queue.claim_due(want),
+                              self.args.settings.run.redis_retry_s, self.stop,
+                              self.queue.transient)
+        claimed = [c.member for c in batch.claimed]
         self.budget.give_back(want - len(claimed))
-        return claimed, left
+        return claimed, batch.remaining
 
     def _loop(self, job: UserBackup, feed: ListingFeed) -> None:
         """The one loop, whatever the lister: sync the users whose listing is ready; else
@@ -310,22 +306,17 @@ class Worker:
     def _drained(self) -> bool:
         if self.budget.spent():
             return True
-        rs = self.args.settings.run.redis_retry_s
-        return (_retrying("claim", self.claimer.remaining, rs, self.stop) == 0
-                and _retrying("claim", self.claimer.in_flight, rs, self.stop) == 0
-                # Read last: gone, Redis lost `tracked` (flushed, restarted) after the counts
-                # above were read, and the parent is rebuilding it: wait for the users back.
-                and bool(_retrying("claim", lambda: self.r.exists(keys.INTACT), rs,
-                                   self.stop)))
+        return _retrying("claim", self.queue.drained, self.args.settings.run.redis_retry_s,
+                         self.stop, self.queue.transient)
 
     def _one(self, job: UserBackup, member: str, listing: OwnerListing) -> None:
         login = keys.login_of(member)
         started = time.monotonic()
-        fence = self.keeper.fence(member)  # every write of this user is fenced by its lock
+        fence = self.queue.fence(member)  # every write of this user is fenced by its lock
         try:
             result = job.sync(login, listing, fence)
         except LockLost:
-            self.keeper.drop(member)
+            self.queue.drop(member)
             self._report(Lost(self.args.index, login))
             return
         except Interrupted:
@@ -353,12 +344,12 @@ class Worker:
         self.sizer.observe(time.monotonic() - started + self._listed_s)
         rs = self.args.settings.run.redis_retry_s
         counts = result.counts()
-        finished = _retrying("complete", lambda: self.claimer.finish(
-            member, True, counts.encode() if counts is not None else
-            self.claimer.summary_with_error(login, result.error) if result.error else "",
-            result.archived, result.bytes), rs, threading.Event())
-        self.keeper.drop(member)
-        self.keeper.note_done(result.archived, result.bytes)
+        finished = _retrying("complete", lambda: self.queue.finish(
+            member, True, counts.encode() if counts is not None else "", result.archived,
+            result.bytes, "" if counts is not None else result.error), rs, threading.Event(),
+            self.queue.transient)
+        self.queue.drop(member)
+        self.queue.note_done(result.archived, result.bytes)
         if finished is Completion.LOST:
             self._report(Lost(self.args.index, login))
             return
@@ -371,11 +362,11 @@ class Worker:
         # A Redis error: the lock expires and the user is claimable again, as if given back.
         outcome = Completion.DONE
         try:
-            outcome = (self.claimer.fail(member, max_attempts) if failure
-                       else self.claimer.finish(member, False))
-        except redis.RedisError as exc:
+            outcome = (self.queue.fail(member, max_attempts) if failure
+                       else self.queue.finish(member, False))
+        except self.queue.errors as exc:
             log.warning("could not give %s back (its lock will expire): %s", member, exc)
-        self.keeper.drop(member)
+        self.queue.drop(member)
         if outcome is Completion.LOST:
             # Someone else holds it now (or nobody): it is theirs to finish, not given back.
             log.warning("%s: lock lost before it could be given back%s", login,

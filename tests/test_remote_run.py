@@ -210,3 +210,81 @@ def test_a_remote_run_archives_what_a_local_run_does(remote: Remote, forge: Forg
     # What a local worker writes to Redis, the server wrote at completion.
     assert remote.r.zcard(keys.VERIFY_PENDING) == 2
     assert remote.r.llen(keys.history(logins[1])) == 2
+
+
+def expected(forge: Forge, logins: list[str]) -> dict[str, list[str]]:
+    """What a complete archive of ``logins`` holds (refs of each repository's bundle)."""
+    from tests.helpers import remote_refs
+
+    out: dict[str, list[str]] = {}
+    for login in logins:
+        out[login] = []
+        for entry in forge.users[login]:
+            name = str(entry["name"])
+            out[f"{login}/{name}.bundle"] = sorted(
+                f"{sha} {ref}" for ref, sha in remote_refs(forge, login, name).items())
+    return out
+
+
+def bundles(store: Store) -> dict[str, list[str]]:
+    """The users' objects and bundles of ``store`` with their branch and tag refs (HEAD
+    left out: the stand-in's refs have none)."""
+    return {k: [x for x in v if not x.endswith(" HEAD")] for k, v in archived(store).items()
+            if k.endswith(".bundle") or "/" not in k}
+
+
+def stalled_population(forge: Forge, prefix: str, n: int) -> list[str]:
+    forge.stall_s = 3
+    logins = [f"{prefix}{i}" for i in range(n)]
+    for login in logins:
+        forge.add_user(login, [RepoSpec("slow", stall=True)])
+    return logins
+
+
+def test_a_remote_worker_killed_mid_user_loses_nothing(remote: Remote, forge: Forge) -> None:
+    logins = stalled_population(forge, "k", 4)
+    track(remote.r, *logins)
+    start = time.time() - 1
+    proc = remote.start_run("--procs", "1")
+    wait_for(lambda: forge.counters["upload_pack"] >= 1, what="a clone in progress")
+    held = {k: remote.r.get(k) for k in remote.r.keys("lock:*")}
+    victims = workers_of(proc.pid)
+    assert victims and held
+    os.kill(victims[0], signal.SIGKILL)
+    # Its leases lapse (at once rather than after the TTL); the pool's new worker takes them.
+    for key, holder in held.items():
+        if remote.r.get(key) == holder:
+            remote.r.pexpire(key, 1)
+    finish(proc)
+    assert all_synced(remote.r, logins, start)
+    assert bundles(remote.store) == expected(forge, logins)
+
+
+def test_serve_restarted_mid_run_loses_no_user(remote: Remote, forge: Forge) -> None:
+    logins = stalled_population(forge, "s", 4)
+    track(remote.r, *logins)
+    start = time.time() - 1
+    proc = remote.start_run("--procs", "2")
+    wait_for(lambda: forge.counters["upload_pack"] >= 1, what="a clone in progress")
+    remote.restart_serve()  # the worker's requests fail meanwhile: it waits and goes on
+    finish(proc)
+    assert all_synced(remote.r, logins, start)
+    assert bundles(remote.store) == expected(forge, logins)
+
+
+def test_a_revoked_token_stops_its_worker_and_lands_nothing(remote: Remote,
+                                                            forge: Forge) -> None:
+    logins = stalled_population(forge, "v", 4)
+    track(remote.r, *logins)
+    proc = remote.start_run("--procs", "2")
+    wait_for(lambda: forge.counters["upload_pack"] >= 1, what="a clone in progress")
+    out = run_cli("worker-token", "revoke", "box-1", env=remote.serve_env)
+    assert out.returncode == 0, out.stderr
+    before = archived(remote.store)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("bulkbackup: error: ") and "worker token" in last, err[-3000:]
+    assert archived(remote.store) == before  # nothing it sent after the revoke landed
+    # Its users were given back: due again, held by nobody.
+    assert not remote.r.keys("lock:*")

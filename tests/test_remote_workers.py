@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,10 +21,12 @@ import redis
 from bulkbackup import config
 from bulkbackup.archive import layout
 from bulkbackup.archive.layout import UserCounts
-from bulkbackup.backup.user_backup import UserBackup
+from bulkbackup.backup.user_backup import UserBackup, in_order
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import LockLost, NotFound
-from bulkbackup.forge.github_rest import GitHub
+from bulkbackup.forge.github_lister import open_github_lister
+from bulkbackup.forge.listing import OwnerListing
+from bulkbackup.forge.quota_broker import QuotaBroker
 from bulkbackup.git.bundles import read_header, stored_header
 from bulkbackup.git.gitops import GitWork
 from bulkbackup.queue import keys
@@ -549,14 +552,17 @@ def test_a_user_backup_through_the_server(s: Setup, forge: Forge) -> None:
     settings = config.load(None, {**s.env, "GITHUB_API_URL": forge.url, "GITHUB_API": "rest"})
     client = s.client(s.token("box-1"))
     s.track("alice")
-    github = GitHub(settings.github)
-    job = UserBackup(settings, RemoteStore(client), github, GitWork(settings.run,
-                                                                    s.tmp / "work"))
+    broker = QuotaBroker(None, settings.github.tokens)
+    job = UserBackup(settings, RemoteStore(client), broker.any_token,
+                     GitWork(settings.run, s.tmp / "work"))
+    github = open_github_lister(settings.github, broker, threading.Event(), job.conditions)
     try:
         for round_ in (1, 2):
             lease = client.lease(1, run_start=lease_start(s))
             assert lease.users == ["alice"]
-            result = job.sync("alice")
+            ((_, listing),) = in_order(github, ["alice"], settings.github.user_deadline_s)
+            assert isinstance(listing, OwnerListing), listing
+            result = job.sync("alice", listing)
             counts = result.counts()
             assert counts is not None and counts.syncd == 1 and not counts.error, result.line()
             assert client.complete("alice", True, counts.encode(), result.syncd, 1) \

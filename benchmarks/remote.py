@@ -5,9 +5,10 @@ own) against `bulkbackup run` (Redis and the store), side by side in one run.
 
 The same population on the same stand-in forge: users x repos small repositories. Each pass
 starts from a fresh store with every user due. Prints users/s and repos/s of both and their
-ratio (target >= 0.9), then the bytes that went through the server (both directions, counted
-by a TCP relay in front of it, a pass of its own) per byte archived (1.0: the archives are
-carried; the rest is the API's JSON and the tips an increment reads).
+ratio (target >= 0.9), serve's CPU seconds per 1 000 users, then the bytes that went through
+the server (both directions, counted by a TCP relay in front of it, a pass of its own) per
+byte archived (1.0: the archives are carried; the rest is the API's JSON and headers and the
+tips an increment reads).
 """
 
 from __future__ import annotations
@@ -92,6 +93,12 @@ def start_serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes]
     sys.exit(f"serve did not start: {log.read_text()[-2000:]}")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed_run(env: dict[str, str], cwd: Path, *args: str) -> float:
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "bulkbackup", "run", *args], env=env,
@@ -124,11 +131,16 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def repo(name: str, file_kb: int) -> RepoSpec:
+    if not file_kb:
+        return RepoSpec(name)
+    return RepoSpec(name, files={"data.bin": os.urandom(file_kb * 1024)})
+
+
 def measure(args: argparse.Namespace, tmp: Path, url: str, forge: Forge) -> None:
     logins = [f"user{i:04d}" for i in range(args.users)]
     for login in logins:
-        forge.add_user(login, [RepoSpec(f"r{j}", **({"files": {"data.bin": os.urandom(
-            args.file_kb * 1024)}} if args.file_kb else {})) for j in range(args.repos)])
+        forge.add_user(login, [repo(f"r{j}", args.file_kb) for j in range(args.repos)])
     cfg = tmp / "config.yaml"
     cfg.write_text(SERVE_CONFIG)
     clean = {k: v for k, v in os.environ.items()
@@ -164,8 +176,10 @@ def measure(args: argparse.Namespace, tmp: Path, url: str, forge: Forge) -> None
         home = tmp / "worker-home"
         home.mkdir()
         remote_env = token("bench")
+        cpu_before = cpu_s(serve.pid)
         remote_s = timed_run(remote_env, home, "--server", f"http://127.0.0.1:{port}",
                              "--procs", str(args.procs))
+        serve_cpu_s = cpu_s(serve.pid) - cpu_before
         archived = stored_bytes(remote_store)
         # 3. The bytes through the server: the same pass again, through a counting relay.
         due(remote_store)
@@ -181,6 +195,8 @@ def measure(args: argparse.Namespace, tmp: Path, url: str, forge: Forge) -> None
     print(f"users: {n} x {args.repos} repos, P={args.procs}: run {n / local_s:.1f} users/s "
           f"{repos / local_s:.1f} repos/s | run --server {n / remote_s:.1f} users/s "
           f"{repos / remote_s:.1f} repos/s | ratio {local_s / remote_s:.2f} (target >= 0.9)")
+    print(f"server CPU: {serve_cpu_s:.2f} s for {n} users: "
+          f"{serve_cpu_s / n * 1000:.1f} s per 1 000 users")
     print(f"bytes through the server: {up + down:,} for {archived:,} archived: "
           f"{(up + down) / max(archived, 1):.2f} per archived byte (1.0: carried; sent "
           f"{up / max(archived, 1):.2f}, received {down / max(archived, 1):.2f}; "

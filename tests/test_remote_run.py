@@ -60,8 +60,9 @@ class Remote:
                                  self.served.url, *args], env=self.run_env, cwd=work,
                                 text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
-    def restart_serve(self) -> None:
+    def restart_serve(self, down_s: float) -> None:
         stop_serve(self.served)
+        time.sleep(down_s)
         self.served = serve_on(self.serve_env, self.tmp / "serve.log", self.port)
 
 
@@ -266,8 +267,10 @@ def test_serve_restarted_mid_run_loses_no_user(remote: Remote, forge: Forge) -> 
     start = time.time() - 1
     proc = remote.start_run("--procs", "2")
     wait_for(lambda: forge.counters["upload_pack"] >= 1, what="a clone in progress")
-    remote.restart_serve()  # the worker's requests fail meanwhile: it waits and goes on
-    finish(proc)
+    # Away longer than the stalled clones: their uploads meet no server and are retried.
+    remote.restart_serve(down_s=forge.stall_s + 1)
+    err = finish(proc)
+    assert "run: 4 users synced" in err, err[-3000:]
     assert all_synced(remote.r, logins, start)
     assert bundles(remote.store) == expected(forge, logins)
 

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 # Retries of a refresh that failed: soon, a lease not refreshed within its TTL is gone.
 RETRY_S = 1.0
+# An idle worker's poll for the run's last users costs two requests of the token's rate
+# (serve.lease_requests_per_s, shared by the whole pool): at most one poll a second.
+IDLE_WAIT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class RemoteQueue:
         self.target = target
         self.run_start = run_start
         self.ttl_s = lock_ttl_s  # the server's, as its last answer said
+        self.idle_wait_s = IDLE_WAIT_S
         self.client = target.client()
         # Its own client: no retries (a missed refresh is tried again within the TTL), and
         # never waiting behind the main thread's upload.

@@ -36,6 +36,8 @@ class WorkQueue(Protocol):
     # and every error of the queue (a give back that fails: the lease lapses on its own).
     transient: tuple[type[Exception], ...]
     errors: tuple[type[Exception], ...]
+    # How long an idle worker waits between two polls for the run's last users.
+    idle_wait_s: float
 
     def start(self) -> None:
         """Start keeping the held users alive (a thread refreshing them every ttl/2)."""
@@ -99,6 +101,8 @@ class RedisQueue:
         self.claimer = tracked.Claimer(self.r, scripts, worker_id, ttl_s, run_start,
                                        clock_offset_s)
         self.keeper = LockKeeper(self.r, scripts, worker_id, ttl_s)
+        # Short: a poll is two cheap Redis round trips.
+        self.idle_wait_s = min(0.25, ttl_s / 8)
 
     def start(self) -> None:
         self.keeper.start()

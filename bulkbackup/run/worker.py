@@ -253,8 +253,9 @@ class Worker:
         """The one loop, whatever the lister: sync the users whose listing is ready; else
         claim (as the feed says) and list; else end once nothing is left."""
         remaining: int | None = None
-        # Short: at the end of a run every idle worker waits here for the last users.
-        idle_wait = min(0.25, self.args.settings.run.lock_ttl_s / 8)
+        # At the end of a run every idle worker waits here for the last users (the queue
+        # says how long: Redis answers a poll cheaply, the lease API is rate limited).
+        idle_wait = self.queue.idle_wait_s
         while not self.stop.is_set():
             if feed.ready:
                 member, listing = feed.ready.popleft()

@@ -85,6 +85,10 @@ def _job_commands(command: _Command) -> None:
     s.add_argument("--max-users", type=at_least(1), metavar="N",
                    help="stop claiming after N users")
     s.add_argument("--no-stats", action="store_true", help="skip the stats pass at the end")
+    s.add_argument("--server", metavar="URL",
+                   help="lease users from `bulkbackup serve` at URL and send the archives "
+                        "there: no Redis, no store (env BULKBACKUP_SERVER; the worker token: "
+                        "env BULKBACKUP_WORKER_TOKEN)")
 
     s = command("stats", "count archives per user, write SyncdRepos, print totals")
     s.add_argument("--json", action="store_true", help="print the totals as one JSON object")
@@ -162,7 +166,10 @@ def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:
     if cmd == "reset":
         return commands.reset_command(settings)
     if cmd == "run":
-        return commands.run_command(settings, args.procs, args.max_users, not args.no_stats)
+        from bulkbackup.commands_tokens import remote_target
+
+        return commands.run_command(settings, args.procs, args.max_users, not args.no_stats,
+                                    remote_target(args.server))
     if cmd == "stats":
         return commands.stats_command(settings, as_json=args.json, write=not args.no_write)
     if cmd == "sync":

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import redis
 
     from bulkbackup.passes.verify import VerifyReport
+    from bulkbackup.run.remote_queue import RemoteTarget
 
 
 def ingest_command(settings: Settings, dump: str, limit: int | None, batch_size: int | None,
@@ -168,14 +169,16 @@ def render_user(user: dict[str, Any]) -> str:
 
 
 def run_command(settings: Settings, procs: int | None, max_users: int | None,
-                with_stats: bool) -> int:
-    """`bulkbackup run`: the run, its summary line, the stats pass; the exit code."""
+                with_stats: bool, remote: RemoteTarget | None = None) -> int:
+    """`bulkbackup run`: the run, its summary line, the stats pass; the exit code.
+    ``remote`` (`run --server`): leased from `serve`; its stats pass is the server's."""
     from bulkbackup.errors import BulkbackupError
     from bulkbackup.run.supervisor import run
 
-    _preflight(settings)
+    _preflight(settings, remote)
     report = run(settings, procs, max_users,
-                 notify=lambda message: print(f"bulkbackup: {message}", file=sys.stderr))
+                 notify=lambda message: print(f"bulkbackup: {message}", file=sys.stderr),
+                 remote=remote)
     totals = report.totals
     print(totals.summary(), file=sys.stderr)
     if report.fatal and totals.failure_code == ConfigError.exit_code:
@@ -184,7 +187,7 @@ def run_command(settings: Settings, procs: int | None, max_users: int | None,
         raise BulkbackupError(f"{report.fatal}: {totals.failure}" if totals.failure
                               else report.fatal)
     code = 0
-    if with_stats and not report.stopped_by_signal:
+    if with_stats and remote is None and not report.stopped_by_signal:
         code = stats_command(settings, as_json=False, write=True)
     problems = []
     if report.users_lost:
@@ -207,17 +210,25 @@ def run_command(settings: Settings, procs: int | None, max_users: int | None,
     return code
 
 
-def _preflight(settings: Settings) -> None:
-    """Open the store once and prove the GitHub tokens before any worker starts: a missing
-    bucket, refused credentials or a token GitHub refuses is then a ConfigError (exit 2, so
+def _preflight(settings: Settings, remote: RemoteTarget | None = None) -> None:
+    """Open the store once (remote: ask the server, with the worker token) and prove the
+    GitHub tokens before any worker starts: a missing bucket, refused credentials, a worker
+    token the server refuses or a token GitHub refuses is then a ConfigError (exit 2, so
     systemd stops restarting) before any user is claimed, not N workers failing."""
     from bulkbackup.store import open_store
 
-    open_store(settings.store).close()
-    _prove_tokens(settings)
+    if remote is None:
+        open_store(settings.store).close()
+    else:
+        client = remote.client()
+        try:
+            client.status()
+        finally:
+            client.close()
+    _prove_tokens(settings, remote is None)
 
 
-def _prove_tokens(settings: Settings) -> None:
+def _prove_tokens(settings: Settings, shared: bool = True) -> None:
     """One cheap call per token on the API `run` lists with (GraphQL: a `rateLimit` query,
     1 point, also without a token, which GitHub refuses; REST: `GET /rate_limit`, free),
     through the shared quota broker: TokenRefused (exit 2) names a refused token's place."""
@@ -226,7 +237,7 @@ def _prove_tokens(settings: Settings) -> None:
     from bulkbackup.forge.quota_broker import QuotaBroker
     from bulkbackup.queue.connection import connect
 
-    r = connect(settings.redis)
+    r = connect(settings.redis) if shared else None  # not shared: no Redis (run --server)
     broker = QuotaBroker(r, settings.github.tokens)
     client = (GraphQLLister(settings.github, broker) if settings.github.api == "graphql"
               else GitHub(settings.github, broker=broker))
@@ -234,7 +245,8 @@ def _prove_tokens(settings: Settings) -> None:
         client.prove_tokens()
     finally:
         client.close()
-        r.close()
+        if r is not None:
+            r.close()
 
 
 def _parse_time(text: str) -> datetime:

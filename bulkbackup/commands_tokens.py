@@ -1,14 +1,53 @@
 """`bulkbackup worker-token add NAME | list | revoke NAME [--redo]` (DESIGN.md "Remote
 workers"): the tokens of remote workers. The token is printed once, on stdout alone (so
-`TOKEN=$(bulkbackup worker-token add x)` works); Redis keeps its hash."""
+`TOKEN=$(bulkbackup worker-token add x)` works); Redis keeps its hash. And the other end:
+where `run --server` finds its server and its token (`remote_target`)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bulkbackup.config import Settings
-from bulkbackup.errors import UsageError
+from bulkbackup.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from bulkbackup.run.remote_queue import RemoteTarget
+
+# The token file's size cap (a token is 43 characters).
+TOKEN_FILE_MAX_BYTES = 4096
+
+
+def remote_target(server: str | None, env: Mapping[str, str] = os.environ
+                  ) -> RemoteTarget | None:
+    """`run --server URL` (else env BULKBACKUP_SERVER) and its worker token (env
+    BULKBACKUP_WORKER_TOKEN, or the file env BULKBACKUP_WORKER_TOKEN_FILE names: systemd's
+    credentials); None: a local run (Redis and the store)."""
+    from bulkbackup.run.remote_queue import RemoteTarget
+
+    url = server or env.get("BULKBACKUP_SERVER", "")
+    if not url:
+        return None
+    token = env.get("BULKBACKUP_WORKER_TOKEN", "")
+    path = env.get("BULKBACKUP_WORKER_TOKEN_FILE", "")
+    if not token and path:
+        try:
+            with open(path, "rb") as f:
+                token = f.read(TOKEN_FILE_MAX_BYTES).decode("utf-8", "replace").strip()
+        except OSError as exc:
+            raise ConfigError(f"BULKBACKUP_WORKER_TOKEN_FILE: {exc.strerror}: "
+                              f"{Path(path).name}") from None
+    if not token:
+        raise ConfigError("run --server needs a worker token: set BULKBACKUP_WORKER_TOKEN "
+                          "(or BULKBACKUP_WORKER_TOKEN_FILE), made by `bulkbackup "
+                          "worker-token add NAME` on the server's side")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"--server must start with http:// or https://: {url[:100]!r}")
+    return RemoteTarget(url, token)
 
 
 def _when(epoch: float | None) -> str:

@@ -432,7 +432,7 @@ class InProcess:
         return out
 
     def close(self) -> None:
-        self.worker.r.close()
+        self.worker.queue.close()
         self.reader.close()
 
 

@@ -5,8 +5,10 @@ for S3), the command line in child processes. The client is run/lease_client.py.
 from __future__ import annotations
 
 import http.client
+import math
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,12 +25,19 @@ from bulkbackup.archive.layout import UserCounts
 from bulkbackup.backup.user_backup import UserBackup, in_order
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import LockLost, NotFound
-from bulkbackup.forge.github_rest import GitHub, RestLister
+from bulkbackup.forge.github_lister import open_github_lister
 from bulkbackup.forge.listing import OwnerListing
+from bulkbackup.forge.quota_broker import QuotaBroker
 from bulkbackup.git.bundles import read_header, stored_header
 from bulkbackup.git.gitops import GitWork
-from bulkbackup.queue import keys
-from bulkbackup.run.lease_client import LeaseClient, Outcome, ServerUnavailable, WorkerTokenRefused
+from bulkbackup.queue import history, keys
+from bulkbackup.run.lease_client import (
+    LeaseClient,
+    Outcome,
+    ServerRefused,
+    ServerUnavailable,
+    WorkerTokenRefused,
+)
 from bulkbackup.run.remote_store import RemoteStore
 from bulkbackup.store import Store, open_store
 from bulkbackup.store.fenced import FencedStore, StopFence
@@ -240,6 +249,25 @@ def test_give_back_and_fail(s: Setup) -> None:
     with pytest.raises(LockLost):
         client.give_back("bob")
     assert s.r.smembers(keys.worker_leases("box-1")) == set()
+
+
+def test_status_and_what_complete_writes_for_the_worker(s: Setup) -> None:
+    """`run --server`'s start and end (status), and what a local worker writes to Redis
+    after a sync, written by the server at `complete`: pending verify marks, the history."""
+    client = s.client(s.token("box-1"))
+    s.track("alice", "bob")
+    status = client.status()
+    assert (status.remaining, status.in_flight) == (2, 0)
+    start = float(math.floor(status.server_time))  # as the pool's (completions are whole s)
+    assert client.lease(1, run_start=start).users == ["alice"]
+    assert (client.status(start).remaining, client.status(start).in_flight) == (1, 1)
+    with pytest.raises(ServerRefused):  # not repository names: refused, nothing written
+        client.complete("alice", True, "1 0 0 0 1", 1, 10, verify=["../x"])
+    assert client.complete("alice", True, "1 0 0 0 1", 1, 10, verify=["hello"]) \
+        is Outcome.DONE
+    assert s.r.zrange(keys.VERIFY_PENDING, 0, -1) == ["alice/hello"]
+    assert [e.repos_changed for e in history.read(s.r, "alice")] == [1]
+    assert (client.status(start).remaining, client.status(start).in_flight) == (1, 0)
 
 
 def test_another_users_keys_403_nothing_written(s: Setup, bundle: Path) -> None:
@@ -550,16 +578,16 @@ def test_a_user_backup_through_the_server(s: Setup, forge: Forge) -> None:
     settings = config.load(None, {**s.env, "GITHUB_API_URL": forge.url, "GITHUB_API": "rest"})
     client = s.client(s.token("box-1"))
     s.track("alice")
-    github = GitHub(settings.github)
-    job = UserBackup(settings, RemoteStore(client), github.token_for_git,
+    broker = QuotaBroker(None, settings.github.tokens)
+    job = UserBackup(settings, RemoteStore(client), broker.any_token,
                      GitWork(settings.run, s.tmp / "work"))
-    lister = RestLister(github, job.conditions)
+    github = open_github_lister(settings.github, broker, threading.Event(), job.conditions)
     try:
         for round_ in (1, 2):
             lease = client.lease(1, run_start=lease_start(s))
             assert lease.users == ["alice"]
-            [(_, listing)] = in_order(lister, ["alice"], settings.github.user_deadline_s)
-            assert isinstance(listing, OwnerListing)
+            ((_, listing),) = in_order(github, ["alice"], settings.github.user_deadline_s)
+            assert isinstance(listing, OwnerListing), listing
             result = job.sync("alice", listing)
             counts = result.counts()
             assert counts is not None and counts.syncd == 1 and not counts.error, result.line()

@@ -361,9 +361,7 @@ def test_a_lock_lost_before_a_give_back_counts_as_lost(
                       clock_offset_s=0.0, procs=1)
     worker = Worker(args, writer, graceful, budget, os.getppid())
     track(r, "failing", "plain", "fine")
-    claimed, _ = worker.claimer.claim(3)
-    assert len(claimed) == 3
-    worker.keeper.add(claimed, time.monotonic())
+    assert len(worker.queue.claim_due(3).claimed) == 3  # held from now on
     r.set("lock:github.com/failing", "2.0.elsewhere")  # another owner took it over
     r.delete("lock:github.com/plain")  # expired
     worker._give_back("github.com/failing", "store failed: boom")
@@ -375,7 +373,7 @@ def test_a_lock_lost_before_a_give_back_counts_as_lost(
     assert r.zscore("tracked", "github.com/failing") == float("inf")  # still the other's claim
     assert r.hget("bulkbackup:failures", "github.com/failing") is None
     assert r.zscore("tracked", "github.com/fine") == float("-inf")  # given back
-    worker.r.close()
+    worker.queue.close()
 
 
 def test_a_run_removes_the_temp_files_dead_writers_left_in_the_store(

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
 
+from bulkbackup.archive.layout import UserCounts
 from bulkbackup.errors import LockLost
-from bulkbackup.queue import keys
+from bulkbackup.queue import history, keys, pending
 from bulkbackup.queue.connection import Scripts, server_time
 from bulkbackup.queue.locks import refresh_locks
 from bulkbackup.queue.tracked import Claimer, Completion
@@ -80,6 +82,12 @@ class RemoteLeases:
             self.r.sadd(keys.worker_leases(name), *claimed)
         return wid, claimed, remaining
 
+    def status(self, run_start: float) -> tuple[int, int]:
+        """(users still due in a run started at ``run_start``, users held by anyone that
+        were due in it): a remote pool ends when both are 0, as a local one."""
+        claimer = self._claimer(f"status{REMOTE_SUFFIX}", run_start)
+        return claimer.remaining(), claimer.in_flight()
+
     def holder(self, name: str, member: str) -> str | None:
         """The worker id holding ``member``'s lock when it is one of ``name``'s leases."""
         wid = _text(self.r.get(keys.lock(member)))
@@ -108,7 +116,8 @@ class RemoteLeases:
         return kept, lost
 
     def finish(self, name: str, member: str, synced: bool, counts: str, repos: int,
-               nbytes: int, run_start: float, error: str = "") -> Completion:
+               nbytes: int, run_start: float, error: str = "",
+               verify: Sequence[str] = ()) -> Completion:
         """Claimer.finish for the token's lease; ``error`` without ``counts``: a sync that
         listed nothing (the summary Redis has gets the error: Claimer.summary_with_error)."""
         wid = self.holder(name, member)
@@ -121,7 +130,20 @@ class RemoteLeases:
         self.r.srem(keys.worker_leases(name), member)
         if result is Completion.DONE and synced:
             self.r.sadd(keys.worker_archived(name), member)
+            self._after_sync(member, counts, repos, nbytes, error, verify)
         return result
+
+    def _after_sync(self, member: str, counts: str, repos: int, nbytes: int, error: str,
+                    verify: Sequence[str]) -> None:
+        """What a local worker writes to Redis itself after a sync, done here for a remote
+        one (it has no Redis): the increments `verify --sample` checks first
+        (queue/pending.py) and the user's history (queue/history.py)."""
+        login, now = keys.login_of(member), self.now()
+        for repo in verify:
+            pending.add(self.r, login, repo, now)
+        summary = UserCounts.decode(counts) if counts else None
+        errors = int(bool(error) or (summary is not None and summary.error))
+        history.record(self.r, login, history.entry(now, repos, nbytes, errors, error))
 
     def fail(self, name: str, member: str, run_start: float) -> Completion:
         wid = self.holder(name, member)

@@ -65,6 +65,14 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class Status:
+    remaining: int  # users still due in the run
+    in_flight: int  # users held by anyone that were due in it
+    lock_ttl_s: int
+    server_time: float
+
+
+@dataclass(frozen=True)
 class Call:
     method: str
     path: str
@@ -172,17 +180,26 @@ class LeaseClient:
         return Lease(str(got["lease"]), [str(x) for x in got["users"]], int(got["remaining"]),
                      int(got["lock_ttl_s"]), float(got["server_time"]))
 
+    def status(self, run_start: float | None = None) -> Status:
+        """What is left of a run started at ``run_start`` (default: now)."""
+        doc = {} if run_start is None else {"run_start": run_start}
+        got = self._json("POST", "/api/lease/status", doc)
+        return Status(int(got["remaining"]), int(got["in_flight"]), int(got["lock_ttl_s"]),
+                      float(got["server_time"]))
+
     def refresh(self, logins: list[str]) -> tuple[list[str], list[str]]:
         """(kept, lost) among ``logins``."""
         got = self._json("POST", "/api/lease/refresh", {"users": logins})
         return list(got["kept"]), list(got["lost"])
 
     def complete(self, login: str, synced: bool, counts: str = "", repos: int = 0,
-                 nbytes: int = 0, run_start: float | None = None, error: str = "") -> Outcome:
+                 nbytes: int = 0, run_start: float | None = None, error: str = "",
+                 verify: list[str] | None = None) -> Outcome:
         """``error`` without ``counts``: a sync that listed nothing; the server gives the
-        user's summary that error (Claimer.summary_with_error)."""
+        user's summary that error (Claimer.summary_with_error). ``verify``: the repositories
+        whose increments the sync committed (`verify --sample` checks them first)."""
         doc: dict[str, Any] = {"synced": synced, "counts": counts, "repos": repos,
-                               "bytes": nbytes, "error": error}
+                               "bytes": nbytes, "error": error, "verify": verify or []}
         if run_start is not None:
             doc["run_start"] = run_start
         return Outcome(self._json("POST", f"/api/lease/{_q(login)}/complete", doc)["result"])

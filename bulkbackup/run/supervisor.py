@@ -1,5 +1,9 @@
 """`bulkbackup run`: a pool of worker processes draining `tracked`, then the stats pass.
 
+With `--server URL` (a remote pool) the same pool leases its users from `serve`'s lease API
+and sends its archives there: no Redis, no store here; `tracked`, its rebuild, the stats pass,
+the last run's figures and the workers' heartbeats are the server's side.
+
 The parent only supervises: it starts workers (forkserver/spawn: threads are running, so no
 plain fork), replaces crashed ones, shows progress from their reports, watches that Redis
 still has `tracked`, and handles signals: the first SIGINT/SIGTERM stops claiming and lets
@@ -33,6 +37,7 @@ from bulkbackup.errors import BulkbackupError
 from bulkbackup.progress import Progress
 from bulkbackup.queue import keys
 from bulkbackup.queue.connection import connect, server_time
+from bulkbackup.run.remote_queue import RemoteTarget
 from bulkbackup.run.reports import Deferred, Failed, GivenBack, Lost, Synced, WorkerExit
 from bulkbackup.run.worker import WorkerArgs, worker_main
 from bulkbackup.store import clean_stale_temp
@@ -131,13 +136,15 @@ class Supervisor:
 
     def __init__(self, settings: Settings, procs: int | None = None,
                  max_users: int | None = None,
-                 notify: Callable[[str], None] | None = None) -> None:
+                 notify: Callable[[str], None] | None = None,
+                 remote: RemoteTarget | None = None) -> None:
         self.settings = settings
+        self.remote = remote
         # Tells the operator, at once, what a signal changed (the caller renders it).
         self.notify = notify or log.warning
         self.procs = procs or settings.run.procs
         self.max_users = max_users
-        self.r = connect(settings.redis)
+        self.r = connect(settings.redis) if remote is None else None
         self.ctx = _context()
         # A lock-free shared flag (see Worker._watch): set once, only by this process.
         self.graceful = self.ctx.RawValue(ctypes.c_bool, False)
@@ -179,6 +186,8 @@ class Supervisor:
 
     def _prepare(self) -> int:
         """Make sure `tracked` is there; fix the run's start; returns the users due."""
+        if self.r is None:
+            return self._prepare_remote()
         if not self.r.exists(keys.TRACKED):
             from bulkbackup.passes.stats import rebuild
 
@@ -198,11 +207,24 @@ class Supervisor:
         self.run_start = float(math.floor(server_now))
         return int(self.r.zcount(keys.TRACKED, "-inf", f"({self.run_start}"))
 
+    def _prepare_remote(self) -> int:
+        """The run's start in the server's clock, and the users due, from `serve`."""
+        assert self.remote is not None
+        workdir.clean_stale(self.settings)
+        client = self.remote.client()
+        try:
+            status = client.status()
+        finally:
+            client.close()
+        self.clock_offset_s = status.server_time - time.time()
+        self.run_start = float(math.floor(status.server_time))
+        return max(status.remaining, 0)
+
     def _spawn(self, i: int) -> BaseProcess:
         host = self.settings.run.worker_host
         args = WorkerArgs(settings=self.settings, index=i, worker_id=f"{self.rand}.{i}.{host}",
                           run_start=self.run_start, clock_offset_s=self.clock_offset_s,
-                          procs=self.procs)
+                          procs=self.procs, remote=self.remote)
         reader, writer = self.ctx.Pipe(duplex=False)
         p = self.ctx.Process(target=worker_main,
                              args=(args, writer, self.graceful, self.budget),
@@ -261,7 +283,7 @@ class Supervisor:
         set at start): rebuild it from the store as at start, and count the users it had
         that the store cannot bring back (never synced: they need a new ingest)."""
         now = time.monotonic()
-        if now < self.next_check:
+        if now < self.next_check or self.r is None:  # a remote pool: the server's side
             return
         self.next_check = now + TRACKED_CHECK_S
         try:
@@ -280,6 +302,7 @@ class Supervisor:
     def _rebuild_tracked(self, size: int) -> None:
         from bulkbackup.passes.stats import rebuild
 
+        assert self.r is not None
         before = self.tracked_size
         log.warning("`tracked` has %d users, %d before (Redis flushed or restarted without "
                     "persistence?): rebuilding it from the store", size, before)
@@ -294,6 +317,8 @@ class Supervisor:
 
     def _record_last_run(self) -> None:
         t = self.totals
+        if self.r is None:
+            return  # a remote pool: the server counts its completions
         self.r.hset(keys.LAST_RUN, mapping={
             "started_at": int(self.run_start), "ended_at": int(time.time()),
             "users": t.users, "repos": t.repos,
@@ -305,10 +330,13 @@ class Supervisor:
 
 
 def run(settings: Settings, procs: int | None = None, max_users: int | None = None,
-        notify: Callable[[str], None] | None = None) -> RunReport:
+        notify: Callable[[str], None] | None = None,
+        remote: RemoteTarget | None = None) -> RunReport:
     """Drain `tracked` with a pool of worker processes; prints nothing (``notify`` gets
-    what the operator should see at once: default, the log)."""
-    return Supervisor(settings, procs, max_users, notify).run()
+    what the operator should see at once: default, the log). ``remote``: lease from `serve`
+    (`run --server`) in place of Redis and the store."""
+    return Supervisor(settings, procs, max_users, notify, remote).run()
+
 
 
 def _drain(readers: Iterable[Connection], totals: RunTotals, bar: Progress,

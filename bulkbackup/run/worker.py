@@ -1,8 +1,9 @@
 """One worker process of `bulkbackup run`: claim users in batches, back each up under its lock.
 
-A worker receives settings, never live clients: it builds its own Redis, store and HTTP
-clients. It reports to the parent through its own pipe (typed reports) and never prints.
-When the parent dies (SIGKILL, a crash) it gives its users back and exits quietly.
+A worker receives settings, never live clients: it builds its own queue (Redis, or the lease
+API of `serve` for `run --server`: run/work_queue.py), store and HTTP clients. It reports to
+the parent through its own pipe (typed reports) and never prints. When the parent dies
+(SIGKILL, a crash) it gives its users back and exits quietly.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 from typing import NoReturn, TypeVar
 
-import redis
-
 from bulkbackup.backup.results import UserResult
 from bulkbackup.backup.user_backup import UserBackup
 from bulkbackup.config import Settings
@@ -35,17 +34,15 @@ from bulkbackup.forge.listing import (
     OwnerListing,
 )
 from bulkbackup.forge.listing_feed import ListingFeed
-from bulkbackup.forge.quota_broker import QuotaBroker
 from bulkbackup.git import gitops
 from bulkbackup.git.gitops import GitWork
-from bulkbackup.queue import history, keys, pending, tracked
+from bulkbackup.queue import keys
 from bulkbackup.queue.claims import Claimed
-from bulkbackup.queue.connection import Scripts, connect
-from bulkbackup.queue.locks import LockKeeper
 from bulkbackup.queue.tracked import Completion
 from bulkbackup.redact import install_redaction
 from bulkbackup.run.batching import BatchSizer, UserBudget
 from bulkbackup.run.parentdeath import ParentDeath
+from bulkbackup.run.remote_queue import RemoteQueue, RemoteTarget
 from bulkbackup.run.reports import (
     Deferred,
     Failed,
@@ -55,7 +52,8 @@ from bulkbackup.run.reports import (
     Synced,
     WorkerExit,
 )
-from bulkbackup.store import Store, open_store
+from bulkbackup.run.work_queue import RedisQueue, WorkQueue
+from bulkbackup.store import Store
 from bulkbackup.workdir import work_dir
 
 log = logging.getLogger(__name__)
@@ -76,20 +74,29 @@ class WorkerArgs:
     run_start: float
     clock_offset_s: float
     procs: int
+    # `run --server`: the lease API in place of Redis and the store (run/remote_queue.py).
+    remote: RemoteTarget | None = None
+
+    def open_queue(self) -> WorkQueue:
+        if self.remote is not None:
+            return RemoteQueue(self.remote, self.run_start, self.settings.run.lock_ttl_s)
+        return RedisQueue(self.settings, self.worker_id, self.run_start, self.clock_offset_s)
 
 
 def _retrying(what: str, fn: Callable[[], _T], give_up_s: float,
-              stop: threading.Event) -> _T:
-    """Call ``fn``, retrying Redis connection errors with backoff for up to ``give_up_s``."""
+              stop: threading.Event, transient: tuple[type[Exception], ...]) -> _T:
+    """Call ``fn``, retrying the queue's ``transient`` errors (Redis connection errors,
+    the server not answering) with backoff for up to ``give_up_s``."""
     deadline = time.monotonic() + give_up_s
     delay = 0.2
     while True:
         try:
             return fn()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except transient as exc:
             if time.monotonic() + delay > deadline:
-                raise BulkbackupError(f"redis unreachable during {what}: {exc}") from None
-            log.warning("redis error during %s (retrying in %.1fs): %s", what, delay, exc)
+                raise BulkbackupError(f"the queue is unreachable during {what}: {exc}"
+                                      ) from None
+            log.warning("queue error during %s (retrying in %.1fs): %s", what, delay, exc)
             if stop.wait(delay):
                 raise Interrupted("stopping") from None
             delay = min(delay * 2, 5.0)
@@ -115,7 +122,8 @@ def worker_main(args: WorkerArgs, reports: Connection,
     ParentDeath.arm()
     logging.basicConfig(level=logging.WARNING,
                         format=f"%(asctime)s %(levelname)s worker {args.index}: %(message)s")
-    install_redaction(args.settings.github.tokens)
+    install_redaction((*args.settings.github.tokens,
+                       *((args.remote.token,) if args.remote is not None else ())))
     worker = None
     try:
         worker = Worker(args, reports, graceful, budget, parent)
@@ -148,16 +156,9 @@ class Worker:
         self.graceful = graceful
         self.budget = UserBudget(budget)
         self.stop = threading.Event()  # set when the parent asks for a graceful stop
-        self.r = connect(s.redis)
-        scripts = Scripts(self.r)
-        self.claimer = tracked.Claimer(self.r, scripts, args.worker_id, s.run.lock_ttl_s,
-                                       args.run_start, args.clock_offset_s,
-                                       full_pass_days=s.events.full_pass_days,
-                                       priority_hours=s.serve.priority_hours)
-        self.keeper = LockKeeper(self.r, scripts, args.worker_id, s.run.lock_ttl_s)
+        self.queue = args.open_queue()
         self.sizer = BatchSizer(s.run.claim_target_s, s.run.claim_batch_max, args.procs)
-        # One view of every token's quota for all processes on all hosts, REST and GraphQL.
-        self.broker = QuotaBroker(self.r, s.github.tokens)
+        self.broker = self.queue.broker(s.github.tokens)
         self._store = store
         self._lister = lister or self._github_lister
         self.feed: ListingFeed | None = None  # claimed users not started (run)
@@ -177,32 +178,25 @@ class Worker:
     def run(self) -> None:
         s = self.args.settings
         threading.Thread(target=self._watch, name="watch", daemon=True).start()
-        store = self._store or open_store(s.store)
-        self.keeper.start()
+        store = self._store or self.queue.open_store()
+        self.queue.start()
         lister: Lister | None = None
         try:
             with work_dir(s, f"w{self.args.index}") as path:
                 job = UserBackup(s, store, self.broker.any_token,
                                  GitWork(s.run, path, self.args.procs),
-                                 committed=self._pending_verify, broker=self.broker)
+                                 committed=self.queue.committed, broker=self.broker)
                 lister = self._lister(job.conditions)
                 self.feed = ListingFeed(lister, s.github.graphql_batch)
                 self._loop(job, self.feed)
         finally:
             self._give_back_queue()
-            self.keeper.stop()
+            self.queue.stop()
             if lister is not None:
                 lister.close()
             if self._store is None:
                 store.close()
             self._finished.set()
-
-    def _pending_verify(self, login: str, repo: str) -> None:
-        """An increment was committed: `verify --sample` checks it first (pending.py)."""
-        try:
-            pending.add(self.r, login, repo, time.time())
-        except redis.RedisError as exc:  # verify's random sample still finds it
-            log.warning("%s/%s: not marked pending verify: %s", login, repo, exc)
 
     def _watch(self) -> None:
         # Polled, not a multiprocessing.Event: a process that dies while waiting on one
@@ -228,15 +222,15 @@ class Worker:
             # A claim in progress lands first (bounded: it would expire anyway by then).
             if self._claim_mu.acquire(timeout=self.args.settings.run.lock_ttl_s):
                 self._closed = True
-            held = self.keeper.held()
+            held = self.queue.held()
             for member in held:
-                self.keeper.drop(member)  # the main thread's next lock check fails: no write
+                self.queue.drop(member)  # the main thread's next lock check fails: no write
             gitops.kill_all()
             back = 0
             for member in held:
                 try:
-                    back += self.claimer.finish(member, False) is Completion.DONE
-                except redis.RedisError as exc:
+                    back += self.queue.finish(member, False) is Completion.DONE
+                except self.queue.errors as exc:
                     log.warning("could not give %s back (its lock will expire): %s", member, exc)
             log.warning("%s: gave %d of %d users back; exiting", why, back, len(held))
             logging.shutdown()
@@ -256,10 +250,9 @@ class Worker:
         with self._claim_mu:
             if self._closed:
                 return [], 0
-            batch = _retrying("claim", lambda: self.claimer.claim_due(want),
-                              self.args.settings.run.redis_retry_s, self.stop)
-            if batch.claimed:
-                self.keeper.add([c.member for c in batch.claimed], time.monotonic())
+            batch = _retrying("claim", lambda: self.queue.claim_due(want),
+                              self.args.settings.run.redis_retry_s, self.stop,
+                              self.queue.transient)
         self.budget.give_back(want - len(batch.claimed))
         return batch.claimed, batch.remaining
 
@@ -267,8 +260,9 @@ class Worker:
         """The one loop, whatever the lister: sync the users whose listing is ready; else
         claim (as the feed says) and list; else end once nothing is left."""
         remaining: int | None = None
-        # Short: at the end of a run every idle worker waits here for the last users.
-        idle_wait = min(0.25, self.args.settings.run.lock_ttl_s / 8)
+        # At the end of a run every idle worker waits here for the last users (the queue
+        # says how long: Redis answers a poll cheaply, the lease API is rate limited).
+        idle_wait = self.queue.idle_wait_s
         while not self.stop.is_set():
             if feed.ready:
                 member, listing = feed.ready.popleft()
@@ -335,22 +329,17 @@ class Worker:
     def _drained(self) -> bool:
         if self.budget.spent():
             return True
-        rs = self.args.settings.run.redis_retry_s
-        return (_retrying("claim", self.claimer.remaining, rs, self.stop) == 0
-                and _retrying("claim", self.claimer.in_flight, rs, self.stop) == 0
-                # Read last: gone, Redis lost `tracked` (flushed, restarted) after the counts
-                # above were read, and the parent is rebuilding it: wait for the users back.
-                and bool(_retrying("claim", lambda: self.r.exists(keys.INTACT), rs,
-                                   self.stop)))
+        return _retrying("claim", self.queue.drained, self.args.settings.run.redis_retry_s,
+                         self.stop, self.queue.transient)
 
     def _one(self, job: UserBackup, member: str, listing: OwnerListing) -> None:
         login = keys.login_of(member)
         started = time.monotonic()
-        fence = self.keeper.fence(member)  # every write of this user is fenced by its lock
+        fence = self.queue.fence(member)  # every write of this user is fenced by its lock
         try:
             result = job.sync(login, listing, fence)
         except LockLost:
-            self.keeper.drop(member)
+            self.queue.drop(member)
             self._report(Lost(self.args.index, login))
             return
         except Interrupted:
@@ -378,36 +367,27 @@ class Worker:
         self.sizer.observe(time.monotonic() - started + self._listed_s)
         rs = self.args.settings.run.redis_retry_s
         finished = _retrying("complete", lambda: self._complete(member, listing, result), rs,
-                             threading.Event())
-        self.keeper.drop(member)
-        self.keeper.note_done(result.archived, result.bytes)
+                             threading.Event(), self.queue.transient)
+        self.queue.drop(member)
+        self.queue.note_done(result.archived, result.bytes)
         if finished is Completion.LOST:
             self._report(Lost(self.args.index, login))
             return
-        self._record_history(login, result)
+        self.queue.record_history(login, result.archived, result.bytes, result.failed,
+                                  result.error)
         self._report(Synced(self.args.index, login, result.reported, result.archived,
                             result.bytes, bool(result.error)))
 
     def _complete(self, member: str, listing: OwnerListing, result: UserResult) -> Completion:
         """End a sync: listed in full (SYNCED: score := now), or without a listing (its
         listing from the archive: SYNCED_REFS, the score of its last full listing kept)."""
-        login = keys.login_of(member)
-        counts = result.counts()
-        # A sync without a listing wrote no user object: the cached counts stay its.
-        summary = ("" if result.refs_only else counts.encode() if counts is not None else
-                   self.claimer.summary_with_error(login, result.error) if result.error
-                   else "")
         if listing.outcome is ListingOutcome.CHANGED:
-            return self.claimer.finish_refs(member, summary, result.archived, result.bytes)
-        return self.claimer.finish(member, True, summary, result.archived, result.bytes)
-
-    def _record_history(self, login: str, result: UserResult) -> None:
-        """The user's history (queue/history.py): best effort, never the user's failure."""
-        try:
-            history.record(self.r, login, history.entry(
-                time.time(), result.archived, result.bytes, result.failed, result.error))
-        except redis.RedisError as exc:
-            log.warning("%s: sync not recorded in its history: %s", login, exc)
+            # A sync without a listing wrote no user object: the cached counts stay its.
+            return self.queue.finish_refs(member, "", result.archived, result.bytes)
+        counts = result.counts()
+        return self.queue.finish(
+            member, True, counts.encode() if counts is not None else "", result.archived,
+            result.bytes, "" if counts is not None else result.error)
 
     def _give_back(self, member: str, failure: str = "") -> None:
         login = keys.login_of(member)
@@ -415,11 +395,11 @@ class Worker:
         # A Redis error: the lock expires and the user is claimable again, as if given back.
         outcome = Completion.DONE
         try:
-            outcome = (self.claimer.fail(member, max_attempts) if failure
-                       else self.claimer.finish(member, False))
-        except redis.RedisError as exc:
+            outcome = (self.queue.fail(member, max_attempts) if failure
+                       else self.queue.finish(member, False))
+        except self.queue.errors as exc:
             log.warning("could not give %s back (its lock will expire): %s", member, exc)
-        self.keeper.drop(member)
+        self.queue.drop(member)
         if outcome is Completion.LOST:
             # Someone else holds it now (or nobody): it is theirs to finish, not given back.
             log.warning("%s: lock lost before it could be given back%s", login,

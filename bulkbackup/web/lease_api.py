@@ -4,7 +4,9 @@ token acts only on the users it leased. The objects' endpoints are in lease_obje
 
     POST /api/lease                    {"n", "run_start"?} -> {"lease", "users", "remaining", ...}
     POST /api/lease/refresh            {"users"} -> {"kept", "lost", "lock_ttl_s"}
-    POST /api/lease/<login>/complete   {"synced", "counts", "repos", "bytes", "run_start"}
+    POST /api/lease/status             {"run_start"?} -> {"remaining", "in_flight", ...}
+    POST /api/lease/<login>/complete   {"synced", "counts", "repos", "bytes", "run_start",
+                                        "error"?, "verify"?}
     POST /api/lease/<login>/fail       {"run_start"}
     POST /api/lease/<login>/give-back  {}
 """
@@ -23,7 +25,7 @@ from starlette.routing import BaseRoute, Route
 
 from bulkbackup.archive.layout import UserCounts
 from bulkbackup.config import Settings
-from bulkbackup.names import is_login
+from bulkbackup.names import is_login, is_repo_name
 from bulkbackup.queue import keys, worker_tokens
 from bulkbackup.queue.connection import Scripts
 from bulkbackup.queue.remote_leases import RemoteLeases
@@ -35,6 +37,8 @@ Handler = Callable[[Request], Awaitable[Response]]
 Blocking = Callable[..., Awaitable[Any]]
 # How far in the future a run's start may be given (clocks of other machines).
 RUN_START_SLACK_S = 5.0
+# Repositories one completion may mark pending verify (a user's increments in one sync).
+VERIFY_MAX = 1000
 
 
 class ApiError(Exception):
@@ -145,12 +149,29 @@ class LeaseApi:
         if not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**53
                    for x in (repos, nbytes)):
             raise ApiError(400, "repos and bytes must be integers >= 0")
+        verify = doc.get("verify", [])
+        if not isinstance(verify, list) or len(verify) > VERIFY_MAX or not all(
+                is_repo_name(x) for x in verify):
+            raise ApiError(400, f"verify must be a list of at most {VERIFY_MAX} repositories")
         result = await self.blocking(self.leases.finish, name, member, synced, counts, repos,
-                                     nbytes, await self.run_start(doc), error[:4000])
+                                     nbytes, await self.run_start(doc), error[:4000],
+                                     verify if synced else [])
         if result is Completion.DONE and synced:
             self.workers.note_done(name, repos, nbytes)
         self.beat(name, changed=True)
         return completion(login, result)
+
+    async def status(self, request: Request) -> Response:
+        """What is left of a run started at ``run_start``: a remote pool's start (the
+        server's clock, the users due) and its end (nothing due, nothing in flight)."""
+        name = await self.token_name(request)
+        doc = await read_json(request)
+        start = await self.run_start(doc)
+        remaining, in_flight = await self.blocking(self.leases.status, start)
+        self.beat(name)
+        return JSONResponse({"remaining": remaining, "in_flight": in_flight,
+                             "lock_ttl_s": self.leases.lock_ttl_s,
+                             "server_time": await self.blocking(self.leases.now)})
 
     async def fail(self, request: Request) -> Response:
         name = await self.token_name(request)
@@ -169,6 +190,7 @@ class LeaseApi:
         return [
             Route("/api/lease", guarded(self.lease), methods=["POST"]),
             Route("/api/lease/refresh", guarded(self.refresh), methods=["POST"]),
+            Route("/api/lease/status", guarded(self.status), methods=["POST"]),
             Route("/api/lease/{login}/complete", guarded(self.complete), methods=["POST"]),
             Route("/api/lease/{login}/fail", guarded(self.fail), methods=["POST"]),
             Route("/api/lease/{login}/give-back", guarded(self.give_back), methods=["POST"]),

@@ -1,0 +1,207 @@
+"""`bulkbackup run --server` (a remote pool: the lease API of `serve`, no Redis or store of its
+own) against `bulkbackup run` (Redis and the store), side by side in one run.
+
+    python -m benchmarks.remote [--procs 2] [--users 60] [--repos 2] [--file-kb 0]
+
+The same population on the same stand-in forge: users x repos small repositories. Each pass
+starts from a fresh store with every user due. Prints users/s and repos/s of both and their
+ratio (target >= 0.9), serve's CPU seconds per 1 000 users, then the bytes that went through
+the server (both directions, counted by a TCP relay in front of it, a pass of its own) per
+byte archived (1.0: the archives are carried; the rest is the API's JSON and headers and the
+tips an increment reads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import selectors
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import redis
+
+from bulkbackup.testing.forge import Forge, RepoSpec
+from bulkbackup.testing.services import free_port, redis_server
+
+ROOT = Path(__file__).resolve().parent.parent
+# A remote pool makes several requests per user: the per-token limit must not be the bound.
+SERVE_CONFIG = "serve:\n  lease_requests_per_s: 100000\n  lease_burst: 100000\n"
+
+
+class Relay:
+    """A TCP relay to ``target_port`` that counts the bytes it carries (both directions)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.up = 0  # worker -> server
+        self.down = 0  # server -> worker
+        self._mu = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self._server.accept()
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(a, selectors.EVENT_READ, b)
+        sel.register(b, selectors.EVENT_READ, a)
+        try:
+            while True:
+                for key, _ in sel.select():
+                    data = key.fileobj.recv(1 << 16)  # type: ignore[union-attr]
+                    if not data:
+                        return
+                    key.data.sendall(data)
+                    with self._mu:
+                        if key.fileobj is a:
+                            self.up += len(data)
+                        else:
+                            self.down += len(data)
+        except OSError:
+            return
+        finally:
+            a.close()
+            b.close()
+
+
+def start_serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bulkbackup", "serve", "--port",
+                                 str(port)], env=env, cwd=ROOT, stdout=out, stderr=out)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+            return proc, port
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    sys.exit(f"serve did not start: {log.read_text()[-2000:]}")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_run(env: dict[str, str], cwd: Path, *args: str) -> float:
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "bulkbackup", "run", *args], env=env,
+                          cwd=cwd, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.exit(f"bulkbackup run {' '.join(args)} failed: {proc.stderr[-3000:]}")
+    print(f"    {proc.stderr.strip().splitlines()[-1]}")
+    return elapsed
+
+
+def stored_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument("--users", type=int, default=60)
+    ap.add_argument("--repos", type=int, default=2)
+    ap.add_argument("--file-kb", type=int, default=0,
+                    help="a random file of this size in each repository (default: none)")
+    ap.add_argument("--tmp", help="where the stores and work files go (default: temp dir)")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-remote-", dir=args.tmp))
+    try:
+        with redis_server(tmp / "redis") as url, Forge(tmp / "forge") as forge:
+            measure(args, tmp, url, forge)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def repo(name: str, file_kb: int) -> RepoSpec:
+    if not file_kb:
+        return RepoSpec(name)
+    return RepoSpec(name, files={"data.bin": os.urandom(file_kb * 1024)})
+
+
+def measure(args: argparse.Namespace, tmp: Path, url: str, forge: Forge) -> None:
+    logins = [f"user{i:04d}" for i in range(args.users)]
+    for login in logins:
+        forge.add_user(login, [repo(f"r{j}", args.file_kb) for j in range(args.repos)])
+    cfg = tmp / "config.yaml"
+    cfg.write_text(SERVE_CONFIG)
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("GITHUB_", "BULKBACKUP_", "REDIS_", "AWS_"))}
+    base = {**clean, "BULKBACKUP_CONFIG": str(cfg), "GITHUB_API_URL": forge.url}
+    r = redis.Redis.from_url(url)
+
+    def due(store: Path) -> None:
+        r.flushall()
+        shutil.rmtree(store, ignore_errors=True)
+        store.mkdir(parents=True)
+        r.zadd("tracked", {f"github.com/{x}": float("-inf") for x in logins})
+
+    # 1. `run`: Redis and the store.
+    local_store = tmp / "local" / "github.com"
+    due(local_store)
+    local_env = {**base, "REDIS_URL": url, "BULKBACKUP_STORE": str(local_store)}
+    local_s = timed_run(local_env, ROOT, "--procs", str(args.procs), "--no-stats")
+    # 2. `run --server`: the same users through `serve` on the same kind of store.
+    remote_store = tmp / "remote" / "github.com"
+    due(remote_store)
+    serve_env = {**local_env, "BULKBACKUP_STORE": str(remote_store)}
+    serve, port = start_serve(serve_env, tmp / "serve.log")
+
+    def token(name: str) -> dict[str, str]:
+        """The remote pool's environment with a new worker token (Redis was flushed)."""
+        made = subprocess.run([sys.executable, "-m", "bulkbackup", "worker-token", "add",
+                               name], env=serve_env, cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        return {**base, "BULKBACKUP_WORKER_TOKEN": made}
+
+    try:
+        home = tmp / "worker-home"
+        home.mkdir()
+        remote_env = token("bench")
+        cpu_before = cpu_s(serve.pid)
+        remote_s = timed_run(remote_env, home, "--server", f"http://127.0.0.1:{port}",
+                             "--procs", str(args.procs))
+        serve_cpu_s = cpu_s(serve.pid) - cpu_before
+        archived = stored_bytes(remote_store)
+        # 3. The bytes through the server: the same pass again, through a counting relay.
+        due(remote_store)
+        remote_env = token("bench-relayed")
+        relay = Relay(port)
+        timed_run(remote_env, home, "--server", f"http://127.0.0.1:{relay.port}",
+                  "--procs", str(args.procs))
+        up, down = relay.up, relay.down
+    finally:
+        serve.terminate()
+        serve.wait(15)
+    n, repos = len(logins), len(logins) * args.repos
+    print(f"users: {n} x {args.repos} repos, P={args.procs}: run {n / local_s:.1f} users/s "
+          f"{repos / local_s:.1f} repos/s | run --server {n / remote_s:.1f} users/s "
+          f"{repos / remote_s:.1f} repos/s | ratio {local_s / remote_s:.2f} (target >= 0.9)")
+    print(f"server CPU: {serve_cpu_s:.2f} s for {n} users: "
+          f"{serve_cpu_s / n * 1000:.1f} s per 1 000 users")
+    print(f"bytes through the server: {up + down:,} for {archived:,} archived: "
+          f"{(up + down) / max(archived, 1):.2f} per archived byte (1.0: carried; sent "
+          f"{up / max(archived, 1):.2f}, received {down / max(archived, 1):.2f}; "
+          f"{archived / max(repos, 1) / 1024:.1f} KiB archived per repository)")
+
+
+if __name__ == "__main__":
+    main()

@@ -183,22 +183,8 @@ def stats(r: redis.Redis, full_pass_days: float = EventsSettings.full_pass_days)
     pipe.hgetall(keys.EVENTS_STATUS)
     (sec, usec), last_run, (last_stats, stats_at), events_status = pipe.execute()
     now = float(sec) + usec / 1e6
-    minute = int(now // 60)
     since = _float(last_run.get("started_at"))
-    pipe = r.pipeline(transaction=False)
-    pipe.zcard(keys.TRACKED)
-    pipe.zcount(keys.TRACKED, "-inf", "-inf")
-    pipe.zcount(keys.TRACKED, "-inf", f"({since}" if since else "-inf")
-    pipe.zcard(keys.LEASES)
-    pipe.zcount(keys.TRACKED, "-inf", f"({now - full_pass_days * DAY_S!r}")
-    pipe.zcard(keys.EVENTS_DUE)
-    pipe.scard(keys.EVENTS_LISTING)
-    for _, young, old in FRESHNESS:
-        pipe.zcount(keys.TRACKED, "(-inf" if old is None else now - old,
-                    f"({now - young}" if young else "(inf")
-    for m in range(minute - 60, minute + 1):
-        pipe.hmget(keys.rate(m), "users", "repos", "bytes")
-    out = pipe.execute()
+    out = _counts(r, now, since, full_pass_days)
     n_tracked, never, due, claimed, unlisted, marked, listing = (int(x) for x in out[:7])
     fresh = [int(x) for x in out[7:7 + len(FRESHNESS)]]
     buckets = [[_int(v) or 0 for v in row] for row in out[7 + len(FRESHNESS):]]
@@ -239,6 +225,26 @@ def _events(status: dict[Any, Any], now: float, marked: int, listing: int) -> Ev
 
 def _text(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _counts(r: redis.Redis, now: float, since: float | None,
+            full_pass_days: float) -> list[Any]:
+    """The second round trip of `stats`: counts (each O(log N)), then the rate buckets."""
+    minute = int(now // 60)
+    pipe = r.pipeline(transaction=False)
+    pipe.zcard(keys.TRACKED)
+    pipe.zcount(keys.TRACKED, "-inf", "-inf")
+    pipe.zcount(keys.TRACKED, "-inf", f"({since}" if since else "-inf")
+    pipe.zcard(keys.LEASES)
+    pipe.zcount(keys.TRACKED, "-inf", f"({now - full_pass_days * DAY_S!r}")
+    pipe.zcard(keys.EVENTS_DUE)
+    pipe.scard(keys.EVENTS_LISTING)
+    for _, young, old in FRESHNESS:
+        pipe.zcount(keys.TRACKED, "(-inf" if old is None else now - old,
+                    f"({now - young}" if young else "(inf")
+    for m in range(minute - 60, minute + 1):
+        pipe.hmget(keys.rate(m), "users", "repos", "bytes")
+    return list(pipe.execute())
 
 
 def _rates(buckets: list[list[int]], now: float) -> dict[str, dict[str, float]]:

@@ -30,6 +30,7 @@ from bulkbackup.store.listing import ObjectInfo
 from bulkbackup.timeutil import format_rfc3339
 
 HSCAN_BATCH = 500
+DAY_S = 86_400
 
 
 @dataclass
@@ -235,7 +236,7 @@ def collect(settings: Settings, write: bool, progress: bool = True) -> dict[str,
             "in_store": totals.users_in_store,
             "synced": users["tracked"] - users["never_synced"],
             "never_synced": users["never_synced"],
-            "due": _due(r, last_run),
+            "due": _due(r, last_run, now, settings.events.full_pass_days),
             "claimed_now": users["claimed"],
             "with_errors": totals.users_with_errors,
         },
@@ -275,10 +276,20 @@ def _last_verify(r: redis.Redis) -> dict[str, object]:
             "failed_total": num("failed_total")}
 
 
-def _due(r: redis.Redis, last_run: dict[str, str]) -> int:
-    """Users the next run must do first: never synced, or not synced since the last run began."""
+def _due(r: redis.Redis, last_run: dict[str, str], now_s: float, full_pass_days: float) -> int:
+    """Users the next run must do first. Before any events hour is read: never synced, or not
+    synced since the last run began. Once events are read (queue/claims.py's rule for a run
+    starting now): not listed in full for ``full_pass_days`` (the never synced among them),
+    plus the owners marked by events; a marked user also listed too long ago counts twice
+    (as in Claimer.remaining). One round trip, O(log N)."""
     since = float(last_run.get("started_at", 0) or 0)
-    return int(r.zcount(keys.TRACKED, "-inf", f"({since}" if since else "-inf"))
+    pipe = r.pipeline(transaction=False)
+    pipe.exists(keys.EVENTS_STATUS)
+    pipe.zcount(keys.TRACKED, "-inf", f"({since!r}" if since else "-inf")
+    pipe.zcount(keys.TRACKED, "-inf", f"({now_s - full_pass_days * DAY_S!r}")
+    pipe.zcard(keys.EVENTS_DUE)
+    events, below_start, unlisted, marked = pipe.execute()
+    return int(unlisted) + int(marked) if int(events) else int(below_start)
 
 
 def _iso(epoch: str) -> str | None:

@@ -59,6 +59,7 @@ class Site:
                                  autoescape=True, undefined=jinja2.StrictUndefined)
         env.filters["size"] = http.size
         env.filters["iso"] = data.iso
+        env.filters["duration"] = data.duration
         env.filters["short"] = http.shorten
         env.filters["breakable"] = http.breakable
         self.templates = Jinja2Templates(env=env)
@@ -117,11 +118,13 @@ class Site:
     # -- dashboard ---------------------------------------------------------------------------
 
     async def api_stats(self, request: Request) -> Response:
-        stats = await self.blocking(data.stats, self.backend.r)
+        stats = await self.blocking(data.stats, self.backend.r,
+                                    self.settings.events.full_pass_days)
         return JSONResponse(stats.to_json())
 
     async def index(self, request: Request) -> Response:
-        stats = await self.blocking(data.stats, self.backend.r)
+        stats = await self.blocking(data.stats, self.backend.r,
+                                    self.settings.events.full_pass_days)
         public = self.accounts.public is not None
         me = self.accounts.session_of(request)
         fresh = public and me is None  # the public add form needs a session's CSRF token

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import redis
 
-from bulkbackup.config import Settings
+from bulkbackup.config import EventsSettings, Settings
 from bulkbackup.errors import ConfigError, StoreError
 from bulkbackup.queue import keys
 from bulkbackup.queue.connection import connect, server_time
@@ -51,11 +51,45 @@ class Stats:
     users_per_minute: list[int]  # the last 60 minutes, oldest first (the current one last)
     freshness: dict[str, int]
     last_run: dict[str, Any]
+    events: EventsFigures
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out.pop("users_per_minute")
         out["series"] = {"users_per_minute": self.users_per_minute}
+        out["events"] = self.events.to_json()
+        return out
+
+
+@dataclass(frozen=True)
+class EventsFigures:
+    """Where `bulkbackup events` stands (keys.EVENTS_STATUS, DESIGN.md "Events"). Before any
+    hour is read, ``last_hour``, ``last_hour_start_s``, ``read_at_s`` and ``lag_s`` are None
+    (the page says "events not read", `/metrics` leaves their gauges out)."""
+
+    last_hour: str | None  # the newest hour read whole, by name (`2026-11-01-15`)
+    last_hour_start_s: int | None
+    read_at_s: int | None  # when that hour was read
+    lag_s: int | None  # now minus the end of that hour: grows while no newer hour is read
+    hours: int  # hours read whole, ever
+    gaps: int  # hours skipped after events.gap_hours
+    events: int  # lines read in those hours
+    marks: int  # changes that marked an owner
+    bad_lines: int
+    marked_due: int  # owners marked now, waiting for a sync
+    needs_listing: int  # of them, those whose events need a listing
+
+    @property
+    def read(self) -> bool:
+        return self.last_hour is not None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"read": self.read, "last_hour": self.last_hour,
+                               "last_hour_start": _iso(self.last_hour_start_s),
+                               "read_at": _iso(self.read_at_s)}
+        for f in dataclasses.fields(self):
+            if f.name not in ("last_hour", "last_hour_start_s", "read_at_s"):
+                out[f.name] = getattr(self, f.name)
         return out
 
 
@@ -134,31 +168,29 @@ def server_now(r: redis.Redis) -> float:
     return server_time(r)
 
 
-def stats(r: redis.Redis) -> Stats:
-    """Every figure of the dashboard in two pipelined round trips."""
+def stats(r: redis.Redis, full_pass_days: float = EventsSettings.full_pass_days) -> Stats:
+    """Every figure of the dashboard in two pipelined round trips.
+
+    Due: before any events hour is read, users below the last run's start (what a run
+    started now would do first); once events are read, claims.py's rule for a run starting
+    now: users not listed in full for ``full_pass_days`` (the never synced among them) plus
+    the owners marked by events, each an O(log N) count (a marked user also listed too long
+    ago counts twice, as in Claimer.remaining)."""
     pipe = r.pipeline(transaction=False)
     pipe.time()
     pipe.hgetall(keys.LAST_RUN)
     pipe.hmget(keys.LAST_STATS, "json", "at")
-    (sec, usec), last_run, (last_stats, stats_at) = pipe.execute()
+    pipe.hgetall(keys.EVENTS_STATUS)
+    (sec, usec), last_run, (last_stats, stats_at), events_status = pipe.execute()
     now = float(sec) + usec / 1e6
-    minute = int(now // 60)
     since = _float(last_run.get("started_at"))
-    pipe = r.pipeline(transaction=False)
-    pipe.zcard(keys.TRACKED)
-    pipe.zcount(keys.TRACKED, "-inf", "-inf")
-    pipe.zcount(keys.TRACKED, "-inf", f"({since}" if since else "-inf")
-    pipe.zcard(keys.LEASES)
-    for _, young, old in FRESHNESS:
-        pipe.zcount(keys.TRACKED, "(-inf" if old is None else now - old,
-                    f"({now - young}" if young else "(inf")
-    for m in range(minute - 60, minute + 1):
-        pipe.hmget(keys.rate(m), "users", "repos", "bytes")
-    out = pipe.execute()
-    n_tracked, never, due, claimed = (int(x) for x in out[:4])
-    fresh = [int(x) for x in out[4:4 + len(FRESHNESS)]]
-    buckets = [[_int(v) or 0 for v in row] for row in out[4 + len(FRESHNESS):]]
+    out = _counts(r, now, since, full_pass_days)
+    n_tracked, never, due, claimed, unlisted, marked, listing = (int(x) for x in out[:7])
+    fresh = [int(x) for x in out[7:7 + len(FRESHNESS)]]
+    buckets = [[_int(v) or 0 for v in row] for row in out[7 + len(FRESHNESS):]]
     report = _json(last_stats)
+    if events_status:  # claims.py: once events are read, only these are due
+        due = unlisted + marked
     return Stats(
         tracked=n_tracked, never_synced=never, due=due, claimed=claimed,
         synced=n_tracked - never,
@@ -172,7 +204,47 @@ def stats(r: redis.Redis) -> Stats:
         freshness={"never": never, **{name: n for (name, _, _), n in zip(FRESHNESS, fresh,
                                                                          strict=True)}},
         last_run=_last_run(last_run),
+        events=_events(events_status, now, marked, listing),
     )
+
+
+def _events(status: dict[Any, Any], now: float, marked: int, listing: int) -> EventsFigures:
+    """keys.EVENTS_STATUS read as figures; anything that is not a number is unknown."""
+    raw = {_text(k): v for k, v in status.items()}
+    start = _int(raw.get("last_hour_start"))
+    name = raw.get("last_hour")
+    last_hour = _text(name)[:40] if name is not None and start is not None else None
+    return EventsFigures(
+        last_hour=last_hour, last_hour_start_s=start if last_hour else None,
+        read_at_s=_int(raw.get("read_at")) if last_hour else None,
+        lag_s=_int(max(int(now) - (start + 3600), 0)) if start is not None and last_hour else None,
+        hours=_int(raw.get("hours")) or 0, gaps=_int(raw.get("gaps")) or 0,
+        events=_int(raw.get("events")) or 0, marks=_int(raw.get("marks")) or 0,
+        bad_lines=_int(raw.get("bad_lines")) or 0, marked_due=marked, needs_listing=listing)
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _counts(r: redis.Redis, now: float, since: float | None,
+            full_pass_days: float) -> list[Any]:
+    """The second round trip of `stats`: counts (each O(log N)), then the rate buckets."""
+    minute = int(now // 60)
+    pipe = r.pipeline(transaction=False)
+    pipe.zcard(keys.TRACKED)
+    pipe.zcount(keys.TRACKED, "-inf", "-inf")
+    pipe.zcount(keys.TRACKED, "-inf", f"({since}" if since else "-inf")
+    pipe.zcard(keys.LEASES)
+    pipe.zcount(keys.TRACKED, "-inf", f"({now - full_pass_days * DAY_S!r}")
+    pipe.zcard(keys.EVENTS_DUE)
+    pipe.scard(keys.EVENTS_LISTING)
+    for _, young, old in FRESHNESS:
+        pipe.zcount(keys.TRACKED, "(-inf" if old is None else now - old,
+                    f"({now - young}" if young else "(inf")
+    for m in range(minute - 60, minute + 1):
+        pipe.hmget(keys.rate(m), "users", "repos", "bytes")
+    return list(pipe.execute())
 
 
 def _rates(buckets: list[list[int]], now: float) -> dict[str, dict[str, float]]:
@@ -241,6 +313,21 @@ def workers(r: redis.Redis) -> list[WorkerRow]:
 
 def iso(epoch: float | None) -> str | None:
     return _iso(epoch)
+
+
+def duration(seconds: object) -> str:
+    """A lag for people: `2 d 3 h`, `3 h 5 min`, `5 min`, `40 s`; "-" when unknown."""
+    s = _int(seconds)
+    if s is None or s < 0:
+        return "-"
+    days, rest = divmod(s, DAY_S)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min" if minutes else f"{secs} s"
 
 
 def _iso(epoch: float | None) -> str | None:

@@ -18,7 +18,7 @@ class ArchiveCollector(Collector):
         self.backend = backend
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        s = data.stats(self.backend.r)
+        s = data.stats(self.backend.r, self.backend.settings.events.full_pass_days)
         users = GaugeMetricFamily("bulkbackup_users", "Tracked users by status", labels=["status"])
         for name in ("tracked", "never_synced", "due", "claimed", "synced"):
             users.add_metric([name], getattr(s, name))
@@ -63,6 +63,29 @@ class ArchiveCollector(Collector):
             if isinstance(figure, int):
                 yield GaugeMetricFamily(f"bulkbackup_last_run_{name}",
                                         f"{name} of the last run", value=figure)
+        yield from _events(s.events)
+
+
+def _events(ev: data.EventsFigures) -> Iterator[GaugeMetricFamily]:
+    """Where `bulkbackup events` stands; the last hour and the lag only once one is read."""
+    if ev.last_hour_start_s is not None and ev.lag_s is not None:
+        yield GaugeMetricFamily("bulkbackup_events_last_hour_timestamp_seconds",
+                                "Start of the newest GH Archive hour read whole",
+                                value=ev.last_hour_start_s)
+        yield GaugeMetricFamily("bulkbackup_events_lag_seconds",
+                                "Now minus the end of the newest GH Archive hour read",
+                                value=ev.lag_s)
+    # Totals kept in Redis since the first hour: gauges (a restart of serve resets nothing,
+    # and FLUSHALL would make a counter go down).
+    for name, what in (("hours", "Hours read whole"), ("gaps", "Hours skipped as missing"),
+                       ("events", "Event lines read"), ("marks", "Changes that marked an owner"),
+                       ("bad_lines", "Lines that were not a valid event")):
+        yield GaugeMetricFamily(f"bulkbackup_events_{name}", what, value=getattr(ev, name))
+    users = GaugeMetricFamily("bulkbackup_events_marked_users",
+                              "Owners marked by events and not synced yet", labels=["needs"])
+    users.add_metric(["any"], ev.marked_due)
+    users.add_metric(["listing"], ev.needs_listing)
+    yield users
 
 
 def registry(backend: data.Backend) -> CollectorRegistry:

@@ -120,6 +120,32 @@ def test_workers_of_a_killed_parent_give_their_users_back_and_exit(
     assert r.zcount("tracked", "-inf", "-inf") == len(logins)
 
 
+def test_workers_forked_as_the_run_dies_exit_too(
+    run_env: dict[str, str], r: redis.Redis, forge: Forge
+) -> None:
+    """The run killed the moment its workers are forked, before they could arm their
+    parent-death signal or read their parent's pid: they are re-parented (to pid 1 or a
+    subreaper) and must still see that the run is gone, give back what they hold and exit."""
+    forge.stall_s = 60
+    logins = [f"f{i}" for i in range(4)]
+    for login in logins:
+        forge.add_user(login, [RepoSpec("slow", stall=True)])
+    track(r, *logins)
+    proc = start_run(run_env, "--procs", "2", "--no-stats", new_session=True)
+    workers: list[int] = []
+    deadline = time.monotonic() + 60
+    while len(workers) < 2 and time.monotonic() < deadline:
+        workers = workers_of(proc.pid)
+        time.sleep(0.002)
+    assert len(workers) == 2, "no workers forked"
+    proc.kill()
+    proc.wait(30)
+    wait_for(lambda: not any(alive(w) for w in workers), 60, "the workers to exit")
+    proc.communicate(timeout=60)
+    wait_for(lambda: no_claims_left(r), 30, "every claim given back or expired")
+    assert r.zcount("tracked", "-inf", "-inf") == len(logins)
+
+
 def work_folders(base: Path) -> set[str]:
     return {p.name for p in base.glob("bulkbackup-*")} if base.exists() else set()
 

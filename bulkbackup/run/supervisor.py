@@ -224,7 +224,7 @@ class Supervisor:
         host = self.settings.run.worker_host
         args = WorkerArgs(settings=self.settings, index=i, worker_id=f"{self.rand}.{i}.{host}",
                           run_start=self.run_start, clock_offset_s=self.clock_offset_s,
-                          procs=self.procs, remote=self.remote)
+                          procs=self.procs, remote=self.remote, run_pid=os.getpid())
         reader, writer = self.ctx.Pipe(duplex=False)
         p = self.ctx.Process(target=worker_main,
                              args=(args, writer, self.graceful, self.budget),

@@ -41,7 +41,7 @@ from bulkbackup.queue.claims import Claimed
 from bulkbackup.queue.tracked import Completion
 from bulkbackup.redact import install_redaction
 from bulkbackup.run.batching import BatchSizer, UserBudget
-from bulkbackup.run.parentdeath import ParentDeath
+from bulkbackup.run.parentdeath import ParentDeath, process_alive
 from bulkbackup.run.remote_queue import RemoteQueue, RemoteTarget
 from bulkbackup.run.reports import (
     Deferred,
@@ -76,6 +76,9 @@ class WorkerArgs:
     procs: int
     # `run --server`: the lease API in place of Redis and the store (run/remote_queue.py).
     remote: RemoteTarget | None = None
+    # The run's own process. A worker forked just as the run died is re-parented before it
+    # can arm its parent-death signal or read its parent's pid: it watches this one too.
+    run_pid: int = 0
 
     def open_queue(self) -> WorkQueue:
         if self.remote is not None:
@@ -204,7 +207,8 @@ class Worker:
         while not self._finished.wait(WATCH_S):
             if self.graceful.value:
                 self.stop.set()
-            if ParentDeath.signalled or os.getppid() != self.parent_pid:
+            if (ParentDeath.signalled or os.getppid() != self.parent_pid
+                    or not process_alive(self.args.run_pid)):
                 self._orphaned("the run's parent process is gone")
 
     def _report(self, report: Report) -> None:

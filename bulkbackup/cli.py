@@ -180,7 +180,8 @@ def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:
         return commands.restore_command(settings, args.target, args.to, args.at, args.zip,
                                         args.force)
     if cmd == "verify":
-        return commands.verify_command(settings, args.logins, args.sample, as_json=args.json)
+        from bulkbackup.commands_verify import verify_command
+        return verify_command(settings, args.logins, args.sample, as_json=args.json)
     if cmd == "rebuild":
         return commands.rebuild_command(settings)
     if cmd == "serve":

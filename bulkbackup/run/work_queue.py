@@ -10,12 +10,15 @@ worker (run/worker.py) only sees this protocol.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 import redis
 
 from bulkbackup.config import Settings
+from bulkbackup.errors import BulkbackupError, Interrupted
 from bulkbackup.forge.quota_broker import QuotaBroker
 from bulkbackup.queue import history, keys, pending, tracked
 from bulkbackup.queue.claims import ClaimBatch
@@ -177,3 +180,24 @@ class RedisQueue:
         except redis.RedisError as exc:
             log.warning("%s: sync not recorded in its history: %s", login, exc)
 
+
+_T = TypeVar("_T")
+
+
+def retrying(what: str, fn: Callable[[], _T], give_up_s: float,
+              stop: threading.Event, transient: tuple[type[Exception], ...]) -> _T:
+    """Call ``fn``, retrying the queue's ``transient`` errors (Redis connection errors,
+    the server not answering) with backoff for up to ``give_up_s``."""
+    deadline = time.monotonic() + give_up_s
+    delay = 0.2
+    while True:
+        try:
+            return fn()
+        except transient as exc:
+            if time.monotonic() + delay > deadline:
+                raise BulkbackupError(f"the queue is unreachable during {what}: {exc}"
+                                      ) from None
+            log.warning("queue error during %s (retrying in %.1fs): %s", what, delay, exc)
+            if stop.wait(delay):
+                raise Interrupted("stopping") from None
+            delay = min(delay * 2, 5.0)

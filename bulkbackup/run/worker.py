@@ -15,11 +15,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
-from typing import NoReturn, TypeVar
+from typing import NoReturn
 
 from bulkbackup.backup.results import UserResult
 from bulkbackup.backup.user_backup import UserBackup
@@ -52,12 +51,11 @@ from bulkbackup.run.reports import (
     Synced,
     WorkerExit,
 )
-from bulkbackup.run.work_queue import RedisQueue, WorkQueue
+from bulkbackup.run.work_queue import RedisQueue, WorkQueue, retrying
 from bulkbackup.store import Store
 from bulkbackup.workdir import work_dir
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 # Longest wait between two users while every attempt fails (see Worker._back_off).
 MAX_BACKOFF_S = 60.0
@@ -84,25 +82,6 @@ class WorkerArgs:
         if self.remote is not None:
             return RemoteQueue(self.remote, self.run_start, self.settings.run.lock_ttl_s)
         return RedisQueue(self.settings, self.worker_id, self.run_start, self.clock_offset_s)
-
-
-def _retrying(what: str, fn: Callable[[], _T], give_up_s: float,
-              stop: threading.Event, transient: tuple[type[Exception], ...]) -> _T:
-    """Call ``fn``, retrying the queue's ``transient`` errors (Redis connection errors,
-    the server not answering) with backoff for up to ``give_up_s``."""
-    deadline = time.monotonic() + give_up_s
-    delay = 0.2
-    while True:
-        try:
-            return fn()
-        except transient as exc:
-            if time.monotonic() + delay > deadline:
-                raise BulkbackupError(f"the queue is unreachable during {what}: {exc}"
-                                      ) from None
-            log.warning("queue error during %s (retrying in %.1fs): %s", what, delay, exc)
-            if stop.wait(delay):
-                raise Interrupted("stopping") from None
-            delay = min(delay * 2, 5.0)
 
 
 def worker_main(args: WorkerArgs, reports: Connection,
@@ -254,7 +233,7 @@ class Worker:
         with self._claim_mu:
             if self._closed:
                 return [], 0
-            batch = _retrying("claim", lambda: self.queue.claim_due(want),
+            batch = retrying("claim", lambda: self.queue.claim_due(want),
                               self.args.settings.run.redis_retry_s, self.stop,
                               self.queue.transient)
         self.budget.give_back(want - len(batch.claimed))
@@ -333,7 +312,7 @@ class Worker:
     def _drained(self) -> bool:
         if self.budget.spent():
             return True
-        return _retrying("claim", self.queue.drained, self.args.settings.run.redis_retry_s,
+        return retrying("claim", self.queue.drained, self.args.settings.run.redis_retry_s,
                          self.stop, self.queue.transient)
 
     def _one(self, job: UserBackup, member: str, listing: OwnerListing) -> None:
@@ -370,7 +349,7 @@ class Worker:
         self.failures_in_a_row = 0
         self.sizer.observe(time.monotonic() - started + self._listed_s)
         rs = self.args.settings.run.redis_retry_s
-        finished = _retrying("complete", lambda: self._complete(member, listing, result), rs,
+        finished = retrying("complete", lambda: self._complete(member, listing, result), rs,
                              threading.Event(), self.queue.transient)
         self.queue.drop(member)
         self.queue.note_done(result.archived, result.bytes)

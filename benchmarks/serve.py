@@ -136,7 +136,7 @@ def curl_many(url: str, requests: int, clients: int, size: int | None = None) ->
     with tempfile.NamedTemporaryFile("w", suffix=".curl", delete=False) as cfg:
         for _ in range(max(requests // procs_n, 1)):
             cfg.write(f'url = "{url}"\noutput = "/dev/null"\n')
-    cmd = ["curl", "-s", "-Z", "--parallel-immediate", "--parallel-max",
+    cmd = ["curl", "-sL", "-Z", "--parallel-immediate", "--parallel-max",
            str(max(clients // procs_n, 1)), "-w", "%{http_code} %{size_download}\n", "-K",
            cfg.name]
     started = time.monotonic()
@@ -223,7 +223,7 @@ def download_rate(url: str, size: int, clients: int = 1) -> float:
     def one() -> None:
         got = 0
         if curl:
-            out = subprocess.run([curl, "-sf", "-o", "/dev/null", "-w", "%{size_download}", url],
+            out = subprocess.run([curl, "-sfL", "-o", "/dev/null", "-w", "%{size_download}", url],
                                  capture_output=True, text=True, check=True, timeout=600)
             got = int(out.stdout)
         else:
@@ -393,12 +393,36 @@ def bench_s3(tmp: Path, redis_url: str, nginx_exe: str, mb: int, many_mb: int,
                              f"{url}/users/big/many.bundle",
                              f"{ngx.url}{nginx.S3_PREFIX}big/many.bundle", many_mb * CHUNK,
                              clients, proc.pid)
+                bench_s3_redirect(tmp, env, ngx, mb, many_mb, clients)
         finally:
             proc.terminate()
             proc.wait(15)
     finally:
         moto.terminate()
         moto.wait(15)
+
+
+def bench_s3_redirect(tmp: Path, env: dict[str, str], ngx: nginx.Nginx, mb: int,
+                      many_mb: int, clients: int) -> None:
+    """The same with `serve.redirect_downloads`: a 302 to a presigned URL (the client follows
+    it: the bytes come from S3, not through serve)."""
+    config = tmp / "redirect.yaml"
+    config.write_text("serve:\n  redirect_downloads: true\n")
+    proc, url = start_serve({**env, "BULKBACKUP_CONFIG": str(config)}, tmp / "serve-302.log")
+    try:
+        size = mb * CHUNK
+        s = max(download_rate(f"{url}/users/big/big.bundle", size) for _ in range(2))
+        c = max(download_rate(f"{ngx.url}{nginx.S3_PREFIX}big/big.bundle", size)
+                for _ in range(2))
+        print(f"{'download ' + str(mb) + ' MiB, S3, redirect_downloads':45} x1: serve "
+              f"{s:6.0f} MB/s   nginx-proxy {c:6.0f} MB/s   ratio {s / c:.2f}")
+        side_by_side(f"download {many_mb} MiB, S3, redirect_downloads",
+                     f"{url}/users/big/many.bundle",
+                     f"{ngx.url}{nginx.S3_PREFIX}big/many.bundle", many_mb * CHUNK, clients,
+                     proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(15)
 
 
 def main() -> None:

@@ -294,6 +294,7 @@ def _evict(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        # (On a tmpfs the pages stay: the test's folder must be on a disk.)
         with pytest.raises(BlockingIOError):
             os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT)
     finally:

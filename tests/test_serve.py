@@ -289,6 +289,46 @@ def test_download_full_head_range_conditional(archive: Archive) -> None:
     assert archive.served.get("/users/alice/empty-repo.bundle").status_code == 404
 
 
+def _evict(path: Path) -> None:
+    """Drop ``path``'s pages from the page cache, and check that they are gone."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        # (On a tmpfs the pages stay: the test's folder must be on a disk.)
+        with pytest.raises(BlockingIOError):
+            os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT)
+    finally:
+        os.close(fd)
+
+
+def test_a_local_download_read_from_disk_or_the_page_cache(redis_url: str, tmp_path: Path
+                                                           ) -> None:
+    """A local store's file is read in place: page-cached pieces on the event loop, the others
+    in the threadpool. Both give the same bytes, whole and ranged, across piece boundaries."""
+    store = tmp_path / "store"
+    (store / "alice").mkdir(parents=True)
+    path = store / "alice" / "pieces.bundle"
+    data = os.urandom(5 * 65536 + 123)
+    with path.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())  # written back: its pages can be dropped
+    served = start_serve(base_env(tmp_path, redis_url, str(store)), tmp_path / "serve.log")
+    try:
+        url = "/users/alice/pieces.bundle"
+        for cached in (False, True):
+            if not cached:
+                _evict(path)
+            assert served.get(url).content == data
+            if not cached:
+                _evict(path)
+            part = served.get(url, headers={"Range": "bytes=65530-200000"})
+            assert part.status_code == 206 and part.content == data[65530:200001]
+            assert served.get(url, headers={"Range": "bytes=-70000"}).content == data[-70000:]
+    finally:
+        stop_serve(served)
+
+
 @pytest.mark.parametrize("path", [
     "/users/..%2F..%2Fetc/passwd", "/users/a/../../x.bundle", "/users/..%2F..%2Fetc%2Fpasswd",
     "/users/alice/..%2F..%2Fbob%2Fone.bundle", "/users/alice/hel%00lo.bundle",

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import git
 
@@ -161,11 +162,25 @@ def run_git(args: list[str], cwd: Path, env: dict[str, str], timeout_s: float,
     """Run ``git args`` in its own process group; kill the group on a timeout and on any
     other way out (KeyboardInterrupt, SystemExit, an error while waiting). ``what`` names the
     step in errors (default: the git command)."""
-    what = what or args[0]
-    proc = subprocess.Popen(
-        ["git", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-    )
+    out = _communicate(args, cwd, env, timeout_s, subprocess.DEVNULL, subprocess.PIPE,
+                       what or args[0])
+    return out.decode("utf-8", "replace")
+
+
+def run_git_files(args: list[str], cwd: Path, env: dict[str, str], timeout_s: float,
+                  stdin: Path, stdout: Path, what: str = "") -> None:
+    """``git args`` reading ``stdin`` and writing ``stdout`` (files: an output as large as a
+    repository's object list is never held in memory), bounded and killed as run_git's."""
+    with stdin.open("rb") as src, stdout.open("wb") as dst:
+        _communicate(args, cwd, env, timeout_s, src, dst, what or args[0])
+
+
+def _communicate(args: list[str], cwd: Path, env: dict[str, str], timeout_s: float,
+                 stdin: Any, stdout: Any, what: str) -> bytes:
+    """git's stdout (b"" when it goes to a file); GitError on a failure or a timeout. The
+    process group is killed on a timeout and on any other way out."""
+    proc = subprocess.Popen(["git", *args], cwd=cwd, env=env, stdin=stdin, stdout=stdout,
+                            stderr=subprocess.PIPE, start_new_session=True)
     with _ACTIVE_MU:
         _ACTIVE.add(proc.pid)
     try:
@@ -181,32 +196,7 @@ def run_git(args: list[str], cwd: Path, env: dict[str, str], timeout_s: float,
             _ACTIVE.discard(proc.pid)
     if proc.returncode != 0:
         raise GitError(f"git {what} failed: {redact(_why(err, proc.returncode))[:300]}")
-    return out.decode("utf-8", "replace")
-
-
-def run_git_files(args: list[str], cwd: Path, env: dict[str, str], timeout_s: float,
-                  stdin: Path, stdout: Path, what: str = "") -> None:
-    """``git args`` reading ``stdin`` and writing ``stdout`` (files: an output as large as a
-    repository's object list is never held in memory), bounded and killed as run_git's."""
-    what = what or args[0]
-    with stdin.open("rb") as src, stdout.open("wb") as dst:
-        proc = subprocess.Popen(["git", *args], cwd=cwd, env=env, stdin=src, stdout=dst,
-                                stderr=subprocess.PIPE, start_new_session=True)
-        with _ACTIVE_MU:
-            _ACTIVE.add(proc.pid)
-        try:
-            _, err = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill(proc)
-            raise GitError(f"git {what} timed out after {timeout_s:g}s") from None
-        except BaseException:
-            _kill(proc)
-            raise
-        finally:
-            with _ACTIVE_MU:
-                _ACTIVE.discard(proc.pid)
-    if proc.returncode != 0:
-        raise GitError(f"git {what} failed: {redact(_why(err, proc.returncode))[:300]}")
+    return out or b""
 
 
 def _why(err: bytes, status: int) -> str:

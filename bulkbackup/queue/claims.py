@@ -182,6 +182,11 @@ class Claimer:
         """What ``member``, claimed by this Claimer and not completed yet, is due for."""
         return self.held.get(member)
 
+    def forget(self, member: str) -> None:
+        """``member`` is no longer this worker's (its lock was lost): forget what it was due
+        for, as a completion does."""
+        self.held.pop(member, None)
+
     def _now(self) -> float:
         return time.time() + self.clock_offset_s
 

@@ -140,6 +140,7 @@ class RedisQueue:
 
     def drop(self, member: str) -> None:
         self.keeper.drop(member)
+        self.claimer.forget(member)  # a lost lock ends no claim through complete()
 
     def fence(self, member: str) -> Fence:
         return self.keeper.fence(member)

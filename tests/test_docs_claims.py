@@ -1,0 +1,248 @@
+"""What README.md, docs/*.md and jobs/README.md tell a user to paste, run as written.
+
+One archive (octocat/Hello-World: a full bundle and three increments, made by real
+`bulkbackup sync`s from the GitHub stand-in into a local store) serves every test: the
+README's restore commands, plain git on the store's files, the pages' commands in a POSIX
+shell other than bash, and `serve` as the docs start it. Each test names the doc it checks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis
+
+from bulkbackup.archive import layout
+from bulkbackup.testing.forge import Forge, RepoSpec
+from tests.helpers import (
+    ROOT,
+    base_env,
+    git,
+    git_run,
+    next_second,
+    refs_of,
+    run_cli,
+    start_serve,
+    stop_serve,
+    sync,
+)
+from tests.pages import Commands
+
+BIG = os.urandom(400_000)  # incompressible: each increment stays far below half the bundle
+
+
+@dataclass
+class Archived:
+    env: dict[str, str]
+    tmp: Path
+    store: Path
+    refs: list[dict[str, str]]  # the stand-in's refs at each sync, oldest first
+    at: list[str]  # a time that selects each state with `restore --at`, oldest first
+
+
+@pytest.fixture(scope="module")
+def archived(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archived]:
+    """octocat/Hello-World synced four times: the base, then three increments (a push; a
+    deleted branch and a new tag; a push). Each state has its own `--at` second."""
+    tmp = tmp_path_factory.mktemp("claims")
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    store = tmp / "backup" / "github.com"
+    with Forge(tmp / "forge") as forge:
+        forge.add_user("octocat", [RepoSpec(
+            "Hello-World", files={"README": b"hello\n", "big.bin": BIG},
+            branches={"dev": {"dev.txt": b"dev\n"}}, tags=["v1.0"])])
+        env = base_env(tmp, redis_server, str(store))
+        env["GITHUB_API_URL"] = forge.url
+        bare = forge.git_root / "octocat" / "Hello-World.git"
+        changes = [
+            lambda: None,
+            lambda: forge.push("octocat", "Hello-World", {"a.txt": b"a\n"}),
+            lambda: (forge.delete_ref("octocat", "Hello-World", "refs/heads/dev"),
+                     forge.add_tag("octocat", "Hello-World", "v2.0")),
+            lambda: forge.push("octocat", "Hello-World", {"b.txt": b"b\n"}),
+        ]
+        refs, ats = [], []
+        for change in changes:
+            change()
+            sync("octocat", env)
+            refs.append(refs_of(bare))
+            next_second()  # a whole second after this sync's LastSync ...
+            ats.append(datetime.fromtimestamp(int(time.time()), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            next_second()  # ... and before the next sync's
+    client.zadd("tracked", {"github.com/octocat": 1.0})
+    client.close()
+    yield Archived(env, tmp, store, refs, ats)
+
+
+def _parts(archived: Archived) -> list[Path]:
+    """The current chain's increments in the local store, in order."""
+    return sorted((archived.store / "octocat" / "Hello-World.bundle.d").glob("*/*.bundle"))
+
+
+def _block(doc: str, heading: str) -> list[str]:
+    """The commands of the first ```sh block under ``heading`` in ``doc`` (comments cut)."""
+    text = (ROOT / doc).read_text()
+    section = text[text.index(heading):]
+    section = section[:section.find("\n## ", 1)]
+    block = re.findall(r"^```sh\n(.*?)^```", section, re.M | re.S)[0]
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines()
+            if line.split("  #", 1)[0].strip()]
+
+
+def _bash(cmd: str, cwd: Path, env: dict[str, str], shell: str = "bash"
+          ) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in env.items() if not k.startswith("GIT_")}
+    return subprocess.run([shell, "-c", cmd], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env=clean, check=False)
+
+
+# -- README "Restore" -----------------------------------------------------------------------
+
+
+def test_the_readme_restore_commands_work_pasted_in_order(archived: Archived) -> None:
+    """README "Restore": the three commands, pasted one after the other in one folder (the
+    example time replaced by one within the archive's history: the first increment's)."""
+    lines = _block("README.md", "## Restore")
+    assert [shlex.split(x)[:2] for x in lines] == [["bulkbackup", "restore"]] * 3, lines
+    cwd = archived.tmp / "readme-restore"
+    cwd.mkdir()
+    outs = []
+    for line in lines:
+        words = shlex.split(line)[1:]
+        if "--at" in words:
+            words[words.index("--at") + 1] = archived.at[1]
+        proc = run_cli(*words, env=archived.env, cwd=cwd)
+        assert proc.returncode == 0, f"`{line}` exited {proc.returncode}: {proc.stdout}"
+        outs.append(words[words.index("--to") + 1])
+    latest, then = archived.refs[-1], archived.refs[1]
+    assert refs_of(cwd / outs[0] / "octocat" / "Hello-World.git") == latest
+    assert (cwd / outs[1] / "octocat" / "Hello-World.zip").stat().st_size > 0
+    assert refs_of(cwd / outs[1] / "octocat" / "Hello-World.git") == latest
+    assert refs_of(cwd / outs[2] / "octocat" / "Hello-World.git") == then
+
+
+def test_a_full_bundle_and_its_increments_restore_with_plain_git(archived: Archived) -> None:
+    """README "Restore": "a full bundle is plain git: `git clone --mirror <repo>.bundle`;
+    increments apply on top with `git fetch --prune <part> '+refs/*:refs/*'` in order" (here
+    on the local store's own files, docs/archive.md "Store layout")."""
+    cwd = archived.tmp / "plain-git"
+    cwd.mkdir()
+    bundle = archived.store / "octocat" / "Hello-World.bundle"
+    proc = _bash(f"git clone --mirror {shlex.quote(str(bundle))}", cwd, archived.env)
+    assert proc.returncode == 0, proc.stderr
+    mirror = cwd / "Hello-World.git"  # git names it after the bundle
+    assert refs_of(mirror) == archived.refs[0]
+    parts = _parts(archived)
+    assert len(parts) == 3
+    for part, refs in zip(parts, archived.refs[1:], strict=True):
+        proc = _bash(f"git fetch --prune {shlex.quote(str(part))} '+refs/*:refs/*'", mirror,
+                     archived.env)
+        assert proc.returncode == 0, proc.stderr
+        assert refs_of(mirror) == refs
+    git("fsck", "--full", "--no-dangling", cwd=mirror)
+
+
+def test_a_bundle_of_the_local_store_is_git_cloned(archived: Archived) -> None:
+    """docs/archive.md "Store layout": `<root>/<login>/<repo>.bundle` ... "(git clone it)":
+    a working copy of the chain's base state."""
+    cwd = archived.tmp / "clone-it"
+    cwd.mkdir()
+    bundle = archived.store / "octocat" / "Hello-World.bundle"
+    proc = git_run("clone", str(bundle), "copy", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    assert (cwd / "copy" / "README").read_bytes() == b"hello\n"
+    remote = {r.replace("refs/remotes/origin/", "refs/heads/"): s
+              for r, s in refs_of(cwd / "copy").items() if r != "refs/remotes/origin/HEAD"}
+    base = archived.refs[0]
+    assert {r: s for r, s in remote.items() if r.startswith("refs/heads/")} == {
+        r: s for r, s in base.items() if r.startswith("refs/heads/")}
+
+
+# -- docs/archive.md "Restore" --------------------------------------------------------------
+
+
+def test_restore_at_with_zip_restores_an_earlier_state_without_a_zip(archived: Archived
+                                                                      ) -> None:
+    """docs/archive.md "Restore": "Only the latest state has a zip: with `--at` an earlier
+    state is restored without one"; "its config records `bulkbackup.restoredFrom =
+    <login>/<repo>`"."""
+    to = archived.tmp / "at-zip"
+    proc = run_cli("restore", "octocat/Hello-World", "--to", str(to), "--zip", "--at",
+                   archived.at[2], env=archived.env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    mirror = to / "octocat" / "Hello-World.git"
+    assert refs_of(mirror) == archived.refs[2]
+    assert not (to / "octocat" / "Hello-World.zip").exists()
+    assert git("config", "bulkbackup.restoredFrom", cwd=mirror).strip() == "octocat/Hello-World"
+    # The latest state (a time after it) has its zip.
+    proc = run_cli("restore", "octocat/Hello-World", "--to", str(to), "--zip", "--force",
+                   "--at", archived.at[3], env=archived.env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert refs_of(mirror) == archived.refs[3]
+    assert (to / "octocat" / "Hello-World.zip").stat().st_size > 0
+
+
+def test_restore_zip_of_a_repository_whose_zip_is_gone_fails(archived: Archived) -> None:
+    """docs/archive.md "Restore": "`--zip` ... a repository with branches but no zip then
+    fails" (exit 1, naming it), and leaves no mirror behind."""
+    copy = archived.tmp / "no-zip-store"
+    shutil.copytree(archived.store, copy)
+    (copy / "octocat" / "Hello-World.zip").unlink()
+    to = archived.tmp / "no-zip"
+    env = {**archived.env, "BULKBACKUP_STORE": str(copy)}
+    proc = run_cli("restore", "octocat/Hello-World", "--to", str(to), "--zip", env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "octocat/Hello-World: FAILED" in proc.stdout
+    assert layout.zip_key("octocat", "Hello-World") in proc.stdout
+    assert not (to / "octocat" / "Hello-World.git").exists()
+    # Without --zip the same store restores.
+    proc = run_cli("restore", "octocat/Hello-World", "--to", str(to), env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# -- the pages' commands, in a POSIX shell other than bash ----------------------------------
+
+
+@pytest.mark.parametrize("shell", ["dash", "zsh"])
+def test_the_user_page_commands_work_in_other_posix_shells(archived: Archived, shell: str
+                                                           ) -> None:
+    """bulkbackup/web/restore_cmds.py: "Each one works pasted into a POSIX shell (bash, zsh,
+    dash)"; with three increments the user page shows the loop (past two)."""
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed (apt-get install {shell})")
+    served = start_serve(archived.env, archived.tmp / f"serve-{shell}.log")
+    try:
+        parser = Commands()
+        parser.feed(served.get("/users/octocat").text)
+        commands = parser.found
+        assert len(commands) == 3 and "for i in" in commands[1], commands
+        work = archived.tmp / f"pasted-{shell}"
+        work.mkdir()
+        for cmd in commands:
+            proc = _bash(cmd, work, archived.env, shell)
+            assert proc.returncode == 0, (cmd, proc.stderr)
+        assert refs_of(work / "Hello-World.git") == archived.refs[-1]
+        assert (work / "Hello-World" / "b.txt").read_bytes() == b"b\n"
+        # Every state of the states page, each in its own folder.
+        states = served.get("/api/users/octocat/Hello-World/states").json()["states"]
+        assert len(states) == 4
+        for state in states:
+            folder = work / f"state-{state['increments']}"
+            folder.mkdir()
+            for cmd in state["commands"]["git"]:
+                proc = _bash(cmd, folder, archived.env, shell)
+                assert proc.returncode == 0, (cmd, proc.stderr)
+            assert refs_of(folder / "Hello-World.git") == archived.refs[state["increments"]]
+    finally:
+        stop_serve(served)

@@ -13,17 +13,21 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
+from bulkbackup import config
 from bulkbackup.archive import layout
 from bulkbackup.testing.forge import Forge, RepoSpec
+from bulkbackup.testing.services import free_port
 from tests.helpers import (
     ROOT,
     base_env,
@@ -35,6 +39,7 @@ from tests.helpers import (
     start_serve,
     stop_serve,
     sync,
+    wait_for,
 )
 from tests.pages import Commands
 
@@ -246,3 +251,76 @@ def test_the_user_page_commands_work_in_other_posix_shells(archived: Archived, s
             assert refs_of(folder / "Hello-World.git") == archived.refs[state["increments"]]
     finally:
         stop_serve(served)
+
+
+# -- README "Serve", docs/serve.md: where serve listens -------------------------------------
+
+
+def _serve(env: dict[str, str], log: Path, *args: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`bulkbackup serve ARGS`, once 127.0.0.1 answers; the address its first line names."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bulkbackup", "serve", *args],
+                                cwd=ROOT, env=env, stdout=out, stderr=out)
+    wait_for(lambda: proc.poll() is not None or log.read_text().count("\n") > 0, 60,
+             "serve's first line")
+    first = log.read_text().splitlines()[0]
+    match = re.fullmatch(r"bulkbackup serve: http://(\S+):(\d+)/ \(Ctrl-C stops\)", first)
+    if match is None or proc.poll() is not None:
+        proc.kill()
+        raise AssertionError(log.read_text()[-2000:])
+    wait_for(lambda: _answers(f"http://127.0.0.1:{match[2]}/"), 60, "serve answering")
+    return proc, f"http://{match[1]}:{match[2]}/"
+
+
+def _answers(url: str) -> bool:
+    """Whether a server accepts connections at ``url`` (any HTTP answer)."""
+    try:
+        httpx.get(url + "healthz", timeout=30)
+    except httpx.ConnectError:
+        return False
+    return True
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(30)
+
+
+def test_serve_binds_loopback_unless_told_otherwise(archived: Archived) -> None:
+    """README "Serve": `bulkbackup serve  # http://127.0.0.1:8000/` (config.yaml's
+    serve.host and serve.port), and `BULKBACKUP_ADMIN_TOKEN=... bulkbackup serve --host
+    0.0.0.0 --port 8080` (here a free port): "binds 127.0.0.1 unless told otherwise"; the
+    admin token adds users with POST /api/users. 127.0.0.2 reaches only a server bound to
+    every address."""
+    defaults = config.Settings()
+    assert (defaults.serve.host, defaults.serve.port) == ("127.0.0.1", 8000)
+    port = free_port()
+    proc, url = _serve(archived.env, archived.tmp / "serve-1.log", "--port", str(port))
+    try:
+        assert url == f"http://127.0.0.1:{port}/"
+        assert not _answers(f"http://127.0.0.2:{port}/")
+    finally:
+        _stop(proc)
+    env = {**archived.env, "BULKBACKUP_ADMIN_TOKEN": "readme-admin"}
+    port = free_port()
+    proc, url = _serve(env, archived.tmp / "serve-2.log", "--host", "0.0.0.0", "--port",
+                       str(port))
+    try:
+        assert url == f"http://0.0.0.0:{port}/"
+        other = f"http://127.0.0.2:{port}/"
+        assert _answers(other)
+        added = httpx.post(other + "api/users", json={"logins": ["readme-added"]},
+                           headers={"Authorization": "Bearer readme-admin"}, timeout=30)
+        assert added.status_code == 200 and added.json()["added"] == ["readme-added"]
+    finally:
+        _stop(proc)
+    # serve.host and serve.port from the configuration file, no flags.
+    cfg = archived.tmp / "serve-host.yaml"
+    port = free_port()
+    cfg.write_text(f"serve:\n  host: 0.0.0.0\n  port: {port}\n")
+    proc, url = _serve({**archived.env, "BULKBACKUP_CONFIG": str(cfg)},
+                       archived.tmp / "serve-3.log")
+    try:
+        assert url == f"http://0.0.0.0:{port}/" and _answers(f"http://127.0.0.2:{port}/")
+    finally:
+        _stop(proc)

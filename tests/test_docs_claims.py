@@ -36,6 +36,7 @@ from tests.helpers import (
     next_second,
     refs_of,
     run_cli,
+    run_config,
     start_serve,
     stop_serve,
     sync,
@@ -324,3 +325,56 @@ def test_serve_binds_loopback_unless_told_otherwise(archived: Archived) -> None:
         assert url == f"http://0.0.0.0:{port}/" and _answers(f"http://127.0.0.2:{port}/")
     finally:
         _stop(proc)
+
+
+# -- README "Running on many machines", jobs/README.md "Running a remote worker" ------------
+
+
+def test_a_remote_worker_runs_on_the_server_url_and_a_token_file(
+        redis_server: str, forge: Forge, tmp_path: Path) -> None:
+    """README: `bulkbackup worker-token add box-1` "prints the token once"; the worker needs
+    "its own GitHub tokens, and nothing else", "exits 0 once nothing is due";
+    `worker-token revoke box-1` stops it (exit 2); `worker-token list` shows the token.
+    jobs/README.md: `run --procs N` with env `BULKBACKUP_SERVER` and
+    `BULKBACKUP_WORKER_TOKEN_FILE` naming a file that holds the token (no REDIS_URL, no
+    BULKBACKUP_STORE, no AWS_*)."""
+    url = re.sub(r"/\d+$", "/3", redis_server)  # a database of its own: others are in use
+    r = redis.Redis.from_url(url)
+    r.flushdb()
+    store = tmp_path / "store" / "github.com"
+    store.mkdir(parents=True)
+    serve_env = base_env(tmp_path, url, str(store))
+    served = start_serve(serve_env, tmp_path / "serve.log")
+    try:
+        added = run_cli("worker-token", "add", "box-1", env=serve_env)
+        assert added.returncode == 0 and len(added.stdout.split()) == 1, added.stderr
+        secret = tmp_path / "worker-token"
+        secret.write_text(added.stdout)  # as printed, its newline included
+        secret.chmod(0o600)
+        forge.add_user("remote-ann", [RepoSpec("r1"), RepoSpec("r2")])
+        r.zadd("tracked", {"github.com/remote-ann": float("-inf")})
+        cfg = tmp_path / "remote.yaml"
+        cfg.write_text(run_config())
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("GITHUB_", "BULKBACKUP_", "REDIS_", "AWS_"))}
+        env.update(BULKBACKUP_SERVER=served.url, BULKBACKUP_WORKER_TOKEN_FILE=str(secret),
+                   GITHUB_TOKENS="remote-worker-github-token", GITHUB_API_URL=forge.url,
+                   BULKBACKUP_CONFIG=str(cfg))
+        work = tmp_path / "box"
+        work.mkdir()
+        proc = run_cli("run", "--procs", "2", env=env, cwd=work, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        for name in ("r1", "r2"):
+            assert (store / "remote-ann" / f"{name}.bundle").stat().st_size > 0
+        assert not (work / "backup").exists()  # it opened no store of its own
+        listed = run_cli("worker-token", "list", env=serve_env)
+        assert listed.returncode == 0 and "box-1" in listed.stdout, listed.stderr
+        revoked = run_cli("worker-token", "revoke", "box-1", env=serve_env)
+        assert revoked.returncode == 0, revoked.stderr
+        proc = run_cli("run", "--procs", "2", env=env, cwd=work, timeout=300)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert "the server refused the worker token" in proc.stderr
+        assert added.stdout.strip() not in proc.stdout + proc.stderr
+    finally:
+        stop_serve(served)
+        r.close()

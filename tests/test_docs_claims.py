@@ -12,12 +12,13 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -26,6 +27,8 @@ import redis
 
 from bulkbackup import config
 from bulkbackup.archive import layout
+from bulkbackup.queue import keys
+from bulkbackup.testing import gharchive as gh
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.services import free_port
 from tests.helpers import (
@@ -378,3 +381,57 @@ def test_a_remote_worker_runs_on_the_server_url_and_a_token_file(
     finally:
         stop_serve(served)
         r.close()
+
+
+# -- README "Events" ------------------------------------------------------------------------
+
+
+def test_the_readme_events_commands_work_pasted(clean_env: None, r: redis.Redis,
+                                                tmp_path: Path) -> None:
+    """README "Events": `events --from 2026-11-01-0 --to 2026-11-01-23` reads a day of hours
+    from events.url (GHARCHIVE_URL); `events 2026-11-01-15.json.gz` reads a file ("files (or
+    -), gzip or plain JSON lines"); `--follow` goes on with each hour as it is published."""
+    lines = _block("README.md", "## Events")
+    assert [shlex.split(x)[:2] for x in lines] == [["bulkbackup", "events"]] * 3, lines
+    r.zadd(keys.TRACKED, {keys.member(x): 1.0 for x in ("alice", "bob", "carol", "dan")})
+    day = datetime(2026, 11, 1, tzinfo=UTC)
+    cwd = tmp_path / "events"
+    cwd.mkdir()
+    with gh.GHArchive(tmp_path / "gharchive") as archive:
+        env = {"GHARCHIVE_URL": archive.url}
+        for h in range(24):
+            hour = day + timedelta(hours=h)
+            archive.publish(hour, [gh.push("alice/r1", at=hour)] if h == 3 else [])
+        # The file form first: hour 15 of that day, a gzip file in the current folder.
+        hour15 = day + timedelta(hours=15)
+        gh.write_hour(cwd / "2026-11-01-15.json.gz", gh.lines_of([gh.push("bob/b", at=hour15)]))
+        proc = run_cli(*shlex.split(lines[2])[1:], env=env, cwd=cwd)
+        assert proc.returncode == 0, proc.stderr
+        assert r.smembers(keys.events_refs("bob")) == {"b"}
+        # Plain JSON lines on stdin (`-`).
+        plain = b"".join(gh.lines_of([gh.push("dan/d", at=hour15)]))
+        proc = run_cli("events", "-", stdin=plain, env=env, cwd=cwd)
+        assert proc.returncode == 0, proc.stderr
+        assert r.smembers(keys.events_refs("dan")) == {"d"}
+        # The day from events.url: 23 hours read, the file's hour 15 not read again.
+        proc = run_cli(*shlex.split(lines[0])[1:], env=env, cwd=cwd)
+        assert proc.returncode == 0, proc.stderr
+        assert r.smembers(keys.events_refs("alice")) == {"r1"}
+        assert r.zcard(keys.EVENTS_HOURS) == 24
+        # --follow: the next hour once it is published; Ctrl-C ends it (exit 130).
+        follow = subprocess.Popen([sys.executable, "-m", "bulkbackup",
+                                   *shlex.split(lines[1])[1:]], cwd=cwd,
+                                  env={**os.environ, **env}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            next_hour = day + timedelta(days=1)
+            archive.publish(next_hour, [gh.push("carol/c", at=next_hour)])
+            wait_for(lambda: r.smembers(keys.events_refs("carol")) == {"c"}, 120,
+                     "--follow to read the next hour")
+            follow.send_signal(signal.SIGINT)
+            _, err = follow.communicate(timeout=60)
+            assert follow.returncode == 130, err
+        finally:
+            if follow.poll() is None:
+                follow.kill()
+                follow.wait()

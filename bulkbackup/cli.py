@@ -7,6 +7,7 @@ import difflib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -253,16 +254,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         install_redaction(settings.github.tokens)
         return _dispatch(args, settings)
     except BulkbackupError as exc:
+        # Debugging adds the traceback; the line and the exit code stay (scripts and
+        # systemd's RestartPreventExitStatus=2 read the code).
         if debug:
-            raise
+            traceback.print_exc()
         print(f"bulkbackup: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("bulkbackup: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as exc:  # a bug: still one line, unless debugging
+    except Exception as exc:  # noqa: BLE001 (a bug: one line, and the traceback when debugging)
         if debug:
-            raise
+            traceback.print_exc()
         if _is_redis_error(exc):
             print(f"bulkbackup: error: redis: {exc}", file=sys.stderr)
             return 1

@@ -8,6 +8,7 @@ shell other than bash, and `serve` as the docs start it. Each test names the doc
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shlex
@@ -30,7 +31,8 @@ from bulkbackup.archive import layout
 from bulkbackup.queue import keys
 from bulkbackup.testing import gharchive as gh
 from bulkbackup.testing.forge import Forge, RepoSpec
-from bulkbackup.testing.services import free_port
+from bulkbackup.testing.lfs import LfsObject
+from bulkbackup.testing.services import free_port, start_redis
 from tests.helpers import (
     ROOT,
     base_env,
@@ -435,3 +437,134 @@ def test_the_readme_events_commands_work_pasted(clean_env: None, r: redis.Redis,
             if follow.poll() is None:
                 follow.kill()
                 follow.wait()
+
+
+# -- README "Configuration": environment variables, and settings docs describe ---------------
+
+
+def test_bulkbackup_debug_adds_the_traceback(clean_env: None, tmp_path: Path) -> None:
+    """README "Commands": "Errors are one line on stderr (`--debug` or `BULKBACKUP_DEBUG=1`
+    adds the traceback)"."""
+    env = {"BULKBACKUP_STORE": str(tmp_path / "nowhere")}
+    plain = run_cli("show", "octocat", env=env, cwd=tmp_path)
+    assert plain.returncode == 2 and plain.stderr.count("\n") == 1, plain.stderr
+    debug = run_cli("show", "octocat", env={**env, "BULKBACKUP_DEBUG": "1"}, cwd=tmp_path)
+    assert debug.returncode == 2 and "Traceback" in debug.stderr, debug.stderr
+    assert debug.stderr.splitlines()[-1] == plain.stderr.strip()
+
+
+def test_redis_url_on_a_unix_socket(clean_env: None, tmp_path: Path) -> None:
+    """README "Configuration": `REDIS_URL` `unix://` (a real redis-server on a socket)."""
+    sock = tmp_path / "redis.sock"
+    proc, _ = start_redis(tmp_path / "redis-unix", extra_args=("--unixsocket", str(sock)))
+    try:
+        env = {"REDIS_URL": f"unix://{sock}", "BULKBACKUP_STORE": str(tmp_path / "store")}
+        out = run_cli("track", "octocat", env=env, cwd=tmp_path)
+        assert out.returncode == 0 and "added" in out.stdout, out.stdout + out.stderr
+        client = redis.Redis(unix_socket_path=str(sock))
+        assert client.zscore(keys.TRACKED, keys.member("octocat")) == float("-inf")
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_aws_endpoint_url_works_where_aws_endpoint_url_s3_does(
+        clean_env: None, s3_endpoint: str, forge: Forge, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """README "Configuration" and jobs/README.md: "`AWS_ENDPOINT_URL` (all services) works
+    where `AWS_ENDPOINT_URL_S3` does"."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    cfg = tmp_path / "s3.yaml"
+    cfg.write_text("store:\n  create_bucket: true\n")
+    forge.add_user("octocat", [RepoSpec("Hello-World")])
+    env = {"BULKBACKUP_STORE": "s3://github.com", "GITHUB_API_URL": forge.url,
+           "BULKBACKUP_CONFIG": str(cfg)}
+    proc = run_cli("sync", "octocat", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("show", "octocat", "--json", env=env, cwd=tmp_path)
+    assert proc.returncode == 0 and '"Hello-World"' in proc.stdout, proc.stderr
+    assert not (tmp_path / "backup").exists()  # the bucket, not a folder
+
+
+def test_github_git_host_is_the_only_host_clone_urls_may_point_to(
+        clean_env: None, forge: Forge, tmp_path: Path) -> None:
+    """README "Configuration": `GITHUB_GIT_HOST`: "the only host clone URLs may point to"
+    (the stand-in's clone URLs are on its own host: refused, recorded, nothing cloned)."""
+    forge.add_user("octocat", [RepoSpec("Hello-World")])
+    env = {"BULKBACKUP_STORE": str(tmp_path / "store"), "GITHUB_API_URL": forge.url,
+           "GITHUB_API": "rest"}
+    proc = run_cli("sync", "octocat", env={**env, "GITHUB_GIT_HOST": "git.example.org"},
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    shown = run_cli("show", "octocat", env=env, cwd=tmp_path).stdout
+    assert "refusing clone URL outside git.example.org" in shown, shown
+    assert (tmp_path / "store" / "octocat" / "Hello-World.bundle").stat().st_size == 0
+    # Named as the stand-in's host, the same sync archives it.
+    host = forge.url.split("//", 1)[1].rstrip("/")
+    proc = run_cli("sync", "octocat", env={**env, "GITHUB_GIT_HOST": host}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "store" / "octocat" / "Hello-World.bundle").stat().st_size > 0
+
+
+def test_events_max_hour_mb_fails_a_larger_hour(clean_env: None, r: redis.Redis,
+                                               tmp_path: Path) -> None:
+    """docs/run.md "events": an hour is read "at most `events.max_hour_mb`": a larger one
+    fails the command (exit 1), the hour not remembered."""
+    hour = datetime(2026, 11, 1, 5, tzinfo=UTC)
+    filler = base64.b64encode(os.urandom(1_500_000)).decode()  # ~1.5 MB once gzipped
+    cfg = tmp_path / "events.yaml"
+    cfg.write_text("events:\n  max_hour_mb: 1\n")
+    with gh.GHArchive(tmp_path / "gharchive") as archive:
+        archive.publish(hour, [gh.event("IssueCommentEvent", "alice/r", at=hour,
+                                        payload={"comment": {"body": filler}})])
+        assert archive.path(hour).stat().st_size > 1 << 20
+        env = {"GHARCHIVE_URL": archive.url, "BULKBACKUP_CONFIG": str(cfg)}
+        proc = run_cli("events", "--from", "2026-11-01-5", "--to", "2026-11-01-5", env=env,
+                       cwd=tmp_path)
+        assert proc.returncode == 1, proc.stderr
+        assert "larger than events.max_hour_mb (1 MB)" in proc.stderr
+        assert r.zcard(keys.EVENTS_HOURS) == 0
+        cfg.write_text("events:\n  max_hour_mb: 2\n")
+        proc = run_cli("events", "--from", "2026-11-01-5", "--to", "2026-11-01-5", env=env,
+                       cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert r.zcard(keys.EVENTS_HOURS) == 1
+
+
+def test_run_max_lfs_repo_mb_stops_a_repositorys_lfs_objects(
+        env: None, forge: Forge, tmp_path: Path) -> None:
+    """docs/archive.md "Wikis and Git LFS objects": "the objects fetched for one repository in
+    one pass stop at `run.max_lfs_repo_mb`"; the rest is recorded in `LfsError`."""
+    objs = {f"data/{n}.bin": LfsObject(os.urandom(700_000)) for n in ("a", "b", "c")}
+    forge.add_user("lena", [RepoSpec("media", lfs=objs)])
+    cfg = tmp_path / "lfs.yaml"
+    cfg.write_text("github:\n  allow_http_token: true\nrun:\n  max_lfs_repo_mb: 1\n")
+    proc = run_cli("sync", "lena", env={"GITHUB_TOKEN": "lfs-token", "BULKBACKUP_CONFIG":
+                                        str(cfg)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "LFS objects 1 stored, 2 not stored" in proc.stdout, proc.stdout
+    shown = run_cli("show", "lena", "--json", env={"BULKBACKUP_CONFIG": str(cfg)}).stdout
+    assert shown.count("over run.max_lfs_repo_mb (1) in this pass") == 2, shown
+
+
+def test_serve_lease_batch_max_bounds_a_lease(redis_server: str, tmp_path: Path) -> None:
+    """docs/serve.md "Lease API": "A lease call claims at most `serve.lease_batch_max`"."""
+    url = re.sub(r"/\d+$", "/4", redis_server)
+    r = redis.Redis.from_url(url)
+    r.flushdb()
+    (tmp_path / "store").mkdir()
+    env = base_env(tmp_path, url, str(tmp_path / "store"))
+    Path(env["BULKBACKUP_CONFIG"]).write_text("serve:\n  lease_batch_max: 2\n")
+    r.zadd(keys.TRACKED, {keys.member(f"u{i}"): float("-inf") for i in range(5)})
+    served = start_serve(env, tmp_path / "serve.log")
+    try:
+        token = run_cli("worker-token", "add", "box-1", env=env).stdout.strip()
+        resp = httpx.post(served.url + "/api/lease", json={"n": 10}, timeout=30,
+                          headers={"Authorization": f"Bearer {token}"})
+        assert resp.status_code == 200, resp.text
+        assert len(resp.json()["users"]) == 2
+    finally:
+        stop_serve(served)
+        r.close()

@@ -330,14 +330,17 @@ def test_serve_binds_loopback_unless_told_otherwise(archived: Archived) -> None:
         assert added.status_code == 200 and added.json()["added"] == ["readme-added"]
     finally:
         _stop(proc)
-    # serve.host and serve.port from the configuration file, no flags.
+    # serve.host, serve.port and serve.admin_token from the configuration file, no flags.
     cfg = archived.tmp / "serve-host.yaml"
     port = free_port()
-    cfg.write_text(f"serve:\n  host: 0.0.0.0\n  port: {port}\n")
+    cfg.write_text(f"serve:\n  host: 0.0.0.0\n  port: {port}\n  admin_token: from-file\n")
     proc, url = _serve({**archived.env, "BULKBACKUP_CONFIG": str(cfg)},
                        archived.tmp / "serve-3.log")
     try:
         assert url == f"http://0.0.0.0:{port}/" and _answers(f"http://127.0.0.2:{port}/")
+        added = httpx.post(url + "api/users", json={"logins": ["config-added"]},
+                           headers={"Authorization": "Bearer from-file"}, timeout=30)
+        assert added.status_code == 200 and added.json()["added"] == ["config-added"]
     finally:
         _stop(proc)
 
@@ -608,3 +611,18 @@ def test_a_copied_local_store_restores_the_same_state(archived: Archived) -> Non
                    env={**archived.env, "BULKBACKUP_STORE": str(copy)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert refs_of(to / "octocat" / "Hello-World.git") == archived.refs[-1]
+
+
+# -- jobs/README.md "Redis memory" ----------------------------------------------------------
+
+
+def test_the_redis_memory_script_runs_as_jobs_readme_shows(clean_env: None) -> None:
+    """jobs/README.md: `python jobs/redis_memory.py --users 1000000` (here 2 000 users: the
+    same code, in seconds) prints the figures the table is made of."""
+    proc = subprocess.run([sys.executable, "jobs/redis_memory.py", "--users", "2000"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2,000 users" in proc.stdout
+    assert re.search(r"^tracked \(b?'skiplist'\): used_memory delta .* B/user; MEMORY USAGE",
+                     proc.stdout, re.M), proc.stdout
+    assert "bulkbackup:syncd (" in proc.stdout

@@ -626,3 +626,32 @@ def test_the_redis_memory_script_runs_as_jobs_readme_shows(clean_env: None) -> N
     assert re.search(r"^tracked \(b?'skiplist'\): used_memory delta .* B/user; MEMORY USAGE",
                      proc.stdout, re.M), proc.stdout
     assert "bulkbackup:syncd (" in proc.stdout
+
+
+# -- docs/serve.md: page sizes ---------------------------------------------------------------
+
+
+def test_pages_of_users_are_50_and_at_most_200(archived: Archived) -> None:
+    """docs/serve.md `/api/users?q=&cursor=&limit=`: "50 a page (`limit` up to 200)", both
+    for the list and a search; `/users` shows 50 rows."""
+    url = re.sub(r"/\d+$", "/5", archived.env["REDIS_URL"])
+    r = redis.Redis.from_url(url)
+    r.flushdb()
+    r.zadd(keys.TRACKED, {keys.member(f"user{i:03d}"): float(i) for i in range(250)})
+    r.close()
+    (archived.tmp / "empty-store").mkdir(exist_ok=True)
+    env = {**archived.env, "REDIS_URL": url,
+           "BULKBACKUP_STORE": str(archived.tmp / "empty-store")}
+    served = start_serve(env, archived.tmp / "serve-pages.log")
+    try:
+        assert len(served.get("/api/users").json()["users"]) == 50
+        doc = served.get("/api/users?limit=1000").json()
+        assert len(doc["users"]) == 200 and doc["next"]
+        # The search index is kept by track.lua and `rebuild`, not by a ZADD: rebuild it.
+        proc = run_cli("rebuild", env=env, cwd=archived.tmp)
+        assert proc.returncode == 0, proc.stderr
+        assert len(served.get("/api/users?q=user&limit=1000").json()["users"]) == 200
+        assert len(served.get("/api/users?q=user").json()["users"]) == 50
+        assert served.get("/users").text.count('href="/users/user') == 50
+    finally:
+        stop_serve(served)

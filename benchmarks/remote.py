@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -38,15 +39,18 @@ ROOT = Path(__file__).resolve().parent.parent
 # serve's defaults: its per-token request rate (serve.lease_requests_per_s) must not be what
 # bounds a normal pool.
 SERVE_CONFIG = "# the defaults\n"
+REQUEST_LINE_END = b" HTTP/1.1\r\n"
 
 
 class Relay:
-    """A TCP relay to ``target_port`` that counts the bytes it carries (both directions)."""
+    """A TCP relay to ``target_port`` that counts the bytes it carries (both directions) and
+    the requests sent (their request lines: plain HTTP/1.1, archives do not hold one)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.up = 0  # worker -> server
         self.down = 0  # server -> worker
+        self.requests = 0
         self._mu = threading.Lock()
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
@@ -62,6 +66,7 @@ class Relay:
         sel = selectors.DefaultSelector()
         sel.register(a, selectors.EVENT_READ, b)
         sel.register(b, selectors.EVENT_READ, a)
+        tail = b""  # a request line may straddle two reads
         try:
             while True:
                 for key, _ in sel.select():
@@ -72,6 +77,8 @@ class Relay:
                     with self._mu:
                         if key.fileobj is a:
                             self.up += len(data)
+                            self.requests += (tail + data).count(REQUEST_LINE_END)
+                            tail = data[-(len(REQUEST_LINE_END) - 1):]
                         else:
                             self.down += len(data)
         except OSError:
@@ -79,6 +86,16 @@ class Relay:
         finally:
             a.close()
             b.close()
+
+
+@dataclass(frozen=True)
+class Carried:
+    """What went through the relay in its pass."""
+
+    up: int
+    down: int
+    requests: int
+    archived: int
 
 
 def start_serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -205,18 +222,18 @@ def measure(args: argparse.Namespace, tmp: Path, url: str, forge: Forge) -> None
         relay = Relay(port)
         timed_run(remote_env, home, "--server", f"http://127.0.0.1:{relay.port}",
                   "--procs", str(args.procs))
-        up, down = relay.up, relay.down
+        carried = Carried(relay.up, relay.down, relay.requests, archived)
     finally:
         serve.terminate()
         serve.wait(15)
     report(args, len(logins), sum(local_s), sum(remote_s), serve_cpu_s / args.rounds,
-           (up, down, archived))
+           carried)
 
 
 def report(args: argparse.Namespace, n: int, local_s: float, remote_s: float,
-           serve_cpu_s: float, carried: tuple[int, int, int]) -> None:
+           serve_cpu_s: float, carried: Carried) -> None:
     """The figures, ``local_s`` and ``remote_s`` summed over the rounds."""
-    up, down, archived = carried
+    up, down, archived = carried.up, carried.down, carried.archived
     repos, k = n * args.repos, args.rounds
     print(f"users: {n} x {args.repos} repos, P={args.procs}, {k} round(s): "
           f"run {n * k / local_s:.1f} users/s {repos * k / local_s:.1f} repos/s | "
@@ -228,6 +245,8 @@ def report(args: argparse.Namespace, n: int, local_s: float, remote_s: float,
           f"{(up + down) / max(archived, 1):.2f} per archived byte (1.0: carried; sent "
           f"{up / max(archived, 1):.2f}, received {down / max(archived, 1):.2f}; "
           f"{archived / max(repos, 1) / 1024:.1f} KiB archived per repository)")
+    print(f"lease API requests: {carried.requests:,} for {n} users: "
+          f"{carried.requests / max(n, 1):.1f} per user ({args.repos} repos each)")
 
 
 if __name__ == "__main__":

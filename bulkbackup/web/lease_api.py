@@ -107,8 +107,8 @@ class LeaseApi:
             raise ApiError(429, "too many requests for this worker token",
                            {"Retry-After": str(max(1, math.ceil(wait_s)))})
         self.beat(name)
-        held = wid is not None and token_of(wid) == name
-        return Leased(name, login or "", member or "", held)
+        return Leased(name, login or "", member or "",
+                      wid is not None and token_of(wid) == name)
 
     def beat(self, name: str, changed: bool = False) -> None:
         """Write the token's last use and its /workers row when due (in the background)."""

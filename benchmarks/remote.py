@@ -104,12 +104,14 @@ def start_serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes]
         proc = subprocess.Popen([sys.executable, "-m", "bulkbackup", "serve", "--port",
                                  str(port)], env=env, cwd=ROOT, stdout=out, stderr=out)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-            return proc, port
         except httpx.HTTPError:
             time.sleep(0.1)
+            continue
+        if proc.poll() is None:  # not another process that took the port first
+            return proc, port
     proc.kill()
     sys.exit(f"serve did not start: {log.read_text()[-2000:]}")
 
@@ -209,12 +211,16 @@ def measure(args: argparse.Namespace, tmp: Path, url: str, forge: Forge) -> None
                 serve.send_signal(signal.SIGCONT)
             # 2. `run --server`: the same users through `serve` on the same kind of store.
             due(remote_store)
+            if serve.poll() is not None:
+                sys.exit(f"serve ended: {(tmp / 'serve.log').read_text()[-2000:]}")
             remote_env = token(f"bench-{i}")
             cpu_before = cpu_s(serve.pid)
             remote_s.append(timed_run(remote_env, home, "--server",
                                       f"http://127.0.0.1:{port}", "--procs", str(args.procs)))
             serve_cpu_s += cpu_s(serve.pid) - cpu_before
-            print(f"  round {i + 1}: ratio {local_s[-1] / remote_s[-1]:.2f}")
+            print(f"  round {i + 1}: run {len(logins) / local_s[-1]:.1f} users/s, run "
+                  f"--server {len(logins) / remote_s[-1]:.1f}: ratio "
+                  f"{local_s[-1] / remote_s[-1]:.2f}")
         archived = stored_bytes(remote_store)
         # 3. The bytes through the server: the same pass again, through a counting relay.
         due(remote_store)

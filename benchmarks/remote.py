@@ -1,13 +1,15 @@
 """`bulkbackup run --server` (a remote pool: the lease API of `serve`, no Redis or store of its
 own) against `bulkbackup run` (Redis and the store), side by side in one run.
 
-    python -m benchmarks.remote [--procs 2] [--users 60] [--repos 2] [--file-kb 0]
+    python -m benchmarks.remote [--procs 2] [--users 60] [--repos 2] [--file-kb 0] [--rounds 2]
 
 The same population on the same stand-in forge: users x repos small repositories. Each pass
-starts from a fresh store with every user due. Prints users/s and repos/s of both and their
-ratio (target >= 0.9), serve's CPU seconds per 1 000 users, then the bytes that went through
-the server (both directions, counted by a TCP relay in front of it, a pass of its own) per
-byte archived (1.0: the archives are carried; the rest is the API's JSON and headers and the
+starts from a fresh store with every user due; the two passes alternate for ``--rounds``
+rounds (a load that drifts weighs on both alike; serve is stopped, SIGSTOP, during `run`).
+Prints users/s and repos/s of both and their ratio (target >= 0.9) per round and over all
+rounds, serve's CPU seconds per 1 000 users, then the bytes that went through the server
+(both directions, counted by a TCP relay in front of it, a pass of its own) per byte
+archived (1.0: the archives are carried; the rest is the API's JSON and headers and the
 tips an increment reads).
 """
 
@@ -17,12 +19,14 @@ import argparse
 import os
 import selectors
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -32,17 +36,21 @@ from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.services import free_port, redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
-# A remote pool makes several requests per user: the per-token limit must not be the bound.
-SERVE_CONFIG = "serve:\n  lease_requests_per_s: 100000\n  lease_burst: 100000\n"
+# serve's defaults: its per-token request rate (serve.lease_requests_per_s) must not be what
+# bounds a normal pool.
+SERVE_CONFIG = "# the defaults\n"
+REQUEST_LINE_END = b" HTTP/1.1\r\n"
 
 
 class Relay:
-    """A TCP relay to ``target_port`` that counts the bytes it carries (both directions)."""
+    """A TCP relay to ``target_port`` that counts the bytes it carries (both directions) and
+    the requests sent (their request lines: plain HTTP/1.1, archives do not hold one)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.up = 0  # worker -> server
         self.down = 0  # server -> worker
+        self.requests = 0
         self._mu = threading.Lock()
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
@@ -58,6 +66,7 @@ class Relay:
         sel = selectors.DefaultSelector()
         sel.register(a, selectors.EVENT_READ, b)
         sel.register(b, selectors.EVENT_READ, a)
+        tail = b""  # a request line may straddle two reads
         try:
             while True:
                 for key, _ in sel.select():
@@ -68,6 +77,8 @@ class Relay:
                     with self._mu:
                         if key.fileobj is a:
                             self.up += len(data)
+                            self.requests += (tail + data).count(REQUEST_LINE_END)
+                            tail = data[-(len(REQUEST_LINE_END) - 1):]
                         else:
                             self.down += len(data)
         except OSError:
@@ -77,18 +88,30 @@ class Relay:
             b.close()
 
 
+@dataclass(frozen=True)
+class Carried:
+    """What went through the relay in its pass."""
+
+    up: int
+    down: int
+    requests: int
+    archived: int
+
+
 def start_serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     with log.open("ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "bulkbackup", "serve", "--port",
                                  str(port)], env=env, cwd=ROOT, stdout=out, stderr=out)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-            return proc, port
         except httpx.HTTPError:
             time.sleep(0.1)
+            continue
+        if proc.poll() is None:  # not another process that took the port first
+            return proc, port
     proc.kill()
     sys.exit(f"serve did not start: {log.read_text()[-2000:]}")
 
@@ -121,6 +144,8 @@ def main() -> None:
     ap.add_argument("--repos", type=int, default=2)
     ap.add_argument("--file-kb", type=int, default=0,
                     help="a random file of this size in each repository (default: none)")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="rounds of both passes, one after the other (default: 2)")
     ap.add_argument("--tmp", help="where the stores and work files go (default: temp dir)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-remote-", dir=args.tmp))
@@ -154,15 +179,10 @@ def measure(args: argparse.Namespace, tmp: Path, url: str, forge: Forge) -> None
         store.mkdir(parents=True)
         r.zadd("tracked", {f"github.com/{x}": float("-inf") for x in logins})
 
-    # 1. `run`: Redis and the store.
-    local_store = tmp / "local" / "github.com"
-    due(local_store)
+    local_store, remote_store = tmp / "local" / "github.com", tmp / "remote" / "github.com"
     local_env = {**base, "REDIS_URL": url, "BULKBACKUP_STORE": str(local_store)}
-    local_s = timed_run(local_env, ROOT, "--procs", str(args.procs), "--no-stats")
-    # 2. `run --server`: the same users through `serve` on the same kind of store.
-    remote_store = tmp / "remote" / "github.com"
-    due(remote_store)
     serve_env = {**local_env, "BULKBACKUP_STORE": str(remote_store)}
+    remote_store.mkdir(parents=True)
     serve, port = start_serve(serve_env, tmp / "serve.log")
 
     def token(name: str) -> dict[str, str]:
@@ -172,14 +192,35 @@ def measure(args: argparse.Namespace, tmp: Path, url: str, forge: Forge) -> None
                               check=True).stdout.strip()
         return {**base, "BULKBACKUP_WORKER_TOKEN": made}
 
+    home = tmp / "worker-home"
+    home.mkdir()
+    local_s: list[float] = []
+    remote_s: list[float] = []
+    serve_cpu_s = 0.0
     try:
-        home = tmp / "worker-home"
-        home.mkdir()
-        remote_env = token("bench")
-        cpu_before = cpu_s(serve.pid)
-        remote_s = timed_run(remote_env, home, "--server", f"http://127.0.0.1:{port}",
-                             "--procs", str(args.procs))
-        serve_cpu_s = cpu_s(serve.pid) - cpu_before
+        # Rounds of both passes one after the other: a machine whose load drifts weighs
+        # on both alike (each round's ratio is printed, and the ratio of the totals).
+        for i in range(args.rounds):
+            # 1. `run`: Redis and the store.
+            due(local_store)
+            serve.send_signal(signal.SIGSTOP)  # its own work must not slow `run`
+            try:
+                local_s.append(timed_run(local_env, ROOT, "--procs", str(args.procs),
+                                         "--no-stats"))
+            finally:
+                serve.send_signal(signal.SIGCONT)
+            # 2. `run --server`: the same users through `serve` on the same kind of store.
+            due(remote_store)
+            if serve.poll() is not None:
+                sys.exit(f"serve ended: {(tmp / 'serve.log').read_text()[-2000:]}")
+            remote_env = token(f"bench-{i}")
+            cpu_before = cpu_s(serve.pid)
+            remote_s.append(timed_run(remote_env, home, "--server",
+                                      f"http://127.0.0.1:{port}", "--procs", str(args.procs)))
+            serve_cpu_s += cpu_s(serve.pid) - cpu_before
+            print(f"  round {i + 1}: run {len(logins) / local_s[-1]:.1f} users/s, run "
+                  f"--server {len(logins) / remote_s[-1]:.1f}: ratio "
+                  f"{local_s[-1] / remote_s[-1]:.2f}")
         archived = stored_bytes(remote_store)
         # 3. The bytes through the server: the same pass again, through a counting relay.
         due(remote_store)
@@ -187,20 +228,31 @@ def measure(args: argparse.Namespace, tmp: Path, url: str, forge: Forge) -> None
         relay = Relay(port)
         timed_run(remote_env, home, "--server", f"http://127.0.0.1:{relay.port}",
                   "--procs", str(args.procs))
-        up, down = relay.up, relay.down
+        carried = Carried(relay.up, relay.down, relay.requests, archived)
     finally:
         serve.terminate()
         serve.wait(15)
-    n, repos = len(logins), len(logins) * args.repos
-    print(f"users: {n} x {args.repos} repos, P={args.procs}: run {n / local_s:.1f} users/s "
-          f"{repos / local_s:.1f} repos/s | run --server {n / remote_s:.1f} users/s "
-          f"{repos / remote_s:.1f} repos/s | ratio {local_s / remote_s:.2f} (target >= 0.9)")
+    report(args, len(logins), sum(local_s), sum(remote_s), serve_cpu_s / args.rounds,
+           carried)
+
+
+def report(args: argparse.Namespace, n: int, local_s: float, remote_s: float,
+           serve_cpu_s: float, carried: Carried) -> None:
+    """The figures, ``local_s`` and ``remote_s`` summed over the rounds."""
+    up, down, archived = carried.up, carried.down, carried.archived
+    repos, k = n * args.repos, args.rounds
+    print(f"users: {n} x {args.repos} repos, P={args.procs}, {k} round(s): "
+          f"run {n * k / local_s:.1f} users/s {repos * k / local_s:.1f} repos/s | "
+          f"run --server {n * k / remote_s:.1f} users/s {repos * k / remote_s:.1f} repos/s | "
+          f"ratio {local_s / remote_s:.2f} (target >= 0.9)")
     print(f"server CPU: {serve_cpu_s:.2f} s for {n} users: "
           f"{serve_cpu_s / n * 1000:.1f} s per 1 000 users")
     print(f"bytes through the server: {up + down:,} for {archived:,} archived: "
           f"{(up + down) / max(archived, 1):.2f} per archived byte (1.0: carried; sent "
           f"{up / max(archived, 1):.2f}, received {down / max(archived, 1):.2f}; "
           f"{archived / max(repos, 1) / 1024:.1f} KiB archived per repository)")
+    print(f"lease API requests: {carried.requests:,} for {n} users: "
+          f"{carried.requests / max(n, 1):.1f} per user ({args.repos} repos each)")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from bulkbackup.run.lease_client import (
     ServerUnavailable,
     WorkerTokenRefused,
 )
+from bulkbackup.run.remote_queue import RemoteQueue, RemoteTarget
 from bulkbackup.run.remote_store import RemoteStore
 from bulkbackup.store import Store, open_store
 from bulkbackup.store.fenced import FencedStore, StopFence
@@ -268,6 +269,57 @@ def test_status_and_what_complete_writes_for_the_worker(s: Setup) -> None:
     assert s.r.zrange(keys.VERIFY_PENDING, 0, -1) == ["alice/hello"]
     assert [e.repos_changed for e in history.read(s.r, "alice")] == [1]
     assert (client.status(start).remaining, client.status(start).in_flight) == (1, 0)
+
+
+def test_an_empty_lease_says_whether_the_run_is_over(s: Setup) -> None:
+    """An idle worker's poll is one request: a lease that leased nobody carries what status
+    says (in flight, remaining), and RemoteQueue.drained reads it from there."""
+    holder, idle = s.client(s.token("box-1")), s.client(s.token("box-2"))
+    s.track("alice")
+    start = float(math.floor(holder.status().server_time))
+    got = holder.lease(1, run_start=start)
+    assert got.users == ["alice"] and got.in_flight is None
+    empty = idle.lease(1, run_start=start)
+    assert (empty.users, empty.remaining, empty.in_flight) == ([], 0, 1)
+    queue = RemoteQueue(RemoteTarget(s.served.url, s.token("box-3")), start, 60)
+    try:
+        assert queue.claim_due(1).claimed == [] and not queue.drained()
+        assert holder.complete("alice", True, "1 0 0 0 1", 1, 10) is Outcome.DONE
+        empty = idle.lease(1, run_start=start)
+        assert (empty.users, empty.remaining, empty.in_flight) == ([], 0, 0)
+        assert queue.claim_due(1).claimed == [] and queue.drained()
+    finally:
+        queue.close()
+
+
+def test_a_state_read_answers_the_first_reads_of_a_sync(s: Setup, bundle: Path) -> None:
+    """The head of the user object brings the listing of its archives (one `state`
+    request): the listing, and the heads of archives it does not list, need no request
+    until this process writes them; forget (the user done) drops what it knew."""
+    token = s.token("box-1")
+    client = s.client(token)
+    s.track("alice")
+    lease_one(s, client, "alice")
+    client.put("alice", "alice", b"[]", {})
+    client.put("alice", "alice/a.bundle", bundle, {"LastSync": "x"})
+    state = client.state("alice")
+    assert state.user is not None and state.user.size == 2
+    assert [o.key for o in state.objects or []] == ["alice/a.bundle"]
+    store = RemoteStore(s.client(token))
+    assert store.head("alice") is not None and store.request_count == 1
+    assert [o.key for o in store.list("alice/", shallow=True)] == ["alice/a.bundle"]
+    assert store.head("alice/b.bundle") is None and store.request_count == 1
+    listed = store.head("alice/a.bundle")  # listed: its metadata is asked for
+    assert listed is not None and listed.get("LastSync") == "x" and store.request_count == 2
+    store.put_file("alice/b.bundle", bundle, {})
+    assert store.head("alice/b.bundle") is not None  # written since: asked again
+    assert [o.key for o in store.list("alice/", shallow=True)] == [
+        "alice/a.bundle", "alice/b.bundle"]
+    assert store.request_count == 5
+    store.forget("alice")
+    assert store.head("alice/c.bundle") is None and store.request_count == 6
+    with pytest.raises(LockLost):  # another user's state: 403
+        client.state("bob")
 
 
 def test_another_users_keys_403_nothing_written(s: Setup, bundle: Path) -> None:
@@ -507,6 +559,9 @@ def test_s3_lease_upload_complete(redis_url: str, tmp_path: Path, s3_endpoint: s
         client.put("alice", "alice/a.bundle", bundle, {"LastSync": "x"})
         head = setup.store.head("alice/a.bundle")
         assert head is not None and head.get("Worker") == "box-1"
+        state = client.state("alice")  # no user object yet; the archives listed
+        assert state.user is None and [o.key for o in state.objects or []] == [
+            "alice/a.bundle"]
         s3_key = "alice/b.bundle"
         lock, r = keys.lock(keys.member("alice")), setup.r
         r.pexpire(lock, 1)

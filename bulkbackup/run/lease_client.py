@@ -62,6 +62,9 @@ class Lease:
     remaining: int
     lock_ttl_s: int
     server_time: float
+    # Users held by anyone that were due in the run: given when no user was leased (an idle
+    # worker's poll then needs no status request to know whether the run is over).
+    in_flight: int | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,15 @@ class Status:
     in_flight: int  # users held by anyone that were due in it
     lock_ttl_s: int
     server_time: float
+
+
+@dataclass(frozen=True)
+class UserState:
+    """A leased user's object (its head) and the shallow listing of its archives (None:
+    too many to send at once)."""
+
+    user: Head | None
+    objects: list[ObjectInfo] | None
 
 
 @dataclass(frozen=True)
@@ -177,8 +189,10 @@ class LeaseClient:
         if run_start is not None:
             doc["run_start"] = run_start
         got = self._json("POST", "/api/lease", doc)
+        in_flight = got.get("in_flight")
         return Lease(str(got["lease"]), [str(x) for x in got["users"]], int(got["remaining"]),
-                     int(got["lock_ttl_s"]), float(got["server_time"]))
+                     int(got["lock_ttl_s"]), float(got["server_time"]),
+                     None if in_flight is None else int(in_flight))
 
     def status(self, run_start: float | None = None) -> Status:
         """What is left of a run started at ``run_start`` (default: now)."""
@@ -215,11 +229,15 @@ class LeaseClient:
 
     def head(self, login: str, key: str) -> Head | None:
         status, body = self.call(Call("GET", f"/api/lease/{_q(login)}/heads/{_q(key)}"))
-        if status == 404:
-            return None
-        doc = orjson.loads(body)
-        return Head(int(doc["size"]), datetime.fromisoformat(doc["last_modified"]),
-                    {str(k).lower(): str(v) for k, v in doc["metadata"].items()})
+        return None if status == 404 else _head(orjson.loads(body))
+
+    def state(self, login: str) -> UserState:
+        """The user object's head and the shallow listing of the user's archives, in one
+        request (what a sync reads first)."""
+        doc = self._json("GET", f"/api/lease/{_q(login)}/state")
+        objects = doc.get("objects")
+        return UserState(None if doc.get("user") is None else _head(doc["user"]),
+                         None if objects is None else [_info(o) for o in objects])
 
     def read(self, login: str, key: str, start: int = 0, end: int | None = None,
              max_bytes: int = JSON_MAX_BYTES) -> bytes | None:
@@ -245,9 +263,7 @@ class LeaseClient:
     def list(self, login: str, prefix: str, shallow: bool = False) -> list[ObjectInfo]:
         query = urlencode({"prefix": prefix, "shallow": "1" if shallow else ""})
         doc = self._json("GET", f"/api/lease/{_q(login)}/list?{query}")
-        return [ObjectInfo(str(o["key"]), int(o["size"]),
-                           datetime.fromisoformat(o["last_modified"]))
-                for o in (doc or {}).get("objects", [])]
+        return [_info(o) for o in (doc or {}).get("objects", [])]
 
     def put(self, login: str, key: str, data: bytes | Path, metadata: Mapping[str, str]
             ) -> None:
@@ -290,6 +306,16 @@ class _AnswerReader(io.RawIOBase):
     def close(self) -> None:
         self._answer.close()
         super().close()
+
+
+def _head(doc: dict[str, Any]) -> Head:
+    return Head(int(doc["size"]), datetime.fromisoformat(doc["last_modified"]),
+                {str(k).lower(): str(v) for k, v in doc["metadata"].items()})
+
+
+def _info(doc: dict[str, Any]) -> ObjectInfo:
+    return ObjectInfo(str(doc["key"]), int(doc["size"]),
+                      datetime.fromisoformat(doc["last_modified"]))
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:

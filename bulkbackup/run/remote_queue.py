@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 from bulkbackup.errors import BulkbackupError, LockLost
@@ -29,9 +30,10 @@ log = logging.getLogger(__name__)
 
 # Retries of a refresh that failed: soon, a lease not refreshed within its TTL is gone.
 RETRY_S = 1.0
-# An idle worker's poll for the run's last users costs two requests of the token's rate
-# (serve.lease_requests_per_s, shared by the whole pool): at most one poll a second.
-IDLE_WAIT_S = 1.0
+# An idle worker polls for the run's last users with one request (an empty lease says
+# whether the run is over): 4 a second per idle process is little of the token's rate
+# (serve.lease_requests_per_s), and a run ends at most this long after its last user.
+IDLE_WAIT_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,11 @@ class RemoteQueue:
         self._lost: set[str] = set()
         self._refused = ""  # the server refused the token (revoked): every write stops
         self._verify: dict[str, list[str]] = {}  # login -> increments committed in its sync
+        # What the last empty lease said of the run (monotonic time, remaining, in flight):
+        # the `drained` right after it needs no request of its own.
+        self._idle: tuple[float, int, int] | None = None
         self._stop = threading.Event()
+        self._stores: list[RemoteStore] = []
         self._thread: threading.Thread | None = None
 
     # -- the refresher -----------------------------------------------------------------------
@@ -116,7 +122,10 @@ class RemoteQueue:
     # -- WorkQueue ---------------------------------------------------------------------------
 
     def open_store(self) -> Store:
-        return RemoteStore(self.target.client())
+        store = RemoteStore(self.target.client())
+        with self._mu:
+            self._stores.append(store)  # told when a user is done (RemoteStore.forget)
+        return store
 
     def broker(self, tokens: tuple[str, ...]) -> QuotaBroker:
         # No Redis: this process's own view of its tokens' quota (per-process quota).
@@ -128,6 +137,8 @@ class RemoteQueue:
         self._check_token()
         lease = self.client.lease(n, self.run_start)
         self.ttl_s = lease.lock_ttl_s
+        self._idle = None if lease.in_flight is None else (
+            time.monotonic(), lease.remaining, lease.in_flight)
         members = [keys.member(x) for x in lease.users]
         with self._mu:
             self._held.update(members)
@@ -143,6 +154,9 @@ class RemoteQueue:
             self._held.discard(member)
             self._lost.discard(member)
             self._verify.pop(keys.login_of(member), None)
+            stores = list(self._stores)
+        for store in stores:
+            store.forget(keys.login_of(member))
 
     def fence(self, member: str) -> RemoteFence:
         return RemoteFence(self, member)
@@ -184,6 +198,9 @@ class RemoteQueue:
 
     def drained(self) -> bool:
         self._check_token()
+        idle, self._idle = self._idle, None
+        if idle is not None and time.monotonic() - idle[0] < self.idle_wait_s:
+            return idle[1] == 0 and idle[2] == 0  # the empty lease just made says
         status = self.client.status(self.run_start)
         return status.remaining == 0 and status.in_flight == 0
 

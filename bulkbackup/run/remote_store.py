@@ -4,11 +4,23 @@ what a remote worker's UserBackup writes to, wrapped in its FencedStore as a loc
 Each key names its user (archive/layout.parse_key): the request goes to that user's lease.
 The fence is the server's (it confirms the lease before each commit); ``before_commit`` runs
 here before the request is sent, so a fence known lost stops the upload before it starts.
+
+Fewer round trips: a sync first reads its user object's head, then lists the user's archives
+(shallow), then heads each archive it is about to replace. The head of the user object is one
+`state` request that brings the listing too; until this process writes below the user, the
+listing is answered from it, and the head of an archive it neither lists nor wrote since is
+None without a request. Only the lease's holder creates a user's archives (every write is
+fenced by the lease), so what it lists stays true while the lease is held: the worker
+forgets it when it is done with the user (RemoteQueue.drop), and it is not used once
+KNOWN_FOR_S old.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,9 +30,24 @@ from bulkbackup.run.lease_client import LeaseClient
 from bulkbackup.store.base import BeforeCommit, Head, Store, check_key, check_range, no_fence
 from bulkbackup.store.listing import ObjectInfo
 
+# How long a state read answers for its user (a bound on staleness, not a lease rule).
+KNOWN_FOR_S = 60.0
+
 
 def _login(key: str) -> str:
     return layout.parse_key(check_key(key)).login
+
+
+@dataclass
+class _Known:
+    """What a state read said of one user: the shallow listing of its archives."""
+
+    at: float
+    prefix: str
+    objects: list[ObjectInfo]
+    names: frozenset[str]
+    # Keys this process wrote (or deleted) since: not known any more; the listing is old.
+    written: set[str] = field(default_factory=set)
 
 
 class RemoteStore(Store):
@@ -29,39 +56,89 @@ class RemoteStore(Store):
     def __init__(self, client: LeaseClient) -> None:
         self.client = client
         self._requests = 0
+        self._mu = threading.Lock()
+        self._known: dict[str, _Known] = {}  # login -> its last state read
+
+    def forget(self, login: str) -> None:
+        """Done with ``login`` (completed, given back, lost): its state read is dropped."""
+        with self._mu:
+            self._known.pop(login, None)
+
+    def _fresh(self, login: str) -> _Known | None:
+        with self._mu:
+            known = self._known.get(login)
+            if known is not None and time.monotonic() - known.at > KNOWN_FOR_S:
+                del self._known[login]
+                return None
+            return known
+
+    def _wrote(self, key: str) -> str:
+        """The login of ``key``, whose listing is no longer what was read."""
+        login = _login(key)
+        with self._mu:
+            if (known := self._known.get(login)) is not None:
+                known.written.add(key)
+        return login
+
+    def _absent(self, key: str, login: str) -> bool:
+        """Known not to exist: a direct child of the user's listed prefix, neither listed
+        nor written since."""
+        known = self._fresh(login)
+        if known is None or not key.startswith(known.prefix):
+            return False
+        rest = key[len(known.prefix):]
+        return (bool(rest) and layout.SEPARATOR not in rest and key not in known.names
+                and key not in known.written)
 
     def put_file(self, key: str, path: Path, metadata: Mapping[str, str],
                  before_commit: BeforeCommit = no_fence) -> None:
         before_commit()
         self._requests += 1
-        self.client.put(_login(key), key, path, metadata)
+        self.client.put(self._wrote(key), key, path, metadata)
 
     def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str],
                   before_commit: BeforeCommit = no_fence) -> None:
         before_commit()
         self._requests += 1
-        self.client.put(_login(key), key, bytes(data), metadata)
+        self.client.put(self._wrote(key), key, bytes(data), metadata)
 
     def replace_metadata(self, key: str, metadata: Mapping[str, str],
                          before_commit: BeforeCommit = no_fence) -> None:
         before_commit()
         self._requests += 1
-        self.client.replace_metadata(_login(key), key, metadata)
+        self.client.replace_metadata(self._wrote(key), key, metadata)
 
     def copy(self, src: str, dest: str, before_commit: BeforeCommit = no_fence) -> None:
         before_commit()
         self._requests += 1
-        if not self.client.copy(_login(dest), src, dest):
+        if not self.client.copy(self._wrote(dest), src, dest):
             raise NotFound(f"no such object: {src}")
 
     def delete(self, key: str, before_commit: BeforeCommit = no_fence) -> None:
         before_commit()
         self._requests += 1
-        self.client.delete(_login(key), key)
+        self.client.delete(self._wrote(key), key)
 
     def head(self, key: str) -> Head | None:
+        login = _login(key)
+        if key == layout.user_key(login):
+            return self._state(login)
+        if self._absent(key, login):
+            return None
         self._requests += 1
-        return self.client.head(_login(key), key)
+        return self.client.head(login, key)
+
+    def _state(self, login: str) -> Head | None:
+        """The user object's head, with the listing of its archives kept (see the module)."""
+        self._requests += 1
+        got = self.client.state(login)
+        with self._mu:
+            if got.objects is None:
+                self._known.pop(login, None)
+            else:
+                self._known[login] = _Known(time.monotonic(), layout.user_prefix(login),
+                                            got.objects, frozenset(o.key for o in got.objects))
+        return got.user
 
     def open(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
         """Streamed as it is read: a bundle header costs its bytes, not the pack's."""
@@ -76,6 +153,10 @@ class RemoteStore(Store):
         login = prefix.partition(layout.SEPARATOR)[0]
         if not login or not prefix.startswith(layout.user_prefix(login)):
             raise StoreError("a remote worker lists below one leased user only")
+        known = self._fresh(login)
+        if shallow and known is not None and not known.written and prefix == known.prefix:
+            yield from list(known.objects)
+            return
         self._requests += 1
         yield from self.client.list(login, prefix, shallow)
 

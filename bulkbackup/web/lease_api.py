@@ -2,7 +2,8 @@
 their JSON: docs/serve.md). Every request carries `Authorization: Bearer <worker token>`; a
 token acts only on the users it leased. The objects' endpoints are in lease_objects.py.
 
-    POST /api/lease                    {"n", "run_start"?} -> {"lease", "users", "remaining", ...}
+    POST /api/lease                    {"n", "run_start"?} -> {"lease", "users", "remaining",
+                                        "in_flight" (when no user was leased), ...}
     POST /api/lease/refresh            {"users"} -> {"kept", "lost", "lock_ttl_s"}
     POST /api/lease/status             {"run_start"?} -> {"remaining", "in_flight", ...}
     POST /api/lease/<login>/complete   {"synced", "counts", "repos", "bytes", "run_start",
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -28,7 +31,7 @@ from bulkbackup.config import Settings
 from bulkbackup.names import is_login, is_repo_name
 from bulkbackup.queue import keys, worker_tokens
 from bulkbackup.queue.connection import Scripts
-from bulkbackup.queue.remote_leases import RemoteLeases
+from bulkbackup.queue.remote_leases import RemoteLeases, token_of
 from bulkbackup.queue.tracked import Completion
 from bulkbackup.web.http import BODY_MAX_BYTES, JSONResponse, bearer
 from bulkbackup.web.remote_workers import RemoteWorkers, write_beat
@@ -39,6 +42,17 @@ Blocking = Callable[..., Awaitable[Any]]
 RUN_START_SLACK_S = 5.0
 # Repositories one completion may mark pending verify (a user's increments in one sync).
 VERIFY_MAX = 1000
+
+
+@dataclass(frozen=True)
+class Leased:
+    """Who asks (a worker token's name) and, for a user's endpoint, the user and whether
+    that token holds its lease."""
+
+    name: str
+    login: str = ""
+    member: str = ""
+    held: bool = False
 
 
 class ApiError(Exception):
@@ -60,13 +74,31 @@ class LeaseApi:
                                    settings.run.max_attempts)
         self.workers = RemoteWorkers(settings.serve.lease_requests_per_s,
                                      settings.serve.lease_burst)
+        self._offset_s: float | None = None  # Redis server time minus ours (read once)
 
     # -- plumbing ----------------------------------------------------------------------------
 
     async def token_name(self, request: Request) -> str:
         """The name of the request's worker token (401 unless it is a live one; 429 past its
         rate); its last use and its /workers row are written now and then."""
-        name = await self.blocking(worker_tokens.lookup, self.r, bearer(request))
+        return (await self.authorize(request, None)).name
+
+    async def leased(self, request: Request) -> Leased:
+        """The token and the path's user, leased by that token (401, 429 as token_name; then
+        403: not a login, or a user the token does not hold: another's, or its lease lapsed).
+        The token and the user's lock are read in one round trip to Redis."""
+        return held(await self.authorize_user(request))
+
+    async def authorize_user(self, request: Request) -> Leased:
+        """authorize for the path's user (its lease not yet required: see ``held``)."""
+        login = request.path_params["login"]
+        return await self.authorize(request, login if is_login(login) else "")
+
+    async def authorize(self, request: Request, login: str | None) -> Leased:
+        """The token's name and, for ``login``, whether the token holds it (one blocking
+        call: a thread hop and a pipelined read, not one of each per question)."""
+        member = keys.member(login) if login else None
+        name, wid = await self.blocking(_lookup, self.r, bearer(request), member)
         if name is None:
             raise ApiError(401, "unknown or revoked worker token",
                            {"WWW-Authenticate": "Bearer"})
@@ -75,7 +107,8 @@ class LeaseApi:
             raise ApiError(429, "too many requests for this worker token",
                            {"Retry-After": str(max(1, math.ceil(wait_s)))})
         self.beat(name)
-        return str(name)
+        return Leased(name, login or "", member or "",
+                      wid is not None and token_of(wid) == name)
 
     def beat(self, name: str, changed: bool = False) -> None:
         """Write the token's last use and its /workers row when due (in the background)."""
@@ -85,20 +118,15 @@ class LeaseApi:
             asyncio.get_running_loop().run_in_executor(None, write_beat, self.r, name, touch,
                                                        figures)
 
-    async def leased(self, request: Request, name: str) -> tuple[str, str]:
-        """(login, member) of the path, leased by token ``name`` (403: not a login, or a
-        user the token does not hold: another's, or its lease lapsed)."""
-        login = request.path_params["login"]
-        if not is_login(login):
-            raise ApiError(403, "not a login")
-        member = keys.member(login)
-        if await self.blocking(self.leases.holder, name, member) is None:
-            raise ApiError(403, f"no lease on {login} for this worker token", result="lost")
-        return login, member
+    async def now(self) -> float:
+        """Redis server time (unix s): the clock offset is read once, in the threadpool."""
+        if self._offset_s is None:
+            self._offset_s = float(await self.blocking(self.leases.clock_offset_s))
+        return time.time() + self._offset_s
 
     async def run_start(self, doc: dict[str, Any]) -> float:
         value = doc.get("run_start")
-        now = float(await self.blocking(self.leases.now))
+        now = await self.now()
         if value is None:
             return now
         if not isinstance(value, int | float) or not math.isfinite(value):
@@ -114,12 +142,28 @@ class LeaseApi:
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ApiError(400, "n must be a positive integer")
         n = min(n, self.settings.serve.lease_batch_max)
-        wid, members, remaining = await self.blocking(self.leases.lease, name, n,
-                                                      await self.run_start(doc))
+        start = await self.run_start(doc)
+        wid, members, remaining = await self.blocking(self.leases.lease, name, n, start)
+        if members and await self.blocking(worker_tokens.lookup, self.r,
+                                           bearer(request)) != name:
+            # Revoked while this lease was made: `revoke` removes the token, then gives back
+            # its leases, and may have looked before these were taken. Given back here.
+            await self.blocking(self._give_back, name, members)
+            raise ApiError(401, "unknown or revoked worker token",
+                           {"WWW-Authenticate": "Bearer"})
+        answer: dict[str, Any] = {"lease": wid, "users": [keys.login_of(m) for m in members]}
+        if not members:
+            # An empty lease is an idle worker's poll: it is followed by "is the run over?",
+            # answered here (the status endpoint's figures) to save that request.
+            remaining, answer["in_flight"] = await self.blocking(self.leases.status, start)
         self.beat(name, changed=bool(members))
-        return JSONResponse({"lease": wid, "users": [keys.login_of(m) for m in members],
-                             "remaining": remaining, "lock_ttl_s": self.leases.lock_ttl_s,
-                             "server_time": await self.blocking(self.leases.now)})
+        return JSONResponse({**answer, "remaining": remaining,
+                             "lock_ttl_s": self.leases.lock_ttl_s,
+                             "server_time": await self.now()})
+
+    def _give_back(self, name: str, members: list[str]) -> None:
+        for member in members:
+            self.leases.finish(name, member, False, "", 0, 0, 0.0)
 
     async def refresh(self, request: Request) -> Response:
         name = await self.token_name(request)
@@ -134,8 +178,8 @@ class LeaseApi:
                              "lock_ttl_s": self.leases.lock_ttl_s})
 
     async def complete(self, request: Request) -> Response:
-        name = await self.token_name(request)
-        login, member = await self.leased(request, name)
+        got = await self.leased(request)
+        name, login, member = got.name, got.login, got.member
         doc = await read_json(request)
         synced, counts = doc.get("synced"), doc.get("counts", "")
         repos, nbytes = doc.get("repos", 0), doc.get("bytes", 0)
@@ -171,18 +215,18 @@ class LeaseApi:
         self.beat(name)
         return JSONResponse({"remaining": remaining, "in_flight": in_flight,
                              "lock_ttl_s": self.leases.lock_ttl_s,
-                             "server_time": await self.blocking(self.leases.now)})
+                             "server_time": await self.now()})
 
     async def fail(self, request: Request) -> Response:
-        name = await self.token_name(request)
-        login, member = await self.leased(request, name)
+        got = await self.leased(request)
+        name, login, member = got.name, got.login, got.member
         doc = await read_json(request)
         result = await self.blocking(self.leases.fail, name, member, await self.run_start(doc))
         return completion(login, result)
 
     async def give_back(self, request: Request) -> Response:
-        name = await self.token_name(request)
-        login, member = await self.leased(request, name)
+        got = await self.leased(request)
+        name, login, member = got.name, got.login, got.member
         result = await self.blocking(self.leases.finish, name, member, False, "", 0, 0, 0.0)
         return completion(login, result)
 
@@ -196,6 +240,34 @@ class LeaseApi:
             Route("/api/lease/{login}/give-back", guarded(self.give_back), methods=["POST"]),
             *objects,
         ]
+
+
+def held(got: Leased) -> Leased:
+    """``got`` if its token holds its user's lease; else 403 (not a login, or not held)."""
+    if not got.login:
+        raise ApiError(403, "not a login")
+    if not got.held:
+        raise ApiError(403, f"no lease on {got.login} for this worker token", result="lost")
+    return got
+
+
+def _lookup(r: Any, token: str, member: str | None) -> tuple[str | None, str | None]:
+    """(the token's name or None, the worker id holding ``member``'s lock or None): both
+    read in one pipelined round trip (worker_tokens.lookup, RemoteLeases.holder)."""
+    if not token or len(token) > worker_tokens.TOKEN_MAX_CHARS:
+        return None, None
+    pipe = r.pipeline(transaction=False)
+    pipe.hget(keys.WORKER_TOKEN_HASHES, worker_tokens.token_hash(token))
+    if member is not None:
+        pipe.get(keys.lock(member))
+    name, *held = pipe.execute()
+    return _text(name), _text(held[0]) if held else None
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def completion(login: str, result: Completion) -> Response:

@@ -5,6 +5,9 @@ queue/remote_leases.LeaseFence: a lease that lapsed or was revoked lands nothing
     GET    /api/lease/<login>/heads/<key>      -> {"key", "size", "last_modified", "metadata"}
     GET    /api/lease/<login>/objects/<key>    ?start=&end= -> the bytes
     GET    /api/lease/<login>/list             ?prefix=&shallow=1 -> {"objects": [...]}
+    GET    /api/lease/<login>/state            -> {"user": head or null, "objects": [...] or
+                                                  null}: the user object's head and the
+                                                  shallow listing of its archives
     PUT    /api/lease/<login>/objects/<key>    the archive (X-Bulkbackup-Metadata: JSON)
     POST   /api/lease/<login>/metadata/<key>   {"metadata": {...}}
     POST   /api/lease/<login>/copy             {"from": key, "to": key}
@@ -31,10 +34,13 @@ from bulkbackup.archive.stored import MAX_USER_OBJECT_BYTES
 from bulkbackup.errors import LockLost, NotFound, StoreError
 from bulkbackup.store.base import Head, check_key, clean_metadata
 from bulkbackup.store.fenced import FencedStore
-from bulkbackup.web.lease_api import ApiError, LeaseApi, guarded, read_json
+from bulkbackup.store.listing import ObjectInfo
+from bulkbackup.web.lease_api import ApiError, LeaseApi, Leased, guarded, held, read_json
 
 METADATA_HEADER = "x-bulkbackup-metadata"
 LIST_MAX = 100_000
+# A state read lists the user's archives up to this many (a larger user lists them itself).
+STATE_LIST_MAX = 2_000
 READ_CHUNK = 1 << 16
 # What an upload must start with, by the kind of its key (a bundle may be empty: "no archive").
 BUNDLE_MAGIC = (b"# v2 git bundle\n", b"# v3 git bundle\n")
@@ -45,6 +51,10 @@ MAGIC_BYTES = 16
 def head_json(key: str, head: Head) -> dict[str, Any]:
     return {"key": key, "size": head.size, "last_modified": head.last_modified.isoformat(),
             "metadata": head.metadata}
+
+
+def info_json(info: ObjectInfo) -> dict[str, Any]:
+    return {"key": info.key, "size": info.size, "last_modified": info.last_modified.isoformat()}
 
 
 def content_problem(kind: layout.Kind, first: bytes, size: int) -> str:
@@ -64,17 +74,10 @@ class LeaseObjects:
         self.max_upload_bytes = api.settings.serve.max_upload_mb << 20
         self.spool = Path(tempfile.mkdtemp(prefix="bulkbackup-uploads-"))
 
-    async def _key(self, request: Request, name: str, key: str) -> tuple[str, str, str]:
-        """(login, member, key): ``key`` must be the leased user's own (403 otherwise)."""
-        login = request.path_params["login"]
-        try:
-            check_key(key)
-        except StoreError:
-            raise ApiError(403, "not a key of this user") from None
-        if key != layout.user_key(login) and not layout.is_below(key, login):
-            raise ApiError(403, f"{key[:200]!r} is not one of {login}'s keys")
-        got_login, member = await self.api.leased(request, name)
-        return got_login, member, key
+    async def _key(self, request: Request, key: str) -> Leased:
+        """The token and its leased user, ``key`` being that user's own (401 first, then
+        403: not a key of the user, or not leased by the token)."""
+        return own(await self.api.authorize_user(request), key)
 
     async def _fenced(self, name: str, member: str) -> FencedStore:
         return FencedStore(await self.live_store(), self.api.leases.fence(name, member))
@@ -82,8 +85,8 @@ class LeaseObjects:
     # -- reads -------------------------------------------------------------------------------
 
     async def head(self, request: Request) -> Response:
-        name = await self.api.token_name(request)
-        _, _, key = await self._key(request, name, request.path_params["key"])
+        key = request.path_params["key"]
+        await self._key(request, key)
         store = await self.live_store()
         head = await self.api.blocking(store.head, key)
         if head is None:
@@ -91,8 +94,8 @@ class LeaseObjects:
         return Response(orjson.dumps(head_json(key, head)), media_type="application/json")
 
     async def read(self, request: Request) -> Response:
-        name = await self.api.token_name(request)
-        _, _, key = await self._key(request, name, request.path_params["key"])
+        key = request.path_params["key"]
+        await self._key(request, key)
         start, end = _int(request, "start", 0), _int(request, "end", None)
         store = await self.live_store()
         head = await self.api.blocking(store.head, key)
@@ -110,9 +113,29 @@ class LeaseObjects:
 
         return StreamingResponse(chunks(), media_type="application/octet-stream")
 
+    async def state(self, request: Request) -> Response:
+        """What a sync reads first, in one request: the user object's head and the shallow
+        listing of the user's keys (its archives; null past STATE_LIST_MAX: the worker
+        lists them itself)."""
+        login = (await self.api.leased(request)).login
+        store = await self.live_store()
+
+        def read() -> tuple[Head | None, list[dict[str, Any]] | None]:
+            head = store.head(layout.user_key(login))
+            out: list[dict[str, Any]] = []
+            for info in store.list(layout.user_prefix(login), shallow=True):
+                if len(out) >= STATE_LIST_MAX:
+                    return head, None
+                out.append(info_json(info))
+            return head, out
+
+        head, objects = await self.api.blocking(read)
+        user = None if head is None else head_json(layout.user_key(login), head)
+        return Response(orjson.dumps({"user": user, "objects": objects}),
+                        media_type="application/json")
+
     async def listing(self, request: Request) -> Response:
-        name = await self.api.token_name(request)
-        login, _ = await self.api.leased(request, name)
+        login = (await self.api.leased(request)).login
         prefix = request.query_params.get("prefix", layout.user_prefix(login))
         if not layout.is_below(prefix + "x", login):
             raise ApiError(403, "a prefix below the leased user only")
@@ -122,8 +145,7 @@ class LeaseObjects:
         def read() -> list[dict[str, Any]]:
             out = []
             for info in store.list(prefix, shallow):
-                out.append({"key": info.key, "size": info.size,
-                            "last_modified": info.last_modified.isoformat()})
+                out.append(info_json(info))
                 if len(out) >= LIST_MAX:
                     break
             return out
@@ -146,8 +168,9 @@ class LeaseObjects:
             raise ApiError(400, str(exc)) from None
 
     async def put(self, request: Request) -> Response:
-        name = await self.api.token_name(request)
-        login, member, key = await self._key(request, name, request.path_params["key"])
+        key = request.path_params["key"]
+        got = await self._key(request, key)
+        name, login, member = got.name, got.login, got.member
         kind = layout.parse_key(key).kind
         if kind is layout.Kind.OTHER:
             raise ApiError(400, "not a key of the archive layout")
@@ -209,24 +232,25 @@ class LeaseObjects:
         return path
 
     async def replace_metadata(self, request: Request) -> Response:
-        name = await self.api.token_name(request)
-        _, member, key = await self._key(request, name, request.path_params["key"])
+        key = request.path_params["key"]
+        got = await self._key(request, key)
+        name, member = got.name, got.member
         meta = self.metadata((await read_json(request)).get("metadata"), name)
         return await self._write(name, member, "replace_metadata", key, meta)
 
     async def copy(self, request: Request) -> Response:
-        name = await self.api.token_name(request)
+        got = await self.api.authorize_user(request)  # 401 before the body is read
         doc = await read_json(request)
         src, dest = doc.get("from"), doc.get("to")
         if not isinstance(src, str) or not isinstance(dest, str):
             raise ApiError(400, 'body must be {"from": key, "to": key}')
-        await self._key(request, name, src)
-        _, member, _ = await self._key(request, name, dest)
-        return await self._write(name, member, "copy", src, dest)
+        got = own(got, src, dest)
+        return await self._write(got.name, got.member, "copy", src, dest)
 
     async def delete(self, request: Request) -> Response:
-        name = await self.api.token_name(request)
-        _, member, key = await self._key(request, name, request.path_params["key"])
+        key = request.path_params["key"]
+        got = await self._key(request, key)
+        name, member = got.name, got.member
         return await self._write(name, member, "delete", key)
 
     async def _write(self, name: str, member: str, op: str, *args: Any) -> Response:
@@ -252,10 +276,26 @@ class LeaseObjects:
             Route(base + "/objects/{key:path}", guarded(self.put), methods=["PUT"]),
             Route(base + "/objects/{key:path}", guarded(self.delete), methods=["DELETE"]),
             Route(base + "/list", guarded(self.listing), methods=["GET"]),
+            Route(base + "/state", guarded(self.state), methods=["GET"]),
             Route(base + "/metadata/{key:path}", guarded(self.replace_metadata),
                   methods=["POST"]),
             Route(base + "/copy", guarded(self.copy), methods=["POST"]),
         ]
+
+
+def own(got: Leased, *keys: str) -> Leased:
+    """``got`` when each of ``keys`` is its user's own and its token holds that user
+    (403 otherwise: lease_api.held)."""
+    if not got.login:
+        return held(got)  # 403: not a login
+    for key in keys:
+        try:
+            check_key(key)
+        except StoreError:
+            raise ApiError(403, "not a key of this user") from None
+        if key != layout.user_key(got.login) and not layout.is_below(key, got.login):
+            raise ApiError(403, f"{key[:200]!r} is not one of {got.login}'s keys")
+    return held(got)
 
 
 def _not_a_list(path: Path) -> str:

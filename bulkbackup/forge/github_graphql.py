@@ -35,7 +35,13 @@ import urllib3
 from bulkbackup import __version__
 from bulkbackup.config import GitHubSettings
 from bulkbackup.errors import Interrupted, RateLimited, TokenRefused
-from bulkbackup.forge.github_graphql_query import build_query, points_for, to_rest
+from bulkbackup.forge.github_graphql_query import (
+    build_query,
+    connections,
+    gist_to_rest,
+    points_for,
+    to_rest,
+)
 from bulkbackup.forge.listing import Batching, ListingOutcome, OwnerListing, TakenBack, admit
 from bulkbackup.forge.quota_broker import QuotaBroker, Reservation, Resource, Wait
 from bulkbackup.http.bounded import BoundedPool, Overdue, SlowRead, TooLarge
@@ -59,13 +65,14 @@ class _Owner:
     outcome: ListingOutcome = ListingOutcome.LISTED
     repos: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
+    gists: list[dict[str, Any]] | None = None  # asked with its first page (run.gists)
 
     def fail(self, outcome: ListingOutcome, error: str) -> None:
-        self.outcome, self.error, self.repos = outcome, error, []
+        self.outcome, self.error, self.repos, self.gists = outcome, error, [], None
 
     def done(self, clone_host: str) -> OwnerListing:
         if self.outcome is ListingOutcome.LISTED:
-            return OwnerListing.listed(self.login, self.repos, clone_host)
+            return OwnerListing.listed(self.login, self.repos, clone_host, gists=self.gists)
         return OwnerListing.failed(self.login, self.outcome, self.error)
 
 
@@ -115,8 +122,11 @@ class GraphQLLister:
     batching = Batching.FILL
 
     def __init__(self, settings: GitHubSettings, broker: QuotaBroker,
-                 stop: threading.Event | None = None, pool_size: int = 4) -> None:
+                 stop: threading.Event | None = None, pool_size: int = 4,
+                 gists: bool = False) -> None:
+        """``gists``: each owner's first page also asks its public gists (run.gists)."""
         self.settings = settings
+        self.gists = gists
         self.broker = broker
         self.stop = stop or threading.Event()
         self.url = settings.graphql_endpoint
@@ -213,8 +223,9 @@ class GraphQLLister:
             return finished
         self._grow(len(chunk))
         more: list[tuple[str, str | None]] = []
-        for i, (login, _) in enumerate(chunk):
-            cursor = self._absorb(self._open[login], reply.payload, f"u{i}")
+        for i, (login, asked) in enumerate(chunk):
+            cursor = self._absorb(self._open[login], reply.payload, f"u{i}",
+                                  self.gists and asked is None)
             if cursor is not None and self._may_follow(login, cursor):
                 more.append((login, cursor))
             else:
@@ -252,8 +263,10 @@ class GraphQLLister:
             if self._good >= GROW_AFTER:
                 self.batch, self._good = min(self.max_batch, self.batch * 2), 0
 
-    def _absorb(self, result: _Owner, payload: dict[str, Any], alias: str) -> str | None:
-        """Add one alias's answer to `result`; the cursor of its next page, if any."""
+    def _absorb(self, result: _Owner, payload: dict[str, Any], alias: str,
+                gists: bool) -> str | None:
+        """Add one alias's answer to `result` (with ``gists``, its gists: an organization
+        has none); the cursor of its next page, if any."""
         data = payload.get("data")
         node = data.get(alias) if isinstance(data, dict) else None
         errors = [e for e in payload.get("errors") or [] if isinstance(e, dict)
@@ -273,6 +286,10 @@ class GraphQLLister:
             result.fail(ListingOutcome.FAILED, "GraphQL: " + reason)
             return None
         result.repos.extend(to_rest(n) for n in nodes if isinstance(n, dict))
+        if gists:
+            got = node.get("gists")
+            found = got.get("nodes") if isinstance(got, dict) else None
+            result.gists = [gist_to_rest(n) for n in found or () if isinstance(n, dict)]
         if len(result.repos) > MAX_REPOS_PER_OWNER:
             result.fail(ListingOutcome.FAILED, f"more than {MAX_REPOS_PER_OWNER} repositories")
             return None
@@ -299,13 +316,14 @@ class GraphQLLister:
 
     def _send(self, chunk: list[tuple[str, str | None]], deadline: float | None) -> _Reply:
         """One query for `chunk`, with quota reservations, waits and bounded retries."""
-        query, variables = build_query(chunk)
+        query, variables = build_query(chunk, self.gists)
         body = orjson.dumps({"query": query, "variables": variables})
+        points = points_for(connections(chunk, self.gists))
         failures = 0
         while True:
             if self.stop.is_set():
                 raise Interrupted("stopping")
-            res = self.broker.acquire(Resource.GRAPHQL, points_for(len(chunk)), self.stop,
+            res = self.broker.acquire(Resource.GRAPHQL, points, self.stop,
                                       self.settings.max_rate_wait_s, deadline)
             reply = self._post(body, res, len(chunk))
             if reply is None:  # a rate limit: the broker now knows; reserve again

@@ -77,18 +77,49 @@ MAPPING: tuple[FieldMap, ...] = (
 NODE_FIELDS = " ".join(dict.fromkeys(m.selection or m.graphql for m in MAPPING))
 
 
+# A gist's stored fields (forge/listing.GIST_FIELDS) <- GraphQL's Gist: `name` is the id.
+GIST_MAPPING: tuple[FieldMap, ...] = (
+    FieldMap("id", "name"),
+    FieldMap("node_id", "id"),
+    FieldMap("description", "description"),
+    FieldMap("public", "isPublic"),
+    FieldMap("html_url", "url"),
+    FieldMap("created_at", "createdAt"),
+    FieldMap("updated_at", "updatedAt"),
+    FieldMap("pushed_at", "pushedAt"),
+)
+# An owner's public gists, on its first page only, most recently updated first (one page:
+# listing.MAX_GISTS). A connection, so one more request per owner in GitHub's rule: a query
+# of 100 owners' first pages costs 2 points instead of 1 (docs/github-api.md).
+GISTS_SELECTION = (
+    "... on User { gists(first: 100, privacy: PUBLIC, orderBy: {field: UPDATED_AT, "
+    "direction: DESC}) { nodes { " + " ".join(m.graphql for m in GIST_MAPPING) + " } } }")
+
+
+def gist_to_rest(node: dict[str, Any]) -> dict[str, Any]:
+    return {m.rest: m.convert(node.get(m.graphql)) for m in GIST_MAPPING}
+
+
 def to_rest(node: dict[str, Any]) -> dict[str, Any]:
     """One GraphQL repository node as the REST listing entry the store keeps."""
     return {m.rest: m.convert(node.get(m.graphql)) for m in MAPPING}
 
 
-def points_for(owners: int) -> int:
-    """GitHub's cost of a query with `owners` top-level repository connections."""
-    return max(1, math.floor(owners / 100 + 0.5))
+def points_for(connections: int) -> int:
+    """GitHub's cost of a query with `connections` connections at the owners' level (a
+    repository connection per owner, and a gist connection per first page with gists)."""
+    return max(1, math.floor(connections / 100 + 0.5))
 
 
-def build_query(items: Sequence[tuple[str, str | None]]) -> tuple[str, dict[str, str]]:
-    """One query for (login, cursor or None) items, aliases u0..; values go as variables."""
+def connections(items: Sequence[tuple[str, str | None]], gists: bool) -> int:
+    """The connections `build_query(items, gists)` asks (for points_for)."""
+    return len(items) + (sum(1 for _, cursor in items if cursor is None) if gists else 0)
+
+
+def build_query(items: Sequence[tuple[str, str | None]], gists: bool = False
+                ) -> tuple[str, dict[str, str]]:
+    """One query for (login, cursor or None) items, aliases u0..; values go as variables.
+    With ``gists``, an owner's first page (no cursor) also asks its public gists."""
     decls, parts, variables = [], [], {}
     for i, (login, cursor) in enumerate(items):
         decls.append(f"$l{i}: String!")
@@ -101,7 +132,8 @@ def build_query(items: Sequence[tuple[str, str | None]]) -> tuple[str, dict[str,
         parts.append(
             f"u{i}: repositoryOwner(login: $l{i}) {{ login repositories(first: {PAGE}, "
             f"ownerAffiliations: OWNER, orderBy: {{field: CREATED_AT, direction: ASC}}{after}) "
-            f"{{ nodes {{ {NODE_FIELDS} }} pageInfo {{ hasNextPage endCursor }} }} }}")
+            f"{{ nodes {{ {NODE_FIELDS} }} pageInfo {{ hasNextPage endCursor }} }}"
+            f"{' ' + GISTS_SELECTION if gists and cursor is None else ''} }}")
     query = (f"query({', '.join(decls)}) {{ rateLimit {{ cost remaining resetAt }} "
              f"{' '.join(parts)} }}")
     return query, variables

@@ -52,6 +52,8 @@ MAX_ETAG_PAGES = 10
 # What an ETag may look like to be kept (RFC 9110 entity-tag, bounded): it comes from the
 # network and goes into metadata, space-separated, under the store's size limit.
 _ETAG = re.compile(r'(W/)?"[!#-~]{1,80}"')
+# How the gist list's ETag is told apart among the pages' in the user's ListingETags.
+GISTS_ETAG = "gists:"
 
 
 @dataclass
@@ -62,6 +64,16 @@ class Listing:
     etags: list[str] = field(default_factory=list)
     not_modified: bool = False
     requests: int = 0
+
+
+@dataclass(frozen=True)
+class GistList:
+    """A user's public gists, one page (listing.MAX_GISTS); ``etag`` "" when unusable;
+    ``not_modified`` when the ETag sent still holds (304: free, no entries)."""
+
+    entries: list[dict[str, Any]]
+    etag: str = ""
+    not_modified: bool = False
 
 
 class GitHub:
@@ -145,6 +157,20 @@ class GitHub:
         elif len(out.etags) > MAX_ETAG_PAGES or not all(map(_ETAG.fullmatch, out.etags)):
             out.etags = []
         return out
+
+    def list_gists(self, login: str, etag: str, deadline: float) -> GistList:
+        """`GET /users/<login>/gists` (one request, the first 100, conditional with
+        ``etag``); GitHubError when it fails (the repositories' listing stands)."""
+        check_login(login)
+        url = f"{self.settings.api_url}/users/{login}/gists?per_page=100"
+        status, headers, body = self._get(url, etag or None, deadline)
+        if status == 304 and etag:
+            return GistList([], etag, not_modified=True)
+        if status != 200:
+            raise GitHubError(f"GET /users/{login}/gists: HTTP {status}")
+        got = headers.get("ETag", "")
+        return GistList(_page_items(body, f"GET /users/{login}/gists"),
+                        got if _ETAG.fullmatch(got) else "")
 
     def login_of(self, login: str) -> str | None:
         """``login`` as GitHub spells it (`GET /users/<login>`: logins ignore case), or None
@@ -319,9 +345,13 @@ class RestLister:
 
     batching = Batching.ONE
 
-    def __init__(self, github: GitHub, conditions: Conditions = no_conditions) -> None:
+    def __init__(self, github: GitHub, conditions: Conditions = no_conditions,
+                 gists: bool = False) -> None:
+        """``gists``: each owner's public gists are listed too (one more request, sent with
+        its last ETag: a 304 is free), run.gists."""
         self.github = github
         self.conditions = conditions
+        self.gists = gists
         self._queue: deque[str] = deque()
 
     @property
@@ -343,7 +373,11 @@ class RestLister:
         return [listing]
 
     def _list(self, login: str, deadline: float | None) -> OwnerListing:
-        etags = self.conditions(login)
+        conditions = self.conditions(login)
+        # The gist list's ETag rides with the pages' (GISTS_ETAG-prefixed, last).
+        etags = [e for e in conditions if not e.startswith(GISTS_ETAG)]
+        gist_etag = next((e.removeprefix(GISTS_ETAG) for e in conditions
+                          if e.startswith(GISTS_ETAG)), "")
         host = self.github.settings.clone_host
         try:
             got = self.github.list_repos(login, etags, deadline)
@@ -351,9 +385,33 @@ class RestLister:
             return OwnerListing.failed(login, ListingOutcome.GONE, str(exc))
         except GitHubError as exc:  # the API failing after retries, or a listing's bounds
             return OwnerListing.failed(login, ListingOutcome.FAILED, str(exc))
+        if not self.gists:
+            if got.not_modified:
+                return OwnerListing(login, ListingOutcome.NOT_MODIFIED, etags=tuple(got.etags))
+            return OwnerListing.listed(login, got.repos, host, got.etags)
+        return self._with_gists(login, got, gist_etag, deadline)
+
+    def _with_gists(self, login: str, got: Listing, gist_etag: str,
+                    deadline: float | None) -> OwnerListing:
+        """The listing with the owner's gists: not modified only when both lists are; a
+        changed gist list under unchanged pages lists the pages again in full (and the
+        other way round), as a page changing after unchanged ones does."""
+        host = self.github.settings.clone_host
+        ends = deadline if deadline is not None else (
+            time.monotonic() + self.github.settings.user_deadline_s)
+        try:
+            gists = self.github.list_gists(login, gist_etag if got.not_modified else "", ends)
+            if got.not_modified and not gists.not_modified:
+                got = self.github.list_repos(login, [], ends)
+        except GitHubError as exc:  # the gists are not asked this time; the pages stand
+            log.warning("%s: gists not listed: %s", login, exc)
+            if got.not_modified:
+                return OwnerListing(login, ListingOutcome.NOT_MODIFIED, etags=tuple(got.etags))
+            return OwnerListing.listed(login, got.repos, host, got.etags)
+        etags = (*got.etags, GISTS_ETAG + gists.etag) if got.etags and gists.etag else ()
         if got.not_modified:
-            return OwnerListing(login, ListingOutcome.NOT_MODIFIED, etags=tuple(got.etags))
-        return OwnerListing.listed(login, got.repos, host, got.etags)
+            return OwnerListing(login, ListingOutcome.NOT_MODIFIED, etags=etags)
+        return OwnerListing.listed(login, got.repos, host, etags, gists.entries)
 
     def take_back(self) -> TakenBack:
         logins = list(self._queue)

@@ -1,0 +1,143 @@
+"""Gists end to end, on both stores: a real `bulkbackup sync` from the stand-in (GraphQL and
+REST) archives a user's public gists as `<login>/gists/<id>.bundle` and the list as
+`<login>/gists.json`; a push to a gist is an increment, an unchanged gist is not fetched;
+`restore LOGIN` rebuilds `gists/<id>.git`; a gist that fails, or whose id is not hex, is
+recorded without failing the user; run.gists off fetches nothing."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bulkbackup.archive import layout
+from bulkbackup.archive.metadata import ERROR
+from bulkbackup.store import Store
+from bulkbackup.testing.forge import Forge, RepoSpec
+from bulkbackup.testing.forge_gists import FOLDER
+from bulkbackup.testing.forge_graphql import controls
+from tests.helpers import git, refs_of, run_cli, sync, verify
+
+GIST = "aa11bb22cc33dd44ee55ff6677889900"
+OTHER = "0123456789abcdef0123"
+FILES = {"snippet.py": b"print('gist')\n"}
+
+
+def gist_refs(forge: Forge, gist_id: str) -> dict[str, str]:
+    return refs_of(forge.git_root / FOLDER / f"{gist_id}.git")
+
+
+@pytest.mark.parametrize("api", ["graphql", "rest"])
+def test_a_gist_is_archived_restored_and_a_push_is_an_increment(
+        env: None, forge: Forge, store: Store, tmp_path: Path, api: str) -> None:
+    forge.add_user("gina", [RepoSpec("code")])
+    forge.add_gist("gina", GIST, FILES)
+    forge.add_gist("gina", OTHER, {"notes.md": b"# notes\n"})
+    out = sync("gina", {"GITHUB_API": api})
+    assert "gists 2 archived, 0 failed" in out, out
+    head = store.head(layout.bundle_key("gina", layout.gist_name(GIST)))
+    assert head is not None and head.size > 0 and not head.get(ERROR)
+    listed = orjson.loads(store.read_bytes(layout.gists_key("gina")))
+    assert sorted(g["id"] for g in listed) == sorted([GIST, OTHER])
+    user = store.head("gina")
+    assert user is not None and user.get("SyncdRepos") == "1" and user.get("Gists") == "2"
+
+    # Unchanged: nothing fetched from the gists' host, nothing written to their bundles.
+    forge.reset_counters()
+    sync("gina", {"GITHUB_API": api})
+    assert forge.clones(FOLDER, GIST) == 0 and forge.clones(FOLDER, OTHER) == 0
+    assert store.head(layout.bundle_key("gina", layout.gist_name(GIST))) == head
+
+    # A push: an increment on the gist's chain; the other gist is not fetched.
+    forge.push_gist("gina", GIST, {"snippet.py": b"print('gist, again')\n"})
+    out = sync("gina", {"GITHUB_API": api})
+    assert "gists 1 archived" in out, out
+    assert forge.clones(FOLDER, OTHER) == 0
+    base = store.head(layout.bundle_key("gina", layout.gist_name(GIST)))
+    assert base is not None and base.get("Increments") == "1"
+
+    proc = run_cli("restore", "gina", "--to", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    restored = tmp_path / "r" / "gina" / "gists" / f"{GIST}.git"
+    assert refs_of(restored) == gist_refs(forge, GIST)
+    assert git("show", "main:snippet.py", cwd=restored) == "print('gist, again')\n"
+    assert (tmp_path / "r" / "gina" / "gists" / f"{OTHER}.git").is_dir()
+    assert (tmp_path / "r" / "gina" / "code.git").is_dir()
+
+    code, report = verify("gina")
+    assert code == 0, report
+    names = {r["name"]: r["result"] for u in report["users"] for r in u["repositories"]}
+    assert names[f"gists/{GIST}"] == "verified"
+
+
+def test_a_failing_gist_and_a_non_hex_id_are_recorded_without_failing_the_user(
+        env: None, forge: Forge, store: Store) -> None:
+    forge.add_user("gus", [RepoSpec("code")])
+    forge.add_gist("gus", GIST, FILES)
+    forge.add_gist("gus", OTHER, FILES, build=False)  # listed, its clone answers 404
+    forge.add_gist("gus", "../../etc", FILES, build=False)  # not hex: never a key
+    out = sync("gus")
+    assert "gists 1 archived, 2 failed" in out, out
+    repo = store.head(layout.bundle_key("gus", "code"))
+    assert repo is not None and repo.size > 0 and not repo.get(ERROR)
+    failed = store.head(layout.bundle_key("gus", layout.gist_name(OTHER)))
+    assert failed is not None and failed.size == 0 and failed.get(ERROR)
+    listed = store.head(layout.gists_key("gus"))
+    assert listed is not None and "2 of 3 gists failed" in listed.get(ERROR)
+    assert "invalid gist id" in listed.get(ERROR)
+    user = store.head("gus")
+    assert user is not None and not user.get(ERROR) and user.get("SyncdRepos") == "1"
+    assert not [i.key for i in store.list("gus/") if "etc" in i.key]
+    # The failed gist is fetched again next time (no 304 shortcut: no ETags kept).
+    forge.reset_counters()
+    sync("gus", {"GITHUB_API": "rest"})
+    assert forge.clones(FOLDER, OTHER) == 1
+
+
+def test_no_gists_costs_rest_one_request_and_graphql_no_store_request(
+        env: None, forge: Forge, store: Store) -> None:
+    """REST: a user without gists costs the one gist list (a 304 when unchanged: free) and no
+    store request for gists; GraphQL asks them in the listing's query."""
+    forge.add_user("nora", [RepoSpec("code")])
+    sync("nora", {"GITHUB_API": "rest"})
+    assert forge.counters["api_gists"] == 1
+    assert store.head(layout.gists_key("nora")) is None
+    user = store.head("nora")
+    assert user is not None and user.get("Gists") == "0"
+    forge.reset_counters()
+    out = sync("nora", {"GITHUB_API": "rest"})
+    assert "unchanged since the last sync (304)" in out, out
+    assert forge.counters["api_gists"] == 1 and forge.counters["api_304"] == 2
+    forge.reset_counters()
+    sync("nora")  # GraphQL: the gists ride in the listing's one query
+    assert forge.counters["api_gists"] == 0 and controls(forge).counters["requests"] == 1
+    assert store.head(layout.gists_key("nora")) is None
+
+
+def test_run_gists_off_fetches_nothing(env: None, forge: Forge, store: Store,
+                                       tmp_path: Path) -> None:
+    forge.add_user("otto", [RepoSpec("code")])
+    forge.add_gist("otto", GIST, FILES)
+    cfg = tmp_path / "off.yaml"
+    cfg.write_text("run:\n  gists: false\n")
+    for api in ("graphql", "rest"):
+        out = sync("otto", {"GITHUB_API": api, "BULKBACKUP_CONFIG": str(cfg)})
+        assert "gists" not in out, out
+    assert forge.counters["api_gists"] == 0 and forge.clones(FOLDER, GIST) == 0
+    assert not [i.key for i in store.list("otto/") if "gists" in i.key]
+
+
+def test_a_gist_deleted_upstream_is_kept_and_the_list_follows(
+        env: None, forge: Forge, store: Store) -> None:
+    forge.add_user("dora", [RepoSpec("code")])
+    forge.add_gist("dora", GIST, FILES)
+    sync("dora")
+    with forge.lock:
+        forge.gists["dora"].clear()
+    shutil.rmtree(forge.git_root / FOLDER / f"{GIST}.git")
+    sync("dora")
+    assert orjson.loads(store.read_bytes(layout.gists_key("dora"))) == []
+    kept = store.head(layout.bundle_key("dora", layout.gist_name(GIST)))
+    assert kept is not None and kept.size > 0

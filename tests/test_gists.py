@@ -6,6 +6,7 @@ recorded without failing the user; run.gists off fetches nothing."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from bulkbackup.store import Store
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.forge_gists import FOLDER
 from bulkbackup.testing.forge_graphql import controls
-from tests.helpers import git, refs_of, run_cli, sync, verify
+from tests.helpers import git, refs_of, run_cli, start_serve, stop_serve, sync, verify
 
 GIST = "aa11bb22cc33dd44ee55ff6677889900"
 OTHER = "0123456789abcdef0123"
@@ -141,3 +142,42 @@ def test_a_gist_deleted_upstream_is_kept_and_the_list_follows(
     assert orjson.loads(store.read_bytes(layout.gists_key("dora"))) == []
     kept = store.head(layout.bundle_key("dora", layout.gist_name(GIST)))
     assert kept is not None and kept.size > 0
+
+
+def test_show_stats_and_serve_list_and_count_the_gists(
+        env: None, forge: Forge, store: Store, tmp_path: Path) -> None:
+    forge.add_user("sue", [RepoSpec("code")])
+    forge.add_gist("sue", GIST, FILES)
+    sync("sue")
+    forge.push_gist("sue", GIST, {"more.py": b"x = 1\n"})
+    sync("sue")
+    proc = run_cli("show", "sue", "--json")
+    assert proc.returncode == 0, proc.stderr
+    shown = orjson.loads(proc.stdout)
+    assert [(r["name"], r["gist_of"]) for r in shown["repositories"]] == [
+        ("code", None), (f"gists/{GIST}", GIST)]
+    assert shown["gists"] == 1 and shown["gists_error"] is None
+    assert "gists 1" in run_cli("show", "sue").stdout
+    proc = run_cli("stats", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = orjson.loads(proc.stdout)
+    assert report["repositories"]["archived"] == 1 and report["more_than_git"]["gists"] == 1
+    served = start_serve(dict(os.environ), tmp_path / "serve.log")
+    try:
+        page = served.get("/users/sue").text
+        assert f"/users/sue/gists/{GIST}.bundle" in page and "/users/sue/gists.json" in page
+        got = served.get(f"/users/sue/gists/{GIST}.bundle")
+        assert got.status_code == 200
+        assert got.content == store.read_bytes(layout.bundle_key("sue", layout.gist_name(GIST)))
+        base = store.head(layout.bundle_key("sue", layout.gist_name(GIST)))
+        assert base is not None
+        chain = base.get("Chain")
+        part = served.get(f"/users/sue/gists/{GIST}.bundle.d/{chain}/000001.bundle")
+        assert part.status_code == 200 and part.content.startswith(b"# v")
+        listed = served.get("/users/sue/gists.json")
+        assert listed.status_code == 200 and orjson.loads(listed.content)[0]["id"] == GIST
+        assert served.get("/users/sue/gists/zz.bundle").status_code == 404
+        metrics = served.get("/metrics").text
+        assert 'bulkbackup_last_stats_more_than_git{kind="gists"} 1.0' in metrics
+    finally:
+        stop_serve(served)

@@ -11,9 +11,11 @@ GIST_USERS of the users have 1-3 public gists, WIKI_USERS a repository with a wi
 RELEASE_USERS a repository with a release (one small asset), LFS_USERS a repository with an
 LFS object. Each variant (every kind off; one kind on; all on) runs a first pass on a fresh
 store and an unchanged re-pass, on both APIs. Figures per 1 000 users: GraphQL points and
-queries (GitHub's published rule, as the stand-in charges), REST `core` points (requests
-answered 200: a 304 is free) and requests, and git requests (ref listings, LFS batch calls
-and asset downloads: no API quota).
+queries (GitHub's published rule, as the stand-in charges) and the connections they were
+reckoned from (a query of 100 owners costs round(connections / 100), at least 1: the
+points a fleet's full batches would pay; small batches pay 1 point each), REST `core`
+points (requests answered 200: a 304 is free) and requests, and git requests (ref listings,
+LFS batch calls and asset downloads: no API quota).
 """
 
 from __future__ import annotations
@@ -79,11 +81,11 @@ class KindsBench(Bench):
         cfg.write_text(cfg.read_text().replace("run:\n", "run:\n" + flags, 1))
         return env
 
-    def figures(self) -> tuple[int, int, int, int, int]:
+    def figures(self) -> tuple[int, int, int, int, int, int]:
         c = forge_graphql.controls(self.forge).counters
         f = self.forge.counters
         git = f["info_refs"] + f["lfs_batch"] + f["asset_download"]
-        return c["points"], c["requests"], f["api_200"], f["api"], git
+        return (c["points"], c["requests"], c["connections"], f["api_200"], f["api"], git)
 
 
 def main() -> None:
@@ -106,8 +108,8 @@ def main() -> None:
               + ", ".join(f"{k} {n}" for k, n in counts.items())
               + f"; bulkbackup run --procs {args.procs}")
         print(f"{'api':<8} {'kinds on':<9} {'pass':<8} {'gql points':>10} {'gql queries':>11} "
-              f"{'core points':>11} {'core requests':>13} {'git requests':>12} {'s':>6}"
-              "   (per 1 000 users)")
+              f"{'gql conns':>9} {'core points':>11} {'core requests':>13} {'git requests':>12} "
+              f"{'s':>6}   (per 1 000 users)")
         for api in args.apis.split(","):
             for variant in args.variants.split(","):
                 bench.track(logins)
@@ -117,8 +119,8 @@ def main() -> None:
                     seconds = bench.run([env], logins)
                     got = [x * per_k for x in bench.figures()]
                     print(f"{api:<8} {variant:<9} {name:<8} {got[0]:>10.1f} {got[1]:>11.1f} "
-                          f"{got[2]:>11.1f} {got[3]:>13.1f} {got[4]:>12.1f} {seconds:>6.1f}",
-                          flush=True)
+                          f"{got[2]:>9.0f} {got[3]:>11.1f} {got[4]:>13.1f} {got[5]:>12.1f} "
+                          f"{seconds:>6.1f}", flush=True)
 
 
 if __name__ == "__main__":

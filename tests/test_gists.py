@@ -181,3 +181,24 @@ def test_show_stats_and_serve_list_and_count_the_gists(
         assert 'bulkbackup_last_stats_more_than_git{kind="gists"} 1.0' in metrics
     finally:
         stop_serve(served)
+
+
+def test_rest_asks_the_gist_list_with_its_etag_when_the_pages_changed(
+        env: None, forge: Forge, store: Store) -> None:
+    """A push to a repository changes the pages; the gist list answers 304 (free) and the
+    gists are left as stored: no store read or write for them, no clone."""
+    forge.add_user("rita", [RepoSpec("code")])
+    forge.add_gist("rita", GIST, FILES)
+    sync("rita", {"GITHUB_API": "rest"})
+    listed = store.head(layout.gists_key("rita"))
+    assert listed is not None
+    forge.push("rita", "code", {"new.txt": b"new\n"})
+    forge.reset_counters()
+    out = sync("rita", {"GITHUB_API": "rest"})
+    assert "1 archived" in out and "gists" not in out, out
+    assert forge.counters["api_gists"] == 1 and forge.counters["api_304"] == 1
+    assert forge.clones(FOLDER, GIST) == 0
+    assert store.head(layout.gists_key("rita")) == listed
+    user = store.head("rita")
+    assert user is not None and user.get("Gists") == "1"
+    assert any(e.startswith("gists:") for e in user.get("ListingETags").split())

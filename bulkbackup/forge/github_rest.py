@@ -393,14 +393,15 @@ class RestLister:
 
     def _with_gists(self, login: str, got: Listing, gist_etag: str,
                     deadline: float | None) -> OwnerListing:
-        """The listing with the owner's gists: not modified only when both lists are; a
-        changed gist list under unchanged pages lists the pages again in full (and the
-        other way round), as a page changing after unchanged ones does."""
+        """The listing with the owner's gists, the gist list always asked with its ETag: not
+        modified only when the pages and the gist list are; a changed gist list under
+        unchanged pages lists the pages again in full; changed pages with an unchanged gist
+        list (304: free) leave the gists unasked this pass (`gists` None: none changed)."""
         host = self.github.settings.clone_host
         ends = deadline if deadline is not None else (
             time.monotonic() + self.github.settings.user_deadline_s)
         try:
-            gists = self.github.list_gists(login, gist_etag if got.not_modified else "", ends)
+            gists = self.github.list_gists(login, gist_etag, ends)
             if got.not_modified and not gists.not_modified:
                 got = self.github.list_repos(login, [], ends)
         except GitHubError as exc:  # the gists are not asked this time; the pages stand
@@ -408,10 +409,11 @@ class RestLister:
             if got.not_modified:
                 return OwnerListing(login, ListingOutcome.NOT_MODIFIED, etags=tuple(got.etags))
             return OwnerListing.listed(login, got.repos, host, got.etags)
-        etags = (*got.etags, GISTS_ETAG + gists.etag) if got.etags and gists.etag else ()
+        etags = (*got.etags, GISTS_ETAG + gists.etag) if gists.etag else tuple(got.etags)
         if got.not_modified:
             return OwnerListing(login, ListingOutcome.NOT_MODIFIED, etags=etags)
-        return OwnerListing.listed(login, got.repos, host, etags, gists.entries)
+        return OwnerListing.listed(login, got.repos, host, etags,
+                                   None if gists.not_modified else gists.entries)
 
     def take_back(self) -> TakenBack:
         logins = list(self._queue)

@@ -78,7 +78,7 @@ def rest_answer(f: ForgeState, login: str, headers: Message, netloc: str
             f.counters[f"api_{status}" if status < 500 else "api_5xx"] += 1
             return status, body, {**_JSON, **limits}
     body = json.dumps(entries).replace(PLACEHOLDER, netloc).encode()
-    etag = f'W/"{hashlib.sha1(body).hexdigest()}"'
+    etag = f'W/"{hashlib.sha1(body).hexdigest()}{f.etag_suffix}"'  # as the pages' ETags
     seen = {t.strip().removeprefix("W/") for t in headers.get("If-None-Match", "").split(",")}
     status = 304 if etag.removeprefix("W/") in seen else 200
     with f.lock:

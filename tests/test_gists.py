@@ -12,10 +12,16 @@ from pathlib import Path
 
 import orjson
 import pytest
+from graphql import parse, validate
 
 from bulkbackup.archive import layout
 from bulkbackup.archive.metadata import ERROR
+from bulkbackup.config import GitHubSettings
+from bulkbackup.forge.git_auth import gist_auth
+from bulkbackup.forge.github_graphql_query import build_query, connections, points_for
+from bulkbackup.forge.listing import MAX_GISTS, GistInfo, RejectedGist, read_gists
 from bulkbackup.store import Store
+from bulkbackup.testing import forge_graphql
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.forge_gists import FOLDER
 from bulkbackup.testing.forge_graphql import controls
@@ -202,3 +208,56 @@ def test_rest_asks_the_gist_list_with_its_etag_when_the_pages_changed(
     user = store.head("rita")
     assert user is not None and user.get("Gists") == "1"
     assert any(e.startswith("gists:") for e in user.get("ListingETags").split())
+
+
+def test_gist_keys_parse_and_nothing_else_is_a_gist() -> None:
+    name = layout.gist_name(GIST)
+    assert name == f"gists/{GIST}" and layout.gist_of(name) == GIST
+    for key, kind in ((layout.bundle_key("u", name), layout.Kind.BUNDLE),
+                      (layout.zip_key("u", name), layout.Kind.ZIP),
+                      (layout.part_key("u", name, "20260101T000000000000Z", 2), layout.Kind.PART)):
+        parsed = layout.parse_key(key)
+        assert (parsed.login, parsed.repo, parsed.kind) == ("u", name, kind), key
+    assert layout.parse_key(layout.gists_key("u")).kind is layout.Kind.GISTS
+    assert layout.parse_key("u/gists.bundle").repo == "gists"  # a repository named gists
+    for bad in ("u/gists/XYZ.bundle", "u/gists/a/b.bundle", "u/gists/..bundle"):
+        assert layout.parse_key(bad).kind is layout.Kind.OTHER, bad
+    for bad_id in ("../x", "ABC", "", "a" * 65, "g1"):
+        with pytest.raises(ValueError):
+            layout.gist_name(bad_id)
+
+
+def test_a_listing_keeps_at_most_100_gists_and_refuses_ids_that_are_not_hex() -> None:
+    got = read_gists([{"id": f"{i:x}", "updated_at": "2026-01-01T00:00:00Z"}
+                      for i in range(150)])
+    assert len(got) == MAX_GISTS and all(isinstance(g, GistInfo) for g in got)
+    odd = read_gists([{"id": "../../etc"}, {"id": 12}, "not a dict", {"id": "ab", "x": 1}])
+    assert [type(g) for g in odd] == [RejectedGist, RejectedGist, GistInfo]
+    assert odd[2].rest == {"id": "ab", "node_id": None, "description": None, "public": None,
+                           "html_url": None, "created_at": None, "updated_at": None,
+                           "pushed_at": None}
+
+
+def test_the_gist_query_is_githubs_schema_and_costs_one_connection_per_first_page() -> None:
+    items = [(f"user{i}", None) for i in range(60)] + [(f"big{i}", "Y3Vyc29y") for i in range(40)]
+    query, variables = build_query(items, gists=True)
+    document = parse(query)
+    assert validate(forge_graphql.schema(), document) == []
+    cost = forge_graphql.query_cost(document, variables)
+    assert cost.requests == connections(items, True) == 160
+    assert cost.points == points_for(160) == 2
+    plain, plain_vars = build_query(items)
+    assert forge_graphql.query_cost(parse(plain), plain_vars).points == 1
+    assert "gists" not in plain
+
+
+def test_the_token_goes_to_the_gist_host_only() -> None:
+    gh = GitHubSettings()
+    assert gh.gist_base == "https://gist.github.com"
+    auth = gist_auth(gh, "tok")
+    assert auth.authorization("https://gist.github.com/x.git") is not None
+    assert auth.authorization("https://github.com/x.git") is None
+    assert auth.authorization("http://gist.github.com/x.git") is None
+    ghe = GitHubSettings(api_url="https://ghe.example/api/v3")
+    assert ghe.gist_base == "https://ghe.example/gist"
+    assert GitHubSettings(gist_url="https://g.example/").gist_base == "https://g.example"

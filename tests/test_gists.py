@@ -18,7 +18,13 @@ from bulkbackup.archive import layout
 from bulkbackup.archive.metadata import ERROR
 from bulkbackup.config import GitHubSettings
 from bulkbackup.forge.git_auth import gist_auth
-from bulkbackup.forge.github_graphql_query import build_query, connections, points_for
+from bulkbackup.forge.github_graphql_query import (
+    GIST_TURNS,
+    build_query,
+    connections,
+    gist_owners,
+    points_for,
+)
 from bulkbackup.forge.listing import MAX_GISTS, GistInfo, RejectedGist, read_gists
 from bulkbackup.store import Store
 from bulkbackup.testing import forge_graphql
@@ -238,14 +244,27 @@ def test_a_listing_keeps_at_most_100_gists_and_refuses_ids_that_are_not_hex() ->
                            "pushed_at": None}
 
 
-def test_the_gist_query_is_githubs_schema_and_costs_one_connection_per_first_page() -> None:
+def test_the_gist_query_is_githubs_schema_and_its_gists_cost_no_point() -> None:
+    """Each gist connection is one more connection (GitHub's rule): a query asks as many as
+    the rounding leaves free, the owners taking turns by day when not all fit."""
     items = [(f"user{i}", None) for i in range(60)] + [(f"big{i}", "Y3Vyc29y") for i in range(40)]
-    query, variables = build_query(items, gists=True)
-    document = parse(query)
+    every, every_vars = build_query(items, [login for login, _ in items])
+    document = parse(every)
     assert validate(forge_graphql.schema(), document) == []
-    cost = forge_graphql.query_cost(document, variables)
-    assert cost.requests == connections(items, True) == 160
-    assert cost.points == points_for(160) == 2
+    cost = forge_graphql.query_cost(document, every_vars)
+    assert cost.requests == connections(items, [x for x, _ in items]) == 160
+    assert cost.points == points_for(160) == 2  # all 60 first pages' gists: one point more
+    seen: set[str] = set()
+    for day in range(20_000, 20_000 + GIST_TURNS):
+        asked = gist_owners(items, day)
+        assert len(asked) == 49 and all(x.startswith("user") for x in asked)
+        query, variables = build_query(items, asked)
+        cost = forge_graphql.query_cost(parse(query), variables)
+        assert (cost.requests, cost.points) == (149, 1)  # what the query costs without
+        seen |= asked
+    assert len(seen) == 60  # every owner's gists within GIST_TURNS days
+    small = [(f"user{i}", None) for i in range(25)]
+    assert gist_owners(small, 0) == {x for x, _ in small}  # room for all: 50 connections
     plain, plain_vars = build_query(items)
     assert forge_graphql.query_cost(parse(plain), plain_vars).points == 1
     assert "gists" not in plain

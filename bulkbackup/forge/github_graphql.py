@@ -37,7 +37,7 @@ from bulkbackup.config import GitHubSettings
 from bulkbackup.errors import Interrupted, RateLimited, TokenRefused
 from bulkbackup.forge.github_graphql_query import (
     build_query,
-    connections,
+    gist_owners,
     gist_to_rest,
     points_for,
     to_rest,
@@ -124,7 +124,8 @@ class GraphQLLister:
     def __init__(self, settings: GitHubSettings, broker: QuotaBroker,
                  stop: threading.Event | None = None, pool_size: int = 4,
                  gists: bool = False) -> None:
-        """``gists``: each owner's first page also asks its public gists (run.gists)."""
+        """``gists``: owners' first pages also ask their public gists, as many as cost no
+        point (run.gists; github_graphql_query.gist_owners)."""
         self.settings = settings
         self.gists = gists
         self.broker = broker
@@ -203,8 +204,9 @@ class GraphQLLister:
             paging = self._paging[login]
             if paging.deadline is None:
                 paging.deadline = time.monotonic() + self.settings.user_deadline_s
+        asked = gist_owners(chunk, int(time.time() // 86400)) if self.gists else set()
         try:
-            reply = self._send(chunk, deadline)
+            reply = self._send(chunk, asked, deadline)
         except (Interrupted, RateLimited, TokenRefused):
             self._queue.extendleft(reversed(chunk))
             self._ready = finished + self._ready
@@ -223,9 +225,8 @@ class GraphQLLister:
             return finished
         self._grow(len(chunk))
         more: list[tuple[str, str | None]] = []
-        for i, (login, asked) in enumerate(chunk):
-            cursor = self._absorb(self._open[login], reply.payload, f"u{i}",
-                                  self.gists and asked is None)
+        for i, (login, _) in enumerate(chunk):
+            cursor = self._absorb(self._open[login], reply.payload, f"u{i}", login in asked)
             if cursor is not None and self._may_follow(login, cursor):
                 more.append((login, cursor))
             else:
@@ -314,11 +315,13 @@ class GraphQLLister:
             if reply is not None and reply.kind is _Kind.FAILED:
                 log.warning("could not prove a token (%s): %s", self.url, reply.error)
 
-    def _send(self, chunk: list[tuple[str, str | None]], deadline: float | None) -> _Reply:
-        """One query for `chunk`, with quota reservations, waits and bounded retries."""
-        query, variables = build_query(chunk, self.gists)
+    def _send(self, chunk: list[tuple[str, str | None]], gists: set[str],
+              deadline: float | None) -> _Reply:
+        """One query for `chunk` (with the gists of the owners in ``gists``), with quota
+        reservations, waits and bounded retries."""
+        query, variables = build_query(chunk, gists)
         body = orjson.dumps({"query": query, "variables": variables})
-        points = points_for(connections(chunk, self.gists))
+        points = points_for(len(chunk))  # gist_owners: the gists cost none
         failures = 0
         while True:
             if self.stop.is_set():

@@ -7,7 +7,8 @@ built from it, so the two cannot drift.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,8 +90,8 @@ GIST_MAPPING: tuple[FieldMap, ...] = (
     FieldMap("pushed_at", "pushedAt"),
 )
 # An owner's public gists, on its first page only, most recently updated first (one page:
-# listing.MAX_GISTS). A connection, so one more request per owner in GitHub's rule: a query
-# of 100 owners' first pages costs 2 points instead of 1 (docs/github-api.md).
+# listing.MAX_GISTS). A connection, so one more request per owner in GitHub's rule: asked
+# only within the rounding's slack (`gist_owners`), so that it never costs a point.
 GISTS_SELECTION = (
     "... on User { gists(first: 100, privacy: PUBLIC, orderBy: {field: UPDATED_AT, "
     "direction: DESC}) { nodes { " + " ".join(m.graphql for m in GIST_MAPPING) + " } } }")
@@ -111,15 +112,34 @@ def points_for(connections: int) -> int:
     return max(1, math.floor(connections / 100 + 0.5))
 
 
-def connections(items: Sequence[tuple[str, str | None]], gists: bool) -> int:
+# Owners take turns for the gists when a query has no room for all of theirs: each is in
+# the first turn one day in GIST_TURNS (so, with a pass a day, asked at least that often).
+GIST_TURNS = 3
+
+
+def connections(items: Sequence[tuple[str, str | None]], gists: Collection[str] = ()) -> int:
     """The connections `build_query(items, gists)` asks (for points_for)."""
-    return len(items) + (sum(1 for _, cursor in items if cursor is None) if gists else 0)
+    return len(items) + sum(1 for login, cursor in items if cursor is None and login in gists)
 
 
-def build_query(items: Sequence[tuple[str, str | None]], gists: bool = False
+def gist_owners(items: Sequence[tuple[str, str | None]], day: int) -> set[str]:
+    """The owners whose gists a query of ``items`` asks: as many first pages (no cursor) as
+    fit in the rounding's slack, so the query costs the points it costs without them (GitHub
+    rounds half up: 100 connections or 149 are both 1 point; 100 owners leave room for 49,
+    25 owners for all). When not all fit, the owners of this ``day``'s first turn come first,
+    then the second's (crc32 of the login: the same turn on every host)."""
+    first = [login for login, cursor in items if cursor is None]
+    room = 100 * points_for(len(items)) + 49 - len(items)
+    if len(first) <= room:
+        return set(first)
+    first.sort(key=lambda login: (zlib.crc32(login.lower().encode()) + day) % GIST_TURNS)
+    return set(first[:room])
+
+
+def build_query(items: Sequence[tuple[str, str | None]], gists: Collection[str] = ()
                 ) -> tuple[str, dict[str, str]]:
     """One query for (login, cursor or None) items, aliases u0..; values go as variables.
-    With ``gists``, an owner's first page (no cursor) also asks its public gists."""
+    The first page (no cursor) of an owner in ``gists`` also asks its public gists."""
     decls, parts, variables = [], [], {}
     for i, (login, cursor) in enumerate(items):
         decls.append(f"$l{i}: String!")
@@ -133,7 +153,7 @@ def build_query(items: Sequence[tuple[str, str | None]], gists: bool = False
             f"u{i}: repositoryOwner(login: $l{i}) {{ login repositories(first: {PAGE}, "
             f"ownerAffiliations: OWNER, orderBy: {{field: CREATED_AT, direction: ASC}}{after}) "
             f"{{ nodes {{ {NODE_FIELDS} }} pageInfo {{ hasNextPage endCursor }} }}"
-            f"{' ' + GISTS_SELECTION if gists and cursor is None else ''} }}")
+            f"{' ' + GISTS_SELECTION if cursor is None and login in gists else ''} }}")
     query = (f"query({', '.join(decls)}) {{ rateLimit {{ cost remaining resetAt }} "
              f"{' '.join(parts)} }}")
     return query, variables

@@ -25,8 +25,11 @@ import random
 import tempfile
 from pathlib import Path
 
-from benchmarks.graphql_listing import population
+from benchmarks.graphql_listing import as_stream, population
 from benchmarks.quota import TOKEN, Bench
+from bulkbackup.config import GitHubSettings
+from bulkbackup.forge.github_graphql import GraphQLLister
+from bulkbackup.forge.quota_broker import QuotaBroker
 from bulkbackup.testing import forge_graphql
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.lfs import LfsObject
@@ -88,6 +91,25 @@ class KindsBench(Bench):
         return (c["points"], c["requests"], c["connections"], f["api_200"], f["api"], git)
 
 
+def full_batches(forge: Forge, logins: list[str]) -> None:
+    """GraphQL's listing alone in full batches of 100 owners (as a fleet's stream fills
+    them; graphql_listing.as_stream), gists off vs on: the points `run` passes of many users
+    pay, which this benchmark's small passes (a few dozen owners a query) do not show."""
+    counters = forge_graphql.controls(forge).counters
+    settings = GitHubSettings(api_url=forge.url, tokens=(TOKEN,))
+    per_k = 1000 / len(logins)
+    for gists in (False, True):
+        counters.clear()
+        lister = GraphQLLister(settings, QuotaBroker(None, settings.tokens), gists=gists)
+        got = as_stream(lister, logins)
+        asked = sum(1 for r in got.values() if r.gists is not None)
+        lister.close()
+        print(f"graphql listing in full batches, gists {'on ' if gists else 'off'}: "
+              f"{counters['points'] * per_k:.1f} points, {counters['requests'] * per_k:.1f} "
+              f"queries, {counters['connections'] * per_k:.0f} connections per 1 000 users; "
+              f"gists asked for {asked} of {len(logins)} owners")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--users", type=int, default=1000)
@@ -104,6 +126,7 @@ def main() -> None:
         forge.set_token_budget(TOKEN, 10**9, 3600)  # cost, not waits (as quota.py)
         forge_graphql.controls(forge).set_token_budget(TOKEN, 10**9, 3600)
         logins, per_k = list(sizes), 1000 / len(sizes)
+        full_batches(forge, logins)
         print(f"{len(logins)} users, {sum(sizes.values())} fork repositories; users with "
               + ", ".join(f"{k} {n}" for k, n in counts.items())
               + f"; bulkbackup run --procs {args.procs}")
@@ -111,7 +134,7 @@ def main() -> None:
               f"{'gql conns':>9} {'core points':>11} {'core requests':>13} {'git requests':>12} "
               f"{'s':>6}   (per 1 000 users)")
         for api in args.apis.split(","):
-            for variant in args.variants.split(","):
+            for variant in filter(None, args.variants.split(",")):
                 bench.track(logins)
                 for name in ("first", "re-pass"):
                     bench.reset()

@@ -40,6 +40,7 @@ from bulkbackup.forge.listing import (
     no_conditions,
 )
 from bulkbackup.forge.quota_broker import QuotaBroker, Resource, Wait
+from bulkbackup.forge.rest_gists import GISTS_ETAG, GistList, with_gists
 from bulkbackup.http.bounded import BoundedPool, Overdue, TooLarge
 from bulkbackup.names import check_login, is_login
 from bulkbackup.redact import add_secrets, redact
@@ -52,8 +53,6 @@ MAX_ETAG_PAGES = 10
 # What an ETag may look like to be kept (RFC 9110 entity-tag, bounded): it comes from the
 # network and goes into metadata, space-separated, under the store's size limit.
 _ETAG = re.compile(r'(W/)?"[!#-~]{1,80}"')
-# How the gist list's ETag is told apart among the pages' in the user's ListingETags.
-GISTS_ETAG = "gists:"
 
 
 @dataclass
@@ -64,16 +63,6 @@ class Listing:
     etags: list[str] = field(default_factory=list)
     not_modified: bool = False
     requests: int = 0
-
-
-@dataclass(frozen=True)
-class GistList:
-    """A user's public gists, one page (listing.MAX_GISTS); ``etag`` "" when unusable;
-    ``not_modified`` when the ETag sent still holds (304: free, no entries)."""
-
-    entries: list[dict[str, Any]]
-    etag: str = ""
-    not_modified: bool = False
 
 
 class GitHub:
@@ -389,31 +378,7 @@ class RestLister:
             if got.not_modified:
                 return OwnerListing(login, ListingOutcome.NOT_MODIFIED, etags=tuple(got.etags))
             return OwnerListing.listed(login, got.repos, host, got.etags)
-        return self._with_gists(login, got, gist_etag, deadline)
-
-    def _with_gists(self, login: str, got: Listing, gist_etag: str,
-                    deadline: float | None) -> OwnerListing:
-        """The listing with the owner's gists, the gist list always asked with its ETag: not
-        modified only when the pages and the gist list are; a changed gist list under
-        unchanged pages lists the pages again in full; changed pages with an unchanged gist
-        list (304: free) leave the gists unasked this pass (`gists` None: none changed)."""
-        host = self.github.settings.clone_host
-        ends = deadline if deadline is not None else (
-            time.monotonic() + self.github.settings.user_deadline_s)
-        try:
-            gists = self.github.list_gists(login, gist_etag, ends)
-            if got.not_modified and not gists.not_modified:
-                got = self.github.list_repos(login, [], ends)
-        except GitHubError as exc:  # the gists are not asked this time; the pages stand
-            log.warning("%s: gists not listed: %s", login, exc)
-            if got.not_modified:
-                return OwnerListing(login, ListingOutcome.NOT_MODIFIED, etags=tuple(got.etags))
-            return OwnerListing.listed(login, got.repos, host, got.etags)
-        etags = (*got.etags, GISTS_ETAG + gists.etag) if gists.etag else tuple(got.etags)
-        if got.not_modified:
-            return OwnerListing(login, ListingOutcome.NOT_MODIFIED, etags=etags)
-        return OwnerListing.listed(login, got.repos, host, etags,
-                                   None if gists.not_modified else gists.entries)
+        return with_gists(self.github, login, got, gist_etag, deadline)
 
     def take_back(self) -> TakenBack:
         logins = list(self._queue)

@@ -64,6 +64,7 @@ def sync_gists(writer: ArchiveWriter, store: FencedStore, settings: Settings, lo
         name = layout.gist_name(gist.id)
         head = store.head(layout.bundle_key(login, name)) if gist.id in stored else None
         if head is not None and unchanged(head, gist):
+            writer.prune_expired(store, login, name, head)  # retention, as a repository's
             done.unchanged += 1
             continue
         # The writer's files are `<work>/<login>/gists/<id>.*`: their folder first.

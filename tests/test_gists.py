@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import orjson
@@ -18,6 +19,7 @@ from bulkbackup.archive import layout
 from bulkbackup.archive.metadata import ERROR
 from bulkbackup.config import GitHubSettings
 from bulkbackup.forge.git_auth import gist_auth
+from bulkbackup.forge.github_graphql import GraphQLLister
 from bulkbackup.forge.github_graphql_query import (
     GIST_TURNS,
     build_query,
@@ -26,6 +28,7 @@ from bulkbackup.forge.github_graphql_query import (
     points_for,
 )
 from bulkbackup.forge.listing import MAX_GISTS, GistInfo, RejectedGist, read_gists
+from bulkbackup.forge.quota_broker import QuotaBroker
 from bulkbackup.store import Store
 from bulkbackup.testing import forge_graphql
 from bulkbackup.testing.forge import Forge, RepoSpec
@@ -280,3 +283,25 @@ def test_the_token_goes_to_the_gist_host_only() -> None:
     ghe = GitHubSettings(api_url="https://ghe.example/api/v3")
     assert ghe.gist_base == "https://ghe.example/gist"
     assert GitHubSettings(gist_url="https://g.example/").gist_base == "https://g.example"
+
+
+def test_a_graphql_query_of_100_owners_asks_49_gist_lists_and_costs_one_point(
+        forge: Forge) -> None:
+    logins = [f"owner{i:03d}" for i in range(100)]
+    forge.add_users({login: [] for login in logins})
+    forge.add_gist("owner007", GIST, FILES, build=False)
+    settings = GitHubSettings(api_url=forge.url, tokens=("t",))
+    lister = GraphQLLister(settings, QuotaBroker(None, settings.tokens), gists=True)
+    days = [int(time.time() // 86400)]
+    try:
+        got = lister.list_owners(logins)
+    finally:
+        lister.close()
+    days.append(int(time.time() // 86400))  # the turn is the day's: either, past midnight
+    counters = controls(forge).counters
+    assert (counters["requests"], counters["points"], counters["connections"]) == (1, 1, 149)
+    asked = {login for login, listing in got.items() if listing.gists is not None}
+    assert asked in [gist_owners([(x, None) for x in logins], day) for day in days]
+    assert len(asked) == 49
+    if "owner007" in asked:
+        assert [g.id for g in got["owner007"].gists or ()] == [GIST]

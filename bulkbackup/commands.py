@@ -150,6 +150,9 @@ def render_user(user: dict[str, Any]) -> str:
                      f"{_size(r['bundle_bytes']):>9}  {_size(r['zip_bytes']):>9}  "
                      f"{r['error'] or '-'}")
     wikis = sum(1 for r in repos if r.get("wiki_of") and r["bundle_bytes"])
+    if user.get("gists") or user.get("gists_error"):
+        lines.append(f"gists {user['gists']}" + (f"; {user['gists_error']}"
+                                                   if user.get("gists_error") else ""))
     lfs = [r for r in repos if r.get("lfs_objects") or r.get("lfs_error")]
     if wikis or lfs:
         lines.append(f"wikis {wikis}, LFS objects "

@@ -45,6 +45,8 @@ class GitHubSettings:
     # GitHub's web side: serve's "Sign in with GitHub" (OAuth web flow) goes there.
     web_url: str = "https://github.com"
     git_host: str = ""
+    # Where gists' git repositories are (`<gist_url>/<id>.git`); "": derived (gist_base).
+    gist_url: str = ""
     # Hosts a release asset's download may be redirected to (GitHub's asset storage),
     # followed without the token; the download itself must be on the git or the API host.
     asset_hosts: tuple[str, ...] = ("objects.githubusercontent.com",
@@ -78,6 +80,16 @@ class GitHubSettings:
         if base.endswith("/api/v3"):
             return base.removesuffix("/v3") + "/graphql"
         return base + "/graphql"
+
+    @property
+    def gist_base(self) -> str:
+        """`gist_url`, else github.com's `https://gist.github.com`, else (GitHub Enterprise,
+        the stand-in) `<api scheme>://<clone_host>/gist`."""
+        if self.gist_url:
+            return self.gist_url.rstrip("/")
+        if self.clone_host == "github.com":
+            return "https://gist.github.com"
+        return f"{urlsplit(self.api_url).scheme}://{self.clone_host}/gist"
 
     @property
     def clone_host(self) -> str:
@@ -121,6 +133,7 @@ class RunSettings:
     max_lfs_object_mb: int = 2048  # an LFS object larger than this is not fetched
     max_lfs_repo_mb: int = 20480  # LFS bytes fetched for one repository in one pass
     releases: bool = True
+    gists: bool = True  # a user's public gists (docs/archive.md "Gists")
     max_asset_mb: int = 2048  # a release asset larger than this is recorded, not fetched
 
 
@@ -230,6 +243,8 @@ def _apply_env(s: Settings, env: typing.Mapping[str, str]) -> Settings:
         gh = dataclasses.replace(gh, web_url=env["GITHUB_WEB_URL"].rstrip("/"))
     if env.get("GITHUB_GIT_HOST"):
         gh = dataclasses.replace(gh, git_host=env["GITHUB_GIT_HOST"])
+    if env.get("GITHUB_GIST_URL"):
+        gh = dataclasses.replace(gh, gist_url=env["GITHUB_GIST_URL"].rstrip("/"))
     tokens = [t.strip() for t in env.get("GITHUB_TOKENS", "").split(",") if t.strip()]
     if env.get("GITHUB_TOKEN", "").strip():
         tokens.insert(0, env["GITHUB_TOKEN"].strip())
@@ -377,6 +392,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"github.api must be graphql or rest: {s.github.api!r}")
     if urlsplit(s.github.web_url).scheme not in ("http", "https"):
         raise ConfigError(f"github.web_url must be http(s): {s.github.web_url!r}")
+    if s.github.gist_url and urlsplit(s.github.gist_url).scheme not in ("http", "https"):
+        raise ConfigError(f"github.gist_url must be http(s): {s.github.gist_url!r}")
     if s.github.graphql_url and urlsplit(s.github.graphql_url).scheme not in ("http", "https"):
         raise ConfigError(f"github.graphql_url must be http(s): {s.github.graphql_url!r}")
     if urlsplit(s.events.url).scheme not in ("http", "https"):

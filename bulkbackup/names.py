@@ -12,6 +12,10 @@ _REPO = re.compile(r"[A-Za-z0-9._-]{1,100}")
 # .wiki"): `<repo>.wiki` is the name the repository's wiki is archived under, so a name with
 # that ending is never a repository's (any case: a store may fold it).
 WIKI_SUFFIX = ".wiki"
+# A user's public gists are archived as `gists/<id>` (store keys `<login>/gists/<id>...`:
+# archive/layout.py); a gist's id is GitHub's hex name (old gists: decimal digits, hex too).
+GISTS_FOLDER = "gists"
+_GIST_ID = re.compile(r"[0-9a-f]{1,64}")
 
 
 def is_login(value: object) -> bool:
@@ -33,9 +37,20 @@ def is_wiki_name(value: object) -> bool:
             and is_repo_name(value[: -len(WIKI_SUFFIX)]))
 
 
+def is_gist_id(value: object) -> bool:
+    """A gist's id as GitHub names it: lowercase hex, nothing else ever becomes a key."""
+    return isinstance(value, str) and _GIST_ID.fullmatch(value) is not None
+
+
+def is_gist_name(value: object) -> bool:
+    """`gists/<id>`: the name a user's gist is archived under."""
+    return (isinstance(value, str) and value.startswith(GISTS_FOLDER + "/")
+            and is_gist_id(value[len(GISTS_FOLDER) + 1:]))
+
+
 def is_archive_name(value: object) -> bool:
-    """A repository's name, or its wiki's (each has a bundle of its own)."""
-    return is_repo_name(value) or is_wiki_name(value)
+    """A repository's name, its wiki's or a gist's (each has a bundle of its own)."""
+    return is_repo_name(value) or is_wiki_name(value) or is_gist_name(value)
 
 
 def check_login(value: object) -> str:
@@ -63,7 +78,8 @@ def check_repo_name(value: object) -> str:
 
 
 def check_archive_name(value: object) -> str:
-    """A repository's or a wiki's name (`<repo>.wiki`), as restore and verify take them."""
+    """A repository's, a wiki's (`<repo>.wiki`) or a gist's (`gists/<id>`) name, as restore
+    and verify take them."""
     if not is_archive_name(value):
         raise InvalidName(f"invalid repository name: {value!r:.120}")
     assert isinstance(value, str)

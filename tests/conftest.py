@@ -102,7 +102,7 @@ def store_url(
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No stray configuration from the machine: an empty config file, no tokens."""
     for name in ("GITHUB_TOKEN", "GITHUB_TOKENS", "GITHUB_API_URL", "GITHUB_GIT_HOST",
-                 "BULKBACKUP_WORKER_HOST", "BULKBACKUP_DEBUG"):
+                 "GITHUB_GIST_URL", "BULKBACKUP_WORKER_HOST", "BULKBACKUP_DEBUG"):
         monkeypatch.delenv(name, raising=False)
     cfg = tmp_path / "config.yaml"
     cfg.write_text("{}\n")

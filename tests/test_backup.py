@@ -90,8 +90,10 @@ def test_many_pages_empty_failed_and_unchanged(env: None, forge: Forge, store: S
     listed = orjson.loads(read(store, "many"))
     assert len(listed) == 12  # three pages, as the API returned them
     # and, REST's listing not saying which repositories have releases, one release list for
-    # each repository archived (backup/releases.py); none is stored (there are none)
-    assert forge.counters["api_200"] == 3 + 10 and forge.counters["api_releases"] == 10
+    # each repository archived (backup/releases.py); none is stored (there are none); and
+    # the user's gist list (run.gists: one request, none stored for a user without gists)
+    assert forge.counters["api_200"] == 3 + 10 + 1 and forge.counters["api_releases"] == 10
+    assert forge.counters["api_gists"] == 1 and store.head("many/gists.json") is None
     assert not [i for i in store.list("many/") if ".releases" in i.key]
     keys = {i.key for i in store.list("many/")}
     assert len([k for k in keys if k.endswith(".bundle")]) == 12
@@ -111,7 +113,7 @@ def test_many_pages_empty_failed_and_unchanged(env: None, forge: Forge, store: S
     forge.push("many", "r007", {"new.txt": b"new\n"})
     forge.reset_counters()
     proc = sync("many", extra=small_pages)
-    assert forge.counters["api_200"] == 3 + 1  # and the release list of r007
+    assert forge.counters["api_200"] == 3 + 1 + 1  # the release list of r007, the gist list
     # r007 is fetched once: what is new since its archive (an increment; its zip is made
     # from the repository the increment was proved in); `gone` fails again; nothing else.
     assert forge.clones("many", "r007") == 1
@@ -128,7 +130,8 @@ def test_not_modified_listing_clones_nothing(env: None, forge: Forge, store: Sto
     proc = sync("quiet")
     assert proc.returncode == 0, proc.stderr
     assert "304" in proc.stdout
-    assert forge.counters["api_304"] == 1 and forge.counters["api_200"] == 0
+    # The pages and the gist list (run.gists) answered 304: free.
+    assert forge.counters["api_304"] == 2 and forge.counters["api_200"] == 0
     assert forge.counters["info_refs"] == 0 and forge.counters["upload_pack"] == 0
     after = store.head("quiet")
     assert after is not None and after.get("SyncdRepos") == "2"

@@ -155,8 +155,8 @@ def test_users_whose_events_need_a_listing_are_listed(
     reports = w.run()
     w.close()
     assert sorted(x.login for x in reports if isinstance(x, Synced)) == ["bob", "carol", "dave"]
-    for login in ("bob", "carol", "dave"):
-        assert forge.owner_requests(login) == 1, login
+    for login in ("bob", "carol", "dave"):  # its page, and its gist list (run.gists)
+        assert forge.owner_requests(login) == 2, login
     assert completed(r, ["bob", "carol", "dave"], since)  # listed in full: score := now
     for login, name in (("bob", "late"), ("carol", "a"), ("dave", "fresh")):
         bundle = store.head(layout.bundle_key(login, name))

@@ -56,7 +56,7 @@ def test_show_json(filled: None) -> None:
         # A full bundle from before increments: its chain starts at its LastSync.
         "chain": "20261128T170001000000Z",
         # More than git (none here): not a wiki, no LFS objects, no releases.
-        "wiki_of": None, "lfs_objects": 0, "lfs_bytes": 0, "lfs_error": None,
+        "wiki_of": None, "gist_of": None, "lfs_objects": 0, "lfs_bytes": 0, "lfs_error": None,
         "assets": 0, "asset_bytes": 0, "asset_files": [], "releases_error": None}
     assert repos["broken"]["bundle_bytes"] == 0 and repos["broken"]["error"].startswith("git")
     assert repos["nothing"]["error"] == "empty repository" and repos["nothing"]["zip_bytes"] is None

@@ -89,7 +89,7 @@ def test_counts_match_what_the_sync_job_stored(
     assert report["bytes"] == {"bundles": size, "zips": zips, "increments": 0}
     assert set(report) == {"users", "repositories", "bytes", "more_than_git", "last_run",
                            "verify", "events", "pass"}
-    assert report["more_than_git"] == {"wikis": 0, "lfs_objects": 0, "lfs_bytes": 0,
+    assert report["more_than_git"] == {"wikis": 0, "gists": 0, "lfs_objects": 0, "lfs_bytes": 0,
                                        "release_lists": 0, "assets": 0, "asset_bytes": 0}
     assert set(report["last_run"]) == {"ended_at", "users", "users_per_s"}
     assert report["events"]["last_hour"] is None and report["events"]["lag_s"] is None

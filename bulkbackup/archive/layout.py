@@ -14,6 +14,10 @@
                               the repository's releases (backup/releases.py)
     <login>/<repo>.releases/<tag>/<asset>
                               a release's asset (zero bytes with an `Error`: not stored)
+    <login>/gists.json        the user's public gists as listed (backup/gists.py)
+    <login>/gists/<id>.bundle (+ .zip, .bundle.d/...)
+                              a gist, archived as a repository named `gists/<id>` (a gist's
+                              id is hex: names.is_gist_id; no repository name has a `/`)
 
 Also the per-user summary cached in Redis for the stats pass and the users list
 (`UserCounts`, with the Error's reason shortened by `short_reason`), the `Error` of an
@@ -30,7 +34,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bulkbackup.archive.metadata import canonical, fitted
-from bulkbackup.names import WIKI_SUFFIX, check_key_segment, is_key_segment, is_wiki_name
+from bulkbackup.names import (
+    GISTS_FOLDER,
+    WIKI_SUFFIX,
+    check_key_segment,
+    is_gist_id,
+    is_key_segment,
+    is_wiki_name,
+)
 from bulkbackup.redact import redact
 from bulkbackup.store.base import Head
 
@@ -41,6 +52,7 @@ PARTS_SUFFIX = ".bundle.d"
 LFS_SUFFIX = ".lfs"
 RELEASES_SUFFIX = ".releases"
 RELEASES_LIST_SUFFIX = ".releases.json"
+GISTS_LIST = GISTS_FOLDER + ".json"
 SEQ_DIGITS = 6
 
 #: The `Error` of a zero-byte bundle of a repository without commits (not a failure).
@@ -57,6 +69,7 @@ class Kind(enum.Enum):
     LFS = "lfs"  # a Git LFS object of a repository (``oid``)
     RELEASES = "releases"  # a repository's release list
     ASSET = "asset"  # a release's asset (``tag``, ``asset``)
+    GISTS = "gists"  # the user's gist list (a gist's BUNDLE, ZIP, PART: ``repo`` `gists/<id>`)
     OTHER = "other"  # a key the layout does not define (left alone by every pass)
 
 
@@ -84,6 +97,35 @@ def wiki_name(repo: str) -> str:
 def wiki_of(name: str) -> str | None:
     """The repository whose wiki ``name`` is, or None (``name`` is no wiki's)."""
     return name[: -len(WIKI_SUFFIX)] if is_wiki_name(name) else None
+
+
+def gist_name(gist_id: str) -> str:
+    """The name a gist is archived under (its keys are a repository's, in `gists/`);
+    ValueError for an id that is not hex (never a key)."""
+    if not is_gist_id(gist_id):
+        raise ValueError(f"invalid gist id {gist_id[:80]!r}")
+    return f"{GISTS_FOLDER}{SEPARATOR}{gist_id}"
+
+
+def gist_of(name: str) -> str | None:
+    """The gist id whose archive ``name`` is, or None."""
+    folder, sep, gist_id = name.partition(SEPARATOR)
+    return gist_id if sep and folder == GISTS_FOLDER and is_gist_id(gist_id) else None
+
+
+def gists_key(login: str) -> str:
+    """The user's gist list (JSON array: backup/gists.py)."""
+    return f"{login}{SEPARATOR}{GISTS_LIST}"
+
+
+def gists_work_folder() -> str:
+    """The folder a gist's name puts its files in (`gists`), for the writer's work dir."""
+    return GISTS_FOLDER
+
+
+def gists_prefix(login: str) -> str:
+    """What the keys of every gist archive of ``login`` start with."""
+    return f"{login}{SEPARATOR}{GISTS_FOLDER}{SEPARATOR}"
 
 
 def user_key(login: str) -> str:
@@ -173,6 +215,8 @@ def parse_key(key: str) -> StoreKey:
     login, sep, rest = key.partition(SEPARATOR)
     if not sep:
         return StoreKey(login, "", Kind.USER)
+    if rest == GISTS_LIST:
+        return StoreKey(login, "", Kind.GISTS)
     if SEPARATOR not in rest:
         for suffix, kind in ((BUNDLE_SUFFIX, Kind.BUNDLE), (ZIP_SUFFIX, Kind.ZIP),
                              (RELEASES_LIST_SUFFIX, Kind.RELEASES)):
@@ -180,6 +224,8 @@ def parse_key(key: str) -> StoreKey:
                 return StoreKey(login, rest[: -len(suffix)], kind)
         return StoreKey(login, "", Kind.OTHER)
     folder, _, tail = rest.partition(SEPARATOR)
+    if folder == GISTS_FOLDER:
+        return _gist_key(login, tail)
     if (folder.endswith(LFS_SUFFIX) and len(folder) > len(LFS_SUFFIX)
             and LFS_OID.fullmatch(tail)):
         return StoreKey(login, folder[: -len(LFS_SUFFIX)], Kind.LFS, oid=tail)
@@ -192,6 +238,21 @@ def parse_key(key: str) -> StoreKey:
     if (folder.endswith(PARTS_SUFFIX) and len(folder) > len(PARTS_SUFFIX)
             and chain_time(chain) is not None and seq is not None):
         return StoreKey(login, folder[: -len(PARTS_SUFFIX)], Kind.PART, chain, int(seq[1]))
+    return StoreKey(login, "", Kind.OTHER)
+
+
+def _gist_key(login: str, tail: str) -> StoreKey:
+    """A key below `<login>/gists/`: a gist's bundle, zip or part (else OTHER)."""
+    for suffix, kind in ((BUNDLE_SUFFIX, Kind.BUNDLE), (ZIP_SUFFIX, Kind.ZIP)):
+        if tail.endswith(suffix) and is_gist_id(tail[: -len(suffix)]):
+            return StoreKey(login, gist_name(tail[: -len(suffix)]), kind)
+    folder, _, rest = tail.partition(SEPARATOR)
+    chain, _, name = rest.partition(SEPARATOR)
+    seq = _PART_NAME.fullmatch(name)
+    gist_id = folder[: -len(PARTS_SUFFIX)]
+    if (folder.endswith(PARTS_SUFFIX) and is_gist_id(gist_id)
+            and chain_time(chain) is not None and seq is not None):
+        return StoreKey(login, gist_name(gist_id), Kind.PART, chain, int(seq[1]))
     return StoreKey(login, "", Kind.OTHER)
 
 
@@ -208,7 +269,8 @@ def file_name(key: str) -> str:
     if parsed.kind is Kind.USER:
         return f"{parsed.login}.json"
     if parsed.kind is Kind.PART:
-        return f"{parsed.repo}.{parsed.chain}.{parsed.seq:0{SEQ_DIGITS}d}{BUNDLE_SUFFIX}"
+        repo = parsed.repo.rsplit(SEPARATOR, 1)[-1]  # a gist's: its id
+        return f"{repo}.{parsed.chain}.{parsed.seq:0{SEQ_DIGITS}d}{BUNDLE_SUFFIX}"
     if parsed.kind is Kind.ASSET:  # names from the API: only safe characters in a header
         return _SAFE_FILE.sub("_", f"{parsed.repo}.{parsed.tag}.{parsed.asset}")[:200]
     return key.rsplit(SEPARATOR, 1)[-1]

@@ -42,6 +42,9 @@ RELEASES_ETAG = "ReleasesETag"
 LATEST_RELEASE = "LatestRelease"
 CONTENT_SHA256 = "ContentSha256"
 ASSET_ID = "AssetId"
+# On the user's object: how many gists its last listing with gists gave (backup/gists.py:
+# a user with none, and none before, costs no store request).
+GISTS = "Gists"
 # The worker token's name (DESIGN.md "Remote workers") on every object `serve` wrote for a
 # remote worker: what was archived by whom (`worker-token revoke --redo` finds the users
 # through Redis, not by reading this).
@@ -51,7 +54,7 @@ _CANONICAL = {n.lower(): n for n in (LAST_SYNC, SYNCD_REPOS, REPORTED_REPOS, UPD
                                      PUSHED_AT, ERROR, LISTING_ETAGS, VERIFIED_AT, VERIFY_NOTES,
                                      CHAIN, INCREMENTS, CHAIN_BYTES, KEPT_SINCE, WORKER,
                                      LFS_ERROR, RELEASES_ETAG, LATEST_RELEASE,
-                                     CONTENT_SHA256, ASSET_ID)}
+                                     CONTENT_SHA256, ASSET_ID, GISTS)}
 
 
 def canonical(metadata: Mapping[str, str]) -> dict[str, str]:

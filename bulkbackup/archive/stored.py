@@ -253,3 +253,15 @@ def stored_spelling(store: Store, login: str) -> str:
         return login
     found, _ = store.top_ignoring_case(login, 1, whole=True)
     return found[0] if found else login
+
+
+def gists(store: Lister, login: str) -> dict[str, int]:
+    """The gists with a bundle stored for ``login``: id -> the bundle's size (0: no
+    archive), in id order. One shallow listing of `<login>/gists/`."""
+    found: dict[str, int] = {}
+    for info in store.list(layout.gists_prefix(login), shallow=True):
+        key = layout.parse_key(info.key)
+        gist_id = layout.gist_of(key.repo) if key.login == login else None
+        if key.kind is layout.Kind.BUNDLE and gist_id is not None:
+            found[gist_id] = info.size
+    return dict(sorted(found.items()))

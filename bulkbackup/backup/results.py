@@ -34,6 +34,17 @@ def error_kind(text: str) -> ErrorKind | None:
 
 
 @dataclass
+class GistsDone:
+    """What one user's gists did in a sync (backup/gists.py), apart from its repositories."""
+
+    archived: int = 0
+    unchanged: int = 0
+    failures: list[str] = field(default_factory=list)  # "<id>: why", or a rejected id
+    bytes: int = 0
+    read_bytes: int = 0
+
+
+@dataclass
 class UserResult:
     login: str
     reported: int = 0
@@ -71,6 +82,7 @@ class UserResult:
     release_lists_stored: int = 0
     assets_stored: int = 0
     assets_failed: int = 0
+    gists: GistsDone = field(default_factory=GistsDone)  # backup/gists.py
 
     @property
     def wikis_failed(self) -> int:
@@ -110,5 +122,8 @@ class UserResult:
         if self.release_lists_stored or self.assets_stored or self.assets_failed:
             text += (f"; releases {self.release_lists_stored} lists stored, assets "
                      f"{self.assets_stored} stored, {self.assets_failed} not stored")
+        if self.gists.archived or self.gists.failures:
+            text += (f"; gists {self.gists.archived} archived, {len(self.gists.failures)} "
+                     "failed")
         return text + (f"; error: {self.error}" if self.error else "")
 

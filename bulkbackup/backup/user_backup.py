@@ -19,6 +19,7 @@ import orjson
 from bulkbackup.archive import layout
 from bulkbackup.archive.metadata import (
     ERROR,
+    GISTS,
     LAST_SYNC,
     LISTING_ETAGS,
     PUSHED_AT,
@@ -30,6 +31,7 @@ from bulkbackup.archive.metadata import (
 from bulkbackup.archive.stored import repositories, stored_spelling
 from bulkbackup.archive.writer import ArchiveWriter, Change, WriteOutcome, Written
 from bulkbackup.backup.archived_listing import archived_listing
+from bulkbackup.backup.gists import sync_gists
 from bulkbackup.backup.lfs_objects import store_lfs_objects
 from bulkbackup.backup.releases import sync_releases, wanted
 from bulkbackup.backup.results import PARTIAL_ERROR, UserResult
@@ -153,6 +155,11 @@ class UserBackup:
         for entry in listing.repos:
             store.fence.check()  # abandon early: no clone for a user that is not ours
             self._sync_repo(store, login, entry, stored, result)
+        if listing.gists is not None and self.settings.run.gists:
+            result.gists = sync_gists(self.writer, store, self.settings, login, listing.gists,
+                                      previous, self.git_token())
+            result.bytes += result.gists.bytes
+            result.read_bytes += result.gists.read_bytes
         result.error = self._summary(result)
         self._write_user(store, login, previous, listing, result, stamp)
 
@@ -328,8 +335,12 @@ class UserBackup:
         if listing is not None:
             # Only a clean sync may be skipped next time on a 304: a failed repository (or
             # wiki) must be retried even when the listing has not changed.
-            if listing.etags and not result.failed and not result.wiki_failures:
+            if (listing.etags and not result.failed and not result.wiki_failures
+                    and not result.gists.failures):
                 meta[LISTING_ETAGS] = " ".join(listing.etags)
+            gists = (len(listing.gists) if listing.gists is not None
+                     else previous.get(GISTS) if previous else "")
+            meta[GISTS] = str(gists or 0)
             store.put_bytes(key, orjson.dumps(listing.stored), fitted(meta))
             return
         if previous is None:
@@ -357,7 +368,8 @@ def sync_users(settings: Settings, logins: list[str]) -> Iterator[UserResult]:
     broker = QuotaBroker(None, settings.github.tokens)
     job: UserBackup | None = None
     lister = open_github_lister(settings.github, broker, stop,
-                                lambda login: job.conditions(login) if job else [])
+                                lambda login: job.conditions(login) if job else [],
+                                settings.run.gists)
     try:
         # Logins ignore case: a user already archived is synced under its stored spelling.
         logins = list(dict.fromkeys(stored_spelling(store, x) for x in logins))

@@ -35,7 +35,13 @@ import urllib3
 from bulkbackup import __version__
 from bulkbackup.config import GitHubSettings
 from bulkbackup.errors import Interrupted, RateLimited, TokenRefused
-from bulkbackup.forge.github_graphql_query import build_query, points_for, to_rest
+from bulkbackup.forge.github_graphql_query import (
+    build_query,
+    gist_owners,
+    gist_to_rest,
+    points_for,
+    to_rest,
+)
 from bulkbackup.forge.listing import Batching, ListingOutcome, OwnerListing, TakenBack, admit
 from bulkbackup.forge.quota_broker import QuotaBroker, Reservation, Resource, Wait
 from bulkbackup.http.bounded import BoundedPool, Overdue, SlowRead, TooLarge
@@ -59,13 +65,14 @@ class _Owner:
     outcome: ListingOutcome = ListingOutcome.LISTED
     repos: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
+    gists: list[dict[str, Any]] | None = None  # asked with its first page (run.gists)
 
     def fail(self, outcome: ListingOutcome, error: str) -> None:
-        self.outcome, self.error, self.repos = outcome, error, []
+        self.outcome, self.error, self.repos, self.gists = outcome, error, [], None
 
     def done(self, clone_host: str) -> OwnerListing:
         if self.outcome is ListingOutcome.LISTED:
-            return OwnerListing.listed(self.login, self.repos, clone_host)
+            return OwnerListing.listed(self.login, self.repos, clone_host, gists=self.gists)
         return OwnerListing.failed(self.login, self.outcome, self.error)
 
 
@@ -115,8 +122,12 @@ class GraphQLLister:
     batching = Batching.FILL
 
     def __init__(self, settings: GitHubSettings, broker: QuotaBroker,
-                 stop: threading.Event | None = None, pool_size: int = 4) -> None:
+                 stop: threading.Event | None = None, pool_size: int = 4,
+                 gists: bool = False) -> None:
+        """``gists``: owners' first pages also ask their public gists, as many as cost no
+        point (run.gists; github_graphql_query.gist_owners)."""
         self.settings = settings
+        self.gists = gists
         self.broker = broker
         self.stop = stop or threading.Event()
         self.url = settings.graphql_endpoint
@@ -193,8 +204,9 @@ class GraphQLLister:
             paging = self._paging[login]
             if paging.deadline is None:
                 paging.deadline = time.monotonic() + self.settings.user_deadline_s
+        asked = gist_owners(chunk, int(time.time() // 86400)) if self.gists else set()
         try:
-            reply = self._send(chunk, deadline)
+            reply = self._send(chunk, asked, deadline)
         except (Interrupted, RateLimited, TokenRefused):
             self._queue.extendleft(reversed(chunk))
             self._ready = finished + self._ready
@@ -214,7 +226,7 @@ class GraphQLLister:
         self._grow(len(chunk))
         more: list[tuple[str, str | None]] = []
         for i, (login, _) in enumerate(chunk):
-            cursor = self._absorb(self._open[login], reply.payload, f"u{i}")
+            cursor = self._absorb(self._open[login], reply.payload, f"u{i}", login in asked)
             if cursor is not None and self._may_follow(login, cursor):
                 more.append((login, cursor))
             else:
@@ -252,8 +264,10 @@ class GraphQLLister:
             if self._good >= GROW_AFTER:
                 self.batch, self._good = min(self.max_batch, self.batch * 2), 0
 
-    def _absorb(self, result: _Owner, payload: dict[str, Any], alias: str) -> str | None:
-        """Add one alias's answer to `result`; the cursor of its next page, if any."""
+    def _absorb(self, result: _Owner, payload: dict[str, Any], alias: str,
+                gists: bool) -> str | None:
+        """Add one alias's answer to `result` (with ``gists``, its gists: an organization
+        has none); the cursor of its next page, if any."""
         data = payload.get("data")
         node = data.get(alias) if isinstance(data, dict) else None
         errors = [e for e in payload.get("errors") or [] if isinstance(e, dict)
@@ -273,6 +287,10 @@ class GraphQLLister:
             result.fail(ListingOutcome.FAILED, "GraphQL: " + reason)
             return None
         result.repos.extend(to_rest(n) for n in nodes if isinstance(n, dict))
+        if gists:
+            got = node.get("gists")
+            found = got.get("nodes") if isinstance(got, dict) else None
+            result.gists = [gist_to_rest(n) for n in found or () if isinstance(n, dict)]
         if len(result.repos) > MAX_REPOS_PER_OWNER:
             result.fail(ListingOutcome.FAILED, f"more than {MAX_REPOS_PER_OWNER} repositories")
             return None
@@ -297,15 +315,18 @@ class GraphQLLister:
             if reply is not None and reply.kind is _Kind.FAILED:
                 log.warning("could not prove a token (%s): %s", self.url, reply.error)
 
-    def _send(self, chunk: list[tuple[str, str | None]], deadline: float | None) -> _Reply:
-        """One query for `chunk`, with quota reservations, waits and bounded retries."""
-        query, variables = build_query(chunk)
+    def _send(self, chunk: list[tuple[str, str | None]], gists: set[str],
+              deadline: float | None) -> _Reply:
+        """One query for `chunk` (with the gists of the owners in ``gists``), with quota
+        reservations, waits and bounded retries."""
+        query, variables = build_query(chunk, gists)
         body = orjson.dumps({"query": query, "variables": variables})
+        points = points_for(len(chunk))  # gist_owners: the gists cost none
         failures = 0
         while True:
             if self.stop.is_set():
                 raise Interrupted("stopping")
-            res = self.broker.acquire(Resource.GRAPHQL, points_for(len(chunk)), self.stop,
+            res = self.broker.acquire(Resource.GRAPHQL, points, self.stop,
                                       self.settings.max_rate_wait_s, deadline)
             reply = self._post(body, res, len(chunk))
             if reply is None:  # a rate limit: the broker now knows; reserve again

@@ -7,7 +7,8 @@ built from it, so the two cannot drift.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,18 +78,68 @@ MAPPING: tuple[FieldMap, ...] = (
 NODE_FIELDS = " ".join(dict.fromkeys(m.selection or m.graphql for m in MAPPING))
 
 
+# A gist's stored fields (forge/listing.GIST_FIELDS) <- GraphQL's Gist: `name` is the id.
+GIST_MAPPING: tuple[FieldMap, ...] = (
+    FieldMap("id", "name"),
+    FieldMap("node_id", "id"),
+    FieldMap("description", "description"),
+    FieldMap("public", "isPublic"),
+    FieldMap("html_url", "url"),
+    FieldMap("created_at", "createdAt"),
+    FieldMap("updated_at", "updatedAt"),
+    FieldMap("pushed_at", "pushedAt"),
+)
+# An owner's public gists, on its first page only, most recently updated first (one page:
+# listing.MAX_GISTS). A connection, so one more request per owner in GitHub's rule: asked
+# only within the rounding's slack (`gist_owners`), so that it never costs a point.
+GISTS_SELECTION = (
+    "... on User { gists(first: 100, privacy: PUBLIC, orderBy: {field: UPDATED_AT, "
+    "direction: DESC}) { nodes { " + " ".join(m.graphql for m in GIST_MAPPING) + " } } }")
+
+
+def gist_to_rest(node: dict[str, Any]) -> dict[str, Any]:
+    return {m.rest: m.convert(node.get(m.graphql)) for m in GIST_MAPPING}
+
+
 def to_rest(node: dict[str, Any]) -> dict[str, Any]:
     """One GraphQL repository node as the REST listing entry the store keeps."""
     return {m.rest: m.convert(node.get(m.graphql)) for m in MAPPING}
 
 
-def points_for(owners: int) -> int:
-    """GitHub's cost of a query with `owners` top-level repository connections."""
-    return max(1, math.floor(owners / 100 + 0.5))
+def points_for(connections: int) -> int:
+    """GitHub's cost of a query with `connections` connections at the owners' level (a
+    repository connection per owner, and a gist connection per first page with gists)."""
+    return max(1, math.floor(connections / 100 + 0.5))
 
 
-def build_query(items: Sequence[tuple[str, str | None]]) -> tuple[str, dict[str, str]]:
-    """One query for (login, cursor or None) items, aliases u0..; values go as variables."""
+# Owners take turns for the gists when a query has no room for all of theirs: each is in
+# the first turn one day in GIST_TURNS (so, with a pass a day, asked at least that often).
+GIST_TURNS = 3
+
+
+def connections(items: Sequence[tuple[str, str | None]], gists: Collection[str] = ()) -> int:
+    """The connections `build_query(items, gists)` asks (for points_for)."""
+    return len(items) + sum(1 for login, cursor in items if cursor is None and login in gists)
+
+
+def gist_owners(items: Sequence[tuple[str, str | None]], day: int) -> set[str]:
+    """The owners whose gists a query of ``items`` asks: as many first pages (no cursor) as
+    fit in the rounding's slack, so the query costs the points it costs without them (GitHub
+    rounds half up: 100 connections or 149 are both 1 point; 100 owners leave room for 49,
+    25 owners for all). When not all fit, the owners of this ``day``'s first turn come first,
+    then the second's (crc32 of the login: the same turn on every host)."""
+    first = [login for login, cursor in items if cursor is None]
+    room = 100 * points_for(len(items)) + 49 - len(items)
+    if len(first) <= room:
+        return set(first)
+    first.sort(key=lambda login: (zlib.crc32(login.lower().encode()) + day) % GIST_TURNS)
+    return set(first[:room])
+
+
+def build_query(items: Sequence[tuple[str, str | None]], gists: Collection[str] = ()
+                ) -> tuple[str, dict[str, str]]:
+    """One query for (login, cursor or None) items, aliases u0..; values go as variables.
+    The first page (no cursor) of an owner in ``gists`` also asks its public gists."""
     decls, parts, variables = [], [], {}
     for i, (login, cursor) in enumerate(items):
         decls.append(f"$l{i}: String!")
@@ -101,7 +152,8 @@ def build_query(items: Sequence[tuple[str, str | None]]) -> tuple[str, dict[str,
         parts.append(
             f"u{i}: repositoryOwner(login: $l{i}) {{ login repositories(first: {PAGE}, "
             f"ownerAffiliations: OWNER, orderBy: {{field: CREATED_AT, direction: ASC}}{after}) "
-            f"{{ nodes {{ {NODE_FIELDS} }} pageInfo {{ hasNextPage endCursor }} }} }}")
+            f"{{ nodes {{ {NODE_FIELDS} }} pageInfo {{ hasNextPage endCursor }} }}"
+            f"{' ' + GISTS_SELECTION if cursor is None and login in gists else ''} }}")
     query = (f"query({', '.join(decls)}) {{ rateLimit {{ cost remaining resetAt }} "
              f"{' '.join(parts)} }}")
     return query, variables

@@ -13,8 +13,9 @@ from bulkbackup.forge.quota_broker import QuotaBroker
 
 
 def open_github_lister(settings: GitHubSettings, broker: QuotaBroker, stop: threading.Event,
-                       conditions: Conditions = no_conditions) -> Lister:
-    """`conditions`: the ETags REST sends (GraphQL lists in full, without them)."""
+                       conditions: Conditions = no_conditions, gists: bool = False) -> Lister:
+    """`conditions`: the ETags REST sends (GraphQL lists in full, without them); `gists`:
+    the owners' public gists are listed too (run.gists)."""
     if settings.api == "graphql":
-        return GraphQLLister(settings, broker, stop)
-    return RestLister(GitHub(settings, stop=stop, broker=broker), conditions)
+        return GraphQLLister(settings, broker, stop, gists=gists)
+    return RestLister(GitHub(settings, stop=stop, broker=broker), conditions, gists)

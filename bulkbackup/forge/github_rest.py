@@ -40,6 +40,7 @@ from bulkbackup.forge.listing import (
     no_conditions,
 )
 from bulkbackup.forge.quota_broker import QuotaBroker, Resource, Wait
+from bulkbackup.forge.rest_gists import GISTS_ETAG, GistList, with_gists
 from bulkbackup.http.bounded import BoundedPool, Overdue, TooLarge
 from bulkbackup.names import check_login, is_login
 from bulkbackup.redact import add_secrets, redact
@@ -145,6 +146,20 @@ class GitHub:
         elif len(out.etags) > MAX_ETAG_PAGES or not all(map(_ETAG.fullmatch, out.etags)):
             out.etags = []
         return out
+
+    def list_gists(self, login: str, etag: str, deadline: float) -> GistList:
+        """`GET /users/<login>/gists` (one request, the first 100, conditional with
+        ``etag``); GitHubError when it fails (the repositories' listing stands)."""
+        check_login(login)
+        url = f"{self.settings.api_url}/users/{login}/gists?per_page=100"
+        status, headers, body = self._get(url, etag or None, deadline)
+        if status == 304 and etag:
+            return GistList([], etag, not_modified=True)
+        if status != 200:
+            raise GitHubError(f"GET /users/{login}/gists: HTTP {status}")
+        got = headers.get("ETag", "")
+        return GistList(_page_items(body, f"GET /users/{login}/gists"),
+                        got if _ETAG.fullmatch(got) else "")
 
     def login_of(self, login: str) -> str | None:
         """``login`` as GitHub spells it (`GET /users/<login>`: logins ignore case), or None
@@ -319,9 +334,13 @@ class RestLister:
 
     batching = Batching.ONE
 
-    def __init__(self, github: GitHub, conditions: Conditions = no_conditions) -> None:
+    def __init__(self, github: GitHub, conditions: Conditions = no_conditions,
+                 gists: bool = False) -> None:
+        """``gists``: each owner's public gists are listed too (one more request, sent with
+        its last ETag: a 304 is free), run.gists."""
         self.github = github
         self.conditions = conditions
+        self.gists = gists
         self._queue: deque[str] = deque()
 
     @property
@@ -343,7 +362,11 @@ class RestLister:
         return [listing]
 
     def _list(self, login: str, deadline: float | None) -> OwnerListing:
-        etags = self.conditions(login)
+        conditions = self.conditions(login)
+        # The gist list's ETag rides with the pages' (GISTS_ETAG-prefixed, last).
+        etags = [e for e in conditions if not e.startswith(GISTS_ETAG)]
+        gist_etag = next((e.removeprefix(GISTS_ETAG) for e in conditions
+                          if e.startswith(GISTS_ETAG)), "")
         host = self.github.settings.clone_host
         try:
             got = self.github.list_repos(login, etags, deadline)
@@ -351,9 +374,11 @@ class RestLister:
             return OwnerListing.failed(login, ListingOutcome.GONE, str(exc))
         except GitHubError as exc:  # the API failing after retries, or a listing's bounds
             return OwnerListing.failed(login, ListingOutcome.FAILED, str(exc))
-        if got.not_modified:
-            return OwnerListing(login, ListingOutcome.NOT_MODIFIED, etags=tuple(got.etags))
-        return OwnerListing.listed(login, got.repos, host, got.etags)
+        if not self.gists:
+            if got.not_modified:
+                return OwnerListing(login, ListingOutcome.NOT_MODIFIED, etags=tuple(got.etags))
+            return OwnerListing.listed(login, got.repos, host, got.etags)
+        return with_gists(self.github, login, got, gist_etag, deadline)
 
     def take_back(self) -> TakenBack:
         logins = list(self._queue)

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from bulkbackup.errors import InvalidName
-from bulkbackup.names import check_login, check_repo_name
+from bulkbackup.names import check_login, check_repo_name, is_gist_id
 from bulkbackup.timeutil import parse_api_time
 
 # The ETags of an owner's last clean listing (REST: one a page), read from the archive; a
@@ -116,6 +116,54 @@ class RejectedRepo:
 RepoEntry = RepoInfo | RejectedRepo
 
 
+# The most gists a listing keeps for one owner: GraphQL's one page (its most recently
+# updated), REST's first page of 100. A user with more has only these archived.
+MAX_GISTS = 100
+
+
+@dataclass(frozen=True)
+class GistInfo:
+    """One public gist as a listing gave it, read and checked once (backup/gists.py)."""
+
+    id: str  # lowercase hex (names.is_gist_id): the only part of it that becomes a key
+    pushed_at: str  # the API's time, or "" (api_time); REST gives none
+    updated_at: str
+    # The entry as stored in `<login>/gists.json` (GIST_FIELDS: the same shape whichever
+    # API listed it). Not to be modified.
+    rest: dict[str, Any] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class RejectedGist:
+    """A listed gist whose id is not hex: recorded in the gist list's `Error`, never a key."""
+
+    error: str
+    rest: dict[str, Any] = field(repr=False, compare=False)
+
+
+GistEntry = GistInfo | RejectedGist
+# The stored fields of a gist (REST names; `pushed_at` only GraphQL gives).
+GIST_FIELDS = ("id", "node_id", "description", "public", "html_url", "created_at",
+               "updated_at", "pushed_at")
+
+
+def read_gists(entries: Sequence[object]) -> tuple[GistEntry, ...]:
+    """A listing's gists (REST-shaped entries), at most MAX_GISTS, each checked."""
+    out: list[GistEntry] = []
+    for raw in entries[:MAX_GISTS]:
+        if not isinstance(raw, dict):
+            continue
+        entry = {k: raw.get(k) for k in GIST_FIELDS}
+        gist_id = entry["id"]
+        if not is_gist_id(gist_id):
+            out.append(RejectedGist(f"invalid gist id: {str(gist_id)[:80]!r}", entry))
+            continue
+        assert isinstance(gist_id, str)
+        out.append(GistInfo(gist_id, api_time(entry["pushed_at"]),
+                            api_time(entry["updated_at"]), entry))
+    return tuple(out)
+
+
 class ListingOutcome(Enum):
     LISTED = "listed"
     NOT_MODIFIED = "not modified"  # every page answered 304 to the conditions given
@@ -138,12 +186,17 @@ class OwnerListing:
     # after a clean sync. NOT_MODIFIED: the ones that were sent.
     etags: tuple[str, ...] = ()
     error: str = ""  # GONE, FAILED: why, as recorded on the user's object
+    # The owner's public gists (read_gists); None: not asked (run.gists off, an
+    # organization's GraphQL listing, REST's gist list failing, a CHANGED listing).
+    gists: tuple[GistEntry, ...] | None = None
 
     @classmethod
     def listed(cls, login: str, entries: Sequence[dict[str, Any]], clone_host: str,
-               etags: Sequence[str] = ()) -> OwnerListing:
+               etags: Sequence[str] = (), gists: Sequence[object] | None = None
+               ) -> OwnerListing:
         return cls(login, ListingOutcome.LISTED,
-                   tuple(RepoInfo.from_rest(e, clone_host) for e in entries), tuple(etags))
+                   tuple(RepoInfo.from_rest(e, clone_host) for e in entries), tuple(etags),
+                   gists=None if gists is None else read_gists(gists))
 
     @classmethod
     def changed(cls, login: str, entries: Sequence[dict[str, Any]], clone_host: str

@@ -22,6 +22,7 @@ from bulkbackup.archive.stored import (
     archive_at,
     archived,
     download,
+    gists,
     listed_branches,
     wikis,
 )
@@ -29,7 +30,13 @@ from bulkbackup.config import Settings
 from bulkbackup.errors import ArchiveError, InvalidName, StoreError
 from bulkbackup.git.bundles import BundleHeader
 from bulkbackup.git.localgit import Git
-from bulkbackup.names import check_archive_name, check_login, check_repo_name, is_wiki_name
+from bulkbackup.names import (
+    check_archive_name,
+    check_login,
+    check_repo_name,
+    is_gist_name,
+    is_wiki_name,
+)
 from bulkbackup.passes.restore_lfs import restore_lfs_objects
 from bulkbackup.passes.restore_releases import restore_releases
 from bulkbackup.store import Store
@@ -139,15 +146,15 @@ def parse_target(text: str) -> tuple[str, str | None]:
 def restore(store: Store, settings: Settings, login: str, repo: str | None,
             opts: RestoreOptions) -> RestoreReport:
     """Restore one repository (and its wiki, `<repo>.wiki.git`, when one is stored), or
-    every repository and wiki stored for ``login``. Of a user's repositories, one without an
-    archive whose `Error` says why is reported, not failed (the user's backup is whole:
-    `sync` recorded why); the one repository asked for by name that has no archive is a
-    failure (nothing of what was asked could be restored)."""
+    every repository, wiki and gist (`gists/<id>.git`) stored for ``login``. Of a user's
+    repositories, one without an archive whose `Error` says why is reported, not failed
+    (the user's backup is whole: `sync` recorded why); the one repository asked for by name
+    that has no archive is a failure (nothing of what was asked could be restored)."""
     if repo is not None:
         wiki = layout.wiki_name(repo)
         names = [repo, *([wiki] if wiki in wikis(store, login) else [])]
     else:
-        names = list(archived(store, login))
+        names = [*archived(store, login), *map(layout.gist_name, gists(store, login))]
     report = RestoreReport()
     if not names:
         report.repos.append(RepoRestore(login, "*", Status.FAILED,
@@ -175,10 +182,15 @@ def restore_repo(store: Store, settings: Settings, login: str, repo: str,
 
 def _restore_repo(store: Store, settings: Settings, login: str, repo: str,
                   opts: RestoreOptions, listed: str | None) -> RepoRestore:
+    # A gist's name is `gists/<id>`: restored as `<login>/gists/<id>.git`.
+    folder, _, leaf = repo.rpartition("/")
     parent = opts.to.absolute() / login
-    target = parent / f"{repo}.git"
-    zip_target = parent / f"{repo}.zip"
     _check_parent(parent)
+    if folder:
+        parent = parent / folder
+        _check_parent(parent)
+    target = parent / f"{leaf}.git"
+    zip_target = parent / f"{leaf}.zip"
     _check_target(target, login, repo, opts.force)
     archive = archive_at(store, login, repo, opts.at)
     if not archive.parts and not archive.empty_repository:
@@ -186,7 +198,7 @@ def _restore_repo(store: Store, settings: Settings, login: str, repo: str,
             return RepoRestore(login, repo, Status.NO_ARCHIVE, archive.error)
         raise ArchiveError(f"{archive.bundle_key} is zero bytes without an Error")
     parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{repo}.git.restoring-", dir=parent,
+    with tempfile.TemporaryDirectory(prefix=f".{leaf}.git.restoring-", dir=parent,
                                      ignore_cleanup_errors=True) as name:
         work = Path(name)
         git = Git(settings, work)
@@ -200,12 +212,13 @@ def _restore_repo(store: Store, settings: Settings, login: str, repo: str,
             got_zip = True
         elif opts.with_zip and built.branch is not None and archive.latest:
             raise ArchiveError(f"missing object {archive.zip_key}")
-        lfs = 0 if is_wiki_name(repo) else restore_lfs_objects(
+        more_than_git = is_wiki_name(repo) or is_gist_name(repo)  # no LFS, no releases
+        lfs = 0 if more_than_git else restore_lfs_objects(
             store, login, repo, work / "repo.git", opts.progress)
         _swap(work / "repo.git", target, work / "old.git")
         if got_zip:
             os.replace(work / "repo.zip", zip_target)
-    assets = 0 if is_wiki_name(repo) else restore_releases(store, login, repo, parent,
+    assets = 0 if more_than_git else restore_releases(store, login, repo, parent,
                                                            opts.progress)
     return RepoRestore(login, repo, Status.EMPTY if archive.empty_repository else
                        Status.RESTORED, path=target, refs=len(built.refs), branch=built.branch,

@@ -27,7 +27,9 @@ def describe(store: Store, login: str) -> dict[str, Any]:
     """The user's entry and, per repository (valid names only), last sync, sizes and last
     error; a repository's wiki is an entry of its own (`wiki_of`: its repository), listed
     right after it; `lfs_objects`/`lfs_bytes` count a repository's stored LFS objects,
-    `assets`/`asset_bytes` its stored release assets (`releases_error`: those not stored)."""
+    `assets`/`asset_bytes` its stored release assets (`releases_error`: those not stored);
+    a gist is an entry named `gists/<id>` (`gist_of`: its id), after the repositories, and
+    `gists_error` is the gist list's `Error` (gists that failed, ids refused)."""
     head = store.head(layout.user_key(login))
     if head is None:
         raise BulkbackupError(f"user {login} is not in the store")
@@ -35,8 +37,10 @@ def describe(store: Store, login: str) -> dict[str, Any]:
     lfs: dict[str, list[int]] = {}
     assets: dict[str, list[int]] = {}  # a repository's stored release assets, and a list
     files: dict[str, list[tuple[str, str, int]]] = {}  # the first MAX_ASSETS_SHOWN of them
+    gist_list = False
     for info in store.list(layout.user_prefix(login)):
         key = layout.parse_key(info.key)
+        gist_list = gist_list or (key.kind is layout.Kind.GISTS and key.login == login)
         if key.kind is layout.Kind.ASSET and info.size and \
                 len(shown := files.setdefault(key.repo, [])) < MAX_ASSETS_SHOWN:
             shown.append((key.tag, key.asset, info.size))
@@ -57,7 +61,8 @@ def describe(store: Store, login: str) -> dict[str, Any]:
         entry = repos.setdefault(key.repo, {"name": key.repo, "bundle_bytes": None,
                                             "zip_bytes": None, "increment_bytes": 0,
                                             "history_chains": 0,
-                                            "wiki_of": layout.wiki_of(key.repo)})
+                                            "wiki_of": layout.wiki_of(key.repo),
+                                            "gist_of": layout.gist_of(key.repo)})
         if key.kind is layout.Kind.PART:
             entry["increment_bytes"] += info.size if key.seq else 0
             entry["history_chains"] += 0 if key.seq else 1
@@ -73,10 +78,18 @@ def describe(store: Store, login: str) -> dict[str, Any]:
         "syncd_repos": _int(head.get(SYNCD_REPOS)),
         "reported_repos": _int(head.get(REPORTED_REPOS)),
         "error": head.get(ERROR) or None,
-        # A wiki right after its repository: (`repo`, "") < (`repo`, "repo.wiki").
+        # A wiki right after its repository: (`repo`, "") < (`repo`, "repo.wiki"); gists last.
         "repositories": [repos[n] for n in sorted(repos, key=lambda n: (
-            layout.wiki_of(n) or n, n if layout.wiki_of(n) else ""))],
+            layout.gist_of(n) is not None, layout.wiki_of(n) or n,
+            n if layout.wiki_of(n) else ""))],
+        "gists": sum(1 for r in repos.values() if r["gist_of"] and r["bundle_bytes"]),
+        "gists_error": _gists_error(store, login) if gist_list else None,
     }
+
+
+def _gists_error(store: Store, login: str) -> str | None:
+    listed = store.head(layout.gists_key(login))
+    return listed.get(ERROR) or None if listed else None
 
 
 def _with_head(store: Store, login: str, name: str, entry: dict[str, Any],

@@ -46,6 +46,7 @@ class UserKeys:
     zip_bytes: int = 0
     part_bytes: int = 0  # increments and kept chains (README "Incremental archives")
     wikis: int = 0  # wiki bundles with data (not repositories: not in SyncdRepos)
+    gists: int = 0  # gist bundles with data (not repositories either)
     lfs_objects: int = 0
     lfs_bytes: int = 0
     release_lists: int = 0  # `<repo>.releases.json` objects
@@ -64,6 +65,7 @@ class Totals:
     zip_bytes: int = 0
     part_bytes: int = 0
     wikis: int = 0
+    gists: int = 0
     lfs_objects: int = 0
     lfs_bytes: int = 0
     release_lists: int = 0
@@ -96,6 +98,9 @@ def group_by_user(listing: Iterator[ObjectInfo], byte_ordered: bool) -> Iterator
             user.last_modified = info.last_modified.timestamp()
         elif key.kind is layout.Kind.BUNDLE and is_wiki_name(key.repo):
             user.wikis += 1 if info.size > 0 else 0
+            user.bundle_bytes += info.size
+        elif key.kind is layout.Kind.BUNDLE and layout.gist_of(key.repo) is not None:
+            user.gists += 1 if info.size > 0 else 0
             user.bundle_bytes += info.size
         elif key.kind is layout.Kind.LFS:
             user.lfs_objects += 1
@@ -163,6 +168,7 @@ class StatsPass:
         t.part_bytes += user.part_bytes
         t.archived += user.with_data
         t.wikis += user.wikis
+        t.gists += user.gists
         t.lfs_objects += user.lfs_objects
         t.lfs_bytes += user.lfs_bytes
         t.release_lists += user.release_lists
@@ -242,8 +248,9 @@ def collect(settings: Settings, write: bool, progress: bool = True) -> dict[str,
         },
         "repositories": {"archived": totals.archived, "failed": totals.failed,
                          "empty": totals.empty},
-        "more_than_git": {"wikis": totals.wikis, "lfs_objects": totals.lfs_objects,
-                          "lfs_bytes": totals.lfs_bytes, "release_lists": totals.release_lists,
+        "more_than_git": {"wikis": totals.wikis, "gists": totals.gists,
+                          "lfs_objects": totals.lfs_objects, "lfs_bytes": totals.lfs_bytes,
+                          "release_lists": totals.release_lists,
                           "assets": totals.assets, "asset_bytes": totals.asset_bytes},
         "bytes": {"bundles": totals.bundle_bytes, "zips": totals.zip_bytes,
                   "increments": totals.part_bytes},

@@ -26,6 +26,7 @@ from bulkbackup.archive.stored import (
     RepoArchive,
     archived,
     download,
+    gists,
     latest_archive,
     listed_branches,
 )
@@ -136,7 +137,8 @@ def verify_user(store: Store, settings: Settings, login: str, work_root: Path,
                 progress: bool = True) -> UserVerify:
     user = UserVerify(login)
     try:
-        names = archived(store, login)  # wikis too: each is a bundle as any other
+        # Wikis and gists too: each is a bundle as any other.
+        names = [*archived(store, login), *map(layout.gist_name, gists(store, login))]
         if not names and store.head(login) is None:
             user.error = f"user {login} is not in the store"
             return user

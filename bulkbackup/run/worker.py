@@ -155,7 +155,8 @@ class Worker:
         self._orphan_mu = threading.Lock()
 
     def _github_lister(self, conditions: Conditions) -> Lister:
-        return open_github_lister(self.args.settings.github, self.broker, self.stop, conditions)
+        return open_github_lister(self.args.settings.github, self.broker, self.stop, conditions,
+                                  self.args.settings.run.gists)
 
     def run(self) -> None:
         s = self.args.settings

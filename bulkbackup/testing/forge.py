@@ -33,6 +33,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from bulkbackup.testing import forge_gists
 from bulkbackup.testing.forge_changes import ForgeChanges
 from bulkbackup.testing.forge_http import _Handler, _Server
 from bulkbackup.testing.forge_state import ForgeState
@@ -172,6 +173,15 @@ class Forge(ForgeState, ForgeChanges):
                         epoch(entry["updated_at"]) + 1)
             entry["pushed_at"] = entry["updated_at"] = rfc3339(later)
         self._event("PushEvent", login, name, ref=f"refs/heads/{branch}", size=1)
+
+    def add_gist(self, login: str, gist_id: str, files: dict[str, bytes],
+                 build: bool = True) -> dict[str, Any]:
+        """A public gist of ``login`` (forge_gists.py; not built: its clone fails)."""
+        return forge_gists.add(self, login, gist_id, files, build)
+
+    def push_gist(self, login: str, gist_id: str, files: dict[str, bytes]) -> None:
+        """A new revision of the gist; its times move strictly later."""
+        forge_gists.push(self, login, gist_id, files)
 
     def _template(self, key: str, stream: bytes, branch: str) -> Path:
         """One bare repository per distinct content, copied for every repo that has it."""

@@ -24,8 +24,9 @@ hostile answers as the REST side's `api_*` switches: endless pages (`endless`), 
 whose reset is already past (`spent_reset`), 401 for a query without a token
 (`require_token`, as GitHub), for an unknown token (`forge.require_known_tokens`: the tokens
 of `budgets` are known) and for every token after some queries (`revoke_after`); `counters`
-has "requests", "points", "status_<code>", "rate_limited", "secondary", "oversize", and
-"after_spent": queries with a budgeted token after an answer had said its points were spent.
+has "requests", "points", "connections" (GitHub's connection requests), "status_<code>",
+"rate_limited", "secondary", "oversize", and "after_spent": queries with a budgeted token
+after an answer had said its points were spent.
 """
 
 from __future__ import annotations
@@ -318,4 +319,5 @@ def _admit(c: Controls, auth: str, cost: Cost, fields: int
         return Answer(200, json.dumps(refusal).encode(), {**headers, **_JSON})
     points.spend(cost.points, now)  # the default budget is never exhausted: RateWindow.endless
     c.counters["points"] += cost.points
+    c.counters["connections"] += cost.requests  # what the points were reckoned from
     return points.headers(), (points.full, points.remaining, points.reset_at)

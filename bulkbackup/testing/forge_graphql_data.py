@@ -12,6 +12,7 @@ from typing import Any
 
 from graphql import GraphQLError
 
+from bulkbackup.testing import forge_gists as gists
 from bulkbackup.testing.forge_graphql_controls import Endless
 from bulkbackup.testing.forge_state import ForgeState
 from bulkbackup.testing.repos import PLACEHOLDER, rfc3339
@@ -75,6 +76,11 @@ def _owner(ctx: Context, login: str, wanted: str) -> dict[str, Any]:
         "avatarUrl": lambda info, size=None: f"{base}/{login}.png",
     }
     out["repositories"] = lambda info, **args: _connection(ctx, out, args)
+    if kind == "User":  # `User.gists`: one page, no cursors (the listing asks no more)
+        out["gists"] = lambda info, **args: {
+            "nodes": gists.graphql_nodes(ctx.forge, login, args, ctx.netloc),
+            "pageInfo": {"hasNextPage": False, "hasPreviousPage": False},
+            "totalCount": len(ctx.forge.gists.get(login, []))}
     out["repository"] = lambda info, name, followRenames=True: _find_repo(ctx, out, name)
     return out
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from bulkbackup.testing import forge_graphql, forge_hostile, forge_releases, lfs
+from bulkbackup.testing import forge_gists, forge_graphql, forge_hostile, forge_releases, lfs
 from bulkbackup.testing.forge_quota import token_of
 from bulkbackup.testing.forge_state import ForgeState
 from bulkbackup.testing.hostile_packs import PackAnswer, answer_with, wants_and_haves
@@ -72,6 +72,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._oauth(parts.path, parts.query, b"")
         elif len(segs) == 4 and segs[:2] == ["", "users"] and segs[3] == "repos":
             self._api(segs[2], parse_qs(parts.query))
+        elif len(segs) == 4 and segs[:2] == ["", "users"] and segs[3] == "gists":
+            self._send(*forge_gists.rest_answer(self.forge, segs[2], self.headers,
+                                                self._netloc()))
         elif parts.path == "/rate_limit":
             self._rate_limit()
         elif len(segs) == 3 and segs[:2] == ["", "users"] and segs[2]:

@@ -47,6 +47,8 @@ class ForgeState:
         self.url = ""  # set once serving
         self.lock = threading.Lock()
         self.users: dict[str, list[dict[str, Any]]] = {}  # login -> listing entries
+        # login -> its public gists' entries, newest first (forge_gists.py)
+        self.gists: dict[str, list[dict[str, Any]]] = {}
         self.counters: Counter[str] = Counter()
         # Login as asked -> REST listing pages and `GET /users/<login>`, and GraphQL owner
         # fields (an owner of a query counts once a query and page), naming it.

@@ -265,6 +265,9 @@ class Site:
 
     async def download(self, request: Request) -> Response:
         login, file = request.path_params["login"], request.path_params["file"]
+        if file == layout.GISTS_LIST and is_login(login):  # the gist list
+            return await self._serve_object(request, layout.gists_key(await self.spelled(login)),
+                                            "gists")
         listed = file.removesuffix(layout.RELEASES_LIST_SUFFIX)
         if listed != file and is_login(login) and is_repo_name(listed):  # a release list
             key = layout.releases_key(await self.spelled(login), listed)
@@ -276,6 +279,20 @@ class Site:
         login = await self.spelled(login)
         key = layout.bundle_key(login, repo) if kind == "bundle" else layout.zip_key(login, repo)
         return await self._serve_object(request, key, kind)
+
+    async def download_gist(self, request: Request) -> Response:
+        """A gist's bundle, zip or part: `gists/<id>.bundle`, `.zip`, `.bundle.d/<c>/<s>`."""
+        login, rest = request.path_params["login"], request.path_params["rest"]
+        key = layout.parse_key(f"{login}/{layout.gists_work_folder()}/{rest}")
+        if not is_login(login) or layout.gist_of(key.repo) is None:
+            raise HTTPException(404)
+        login = await self.spelled(login)
+        found = {layout.Kind.BUNDLE: (layout.bundle_key, "bundle"),
+                 layout.Kind.ZIP: (layout.zip_key, "zip")}.get(key.kind)
+        if found is not None:
+            return await self._serve_object(request, found[0](login, key.repo), found[1])
+        part = layout.part_key(login, key.repo, key.chain, key.seq)
+        return await self._serve_object(request, part, "bundle")
 
     async def download_part(self, request: Request) -> Response:
         """An increment (or a kept chain's full bundle): `<repo>.bundle.d/<chain>/<seq>.bundle`;
@@ -378,6 +395,7 @@ class Site:
             Route("/users/{login}/log", self.user_log_page),  # before the downloads
             Route("/api/users/{login}/log", self.api_user_log),
             Route("/users/{login}/{file}", self.download),
+            Route("/users/{login}/gists/{rest:path}", self.download_gist),
             Route("/users/{login}/{repo}/states", self.repo_page),
             Route("/api/users/{login}/{repo}/states", self.api_repo_states),
             Route("/users/{login}/{folder}/{chain}/{part}", self.download_part),

@@ -52,6 +52,8 @@ class Stats:
     freshness: dict[str, int]
     last_run: dict[str, Any]
     events: EventsFigures
+    # The last stats pass's counts of wikis, gists, LFS objects, release lists and assets.
+    more_than_git: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -205,7 +207,12 @@ def stats(r: redis.Redis, full_pass_days: float = EventsSettings.full_pass_days)
                                                                          strict=True)}},
         last_run=_last_run(last_run),
         events=_events(events_status, now, marked, listing),
+        more_than_git={k: v for k in MORE_THAN_GIT
+                       if (v := _dig(report, "more_than_git", k)) is not None},
     )
+
+
+MORE_THAN_GIT = ("wikis", "gists", "lfs_objects", "release_lists", "assets")
 
 
 def _events(status: dict[Any, Any], now: float, marked: int, listing: int) -> EventsFigures:

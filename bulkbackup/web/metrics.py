@@ -55,6 +55,13 @@ class ArchiveCollector(Collector):
         if s.bytes is not None:
             yield GaugeMetricFamily("bulkbackup_last_stats_bytes",
                                     "Archive bytes at the last stats pass", value=s.bytes)
+        if s.more_than_git:
+            kinds = GaugeMetricFamily("bulkbackup_last_stats_more_than_git",
+                                      "Wikis, gists, LFS objects, release lists and assets "
+                                      "archived at the last stats pass", labels=["kind"])
+            for kind, n in s.more_than_git.items():
+                kinds.add_metric([kind], n)
+            yield kinds
         if s.stats_at is not None:
             yield GaugeMetricFamily("bulkbackup_last_stats_timestamp_seconds",
                                     "When the last stats pass ended", value=s.stats_at)

@@ -1,7 +1,7 @@
 """`bulkbackup serve` against its own data access and against nginx, side by side.
 
     python -m benchmarks.serve [--users 1000000] [--bundle-mb 1024] [--many-mb 8]
-                               [--s3-mb 100] [--clients 200] [--seconds 5]
+                               [--s3-mb 100] [--clients 200] [--seconds 5] [--only s3]
 
 With U users tracked (ZADD in bulk: a third never synced, the rest synced in the last 60 days,
 each with a summary in bulkbackup:syncd) it measures:
@@ -16,6 +16,8 @@ each with a summary in bulkbackup:syncd) it measures:
   in MB/s and requests/s. Targets: local >= 0.5x nginx, S3 >= 0.8x nginx-proxy. Also one
   client's download of the large bundle against nginx and open() / boto3 (the old baselines).
 - serve's peak RSS during those, and while 4 clients download the large bundle at once.
+
+`--only s3` runs the S3 downloads alone (no users, pages or local downloads).
 
 Without nginx (`apt-get install nginx`) it says so in one line and exits 2.
 """
@@ -301,19 +303,48 @@ def bench_pages(r: redis.Redis, url: str, users: int, seconds: float,
               f"{b:6.0f} /s (x{CLIENTS})   ratio {many.requests_s / b:.2f}")
 
 
+def cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by ``pids``."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (nginx's workers)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return kids
+
+
 def side_by_side(name: str, serve_url: str, nginx_url: str, size: int, clients: int,
-                 pid: int) -> None:
-    """``clients`` at once, ROUNDS downloads each, from serve then nginx; serve's peak RSS."""
+                 pid: int, nginx_pid: int) -> None:
+    """``clients`` at once, ROUNDS downloads each, from serve then nginx; serve's peak RSS;
+    the CPU time each server spent per GB sent (the machine's load does not change it much,
+    where it changes the MB/s of both)."""
     requests = clients * ROUNDS
     curl_many(serve_url, clients, clients, size)  # warm (connections, caches) both
     curl_many(nginx_url, clients, clients, size)
+    workers = [nginx_pid, *children(nginx_pid)]
     with PeakRss(pid) as rss:
+        cpu = cpu_s([pid])
         served = curl_many(serve_url, requests, clients, size)
+        serve_cpu = (cpu_s([pid]) - cpu) / (requests * size / 1e9)
+    cpu = cpu_s(workers)
     ceiling = curl_many(nginx_url, requests, clients, size)
+    nginx_cpu = (cpu_s(workers) - cpu) / (requests * size / 1e9)
     print(f"{name:45} x{clients}: serve {served.mb_s:6.0f} MB/s {served.requests_s:5.0f} req/s"
           f"   {'nginx' if 'local' in name else 'nginx-proxy'} {ceiling.mb_s:6.0f} MB/s "
           f"{ceiling.requests_s:5.0f} req/s   ratio {served.mb_s / ceiling.mb_s:.2f}   "
-          f"serve RSS {rss.before:.0f} -> peak {rss.peak:.0f} MB")
+          f"serve RSS {rss.before:.0f} -> peak {rss.peak:.0f} MB   CPU s/GB serve "
+          f"{serve_cpu:.2f} nginx {nginx_cpu:.2f}")
 
 
 def bench_download(url: str, ngx: nginx.Nginx, store: Path, bundle: Path, many: Path,
@@ -330,7 +361,8 @@ def bench_download(url: str, ngx: nginx.Nginx, store: Path, bundle: Path, many: 
           f"{direct:6.0f} MB/s   ratio {served / direct:.2f}")
     small = f"/{many.relative_to(store)}"
     side_by_side(f"download {many.stat().st_size >> 20} MiB, local store", f"{url}/users{small}",
-                 f"{ngx.url}{nginx.LOCAL_PREFIX}{small[1:]}", many.stat().st_size, clients, pid)
+                 f"{ngx.url}{nginx.LOCAL_PREFIX}{small[1:]}", many.stat().st_size, clients, pid,
+                 ngx.pid)
     with PeakRss(pid) as rss:
         together = download_rate(f"{url}/users{big}", size, clients=4)
     print(f"{'4 clients at once, ' + str(size >> 20) + ' MiB':45} serve {together:6.0f} MB/s "
@@ -392,7 +424,7 @@ def bench_s3(tmp: Path, redis_url: str, nginx_exe: str, mb: int, many_mb: int,
                 side_by_side(f"download {many_mb} MiB, S3 (moto_server)",
                              f"{url}/users/big/many.bundle",
                              f"{ngx.url}{nginx.S3_PREFIX}big/many.bundle", many_mb * CHUNK,
-                             clients, proc.pid)
+                             clients, proc.pid, ngx.pid)
                 bench_s3_redirect(tmp, env, ngx, mb, many_mb, clients)
         finally:
             proc.terminate()
@@ -419,7 +451,7 @@ def bench_s3_redirect(tmp: Path, env: dict[str, str], ngx: nginx.Nginx, mb: int,
         side_by_side(f"download {many_mb} MiB, S3, redirect_downloads",
                      f"{url}/users/big/many.bundle",
                      f"{ngx.url}{nginx.S3_PREFIX}big/many.bundle", many_mb * CHUNK, clients,
-                     proc.pid)
+                     proc.pid, ngx.pid)
     finally:
         proc.terminate()
         proc.wait(15)
@@ -434,7 +466,10 @@ def main() -> None:
     ap.add_argument("--s3-mb", type=int, default=100, help="0 skips the S3 downloads")
     ap.add_argument("--clients", type=int, default=MANY_CLIENTS)
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--only", choices=["s3"], help="s3: only the S3 downloads")
     args = ap.parse_args()
+    if args.only and not args.s3_mb:
+        ap.error("--only s3 needs --s3-mb above 0")
     nginx_exe = nginx.find()
     if nginx_exe is None:
         print("benchmarks.serve: nginx not found (apt-get install nginx): it is the ceiling "
@@ -444,6 +479,9 @@ def main() -> None:
     (tmp / "empty.yaml").write_text("{}\n")
     try:
         with redis_server(tmp / "redis") as redis_url:
+            if args.only == "s3":
+                bench_s3(tmp, redis_url, nginx_exe, args.s3_mb, args.many_mb, args.clients)
+                return
             r = redis.Redis.from_url(redis_url, decode_responses=True)
             started = time.monotonic()
             fill_redis(r, args.users)

@@ -374,5 +374,15 @@ class S3Store(Store):
                 "Bucket": self.bucket, "Key": key,
                 "ResponseContentDisposition": f'attachment; filename="{name}"'})))
 
+    def signed_get(self, key: str, expires_s: int) -> str:
+        """A GET of ``key`` signed for ``expires_s`` (signed here: no request is sent), for
+        serve to fetch itself (web/s3_stream.py) with a Range header of its own. Counted as
+        the request it becomes. The URL is a credential until it expires: never log it."""
+        check_key(key)
+        url = str(self._call(key, "sign", lambda: self._client.generate_presigned_url(
+            "get_object", ExpiresIn=expires_s, Params={"Bucket": self.bucket, "Key": key})))
+        self._on_send()
+        return url
+
     def close(self) -> None:
         self._client.close()

@@ -1,35 +1,51 @@
 """Archive downloads streamed from the store: HEAD, ETag/Last-Modified, single-range Range.
 
 The data never sits whole in memory: it is read in CHUNK_BYTES pieces and written as the
-client takes it. A store's stream is read in the threadpool; a local store's file is read in
-place, on the event loop when the piece is in the page cache (preadv with RWF_NOWAIT: no
-thread hand-off per piece, which cost most of a download's time) and in the threadpool when
-it is not (a disk read never blocks the loop). uvicorn waits for a slow client's socket to
+client takes it. An S3 store's object is fetched on the event loop (s3_stream.py: a GET
+signed by the store's client, read with aiohttp; its errors before the first byte are clean
+404/503 answers); a local store's file is read in place, on the event loop when the piece is
+in the page cache (preadv with RWF_NOWAIT: no thread hand-off per piece, which cost most of a
+download's time) and in the threadpool when it is not (a disk read never blocks the loop);
+another store's stream is read in the threadpool. uvicorn waits for a slow client's socket to
 drain before it writes the next piece (not after), so a stalled client holds about two pieces
 plus the transport's 64 KiB high-water mark: the pieces are small so that hundreds of stalled
-clients hold little (measured in tests/test_serve_hostile.py).
+clients hold little (measured in tests/test_serve_hostile.py). A body that ends short (the
+object changed, the store failed) is cut: the connection closes before Content-Length bytes,
+never with a complete-looking answer.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 from collections.abc import AsyncGenerator, Callable, Generator
 from dataclasses import dataclass
 from email.utils import format_datetime, parsedate_to_datetime
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from bulkbackup.archive import layout
+from bulkbackup.errors import NotFound, StoreError
 from bulkbackup.store import Head, Store
 from bulkbackup.store.base import content_type
+from bulkbackup.web.http import Unavailable
 
+if TYPE_CHECKING:  # imported when an S3 store is served (aiohttp: not for a local store)
+    from bulkbackup.web.s3_stream import Fetch
+
+log = logging.getLogger(__name__)
 CHUNK_BYTES = 64 * 1024
 PRESIGN_S = 300
+# How long the GET that serve signs for itself stays valid (S3 checks it when the request
+# arrives, not while the body flows).
+SIGNED_GET_S = 300
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 DIGITS_MAX = 19  # 10**19 bytes is past any object
 # What can be downloaded (its Content-Type comes from the key: store.base.content_type).
@@ -37,6 +53,13 @@ KINDS = ("bundle", "zip")
 # Read a page-cached piece without blocking (Linux >= 4.14); elsewhere every piece is read in
 # the threadpool.
 _NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
+
+@runtime_checkable
+class SignsGets(Protocol):
+    """A store whose objects serve fetches itself by a signed GET (store/s3.py)."""
+
+    def signed_get(self, key: str, expires_s: int) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -179,6 +202,7 @@ class Download(StreamingResponse):
                          media_type=media_type)
         self._chunks = chunks
         self._ended = ended
+        self._length = int(headers["Content-Length"])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -191,6 +215,48 @@ class Download(StreamingResponse):
             else:
                 await self._chunks.aclose()
             self._ended()
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})
+        left = self._length
+        try:
+            async for chunk in self.body_iterator:
+                left -= len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except StoreError as exc:  # the answer has started: it can only be cut
+            log.warning("store: %s (download cut)", exc)
+        if left:
+            # Short: not completing the response makes uvicorn close the connection, so the
+            # client sees a truncated body (completing it would be uvicorn's RuntimeError).
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class S3Download(Download):
+    """A download whose GET is sent, and its headers read, before the answer starts: a store
+    that fails or lost the object gets a clean 503 / 404, not a cut body."""
+
+    def __init__(self, fetch: Fetch, ended: Callable[[], None], status_code: int,
+                 headers: dict[str, str], media_type: str) -> None:
+        super().__init__(fetch.pieces(), ended, status_code, headers, media_type)
+        self._fetch = fetch
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._fetch.open()
+        except NotFound:
+            self._ended()
+            raise HTTPException(404) from None
+        except StoreError as exc:
+            self._ended()
+            log.warning("store: %s", exc)
+            raise Unavailable("store") from None
+        except BaseException:
+            self._fetch.close()
+            self._ended()
+            raise
+        await super().__call__(scope, receive, send)
 
 
 def respond(request: Request, store: Store, key: str, kind: str, head: Head,
@@ -228,6 +294,13 @@ def respond(request: Request, store: Store, key: str, kind: str, head: Head,
     media = content_type(key)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=media)
+    if isinstance(store, SignsGets):
+        from bulkbackup.web import s3_stream
+
+        url = store.signed_get(key, SIGNED_GET_S)
+        if not s3_stream.proxied(url):  # through a proxy: boto3's read below
+            return S3Download(s3_stream.Fetch(url, key, start, length), ended, status,
+                              headers, media)
     chunks = _in_place(store, key, start, length) if store.local_path(key) is not None \
         else _chunks(store, key, start, length)
     return Download(chunks, ended, status_code=status, headers=headers, media_type=media)

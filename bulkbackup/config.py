@@ -111,6 +111,7 @@ class RunSettings:
     procs: int = 4
     lock_ttl_s: int = 10
     claim_batch_max: int = 32
+    listing_cache_s: int = 600  # a listing handed over with its user, kept (0: none handed over)
     claim_target_s: float = 5.0
     work_dir: str = ""
     git_timeout_s: float = 3600.0
@@ -295,6 +296,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "run.procs": (1, 1024),
     "run.lock_ttl_s": (2, 86_400),
     "run.claim_batch_max": (1, 10_000),
+    "run.listing_cache_s": (0, 86_400),
     "run.claim_target_s": (0.1, 86_400),
     "run.git_timeout_s": (1, 7 * 86_400),
     "run.max_repo_kb": (0, None),

@@ -30,7 +30,7 @@ from bulkbackup.archive.metadata import canonical
 from bulkbackup.config import GitHubSettings, RunSettings
 from bulkbackup.errors import Interrupted
 from bulkbackup.forge.git_auth import git_auth
-from bulkbackup.forge.listing import Conditions, Lister
+from bulkbackup.forge.listing import Batching, Conditions, Lister, OwnerListing, TakenBack
 from bulkbackup.git.auth import ANONYMOUS
 from bulkbackup.git.gitops import GitWork
 from bulkbackup.git.packfetch import FetchedIncrement, fetch_increment
@@ -454,6 +454,49 @@ def worker_of(settings: config.Settings, store: Store | None = None,
     worker = Worker(args, writer, graceful, shared, os.getppid(), store, factory)
     holder.append(worker)
     return InProcess(worker, reader)
+
+
+class Hooked:
+    """A lister that does `hook(finished)` after each step of the real one, and
+    `hook(None)` when it is asked to take its owners back."""
+
+    def __init__(self, real: Lister, hook: Callable[[list[OwnerListing] | None], None]
+                 ) -> None:
+        self.real = real
+        self.hook = hook
+
+    @property
+    def batching(self) -> Batching:
+        return self.real.batching
+
+    @property
+    def queued(self) -> int:
+        return self.real.queued
+
+    def submit(self, logins: Sequence[str]) -> list[OwnerListing]:
+        return self.real.submit(logins)
+
+    def step(self, deadline: float | None) -> list[OwnerListing]:
+        finished = self.real.step(deadline)
+        self.hook(finished)
+        return finished
+
+    def take_back(self) -> TakenBack:
+        self.hook(None)
+        return self.real.take_back()
+
+    def wait_ready(self) -> None:
+        self.real.wait_ready()
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def hooked(hook: Callable[[Worker, list[OwnerListing] | None], None]
+           ) -> Callable[[Worker, Conditions], Lister]:
+    def make(worker: Worker, conditions: Conditions) -> Lister:
+        return Hooked(worker._github_lister(conditions), lambda done: hook(worker, done))
+    return make
 
 
 def completed(r: redis.Redis, logins: Sequence[str], since: float) -> bool:

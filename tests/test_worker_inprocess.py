@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ import redis
 from bulkbackup import config
 from bulkbackup.archive import layout
 from bulkbackup.config import StoreSettings
-from bulkbackup.forge.listing import Batching, Conditions, Lister, OwnerListing, TakenBack
+from bulkbackup.forge.listing import OwnerListing
 from bulkbackup.queue import keys
 from bulkbackup.run.reports import Deferred, GivenBack, Lost, Report, Synced
 from bulkbackup.run.worker import Worker
@@ -28,7 +28,7 @@ from bulkbackup.store.local import LocalStore
 from bulkbackup.store.memory import MemoryStore
 from bulkbackup.testing import forge_graphql
 from bulkbackup.testing.forge import Forge, RepoSpec
-from tests.helpers import completed, nothing_held, worker_of
+from tests.helpers import completed, hooked, nothing_held, worker_of
 
 
 @pytest.fixture
@@ -132,56 +132,14 @@ def test_two_workers_share_the_queue_without_doing_a_user_twice(
     assert completed(r, logins, since) and nothing_held(r)
 
 
-class Hooked:
-    """A lister that does `hook(finished)` after each step of the real one, and
-    `hook(None)` when it is asked to take its owners back."""
-
-    def __init__(self, real: Lister, hook: Callable[[list[OwnerListing] | None], None]
-                 ) -> None:
-        self.real = real
-        self.hook = hook
-
-    @property
-    def batching(self) -> Batching:
-        return self.real.batching
-
-    @property
-    def queued(self) -> int:
-        return self.real.queued
-
-    def submit(self, logins: Sequence[str]) -> list[OwnerListing]:
-        return self.real.submit(logins)
-
-    def step(self, deadline: float | None) -> list[OwnerListing]:
-        finished = self.real.step(deadline)
-        self.hook(finished)
-        return finished
-
-    def take_back(self) -> TakenBack:
-        self.hook(None)
-        return self.real.take_back()
-
-    def wait_ready(self) -> None:
-        self.real.wait_ready()
-
-    def close(self) -> None:
-        self.real.close()
-
-
-def hooked(hook: Callable[[Worker, list[OwnerListing] | None], None]
-           ) -> Callable[[Worker, Conditions], Lister]:
-    def make(worker: Worker, conditions: Conditions) -> Lister:
-        return Hooked(worker._github_lister(conditions), lambda done: hook(worker, done))
-    return make
-
-
 @pytest.mark.parametrize("api", ["rest", "graphql"])
 def test_a_user_whose_lock_is_taken_after_its_listing_is_lost_and_writes_nothing(
     cfg: Callable[..., config.Settings], r: redis.Redis, forge: Forge, store: Store, api: str
 ) -> None:
     """Between the listing and the sync the lock passes to another worker (it expired and
     was claimed): the sync writes nothing and the user is reported lost; the others go on.
-    (The other's claim is a bare lock here: its lease and completion are test_claims.py's.)"""
+    (The other's claim is a bare lock here: its lease and completion are test_claims.py's.
+    No listing handed over: the lock lost at a hand-over is test_listing_share.py's.)"""
     forge.add_users({"taken": [RepoSpec("a")], "kept": [RepoSpec("a")]})
     track(r, "taken", "kept")
     since = math.floor(time.time())
@@ -193,7 +151,7 @@ def test_a_user_whose_lock_is_taken_after_its_listing_is_lost_and_writes_nothing
             stolen.append(True)
             r.set(keys.lock(member), "2.0.elsewhere", ex=2)
 
-    w = worker_of(cfg(api), store, hooked(steal))
+    w = worker_of(cfg(api, run="  listing_cache_s: 0\n"), store, hooked(steal))
     thread = threading.Thread(target=w.run)
     thread.start()
     seen: list[Report] = []

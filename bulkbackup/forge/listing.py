@@ -19,7 +19,7 @@ into the stored `<login>` object unchanged (REST field names: the contract).
 from __future__ import annotations
 
 from collections.abc import Callable, Container, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -213,6 +213,55 @@ class OwnerListing:
     def stored(self) -> list[dict[str, Any]]:
         """The array the user's object stores: every entry as listed, in order."""
         return [entry.rest for entry in self.repos]
+
+    def to_json(self) -> dict[str, Any] | None:
+        """Every field as JSON (one codec a field: `_CODECS`), for another process to read
+        back with `from_json` (run/listing_share.py); None if a field has no codec yet."""
+        try:
+            return {f.name: _CODECS[f.name][0](getattr(self, f.name)) for f in fields(self)}
+        except KeyError:
+            return None
+
+    @classmethod
+    def from_json(cls, doc: object, clone_host: str) -> OwnerListing:
+        """A listing `to_json` wrote, checked as a fresh one is: the login must be valid and
+        every entry goes through `RepoInfo.from_rest` again. ValueError when malformed."""
+        if not isinstance(doc, dict) or set(doc) != set(_CODECS):
+            raise ValueError("not a listing: its fields differ")
+        try:
+            return cls(**{name: decode(doc[name], clone_host)
+                          for name, (_, decode) in _CODECS.items()})
+        except (TypeError, ValueError, InvalidName) as exc:
+            raise ValueError(f"not a listing: {exc}") from None
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise ValueError("expected a list of strings")
+    return tuple(value)
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def _entries(value: object, clone_host: str) -> tuple[RepoEntry, ...]:
+    if not isinstance(value, list) or not all(isinstance(x, dict) for x in value):
+        raise ValueError("expected a list of objects")
+    return tuple(RepoInfo.from_rest(entry, clone_host) for entry in value)
+
+
+# OwnerListing's fields as JSON, one (encode, decode(value, clone_host)) pair a field: a new
+# field gets its pair here (tests/test_listing.py fails until it has one).
+_CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[object, str], Any]]] = {
+    "login": (str, lambda v, _: check_login(_string(v))),
+    "outcome": (lambda o: o.value, lambda v, _: ListingOutcome(v)),
+    "repos": (lambda repos: [r.rest for r in repos], _entries),
+    "etags": (list, lambda v, _: _strings(v)),
+    "error": (str, lambda v, _: _string(v)),
+}
 
 
 class Batching(Enum):

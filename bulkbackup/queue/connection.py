@@ -55,3 +55,4 @@ class Scripts:
         self.track = r.register_script(_script("track.lua"))
         self.events_mark = r.register_script(_script("events_mark.lua"))
         self.events_hour = r.register_script(_script("events_hour.lua"))
+        self.listing_take = r.register_script(_script("listing_take.lua"))

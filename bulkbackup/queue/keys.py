@@ -167,6 +167,17 @@ def taken_refs(member_name: str) -> str:
     return TAKEN_REFS_PREFIX + member_name
 
 
+# A listing one `run` worker made and handed over with its user (given back for another worker
+# to sync: run/listing_share.py), per `tracked` member: orjson {"at": when listed (server
+# time), "listing": OwnerListing.to_json}. Taken (read and deleted) by the worker that claims
+# the user next (lua/listing_take.lua); expires after run.listing_cache_s.
+LISTING_PREFIX = "bulkbackup:listing:"
+
+
+def listing(member_name: str) -> str:
+    return LISTING_PREFIX + member_name
+
+
 # -- remote workers (issue 23: the lease API of `serve`; queue/worker_tokens.py) --------------
 # Worker tokens: name -> JSON {hash, created, last_used} (a hash). Never a token: its sha256.
 WORKER_TOKENS = "bulkbackup:worker-tokens"

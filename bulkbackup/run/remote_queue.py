@@ -21,6 +21,7 @@ from bulkbackup.errors import BulkbackupError, LockLost
 from bulkbackup.forge.quota_broker import QuotaBroker
 from bulkbackup.queue import keys
 from bulkbackup.queue.claims import ClaimBatch, Claimed, DueReason
+from bulkbackup.queue.listings import Cached
 from bulkbackup.queue.tracked import Completion
 from bulkbackup.run.lease_client import LeaseClient, Outcome, ServerUnavailable, WorkerTokenRefused
 from bulkbackup.run.remote_store import RemoteStore
@@ -52,6 +53,9 @@ class RemoteQueue:
 
     transient: tuple[type[Exception], ...] = (ServerUnavailable,)
     errors: tuple[type[Exception], ...] = (BulkbackupError,)
+    # The lease API has no place for listings: a remote worker keeps every user it lists
+    # (claims sized by its share, as before listings were handed over), never hands one over.
+    shares_listings = False
 
     def __init__(self, target: RemoteTarget, run_start: float, lock_ttl_s: int) -> None:
         self.target = target
@@ -144,6 +148,13 @@ class RemoteQueue:
             self._held.update(members)
             self._lost.difference_update(members)
         return ClaimBatch([Claimed(m, DueReason.SCHEDULED) for m in members], lease.remaining)
+
+    def take_listings(self, members: list[str], most: int) -> Cached:
+        """Nothing is ever cached for a remote worker (see `shares_listings`)."""
+        return Cached()
+
+    def store_listings(self, found: dict[str, bytes]) -> None:
+        """Never called (`shares_listings` is false): nowhere to keep them."""
 
     def held(self) -> list[str]:
         with self._mu:

@@ -20,7 +20,7 @@ import redis
 from bulkbackup.config import Settings
 from bulkbackup.errors import BulkbackupError, Interrupted
 from bulkbackup.forge.quota_broker import QuotaBroker
-from bulkbackup.queue import history, keys, pending, tracked
+from bulkbackup.queue import history, keys, listings, pending, tracked
 from bulkbackup.queue.claims import ClaimBatch
 from bulkbackup.queue.connection import Scripts, connect
 from bulkbackup.queue.locks import LockKeeper
@@ -41,6 +41,10 @@ class WorkQueue(Protocol):
     errors: tuple[type[Exception], ...]
     # How long an idle worker waits between two polls for the run's last users.
     idle_wait_s: float
+    # Whether listings can be handed over with their users (run/listing_share.py): a worker
+    # then lists a full query of users whatever its share, and gives those beyond its share
+    # back with their listing cached for the next claimant.
+    shares_listings: bool
 
     def start(self) -> None:
         """Start keeping the held users alive (a thread refreshing them every ttl/2)."""
@@ -58,6 +62,14 @@ class WorkQueue(Protocol):
 
     def claim_due(self, n: int) -> ClaimBatch:
         """Up to ``n`` due users, now held for this worker (kept alive from now on)."""
+
+    def take_listings(self, members: list[str], most: int) -> listings.Cached:
+        """The listings handed over with the just claimed ``members``: those of the first
+        ``most`` that have one, taken; which others have one (left for the next claimant)."""
+
+    def store_listings(self, found: dict[str, bytes]) -> None:
+        """Hand listings over (member -> encoded listing), before their users are given
+        back with `finish(member, False)`."""
 
     def held(self) -> list[str]: ...
 
@@ -112,6 +124,8 @@ class RedisQueue:
         self.keeper = LockKeeper(self.r, scripts, worker_id, ttl_s)
         # Short: a poll is two cheap Redis round trips.
         self.idle_wait_s = min(0.25, ttl_s / 8)
+        self.scripts = scripts
+        self.shares_listings = settings.run.listing_cache_s > 0
 
     def start(self) -> None:
         self.keeper.start()
@@ -134,6 +148,12 @@ class RedisQueue:
         if batch.claimed:
             self.keeper.add([c.member for c in batch.claimed], time.monotonic())
         return batch
+
+    def take_listings(self, members: list[str], most: int) -> listings.Cached:
+        return listings.take(self.scripts, members, most)
+
+    def store_listings(self, found: dict[str, bytes]) -> None:
+        listings.store(self.r, found, self.settings.run.listing_cache_s)
 
     def held(self) -> list[str]:
         return self.keeper.held()

@@ -40,6 +40,7 @@ from bulkbackup.queue.claims import Claimed
 from bulkbackup.queue.tracked import Completion
 from bulkbackup.redact import install_redaction
 from bulkbackup.run.batching import BatchSizer, UserBudget
+from bulkbackup.run.listing_share import ListingShare
 from bulkbackup.run.parentdeath import ParentDeath, process_alive
 from bulkbackup.run.remote_queue import RemoteQueue, RemoteTarget
 from bulkbackup.run.reports import (
@@ -144,6 +145,8 @@ class Worker:
         self._store = store
         self._lister = lister or self._github_lister
         self.feed: ListingFeed | None = None  # claimed users not started (run)
+        self.share = ListingShare(self.queue, args.procs, s.github.clone_host, args.run_start,
+                                  args.clock_offset_s, self._hand_back)
         self._listed_s = 0.0  # the last listing step's seconds per user it finished
         self.failures_in_a_row = 0  # store or Redis failures since the last user that worked
         self.parent_pid = parent_pid
@@ -170,7 +173,8 @@ class Worker:
                                  GitWork(s.run, path, self.args.procs),
                                  committed=self.queue.committed, broker=self.broker)
                 lister = self._lister(job.conditions)
-                self.feed = ListingFeed(lister, s.github.graphql_batch)
+                self.feed = ListingFeed(lister, s.github.graphql_batch,
+                                        self.queue.shares_listings)
                 self._loop(job, self.feed)
         finally:
             self._give_back_queue()
@@ -256,7 +260,7 @@ class Worker:
             if feed.ready:  # invalid logins: failed without a request
                 continue
             if feed.queued:
-                self._list(feed)
+                self._list(feed, remaining)
                 continue
             if self._drained():
                 return
@@ -266,42 +270,36 @@ class Worker:
     def _fill(self, job: UserBackup, feed: ListingFeed, remaining: int | None) -> int | None:
         """Claim as the feed wants (see ListingFeed.wanted). A user whose events only moved
         refs of repositories it has archived (EVENTS_REFS) is ready at once, its listing
-        read from the archive (no API request); the others go to the lister."""
+        read from the archive (no API request); so is one handed over with its listing
+        (run/listing_share.py); the others go to the lister."""
         run = self.args.settings.run
         while (want := feed.wanted(remaining, self.sizer.size(remaining), self.args.procs,
                                    run.claim_batch_max)) > 0:
             claimed, remaining = self._claim(remaining, want)
-            if not claimed:
+            if not claimed or not self.share.place(job, feed, claimed, remaining):
                 break
-            to_list = []
-            for c in claimed:
-                archived = (None if c.needs_listing
-                            else job.archived_listing(keys.login_of(c.member), c.repos))
-                if archived is None:
-                    to_list.append(c.member)
-                else:
-                    feed.ready.append((c.member, archived))
-            if to_list:
-                feed.add(to_list)
             if feed.ready:
                 # Synced before more are claimed: users made ready here take no room in the
                 # lister's next request, so claiming on would hold ever more of them.
                 break
         return remaining
 
-    def _list(self, feed: ListingFeed) -> None:
-        """One step of the lister. Waiting for quota before it is this process waiting for
-        the forge (its users' locks are kept alive meanwhile): the deadline,
-        github.user_deadline_s, starts after it. A wait during the step past the deadline
-        gives the users back, never recorded as their failure: those the rate limit stopped
-        count an attempt (see TakenBack), so a forge rate limited forever cannot keep a run
-        from ending; then this process waits for the quota holding no user."""
+    def _list(self, feed: ListingFeed, remaining: int | None) -> None:
+        """One step of the lister; the users beyond this process's share handed over.
+        Waiting for quota before it is this process waiting for the forge (its users' locks
+        are kept alive meanwhile): the deadline, github.user_deadline_s, starts after it. A
+        wait during the step past the deadline gives the users back, never recorded as their
+        failure: those the rate limit stopped count an attempt (see TakenBack), so a forge
+        rate limited forever cannot keep a run from ending; then this process waits for the
+        quota holding no user."""
         feed.lister.wait_ready()
         started = time.monotonic()
         try:
             made = feed.step(started + self.args.settings.github.user_deadline_s)
             if made:  # each user's time (the batch size rule) includes its share of this
                 self._listed_s = (time.monotonic() - started) / made
+                if feed.shares:
+                    self.share.hand_over(feed, remaining or 0)
         except RateLimited as exc:
             back = feed.take_back()
             for member in back.stopped:
@@ -397,6 +395,15 @@ class Worker:
             if failure:
                 log.warning("%s: %s (given back for another attempt)", login, failure)
             self._report(GivenBack(self.args.index, login))
+
+    def _hand_back(self, member: str) -> None:
+        """Given back as it was for another worker (its listing handed over): no report."""
+        try:
+            if self.queue.finish(member, False) is Completion.LOST:
+                self._report(Lost(self.args.index, keys.login_of(member)))
+        except self.queue.errors as exc:
+            log.warning("could not hand %s over (its lock will expire): %s", member, exc)
+        self.queue.drop(member)
 
     def _back_off(self) -> None:
         """After a failure: wait 1, 2, 4 ... up to MAX_BACKOFF_S seconds while failures follow

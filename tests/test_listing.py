@@ -19,6 +19,7 @@ from bulkbackup.forge.listing import (
     RejectedRepo,
     RepoInfo,
     TakenBack,
+    read_gists,
 )
 from bulkbackup.forge.listing_feed import ListingFeed
 from bulkbackup.forge.quota_broker import QuotaBroker
@@ -133,7 +134,9 @@ def full_listing() -> OwnerListing:
     listing = OwnerListing(
         "octo", ListingOutcome.NOT_MODIFIED,
         tuple(RepoInfo.from_rest(e, HOST) for e in (GOOD, rejected, foreign)),
-        ('W/"etag-1"', '"etag-2"'), "the error")
+        ('W/"etag-1"', '"etag-2"'), "the error",
+        read_gists([{"id": "aa5495c4624ad0bf", "updated_at": "2026-01-02T03:04:05Z",
+                     "description": "notes"}, {"id": "../not-hex"}]))
     unset = [f.name for f in fields(OwnerListing)
              if getattr(listing, f.name) == getattr(OwnerListing("x", ListingOutcome.LISTED),
                                                     f.name)]
@@ -158,14 +161,17 @@ def test_a_listing_goes_through_json_with_every_field() -> None:
 @pytest.mark.parametrize("doc", [
     None, [], "octo", {},
     {"login": "octo", "outcome": "listed", "repos": [], "etags": []},  # a field missing
-    {"login": "octo", "outcome": "listed", "repos": [], "etags": [], "error": "", "more": 1},
-    {"login": "../x", "outcome": "listed", "repos": [], "etags": [], "error": ""},
-    {"login": "octo", "outcome": "bogus", "repos": [], "etags": [], "error": ""},
+    {"login": "octo", "outcome": "listed", "repos": [], "etags": [], "error": "", "gists": None,
+     "more": 1},
+    {"login": "../x", "outcome": "listed", "repos": [], "etags": [], "error": "", "gists": None},
+    {"login": "octo", "outcome": "bogus", "repos": [], "etags": [], "error": "", "gists": None},
     {"login": "octo", "outcome": "listed", "repos": ["not an object"], "etags": [],
-     "error": ""},
-    {"login": "octo", "outcome": "listed", "repos": {}, "etags": [], "error": ""},
-    {"login": "octo", "outcome": "listed", "repos": [], "etags": [1], "error": ""},
-    {"login": "octo", "outcome": "listed", "repos": [], "etags": [], "error": None},
+     "error": "", "gists": None},
+    {"login": "octo", "outcome": "listed", "repos": {}, "etags": [], "error": "", "gists": None},
+    {"login": "octo", "outcome": "listed", "repos": [], "etags": [1], "error": "", "gists": None},
+    {"login": "octo", "outcome": "listed", "repos": [], "etags": [], "error": None, "gists": None},
+    {"login": "octo", "outcome": "listed", "repos": [], "etags": [], "error": "",
+     "gists": ["not an object"]},
 ])
 def test_a_malformed_listing_is_refused(doc: object) -> None:
     with pytest.raises(ValueError, match="not a listing"):

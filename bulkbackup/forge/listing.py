@@ -253,6 +253,12 @@ def _entries(value: object, clone_host: str) -> tuple[RepoEntry, ...]:
     return tuple(RepoInfo.from_rest(entry, clone_host) for entry in value)
 
 
+def _objects(value: object) -> list[object]:
+    if not isinstance(value, list) or not all(isinstance(x, dict) for x in value):
+        raise ValueError("expected a list of objects")
+    return value
+
+
 # OwnerListing's fields as JSON, one (encode, decode(value, clone_host)) pair a field: a new
 # field gets its pair here (tests/test_listing.py fails until it has one).
 _CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[object, str], Any]]] = {
@@ -261,6 +267,8 @@ _CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[object, str], Any]]] = 
     "repos": (lambda repos: [r.rest for r in repos], _entries),
     "etags": (list, lambda v, _: _strings(v)),
     "error": (str, lambda v, _: _string(v)),
+    "gists": (lambda gists: None if gists is None else [g.rest for g in gists],
+              lambda v, _: None if v is None else read_gists(_objects(v))),
 }
 
 

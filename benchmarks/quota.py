@@ -1,6 +1,6 @@
 """GitHub API quota of `bulkbackup run`, REST vs GraphQL, side by side on the stand-in.
 
-    python -m benchmarks.quota [--users 3000] [--seed 14] [--procs 4]
+    python -m benchmarks.quota [--users 3000] [--seed 14] [--procs 4] [--api graphql]
 
 1. Per 1 000 users, a first pass and an unchanged re-pass of real `bulkbackup run --procs P`
    processes over a population like GitHub's (90 % of users with 0-10 repositories, 9 % with
@@ -8,6 +8,10 @@
    `run.skip_forks` is on: every API request and point is real, no git runs. Points are
    what the stand-in charged: GraphQL by GitHub's published rule, REST one per request
    answered 200 (GitHub does not count a 304 against the quota); requests are all of them.
+   For GraphQL, how full its queries were: the run's floor (every page in queries of
+   github.graphql_batch, at least the longest owner's chain of pages), and the queries that
+   carried fewer than half a batch, with how many of their owners were next pages (the tail:
+   big owners' pages follow a cursor chain, one query after another).
 2. The fleet figure: 2 runs x 4 processes (two `BULKBACKUP_WORKER_HOST`s) sharing one token
    whose quota in the stand-in is small and runs out several times: requests the stand-in
    received after one of its answers had said the quota was spent (the stand-in counts them).
@@ -89,9 +93,24 @@ class Bench:
         self.forge.reset_counters()
         with self.forge.lock:
             forge_graphql.controls(self.forge).counters.clear()
+            forge_graphql.controls(self.forge).queries.clear()
+
+    def fill(self, sizes: dict[str, int]) -> str:
+        """How full the last pass's GraphQL queries were (see the module's text)."""
+        with self.forge.lock:
+            queries = list(forge_graphql.controls(self.forge).queries)
+        owners = [q.count("repositoryOwner(") for q in queries]
+        nexts = [q.count("after: $c") for q in queries]
+        pages = sum(max(1, -(-n // 100)) for n in sizes.values())
+        floor = max(-(-pages // 100), max(-(-n // 100) for n in sizes.values()))
+        small = [i for i, n in enumerate(owners) if 0 < n < 50]
+        return (f"    {len([n for n in owners if n])} queries for {pages} pages (floor "
+                f"{floor}); {len(small)} with < 50 owners, carrying "
+                f"{sum(owners[i] for i in small)} owners of which "
+                f"{sum(nexts[i] for i in small)} next pages")
 
 
-def passes(bench: Bench, sizes: dict[str, int]) -> None:
+def passes(bench: Bench, sizes: dict[str, int], apis: tuple[str, ...]) -> None:
     logins = list(sizes)
     per_k = 1000 / len(logins)
     print(f"{len(logins)} users, {sum(sizes.values())} repositories, "
@@ -102,14 +121,16 @@ def passes(bench: Bench, sizes: dict[str, int]) -> None:
     # the broker believes them): these passes measure cost, not waits.
     bench.forge.set_token_budget(TOKEN, 10**9, 3600)
     forge_graphql.controls(bench.forge).set_token_budget(TOKEN, 10**9, 3600)
-    for api in ("rest", "graphql"):
+    for api in apis:
         bench.track(logins)
         for name in ("first", "re-pass"):
             bench.reset()
             seconds = bench.run([bench.env(api, f"store-{api}", token=True)], logins)
             got = bench.counted(api)
             print(f"{api:<8} {name:<10} {got.points * per_k:>18.1f} "
-                  f"{got.requests * per_k:>20.1f} {seconds:>8.1f}")
+                  f"{got.requests * per_k:>20.1f} {seconds:>8.1f}", flush=True)
+            if api == "graphql":
+                print(bench.fill(sizes), flush=True)
 
 
 def fleet(bench: Bench, users: int) -> None:
@@ -143,6 +164,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=14)
     ap.add_argument("--procs", type=int, default=4)
     ap.add_argument("--fleet-users", type=int, default=400, help="0: no fleet figure")
+    ap.add_argument("--api", choices=("rest", "graphql", "both"), default="both")
     args = ap.parse_args()
     sizes = population(args.users, args.seed)
     with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp) / "redis") as url, \
@@ -150,7 +172,7 @@ def main() -> None:
         forge.add_users({login: [RepoSpec(f"r{j}", missing=True, fork=True) for j in range(n)]
                          for login, n in sizes.items()})
         bench = Bench(Path(tmp), forge, url, args.procs)
-        passes(bench, sizes)
+        passes(bench, sizes, ("rest", "graphql") if args.api == "both" else (args.api,))
         if args.fleet_users:
             fleet(bench, args.fleet_users)
 

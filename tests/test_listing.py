@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bulkbackup.config import GitHubSettings
+from bulkbackup.forge.github_graphql import GraphQLLister
 from bulkbackup.forge.github_rest import GitHub, RestLister
 from bulkbackup.forge.listing import (
     ListingOutcome,
@@ -124,6 +125,35 @@ def test_rest_claims_the_sizers_batch_only_when_it_holds_no_user() -> None:
     back = feed.take_back()
     assert back == TakenBack((keys.member("a"),), (keys.member("b"),))
     assert feed.held == 0 and feed.wanted(10, 3, 2, 32) == 3
+
+
+def graphql_feed(shares: bool) -> ListingFeed:
+    settings = GitHubSettings(api_url="http://127.0.0.1:9", tokens=("t",))
+    return ListingFeed(GraphQLLister(settings, QuotaBroker(None, settings.tokens)), 100, shares)
+
+
+def test_graphql_claims_a_full_query_when_listings_are_handed_over() -> None:
+    """Handed over (run/listing_share.py): a full query whatever the share of the users
+    left; not handed over (a remote worker): no more than the share (1/(2 x procs))."""
+    shared, alone = graphql_feed(True), graphql_feed(False)
+    assert shared.wanted(None, 4, 2, 32) == 32 and alone.wanted(None, 4, 2, 32) == 4
+    assert shared.wanted(12, 4, 2, 1000) == 100 and alone.wanted(12, 4, 2, 1000) == 3
+    shared.add([keys.member(f"u{i}") for i in range(90)])
+    assert shared.wanted(12, 4, 2, 1000) == 10  # the room left in the next query
+    assert not ListingFeed(rest_lister(), 100, True).shares  # REST: one user at a time
+
+
+def test_the_surplus_of_ready_users_leaves_the_first_and_the_failed() -> None:
+    feed = graphql_feed(True)
+    listings = [OwnerListing("a", ListingOutcome.LISTED),
+                OwnerListing("b", ListingOutcome.FAILED, error="e"),
+                OwnerListing("c", ListingOutcome.GONE, error="gone"),
+                OwnerListing("d", ListingOutcome.FAILED, error="e"),
+                OwnerListing("e", ListingOutcome.LISTED)]
+    feed.ready.extend((keys.member(x.login), x) for x in listings)
+    out = feed.surplus(2)
+    assert [m for m, _ in out] == [keys.member("c"), keys.member("e")]
+    assert [x.login for _, x in feed.ready] == ["a", "b", "d"]
 
 
 def full_listing() -> OwnerListing:

@@ -24,6 +24,7 @@ from bulkbackup.forge.listing import ListingOutcome, OwnerListing
 from bulkbackup.queue import keys, listings
 from bulkbackup.queue.connection import Scripts
 from bulkbackup.run.reports import GivenBack, Lost, Synced
+from bulkbackup.run.work_queue import RedisQueue
 from bulkbackup.run.worker import Worker
 from bulkbackup.store.memory import MemoryStore
 from bulkbackup.testing import forge_graphql
@@ -183,6 +184,49 @@ def test_a_lock_lost_at_the_hand_over_is_reported_and_the_next_claim_uses_the_li
     assert not [x for x in reports if isinstance(x, GivenBack)]  # a hand-over is no give back
     assert forge.owner_requests("taken") == 1 and w.worker.share.received == 1
     assert completed(r, ["kept", "taken"], since) and nothing_held(r)
+
+
+class CacheDown(RedisQueue):
+    """A worker's queue whose listing cache does not answer (a connection error), the rest
+    of Redis as usual."""
+
+    def take_listings(self, members: list[str], most: int) -> listings.Cached:
+        raise redis.ConnectionError("the listing cache is down (test)")
+
+    def store_listings(self, found: dict[str, bytes]) -> None:
+        raise redis.ConnectionError("the listing cache is down (test)")
+
+
+@pytest.mark.parametrize("case", ["too large", "cache down"])
+def test_a_listing_that_cannot_be_handed_over_is_synced_by_its_worker(
+    cfg: Callable[..., config.Settings], r: redis.Redis, forge: Forge, case: str
+) -> None:
+    """Too large to cache, or Redis refusing it: the worker keeps its users and syncs them
+    itself, each listed once; a listing cached for a user whose claim cannot read it is left
+    to expire and the user listed."""
+    logins = [f"k{i}" for i in range(8)]
+    forge.add_users({x: [RepoSpec("a", missing=True, size_kb=10**8)] for x in logins})
+    intact(r, *logins)
+    since = math.floor(time.time())
+    w = worker_of(cfg(), MemoryStore())
+    if case == "too large":
+        w.worker.share.max_bytes = 20
+    else:
+        args = w.worker.args
+        w.worker.queue.close()
+        w.worker.queue = w.worker.share.queue = CacheDown(
+            args.settings, args.worker_id, args.run_start, args.clock_offset_s)
+        doc = OwnerListing("k0", ListingOutcome.LISTED).to_json()
+        listings.store(r, {keys.member("k0"): orjson.dumps(
+            {"at": args.run_start + 0.5, "listing": doc})}, 600)
+    reports = w.run()
+    w.close()
+    assert sorted(x.login for x in reports if isinstance(x, Synced)) == logins
+    assert w.worker.share.handed == 0 and w.worker.share.received == 0
+    assert all(forge.owner_requests(x) == 1 for x in logins)
+    assert forge_graphql.controls(forge).counters["requests"] == 1  # one query for all
+    assert cached(r) == ([] if case == "too large" else [keys.listing(keys.member("k0"))])
+    assert completed(r, logins, since) and nothing_held(r)
 
 
 def run_env(tmp_path: Path, forge: Forge, redis_url: str, extra: str = "") -> dict[str, str]:

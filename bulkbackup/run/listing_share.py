@@ -31,6 +31,7 @@ from bulkbackup.forge.listing import OwnerListing
 from bulkbackup.forge.listing_feed import ListingFeed, share
 from bulkbackup.queue import keys
 from bulkbackup.queue.claims import Claimed
+from bulkbackup.queue.listings import Cached
 from bulkbackup.run.work_queue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class ListingShare:
         self.run_start = run_start
         self.clock_offset_s = clock_offset_s
         self.give_back = give_back  # the worker's give back of a user handed over
+        self.max_bytes = MAX_BYTES
         self.handed = 0  # users handed over with their listing (figures for tests, logs)
         self.received = 0  # users claimed with a cached listing used
 
@@ -94,7 +96,11 @@ class ListingShare:
         this process holds ready) are used; other cached ones are handed on (given back for
         another process); the rest are to be listed."""
         most = share(remaining + len(members), self.procs) - held
-        cached = self.queue.take_listings(members, most)
+        try:
+            cached = self.queue.take_listings(members, most)
+        except self.queue.errors as exc:  # listed instead; the cached ones expire
+            log.warning("cached listings not read (listing %d users): %s", len(members), exc)
+            cached = Cached()
         ready, to_list, handed_on = [], [], []
         for member in members:
             data = cached.taken.get(member)
@@ -115,7 +121,8 @@ class ListingShare:
         others over (cached, then given back); how many were handed over."""
         keep = share(remaining + len(feed.ready), self.procs)
         found: dict[str, bytes] = {}
-        for member, listing in feed.surplus(keep):
+        surplus = feed.surplus(keep)
+        for member, listing in surplus:
             data = self.encode(listing)
             if data is None:
                 feed.ready.append((member, listing))
@@ -123,7 +130,12 @@ class ListingShare:
                 found[member] = data
         if not found:
             return 0
-        self.queue.store_listings(found)  # cached before the users are claimable again
+        try:
+            self.queue.store_listings(found)  # cached before the users are claimable again
+        except self.queue.errors as exc:  # kept and synced here instead
+            log.warning("listings not handed over (%d users kept): %s", len(found), exc)
+            feed.ready.extend(item for item in surplus if item[0] in found)
+            return 0
         for member in found:
             self.give_back(member)
         self.handed += len(found)
@@ -134,7 +146,7 @@ class ListingShare:
         if doc is None:
             return None
         data = orjson.dumps({"at": time.time() + self.clock_offset_s, "listing": doc})
-        return data if len(data) <= MAX_BYTES else None
+        return data if len(data) <= self.max_bytes else None
 
     def decode(self, member: str, data: str | bytes) -> OwnerListing | None:
         """A cached listing, if it is valid, ``member``'s and made during this run."""

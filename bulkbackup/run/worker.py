@@ -397,7 +397,9 @@ class Worker:
             self._report(GivenBack(self.args.index, login))
 
     def _hand_back(self, member: str) -> None:
-        """Given back as it was for another worker (its listing handed over): no report."""
+        """Given back as it was for another worker (its listing handed over): no report;
+        its place in the --max-users budget goes back too."""
+        self.budget.give_back(1)
         try:
             if self.queue.finish(member, False) is Completion.LOST:
                 self._report(Lost(self.args.index, keys.login_of(member)))

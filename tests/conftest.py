@@ -11,12 +11,21 @@ from pathlib import Path
 import pytest
 import redis
 
-from bulkbackup import config
+from bulkbackup import config, redact
 from bulkbackup.store import Store, open_store
 from bulkbackup.testing.forge import Forge
 from bulkbackup.testing.services import free_port, start_moto, start_redis
 from tests.browser import find_chromium
 from tests.helpers import run_config
+
+
+@pytest.fixture(autouse=True)
+def _secrets_of_this_test_only() -> Iterator[None]:
+    """Tokens a test's in-process client registers for redaction are forgotten after it: a
+    test token such as "t" would otherwise scrub every later test's messages in this process."""
+    before = list(redact._SECRETS)
+    yield
+    redact._SECRETS[:] = before
 
 
 @pytest.fixture(scope="session")

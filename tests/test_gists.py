@@ -290,7 +290,7 @@ def test_a_graphql_query_of_100_owners_asks_49_gist_lists_and_costs_one_point(
     logins = [f"owner{i:03d}" for i in range(100)]
     forge.add_users({login: [] for login in logins})
     forge.add_gist("owner007", GIST, FILES, build=False)
-    settings = GitHubSettings(api_url=forge.url, tokens=("t",))
+    settings = GitHubSettings(api_url=forge.url, tokens=("test-token-000000000001",))
     lister = GraphQLLister(settings, QuotaBroker(None, settings.tokens), gists=True)
     days = [int(time.time() // 86400)]
     try:

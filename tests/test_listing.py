@@ -128,7 +128,7 @@ def test_rest_claims_the_sizers_batch_only_when_it_holds_no_user() -> None:
 
 
 def graphql_feed(shares: bool) -> ListingFeed:
-    settings = GitHubSettings(api_url="http://127.0.0.1:9", tokens=("t",))
+    settings = GitHubSettings(api_url="http://127.0.0.1:9", tokens=("test-token-000000000001",))
     return ListingFeed(GraphQLLister(settings, QuotaBroker(None, settings.tokens)), 100, shares)
 
 

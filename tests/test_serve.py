@@ -28,6 +28,7 @@ from markupsafe import escape
 
 from bulkbackup.queue.connection import Scripts
 from bulkbackup.queue.locks import LockKeeper
+from bulkbackup.testing import services
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.services import free_port
 from tests.helpers import (
@@ -73,10 +74,12 @@ class Archive:
 
 
 @pytest.fixture(scope="module")
-def archive(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
+    """The module's archive, in a redis-server of its own: a test that flushes the session's
+    Redis (the redis_url fixture) cannot empty it under the module's later tests."""
     tmp = tmp_path_factory.mktemp("serve")
+    redis_proc, redis_server = services.start_redis(tmp / "redis")
     client = redis.Redis.from_url(redis_server, decode_responses=True)
-    client.flushall()
     store = tmp / "backup" / "github.com"
     with Forge(tmp / "forge") as forge:
         fill_forge(forge)
@@ -88,6 +91,8 @@ def archive(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     yield Archive(served, client, store, env)
     stop_serve(served)
     client.close()
+    redis_proc.terminate()
+    redis_proc.wait(10)
 
 
 def test_stats_dashboard_and_pictures(archive: Archive) -> None:
@@ -301,10 +306,11 @@ def _evict(path: Path) -> None:
         os.close(fd)
 
 
-def test_a_local_download_read_from_disk_or_the_page_cache(redis_url: str, tmp_path: Path
+def test_a_local_download_read_from_disk_or_the_page_cache(redis_server: str, tmp_path: Path
                                                            ) -> None:
     """A local store's file is read in place: page-cached pieces on the event loop, the others
-    in the threadpool. Both give the same bytes, whole and ranged, across piece boundaries."""
+    in the threadpool. Both give the same bytes, whole and ranged, across piece boundaries.
+    (The session's Redis is not flushed: the module's archive lives in it.)"""
     store = tmp_path / "store"
     (store / "alice").mkdir(parents=True)
     path = store / "alice" / "pieces.bundle"
@@ -313,7 +319,7 @@ def test_a_local_download_read_from_disk_or_the_page_cache(redis_url: str, tmp_p
         f.write(data)
         f.flush()
         os.fsync(f.fileno())  # written back: its pages can be dropped
-    served = start_serve(base_env(tmp_path, redis_url, str(store)), tmp_path / "serve.log")
+    served = start_serve(base_env(tmp_path, redis_server, str(store)), tmp_path / "serve.log")
     try:
         url = "/users/alice/pieces.bundle"
         for cached in (False, True):

@@ -598,9 +598,6 @@ def test_verify_works_without_redis(archived: Archived) -> None:
 # -- docs/archive.md "Store layout": a local store is a folder -------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="defect: the local store's sidecars name inodes, so a "
-                   "copied store (cp -r, rsync, tar) reads as objects without metadata and "
-                   "restores each repository's full bundle alone (docs/archive.md says so)")
 def test_a_copied_local_store_restores_the_same_state(archived: Archived) -> None:
     """A local store is "a local folder" (README): copied as folders are (here `cp -r`), it
     should restore what the original restores."""

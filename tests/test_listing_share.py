@@ -126,7 +126,7 @@ def test_a_listing_handed_over_by_one_worker_is_used_by_the_next_with_no_query(
 def test_a_cached_listing_that_is_malformed_stale_foreign_or_expired_is_listed_again(
     cfg: Callable[..., config.Settings], r: redis.Redis, forge: Forge
 ) -> None:
-    logins = ["bad-json", "foreign", "stale", "no-object", "expired", "good"]
+    logins = ["bad-json", "foreign", "stale", "no-object", "expired", "elsewhere", "good"]
     forge.add_users({x: [RepoSpec("a", missing=True, size_kb=10**8)] for x in logins})
     forge.add_users({"other": []})
     intact(r, *logins)
@@ -134,12 +134,15 @@ def test_a_cached_listing_that_is_malformed_stale_foreign_or_expired_is_listed_a
     w = worker_of(cfg(), store)
     run_start = w.worker.args.run_start
 
-    def listing(login: str, at: float, repos: object = None) -> bytes:
+    github = w.worker.args.settings.github
+
+    def listing(login: str, at: float, repos: object = None,
+                api: str = github.api_url) -> bytes:
         doc = OwnerListing(login, ListingOutcome.LISTED).to_json()
         assert doc is not None
         if repos is not None:
             doc["repos"] = repos
-        return orjson.dumps({"at": at, "listing": doc})
+        return orjson.dumps({"at": at, "api": api, "git": github.clone_host, "listing": doc})
 
     good = listing("good", run_start + 0.5)  # `good` with no repository: believed
     listings.store(r, {keys.member(x): data for x, data in (
@@ -147,6 +150,8 @@ def test_a_cached_listing_that_is_malformed_stale_foreign_or_expired_is_listed_a
         ("foreign", listing("other", run_start + 0.5)),
         ("stale", listing("stale", run_start - 5)),  # listed before this run started
         ("no-object", listing("no-object", run_start + 0.5, ["not an entry"])),
+        # Listed by a host that reaches the forge at another address (its clone URLs name it).
+        ("elsewhere", listing("elsewhere", run_start + 0.5, api="http://10.0.0.9:1")),
         ("good", good))}, 600)
     listings.store(r, {keys.member("expired"): listing("expired", run_start + 0.5)}, 1)
     wait_for(lambda: r.get(keys.listing(keys.member("expired"))) is None, 10, "expiry")

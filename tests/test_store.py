@@ -358,13 +358,60 @@ def test_local_sidecar_matches_inode(local_root: Path) -> None:
 
     doc = json.loads((local_root / "octocat" / "%object%meta").read_text())
     ino = (local_root / "octocat" / "%object").stat().st_ino
-    assert doc["cur"] == {"ino": ino, "size": 3, "meta": {"LastSync": "2"}}
+    assert doc["cur"]["ino"] == ino and doc["cur"]["size"] == 3
+    assert doc["cur"]["meta"] == {"LastSync": "2"} and len(doc["cur"]["fp"]) == 32
     assert doc["prev"]["meta"] == {"LastSync": "1"}
     # Data replaced behind the store's back (no sidecar entry for it): no stale metadata,
     # even when the new file reuses the inode that `prev` names.
     (local_root / "octocat" / "%object").unlink()
     (local_root / "octocat" / "%object").write_bytes(b"[1, 2, 3]")
     head = store.head("octocat")
+    assert head is not None and head.metadata == {}
+
+
+def test_a_copied_local_store_keeps_every_objects_metadata(local_root: Path,
+                                                           tmp_path: Path) -> None:
+    """cp -r gives every file a new inode: the fingerprint ties the sidecars to the copies,
+    also the one caught between its sidecar and its rename, with old and new of one size."""
+    store = LocalStore(StoreSettings(url=str(local_root)))
+    big = os.urandom(20_000)
+    store.put_bytes("octocat/big.bundle", big, {"LastSync": "big"})
+    store.put_bytes("octocat/a.bundle", b"old data", {"LastSync": "old"})
+    store.replace_metadata("octocat/big.bundle", {"LastSync": "big2"})
+    with pytest.raises(Crash):
+        CrashBeforeRename(StoreSettings(url=str(local_root))).put_bytes(
+            "octocat/a.bundle", b"new data", {"LastSync": "new"})
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(local_root), str(copy)], check=True)
+    copied = LocalStore(StoreSettings(url=str(copy)))
+    for key, lastsync in (("octocat/a.bundle", "old"), ("octocat/big.bundle", "big2")):
+        head = copied.head(key)
+        assert head is not None and head.get("lastsync") == lastsync, key
+    copied.copy("octocat/big.bundle", "octocat/big2.bundle")
+    head = copied.head("octocat/big2.bundle")
+    assert head is not None and head.get("lastsync") == "big2"
+    # A file of the same size put in place by hand is not the one the sidecar describes.
+    (copy / "octocat" / "big.bundle").write_bytes(big[:-1] + bytes([big[-1] ^ 1]))
+    head = copied.head("octocat/big.bundle")
+    assert head is not None and head.metadata == {}
+
+
+def test_a_sidecar_without_fingerprints_matches_a_copy_by_an_unambiguous_size(
+        local_root: Path) -> None:
+    import json
+
+    data = local_root / "octocat" / "a.bundle"
+    data.parent.mkdir(parents=True)
+    data.write_bytes(b"12345")
+    meta = data.with_name("a.bundle%meta")
+    old = {"ino": 1, "size": 5, "meta": {"LastSync": "old"}}
+    meta.write_text(json.dumps({"cur": old, "prev": None}))
+    store = LocalStore(StoreSettings(url=str(local_root)))
+    head = store.head("octocat/a.bundle")
+    assert head is not None and head.get("lastsync") == "old"
+    # Both entries of that size: which one is in place cannot be told, so neither is taken.
+    meta.write_text(json.dumps({"cur": old, "prev": {**old, "ino": 2, "meta": {"LastSync": "p"}}}))
+    head = store.head("octocat/a.bundle")
     assert head is not None and head.metadata == {}
 
 

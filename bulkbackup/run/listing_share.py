@@ -11,7 +11,9 @@ other users with one cached go back at once for the next claimant, the rest are 
 
 A cached listing is checked as a fresh one is (OwnerListing.from_json: the login, every
 repository entry through RepoInfo.from_rest), must be its member's and made during this run
-(listed at or after the run's start): anything else is ignored and the user listed again. One
+(listed at or after the run's start) and listed through the same API and git host as the
+taker's (hosts of one fleet may reach the forge at different addresses, and clone URLs are
+checked against the taker's git host): anything else is ignored and the user listed again. One
 that is too large (MAX_BYTES) is not cached: the worker keeps its user. A worker that dies
 after caching loses nothing: the user is given back, or its lock expires, and whoever claims
 it next finds the listing (or lists it again once it expired).
@@ -54,11 +56,11 @@ class ListingShare:
     """One worker's side of the hand-over (used only when its queue shares listings and its
     lister fills batches: `ListingFeed.shares`)."""
 
-    def __init__(self, queue: WorkQueue, procs: int, clone_host: str, run_start: float,
+    def __init__(self, queue: WorkQueue, procs: int, forge: tuple[str, str], run_start: float,
                  clock_offset_s: float, give_back: Callable[[str], None]) -> None:
         self.queue = queue
         self.procs = procs
-        self.clone_host = clone_host
+        self.api_url, self.clone_host = forge  # this worker's view of the forge
         self.run_start = run_start
         self.clock_offset_s = clock_offset_s
         self.give_back = give_back  # the worker's give back of a user handed over
@@ -145,7 +147,8 @@ class ListingShare:
         doc = listing.to_json()
         if doc is None:
             return None
-        data = orjson.dumps({"at": time.time() + self.clock_offset_s, "listing": doc})
+        data = orjson.dumps({"at": time.time() + self.clock_offset_s, "api": self.api_url,
+                             "git": self.clone_host, "listing": doc})
         return data if len(data) <= self.max_bytes else None
 
     def decode(self, member: str, data: str | bytes) -> OwnerListing | None:
@@ -157,6 +160,9 @@ class ListingShare:
             at = doc.get("at")
             if not isinstance(at, int | float) or at < self.run_start:
                 raise ValueError(f"listed before this run started ({at!r:.40})")
+            if (doc.get("api"), doc.get("git")) != (self.api_url, self.clone_host):
+                raise ValueError(f"listed through another API URL or git host "
+                                 f"({str(doc.get('api'))[:100]!r})")
             listing = OwnerListing.from_json(doc.get("listing"), self.clone_host)
             if listing.login != keys.login_of(member):
                 raise ValueError(f"the listing of {listing.login!r}")

@@ -145,8 +145,8 @@ class Worker:
         self._store = store
         self._lister = lister or self._github_lister
         self.feed: ListingFeed | None = None  # claimed users not started (run)
-        self.share = ListingShare(self.queue, args.procs, s.github.clone_host, args.run_start,
-                                  args.clock_offset_s, self._hand_back)
+        self.share = ListingShare(self.queue, args.procs, (s.github.api_url, s.github.clone_host),
+                                  args.run_start, args.clock_offset_s, self._hand_back)
         self._listed_s = 0.0  # the last listing step's seconds per user it finished
         self.failures_in_a_row = 0  # store or Redis failures since the last user that worked
         self.parent_pid = parent_pid

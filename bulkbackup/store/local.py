@@ -12,9 +12,10 @@ files and can never collide with a key):
 
 Crash safety without extended attributes: a put writes the data to a temp file, then the
 sidecar, then renames the data into place; the write's before_commit runs just before the
-sidecar's rename. The sidecar names the inode (and size) of the data
+sidecar's rename. The sidecar names the inode, size and a content fingerprint of the data
 it describes, for the new data (`cur`) and for the data still in place (`prev`), so a reader
-that matches the current data file gets that data's metadata whatever the moment of a crash.
+that matches the current data file gets that data's metadata whatever the moment of a crash,
+and a copied store (new inodes) still reads as the original (sidecar.py).
 """
 
 from __future__ import annotations
@@ -162,12 +163,12 @@ class LocalStore(FolderListing, Store):
         self._make_parent(dest)
         tmp = self._write_temp(src, data)
         try:
-            st = os.stat(tmp)
+            with open(tmp, "rb") as written:
+                entry = sidecar.new_entry(written.fileno(), meta)
             # The fence sits inside the sidecar write: from it to the data rename below
             # there are only a rename and two directory fsyncs (README: the lock fence).
-            self._write_sidecar(dest, {"cur": {"ino": st.st_ino, "size": st.st_size,
-                                               "meta": meta},
-                                       "prev": self._current_entry(dest)}, before_commit)
+            self._write_sidecar(dest, {"cur": entry, "prev": self._current_entry(dest)},
+                                before_commit)
             os.replace(tmp, dest)
             sidecar.fsync_dir(dest.parent)
         except BaseException:
@@ -217,7 +218,7 @@ class LocalStore(FolderListing, Store):
             st = os.stat(dest)
         except FileNotFoundError:
             return None
-        return sidecar.entry_for(sidecar.read(dest), st)
+        return sidecar.entry_for(sidecar.read(dest), st, dest)
 
     def replace_metadata(self, key: str, metadata: Mapping[str, str],
                          before_commit: BeforeCommit = no_fence) -> None:
@@ -225,9 +226,10 @@ class LocalStore(FolderListing, Store):
         dest = self._path(key)
 
         def replace() -> None:
-            st = self._stat_file(key, dest)
-            self._write_sidecar(dest, {"cur": {"ino": st.st_ino, "size": st.st_size,
-                                               "meta": meta}, "prev": None}, before_commit)
+            self._stat_file(key, dest)
+            with open(dest, "rb") as data:
+                entry = sidecar.new_entry(data.fileno(), meta)
+            self._write_sidecar(dest, {"cur": entry, "prev": None}, before_commit)
             # S3 gives a copied object a new LastModified; listings use it as the sync time.
             os.utime(dest)
 
@@ -242,7 +244,8 @@ class LocalStore(FolderListing, Store):
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 raise NotFound(f"no such object: {src!r}") from None
             with f:
-                entry = sidecar.entry_for(sidecar.read(source), os.fstat(f.fileno()))
+                entry = sidecar.entry_for(sidecar.read(source), os.fstat(f.fileno()),
+                                          f.fileno())
                 meta = entry.get("meta") if entry else None
                 self._put(dest, f, b"", meta if isinstance(meta, dict) else {}, before_commit)
 
@@ -300,7 +303,7 @@ class LocalStore(FolderListing, Store):
                 st = self._stat_file(key, dest)
             except NotFound:
                 return None
-            entry = sidecar.entry_for(sidecar.read(dest), st)
+            entry = sidecar.entry_for(sidecar.read(dest), st, dest)
             raw = entry.get("meta") if entry else None
             meta = {str(k).lower(): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
             return Head(size=st.st_size, last_modified=file_time(st), metadata=meta)

@@ -46,13 +46,15 @@ class Cost:
 
 
 class Bench:
-    def __init__(self, tmp: Path, forge: Forge, redis_url: str, procs: int) -> None:
+    def __init__(self, tmp: Path, forge: Forge, redis_url: str, procs: int,
+                 run_extra: str = "") -> None:
         self.tmp, self.forge, self.redis_url, self.procs = tmp, forge, redis_url, procs
+        self.run_extra = run_extra  # more `run:` settings for every pass
         self.r = redis.Redis.from_url(redis_url)
 
     def env(self, api: str, store: str, extra: str = "", token: bool = False) -> dict[str, str]:
         cfg = self.tmp / f"{api}-{store}.yaml"
-        cfg.write_text("run:\n  skip_forks: true\n  lock_ttl_s: 10\n"
+        cfg.write_text("run:\n  skip_forks: true\n  lock_ttl_s: 10\n" + self.run_extra +
                        "github:\n  max_rate_wait_s: 60\n" + extra)
         env = {k: v for k, v in os.environ.items() if not k.startswith("GITHUB_")}
         env.update({"BULKBACKUP_CONFIG": str(cfg), "REDIS_URL": self.redis_url,
@@ -165,13 +167,17 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=4)
     ap.add_argument("--fleet-users", type=int, default=400, help="0: no fleet figure")
     ap.add_argument("--api", choices=("rest", "graphql", "both"), default="both")
+    ap.add_argument("--listing-cache-s", type=int, default=None,
+                    help="run.listing_cache_s for the runs (0: listings not handed over)")
     args = ap.parse_args()
     sizes = population(args.users, args.seed)
     with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp) / "redis") as url, \
             Forge(Path(tmp) / "forge") as forge:
         forge.add_users({login: [RepoSpec(f"r{j}", missing=True, fork=True) for j in range(n)]
                          for login, n in sizes.items()})
-        bench = Bench(Path(tmp), forge, url, args.procs)
+        extra = ("" if args.listing_cache_s is None
+                 else f"  listing_cache_s: {args.listing_cache_s}\n")
+        bench = Bench(Path(tmp), forge, url, args.procs, extra)
         passes(bench, sizes, ("rest", "graphql") if args.api == "both" else (args.api,))
         if args.fleet_users:
             fleet(bench, args.fleet_users)

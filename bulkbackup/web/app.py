@@ -26,13 +26,13 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from bulkbackup.archive import layout
 from bulkbackup.config import Settings
 from bulkbackup.errors import StoreError
-from bulkbackup.names import is_archive_name, is_login, is_repo_name
+from bulkbackup.names import is_archive_name, is_login
 from bulkbackup.store import Store
-from bulkbackup.web import data, downloads, http, memory, metrics, session, states
+from bulkbackup.web import data, http, memory, metrics, session, states
 from bulkbackup.web.accounts import Accounts
+from bulkbackup.web.download_routes import DownloadRoutes
 from bulkbackup.web.http import JSONResponse, Unavailable
 from bulkbackup.web.lease_api import LeaseApi
 from bulkbackup.web.lease_objects import LeaseObjects
@@ -68,6 +68,8 @@ class Site:
         self.detail_slots = asyncio.Semaphore(DETAIL_CONCURRENCY)
         self.states = states.RepoStates()
         self.trimmer = memory.Trimmer()
+        self.downloads = DownloadRoutes(self, settings.serve.redirect_downloads,
+                                        self.trimmer.download_ended)
         self.accounts = Accounts(settings, self.backend.r, self.page, self.blocking)
         # Remote workers (DESIGN.md "Remote workers"): the lease API and their objects.
         self.lease_api = LeaseApi(settings, self.backend.r, self.blocking)
@@ -255,70 +257,6 @@ class Site:
         return self.page(request, "repo.html", {
             "p": page, "commands": commands})
 
-    async def user_object(self, request: Request) -> Response:
-        login = await self.spelled(request.path_params["login"])
-        store = await self.live_store()
-        head = await self.blocking(store.head, login)
-        if head is None:
-            raise HTTPException(404)
-        return await self.blocking(downloads.respond_json, request, store, login, head)
-
-    async def download(self, request: Request) -> Response:
-        login, file = request.path_params["login"], request.path_params["file"]
-        if file == layout.GISTS_LIST and is_login(login):  # the gist list
-            return await self._serve_object(request, layout.gists_key(await self.spelled(login)),
-                                            "gists")
-        listed = file.removesuffix(layout.RELEASES_LIST_SUFFIX)
-        if listed != file and is_login(login) and is_repo_name(listed):  # a release list
-            key = layout.releases_key(await self.spelled(login), listed)
-            return await self._serve_object(request, key, "releases")
-        repo, dot, kind = file.rpartition(".")
-        if not dot or kind not in downloads.KINDS or not is_login(login) \
-                or not is_archive_name(repo):
-            raise HTTPException(404)
-        login = await self.spelled(login)
-        key = layout.bundle_key(login, repo) if kind == "bundle" else layout.zip_key(login, repo)
-        return await self._serve_object(request, key, kind)
-
-    async def download_gist(self, request: Request) -> Response:
-        """A gist's bundle, zip or part: `gists/<id>.bundle`, `.zip`, `.bundle.d/<c>/<s>`."""
-        login, rest = request.path_params["login"], request.path_params["rest"]
-        key = layout.parse_key(f"{login}/{layout.gists_work_folder()}/{rest}")
-        if not is_login(login) or layout.gist_of(key.repo) is None:
-            raise HTTPException(404)
-        login = await self.spelled(login)
-        found = {layout.Kind.BUNDLE: (layout.bundle_key, "bundle"),
-                 layout.Kind.ZIP: (layout.zip_key, "zip")}.get(key.kind)
-        if found is not None:
-            return await self._serve_object(request, found[0](login, key.repo), found[1])
-        part = layout.part_key(login, key.repo, key.chain, key.seq)
-        return await self._serve_object(request, part, "bundle")
-
-    async def download_part(self, request: Request) -> Response:
-        """An increment (or a kept chain's full bundle): `<repo>.bundle.d/<chain>/<seq>.bundle`;
-        or a release asset, `<repo>.releases/<tag>/<name>`."""
-        params = request.path_params
-        key = layout.parse_key("/".join((params["login"], params["folder"], params["chain"],
-                                         params["part"])))
-        if key.kind is layout.Kind.ASSET and is_login(key.login) and is_repo_name(key.repo):
-            asset = layout.asset_key(await self.spelled(key.login), key.repo, key.tag,
-                                     key.asset)
-            return await self._serve_object(request, asset, "asset")
-        if key.kind is not layout.Kind.PART or not is_login(key.login) \
-                or not is_archive_name(key.repo):
-            raise HTTPException(404)
-        part = layout.part_key(await self.spelled(key.login), key.repo, key.chain, key.seq)
-        return await self._serve_object(request, part, "bundle")
-
-    async def _serve_object(self, request: Request, key: str, kind: str) -> Response:
-        store = await self.live_store()
-        head = await self.blocking(store.head, key)
-        if head is None or head.size == 0:  # a zero-byte bundle means "no archive"
-            raise HTTPException(404)
-        return await self.blocking(downloads.respond, request, store, key, kind, head,
-                                   self.settings.serve.redirect_downloads,
-                                   self.trimmer.download_ended)
-
     # -- workers, writes, health ---------------------------------------------------------------
 
     async def api_workers(self, request: Request) -> Response:
@@ -390,15 +328,15 @@ class Site:
             Route("/users", self.users_page),
             Route("/api/users", self.api_users, methods=["GET"]),
             Route("/api/users", self.add_users, methods=["POST"]),
-            Route("/users/{login}.json", self.user_object),  # before /users/{login}
+            Route("/users/{login}.json", self.downloads.user_object),  # before /users/{login}
             Route("/users/{login}", self.user_page), Route("/api/users/{login}", self.api_user),
             Route("/users/{login}/log", self.user_log_page),  # before the downloads
             Route("/api/users/{login}/log", self.api_user_log),
-            Route("/users/{login}/{file}", self.download),
-            Route("/users/{login}/gists/{rest:path}", self.download_gist),
+            Route("/users/{login}/{file}", self.downloads.download),
+            Route("/users/{login}/gists/{rest:path}", self.downloads.download_gist),
             Route("/users/{login}/{repo}/states", self.repo_page),
             Route("/api/users/{login}/{repo}/states", self.api_repo_states),
-            Route("/users/{login}/{folder}/{chain}/{part}", self.download_part),
+            Route("/users/{login}/{folder}/{chain}/{part}", self.downloads.download_part),
             Route("/workers", self.workers_page), Route("/api/workers", self.api_workers),
             Route("/healthz", self.healthz), Route("/metrics", self.metrics_text),
             Route("/login", self.accounts.login), Route("/login/callback", self.accounts.callback),

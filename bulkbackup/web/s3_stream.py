@@ -104,7 +104,9 @@ class _Answer(asyncio.BufferedProtocol):
         try:
             self._parser.feed_data(_BUFFERS.view[:nbytes])
         except (httptools.HttpParserError, _Failed) as exc:
-            self._end(f"a bad answer ({exc})" if isinstance(exc, _Failed) else "a bad answer")
+            # httptools wraps a callback's exception (on_header's _Failed) in its own.
+            cause = exc if isinstance(exc, _Failed) else exc.__cause__ or exc.__context__
+            self._end(f"a bad answer ({cause})" if isinstance(cause, _Failed) else "a bad answer")
 
     def eof_received(self) -> bool:
         self._end("the connection closed early")

@@ -394,6 +394,14 @@ def test_a_copied_local_store_keeps_every_objects_metadata(local_root: Path,
     (copy / "octocat" / "big.bundle").write_bytes(big[:-1] + bytes([big[-1] ^ 1]))
     head = copied.head("octocat/big.bundle")
     assert head is not None and head.metadata == {}
+    # Nor is a FIFO in place of an empty object: it is not opened to wait for a writer.
+    store.put_bytes("octocat/empty.bundle", b"", {"LastSync": "e"})
+    (local_root / "octocat" / "empty.bundle").unlink()
+    (local_root / "octocat" / "inode-taken").write_bytes(b"")  # the FIFO gets another inode
+    os.mkfifo(local_root / "octocat" / "empty.bundle")
+    store.put_bytes("octocat/empty.bundle", b"x", {"LastSync": "x"})
+    head = store.head("octocat/empty.bundle")
+    assert head is not None and head.get("lastsync") == "x"
 
 
 def test_a_sidecar_without_fingerprints_matches_a_copy_by_an_unambiguous_size(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -81,11 +82,12 @@ def _content_of(data: Path | int, size: int) -> str | None:
     if isinstance(data, int):
         return fingerprint(data, size)
     try:
-        fd = os.open(data, os.O_RDONLY)
+        # O_NONBLOCK: a FIFO put there by hand must not hang the reader.
+        fd = os.open(data, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return None
     try:
-        return fingerprint(fd, size)
+        return fingerprint(fd, size) if stat.S_ISREG(os.fstat(fd).st_mode) else None
     finally:
         os.close(fd)
 

@@ -146,7 +146,7 @@ class Supervisor:
         self.max_users = max_users
         self.r = connect(settings.redis) if remote is None else None
         self.ctx = _context()
-        # A lock-free shared flag (see Worker._watch): set once, only by this process.
+        # A lock-free shared flag (see run/parent_watch.py): set once, only by this process.
         self.graceful = self.ctx.RawValue(ctypes.c_bool, False)
         self.budget = self.ctx.Value("q", -1 if max_users is None else max_users)
         self.rand = random.SystemRandom().randrange(1, 2**31)

@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
-from typing import NoReturn
 
 from bulkbackup.backup.results import UserResult
 from bulkbackup.backup.user_backup import UserBackup
@@ -41,7 +40,8 @@ from bulkbackup.queue.tracked import Completion
 from bulkbackup.redact import install_redaction
 from bulkbackup.run.batching import BatchSizer, UserBudget
 from bulkbackup.run.listing_share import ListingShare
-from bulkbackup.run.parentdeath import ParentDeath, process_alive
+from bulkbackup.run.parent_watch import ParentWatch
+from bulkbackup.run.parentdeath import ParentDeath
 from bulkbackup.run.remote_queue import RemoteQueue, RemoteTarget
 from bulkbackup.run.reports import (
     Deferred,
@@ -60,9 +60,6 @@ log = logging.getLogger(__name__)
 
 # Longest wait between two users while every attempt fails (see Worker._back_off).
 MAX_BACKOFF_S = 60.0
-
-# How often the watch thread looks at the parent's flag and at the parent itself.
-WATCH_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -119,7 +116,7 @@ def worker_main(args: WorkerArgs, reports: Connection,
         raise SystemExit(WorkerExit.FATAL) from None
     finally:
         if worker is not None:
-            worker.wait_for_orphan_exit()
+            worker.watch.wait_for_exit()
 
 
 class Worker:
@@ -136,7 +133,6 @@ class Worker:
         s = args.settings
         self.args = args
         self.reports = reports
-        self.graceful = graceful
         self.budget = UserBudget(budget)
         self.stop = threading.Event()  # set when the parent asks for a graceful stop
         self.queue = args.open_queue()
@@ -149,13 +145,8 @@ class Worker:
                                   args.run_start, args.clock_offset_s, self._hand_back)
         self._listed_s = 0.0  # the last listing step's seconds per user it finished
         self.failures_in_a_row = 0  # store or Redis failures since the last user that worked
-        self.parent_pid = parent_pid
-        self._finished = threading.Event()  # run() has returned: the watch thread ends
-        # Held while a claim is made and its users are handed to the keeper, so that the give
-        # back on the parent's death sees every user this process holds.
-        self._claim_mu = threading.Lock()
-        self._closed = False  # the parent is gone: no more claims
-        self._orphan_mu = threading.Lock()
+        self.watch = ParentWatch(self.queue, graceful, self.stop, parent_pid, args.run_pid,
+                                 s.run.lock_ttl_s)
 
     def _github_lister(self, conditions: Conditions) -> Lister:
         return open_github_lister(self.args.settings.github, self.broker, self.stop, conditions,
@@ -163,7 +154,7 @@ class Worker:
 
     def run(self) -> None:
         s = self.args.settings
-        threading.Thread(target=self._watch, name="watch", daemon=True).start()
+        self.watch.start()
         store = self._store or self.queue.open_store()
         self.queue.start()
         lister: Lister | None = None
@@ -183,60 +174,21 @@ class Worker:
                 lister.close()
             if self._store is None:
                 store.close()
-            self._finished.set()
-
-    def _watch(self) -> None:
-        # Polled, not a multiprocessing.Event: a process that dies while waiting on one
-        # leaves its Condition expecting a wake-up, and the parent's set() then hangs forever.
-        while not self._finished.wait(WATCH_S):
-            if self.graceful.value:
-                self.stop.set()
-            if (ParentDeath.signalled or os.getppid() != self.parent_pid
-                    or not process_alive(self.args.run_pid)):
-                self._orphaned("the run's parent process is gone")
+            self.watch.finish()
 
     def _report(self, report: Report) -> None:
         try:
             self.reports.send(report)
         except OSError:  # BrokenPipeError: nobody reads any more
-            self._orphaned("the run's parent process is gone (its pipe is closed)")
-
-    def _orphaned(self, why: str) -> NoReturn:
-        """The parent died: nobody will count, replace or stop this process. Give back every
-        user it holds (queued and in flight), kill git, exit. Either thread may get here
-        first; the other waits here until the process exits."""
-        with self._orphan_mu:
-            self.stop.set()
-            # A claim in progress lands first (bounded: it would expire anyway by then).
-            if self._claim_mu.acquire(timeout=self.args.settings.run.lock_ttl_s):
-                self._closed = True
-            held = self.queue.held()
-            for member in held:
-                self.queue.drop(member)  # the main thread's next lock check fails: no write
-            gitops.kill_all()
-            back = 0
-            for member in held:
-                try:
-                    back += self.queue.finish(member, False) is Completion.DONE
-                except self.queue.errors as exc:
-                    log.warning("could not give %s back (its lock will expire): %s", member, exc)
-            log.warning("%s: gave %d of %d users back; exiting", why, back, len(held))
-            logging.shutdown()
-            os._exit(WorkerExit.ORPHANED)
-
-    def wait_for_orphan_exit(self) -> None:
-        """Called last on the main thread: if the watch thread is giving users back after the
-        parent's death, the process must not end before it has (it ends the process)."""
-        with self._orphan_mu:
-            pass
+            self.watch.orphaned("the run's parent process is gone (its pipe is closed)")
 
     def _claim(self, remaining: int | None, size: int) -> tuple[list[Claimed], int]:
         """Due users, each with what it is due for (queue/claims.py: DueReason)."""
         want = self.budget.take(size)
         if want == 0:
             return [], 0
-        with self._claim_mu:
-            if self._closed:
+        with self.watch.claiming() as open_:
+            if not open_:
                 return [], 0
             batch = retrying("claim", lambda: self.queue.claim_due(want),
                               self.args.settings.run.redis_retry_s, self.stop,

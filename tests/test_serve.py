@@ -306,11 +306,10 @@ def _evict(path: Path) -> None:
         os.close(fd)
 
 
-def test_a_local_download_read_from_disk_or_the_page_cache(redis_server: str, tmp_path: Path
+def test_a_local_download_read_from_disk_or_the_page_cache(redis_url: str, tmp_path: Path
                                                            ) -> None:
     """A local store's file is read in place: page-cached pieces on the event loop, the others
-    in the threadpool. Both give the same bytes, whole and ranged, across piece boundaries.
-    (The session's Redis is not flushed: the module's archive lives in it.)"""
+    in the threadpool. Both give the same bytes, whole and ranged, across piece boundaries."""
     store = tmp_path / "store"
     (store / "alice").mkdir(parents=True)
     path = store / "alice" / "pieces.bundle"
@@ -319,7 +318,7 @@ def test_a_local_download_read_from_disk_or_the_page_cache(redis_server: str, tm
         f.write(data)
         f.flush()
         os.fsync(f.fileno())  # written back: its pages can be dropped
-    served = start_serve(base_env(tmp_path, redis_server, str(store)), tmp_path / "serve.log")
+    served = start_serve(base_env(tmp_path, redis_url, str(store)), tmp_path / "serve.log")
     try:
         url = "/users/alice/pieces.bundle"
         for cached in (False, True):

@@ -9,7 +9,8 @@
    what the stand-in charged: GraphQL by GitHub's published rule, REST one per request
    answered 200 (GitHub does not count a 304 against the quota); requests are all of them.
    For GraphQL, how full its queries were: the run's floor (every page in queries of
-   github.graphql_batch, at least the longest owner's chain of pages), and the queries that
+   github.graphql_batch, at least the longest owner's queries one after the other: a big
+   owner's pages are read from both ends, forge/graphql_paging.py), and the queries that
    carried fewer than half a batch, with how many of their owners were next pages (the tail:
    big owners' pages follow a cursor chain, one query after another).
 2. The fleet figure: 2 runs x 4 processes (two `BULKBACKUP_WORKER_HOST`s) sharing one token
@@ -102,14 +103,25 @@ class Bench:
         with self.forge.lock:
             queries = list(forge_graphql.controls(self.forge).queries)
         owners = [q.count("repositoryOwner(") for q in queries]
-        nexts = [q.count("after: $c") for q in queries]
+        # Next pages: by cursor, and big owners' first pages from the other end.
+        nexts = [q.count("after: $c") + q.count("CREATED_AT, direction: DESC})")
+                 for q in queries]
         pages = sum(max(1, -(-n // 100)) for n in sizes.values())
-        floor = max(-(-pages // 100), max(-(-n // 100) for n in sizes.values()))
+        floor = max(-(-pages // 100), max(rounds(n) for n in sizes.values()))
         small = [i for i, n in enumerate(owners) if 0 < n < 50]
         return (f"    {len([n for n in owners if n])} queries for {pages} pages (floor "
                 f"{floor}); {len(small)} with < 50 owners, carrying "
                 f"{sum(owners[i] for i in small)} owners of which "
                 f"{sum(nexts[i] for i in small)} next pages")
+
+
+def rounds(repos: int) -> int:
+    """The queries one after the other that list an owner of ``repos`` repositories: its
+    first page, then a page from each end a query until the two pass each other
+    (forge/graphql_paging.py)."""
+    if repos <= 200:
+        return max(1, -(-repos // 100))
+    return 2 + (repos - 99) // 200
 
 
 def passes(bench: Bench, sizes: dict[str, int], apis: tuple[str, ...]) -> None:

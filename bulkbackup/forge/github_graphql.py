@@ -3,7 +3,8 @@
 `GraphQLLister.list_owners(logins)` asks, in one query, `repositoryOwner(login:)` for up to
 `github.graphql_batch` logins (aliases u0..uN-1), each with its first 100 owned repositories
 (`ownerAffiliations: OWNER`, forks included, as REST `type=owner`); owners with more follow
-by cursor, their later pages batched together too. 100 owners cost 1 point (GitHub's rule:
+by cursor, their later pages batched together too, a big owner's from both ends at once
+(forge/graphql_paging.py). 100 owners cost 1 point (GitHub's rule:
 connection requests / 100, rounded, at least 1), where REST needs 100+ requests.
 
 Every repository is stored with the REST field names (`graphql_query.MAPPING`, one table
@@ -36,12 +37,14 @@ from bulkbackup import __version__
 from bulkbackup.config import GitHubSettings
 from bulkbackup.errors import Interrupted, RateLimited, TokenRefused
 from bulkbackup.forge.github_graphql_query import (
+    Ask,
     build_query,
     gist_owners,
     gist_to_rest,
     points_for,
     to_rest,
 )
+from bulkbackup.forge.graphql_paging import OwnerPages
 from bulkbackup.forge.listing import Batching, ListingOutcome, OwnerListing, TakenBack, admit
 from bulkbackup.forge.quota_broker import QuotaBroker, Reservation, Resource, Wait
 from bulkbackup.http.bounded import BoundedPool, Overdue, SlowRead, TooLarge
@@ -50,40 +53,9 @@ from bulkbackup.redact import add_secrets, redact
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 32 << 20  # larger answers split the batch
-MAX_REPOS_PER_OWNER = 200_000
-MAX_CURSOR_CHARS = 1000
 GROW_AFTER = 2  # full batches passing before a split batch size doubles again
 # The proof of a token (`prove_tokens`): 1 point, the least a query costs.
 PROOF_QUERY = "query { rateLimit { cost remaining resetAt } }"
-
-
-@dataclass
-class _Owner:
-    """An owner's listing while its pages come in (REST field names)."""
-
-    login: str
-    outcome: ListingOutcome = ListingOutcome.LISTED
-    repos: list[dict[str, Any]] = field(default_factory=list)
-    error: str = ""
-    gists: list[dict[str, Any]] | None = None  # asked with its first page (run.gists)
-
-    def fail(self, outcome: ListingOutcome, error: str) -> None:
-        self.outcome, self.error, self.repos, self.gists = outcome, error, [], None
-
-    def done(self, clone_host: str) -> OwnerListing:
-        if self.outcome is ListingOutcome.LISTED:
-            return OwnerListing.listed(self.login, self.repos, clone_host, gists=self.gists)
-        return OwnerListing.failed(self.login, self.outcome, self.error)
-
-
-@dataclass
-class _Paging:
-    """An owner's pages so far: REST's bounds apply (github.max_pages, no cursor twice,
-    github.user_deadline_s from its first query)."""
-
-    pages: int = 0
-    cursors: set[str] = field(default_factory=set)
-    deadline: float | None = None  # time.monotonic()
 
 
 @dataclass
@@ -134,9 +106,8 @@ class GraphQLLister:
         self.batch = self.max_batch = settings.graphql_batch
         self.stats = Stats()
         self._good = 0
-        self._queue: deque[tuple[str, str | None]] = deque()  # (login, cursor): next pages
-        self._open: dict[str, _Owner] = {}  # submitted, not finished
-        self._paging: dict[str, _Paging] = {}  # the same owners' pages
+        self._queue: deque[Ask] = deque()  # next pages first, then owners' first pages
+        self._open: dict[str, OwnerPages] = {}  # submitted, not finished
         self._ready: list[OwnerListing] = []  # finished, not yet returned by step()
         add_secrets(settings.tokens)
         self._http = BoundedPool(pool_size, {
@@ -176,9 +147,8 @@ class GraphQLLister:
         """Queue owners for listing; returns those finished at once (invalid logins)."""
         admitted, refused = admit(logins, self._open)
         for login in admitted:
-            self._open[login] = _Owner(login)
-            self._paging[login] = _Paging()
-            self._queue.append((login, None))
+            self._open[login] = OwnerPages(login)
+            self._queue.append(Ask(login, None))
         return refused
 
     def take_back(self) -> TakenBack:
@@ -188,7 +158,6 @@ class GraphQLLister:
         logins = list(self._open) + [r.login for r in self._ready]
         self._queue.clear()
         self._open.clear()
-        self._paging.clear()
         self._ready.clear()
         return TakenBack(stopped=tuple(logins))
 
@@ -200,10 +169,8 @@ class GraphQLLister:
         if not self._queue:
             return finished
         chunk = [self._queue.popleft() for _ in range(min(self.batch, len(self._queue)))]
-        for login, _ in chunk:  # an owner's deadline starts with its first query
-            paging = self._paging[login]
-            if paging.deadline is None:
-                paging.deadline = time.monotonic() + self.settings.user_deadline_s
+        for ask in chunk:
+            self._open[ask.login].started(self.settings.user_deadline_s)
         asked = gist_owners(chunk, int(time.time() // 86400)) if self.gists else set()
         try:
             reply = self._send(chunk, asked, deadline)
@@ -217,45 +184,26 @@ class GraphQLLister:
             log.info("GraphQL: batch of %d too big; splitting to %d", len(chunk), self.batch)
             self._queue.extendleft(reversed(chunk))
             return finished
-        if reply.kind is not _Kind.OK:
-            for login, _ in chunk:
-                owner = self._open[login]
+        if reply.kind is _Kind.OK:
+            self._grow(len(chunk))
+            for i, ask in enumerate(chunk):
+                self._absorb(ask, reply.payload, f"u{i}", ask.first and ask.login in asked)
+        more: list[Ask] = []
+        for ask in chunk:
+            self._open[ask.login].waiting -= 1
+        for login in dict.fromkeys(ask.login for ask in chunk):  # an owner may be in twice
+            owner = self._open[login]
+            if reply.kind is not _Kind.OK:
                 owner.fail(ListingOutcome.FAILED, reply.error or "GraphQL query failed")
-                finished.append(self._done(login))
-            return finished
-        self._grow(len(chunk))
-        more: list[tuple[str, str | None]] = []
-        for i, (login, _) in enumerate(chunk):
-            cursor = self._absorb(self._open[login], reply.payload, f"u{i}", login in asked)
-            if cursor is not None and self._may_follow(login, cursor):
-                more.append((login, cursor))
+            if owner.waiting:  # its other chain's page is still queued
+                continue
+            asks = owner.next_asks(self.settings)
+            if asks:
+                more.extend(asks)
             else:
-                finished.append(self._done(login))
+                finished.append(self._open.pop(login).done(self.settings.clone_host))
         self._queue.extendleft(reversed(more))
         return finished
-
-    def _done(self, login: str) -> OwnerListing:
-        self._paging.pop(login, None)
-        return self._open.pop(login).done(self.settings.clone_host)
-
-    def _may_follow(self, login: str, cursor: str) -> bool:
-        """Whether the owner's next page may be asked (REST's bounds, github.py); if not,
-        the owner fails: a listing that never ends is recorded as REST records it."""
-        paging, result = self._paging[login], self._open[login]
-        paging.pages += 1
-        s = self.settings
-        if cursor in paging.cursors:
-            error = (f"GraphQL: pagination loops (the cursor after page {paging.pages} was "
-                     "already given)")
-        elif paging.pages >= s.max_pages:
-            error = f"GraphQL: more than {s.max_pages} pages (github.max_pages)"
-        elif paging.deadline is not None and time.monotonic() >= paging.deadline:
-            error = f"listing took longer than github.user_deadline_s ({s.user_deadline_s:g}s)"
-        else:
-            paging.cursors.add(cursor)
-            return True
-        result.fail(ListingOutcome.FAILED, error)
-        return False
 
     def _grow(self, size: int) -> None:
         """Only full batches passing show that the size may grow again."""
@@ -264,43 +212,35 @@ class GraphQLLister:
             if self._good >= GROW_AFTER:
                 self.batch, self._good = min(self.max_batch, self.batch * 2), 0
 
-    def _absorb(self, result: _Owner, payload: dict[str, Any], alias: str,
-                gists: bool) -> str | None:
-        """Add one alias's answer to `result` (with ``gists``, its gists: an organization
-        has none); the cursor of its next page, if any."""
+    def _absorb(self, ask: Ask, payload: dict[str, Any], alias: str, gists: bool) -> None:
+        """Add one alias's answer to its owner (with ``gists``, its gists: an organization
+        has none)."""
+        owner = self._open[ask.login]
         data = payload.get("data")
         node = data.get(alias) if isinstance(data, dict) else None
         errors = [e for e in payload.get("errors") or [] if isinstance(e, dict)
                   and isinstance(e.get("path"), list) and e["path"][:1] == [alias]]
         if node is None:
             if errors and not any(e.get("type") == "NOT_FOUND" for e in errors):
-                result.fail(ListingOutcome.FAILED, "GraphQL: " + _message(errors[0]))
+                owner.fail(ListingOutcome.FAILED, "GraphQL: " + _message(errors[0]))
             else:
-                result.fail(ListingOutcome.GONE,
-                            f"user {result.login} not found on GitHub (NOT_FOUND)")
-            return None
+                owner.fail(ListingOutcome.GONE, f"user {ask.login} not found on GitHub (NOT_FOUND)")
+            return
         conn = node.get("repositories") if isinstance(node, dict) else None
         nodes = conn.get("nodes") if isinstance(conn, dict) else None
         page = conn.get("pageInfo") if isinstance(conn, dict) else None
         if errors or not isinstance(nodes, list) or not isinstance(page, dict):
             reason = _message(errors[0]) if errors else "malformed repositories connection"
-            result.fail(ListingOutcome.FAILED, "GraphQL: " + reason)
-            return None
-        result.repos.extend(to_rest(n) for n in nodes if isinstance(n, dict))
+            owner.fail(ListingOutcome.FAILED, "GraphQL: " + reason)
+            return
         if gists:
             got = node.get("gists")
             found = got.get("nodes") if isinstance(got, dict) else None
-            result.gists = [gist_to_rest(n) for n in found or () if isinstance(n, dict)]
-        if len(result.repos) > MAX_REPOS_PER_OWNER:
-            result.fail(ListingOutcome.FAILED, f"more than {MAX_REPOS_PER_OWNER} repositories")
-            return None
-        cursor = page.get("endCursor")
-        if page.get("hasNextPage") is not True:
-            return None
-        if not isinstance(cursor, str) or not 0 < len(cursor) <= MAX_CURSOR_CHARS:
-            result.fail(ListingOutcome.FAILED, "GraphQL: invalid pagination cursor")
-            return None
-        return cursor
+            owner.gists = [gist_to_rest(n) for n in found or () if isinstance(n, dict)]
+        assert isinstance(conn, dict)
+        owner.add_page(ask.end, [to_rest(n) for n in nodes if isinstance(n, dict)],
+                       page.get("hasNextPage") is True, page.get("endCursor"),
+                       conn.get("totalCount"))
 
     def prove_tokens(self) -> None:
         """One `rateLimit` query (1 point, through the broker) with each token, or without
@@ -315,7 +255,7 @@ class GraphQLLister:
             if reply is not None and reply.kind is _Kind.FAILED:
                 log.warning("could not prove a token (%s): %s", self.url, reply.error)
 
-    def _send(self, chunk: list[tuple[str, str | None]], gists: set[str],
+    def _send(self, chunk: list[Ask], gists: set[str],
               deadline: float | None) -> _Reply:
         """One query for `chunk` (with the gists of the owners in ``gists``), with quota
         reservations, waits and bounded retries."""

@@ -10,9 +10,31 @@ import math
 import zlib
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from enum import Enum
+from typing import Any, NamedTuple
 
 PAGE = 100  # repositories per owner and query (GitHub's most)
+
+
+class End(Enum):
+    """Which end of an owner's repositories a chain of pages reads from (by creation time;
+    forge/graphql_paging.py)."""
+
+    FRONT = "ASC"  # the listing's order: every owner's first page
+    BACK = "DESC"  # a big owner's second chain
+
+
+class Ask(NamedTuple):
+    """One page asked in a query: the owner's first (no cursor, from the front) or a next."""
+
+    login: str
+    cursor: str | None
+    end: End = End.FRONT
+
+    @property
+    def first(self) -> bool:
+        """The owner's first page: the one that may carry its gists."""
+        return self.cursor is None and self.end is End.FRONT
 
 
 def _same(value: Any) -> Any:
@@ -117,18 +139,23 @@ def points_for(connections: int) -> int:
 GIST_TURNS = 3
 
 
-def connections(items: Sequence[tuple[str, str | None]], gists: Collection[str] = ()) -> int:
+def connections(items: Sequence[Ask | tuple[str, str | None]], gists: Collection[str] = ()
+                ) -> int:
     """The connections `build_query(items, gists)` asks (for points_for)."""
-    return len(items) + sum(1 for login, cursor in items if cursor is None and login in gists)
+    return len(items) + sum(1 for a in map(_ask, items) if a.first and a.login in gists)
 
 
-def gist_owners(items: Sequence[tuple[str, str | None]], day: int) -> set[str]:
+def _ask(item: Ask | tuple[str, str | None]) -> Ask:
+    return item if isinstance(item, Ask) else Ask(*item)
+
+
+def gist_owners(items: Sequence[Ask | tuple[str, str | None]], day: int) -> set[str]:
     """The owners whose gists a query of ``items`` asks: as many first pages (no cursor) as
     fit in the rounding's slack, so the query costs the points it costs without them (GitHub
     rounds half up: 100 connections or 149 are both 1 point; 100 owners leave room for 49,
     25 owners for all). When not all fit, the owners of this ``day``'s first turn come first,
     then the second's (crc32 of the login: the same turn on every host)."""
-    first = [login for login, cursor in items if cursor is None]
+    first = [a.login for a in map(_ask, items) if a.first]
     room = 100 * points_for(len(items)) + 49 - len(items)
     if len(first) <= room:
         return set(first)
@@ -136,12 +163,14 @@ def gist_owners(items: Sequence[tuple[str, str | None]], day: int) -> set[str]:
     return set(first[:room])
 
 
-def build_query(items: Sequence[tuple[str, str | None]], gists: Collection[str] = ()
+def build_query(items: Sequence[Ask | tuple[str, str | None]], gists: Collection[str] = ()
                 ) -> tuple[str, dict[str, str]]:
-    """One query for (login, cursor or None) items, aliases u0..; values go as variables.
-    The first page (no cursor) of an owner in ``gists`` also asks its public gists."""
+    """One query for the pages asked (an Ask, or (login, cursor or None): from the front),
+    aliases u0..; values go as variables. The first page of an owner in ``gists`` also asks
+    its public gists."""
     decls, parts, variables = [], [], {}
-    for i, (login, cursor) in enumerate(items):
+    for i, ask in enumerate(map(_ask, items)):
+        login, cursor = ask.login, ask.cursor
         decls.append(f"$l{i}: String!")
         variables[f"l{i}"] = login
         after = ""
@@ -151,9 +180,10 @@ def build_query(items: Sequence[tuple[str, str | None]], gists: Collection[str] 
             after = f", after: $c{i}"
         parts.append(
             f"u{i}: repositoryOwner(login: $l{i}) {{ login repositories(first: {PAGE}, "
-            f"ownerAffiliations: OWNER, orderBy: {{field: CREATED_AT, direction: ASC}}{after}) "
-            f"{{ nodes {{ {NODE_FIELDS} }} pageInfo {{ hasNextPage endCursor }} }}"
-            f"{' ' + GISTS_SELECTION if cursor is None and login in gists else ''} }}")
+            f"ownerAffiliations: OWNER, orderBy: {{field: CREATED_AT, "
+            f"direction: {ask.end.value}}}{after}) {{ totalCount nodes {{ {NODE_FIELDS} }} "
+            f"pageInfo {{ hasNextPage endCursor }} }}"
+            f"{' ' + GISTS_SELECTION if ask.first and login in gists else ''} }}")
     query = (f"query({', '.join(decls)}) {{ rateLimit {{ cost remaining resetAt }} "
              f"{' '.join(parts)} }}")
     return query, variables

@@ -233,8 +233,9 @@ class Forge(ForgeState, ForgeChanges):
             "size": spec.size_kb if spec.size_kb is not None
             else 0 if spec.empty else max(1, math.ceil(size / 1024)),
             "pushed_at": pushed, "updated_at": spec.updated_at or pushed,
-            "created_at": rfc3339(BASE_TIME - 86400), "archived": False, "disabled": False,
-            "visibility": "public",
+            # A second apart, in creation order: GitHub's times, which order the listing.
+            "created_at": rfc3339(BASE_TIME - 400 * 86400 + rid), "archived": False,
+            "disabled": False, "visibility": "public",
             "has_wiki": spec.wiki is not None if spec.has_wiki is None else spec.has_wiki,
         }
 

@@ -126,7 +126,11 @@ def _selected(entries: list[dict[str, Any]], args: Mapping[str, Any]) -> list[di
                 or str(e.get("visibility", "")).upper() == args["visibility"])]
     order = args.get("orderBy")
     if order:
-        out.sort(key=_ORDER_KEYS[order["field"]], reverse=order["direction"] == "DESC")
+        # Ties broken by id, the other way round too (DESC is ASC reversed, as a database
+        # ordering by (field, id) answers): a chain from each end meets in the middle.
+        key = _ORDER_KEYS[order["field"]]
+        out.sort(key=lambda e: (key(e), e["id"] if isinstance(e.get("id"), int) else 0),
+                 reverse=order["direction"] == "DESC")
     return out
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from bulkbackup import faults
 from bulkbackup.archive.layout import CHAIN_ID
 from bulkbackup.config import StoreSettings
 from bulkbackup.queue import keys
@@ -36,7 +37,7 @@ from tests.helpers import (
     workers_of,
 )
 
-SERVE_CONFIG = "run:\n  lock_ttl_s: {ttl}\nserve:\n  max_upload_mb: 64\n"
+SERVE_CONFIG = "run:\n  lock_ttl_s: {ttl}\nserve:\n  max_upload_mb: {mb}\n"
 RUN_CONFIG = ("run:\n  lock_ttl_s: 4\n  grace_s: 20\n  claim_target_s: 1.0\n"
               "github:\n  backoff_s: 0.05\n")
 
@@ -92,10 +93,10 @@ def clean(env: dict[str, str]) -> dict[str, str]:
             if not k.startswith(("GITHUB_", "BULKBACKUP_", "REDIS_", "AWS_"))}
 
 
-def remote_for(tmp: Path, redis_url: str, store_url: str, forge: Forge, ttl_s: int = 10
-               ) -> Iterator[Remote]:
+def remote_for(tmp: Path, redis_url: str, store_url: str, forge: Forge, ttl_s: int = 10,
+               max_upload_mb: int = 64) -> Iterator[Remote]:
     cfg = tmp / "serve.yaml"
-    cfg.write_text(SERVE_CONFIG.format(ttl=ttl_s))
+    cfg.write_text(SERVE_CONFIG.format(ttl=ttl_s, mb=max_upload_mb))
     (tmp / "spool").mkdir(exist_ok=True)
     serve_env = {**clean(dict(os.environ)), "REDIS_URL": redis_url,
                  "BULKBACKUP_STORE": store_url, "BULKBACKUP_CONFIG": str(cfg),
@@ -291,3 +292,78 @@ def test_a_revoked_token_stops_its_worker_and_lands_nothing(remote: Remote,
     assert archived(remote.store) == before  # nothing it sent after the revoke landed
     # Its users were given back: due again, held by nobody.
     assert not remote.r.keys("lock:*")
+
+
+# -- uploads in the background (run/uploads.py) ----------------------------------------------
+
+
+@pytest.fixture
+def local_remote(request: pytest.FixtureRequest, redis_url: str, tmp_path: Path,
+                 forge: Forge, monkeypatch: pytest.MonkeyPatch) -> Iterator[Remote]:
+    """A serve on the local store (an indirect parameter: its serve.max_upload_mb)."""
+    monkeypatch.delenv("REDIS_URL")
+    yield from remote_for(tmp_path, redis_url, str(tmp_path / "store" / "github.com"), forge,
+                          max_upload_mb=getattr(request, "param", 64))
+
+
+@pytest.mark.parametrize("local_remote", [1], indirect=True, ids=["1mb"])
+def test_an_upload_refused_in_the_background_fails_its_user(local_remote: Remote,
+                                                            forge: Forge) -> None:
+    """A repository whose archive the server refuses (413) while the worker goes on with
+    the next one: the user fails as a synchronous upload would have failed it (retried,
+    then left for the next run), is never completed, and nothing made after the refused
+    upload lands (no later archive, no user object)."""
+    remote = local_remote  # refuses uploads over 1 MB (413)
+    forge.add_user("big", [RepoSpec("a"), RepoSpec("b", files={"data.bin": os.urandom(2 << 20)}),
+                           RepoSpec("c")])
+    logins = population(forge, "ok", 3)
+    track(remote.r, "big", *logins)
+    start = time.time() - 1
+    proc = remote.start_run("--procs", "1")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-3000:]
+    assert "HTTP 413" in err and "3 users synced" in err, err[-3000:]
+    assert all_synced(remote.r, logins, start)
+    assert remote.r.zscore(keys.TRACKED, keys.member("big")) == float("-inf")
+    assert keys.member("big") not in remote.r.smembers(keys.worker_archived("box-1"))
+    assert remote.r.llen(keys.history("big")) == 0
+    stored = [o.key for o in remote.store.list("big")]
+    assert "big" not in stored, stored  # no user object
+    assert not [k for k in stored if k.startswith(("big/b.", "big/c."))], stored
+    assert not list((remote.tmp / "spool").glob("bulkbackup-uploads-*/*"))
+
+
+def test_a_worker_killed_with_uploads_pending_blocks_nothing(local_remote: Remote,
+                                                            forge: Forge) -> None:
+    """The worker SIGKILLs itself right after handing its second upload over (a zip being
+    sent, a bundle waiting: faults.py): the server lands nothing half-written, and once the
+    leases lapse the next run archives every user in full."""
+    remote = local_remote
+    logins = [f"f{i}" for i in range(3)]
+    for login in logins:
+        forge.add_user(login, [RepoSpec("r", files={"data.bin": os.urandom(1 << 20)}),
+                               RepoSpec("s")])
+    track(remote.r, *logins)
+    start = time.time() - 1
+    remote.run_env[faults.ENV] = "2"
+    proc = remote.start_run("--procs", "1")
+    wait_for(lambda: workers_of(proc.pid), what="a worker")
+    first = workers_of(proc.pid)[0]
+    wait_for(lambda: not alive(first), what="the worker killing itself")
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    for key in remote.r.keys("lock:*"):  # their leases lapse (now rather than at the TTL)
+        remote.r.pexpire(key, 1)
+    del remote.run_env[faults.ENV]
+    finish(remote.start_run("--procs", "1"))
+    assert all_synced(remote.r, logins, start)
+    assert bundles(remote.store) == expected(forge, logins)
+    assert not list((remote.tmp / "spool").glob("bulkbackup-uploads-*/*"))
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, nor a zombie not reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

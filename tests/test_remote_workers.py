@@ -4,6 +4,7 @@ for S3), the command line in child processes. The client is run/lease_client.py.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import math
 import os
@@ -40,6 +41,7 @@ from bulkbackup.run.lease_client import (
 )
 from bulkbackup.run.remote_queue import RemoteQueue, RemoteTarget
 from bulkbackup.run.remote_store import RemoteStore
+from bulkbackup.run.uploads import Uploads
 from bulkbackup.store import Store, open_store
 from bulkbackup.store.fenced import FencedStore, StopFence
 from bulkbackup.testing.forge import Forge, RepoSpec
@@ -699,3 +701,70 @@ def test_an_upload_has_its_own_body_deadline(redis_url: str, tmp_path: Path,
             other.close()
         assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
         assert setup.store.read_bytes("alice/a.bundle") == data
+
+
+# -- uploads in the background (run/uploads.py: a remote worker's RemoteStore) --------------
+
+
+def bundle_file(path: Path, size: int) -> Path:
+    """A file the server takes for a bundle (its first line), ``size`` bytes long."""
+    path.write_bytes(b"# v2 git bundle\n" + b"x" * (size - 16))
+    return path
+
+
+def test_a_refused_background_upload_is_the_users_failure(redis_url: str,
+                                                          tmp_path: Path) -> None:
+    """A 413 in the background: the next call raises it (as a synchronous upload would
+    have), until cancelled; what was handed over after it is never sent. The writer may
+    delete its files once handed over: they are read from open descriptors."""
+    config = "run:\n  lock_ttl_s: 60\nserve:\n  max_upload_mb: 1\n"
+    with setup_for(tmp_path, redis_url, str(tmp_path / "store" / "github.com"),
+                   config) as s:
+        token = s.token("box-1")
+        s.track("alice")
+        lease_one(s, s.client(token), "alice")
+        store = RemoteStore(s.client(token), Uploads(s.client(token)))
+        small = bundle_file(tmp_path / "small.bundle", 100)
+        big = bundle_file(tmp_path / "big.bundle", 2 << 20)
+        try:
+            store.put_file("alice/a.bundle", small, {})
+            store.put_file("alice/b.bundle", big, {})  # over serve.max_upload_mb
+            with contextlib.suppress(ServerRefused):  # raised here if it was back already
+                store.put_file("alice/c.bundle", small, {})
+            small.unlink()
+            big.unlink()
+            with pytest.raises(ServerRefused, match="HTTP 413"):
+                store.flush()
+            with pytest.raises(ServerRefused, match="HTTP 413"):
+                store.put_bytes("alice", b"[]", {})  # the user object: never written
+            assert isinstance(store.cancel_pending(), ServerRefused)
+            store.flush()  # cancelled: nothing pending, no failure
+        finally:
+            store.close()
+        assert [o.key for o in s.store.list("")] == ["alice/a.bundle"]
+        assert s.store.read_bytes("alice/a.bundle")[:16] == b"# v2 git bundle\n"
+        assert spooled(s.tmp) == []
+
+
+def test_a_lease_lost_mid_user_fails_its_background_uploads(s: Setup, bundle: Path) -> None:
+    """The lease lapses between two uploads: the second is refused by the server (403) in
+    the background, and the user's next call and its flush raise LockLost; a read of a key
+    with an upload pending waits for it (the worker reads what it wrote)."""
+    token = s.token("box-1")
+    s.track("alice")
+    lease_one(s, s.client(token), "alice")
+    store = RemoteStore(s.client(token), Uploads(s.client(token)))
+    try:
+        store.put_file("alice/a.bundle", bundle, {"LastSync": "x"})
+        head = store.head("alice/a.bundle")  # pending: waited for, then asked
+        assert head is not None and head.get("LastSync") == "x"
+        s.r.delete(keys.lock(keys.member("alice")))
+        store.put_file("alice/b.bundle", bundle, {})
+        with pytest.raises(LockLost):
+            store.flush()
+        with pytest.raises(LockLost):
+            store.head("alice/a.bundle")
+        assert isinstance(store.cancel_pending(), LockLost)
+    finally:
+        store.close()
+    assert [o.key for o in s.store.list("")] == ["alice/a.bundle"]

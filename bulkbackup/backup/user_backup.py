@@ -125,6 +125,12 @@ class UserBackup:
         result = UserResult(login)
         try:
             self._sync(self._fenced(fence), login, result, listing)
+            self._store.flush()  # writes sent in the background (run --server) landed
+        except BaseException as exc:
+            # Nothing left pending; a write that failed in the background was made first.
+            if (failed := self._store.cancel_pending()) is not None and isinstance(exc, Exception):
+                raise failed from None
+            raise
         finally:
             self.gitwork.cleanup(login)
         return result

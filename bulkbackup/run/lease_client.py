@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import io
+import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -88,7 +89,8 @@ class UserState:
 class Call:
     method: str
     path: str
-    body: bytes | Path | None = None
+    # A file is streamed: a path is opened at each attempt, an open file read from its start.
+    body: bytes | Path | BinaryIO | None = None
     headers: Mapping[str, str] | None = None
     timeout_s: float | None = None
     max_bytes: int = JSON_MAX_BYTES
@@ -154,8 +156,12 @@ class LeaseClient:
         if isinstance(c.body, Path):
             headers["Content-Length"] = str(c.body.stat().st_size)
             body = _file_chunks(c.body)
-        else:
+        elif c.body is None or isinstance(c.body, bytes):
             body = c.body
+        else:  # an open file (run/uploads.py: its name may be gone already)
+            headers["Content-Length"] = str(os.fstat(c.body.fileno()).st_size)
+            c.body.seek(0)
+            body = _read_chunks(c.body)
         ends = time.monotonic() + (c.timeout_s or self.timeout_s)
         return self._pool.open(c.method, self.url + c.path, headers, ends=ends,
                                max_bytes=c.max_bytes, body=body)
@@ -265,10 +271,10 @@ class LeaseClient:
         doc = self._json("GET", f"/api/lease/{_q(login)}/list?{query}")
         return [_info(o) for o in (doc or {}).get("objects", [])]
 
-    def put(self, login: str, key: str, data: bytes | Path, metadata: Mapping[str, str]
-            ) -> None:
-        """Send an archive (a file is streamed); the server writes it whole, fenced by the
-        lease, or not at all."""
+    def put(self, login: str, key: str, data: bytes | Path | BinaryIO,
+            metadata: Mapping[str, str]) -> None:
+        """Send an archive (a file, by path or open, is streamed); the server writes it
+        whole, fenced by the lease, or not at all."""
         headers = {METADATA_HEADER: orjson.dumps(clean_metadata(metadata)).decode(),
                    "Content-Type": "application/octet-stream"}
         if isinstance(data, bytes):
@@ -320,5 +326,9 @@ def _info(doc: dict[str, Any]) -> ObjectInfo:
 
 def _file_chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as f:
-        while chunk := f.read(UPLOAD_CHUNK):
-            yield chunk
+        yield from _read_chunks(f)
+
+
+def _read_chunks(f: BinaryIO) -> Iterator[bytes]:
+    while chunk := f.read(UPLOAD_CHUNK):
+        yield chunk

@@ -25,6 +25,7 @@ from bulkbackup.queue.listings import Cached
 from bulkbackup.queue.tracked import Completion
 from bulkbackup.run.lease_client import LeaseClient, Outcome, ServerUnavailable, WorkerTokenRefused
 from bulkbackup.run.remote_store import RemoteStore
+from bulkbackup.run.uploads import Uploads
 from bulkbackup.store import Store
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,8 @@ class RemoteQueue:
     # -- WorkQueue ---------------------------------------------------------------------------
 
     def open_store(self) -> Store:
-        store = RemoteStore(self.target.client())
+        # Archives uploaded in the background, beside the git work (run/uploads.py).
+        store = RemoteStore(self.target.client(), Uploads(self.target.client()))
         with self._mu:
             self._stores.append(store)  # told when a user is done (RemoteStore.forget)
         return store

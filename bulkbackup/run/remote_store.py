@@ -13,6 +13,13 @@ None without a request. Only the lease's holder creates a user's archives (every
 fenced by the lease), so what it lists stays true while the lease is held: the worker
 forgets it when it is done with the user (RemoteQueue.drop), and it is not used once
 KNOWN_FOR_S old.
+
+With ``uploads`` (a worker's: run/uploads.py) a file's upload is sent in the background and
+`put_file` returns once it is handed over. Every other write first waits for the pending
+uploads (the writes land in the order they were made), so does a read of a key (or a listing
+of a prefix) with one pending, and the failure of one is raised by the next call (the user
+fails, as if it had been synchronous). `flush` and `cancel_pending` are what the user's sync calls
+before its user is completed, given back or dropped (backup/user_backup.py).
 """
 
 from __future__ import annotations
@@ -27,7 +34,16 @@ from typing import BinaryIO
 from bulkbackup.archive import layout
 from bulkbackup.errors import NotFound, StoreError
 from bulkbackup.run.lease_client import LeaseClient
-from bulkbackup.store.base import BeforeCommit, Head, Store, check_key, check_range, no_fence
+from bulkbackup.run.uploads import Upload, Uploads
+from bulkbackup.store.base import (
+    BeforeCommit,
+    Head,
+    Store,
+    check_key,
+    check_range,
+    clean_metadata,
+    no_fence,
+)
 from bulkbackup.store.listing import ObjectInfo
 
 # How long a state read answers for its user (a bound on staleness, not a lease rule).
@@ -53,8 +69,9 @@ class _Known:
 class RemoteStore(Store):
     """Writes and reads of leased users' keys, carried by the server."""
 
-    def __init__(self, client: LeaseClient) -> None:
+    def __init__(self, client: LeaseClient, uploads: Uploads | None = None) -> None:
         self.client = client
+        self.uploads = uploads  # None: every write is synchronous
         self._requests = 0
         self._mu = threading.Lock()
         self._known: dict[str, _Known] = {}  # login -> its last state read
@@ -90,34 +107,79 @@ class RemoteStore(Store):
         return (bool(rest) and layout.SEPARATOR not in rest and key not in known.names
                 and key not in known.written)
 
+    # -- the background uploads (see the module) ---------------------------------------------
+
+    def flush(self) -> None:
+        if self.uploads is not None:
+            self.uploads.flush()
+
+    def cancel_pending(self) -> Exception | None:
+        return self.uploads.cancel() if self.uploads is not None else None
+
+    def close(self) -> None:
+        if self.uploads is not None:
+            self.uploads.close()
+            self.uploads.client.close()
+        self.client.close()
+
+    def _settled(self, key: str = "", below: bool = False) -> None:
+        """Before a request: an upload's failure is raised; before a write (no ``key``), or a
+        read of ``key`` (``below``: of keys below it) while one is pending, the pending
+        uploads are waited for."""
+        if self.uploads is None:
+            return
+        self.uploads.check()
+        if not key or self.uploads.pending(key, below):
+            self.uploads.flush()
+
+    # -- writes ------------------------------------------------------------------------------
+
     def put_file(self, key: str, path: Path, metadata: Mapping[str, str],
                  before_commit: BeforeCommit = no_fence) -> None:
-        before_commit()
+        if self.uploads is None:
+            before_commit()
+            self._requests += 1
+            self.client.put(self._wrote(key), key, path, metadata)
+            return
+        self.uploads.check()
+        meta = clean_metadata(metadata)  # refused here, as a synchronous put refuses it
+        before_commit()  # a lease known lost: not handed over
+        try:
+            # Read from this descriptor: the caller may delete the file once we return.
+            file = path.open("rb")
+        except OSError as exc:
+            raise StoreError(f"cannot read {path.name}: {exc.strerror}") from None
         self._requests += 1
-        self.client.put(self._wrote(key), key, path, metadata)
+        self.uploads.submit(Upload(self._wrote(key), key, file, meta, before_commit))
 
     def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str],
                   before_commit: BeforeCommit = no_fence) -> None:
+        self._settled()
         before_commit()
         self._requests += 1
         self.client.put(self._wrote(key), key, bytes(data), metadata)
 
     def replace_metadata(self, key: str, metadata: Mapping[str, str],
                          before_commit: BeforeCommit = no_fence) -> None:
+        self._settled()
         before_commit()
         self._requests += 1
         self.client.replace_metadata(self._wrote(key), key, metadata)
 
     def copy(self, src: str, dest: str, before_commit: BeforeCommit = no_fence) -> None:
+        self._settled()
         before_commit()
         self._requests += 1
         if not self.client.copy(self._wrote(dest), src, dest):
             raise NotFound(f"no such object: {src}")
 
     def delete(self, key: str, before_commit: BeforeCommit = no_fence) -> None:
+        self._settled()
         before_commit()
         self._requests += 1
         self.client.delete(self._wrote(key), key)
+
+    # -- reads -------------------------------------------------------------------------------
 
     def head(self, key: str) -> Head | None:
         login = _login(key)
@@ -125,11 +187,13 @@ class RemoteStore(Store):
             return self._state(login)
         if self._absent(key, login):
             return None
+        self._settled(key)
         self._requests += 1
         return self.client.head(login, key)
 
     def _state(self, login: str) -> Head | None:
         """The user object's head, with the listing of its archives kept (see the module)."""
+        self._settled(login, below=True)
         self._requests += 1
         got = self.client.state(login)
         with self._mu:
@@ -143,6 +207,7 @@ class RemoteStore(Store):
     def open(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
         """Streamed as it is read: a bundle header costs its bytes, not the pack's."""
         check_range(start, end)
+        self._settled(key)
         self._requests += 1
         stream = self.client.open(_login(key), key, start, end)
         if stream is None:
@@ -157,6 +222,7 @@ class RemoteStore(Store):
         if shallow and known is not None and not known.written and prefix == known.prefix:
             yield from list(known.objects)
             return
+        self._settled(prefix, below=True)
         self._requests += 1
         yield from self.client.list(login, prefix, shallow)
 

@@ -189,6 +189,16 @@ class Store(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
+    def flush(self) -> None:  # noqa: B027 - optional hook
+        """Return once every write made so far has landed; raise the failure of one that
+        did not. Only a store that sends writes in the background (a remote worker's:
+        run/remote_store.py) has any pending; the others' writes return once landed."""
+
+    def cancel_pending(self) -> Exception | None:
+        """Drop the writes not yet started, wait for one being sent; return the failure
+        of a write in the background, if one failed (see ``flush``)."""
+        return None
+
     @property
     def request_count(self) -> int:
         """Store requests made by this instance (for stats and benchmarks)."""

@@ -2,6 +2,7 @@
 own) against `bulkbackup run` (Redis and the store), side by side in one run.
 
     python -m benchmarks.remote [--procs 2] [--users 60] [--repos 2] [--file-kb 0] [--rounds 2]
+                                [--store local|s3] [--carried]
 
 The same population on the same stand-in forge: users x repos small repositories. Each pass
 starts from a fresh store with every user due; the two passes alternate for ``--rounds``
@@ -10,7 +11,9 @@ Prints users/s and repos/s of both and their ratio (target >= 0.9) per round and
 rounds, serve's CPU seconds per 1 000 users, then the bytes that went through the server
 (both directions, counted by a TCP relay in front of it, a pass of its own) per byte
 archived (1.0: the archives are carried; the rest is the API's JSON and headers and the
-tips an increment reads).
+tips an increment reads). `--store s3`: both on moto_server (a bucket each), where serve hands
+the workers presigned uploads (web/lease_uploads.py): the archives go to the bucket, not
+through serve.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ from pathlib import Path
 import httpx
 import redis
 
+from benchmarks.serve import start_moto
+from bulkbackup.config import StoreSettings
+from bulkbackup.store import open_store
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.services import free_port, redis_server
 
@@ -133,8 +139,30 @@ def timed_run(env: dict[str, str], cwd: Path, *args: str) -> float:
     return elapsed
 
 
-def stored_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+class Target:
+    """Where a pass stores: a local store's folder, or a bucket of moto_server."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def empty(self) -> None:
+        if not self.url.startswith("s3://"):
+            shutil.rmtree(self.url, ignore_errors=True)
+            Path(self.url).mkdir(parents=True)
+            return
+        store = open_store(StoreSettings(url=self.url), create=True)
+        try:
+            for info in list(store.list()):
+                store.delete(info.key)
+        finally:
+            store.close()
+
+    def stored_bytes(self) -> int:
+        store = open_store(StoreSettings(url=self.url))
+        try:
+            return sum(info.size for info in store.list())
+        finally:
+            store.close()
 
 
 def main() -> None:
@@ -147,12 +175,23 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2,
                     help="rounds of both passes, one after the other (default: 2)")
     ap.add_argument("--tmp", help="where the stores and work files go (default: temp dir)")
+    ap.add_argument("--store", choices=["local", "s3"], default="local",
+                    help="s3: both stores on moto_server (direct uploads)")
+    ap.add_argument("--carried", action="store_true",
+                    help="with --store s3: serve.direct_uploads off (archives through serve)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-remote-", dir=args.tmp))
+    moto = None
     try:
+        if args.store == "s3":
+            moto, endpoint = start_moto()
+            os.environ.update({"AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": "bench",
+                               "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"})
         with redis_server(tmp / "redis") as url, Forge(tmp / "forge") as forge:
             measure(args, tmp, url, forge)
     finally:
+        if moto is not None:
+            moto.terminate()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -167,22 +206,27 @@ def measure(args: argparse.Namespace, tmp: Path, url: str, forge: Forge) -> None
     for login in logins:
         forge.add_user(login, [repo(f"r{j}", args.file_kb) for j in range(args.repos)])
     cfg = tmp / "config.yaml"
-    cfg.write_text(SERVE_CONFIG)
+    cfg.write_text(SERVE_CONFIG + ("serve:\n  direct_uploads: false\n" if args.carried else ""))
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("GITHUB_", "BULKBACKUP_", "REDIS_", "AWS_"))}
     base = {**clean, "BULKBACKUP_CONFIG": str(cfg), "GITHUB_API_URL": forge.url}
     r = redis.Redis.from_url(url)
 
-    def due(store: Path) -> None:
+    def due(store: Target) -> None:
         r.flushall()
-        shutil.rmtree(store, ignore_errors=True)
-        store.mkdir(parents=True)
+        store.empty()
         r.zadd("tracked", {f"github.com/{x}": float("-inf") for x in logins})
 
-    local_store, remote_store = tmp / "local" / "github.com", tmp / "remote" / "github.com"
-    local_env = {**base, "REDIS_URL": url, "BULKBACKUP_STORE": str(local_store)}
-    serve_env = {**local_env, "BULKBACKUP_STORE": str(remote_store)}
-    remote_store.mkdir(parents=True)
+    if args.store == "s3":  # the run and serve reach the bucket; the remote pool does not
+        aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+        local_store, remote_store = Target("s3://bench-local"), Target("s3://bench-remote")
+    else:
+        aws = {}
+        local_store = Target(str(tmp / "local" / "github.com"))
+        remote_store = Target(str(tmp / "remote" / "github.com"))
+    local_env = {**base, **aws, "REDIS_URL": url, "BULKBACKUP_STORE": local_store.url}
+    serve_env = {**local_env, "BULKBACKUP_STORE": remote_store.url}
+    remote_store.empty()
     serve, port = start_serve(serve_env, tmp / "serve.log")
 
     def token(name: str) -> dict[str, str]:
@@ -221,7 +265,7 @@ def measure(args: argparse.Namespace, tmp: Path, url: str, forge: Forge) -> None
             print(f"  round {i + 1}: run {len(logins) / local_s[-1]:.1f} users/s, run "
                   f"--server {len(logins) / remote_s[-1]:.1f}: ratio "
                   f"{local_s[-1] / remote_s[-1]:.2f}")
-        archived = stored_bytes(remote_store)
+        archived = remote_store.stored_bytes()
         # 3. The bytes through the server: the same pass again, through a counting relay.
         due(remote_store)
         remote_env = token("bench-relayed")
@@ -247,7 +291,9 @@ def report(args: argparse.Namespace, n: int, local_s: float, remote_s: float,
           f"ratio {local_s / remote_s:.2f} (target >= 0.9)")
     print(f"server CPU: {serve_cpu_s:.2f} s for {n} users: "
           f"{serve_cpu_s / n * 1000:.1f} s per 1 000 users")
-    print(f"bytes through the server: {up + down:,} for {archived:,} archived: "
+    how = " (carried)" if args.carried else ""
+    print(f"store: {args.store}{how}; bytes through the server: {up + down:,} for "
+          f"{archived:,} archived: "
           f"{(up + down) / max(archived, 1):.2f} per archived byte (1.0: carried; sent "
           f"{up / max(archived, 1):.2f}, received {down / max(archived, 1):.2f}; "
           f"{archived / max(repos, 1) / 1024:.1f} KiB archived per repository)")

@@ -158,6 +158,12 @@ class ServeSettings:
     # The lease API of remote workers (DESIGN.md "Remote workers", docs/serve.md).
     max_upload_mb: int = 8192
     upload_timeout_s: float = 3600.0
+    # On S3: archives go from the worker to the bucket by a presigned PUT, then serve checks
+    # and commits them (web/lease_uploads.py); off, or on a local store: through serve.
+    direct_uploads: bool = True
+    # Smaller archives go through serve all the same: their commit (four store requests)
+    # costs serve more CPU than carrying their bytes (docs/benchmarks.md, remote).
+    direct_uploads_min_kb: int = 2048
     lease_batch_max: int = 100
     # Per worker token. A user of r repositories costs about 3 + 2r requests (its state, an
     # upload per archive, complete) and a process syncs up to ~10 small users a second:
@@ -292,6 +298,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "serve.public_add_per_hour": (1, 1_000_000),
     "serve.priority_hours": (0.01, 100 * 366 * 24),
     "serve.max_upload_mb": (1, None),
+    "serve.direct_uploads_min_kb": (0, None),
     "serve.upload_timeout_s": (1, 7 * 86_400),
     "serve.lease_batch_max": (1, 10_000),
     "serve.lease_requests_per_s": (0.01, 1_000_000),

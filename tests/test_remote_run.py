@@ -23,6 +23,7 @@ from bulkbackup.archive.layout import CHAIN_ID
 from bulkbackup.config import StoreSettings
 from bulkbackup.queue import keys
 from bulkbackup.store import Store, open_store
+from bulkbackup.store.s3 import S3Store
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.services import free_port
 from tests.helpers import (
@@ -37,7 +38,9 @@ from tests.helpers import (
     workers_of,
 )
 
-SERVE_CONFIG = "run:\n  lock_ttl_s: {ttl}\nserve:\n  max_upload_mb: {mb}\n"
+# Every archive offered for a direct upload on S3, however small (web/lease_uploads.py).
+SERVE_CONFIG = ("run:\n  lock_ttl_s: {ttl}\nserve:\n  max_upload_mb: {mb}\n"
+                "  direct_uploads_min_kb: 0\n")
 RUN_CONFIG = ("run:\n  lock_ttl_s: 4\n  grace_s: 20\n  claim_target_s: 1.0\n"
               "github:\n  backoff_s: 0.05\n")
 
@@ -207,8 +210,12 @@ def test_a_remote_run_archives_what_a_local_run_does(remote: Remote, forge: Forg
         got, want = archived(remote.store), archived(local)
     finally:
         local.close()
-    assert got == want
+    assert got == want  # nothing else either: no staged upload left below .staging/
     assert any("/CHAIN/" in k for k in got)  # increments were made remotely
+    # On S3 the archives went straight to the bucket (serve only committed them); on the
+    # local store through serve.
+    commits = (remote.tmp / "serve.log").read_text().count('/uploads/commit HTTP/1.1" 200')
+    assert (commits > 0) == isinstance(remote.store, S3Store), commits
     # What a local worker writes to Redis, the server wrote at completion.
     assert remote.r.zcard(keys.VERIFY_PENDING) == 2
     assert remote.r.llen(keys.history(logins[1])) == 2

@@ -132,6 +132,19 @@ def user_key(login: str) -> str:
     return login
 
 
+# Where a remote worker's upload waits for serve's checks before it is copied to its key
+# (web/lease_uploads.py): a top-level folder that is no login, so no user's listing holds it.
+STAGING_FOLDER = ".staging"
+
+
+def staging_prefix(login: str) -> str:
+    return f"{STAGING_FOLDER}{SEPARATOR}{login}{SEPARATOR}"
+
+
+def staging_key(login: str, nonce: str) -> str:
+    return staging_prefix(login) + nonce
+
+
 def user_prefix(login: str) -> str:
     """What every key below the user starts with (its archives)."""
     return login + SEPARATOR

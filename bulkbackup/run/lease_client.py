@@ -35,6 +35,7 @@ JSON_MAX_BYTES = 64 << 20  # a listing of a user with very many parts
 UPLOAD_CHUNK = 1 << 20
 STREAM_MAX_BYTES = 1 << 50  # a streamed read: bounded by its range and deadline instead
 BACKOFF_MAX_S = 60.0
+OFFER_URL_MAX_CHARS = 8192
 
 
 class WorkerTokenRefused(ConfigError):
@@ -282,6 +283,39 @@ class LeaseClient:
         self.call(Call("PUT", f"/api/lease/{_q(login)}/objects/{_q(key)}", data, headers,
                        timeout_s=self.upload_timeout_s))
 
+    # -- archives straight to the bucket (web/lease_uploads.py) ------------------------------
+
+    def offer(self, login: str, key: str, size: int) -> Offer:
+        """Where to send ``key``'s ``size`` bytes: a presigned PUT, or through serve."""
+        doc = self._json("POST", f"/api/lease/{_q(login)}/uploads", {"key": key, "size": size})
+        if not isinstance(doc, dict):  # 404: a serve without direct uploads
+            return Offer(offered=False)
+        url, staging, least = doc.get("url"), doc.get("staging"), doc.get("min_size")
+        least = least if isinstance(least, int) and not isinstance(least, bool) else 0
+        if not isinstance(url, str) or not isinstance(staging, str):
+            return Offer(offered=doc.get("direct") is not False, min_size=least)
+        if not url.startswith(("http://", "https://")) or len(url) > OFFER_URL_MAX_CHARS:
+            raise ServerRefused("the server offered an invalid upload URL")
+        return Offer(True, url, staging, least)
+
+    def put_staged(self, url: str, file: BinaryIO) -> None:
+        """``file`` to a presigned URL (the bucket, not serve: no worker token is sent)."""
+        size = os.fstat(file.fileno()).st_size
+        file.seek(0)
+        ends = time.monotonic() + self.upload_timeout_s
+        with self._pool.open("PUT", url, {"Content-Length": str(size)}, ends=ends,
+                             max_bytes=JSON_MAX_BYTES, body=_read_chunks(file)) as got:
+            if got.status >= 300:
+                raise ServerRefused(f"the bucket answered HTTP {got.status}")
+            got.read_all()
+
+    def commit(self, login: str, key: str, staging: str, size: int,
+               metadata: Mapping[str, str]) -> None:
+        """Have serve check the staged upload and write it to ``key``, fenced by the lease."""
+        self._json("POST", f"/api/lease/{_q(login)}/uploads/commit",
+                   {"key": key, "staging": staging, "size": size,
+                    "metadata": clean_metadata(metadata)})
+
     def replace_metadata(self, login: str, key: str, metadata: Mapping[str, str]) -> None:
         self._json("POST", f"/api/lease/{_q(login)}/metadata/{_q(key)}",
                    {"metadata": clean_metadata(metadata)})
@@ -293,6 +327,17 @@ class LeaseClient:
 
     def delete(self, login: str, key: str) -> None:
         self.call(Call("DELETE", f"/api/lease/{_q(login)}/objects/{_q(key)}"))
+
+
+@dataclass(frozen=True)
+class Offer:
+    """serve's answer to an upload: a presigned PUT of a staging key, or none (``offered``:
+    whether serve offers them at all; if not, asking again is a request for nothing)."""
+
+    offered: bool
+    url: str = ""
+    staging: str = ""
+    min_size: int = 0  # smaller uploads are not offered (need not be asked)
 
 
 class _AnswerReader(io.RawIOBase):

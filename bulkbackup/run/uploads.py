@@ -8,6 +8,11 @@ MOST_PENDING are pending (sent or waiting): a further upload waits for room. Eac
 open file (streamed, never in memory), so the writer may delete the file's name once the
 upload is handed over; its disk space is freed when the upload ends.
 
+On S3 an archive goes straight to the bucket when serve offers it (a presigned PUT of a
+staging key, then serve checks and commits it: web/lease_uploads.py), so its bytes do not
+pass through serve; otherwise, and once the bucket could not be written from this host,
+through serve.
+
 A failure is the user's failure, as if the upload had been synchronous: the uploads waiting
 behind it are dropped unsent (nothing the sync made after it lands), and every later call
 (`check`, `submit`, `flush`) raises it until `cancel` takes it. Whoever completes a user
@@ -18,13 +23,21 @@ server writes it whole or not at all, fenced by the lease).
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from bulkbackup.run.lease_client import LeaseClient
+import urllib3
+
+from bulkbackup.http.bounded import Overdue, SlowRead
+from bulkbackup.redact import redact
+from bulkbackup.run.lease_client import LeaseClient, ServerRefused
 from bulkbackup.store.base import BeforeCommit
+
+log = logging.getLogger(__name__)
 
 MOST_PENDING = 2
 
@@ -46,6 +59,8 @@ class Uploads:
     def __init__(self, client: LeaseClient, most: int = MOST_PENDING) -> None:
         self.client = client  # this thread's own: never shared with the worker's requests
         self.most = most
+        self.direct = True  # straight to the bucket while serve offers it and it works
+        self.direct_min = 0  # smaller archives are not offered (serve said so)
         self._cv = threading.Condition()
         self._waiting: deque[Upload] = deque()
         self._sending: Upload | None = None
@@ -148,9 +163,33 @@ class Uploads:
     def _send(self, upload: Upload) -> Exception | None:
         try:
             upload.before_commit()  # a lease known lost: not sent (the server fences too)
-            self.client.put(upload.login, upload.key, upload.file, upload.metadata)
+            if not self._direct(upload):
+                self.client.put(upload.login, upload.key, upload.file, upload.metadata)
         except Exception as exc:  # noqa: BLE001 - the user's failure, raised in its thread
             return exc
         finally:
             upload.file.close()
         return None
+
+    def _direct(self, upload: Upload) -> bool:
+        """Sent straight to the bucket (serve's presigned PUT, then its commit); False: to
+        be sent through serve. A bucket this host cannot write (unreachable, or refusing the
+        URL) turns direct uploads off for this process: each archive then goes through serve,
+        as it would without them."""
+        size = os.fstat(upload.file.fileno()).st_size
+        if not self.direct or size < self.direct_min:
+            return False
+        offer = self.client.offer(upload.login, upload.key, size)
+        self.direct, self.direct_min = offer.offered, offer.min_size
+        if not offer.url:
+            return False
+        try:
+            self.client.put_staged(offer.url, upload.file)
+        except (ServerRefused, urllib3.exceptions.HTTPError, OSError, Overdue, SlowRead) as exc:
+            log.warning("the bucket took no upload from this host (%s): archives go through "
+                        "serve from now on", redact(str(exc))[:200])
+            self.direct = False
+            return False
+        upload.before_commit()
+        self.client.commit(upload.login, upload.key, offer.staging, size, upload.metadata)
+        return True

@@ -299,6 +299,17 @@ class S3Store(Store):
                 Bucket=self.bucket, Key=dest, CopySource={"Bucket": self.bucket, "Key": src},
                 MetadataDirective="COPY"))
 
+    def copy_as(self, src: str, dest: str, metadata: Mapping[str, str],
+                before_commit: BeforeCommit = no_fence) -> None:
+        """``src`` copied to ``dest`` with ``metadata`` in one CopyObject (up to 5 GB): a
+        staged upload made an archive (web/lease_uploads.py)."""
+        check_key(src)
+        extra = self._extra(check_key(dest), metadata)
+        with self._committing(before_commit):
+            self._call(src, "copy", lambda: self._client.copy_object(
+                Bucket=self.bucket, Key=dest, CopySource={"Bucket": self.bucket, "Key": src},
+                MetadataDirective="REPLACE", **extra))
+
     def delete(self, key: str, before_commit: BeforeCommit = no_fence) -> None:
         check_key(key)
         before_commit()
@@ -373,6 +384,13 @@ class S3Store(Store):
             "get_object", ExpiresIn=expires_s, Params={
                 "Bucket": self.bucket, "Key": key,
                 "ResponseContentDisposition": f'attachment; filename="{name}"'})))
+
+    def signed_put(self, key: str, expires_s: int) -> str:
+        """A PUT of ``key`` signed for ``expires_s``: whoever holds it may write that key
+        alone until it expires (a credential: never log it)."""
+        check_key(key)
+        return str(self._call(key, "sign", lambda: self._client.generate_presigned_url(
+            "put_object", ExpiresIn=expires_s, Params={"Bucket": self.bucket, "Key": key})))
 
     def signed_get(self, key: str, expires_s: int) -> str:
         """A GET of ``key`` signed for ``expires_s`` (signed here: no request is sent), for

@@ -36,6 +36,7 @@ from bulkbackup.web.download_routes import DownloadRoutes
 from bulkbackup.web.http import JSONResponse, Unavailable
 from bulkbackup.web.lease_api import LeaseApi
 from bulkbackup.web.lease_objects import LeaseObjects
+from bulkbackup.web.lease_uploads import LeaseUploads
 from bulkbackup.web.render import svg
 from bulkbackup.web.restore_cmds import at_command, restore_commands, state_commands
 from bulkbackup.web.users import Cursor, Users
@@ -74,6 +75,7 @@ class Site:
         # Remote workers (DESIGN.md "Remote workers"): the lease API and their objects.
         self.lease_api = LeaseApi(settings, self.backend.r, self.blocking)
         self.lease_objects = LeaseObjects(self.lease_api, self.live_store)
+        self.lease_uploads = LeaseUploads(self.lease_objects)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -345,7 +347,8 @@ class Site:
             Route("/api/session", self.accounts.api_session),
             Route("/api/logins", self.accounts.complete),
             Route("/favicon.ico", self.favicon),
-            *self.lease_api.routes(self.lease_objects.routes()),
+            *self.lease_api.routes([*self.lease_objects.routes(),
+                                    *self.lease_uploads.routes()]),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
 

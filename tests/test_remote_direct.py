@@ -101,9 +101,9 @@ def test_a_token_commits_only_its_own_users_staging(s3: Setup, bundle: Path) -> 
     with pytest.raises(LockLost):  # 403: not a staging key of alice
         client.commit("alice", layout.bundle_key("alice", "a"),
                       offer.staging.replace("/alice/", "/bob/"), len(data), {})
-    with pytest.raises(LockLost):
-        client.commit("alice", layout.bundle_key("alice", "a"), "alice/b.bundle", len(data),
-                      {})
+    for elsewhere in ("alice/b.bundle", ".staging/alice/..", offer.staging + "/x"):
+        with pytest.raises(LockLost):
+            client.commit("alice", layout.bundle_key("alice", "a"), elsewhere, len(data), {})
     # The lease lapses before the commit: 403 from the lookup, nothing lands.
     s3.r.delete(keys.lock(keys.member("alice")))
     with pytest.raises(LockLost):

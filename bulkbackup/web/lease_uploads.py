@@ -26,6 +26,7 @@ committed (its worker died) stays in the staging folder: a bucket lifecycle rule
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 from typing import Any
 
@@ -42,6 +43,8 @@ from bulkbackup.web.lease_api import ApiError, guarded, read_json
 from bulkbackup.web.lease_objects import MAGIC_BYTES, LeaseObjects, content_problem, own
 
 STAGING_EXPIRES_S = 3600
+NONCE_BYTES = 18
+NONCE = re.compile(r"[A-Za-z0-9_-]{24}")  # secrets.token_urlsafe(NONCE_BYTES)
 COPY_MAX_BYTES = 5 << 30  # one CopyObject
 # What may be staged: archives (a user object is small and checked whole: carried).
 STAGED_KINDS = frozenset(layout.Kind) - {layout.Kind.USER, layout.Kind.OTHER}
@@ -78,7 +81,7 @@ class LeaseUploads:
         if not self.min_bytes <= size <= COPY_MAX_BYTES \
                 or layout.parse_key(key).kind not in STAGED_KINDS:
             return _json({"url": None, "direct": True, "min_size": self.min_bytes})
-        staging = layout.staging_key(got.login, secrets.token_urlsafe(18))
+        staging = layout.staging_key(got.login, secrets.token_urlsafe(NONCE_BYTES))
         url = await self.api.blocking(store.signed_put, staging, STAGING_EXPIRES_S)
         return _json({"url": url, "staging": staging, "expires_s": STAGING_EXPIRES_S,
                       "min_size": self.min_bytes})
@@ -86,9 +89,9 @@ class LeaseUploads:
     async def commit(self, request: Request) -> Response:
         got, key, size, doc = await self._target(request)
         staging = doc.get("staging")
-        if not isinstance(staging, str) or not staging.startswith(
-                layout.staging_prefix(got.login)) or "/" in staging[len(
-                    layout.staging_prefix(got.login)):] or len(staging) > 300:
+        prefix = layout.staging_prefix(got.login)
+        if not isinstance(staging, str) or not staging.startswith(prefix) \
+                or not NONCE.fullmatch(staging[len(prefix):]):
             raise ApiError(403, "not a staging key of this user")
         meta = self.objects.metadata(doc.get("metadata"), got.name)
         store = await self.objects.live_store()

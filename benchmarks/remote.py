@@ -2,7 +2,7 @@
 own) against `bulkbackup run` (Redis and the store), side by side in one run.
 
     python -m benchmarks.remote [--procs 2] [--users 60] [--repos 2] [--file-kb 0] [--rounds 2]
-                                [--store local|s3] [--carried]
+                                [--store local|s3] [--carried] [--pin]
 
 The same population on the same stand-in forge: users x repos small repositories. Each pass
 starts from a fresh store with every user due; the two passes alternate for ``--rounds``
@@ -13,7 +13,8 @@ rounds, serve's CPU seconds per 1 000 users, then the bytes that went through th
 archived (1.0: the archives are carried; the rest is the API's JSON and headers and the
 tips an increment reads). `--store s3`: both on moto_server (a bucket each), where serve hands
 the workers presigned uploads (web/lease_uploads.py): the archives go to the bucket, not
-through serve.
+through serve. `--pin`: every pool on core 0 and everything else on core 1, as a worker
+machine apart from the server (on a shared machine serve's CPU is the remote pool's loss).
 """
 
 from __future__ import annotations
@@ -128,10 +129,21 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# --pin: the pools (both kinds) on this core, everything else (serve, Redis, the stand-in,
+# moto) on the other: the worker machine apart from the server's, as deployed.
+POOL_CORE: set[int] | None = None
+
+
+def _pool_affinity() -> None:
+    if POOL_CORE is not None:
+        os.sched_setaffinity(0, POOL_CORE)
+
+
 def timed_run(env: dict[str, str], cwd: Path, *args: str) -> float:
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "bulkbackup", "run", *args], env=env,
-                          cwd=cwd, capture_output=True, text=True, check=False)
+                          cwd=cwd, capture_output=True, text=True, check=False,
+                          preexec_fn=_pool_affinity)
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
         sys.exit(f"bulkbackup run {' '.join(args)} failed: {proc.stderr[-3000:]}")
@@ -179,7 +191,13 @@ def main() -> None:
                     help="s3: both stores on moto_server (direct uploads)")
     ap.add_argument("--carried", action="store_true",
                     help="with --store s3: serve.direct_uploads off (archives through serve)")
+    ap.add_argument("--pin", action="store_true",
+                    help="the pools on core 0, serve and the rest on core 1 (2+ cores)")
     args = ap.parse_args()
+    if args.pin:
+        global POOL_CORE
+        POOL_CORE = {0}
+        os.sched_setaffinity(0, {1})  # this process and what it starts: serve, Redis, ...
     tmp = Path(tempfile.mkdtemp(prefix="bench-remote-", dir=args.tmp))
     moto = None
     try:

@@ -67,6 +67,17 @@ http {{
 """
 
 
+# benchmarks.serve --pin: the servers (serve, nginx) and the in-process baselines on these
+# cores; the clients, Redis and moto on the others (set by that benchmark).
+SERVER_CORES: set[int] | None = None
+
+
+def server_affinity() -> None:
+    """In a server's process before it starts (preexec_fn), or in a baseline's thread."""
+    if SERVER_CORES is not None:
+        os.sched_setaffinity(0, SERVER_CORES)
+
+
 @contextlib.contextmanager
 def running(exe: str, folder: Path, root: Path, s3_url: str | None = None,
             workers: str = "auto") -> Iterator[Nginx]:
@@ -78,7 +89,8 @@ def running(exe: str, folder: Path, root: Path, s3_url: str | None = None,
     log = folder / "stderr.log"
     with log.open("ab") as out:
         proc = subprocess.Popen([exe, "-p", str(folder), "-e", str(folder / "error.log"),
-                                 "-c", str(conf)], stdout=out, stderr=out)
+                                 "-c", str(conf)], stdout=out, stderr=out,
+                                preexec_fn=server_affinity)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):

@@ -1,7 +1,7 @@
 """`bulkbackup serve` against its own data access and against nginx, side by side.
 
     python -m benchmarks.serve [--users 1000000] [--bundle-mb 1024] [--many-mb 8]
-                               [--s3-mb 100] [--clients 200] [--seconds 5] [--only s3]
+                               [--s3-mb 100] [--clients 200] [--seconds 5] [--only s3] [--pin]
 
 With U users tracked (ZADD in bulk: a third never synced, the rest synced in the last 60 days,
 each with a summary in bulkbackup:syncd) it measures:
@@ -17,7 +17,10 @@ each with a summary in bulkbackup:syncd) it measures:
   client's download of the large bundle against nginx and open() / boto3 (the old baselines).
 - serve's peak RSS during those, and while 4 clients download the large bundle at once.
 
-`--only s3` runs the S3 downloads alone (no users, pages or local downloads).
+`--only s3` runs the S3 downloads alone (no users, pages or local downloads). `--pin` gives
+the servers a core of their own (serve and nginx, one at a time, and the redis-py baselines'
+threads on core 1; curl, Redis and moto on core 0): as deployed, where clients and S3 are
+elsewhere.
 
 Without nginx (`apt-get install nginx`) it says so in one line and exits 2.
 """
@@ -95,6 +98,7 @@ def rate(fn: Callable[[], object], seconds: float, clients: int = CLIENTS) -> fl
     counts = [0] * clients
 
     def loop(i: int) -> None:
+        nginx.server_affinity()  # --pin: on the servers' core, as serve is
         while time.monotonic() < stop:
             fn()
             counts[i] += 1
@@ -199,7 +203,8 @@ def start_serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes]
     port = free_port()
     with log.open("ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "bulkbackup", "serve", "--port",
-                                 str(port)], env=env, cwd=ROOT, stdout=out, stderr=out)
+                                 str(port)], env=env, cwd=ROOT, stdout=out, stderr=out,
+                                preexec_fn=nginx.server_affinity)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
@@ -467,7 +472,13 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=MANY_CLIENTS)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--only", choices=["s3"], help="s3: only the S3 downloads")
+    ap.add_argument("--pin", action="store_true",
+                    help="serve, nginx and the redis-py baselines on core 1; curl, Redis and "
+                         "moto on core 0 (2+ cores): a server with a core of its own")
     args = ap.parse_args()
+    if args.pin:
+        nginx.SERVER_CORES = {1}
+        os.sched_setaffinity(0, {0})  # this process and its children: curl, Redis, moto
     if args.only and not args.s3_mb:
         ap.error("--only s3 needs --s3-mb above 0")
     nginx_exe = nginx.find()

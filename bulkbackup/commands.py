@@ -90,7 +90,7 @@ def sync_command(settings: Settings, logins: list[str]) -> int:
     """Back up the named users now. A user whose problem is recorded in the store (gone,
     a failed clone) is a result, counted in the summary: exit 0, as `run`. A user that could
     not be synced at all (rate limited past its deadline: nothing recorded) makes it exit 1."""
-    from bulkbackup.backup.user_backup import sync_users
+    from bulkbackup.backup.sync_named import sync_users
 
     with_errors = not_done = 0
     for result in sync_users(settings, logins):

@@ -23,7 +23,8 @@ import redis
 from bulkbackup import config
 from bulkbackup.archive import layout
 from bulkbackup.archive.layout import UserCounts
-from bulkbackup.backup.user_backup import UserBackup, in_order
+from bulkbackup.backup.sync_named import in_order
+from bulkbackup.backup.user_backup import UserBackup
 from bulkbackup.config import StoreSettings
 from bulkbackup.errors import LockLost, NotFound
 from bulkbackup.forge.github_lister import open_github_lister

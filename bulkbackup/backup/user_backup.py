@@ -1,8 +1,8 @@
 """Back up one user: with its listing (a Lister's: forge/listing.py), mirror the changed
 repositories, upload archives and metadata.
 
-`bulkbackup sync` calls this directly (`sync_users`, with the same lister as `run`); the
-run job's workers call it under a lock, passing the lock's fence. Every store write goes
+`bulkbackup sync` calls this directly (backup/sync_named.py, with the same lister as `run`);
+the run job's workers call it under a lock, passing the lock's fence. Every store write goes
 through a FencedStore built from that fence, so none can start, nor commit, once the user is
 not ours (see bulkbackup.store.fenced).
 """
@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import orjson
 
@@ -28,7 +27,7 @@ from bulkbackup.archive.metadata import (
     UPDATED_AT,
     fitted,
 )
-from bulkbackup.archive.stored import repositories, stored_spelling
+from bulkbackup.archive.stored import repositories
 from bulkbackup.archive.writer import ArchiveWriter, Change, WriteOutcome, Written
 from bulkbackup.backup.archived_listing import archived_listing
 from bulkbackup.backup.gists import sync_gists
@@ -37,12 +36,10 @@ from bulkbackup.backup.releases import sync_releases, wanted
 from bulkbackup.backup.results import PARTIAL_ERROR, UserResult
 from bulkbackup.backup.wikis import WikiOutcome, sync_wiki
 from bulkbackup.config import Settings
-from bulkbackup.errors import RateLimited, StoreError
+from bulkbackup.errors import StoreError
 from bulkbackup.forge.git_auth import git_auth
-from bulkbackup.forge.github_lister import open_github_lister
 from bulkbackup.forge.github_rest import GitHub
 from bulkbackup.forge.listing import (
-    Lister,
     ListingOutcome,
     OwnerListing,
     RejectedRepo,
@@ -52,13 +49,11 @@ from bulkbackup.forge.listing import (
 from bulkbackup.forge.quota_broker import QuotaBroker
 from bulkbackup.git.auth import GitAuth
 from bulkbackup.git.gitops import GitWork
-from bulkbackup.interrupts import signals_interrupt
-from bulkbackup.names import check_login, check_logins
-from bulkbackup.store import Store, open_store
+from bulkbackup.names import check_login
+from bulkbackup.store import Store
 from bulkbackup.store.base import Head
 from bulkbackup.store.fenced import Fence, FencedStore, StopFence
 from bulkbackup.timeutil import format_rfc3339, now
-from bulkbackup.workdir import work_dir
 
 log = logging.getLogger(__name__)
 
@@ -356,53 +351,3 @@ class UserBackup:
         meta[SYNCD_REPOS] = previous.get(SYNCD_REPOS, "0")
         meta[REPORTED_REPOS] = previous.get(REPORTED_REPOS, "0")
         store.replace_metadata(key, fitted(meta))
-
-
-def sync_users(settings: Settings, logins: list[str]) -> Iterator[UserResult]:
-    """Back up the named users now, without queue or locks: each one's result as it ends, in
-    the order named.
-
-    They are listed by the lister `github.api` names, as in `run`: with `graphql`, up to
-    `github.graphql_batch` users a query (the first query before the first sync); with
-    `rest`, each just before its sync. The quota is this process's own (no Redis). A problem
-    recorded in the store (a user gone, a failed clone) is in its result; a failure to record
-    (store unreachable) raises.
-    """
-    check_logins(logins)
-    store = open_store(settings.store)
-    stop = threading.Event()
-    broker = QuotaBroker(None, settings.github.tokens)
-    job: UserBackup | None = None
-    lister = open_github_lister(settings.github, broker, stop,
-                                lambda login: job.conditions(login) if job else [],
-                                settings.run.gists)
-    try:
-        # Logins ignore case: a user already archived is synced under its stored spelling.
-        logins = list(dict.fromkeys(stored_spelling(store, x) for x in logins))
-        with signals_interrupt(), work_dir(settings, "sync") as path:
-            job = UserBackup(settings, store, broker.any_token,
-                             GitWork(settings.run, path), stop, broker=broker)
-            for login, listing in in_order(lister, logins, settings.github.user_deadline_s):
-                yield (job.sync(login, listing) if isinstance(listing, OwnerListing)
-                       else UserResult(login, not_done=listing))
-    finally:
-        lister.close()
-        store.close()
-
-
-def in_order(lister: Lister, logins: Sequence[str], deadline_s: float
-             ) -> Iterator[tuple[str, OwnerListing | str]]:
-    """Each login with its listing, in the order given, listed as late as the lister allows;
-    or, for one whose listing a rate limit stopped past its deadline (`deadline_s` from the
-    wait for quota, as in `run`), why it was not listed."""
-    ready: dict[str, OwnerListing | str] = {r.login: r for r in lister.submit(logins)}
-    for login in logins:
-        while login not in ready and lister.queued:
-            lister.wait_ready()
-            try:
-                ready.update((r.login, r) for r in lister.step(time.monotonic() + deadline_s))
-            except RateLimited as exc:
-                back = lister.take_back()
-                ready.update(dict.fromkeys(back.stopped, str(exc)))
-                ready.update((r.login, r) for r in lister.submit(back.waiting))
-        yield login, ready.pop(login, "not listed")

@@ -216,6 +216,8 @@ class GraphQLLister:
         """Add one alias's answer to its owner (with ``gists``, its gists: an organization
         has none)."""
         owner = self._open[ask.login]
+        if owner.failed:  # by its other chain's page in this query: that reason stands
+            return
         data = payload.get("data")
         node = data.get(alias) if isinstance(data, dict) else None
         errors = [e for e in payload.get("errors") or [] if isinstance(e, dict)

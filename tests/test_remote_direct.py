@@ -155,8 +155,9 @@ class PresignRefusingRelay:
     presigned one), as a bucket whose policy admits serve's host alone would: what serve
     sends with its credentials passes."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, drop: bool = False) -> None:
         self.target = target.removeprefix("http://").split(":")
+        self.drop = drop  # close the connection instead of answering (an unreachable bucket)
         self._server = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
         self.refused = 0
@@ -172,8 +173,9 @@ class PresignRefusingRelay:
             first = client.recv(1 << 16)
             if b"Signature=" in first.split(b"\r\n", 1)[0]:  # SigV2 or SigV4 (X-Amz-)
                 self.refused += 1
-                client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n"
-                               b"Connection: close\r\n\r\n")
+                if not self.drop:
+                    client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n"
+                                   b"Connection: close\r\n\r\n")
                 return
             with socket.create_connection((self.target[0], int(self.target[1]))) as up:
                 up.sendall(first)
@@ -194,12 +196,14 @@ def _copy(src: socket.socket, dest: socket.socket) -> None:
             dest.shutdown(socket.SHUT_WR)
 
 
+@pytest.mark.parametrize("drop", [False, True], ids=["403", "cut"])
 def test_a_bucket_that_refuses_this_host_turns_direct_uploads_off(
         redis_url: str, tmp_path: Path, s3_endpoint: str, bundle: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, drop: bool) -> None:
     """serve's URL is refused by the bucket (403, as a bucket policy for serve's host
-    alone would): the archive goes through serve instead, and so do the next ones."""
-    relay = PresignRefusingRelay(s3_endpoint)
+    alone would; or the connection cut): the archive goes through serve instead, and so do
+    the next ones. The warning names no URL (its signature is a credential)."""
+    relay = PresignRefusingRelay(s3_endpoint, drop)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", relay.url)  # serve and this test's own reads
     with setup_for(tmp_path, redis_url, "s3://github.com", DIRECT) as s:
         client = leased(s)
@@ -209,6 +213,7 @@ def test_a_bucket_that_refuses_this_host_turns_direct_uploads_off(
             store.put_file(layout.bundle_key("alice", name), bundle, {})
         store.flush()
         assert not uploads.direct and relay.refused == 1  # tried once, then carried
+        assert "took no upload" in caplog.text and "Signature" not in caplog.text
         for name in ("a", "b"):
             assert s.store.read_bytes(layout.bundle_key("alice", name)) == bundle.read_bytes()
         assert staged(s) == []

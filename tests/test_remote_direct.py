@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bulkbackup.archive import layout
@@ -239,3 +240,32 @@ def test_archives_under_the_minimum_go_through_serve_without_asking(
         for name in ("a", "b"):
             assert s.store.read_bytes(layout.bundle_key("alice", name)) == bundle.read_bytes()
         store.close()
+
+
+def test_bad_upload_requests_get_one_clear_answer(s3: Setup) -> None:
+    """What a broken or hostile worker may send: each answered 4xx with a reason, nothing
+    signed, nothing written."""
+    holder = s3.token("box-1")
+    s3.track("carol")
+    lease_one(s3, s3.client(holder), "carol")
+    token = s3.token("box-3")  # a live token that holds no lease
+    url = s3.served.url + "/api/lease/carol/uploads"
+    bodies = [(b"[]", 400), (b'{"key": "carol/a.bundle"}', 400),
+              (b'{"key": "carol/a.bundle", "size": -1}', 400),
+              (b'{"key": "carol/a.bundle", "size": true}', 400),
+              (b'{"key": 5, "size": 10}', 400),
+              (b'{"key": "carol/notes.txt", "size": 10}', 400),  # not the layout's
+              (b'{"key": "alice/a.bundle", "size": 10}', 403),  # another user's
+              (b"x" * (1 << 20), 413)]  # a JSON body over 64 KiB
+    for body, status in bodies:
+        got = httpx.post(url, content=body, timeout=30,
+                         headers={"Authorization": f"Bearer {holder}"})
+        assert got.status_code == status, (body[:60], got.text)
+        assert "error" in got.json()
+    # A token that holds no lease on carol: 403; no token: 401.
+    got = httpx.post(url, json={"key": "carol/a.bundle", "size": 10}, timeout=30,
+                     headers={"Authorization": f"Bearer {token}"})
+    assert got.status_code == 403
+    assert httpx.post(url, json={"key": "carol/a.bundle", "size": 10},
+                      timeout=30).status_code == 401
+    assert staged(s3) == [] and [o.key for o in s3.store.list("carol/")] == []

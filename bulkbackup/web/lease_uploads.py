@@ -18,7 +18,10 @@ The commit checks what the worker says against what the bucket holds: the staged
 size must be the one declared (and within serve.max_upload_mb), its first bytes what its key
 says (content_problem, as a carried upload); then one CopyObject with the metadata serve
 makes (Worker set to the token's name) writes the key, fenced by the lease (409: lost,
-nothing written). The staged object is deleted whatever the outcome. One that is never
+nothing written). The staged object is deleted whatever the outcome. These checks are the
+carried upload's, sanity checks and no more: the worker could write to its URL again while
+serve checks (until the URL expires), as a lease holder could send a carried archive that only
+starts like a bundle; `verify` is what proves an archive restores. One that is never
 committed (its worker died) stays in the staging folder: a bucket lifecycle rule expiring
 `.staging/` after a day removes it (jobs/README.md).
 """

@@ -229,9 +229,10 @@ def _preflight(settings: Settings, remote: RemoteTarget | None = None) -> None:
 
 
 def _prove_tokens(settings: Settings, shared: bool = True) -> None:
-    """One cheap call per token on the API `run` lists with (GraphQL: a `rateLimit` query,
-    1 point, also without a token, which GitHub refuses; REST: `GET /rate_limit`, free),
-    through the shared quota broker: TokenRefused (exit 2) names a refused token's place."""
+    """One free call per token, `GET /rate_limit` (REST's: a GraphQL query would cost a
+    point per token and run), through the shared quota broker: TokenRefused (exit 2) names
+    a refused token's place. GraphQL without a token: a `rateLimit` query (1 point), which
+    GitHub refuses; anonymous REST needs no proof."""
     from bulkbackup.forge.github_graphql import GraphQLLister
     from bulkbackup.forge.github_rest import GitHub
     from bulkbackup.forge.quota_broker import QuotaBroker
@@ -239,7 +240,8 @@ def _prove_tokens(settings: Settings, shared: bool = True) -> None:
 
     r = connect(settings.redis) if shared else None  # not shared: no Redis (run --server)
     broker = QuotaBroker(r, settings.github.tokens)
-    client = (GraphQLLister(settings.github, broker) if settings.github.api == "graphql"
+    graphql_anonymous = settings.github.api == "graphql" and not settings.github.tokens
+    client = (GraphQLLister(settings.github, broker) if graphql_anonymous
               else GitHub(settings.github, broker=broker))
     try:
         client.prove_tokens()

@@ -45,6 +45,7 @@ from bulkbackup.forge.github_graphql_query import (
     to_rest,
 )
 from bulkbackup.forge.graphql_paging import OwnerPages
+from bulkbackup.forge.graphql_relay import RelayClient
 from bulkbackup.forge.listing import Batching, ListingOutcome, OwnerListing, TakenBack, admit
 from bulkbackup.forge.quota_broker import QuotaBroker, Reservation, Resource, Wait
 from bulkbackup.http.bounded import BoundedPool, Overdue, SlowRead, TooLarge
@@ -105,6 +106,7 @@ class GraphQLLister:
         self.url = settings.graphql_endpoint
         self.batch = self.max_batch = settings.graphql_batch
         self.stats = Stats()
+        self.relay: RelayClient | None = None  # a run's worker: small queries merged
         self._good = 0
         self._queue: deque[Ask] = deque()  # next pages first, then owners' first pages
         self._open: dict[str, OwnerPages] = {}  # submitted, not finished
@@ -173,7 +175,7 @@ class GraphQLLister:
             self._open[ask.login].started(self.settings.user_deadline_s)
         asked = gist_owners(chunk, int(time.time() // 86400)) if self.gists else set()
         try:
-            reply = self._send(chunk, asked, deadline)
+            reply = self._relayed(chunk, asked, deadline) or self._send(chunk, asked, deadline)
         except (Interrupted, RateLimited, TokenRefused):
             self._queue.extendleft(reversed(chunk))
             self._ready = finished + self._ready
@@ -204,6 +206,23 @@ class GraphQLLister:
                 finished.append(self._open.pop(login).done(self.settings.clone_host))
         self._queue.extendleft(reversed(more))
         return finished
+
+    def _relayed(self, chunk: list[Ask], asked: set[str], deadline: float | None
+                 ) -> _Reply | None:
+        """A small query through the run's relay (forge/graphql_relay.py), merged with the
+        other workers' small queries; None: not relayed (send it here)."""
+        if self.relay is None or len(chunk) >= self.max_batch:
+            return None
+        payload = self.relay.ask(chunk, asked, deadline)
+        return None if payload is None else _Reply(_Kind.OK, payload)
+
+    def send_query(self, asks: list[Ask], gists: set[str], deadline: float | None
+                   ) -> dict[str, Any] | None:
+        """One query for ``asks`` (the relay's, for several workers): its answer when GitHub
+        answered it whole; None for a split, a failure or a limit (each worker meets those
+        itself). Waits for quota as `step` does (RateLimited past ``deadline``)."""
+        reply = self._send(asks, gists, deadline)
+        return reply.payload if reply.kind is _Kind.OK else None
 
     def _grow(self, size: int) -> None:
         """Only full batches passing show that the size may grow again."""

@@ -37,6 +37,7 @@ from bulkbackup.errors import BulkbackupError
 from bulkbackup.progress import Progress
 from bulkbackup.queue import keys
 from bulkbackup.queue.connection import connect, server_time
+from bulkbackup.run.relay_host import HostRelay, open_host_relay
 from bulkbackup.run.remote_queue import RemoteTarget
 from bulkbackup.run.reports import Deferred, Failed, GivenBack, Lost, Synced, WorkerExit
 from bulkbackup.run.worker import WorkerArgs, worker_main
@@ -163,6 +164,7 @@ class Supervisor:
         self.next_check = 0.0
         self.run_start = 0.0
         self.clock_offset_s = 0.0
+        self.relay: HostRelay | None = None  # small GraphQL queries merged (issue 22)
 
     def run(self) -> RunReport:
         due = self._prepare()
@@ -170,11 +172,14 @@ class Supervisor:
         self.bar = Progress(total=max(bar_total, 1), unit="user", desc="run")
         self.signals.old = {s: signal.signal(s, self._on_signal) for s in _STOP_SIGNALS}
         started = time.monotonic()
+        self.relay = open_host_relay(self.settings, self.r, self.procs)
         try:
             _start_fork_server(self.ctx)
             self.workers = {i: self._spawn(i) for i in range(self.procs)}
             self._supervise()
         finally:
+            if self.relay is not None:
+                self.relay.close()
             self.bar.close()
             for s, handler in self.signals.old.items():
                 signal.signal(s, handler)
@@ -222,15 +227,19 @@ class Supervisor:
 
     def _spawn(self, i: int) -> BaseProcess:
         host = self.settings.run.worker_host
+        relay_end = self.relay.worker_end(i, self.ctx) if self.relay else None
         args = WorkerArgs(settings=self.settings, index=i, worker_id=f"{self.rand}.{i}.{host}",
                           run_start=self.run_start, clock_offset_s=self.clock_offset_s,
-                          procs=self.procs, remote=self.remote, run_pid=os.getpid())
+                          procs=self.procs, remote=self.remote, run_pid=os.getpid(),
+                          relay=relay_end)
         reader, writer = self.ctx.Pipe(duplex=False)
         p = self.ctx.Process(target=worker_main,
                              args=(args, writer, self.graceful, self.budget),
                              name=f"bulkbackup-worker-{i}", daemon=False)
         p.start()
         writer.close()  # the worker holds the only writing end
+        if relay_end is not None:
+            relay_end.close()
         self.readers[i] = reader
         return typing.cast(BaseProcess, p)
 

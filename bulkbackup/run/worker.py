@@ -23,6 +23,7 @@ from bulkbackup.backup.results import UserResult
 from bulkbackup.backup.user_backup import UserBackup
 from bulkbackup.config import Settings
 from bulkbackup.errors import BulkbackupError, ConfigError, Interrupted, LockLost, RateLimited
+from bulkbackup.forge.github_graphql import GraphQLLister
 from bulkbackup.forge.github_lister import open_github_lister
 from bulkbackup.forge.listing import (
     Conditions,
@@ -42,6 +43,7 @@ from bulkbackup.run.batching import BatchSizer, UserBudget
 from bulkbackup.run.listing_share import ListingShare
 from bulkbackup.run.parent_watch import ParentWatch
 from bulkbackup.run.parentdeath import ParentDeath
+from bulkbackup.run.relay_host import relay_client
 from bulkbackup.run.remote_queue import RemoteQueue, RemoteTarget
 from bulkbackup.run.reports import (
     Deferred,
@@ -75,6 +77,8 @@ class WorkerArgs:
     # The run's own process. A worker forked just as the run died is re-parented before it
     # can arm its parent-death signal or read its parent's pid: it watches this one too.
     run_pid: int = 0
+    # This worker's pipe to the run's GraphQL relay (run/relay_host.py), if it has one.
+    relay: Connection | None = None
 
     def open_queue(self) -> WorkQueue:
         if self.remote is not None:
@@ -149,8 +153,11 @@ class Worker:
                                  s.run.lock_ttl_s)
 
     def _github_lister(self, conditions: Conditions) -> Lister:
-        return open_github_lister(self.args.settings.github, self.broker, self.stop, conditions,
-                                  self.args.settings.run.gists)
+        lister = open_github_lister(self.args.settings.github, self.broker, self.stop,
+                                    conditions, self.args.settings.run.gists)
+        if isinstance(lister, GraphQLLister) and self.args.relay is not None:
+            lister.relay = relay_client(self.args.settings, self.args.relay)
+        return lister
 
     def run(self) -> None:
         s = self.args.settings

@@ -107,3 +107,20 @@ def test_a_query_the_relay_could_not_send_is_the_workers_own(
     assert relay.queries >= 1 and lister.stats.queries >= 1  # one was the worker's own
     assert c.counters["status_502"] == 3
     lister.close()
+
+
+def test_a_worker_that_stopped_waiting_holds_up_no_other(
+        world: Forge, r: redis.Redis, relay: QueryRelay) -> None:
+    """Worker 0 gives up on the relay at once (its bound: 1 ms) and sends its queries
+    itself, never reading the relay's replies (pages of 100 repositories: more than a pipe
+    holds); worker 1's queries still go through the relay."""
+    hasty, patient = (worker_lister(world, r, relay, i) for i in range(2))
+    assert hasty.relay is not None
+    hasty.relay.wait_s = 0.001
+    assert hasty.list_owners(["big-a"])["big-a"].outcome is ListingOutcome.LISTED
+    got = patient.list_owners(["big-b"])
+    assert got["big-b"].outcome is ListingOutcome.LISTED and len(got["big-b"].stored) == 1000
+    assert patient.relay is not None and patient.relay.relayed >= 6
+    assert patient.stats.queries == 0  # none of its own
+    for lister in (hasty, patient):
+        lister.close()

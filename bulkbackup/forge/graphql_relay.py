@@ -84,6 +84,7 @@ class QueryRelay:
     def __init__(self, send: Any, batch: int) -> None:
         self.send, self.batch = send, batch
         self._conns: dict[int, Connection] = {}
+        self._sending: dict[int, threading.Lock] = {}  # id(pipe) -> its send lock
         self._mu = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="graphql-relay", daemon=True)
@@ -141,6 +142,7 @@ class QueryRelay:
             for index, known in list(self._conns.items()):
                 if known is conn:
                     del self._conns[index]
+            self._sending.pop(id(conn), None)
         conn.close()
 
     def _serve(self, pending: list[tuple[Connection, RelayRequest]]) -> None:
@@ -168,10 +170,20 @@ class QueryRelay:
         for conn, request in group:
             part = None if payload is None else _part(payload, offset, len(request.asks))
             offset += len(request.asks)
-            try:
-                conn.send(RelayReply(request.seq, part))
-            except (OSError, ValueError):
-                self._forget(conn)
+            # A thread per reply: a send blocks while the pipe is full, and a worker that
+            # stopped waiting (its bound passed) reads it only at its next request; the
+            # relay must not wait for that.
+            threading.Thread(target=self._reply, args=(conn, RelayReply(request.seq, part)),
+                             name="graphql-relay-reply", daemon=True).start()
+
+    def _reply(self, conn: Connection, reply: RelayReply) -> None:
+        with self._mu:  # one send at a time per pipe (a late reply and the next one)
+            lock = self._sending.setdefault(id(conn), threading.Lock())
+        try:
+            with lock:
+                conn.send(reply)
+        except (OSError, ValueError):  # the worker is gone
+            self._forget(conn)
 
 
 def _part(payload: dict[str, Any], offset: int, n: int) -> dict[str, Any]:

@@ -182,7 +182,9 @@ class QueryRelay:
         try:
             with lock:
                 conn.send(reply)
-        except (OSError, ValueError):  # the worker is gone
+        # The worker is gone; or the relay closed the pipe under a blocked send, which
+        # multiprocessing reports as a TypeError (its handle is None by then).
+        except (OSError, ValueError, TypeError):
             self._forget(conn)
 
 

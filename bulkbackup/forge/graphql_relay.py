@@ -18,6 +18,7 @@ over: a split, a failure or a rate limit is the worker's own to meet, by its own
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -66,8 +67,8 @@ class RelayClient:
         self.seq += 1
         try:
             self.conn.send(RelayRequest(self.seq, tuple(asks), frozenset(gists), deadline))
-            deadline = time.monotonic() + self.wait_s
-            while (left := deadline - time.monotonic()) > 0 and self.conn.poll(left):
+            until = time.monotonic() + self.wait_s
+            while (left := until - time.monotonic()) > 0 and self.conn.poll(left):
                 reply = self.conn.recv()
                 if isinstance(reply, RelayReply) and reply.seq == self.seq:
                     self.relayed += reply.payload is not None
@@ -96,7 +97,7 @@ class QueryRelay:
             old = self._conns.pop(index, None)
             self._conns[index] = conn
         if old is not None:
-            old.close()
+            _close(old)
 
     def start(self) -> None:
         self._thread.start()
@@ -106,27 +107,38 @@ class QueryRelay:
         self._thread.join(10)
         with self._mu:
             for conn in self._conns.values():
-                conn.close()
+                _close(conn)
             self._conns.clear()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            pending = self._gather(0.5)
-            if pending:
-                deadline = time.monotonic() + WINDOW_S
-                while (left := deadline - time.monotonic()) > 0 and \
-                        sum(len(r.asks) for _, r in pending) < self.batch:
-                    pending += self._gather(left)
-                self._serve(pending)
+            try:
+                self._round()
+            except Exception:  # the workers would wait for it: never end on a surprise
+                log.exception("GraphQL relay: a round failed (its workers send themselves)")
+                self._stop.wait(0.5)
+
+    def _round(self) -> None:
+        pending = self._gather(0.5)
+        if pending:
+            until = time.monotonic() + WINDOW_S
+            while (left := until - time.monotonic()) > 0 and \
+                    sum(len(r.asks) for _, r in pending) < self.batch:
+                pending += self._gather(left)
+            self._serve(pending)
 
     def _gather(self, timeout_s: float) -> list[tuple[Connection, RelayRequest]]:
         with self._mu:
-            conns = list(self._conns.values())
+            conns = [c for c in self._conns.values() if not c.closed]
         if not conns:
             self._stop.wait(timeout_s)
             return []
         out = []
-        for conn in wait(conns, timeout_s):
+        try:
+            ready = wait(conns, timeout_s)
+        except (OSError, ValueError):  # a pipe closed meanwhile (a worker replaced, or close)
+            return []
+        for conn in ready:
             assert isinstance(conn, Connection)
             try:
                 while conn.poll(0):
@@ -143,7 +155,7 @@ class QueryRelay:
                 if known is conn:
                     del self._conns[index]
             self._sending.pop(id(conn), None)
-        conn.close()
+        _close(conn)
 
     def _serve(self, pending: list[tuple[Connection, RelayRequest]]) -> None:
         group: list[tuple[Connection, RelayRequest]] = []
@@ -186,6 +198,13 @@ class QueryRelay:
         # multiprocessing reports as a TypeError (its handle is None by then).
         except (OSError, ValueError, TypeError):
             self._forget(conn)
+
+
+def _close(conn: Connection) -> None:
+    """Close a pipe another thread may be closing too (a reply's send failing as the relay
+    closes): the second close finds the descriptor gone."""
+    with contextlib.suppress(OSError):
+        conn.close()
 
 
 def _part(payload: dict[str, Any], offset: int, n: int) -> dict[str, Any]:

@@ -4,6 +4,8 @@ pipes, the relay's own lister against the stand-in over HTTP, a real Redis quota
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +19,7 @@ from bulkbackup.forge.listing import ListingOutcome, OwnerListing
 from bulkbackup.forge.quota_broker import QuotaBroker
 from bulkbackup.testing import forge_graphql
 from bulkbackup.testing.forge import Forge, RepoSpec
+from bulkbackup.testing.services import wait_until
 from tests.test_graphql import rest_listing, settings
 
 OWNERS = {"big-a": 1000, "big-b": 1000}
@@ -124,3 +127,31 @@ def test_a_worker_that_stopped_waiting_holds_up_no_other(
     assert patient.stats.queries == 0  # none of its own
     for lister in (hasty, patient):
         lister.close()
+
+
+def _ask_and_die(conn: Any) -> None:
+    """A worker process killed right after handing the relay its query (SIGKILL)."""
+    from bulkbackup.forge.github_graphql_query import Ask
+    from bulkbackup.forge.graphql_relay import RelayRequest
+
+    conn.send(RelayRequest(1, (Ask("big-a", None),), frozenset()))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_killed_while_its_query_waits_blocks_nothing(
+        world: Forge, r: redis.Redis, relay: QueryRelay) -> None:
+    """A real worker process SIGKILLed with its query at the relay: the relay's answer to it
+    finds no one and its pipe is dropped; the next worker on that place is served."""
+    mine, theirs = multiprocessing.Pipe()
+    relay.attach(0, mine)
+    dead = multiprocessing.get_context("fork").Process(target=_ask_and_die, args=(theirs,))
+    dead.start()
+    theirs.close()
+    dead.join(30)
+    assert dead.exitcode == -signal.SIGKILL
+    wait_until(lambda: relay.queries >= 1, "its query sent all the same", 30)
+    successor = worker_lister(world, r, relay, 0)  # the restarted worker's pipe
+    got = successor.list_owners(["big-b"])
+    assert got["big-b"].outcome is ListingOutcome.LISTED and len(got["big-b"].stored) == 1000
+    assert successor.relay is not None and successor.relay.relayed >= 6
+    successor.close()

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -78,11 +78,15 @@ class RelayClient:
         return None
 
 
+# One query for the merged asks (GraphQLLister.send_query): its answer, or None.
+Send = Callable[[list[Ask], set[str], float | None], dict[str, Any] | None]
+
+
 class QueryRelay:
     """The supervisor's end: one thread answering every worker's pipe. ``send`` is a
     GraphQLLister's `send_query` (its broker, bounds and retries)."""
 
-    def __init__(self, send: Any, batch: int) -> None:
+    def __init__(self, send: Send, batch: int) -> None:
         self.send, self.batch = send, batch
         self._conns: dict[int, Connection] = {}
         self._sending: dict[int, threading.Lock] = {}  # id(pipe) -> its send lock

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -42,7 +43,7 @@ from bulkbackup.archive import layout
 from bulkbackup.errors import LockLost, StoreError
 from bulkbackup.store.s3 import S3Store
 from bulkbackup.web.http import Unavailable
-from bulkbackup.web.lease_api import ApiError, guarded, read_json
+from bulkbackup.web.lease_api import ApiError, Leased, guarded, read_json
 from bulkbackup.web.lease_objects import MAGIC_BYTES, LeaseObjects, content_problem, own
 
 STAGING_EXPIRES_S = 3600
@@ -53,6 +54,17 @@ COPY_MAX_BYTES = 5 << 30  # one CopyObject
 STAGED_KINDS = frozenset(layout.Kind) - {layout.Kind.USER, layout.Kind.OTHER}
 
 
+@dataclass(frozen=True)
+class _Upload:
+    """An upload request's parts, checked: the token's lease on its user, the key, the size
+    declared, and the body (the commit's other fields)."""
+
+    leased: Leased
+    key: str
+    size: int
+    body: dict[str, Any]
+
+
 class LeaseUploads:
     def __init__(self, objects: LeaseObjects) -> None:
         self.objects = objects
@@ -60,8 +72,8 @@ class LeaseUploads:
         self.enabled = objects.api.settings.serve.direct_uploads
         self.min_bytes = objects.api.settings.serve.direct_uploads_min_kb << 10
 
-    async def _target(self, request: Request) -> tuple[Any, str, int, dict[str, Any]]:
-        """(the token's lease, the key, the declared size, the body) of an upload request."""
+    async def _target(self, request: Request) -> _Upload:
+        """What an upload request names, checked (401, 403, 400, 413 as the module says)."""
         got = await self.api.authorize_user(request)  # 401 before the body is read
         doc = await read_json(request)
         key, size = doc.get("key"), doc.get("size")
@@ -74,10 +86,11 @@ class LeaseUploads:
         if size > self.objects.max_upload_bytes:
             raise ApiError(413, f"an upload is at most serve.max_upload_mb "
                                 f"({self.objects.max_upload_bytes >> 20} MB)")
-        return got, key, size, doc
+        return _Upload(got, key, size, doc)
 
     async def offer(self, request: Request) -> Response:
-        got, key, size, _ = await self._target(request)
+        up = await self._target(request)
+        got, key, size = up.leased, up.key, up.size
         store = await self.objects.live_store()
         if not (self.enabled and isinstance(store, S3Store)):
             return _json({"url": None, "direct": False})  # never: the worker stops asking
@@ -90,7 +103,8 @@ class LeaseUploads:
                       "min_size": self.min_bytes})
 
     async def commit(self, request: Request) -> Response:
-        got, key, size, doc = await self._target(request)
+        up = await self._target(request)
+        got, key, size, doc = up.leased, up.key, up.size, up.body
         staging = doc.get("staging")
         prefix = layout.staging_prefix(got.login)
         if not isinstance(staging, str) or not staging.startswith(prefix) \

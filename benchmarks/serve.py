@@ -1,7 +1,7 @@
 """`bulkbackup serve` against its own data access and against nginx, side by side.
 
     python -m benchmarks.serve [--users 1000000] [--bundle-mb 1024] [--many-mb 8]
-                               [--s3-mb 100] [--clients 200] [--seconds 5] [--only s3] [--pin]
+                               [--s3-mb 100] [--clients 200] [--seconds 5] [--only s3|pages] [--pin]
 
 With U users tracked (ZADD in bulk: a third never synced, the rest synced in the last 60 days,
 each with a summary in bulkbackup:syncd) it measures:
@@ -17,7 +17,8 @@ each with a summary in bulkbackup:syncd) it measures:
   client's download of the large bundle against nginx and open() / boto3 (the old baselines).
 - serve's peak RSS during those, and while 4 clients download the large bundle at once.
 
-`--only s3` runs the S3 downloads alone (no users, pages or local downloads). `--pin` gives
+`--only s3` runs the S3 downloads alone (no users, pages or local downloads); `--only pages`
+the pages alone. `--pin` gives
 the servers a core of their own (serve and nginx, one at a time, and the redis-py baselines'
 threads on core 1; curl, Redis and moto on core 0): as deployed, where clients and S3 are
 elsewhere.
@@ -471,7 +472,8 @@ def main() -> None:
     ap.add_argument("--s3-mb", type=int, default=100, help="0 skips the S3 downloads")
     ap.add_argument("--clients", type=int, default=MANY_CLIENTS)
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--only", choices=["s3"], help="s3: only the S3 downloads")
+    ap.add_argument("--only", choices=["s3", "pages"],
+                    help="s3: only the S3 downloads; pages: only /api/users and /api/stats")
     ap.add_argument("--pin", action="store_true",
                     help="serve, nginx and the redis-py baselines on core 1; curl, Redis and "
                          "moto on core 0 (2+ cores): a server with a core of its own")
@@ -479,7 +481,7 @@ def main() -> None:
     if args.pin:
         nginx.SERVER_CORES = {1}
         os.sched_setaffinity(0, {0})  # this process and its children: curl, Redis, moto
-    if args.only and not args.s3_mb:
+    if args.only == "s3" and not args.s3_mb:
         ap.error("--only s3 needs --s3-mb above 0")
     nginx_exe = nginx.find()
     if nginx_exe is None:
@@ -499,8 +501,9 @@ def main() -> None:
             print(f"{args.users} users tracked in {time.monotonic() - started:.1f}s "
                   f"(Redis {r.info('memory')['used_memory'] / 1e6:.0f} MB)")
             store = tmp / "store"
-            bundle = make_bundle(store, "big", args.bundle_mb)
-            many = make_bundle(store, "big", args.many_mb, "many.bundle")
+            pages_only = args.only == "pages"
+            bundle = make_bundle(store, "big", 1 if pages_only else args.bundle_mb)
+            many = make_bundle(store, "big", 1 if pages_only else args.many_mb, "many.bundle")
             env = {**os.environ, "REDIS_URL": redis_url, "BULKBACKUP_STORE": str(store),
                    "BULKBACKUP_CONFIG": str(tmp / "empty.yaml")}
             proc, url = start_serve(env, tmp / "serve.log")
@@ -509,6 +512,8 @@ def main() -> None:
                     print(f"nginx {ngx.url} (worker_processes {ngx.workers}, sendfile on), "
                           f"serve {url}, {os.cpu_count()} cores")
                     bench_pages(r, url, args.users, args.seconds, args.clients)
+                    if pages_only:
+                        return
                     bench_download(url, ngx, store, bundle, many, proc.pid, args.clients)
             finally:
                 proc.terminate()

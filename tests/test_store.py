@@ -538,8 +538,11 @@ def test_user_counts_round_trip_and_the_old_forms() -> None:
     assert UserCounts.decode("3 1 2 1 7") == UserCounts(3, 1, 2, True, 7, None)
     assert UserCounts.decode("3 1 2 0") == UserCounts(3, 1, 2, False, 0)
     assert UserCounts.decode("3 1 2 1") == UserCounts(3, 1, 2, True, 0, None)
+    assert UserCounts.decode("3 1 2 1 7 ") == UserCounts(3, 1, 2, True, 7, None)
+    assert UserCounts.decode("3 1 2 1 7  x\ny") == UserCounts(3, 1, 2, True, 7, "x y")
+    assert UserCounts.decode("3 1 2 01 7") == UserCounts(3, 1, 2, True, 7, None)
     for bad in (None, "", "1 2 3", "1 2 3 1 reason", "a b c d", "1 -2 3 0 4", "1 2 3 2 4",
-                "1 2 3 1 +4 x", "1 2 3 1 4\nx"):
+                "1 2 3 1 +4 x", "1 2 3 1 4\nx", "1 2 \u0663 0 4"):
         assert UserCounts.decode(bad) is None, bad
 
 
@@ -552,6 +555,21 @@ def test_a_reason_is_one_bounded_printable_line_without_tokens() -> None:
     assert short_reason("\n\x00") == UNPRINTABLE_REASON and short_reason("") == ""
     counts = UserCounts.decode(UserCounts(0, 0, 0, True, 0, text).encode())
     assert counts is not None and counts.reason == short_reason(text)
+
+
+@hypothesis.settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(["0", "1", "7", "01", "12", " ", "  ", "\n", "x", "+", "-",
+                                 "\u0663", "\u00b2", "\t", "\x00", "why: "]), max_size=14),
+       st.lists(st.sampled_from(["0", "1", "2", "7", "01", "", "x", "1\n"]), min_size=3,
+                max_size=6))
+def test_user_counts_decode_reads_what_its_slow_way_reads(pieces: list[str],
+                                                          fields: list[str]) -> None:
+    # decode() matches the written form in one regex, else parses the slow way: the same
+    # answer for any text (old forms, stray spaces, non-ASCII digits, newlines).
+    text = "".join(pieces)
+    for written in (text, " ".join(fields), " ".join(fields) + " " + text,
+                    f"3 1 2 1 7 {text}", f"3 1 2 0 7 {text}", f"3 1 2 1 {text}"):
+        assert UserCounts.decode(written) == UserCounts._decode_any(written), repr(written)
 
 
 @hypothesis.settings(max_examples=300, deadline=None)

@@ -112,6 +112,30 @@ def test_a_signed_get_of_moto_reads_whole_and_ranged(s3_endpoint: str) -> None:
     store.close()
 
 
+def test_a_get_reads_the_version_it_was_described_by(s3_endpoint: str) -> None:
+    # Rewritten between the HEAD and the GET: the same size, other bytes. Sent under the
+    # first version's ETag and Last-Modified, they would be spliced onto a resumed download.
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="github.com")
+    store = S3Store(StoreSettings(url="s3://github.com"))
+    first, second = os.urandom(70000), os.urandom(70000)
+    store.put_bytes("alice/r.bundle", first, {})
+    described = store.head("alice/r.bundle")
+    assert described is not None and described.version.startswith('"')
+    url = store.signed_get("alice/r.bundle", 60)
+    pinned = s3_stream.Fetch(url, "alice/r.bundle", 0, len(first), described.version)
+    assert asyncio.run(read_all(pinned)) == first
+    store.put_bytes("alice/r.bundle", second, {})
+    for start in (0, 1000):  # whole or a range (a resumed download)
+        again = s3_stream.Fetch(url, "alice/r.bundle", start, 100, described.version)
+        with pytest.raises(StoreError, match="changed since it was described"):
+            asyncio.run(read_all(again))
+    now = store.head("alice/r.bundle")
+    assert now is not None and now.version != described.version
+    assert asyncio.run(read_all(s3_stream.Fetch(url, "alice/r.bundle", 0, len(second),
+                                                now.version))) == second
+    store.close()
+
+
 def test_failures_before_the_body_are_retried_then_reported_without_the_url(
         scripted: Callable[[list[Handler]], Scripted], fast: None) -> None:
     server = scripted([answer(503), answer(500), ranged(b"abc", 5, 100)])
@@ -186,3 +210,28 @@ def test_a_proxy_in_the_environment_leaves_the_read_to_boto3(
     assert not s3_stream.proxied("https://s3.example/b/k")
     monkeypatch.setenv("NO_PROXY", "s3.example")
     assert not s3_stream.proxied("http://s3.example/b/k")
+
+
+def test_a_slow_body_that_keeps_coming_is_read_whole_and_a_stall_after_it_ends_it(
+        scripted: Callable[[list[Handler]], Scripted], fast: None) -> None:
+    """READ_S bounds each wait for bytes, not the whole body: one watchdog a connection,
+    armed again from the last bytes that came."""
+    def trickles(stall_s: float) -> Handler:
+        def handle(conn: socket.socket, _: bytes) -> None:
+            conn.sendall(b"HTTP/1.1 206 X\r\nContent-Range: bytes 0-5/6\r\n"
+                         b"Content-Length: 6\r\n\r\n")
+            for i in range(5):  # 5 x 0.5 s: longer than READ_S in all, each gap within it
+                time.sleep(0.5)
+                conn.sendall(b"%d" % i)
+            time.sleep(stall_s)
+            conn.sendall(b"5")
+        return handle
+
+    server = scripted([trickles(0.5)])
+    assert asyncio.run(read_all(fetch(server.url, 0, 6))) == b"012345"
+    server = scripted([trickles(8.0)])
+    began = time.monotonic()
+    with pytest.raises(StoreError, match="timed out"):
+        asyncio.run(read_all(fetch(server.url, 0, 6)))
+    # Ended by the bound (2.5 s of trickle + READ_S), not by the server's last byte (10.5 s).
+    assert time.monotonic() - began < 7

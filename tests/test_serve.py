@@ -588,6 +588,32 @@ def test_user_detail_is_describe_read_in_parallel_and_reused(tmp_path: Path) -> 
         stored.close()
 
 
+def test_a_local_download_reads_the_version_it_was_described_by(tmp_path: Path) -> None:
+    import asyncio
+
+    from bulkbackup.config import StoreSettings
+    from bulkbackup.store.local import LocalStore
+    from bulkbackup.web import downloads
+
+    store = LocalStore(StoreSettings(url=str(tmp_path / "store")))
+    first, second = os.urandom(70000), os.urandom(70000)  # the same size, other bytes
+    store.put_bytes("alice/r.bundle", first, {})
+    described = store.head("alice/r.bundle")
+    assert described is not None and described.version
+
+    async def read(version: str) -> bytes:
+        pieces = downloads._in_place(store, "alice/r.bundle", 0, len(first), version)
+        return b"".join([bytes(p) async for p in pieces])
+
+    assert asyncio.run(read(described.version)) == first
+    store.put_bytes("alice/r.bundle", second, {})  # rewritten between the HEAD and the read
+    # Cut (the client sees a short body), never the second's bytes under the first's tags.
+    assert asyncio.run(read(described.version)) == b""
+    now = store.head("alice/r.bundle")
+    assert now is not None and now.version != described.version
+    assert asyncio.run(read(now.version)) == second
+
+
 def test_a_stalled_download_does_not_stall_the_server(archive: Archive) -> None:
     from bulkbackup.config import StoreSettings
     from bulkbackup.store.local import LocalStore

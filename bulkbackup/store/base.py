@@ -25,11 +25,14 @@ METADATA_LIMIT_BYTES = 1900
 
 @dataclass(frozen=True)
 class Head:
-    """An object's size, time and metadata (names lower-cased)."""
+    """An object's size, time and metadata (names lower-cased); ``version`` tells this
+    version of the object from any other (S3's ETag; the local store's inode and time;
+    "" where the store has none): a download reads the version it was described by."""
 
     size: int
     last_modified: datetime
     metadata: dict[str, str]
+    version: str = ""
 
     def get(self, name: str, default: str = "") -> str:
         return self.metadata.get(name.lower(), default)

@@ -49,6 +49,7 @@ from bulkbackup.store.local_listing import (
     decode_segment,
     encode_segment,
     file_time,
+    file_version,
     os_error_line,
 )
 
@@ -306,7 +307,8 @@ class LocalStore(FolderListing, Store):
             entry = sidecar.entry_for(sidecar.read(dest), st, dest)
             raw = entry.get("meta") if entry else None
             meta = {str(k).lower(): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
-            return Head(size=st.st_size, last_modified=file_time(st), metadata=meta)
+            return Head(size=st.st_size, last_modified=file_time(st), metadata=meta,
+                        version=file_version(st))
 
         return self._guard(key, "read", head)
 

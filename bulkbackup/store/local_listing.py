@@ -37,6 +37,11 @@ def os_error_line(exc: OSError) -> str:
     return exc.strerror or one_line(exc)
 
 
+def file_version(st: os.stat_result) -> str:
+    """Head.version of a stored file: a write replaces it by rename (a new inode)."""
+    return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
+
+
 def file_time(st: os.stat_result) -> datetime:
     return datetime.fromtimestamp(st.st_mtime, tz=UTC)
 

@@ -327,7 +327,7 @@ class S3Store(Store):
             return None
         meta = {str(k).lower(): str(v) for k, v in (resp.get("Metadata") or {}).items()}
         return Head(size=int(resp["ContentLength"]), last_modified=_utc(resp["LastModified"]),
-                    metadata=meta)
+                    metadata=meta, version=str(resp.get("ETag") or ""))
 
     def open(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
         check_key(key)

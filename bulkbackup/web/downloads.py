@@ -35,6 +35,7 @@ from bulkbackup.archive import layout
 from bulkbackup.errors import NotFound, StoreError
 from bulkbackup.store import Head, Store
 from bulkbackup.store.base import content_type
+from bulkbackup.store.local_listing import file_version
 from bulkbackup.web.http import Unavailable
 
 if TYPE_CHECKING:  # imported when an S3 store is served (aiohttp: not for a local store)
@@ -163,12 +164,17 @@ def _cached_piece(fd: int, size: int, offset: int) -> memoryview | None:
     return memoryview(buf)[:got]
 
 
-async def _in_place(store: Store, key: str, start: int, length: int
+async def _in_place(store: Store, key: str, start: int, length: int, version: str
                     ) -> AsyncGenerator[bytes | memoryview, None]:
-    """The local store's file read where it lies (positional reads of the file open whole)."""
+    """The local store's file read where it lies (positional reads of the file open whole):
+    the file of ``version`` (Head.version); one rewritten since is not read (the client
+    sees a short body, never another version's bytes under this one's size and tags)."""
     f = await run_in_threadpool(store.open, key)
     try:
         fd, offset, left, nowait = f.fileno(), start, length, _NOWAIT is not None
+        if version and file_version(os.fstat(fd)) != version:
+            log.warning("store: %r changed since it was described (download cut)", key)
+            return
         while left > 0:
             size = min(CHUNK_BYTES, left)
             data: bytes | memoryview | None = None
@@ -299,9 +305,10 @@ def respond(request: Request, store: Store, key: str, kind: str, head: Head,
 
         url = store.signed_get(key, SIGNED_GET_S)
         if not s3_stream.proxied(url):  # through a proxy: boto3's read below
-            return S3Download(s3_stream.Fetch(url, key, start, length), ended, status,
-                              headers, media)
-    chunks = _in_place(store, key, start, length) if store.local_path(key) is not None \
+            return S3Download(s3_stream.Fetch(url, key, start, length, head.version), ended,
+                              status, headers, media)
+    chunks = _in_place(store, key, start, length, head.version) \
+        if store.local_path(key) is not None \
         else _chunks(store, key, start, length)
     return Download(chunks, ended, status_code=status, headers=headers, media_type=media)
 

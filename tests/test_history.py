@@ -22,7 +22,8 @@ def test_history_keeps_the_last_50_newest_first_and_expires(r: redis.Redis) -> N
     assert got[1].error == "" and got[1].to_json()["error"] is None
     assert got[0].to_json() == {"time": "2023-11-14T22:14:19Z", "repos_changed": 2,
                                 "bytes": 59_000, "errors": 1,
-                                "error": "1 of 2 repositories failed x"}
+                                "error": "1 of 2 repositories failed x",
+                                "count": 1, "since": "2023-11-14T22:14:19Z"}
     assert r.llen("bulkbackup:log:octo-cat") == 50
     assert 0 < r.ttl("bulkbackup:log:octo-cat") <= keys.HISTORY_TTL_S
     assert history.read(r, "OCTO-CAT", limit=3) == got[:3]
@@ -49,3 +50,36 @@ def test_priority_is_written_once_with_redis_time(r: redis.Redis) -> None:
     assert priority.make_priority(r, "Octo-Cat") is False  # signing in again: no sync forced
     assert r.zscore(keys.PRIORITY, "github.com/Octo-Cat") == before + 86_400
     assert priority.is_priority(r, "Octo-Cat") and not priority.is_priority(r, "bob")
+
+
+def test_quiet_syncs_in_a_row_are_one_entry(r: redis.Redis) -> None:
+    """An idle user's history is one entry however often it is synced (the memory of
+    100 M users' histories); a sync that did something starts a new entry, and the run's
+    first and newest times and bytes are kept."""
+    t0 = 1_700_000_000
+    assert history.record(r, "Idle", history.entry(t0, 0, 0, 0)) is history.Recorded.ADDED
+    for i in range(1, 60):
+        assert history.record(r, "idle", history.entry(t0 + i, 0, 7, 0)) \
+            is history.Recorded.MERGED
+    assert r.llen(keys.history("idle")) == 1
+    assert history.read(r, "idle") == [SyncEntry(t0 + 59, 0, 59 * 7, 0, count=60, first_s=t0)]
+    assert history.read(r, "idle")[0].to_json() == {
+        "time": "2023-11-14T22:14:19Z", "repos_changed": 0, "bytes": 413, "errors": 0,
+        "error": None, "count": 60, "since": "2023-11-14T22:13:20Z"}
+    memory = r.memory_usage(keys.history("idle"))
+    assert memory is not None and memory < 300, memory
+    # Something archived, something failed, then quiet again: each its own entry.
+    assert history.record(r, "idle", history.entry(t0 + 60, 2, 100, 0)) is history.Recorded.ADDED
+    assert history.record(r, "idle", history.entry(t0 + 61, 0, 0, 1, "x")) \
+        is history.Recorded.ADDED
+    assert history.record(r, "idle", history.entry(t0 + 62, 0, 0, 0)) is history.Recorded.ADDED
+    assert history.record(r, "idle", history.entry(t0 + 63, 0, 0, 0)) is history.Recorded.MERGED
+    got = history.read(r, "idle")
+    assert [(e.time_s, e.count, e.since_s) for e in got] == [
+        (t0 + 63, 2, t0 + 62), (t0 + 61, 1, t0 + 61), (t0 + 60, 1, t0 + 60),
+        (t0 + 59, 60, t0)]
+    # A run's entry that is not one (by hand, a later version) is skipped, never merged into.
+    r.lpush(keys.history("idle"), "=1 2 3", "=99999999999999999999 2 1 0")
+    assert history.record(r, "idle", history.entry(t0 + 64, 0, 0, 0)) is history.Recorded.ADDED
+    assert [e.time_s for e in history.read(r, "idle")][:2] == [t0 + 64, t0 + 63]
+    assert SyncEntry.decode("=10 3 20 5") == SyncEntry(10, 0, 5, 0, count=3, first_s=10)

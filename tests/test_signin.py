@@ -198,12 +198,20 @@ def test_a_users_history(site: SignInSite) -> None:
     assert doc["login"] == "bob" and [s["time"] for s in doc["syncs"]] == [
         "2023-11-15T22:13:20Z", "2023-11-14T22:13:20Z"]
     assert doc["syncs"][1] == {"time": "2023-11-14T22:13:20Z", "repos_changed": 2,
-                               "bytes": 12_345, "errors": 0, "error": None}
+                               "bytes": 12_345, "errors": 0, "error": None, "count": 1,
+                               "since": "2023-11-14T22:13:20Z"}
+    for day in (2, 3, 4):  # quiet syncs in a row: one row
+        history.record(site.r, "bob", history.entry(1_700_000_000 + day * 86_400, 0, 0, 0))
+    doc = site.served.get("/api/users/bob/log").json()
+    assert len(doc["syncs"]) == 3 and doc["syncs"][0] == {
+        "time": "2023-11-18T22:13:20Z", "repos_changed": 0, "bytes": 0, "errors": 0,
+        "error": None, "count": 3, "since": "2023-11-16T22:13:20Z"}
     for path in ("/users/bob", "/users/Bob/log"):
         page = site.served.get(path)
         assert page.status_code == 200 and 'id="syncs"' in page.text
         assert "2023-11-15T22:13:20Z" in page.text and "12.3 kB" in page.text
         assert "&lt;b&gt;x&lt;/b&gt;" in page.text  # escaped
+        assert "3 syncs since 2023-11-16T22:13:20Z" in page.text
     assert site.served.get("/api/users/nobody-at-all/log").status_code == 404
 
 

@@ -139,7 +139,8 @@ def public_add(address: str, hour: int) -> str:
 
 
 # A user's last syncs (the seed's /user/<user>/log): a list per user (lowercased login:
-# logins ignore case), newest first, at most HISTORY_MAX entries (queue/history.py). It
+# logins ignore case), newest first, at most HISTORY_MAX entries (queue/history.py: syncs in
+# a row that archived and failed nothing are one entry, lua/history_record.lua). It
 # expires HISTORY_TTL_S after its last write: a user no longer synced lets it go.
 HISTORY_PREFIX = "bulkbackup:log:"
 HISTORY_MAX = 50

@@ -9,9 +9,9 @@ archived, nothing failed) `=<time_s> <count> <first_time_s> <bytes>`. The worker
 completed sync (`record`: lua/history_record.lua makes a quiet sync after a quiet newest entry
 a run of one more); serve reads them (`read`).
 
-Why runs: most users change nothing between passes. Measured (Redis 7.0): 50 entries of
-quiet syncs cost ~1.25 KB per user, one entry ~180 bytes: at 100 M users ~125 GB against
-~18 GB once every user has been synced 50 times.
+Why runs: most users change nothing between passes. Measured (Redis 7.0, 20 000 users synced
+50 times, key and expiry included): ~290 bytes per user when no sync changed anything (one
+entry; ~1.25 KB as 50), ~490 when every tenth did: at 100 M users ~30-50 GB, not ~150 GB.
 """
 
 from __future__ import annotations

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bulkbackup.config import Settings
 from bulkbackup.errors import ConfigError, UsageError
+from bulkbackup.timeutil import format_epoch
 
 if TYPE_CHECKING:
     from bulkbackup.run.remote_queue import RemoteTarget
@@ -53,7 +53,7 @@ def remote_target(server: str | None, env: Mapping[str, str] = os.environ
 def _when(epoch: float | None) -> str:
     if not epoch:
         return "never"
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    return format_epoch(epoch) or "unknown"
 
 
 def worker_token_command(settings: Settings, action: str, name: str | None,

@@ -3,10 +3,34 @@
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime, timedelta
 
 # RFC 3339 date-time as GitHub and the store write it (2026-01-01T00:00:00Z); nothing looser.
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)")
+
+
+# 9999-12-31T23:59:59Z: the last time four-digit years (and gmtime) can show.
+EPOCH_MAX_S = 253_402_300_799
+_TWO_DIGITS = tuple(f"{n:02d}" for n in range(60))
+_DAYS_KEPT = 4096
+_day_prefixes: dict[int, str] = {}  # days since 1970 -> "YYYY-MM-DDT"
+
+
+def format_epoch(epoch_s: float) -> str | None:
+    """``epoch_s`` as `2026-11-28T17:00:00Z` (the second it falls in); None outside
+    1970-9999 and for NaN. A third of strftime's cost: the users page formats one per row."""
+    if not 0 <= epoch_s <= EPOCH_MAX_S:  # NaN fails the comparison too
+        return None
+    day, second = divmod(int(epoch_s), 86400)
+    prefix = _day_prefixes.get(day)
+    if prefix is None:
+        if len(_day_prefixes) >= _DAYS_KEPT:
+            _day_prefixes.clear()  # bounded; a race with another thread only loses entries
+        prefix = _day_prefixes[day] = time.strftime("%Y-%m-%dT", time.gmtime(day * 86400))
+    hours, rest = divmod(second, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{prefix}{_TWO_DIGITS[hours]}:{_TWO_DIGITS[minutes]}:{_TWO_DIGITS[seconds]}Z"
 
 
 def now() -> datetime:

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from bulkbackup.queue.locks import LockKeeper
 from bulkbackup.testing import services
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.services import free_port
+from bulkbackup.web import server
 from tests.helpers import (
     SERVE_TOKEN,
     WORKER_HOST,
@@ -632,3 +634,17 @@ def test_a_stalled_download_does_not_stall_the_server(archive: Archive) -> None:
                 assert archive.served.get("/users/alice/hello.bundle").status_code == 200
     finally:
         remove_object(store, "bob/big.bundle")
+
+
+def test_serve_freezes_its_startup_objects_and_collects_young_ones_less_often() -> None:
+    """server.tune_gc (called by serve once its app is made), in a process of its own: the
+    modules' objects frozen out of the collector's walks, its thresholds raised."""
+    out = subprocess.run(
+        [sys.executable, "-c",
+         "import gc, json; from bulkbackup.web import server; before = gc.get_threshold();"
+         "server.tune_gc(); print(json.dumps([before, gc.get_threshold(), "
+         "gc.get_freeze_count()]))"],
+        capture_output=True, text=True, timeout=60, check=True).stdout
+    before, after, frozen = json.loads(out)
+    assert before == [700, 10, 10] and tuple(after) == server.GC_THRESHOLDS
+    assert frozen > 10_000  # every module imported so far (uvicorn, starlette, redis, ...)

@@ -19,16 +19,15 @@ from __future__ import annotations
 import enum
 import math
 import re
-import time
 from dataclasses import dataclass
 from importlib import resources
 
 import redis
 
 from bulkbackup.queue import keys
+from bulkbackup.timeutil import format_epoch
 
 ERROR_MAX_CHARS = 120
-TIME_MAX_S = 253402300799  # 9999-12-31T23:59:59Z
 _RUN = re.compile(r"=(\d{1,18}) (\d{1,18}) (\d{1,18}) (\d{1,18})", re.ASCII)
 
 
@@ -98,8 +97,7 @@ class SyncEntry:
 
 
 def _iso(time_s: int) -> str | None:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time_s)) \
-        if time_s <= TIME_MAX_S else None
+    return format_epoch(time_s)
 
 
 def entry(time_s: float, repos_changed: int, nbytes: int, errors: int, error: str = ""

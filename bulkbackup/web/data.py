@@ -23,6 +23,7 @@ from bulkbackup.errors import ConfigError, StoreError
 from bulkbackup.queue import keys
 from bulkbackup.queue.connection import connect, server_time
 from bulkbackup.store import Store, open_store
+from bulkbackup.timeutil import format_epoch
 
 DAY_S = 86400
 # (name, youngest age, oldest age) of the freshness buckets, by last-sync age.
@@ -339,9 +340,7 @@ def duration(seconds: object) -> str:
 
 def _iso(epoch: float | None) -> str | None:
     """The time in ISO 8601; None (shown as unknown) outside years 1970-9999."""
-    if epoch is None or not 0 <= epoch <= EPOCH_MAX_S:  # NaN fails the comparison too
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    return None if epoch is None else format_epoch(epoch)
 
 
 def _json(raw: object) -> dict[str, Any]:
@@ -369,8 +368,6 @@ def _sum(*values: int | None) -> int | None:
 # finite number in range (a count above what a signed 64-bit integer holds, 1e300, "inf") is
 # None, shown as unknown, never a 500 (JSON encoders refuse integers past 64 bits).
 INT_MAX = 2**63 - 1
-# 9999-12-31T23:59:59Z: the last time ISO 8601's four-digit years (and gmtime) can show.
-EPOCH_MAX_S = 253_402_300_799
 
 
 def _int(value: object) -> int | None:

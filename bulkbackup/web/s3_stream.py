@@ -11,16 +11,16 @@ Why not aiohttp (measured, docs/benchmarks.md): it was as fast, but its protocol
 whatever one socket read brings (up to 256 KiB under uvloop) before it can pause, so 200
 stalled clients held twice what tests/test_serve_hostile.py allows. This protocol is
 buffered: the transport reads into one shared buffer (READ_AHEAD_BYTES while the client
-waits for bytes, READ_BYTES while it is behind), and reading pauses as soon as PIECE_BYTES of
-body wait for the client.
+waits for bytes, READ_BYTES while it is behind), parsed PIECE_BYTES at a time, and reading
+pauses as soon as PIECE_BYTES of body wait for the client.
 
 Bounds: connecting CONNECT_S, the answer's headers HEADERS_S (at most HEADER_BYTES of
 them), each wait for body bytes READ_S (one watchdog timer a connection; the store's boto3
 client has 10 s and 120 s); at most the asked range is read (the caller's range ends within
-the object's size); a stalled client holds at most PIECE_BYTES + READ_AHEAD_BYTES here (one
-read-ahead at most lands after its client stops reading; then reads are READ_BYTES). One
-connection per download (closed at its end): a download is megabytes, a connection's setup
-a round trip.
+the object's size); a stalled client holds at most READ_AHEAD_BYTES here (less than
+PIECE_BYTES waiting plus a READ_BYTES read, or one read ahead while it waited), one piece of
+which uvicorn may take into its buffer. One connection per download (closed at its end): a
+download is megabytes, a connection's setup a round trip.
 
 The signed URL is a credential until it expires: it is never logged, shown or put in an
 error; messages are built here, naming the key only.
@@ -50,11 +50,12 @@ from bulkbackup.errors import NotFound, StoreError
 CONNECT_S = 10.0
 HEADERS_S = 120.0
 READ_S = 120.0
-# One read of the socket at most while the reader waits for bytes (its client keeps up), and
-# at other times. Twice the bytes a read is half the pieces, each a round of Python: a fifth
-# less of serve's CPU per GB (0.48 vs 0.63 s/GB of user time, 200 clients). Reading that much
-# whatever the client does doubled what 200 stalled clients hold (+105 MiB,
-# tests/test_serve_hostile.py): a client that is behind gets READ_BYTES.
+# One read of the socket at most: READ_AHEAD_BYTES while the reader waits for bytes, else
+# READ_BYTES; either is parsed PIECE_BYTES at a time, so pieces stay PIECE_BYTES. Twice the
+# bytes a read is half the reads and their system calls: less of serve's CPU per GB
+# (docs/benchmarks.md). Pieces of a whole read doubled what 200 stalled clients hold
+# (+105 MiB, tests/test_serve_hostile.py): a client that stalls holds a piece in uvicorn's
+# buffer and one here, as with READ_BYTES reads.
 READ_AHEAD_BYTES = 128 * 1024
 READ_BYTES = 64 * 1024
 PIECE_BYTES = 64 * 1024  # body bytes waiting for the client before reading pauses
@@ -120,7 +121,10 @@ class _Answer(asyncio.BufferedProtocol):
         if self._ended:
             return
         try:
-            self._parser.feed_data(_BUFFERS.view[:nbytes])
+            for start in range(0, nbytes, PIECE_BYTES):
+                if self._ended:  # the answer's end came in an earlier piece
+                    return
+                self._parser.feed_data(_BUFFERS.view[start:min(start + PIECE_BYTES, nbytes)])
         except (httptools.HttpParserError, _Failed) as exc:
             # httptools wraps a callback's exception (on_header's _Failed) in its own.
             cause = exc if isinstance(exc, _Failed) else exc.__cause__ or exc.__context__

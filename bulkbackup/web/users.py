@@ -207,7 +207,7 @@ class Users:
         locked, summaries, before = pipe.execute()
         scores = [number(saved) if score == math.inf and saved is not None else score
                   for (_, score), saved in zip(users, before, strict=True)]  # parked: saved
-        counts = [UserCounts.decode(text) for text in summaries]
+        counts = [_counts(text) for text in summaries]
         unknown = [login for login, score, c in zip(logins, scores, counts, strict=True)
                    if score is not None and score > -math.inf and (
                        c is None or (c.error and c.reason is None))]
@@ -292,6 +292,30 @@ def _row(login: str, score: float | None, locked: bool, counts: UserCounts | Non
         status = Status.SYNCED
     last = iso(score) if score is not None else None
     return UserRow(login, status, badge_of(status, error), last, syncd, reported, error)
+
+
+# Summaries repeat (most users' are a few small counts, no reason): each short one is decoded
+# once and kept a while, a dict lookup per row after that. Bounded: cleared when full; a
+# long one (with an error's reason) is not kept. Shared: a UserCounts is never changed.
+_COUNTS_KEPT = 8192
+_COUNTS_KEPT_CHARS = 40
+_counts_seen: dict[str, UserCounts | None] = {}
+
+
+def _counts(text: str | None) -> UserCounts | None:
+    """UserCounts.decode(text), from what was seen when it was."""
+    if text is None:
+        return None
+    try:
+        return _counts_seen[text]
+    except KeyError:
+        pass
+    counts = UserCounts.decode(text)
+    if len(text) <= _COUNTS_KEPT_CHARS:
+        if len(_counts_seen) >= _COUNTS_KEPT:
+            _counts_seen.clear()  # a race with another thread only loses entries
+        _counts_seen[text] = counts
+    return counts
 
 
 def _spelled(lowered: str, indexed: object) -> str:

@@ -6,9 +6,12 @@
    git doing the same work per repository (clone --mirror, bundle create --all, zip of HEAD)
    with `xargs -P procs`. Then `bulkbackup run --procs P` on a fresh Redis and local store.
    Prints repos/s for both and the ratio (target >= 0.8).
-2. Coordination: N users with no repositories. Baseline: the forge's own request rate for the
-   listing call at the same concurrency (P client processes with keep-alive). Then
-   `bulkbackup run --procs P`. Prints users/s, requests/s and the ratio (target >= 0.5).
+2. Coordination: N users with no repositories, through each API. Baseline: the users/s the
+   forge itself lists at the same concurrency (P client processes with keep-alive): REST's
+   listing call one user a request; GraphQL's query of 100 owners, as `run` builds it
+   (forge/github_graphql_query.build_query), 100 users a request. Then `bulkbackup run --procs
+   P` with that API (REST with a token the stand-in gives an endless budget). Prints users/s
+   and the ratio (target >= 0.5).
 """
 
 from __future__ import annotations
@@ -23,13 +26,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import orjson
 import redis
 import urllib3
 
+from bulkbackup.forge.github_graphql_query import build_query
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.services import redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
+OWNERS_PER_QUERY = 100  # as many as `run` asks for in one GraphQL query
+REST_TOKEN = "bench-rest-token"
 
 
 
@@ -57,16 +64,31 @@ def raw_git(urls: list[str], work: Path, procs: int) -> float:
 def _client(url: str, logins: list[str], out: mp.Queue[int]) -> None:
     http = urllib3.PoolManager(maxsize=1)
     for login in logins:
-        http.request("GET", f"{url}/users/{login}/repos?per_page=100&type=owner")
+        got = http.request("GET", f"{url}/users/{login}/repos?per_page=100&type=owner")
+        assert got.status == 200, got.status
     out.put(len(logins))
 
 
-def forge_rate(url: str, logins: list[str], procs: int) -> float:
-    """The forge's own request rate for the listing call, P clients with keep-alive."""
+def _graphql_client(url: str, logins: list[str], out: mp.Queue[int]) -> None:
+    http = urllib3.PoolManager(maxsize=1)
+    for at in range(0, len(logins), OWNERS_PER_QUERY):
+        query, variables = build_query([(x, None) for x in logins[at:at + OWNERS_PER_QUERY]])
+        got = http.request("POST", f"{url}/graphql", body=orjson.dumps(
+            {"query": query, "variables": variables}),
+            headers={"Content-Type": "application/json"})
+        assert got.status == 200 and b'"errors"' not in got.data, got.data[:300]
+    out.put(len(logins))
+
+
+def forge_rate(url: str, logins: list[str], procs: int, api: str) -> float:
+    """The users/s the forge lists through ``api``, P clients with keep-alive."""
     q: mp.Queue[int] = mp.Queue()
-    parts = [logins[i::procs] for i in range(procs)]
+    size = OWNERS_PER_QUERY if api == "graphql" else 1
+    chunks = [logins[i:i + size] for i in range(0, len(logins), size)]
+    parts = [[x for chunk in chunks[i::procs] for x in chunk] for i in range(procs)]
+    client = _graphql_client if api == "graphql" else _client
     started = time.perf_counter()
-    ps = [mp.Process(target=_client, args=(url, part, q)) for part in parts]
+    ps = [mp.Process(target=client, args=(url, part, q)) for part in parts]
     for p in ps:
         p.start()
     for p in ps:
@@ -117,15 +139,20 @@ def measure(args: argparse.Namespace, tmp: Path, r: redis.Redis, forge: Forge) -
     with forge.lock:
         for login in empty:
             forge.users[login] = []
-    rate = forge_rate(forge.url, empty, args.procs)
-    r.flushall()
-    r.zadd("tracked", {f"github.com/{x}": float("-inf") for x in empty})
-    shutil.rmtree(tmp / "store", ignore_errors=True)
-    ours_s = run_bulkbackup(env, args.procs)
-    users_s = len(empty) / ours_s
-    print(f"coordination: {len(empty)} users without repositories, P={args.procs}: "
-          f"forge {rate:,.0f} requests/s | bulkbackup run {users_s:,.0f} users/s | "
-          f"ratio {users_s / rate:.2f} (target >= 0.5)")
+    forge.set_token_budget(REST_TOKEN, remaining=10**9, reset_in_s=3600)
+    for api in ("graphql", "rest"):
+        rate = forge_rate(forge.url, empty, args.procs, api)
+        r.flushall()
+        r.zadd("tracked", {f"github.com/{x}": float("-inf") for x in empty})
+        shutil.rmtree(tmp / "store", ignore_errors=True)
+        api_env = {**env, "GITHUB_API": api}
+        if api == "rest":
+            api_env["GITHUB_TOKEN"] = REST_TOKEN
+        ours_s = run_bulkbackup(api_env, args.procs)
+        users_s = len(empty) / ours_s
+        print(f"coordination ({api}): {len(empty)} users without repositories, P={args.procs}: "
+              f"forge lists {rate:,.0f} users/s | bulkbackup run {users_s:,.0f} users/s | "
+              f"ratio {users_s / rate:.2f} (target >= 0.5)")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@
    Prints repos/s for both and the ratio (target >= 0.8).
 2. Coordination: N users with no repositories, through each API. Baseline: the users/s the
    forge itself lists at the same concurrency (P client processes with keep-alive): REST's
-   listing call one user a request; GraphQL's query of 100 owners, as `run` builds it
-   (forge/github_graphql_query.build_query), 100 users a request. Then `bulkbackup run --procs
-   P` with that API (REST with a token the stand-in gives an endless budget). Prints users/s
-   and the ratio (target >= 0.5).
+   listing calls, two requests a user (its repositories, its gists: `run.gists` is on by
+   default); GraphQL's query of 100 owners, as `run` builds it
+   (forge/github_graphql_query.build_query, gist_owners), 100 users a request. Then
+   `bulkbackup run --procs P` with that API (REST with a token the stand-in gives an endless
+   budget). Prints users/s and the ratio (target >= 0.5).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import orjson
 import redis
 import urllib3
 
-from bulkbackup.forge.github_graphql_query import build_query
+from bulkbackup.forge.github_graphql_query import build_query, gist_owners
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.services import redis_server
 
@@ -63,16 +64,20 @@ def raw_git(urls: list[str], work: Path, procs: int) -> float:
 
 def _client(url: str, logins: list[str], out: mp.Queue[int]) -> None:
     http = urllib3.PoolManager(maxsize=1)
-    for login in logins:
-        got = http.request("GET", f"{url}/users/{login}/repos?per_page=100&type=owner")
-        assert got.status == 200, got.status
+    for login in logins:  # what `run` asks per user (run.gists is on by default)
+        for path in (f"/users/{login}/repos?per_page=100&type=owner",
+                     f"/users/{login}/gists?per_page=100"):
+            got = http.request("GET", url + path)
+            assert got.status == 200, got.status
     out.put(len(logins))
 
 
 def _graphql_client(url: str, logins: list[str], out: mp.Queue[int]) -> None:
     http = urllib3.PoolManager(maxsize=1)
     for at in range(0, len(logins), OWNERS_PER_QUERY):
-        query, variables = build_query([(x, None) for x in logins[at:at + OWNERS_PER_QUERY]])
+        asks = [(x, None) for x in logins[at:at + OWNERS_PER_QUERY]]
+        # With the gists of the owners `run` asks them for (run.gists is on by default).
+        query, variables = build_query(asks, gist_owners(asks, int(time.time() // 86400)))
         got = http.request("POST", f"{url}/graphql", body=orjson.dumps(
             {"query": query, "variables": variables}),
             headers={"Content-Type": "application/json"})

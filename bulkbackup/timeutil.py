@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,6 @@ _RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d{1,9})?([Zz]|[+-]\
 EPOCH_MAX_S = 253_402_300_799
 _TWO_DIGITS = tuple(f"{n:02d}" for n in range(60))
 _DAYS_KEPT = 4096
-_day_prefixes: dict[int, str] = {}  # days since 1970 -> "YYYY-MM-DDT"
 
 
 def format_epoch(epoch_s: float) -> str | None:
@@ -23,14 +23,16 @@ def format_epoch(epoch_s: float) -> str | None:
     if not 0 <= epoch_s <= EPOCH_MAX_S:  # NaN fails the comparison too
         return None
     day, second = divmod(int(epoch_s), 86400)
-    prefix = _day_prefixes.get(day)
-    if prefix is None:
-        if len(_day_prefixes) >= _DAYS_KEPT:
-            _day_prefixes.clear()  # bounded; a race with another thread only loses entries
-        prefix = _day_prefixes[day] = time.strftime("%Y-%m-%dT", time.gmtime(day * 86400))
     hours, rest = divmod(second, 3600)
     minutes, seconds = divmod(rest, 60)
-    return f"{prefix}{_TWO_DIGITS[hours]}:{_TWO_DIGITS[minutes]}:{_TWO_DIGITS[seconds]}Z"
+    return (f"{_day_prefix(day)}{_TWO_DIGITS[hours]}:{_TWO_DIGITS[minutes]}:"
+            f"{_TWO_DIGITS[seconds]}Z")
+
+
+@functools.lru_cache(maxsize=_DAYS_KEPT)
+def _day_prefix(day: int) -> str:
+    """`YYYY-MM-DDT` of ``day`` (days since 1970)."""
+    return time.strftime("%Y-%m-%dT", time.gmtime(day * 86400))
 
 
 def now() -> datetime:

@@ -83,3 +83,5 @@ def test_quiet_syncs_in_a_row_are_one_entry(r: redis.Redis) -> None:
     assert history.record(r, "idle", history.entry(t0 + 64, 0, 0, 0)) is history.Recorded.ADDED
     assert [e.time_s for e in history.read(r, "idle")][:2] == [t0 + 64, t0 + 63]
     assert SyncEntry.decode("=10 3 20 5") == SyncEntry(10, 0, 5, 0, count=3, first_s=10)
+    for entry in got:  # what decode reads, encode writes back
+        assert SyncEntry.decode(entry.encode()) == entry

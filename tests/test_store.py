@@ -575,17 +575,19 @@ def test_user_counts_decode_reads_what_its_slow_way_reads(pieces: list[str],
 def test_the_users_page_decodes_each_summary_once_and_keeps_a_bounded_few() -> None:
     from bulkbackup.web import users
 
-    users._counts_seen.clear()
+    users._short_counts.cache_clear()
     short, long = "3 0 1 1 3 not found", "3 0 1 1 3 " + "x" * 100
     for _ in range(3):
         assert users._counts(short) == UserCounts.decode(short)
         assert users._counts(long) == UserCounts.decode(long)
         assert users._counts("not counts") is None and users._counts(None) is None
     assert users._counts(short) is users._counts(short)  # decoded once
-    assert short in users._counts_seen and long not in users._counts_seen
+    # The short one was decoded once, the long one never kept.
+    assert users._short_counts.cache_info().currsize == 2  # `short` and "not counts"
+    assert users._short_counts.cache_info().misses == 2
     for n in range(users._COUNTS_KEPT * 2 + 3):
         assert users._counts(f"{n} 0 0 0 {n}") == UserCounts(n, 0, 0, False, n, None)
-    assert len(users._counts_seen) <= users._COUNTS_KEPT
+    assert users._short_counts.cache_info().currsize <= users._COUNTS_KEPT
 
 
 @hypothesis.settings(max_examples=300, deadline=None)

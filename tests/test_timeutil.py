@@ -31,4 +31,4 @@ def test_format_epoch_edges_and_its_bounded_day_cache() -> None:
         assert format_epoch(outside) is None
     for day in range(timeutil._DAYS_KEPT * 2 + 5):  # one a day: the cache is cleared, kept
         assert format_epoch(day * 86400 + 3661) == strftime_way(day * 86400 + 3661)
-    assert len(timeutil._day_prefixes) <= timeutil._DAYS_KEPT
+    assert timeutil._day_prefix.cache_info().currsize <= timeutil._DAYS_KEPT

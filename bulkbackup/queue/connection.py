@@ -38,7 +38,8 @@ def server_time(r: redis.Redis) -> float:
     return float(sec) + usec / 1e6
 
 
-def _script(name: str) -> str:
+def lua_text(name: str) -> str:
+    """The text of lua/<name> (every script of the project is a file there)."""
     return resources.files("bulkbackup").joinpath("lua", name).read_text(encoding="utf-8")
 
 
@@ -48,11 +49,11 @@ class Scripts:
     def __init__(self, r: redis.Redis) -> None:
         # A user's marks are taken by a claim and given back or dropped by its completion:
         # one Lua library (marks.lua) prepended to both.
-        marks = _script("marks.lua")
-        self.claim = r.register_script(marks + _script("claim.lua"))
-        self.refresh = r.register_script(_script("refresh.lua"))
-        self.complete = r.register_script(marks + _script("complete.lua"))
-        self.track = r.register_script(_script("track.lua"))
-        self.events_mark = r.register_script(_script("events_mark.lua"))
-        self.events_hour = r.register_script(_script("events_hour.lua"))
-        self.listing_take = r.register_script(_script("listing_take.lua"))
+        marks = lua_text("marks.lua")
+        self.claim = r.register_script(marks + lua_text("claim.lua"))
+        self.refresh = r.register_script(lua_text("refresh.lua"))
+        self.complete = r.register_script(marks + lua_text("complete.lua"))
+        self.track = r.register_script(lua_text("track.lua"))
+        self.events_mark = r.register_script(lua_text("events_mark.lua"))
+        self.events_hour = r.register_script(lua_text("events_hour.lua"))
+        self.listing_take = r.register_script(lua_text("listing_take.lua"))

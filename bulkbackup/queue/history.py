@@ -20,11 +20,11 @@ import enum
 import math
 import re
 from dataclasses import dataclass
-from importlib import resources
 
 import redis
 
 from bulkbackup.queue import keys
+from bulkbackup.queue.connection import lua_text
 from bulkbackup.timeutil import format_epoch
 
 ERROR_MAX_CHARS = 120
@@ -91,13 +91,9 @@ class SyncEntry:
         return cls(t, repos, nbytes, errors, parts[4] if len(parts) > 4 else "")
 
     def to_json(self) -> dict[str, object]:
-        return {"time": _iso(self.time_s), "repos_changed": self.repos_changed,
+        return {"time": format_epoch(self.time_s), "repos_changed": self.repos_changed,
                 "bytes": self.nbytes, "errors": self.errors, "error": self.error or None,
-                "count": self.count, "since": _iso(self.since_s)}
-
-
-def _iso(time_s: int) -> str | None:
-    return format_epoch(time_s)
+                "count": self.count, "since": format_epoch(self.since_s)}
 
 
 def entry(time_s: float, repos_changed: int, nbytes: int, errors: int, error: str = ""
@@ -108,8 +104,7 @@ def entry(time_s: float, repos_changed: int, nbytes: int, errors: int, error: st
     return SyncEntry(whole(time_s), whole(repos_changed), whole(nbytes), whole(errors), error)
 
 
-_RECORD_LUA = resources.files("bulkbackup").joinpath("lua", "history_record.lua") \
-    .read_text(encoding="utf-8")
+_RECORD_LUA = lua_text("history_record.lua")
 
 
 def record(r: redis.Redis, login: str, sync: SyncEntry) -> Recorded:

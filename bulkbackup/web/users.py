@@ -10,6 +10,7 @@ the threadpool.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -295,27 +296,22 @@ def _row(login: str, score: float | None, locked: bool, counts: UserCounts | Non
 
 
 # Summaries repeat (most users' are a few small counts, no reason): each short one is decoded
-# once and kept a while, a dict lookup per row after that. Bounded: cleared when full; a
-# long one (with an error's reason) is not kept. Shared: a UserCounts is never changed.
+# once and kept (the last _COUNTS_KEPT); a long one (with an error's reason) is not.
+# Shared: a UserCounts is never changed.
 _COUNTS_KEPT = 8192
 _COUNTS_KEPT_CHARS = 40
-_counts_seen: dict[str, UserCounts | None] = {}
 
 
 def _counts(text: str | None) -> UserCounts | None:
     """UserCounts.decode(text), from what was seen when it was."""
     if text is None:
         return None
-    try:
-        return _counts_seen[text]
-    except KeyError:
-        pass
-    counts = UserCounts.decode(text)
-    if len(text) <= _COUNTS_KEPT_CHARS:
-        if len(_counts_seen) >= _COUNTS_KEPT:
-            _counts_seen.clear()  # a race with another thread only loses entries
-        _counts_seen[text] = counts
-    return counts
+    return _short_counts(text) if len(text) <= _COUNTS_KEPT_CHARS else UserCounts.decode(text)
+
+
+@functools.lru_cache(maxsize=_COUNTS_KEPT)
+def _short_counts(text: str) -> UserCounts | None:
+    return UserCounts.decode(text)
 
 
 def _spelled(lowered: str, indexed: object) -> str:

@@ -439,17 +439,19 @@ class InProcess:
 
 def worker_of(settings: config.Settings, store: Store | None = None,
               lister: Callable[[Worker, Conditions], Lister] | None = None, index: int = 0,
-              budget: int = -1) -> InProcess:
+              budget: int = -1, run_start: float | None = None) -> InProcess:
     """A Worker from plain parts: the parent's pipe, flag and `--max-users` budget are made
     here; its parent is this process's (never seen gone); `lister(worker, conditions)`
-    builds its lister (default: the one github.api names)."""
+    builds its lister (default: the one github.api names). Workers of one run share its
+    ``run_start``: pass the first one's to the next."""
     reader, writer = multiprocessing.Pipe(duplex=False)
     graceful = multiprocessing.RawValue(ctypes.c_bool, False)
     shared = multiprocessing.Value("q", budget)
     # As the run's parent: its start in whole seconds, so that a user completed in its first
     # second scores run_start, not below it, and is not claimed twice.
+    start = float(math.floor(time.time())) if run_start is None else run_start
     args = WorkerArgs(settings=settings, index=index, worker_id=f"1.{index}.inprocess",
-                      run_start=float(math.floor(time.time())), clock_offset_s=0.0, procs=1)
+                      run_start=start, clock_offset_s=0.0, procs=1)
     holder: list[Worker] = []
     factory = None if lister is None else (lambda c: lister(holder[0], c))
     worker = Worker(args, writer, graceful, shared, os.getppid(), store, factory)

@@ -100,7 +100,7 @@ def test_a_listing_handed_over_by_one_worker_is_used_by_the_next_with_no_query(
     intact(r, *logins)
     since = math.floor(time.time())
     store = MemoryStore()
-    a = worker_of(cfg(), store, hooked(stop_after_a_step))
+    a = worker_of(cfg(), store, hooked(stop_after_a_step), run_start=since)
     a.run()
     a.close()
     handed = [keys.login_of(k.removeprefix(keys.LISTING_PREFIX)) for k in cached(r)]
@@ -109,7 +109,7 @@ def test_a_listing_handed_over_by_one_worker_is_used_by_the_next_with_no_query(
     requests = forge_graphql.controls(forge).counters["requests"]
     assert requests == 1
 
-    b = worker_of(cfg(), store, index=1)
+    b = worker_of(cfg(), store, index=1, run_start=since)  # the same run: A's start
     reports = b.run()
     b.close()
     assert sorted(x.login for x in reports if isinstance(x, Synced)) == logins

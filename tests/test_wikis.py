@@ -130,3 +130,65 @@ def test_a_repository_name_ending_in_wiki_is_no_repository() -> None:
     assert layout.parse_key("u/x.wiki.bundle") == layout.StoreKey("u", "x.wiki",
                                                                    layout.Kind.BUNDLE)
     assert layout.wiki_of("x.wiki") == "x" and layout.wiki_of("x") is None
+
+
+def test_with_rest_a_wiki_edit_is_archived_when_the_listing_answers_304(
+        env: None, forge: Forge, store: Store, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """REST's conditional listing answers 304 when no repository changed, and a wiki edit
+    moves no repository: the wikis the user's object lists are still checked (one ref listing
+    each, no API request), an edit archived as an increment."""
+    monkeypatch.setenv("GITHUB_API", "rest")
+    forge.add_user("wren", [RepoSpec("docs", wiki=PAGES), RepoSpec("plain")])
+    assert "wikis 1 archived" in sync("wren")
+    forge.edit_wiki("wren", "docs", {"Next.md": b"# Next\n"})
+    forge.reset_counters()
+    out = sync("wren")
+    # Both lists (repositories, gists) answered 304.
+    assert forge.counters["api_304"] == 2 and not forge.counters["api_200"], forge.counters
+    assert "wikis 1 archived" in out, out
+    assert forge.clones("wren", "plain.wiki") == 0  # the stored listing says it has none
+    base = store.head(layout.bundle_key("wren", "docs.wiki"))
+    assert base is not None and base.get("Increments") == "1"
+    proc = run_cli("restore", "wren/docs", "--to", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert refs_of(tmp_path / "r" / "wren" / "docs.wiki.git") == wiki_refs(forge, "wren", "docs")
+    user = store.head("wren")
+    assert user is not None and user.get("Wikis") == "1" and not user.get(ERROR)
+    # Unchanged again: one ref listing, nothing fetched or written.
+    forge.reset_counters()
+    before = store.head(layout.bundle_key("wren", "docs.wiki"))
+    assert sync("wren") == "wren: unchanged since the last sync (304)\n"
+    assert forge.clones("wren", "docs.wiki") == 1
+    assert forge.pack_requests("wren", "docs.wiki") == 0
+    assert store.head(layout.bundle_key("wren", "docs.wiki")) == before
+
+
+def test_with_rest_a_304_reads_the_stored_listing_only_for_users_with_wikis(
+        env: None, forge: Forge, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Wikis` on the user's object says how many of its repositories have a wiki: 0 costs
+    a 304 no store read and no git; an object written before the count existed is read once,
+    and the count kept."""
+    monkeypatch.setenv("GITHUB_API", "rest")
+    forge.add_user("nell", [RepoSpec("code")])
+    forge.add_user("olga", [RepoSpec("docs", wiki=PAGES)])
+    for login in ("nell", "olga"):
+        sync(login)
+    nell = store.head("nell")
+    assert nell is not None and nell.get("Wikis") == "0"
+    # 0 is trusted: olga's object said 0, its 304 does not look for the wiki it has.
+    olga = store.head("olga")
+    assert olga is not None and olga.get("Wikis") == "1"
+    store.replace_metadata("olga", {**olga.metadata, "Wikis": "0"})
+    forge.reset_counters()
+    assert sync("olga") == "olga: unchanged since the last sync (304)\n"
+    assert forge.clones("olga", "docs.wiki") == 0 and forge.counters["api_200"] == 0
+    # An object from before the count: read on its 304, its wiki checked, the count kept.
+    olga = store.head("olga")
+    assert olga is not None
+    store.replace_metadata("olga", {k: v for k, v in olga.metadata.items()
+                                    if k.lower() != "wikis"})
+    forge.edit_wiki("olga", "docs", {"Next.md": b"# Next\n"})
+    assert "wikis 1 archived" in sync("olga")
+    olga = store.head("olga")
+    assert olga is not None and olga.get("Wikis") == "1"

@@ -45,6 +45,10 @@ ASSET_ID = "AssetId"
 # On the user's object: how many gists its last listing with gists gave (backup/gists.py:
 # a user with none, and none before, costs no store request).
 GISTS = "Gists"
+# On the user's object: how many repositories of its last listing say they have a wiki
+# (`has_wiki`). A REST listing's 304 still checks those wikis (their edits move no
+# repository); 0 costs no store request, missing (an object older than it) one read.
+WIKIS = "Wikis"
 # The worker token's name (DESIGN.md "Remote workers") on every object `serve` wrote for a
 # remote worker: what was archived by whom (`worker-token revoke --redo` finds the users
 # through Redis, not by reading this).

@@ -8,6 +8,8 @@ their increments from the archived tips. Anything else (no object, a damaged or 
 one, a repository it does not list or has no archive of, an entry that would not be cloned)
 answers None: the user is listed by the forge as usual. Costs one bounded read of the user's
 object and one HEAD per moved repository (at most keys.EVENTS_REFS_MAX).
+
+`stored_wikis` reads the same object for the other sync without a fresh listing: REST's 304.
 """
 
 from __future__ import annotations
@@ -54,6 +56,18 @@ def archived_listing(store: Store, login: str, repos: Sequence[str], clone_host:
         log.warning("%s: listed by the forge: its archive could not be read: %s", login, exc)
         return None
     return listing
+
+
+def stored_wikis(store: Store, login: str, clone_host: str) -> list[RepoInfo] | None:
+    """The repositories of ``login``'s stored listing that say they have a wiki, for a sync
+    whose listing answered 304 (nothing moved, but a wiki's edits move no repository); None
+    when the object is missing or not a listing. A store error raises, as the sync's own
+    reads do."""
+    entries = _stored_entries(store, login)
+    if entries is None:
+        return None
+    repos = (RepoInfo.from_rest(entry, clone_host) for entry in entries.values())
+    return [r for r in repos if isinstance(r, RepoInfo) and r.has_wiki]
 
 
 def _stored_entries(store: Store, login: str) -> dict[str, dict[str, Any]] | None:

@@ -108,11 +108,12 @@ class UserResult:
     def line(self) -> str:
         if self.not_done:
             return f"{self.login}: not synced: {self.not_done}"
-        if self.not_modified:
-            return f"{self.login}: unchanged since the last sync (304)"
-        text = (f"{self.login}: {self.reported} repositories, {self.archived} archived, "
-                f"{self.unchanged} unchanged, {self.empty} empty, {self.failed} failed, "
-                f"{self.bytes / 1e6:.1f} MB uploaded")
+        if self.not_modified:  # its wikis checked still (backup/user_backup.py)
+            text = f"{self.login}: unchanged since the last sync (304)"
+        else:
+            text = (f"{self.login}: {self.reported} repositories, {self.archived} archived, "
+                    f"{self.unchanged} unchanged, {self.empty} empty, {self.failed} failed, "
+                    f"{self.bytes / 1e6:.1f} MB uploaded")
         if self.read_bytes:
             text += f", {self.read_bytes / 1e6:.1f} MB read back"
         if self.wikis_archived or self.wikis_failed:

@@ -25,11 +25,12 @@ from bulkbackup.archive.metadata import (
     REPORTED_REPOS,
     SYNCD_REPOS,
     UPDATED_AT,
+    WIKIS,
     fitted,
 )
 from bulkbackup.archive.stored import repositories
 from bulkbackup.archive.writer import ArchiveWriter, Change, WriteOutcome, Written
-from bulkbackup.backup.archived_listing import archived_listing
+from bulkbackup.backup.archived_listing import archived_listing, stored_wikis
 from bulkbackup.backup.gists import sync_gists
 from bulkbackup.backup.lfs_objects import store_lfs_objects
 from bulkbackup.backup.releases import sync_releases, wanted
@@ -145,8 +146,9 @@ class UserBackup:
             return
         if listing.outcome is ListingOutcome.NOT_MODIFIED and previous is not None:
             result.not_modified = True
+            meta = {LAST_SYNC: stamp, **self._unlisted_wikis(store, login, previous, result)}
             store.replace_metadata(layout.user_key(login),
-                                   layout.updated_metadata(previous, {LAST_SYNC: stamp}))
+                                   layout.updated_metadata(previous, meta))
             return
         result.reported = len(listing.repos)
         result.listed = True
@@ -199,9 +201,31 @@ class UserBackup:
         if self.settings.run.releases and not repo.clone_refusal and not refs_moved:
             self._releases(store, login, repo, result.archived > archived, result)
         # The wiki's edits do not move the repository's times: checked whatever they say.
-        if (self.settings.run.wikis and repo.has_wiki and not repo.clone_refusal
-                and not refs_moved):
+        if self._checks_wiki(repo) and not refs_moved:
             self._wiki(store, login, repo.name, repo.clone_url, result)
+
+    def _checks_wiki(self, repo: RepoInfo) -> bool:
+        run = self.settings.run
+        return (run.wikis and bool(repo.has_wiki) and not repo.clone_refusal
+                and not (repo.fork and run.skip_forks))
+
+    def _unlisted_wikis(self, store: FencedStore, login: str, previous: Head,
+                        result: UserResult) -> dict[str, str]:
+        """A 304 says no repository changed, but a wiki's edits move none: the wikis of the
+        stored listing are checked as a fresh listing's would be (a ref listing each, no API
+        request). An object without the `Wikis` count (older than it) is read once, and the
+        count is kept in its metadata (returned)."""
+        known = previous.get(WIKIS)
+        if not self.settings.run.wikis or known == "0":
+            return {}
+        repos = stored_wikis(self._store, login, self.settings.github.clone_host)  # a read
+        if repos is None:
+            return {}
+        for repo in repos:
+            if self._checks_wiki(repo):
+                store.fence.check()  # abandon early: no git for a user that is not ours
+                self._wiki(store, login, repo.name, repo.clone_url, result)
+        return {} if known else {WIKIS: str(len(repos))}
 
     def _sync_git(self, store: FencedStore, login: str, repo: RepoInfo,
                   stored: dict[str, int], result: UserResult, refs_moved: bool) -> None:
@@ -342,6 +366,8 @@ class UserBackup:
             gists = (len(listing.gists) if listing.gists is not None
                      else previous.get(GISTS) if previous else "")
             meta[GISTS] = str(gists or 0)
+            meta[WIKIS] = str(sum(1 for r in listing.repos
+                                  if isinstance(r, RepoInfo) and r.has_wiki))
             store.put_bytes(key, orjson.dumps(listing.stored), fitted(meta))
             return
         if previous is None:

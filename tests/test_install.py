@@ -4,6 +4,8 @@ pyproject.toml's floors, and the documented install commands use it."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tomllib
 
 from packaging.requirements import Requirement
@@ -49,3 +51,15 @@ def test_the_documented_installs_use_the_constraints() -> None:
     # The weekly job installs the newest versions instead, transitive ones too.
     newest = (ROOT / ".ci" / "newest").read_text()
     assert "-c constraints.txt" not in newest and "--upgrade-strategy eager" in newest
+
+
+def test_the_tests_run_on_the_pinned_versions_and_freeze_writes_them() -> None:
+    """The environment the tests run in (the README's and .ci/run's install) is exactly
+    constraints.txt, and `.ci/freeze.py` (what README says records the versions after
+    `.ci/newest`) writes that file from it. .ci/newest, on other versions, deselects this."""
+    frozen = subprocess.run([sys.executable, str(ROOT / ".ci" / "freeze.py")], check=True,
+                            capture_output=True, text=True, timeout=60).stdout
+    assert frozen == (ROOT / "constraints.txt").read_text()
+    newest = (ROOT / ".ci" / "newest").read_text()
+    assert "--deselect tests/test_install.py::" + \
+        "test_the_tests_run_on_the_pinned_versions_and_freeze_writes_them" in newest

@@ -27,6 +27,7 @@ import pytest
 import redis
 from markupsafe import escape
 
+from bulkbackup.queue import keys
 from bulkbackup.queue.connection import Scripts
 from bulkbackup.queue.locks import LockKeeper
 from bulkbackup.testing import services
@@ -394,6 +395,17 @@ def test_post_users(archive: Archive) -> None:
     assert archive.r.zscore("tracked", "github.com/x") is None
     assert SERVE_TOKEN not in archive.served.log.read_text()
     archive.r.zrem("tracked", "github.com/new-one")
+    # At most 1000 logins a request (docs/serve.md): 1001 adds none, 1000 add all.
+    logins = [f"cap-{i}" for i in range(1001)]
+    refused = post({"logins": logins})
+    assert refused.status_code == 400 and "at most 1000 logins" in refused.text
+    assert archive.r.zscore("tracked", "github.com/cap-0") is None
+    resp = post({"logins": logins[:1000]})
+    assert resp.status_code == 200 and len(resp.json()["added"]) == 1000
+    assert archive.r.zmscore("tracked", [f"github.com/{x}" for x in logins]) == [
+        float("-inf")] * 1000 + [None]
+    archive.r.zrem("tracked", *(f"github.com/{x}" for x in logins))
+    archive.r.zrem(keys.SEARCH, *logins)
 
 
 def test_track_cli(archive: Archive) -> None:

@@ -1,0 +1,139 @@
+"""What README.md tells an operator to set up, run as written with real parts: the cron file
+installed as shipped (paths moved into the test's folder), `REDIS_URL` `rediss://` on a real
+redis-server speaking TLS, and the troubleshooting line of an S3 endpoint nothing answers."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import redis
+
+from bulkbackup.archive import layout
+from bulkbackup.queue import keys
+from bulkbackup.testing.forge import Forge, RepoSpec
+from bulkbackup.testing.services import free_port, start_redis
+from tests.helpers import ROOT, run_cli, run_config
+
+CRON = ROOT / "jobs" / "cron" / "bulkbackup.cron"
+
+
+def crontab(text: str) -> tuple[dict[str, str], list[str]]:
+    """A crontab's variables and its entries' commands (after the five time fields)."""
+    variables: dict[str, str] = {}
+    commands: list[str] = []
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, eq, value = line.partition("=")
+        if eq and " " not in name.strip():
+            variables[name.strip()] = value.strip()
+        else:
+            commands.append(line.split(None, 5)[5])
+    return variables, commands
+
+
+def test_the_cron_file_runs_as_shipped(r: redis.Redis, redis_url: str, forge: Forge,
+                                       tmp_path: Path) -> None:
+    """README "Running on many machines": jobs/cron/bulkbackup.cron "runs a pass every night
+    (`flock` keeps two apart), the stats pass after it, and a verify sample weekly". Each entry
+    runs in the shell the file names, with only cron's variables and the env file it sources:
+    the pass archives the tracked users, stats writes its JSON, verify checks them; a pass
+    while another holds the lock does nothing."""
+    etc, var = tmp_path / "etc", tmp_path / "var"
+    etc.mkdir()
+    var.mkdir()
+    store = tmp_path / "store"
+    (etc / "config.yaml").write_text(run_config())
+    (etc / "env").write_text(f"REDIS_URL={redis_url}\nGITHUB_API_URL={forge.url}\n"
+                             f"GITHUB_API=rest\nBULKBACKUP_STORE={store}\n")
+    text = (CRON.read_text().replace("/etc/bulkbackup", str(etc))
+            .replace("/var/lib/bulkbackup", str(var)))
+    variables, (run, stats, verify) = crontab(text)
+    assert set(variables) == {"SHELL", "BULKBACKUP_CONFIG"}, variables
+    # cron's environment: its variables, a PATH where bulkbackup is installed, nothing else.
+    cron_env = {**variables, "HOME": str(tmp_path),
+                "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+
+    def entry(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([variables["SHELL"], "-c", command], env=cron_env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+
+    forge.add_user("cronny", [RepoSpec("one"), RepoSpec("two")])
+    r.zadd(keys.TRACKED, {keys.member("cronny"): float("-inf")})
+    with (var / "run.lock").open("w") as held:  # a pass still running: this one does nothing
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert entry(run).returncode == 1
+    assert r.zscore(keys.TRACKED, keys.member("cronny")) == float("-inf")
+    assert entry(run).returncode == 0, (var / "run.log").read_text()
+    assert (store / layout.bundle_key("cronny", "two")).stat().st_size > 0
+    assert entry(stats).returncode == 0, (var / "stats.log").read_text()
+    report = orjson.loads((var / "stats.log").read_text())
+    assert report["repositories"]["archived"] == 2, report
+    assert entry(verify).returncode == 0, (var / "verify.log").read_text()
+    assert "2 archives: 2 verified" in (var / "verify.log").read_text()
+
+
+def test_redis_url_rediss_speaks_tls_to_redis(clean_env: None, forge: Forge,
+                                              tmp_path: Path) -> None:
+    """README "Configuration": `REDIS_URL` `rediss://`, against a redis-server that speaks
+    only TLS there, its certificate trusted through the URL (`ssl_ca_certs`): ingest (raw
+    commands), track, and a pass of `run` (its worker processes, locks and scripts); a
+    certificate not trusted is one line, exit 1."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True,
+                   capture_output=True)
+    tls_port = free_port()
+    proc, plain_url = start_redis(tmp_path / "redis-tls", extra_args=(
+        "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+        "--tls-auth-clients", "no"))
+    client = redis.Redis.from_url(plain_url)
+    try:
+        cfg = tmp_path / "run.yaml"
+        cfg.write_text(run_config())
+        env = {"REDIS_URL": f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}",
+               "BULKBACKUP_STORE": str(tmp_path / "store"), "GITHUB_API_URL": forge.url,
+               "GITHUB_API": "rest", "BULKBACKUP_CONFIG": str(cfg)}
+        dump = tmp_path / "dump.json"
+        dump.write_bytes(b'{"login": "tls-one"}\n{"login": "tls-two"}\n')
+        out = run_cli("ingest", str(dump), env=env, cwd=tmp_path)
+        assert out.returncode == 0 and "2 newly tracked" in out.stderr, out.stderr
+        out = run_cli("track", "tls-three", env=env, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        forge.add_users({x: [RepoSpec("r")] for x in ("tls-one", "tls-two", "tls-three")})
+        out = run_cli("run", "--procs", "2", env=env, cwd=tmp_path, timeout=300)
+        assert out.returncode == 0, out.stdout + out.stderr
+        scores = client.zmscore(keys.TRACKED, [keys.member(x)
+                                               for x in ("tls-one", "tls-two", "tls-three")])
+        assert all(s is not None and s > 0 for s in scores), scores
+        untrusted = {**env, "REDIS_URL": f"rediss://127.0.0.1:{tls_port}/0"}
+        out = run_cli("track", "tls-four", env=untrusted, cwd=tmp_path)
+        assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+        assert "CERTIFICATE_VERIFY_FAILED" in out.stderr, out.stderr
+        assert client.zscore(keys.TRACKED, keys.member("tls-four")) is None
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_an_s3_endpoint_nothing_answers_is_one_line(clean_env: None, tmp_path: Path) -> None:
+    """README "Troubleshooting": `cannot access bucket ...` names the endpoint to check
+    (AWS_ENDPOINT_URL_S3); exit 1, as a store that may come back (botocore's retries first)."""
+    env = {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{free_port()}",
+           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_REGION": "us-east-1", "BULKBACKUP_STORE": "s3://github.com"}
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    out = run_cli("show", "octocat", env=env, cwd=cwd, timeout=120)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("bulkbackup: error: cannot access bucket github.com: "
+                                 "Could not connect to the endpoint URL"), out.stderr
+    assert env["AWS_ENDPOINT_URL_S3"] in out.stderr
+    assert os.listdir(cwd) == []  # no local folder made instead

@@ -4,10 +4,16 @@ redis-server speaking TLS, and the troubleshooting line of an S3 endpoint nothin
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import re
+import shutil
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -17,7 +23,15 @@ from bulkbackup.archive import layout
 from bulkbackup.queue import keys
 from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.services import free_port, start_redis
-from tests.helpers import ROOT, run_cli, run_config
+from tests.helpers import (
+    ROOT,
+    base_env,
+    part_missing,
+    run_cli,
+    run_config,
+    start_serve,
+    stop_serve,
+)
 
 CRON = ROOT / "jobs" / "cron" / "bulkbackup.cron"
 
@@ -137,3 +151,106 @@ def test_an_s3_endpoint_nothing_answers_is_one_line(clean_env: None, tmp_path: P
                                  "Could not connect to the endpoint URL"), out.stderr
     assert env["AWS_ENDPOINT_URL_S3"] in out.stderr
     assert os.listdir(cwd) == []  # no local folder made instead
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (its own CA) and its key."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True,
+                   capture_output=True)
+    return cert, key
+
+
+@contextlib.contextmanager
+def nginx_with(server_block: str, folder: Path, port: int) -> Iterator[None]:
+    """Debian's nginx running ``server_block`` (jobs/README.md's, as written) in a config of
+    its own: temp files in ``folder``, `daemon off`; answering once this yields."""
+    exe = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.access(exe, os.X_OK):
+        part_missing("nginx is not installed (apt-get install nginx)", "the TLS proxy test: ")
+    folder.mkdir()
+    temps = "\n".join(f"  {kind}_temp_path {folder / kind};"
+                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    user = "user root;\n" if os.geteuid() == 0 else ""  # workers read the 0700 temp folder
+    conf = folder / "nginx.conf"
+    conf.write_text(f"{user}daemon off;\npid {folder / 'nginx.pid'};\n"
+                    f"error_log {folder / 'error.log'} warn;\nevents {{}}\n"
+                    f"http {{\n  access_log {folder / 'access.log'};\n{temps}\n"
+                    f"{server_block}\n}}\n")
+    proc = subprocess.Popen([exe, "-p", str(folder), "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            assert time.monotonic() < deadline, "nginx did not listen"
+            time.sleep(0.05)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def test_a_remote_worker_runs_through_the_tls_proxy_jobs_readme_shows(
+        redis_server: str, forge: Forge, tmp_path: Path) -> None:
+    """jobs/README.md "Remote workers behind TLS": its nginx server block as written (only
+    the port, the certificate's paths and serve's port changed) in front of `serve`, and a
+    remote worker's `run --server https://...` trusting the certificate through
+    SSL_CERT_FILE (without it: exit 2, one line saying so): its users archived through the proxy (leases, uploads, commits over
+    TLS), serve seeing the proxy's forwarded scheme."""
+    text = (ROOT / "jobs" / "README.md").read_text()
+    (block,) = re.findall(r"^```nginx\n(.*?)^```", text, re.M | re.S)
+    cert, key = self_signed(tmp_path)
+    url = re.sub(r"/\d+$", "/4", redis_server)  # a database of its own: others are in use
+    r = redis.Redis.from_url(url)
+    r.flushdb()
+    store = tmp_path / "store" / "github.com"
+    store.mkdir(parents=True)
+    serve_env = base_env(tmp_path, url, str(store))
+    served = start_serve(serve_env, tmp_path / "serve.log")
+    port = free_port()
+    server_block = (block.replace("listen 443 ssl;", f"listen 127.0.0.1:{port} ssl;")
+                    .replace("/etc/letsencrypt/live/archive.example.org/fullchain.pem",
+                             str(cert))
+                    .replace("/etc/letsencrypt/live/archive.example.org/privkey.pem", str(key))
+                    .replace("http://127.0.0.1:8000", served.url))
+    assert server_block.count(str(tmp_path)) == 2 and served.url in server_block
+    try:
+        with nginx_with(server_block, tmp_path / "nginx", port):
+            added = run_cli("worker-token", "add", "box-tls", env=serve_env)
+            assert added.returncode == 0, added.stderr
+            forge.add_user("tls-ann", [RepoSpec("r1"), RepoSpec("r2", size_kb=300)])
+            r.zadd("tracked", {"github.com/tls-ann": float("-inf")})
+            cfg = tmp_path / "remote.yaml"
+            cfg.write_text(run_config())
+            env = {k: v for k, v in os.environ.items()
+                   if not k.startswith(("GITHUB_", "BULKBACKUP_", "REDIS_", "AWS_", "SSL_"))}
+            env.update(BULKBACKUP_SERVER=f"https://127.0.0.1:{port}",
+                       BULKBACKUP_WORKER_TOKEN=added.stdout.strip(),
+                       GITHUB_TOKENS="remote-worker-github-token", GITHUB_API_URL=forge.url,
+                       BULKBACKUP_CONFIG=str(cfg))
+            work = tmp_path / "box"
+            work.mkdir()
+            # Not trusted: a setup to fix, not a wait (exit 2 at once, one line).
+            proc = run_cli("run", "--procs", "2", env=env, cwd=work, timeout=300)
+            assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+            assert proc.stderr.startswith("bulkbackup: error: the server's TLS certificate is "
+                                          "not trusted (self-signed certificate): give its "
+                                          "CA's certificate in SSL_CERT_FILE"), proc.stderr
+            assert r.zscore("tracked", "github.com/tls-ann") == float("-inf")
+            assert "/api/lease" not in (tmp_path / "nginx" / "access.log").read_text()
+            proc = run_cli("run", "--procs", "2", env={**env, "SSL_CERT_FILE": str(cert)},
+                           cwd=work, timeout=300)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            for name in ("r1", "r2"):
+                assert (store / "tls-ann" / f"{name}.bundle").stat().st_size > 0
+            assert (r.zscore("tracked", "github.com/tls-ann") or 0) > 0
+            log = (tmp_path / "nginx" / "access.log").read_text()
+            assert "/api/lease" in log and " 200 " in log, log[-2000:]
+    finally:
+        stop_serve(served)
+        r.close()

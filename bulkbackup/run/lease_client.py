@@ -3,6 +3,7 @@
 (http/bounded.py: a deadline for the whole answer, a byte cap); answers are typed:
 
 - 401 (unknown or revoked token): WorkerTokenRefused, a ConfigError: the worker stops;
+- a TLS certificate that does not verify: ServerUntrusted, a ConfigError too (no retry);
 - 403/409 (not this token's lease, or lost meanwhile): LockLost, as a local worker's lock;
 - 429, 5xx, a refused or cut connection, a timeout: retried with doubling backoff (at most
   ``retries`` times, Retry-After honoured up to the backoff's cap), then ServerUnavailable;
@@ -14,6 +15,7 @@ from __future__ import annotations
 import enum
 import io
 import os
+import ssl
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -40,6 +42,11 @@ OFFER_URL_MAX_CHARS = 8192
 
 class WorkerTokenRefused(ConfigError):
     """The server does not know the worker token (wrong, or revoked): stop."""
+
+
+class ServerUntrusted(ConfigError):
+    """The server's TLS certificate did not verify (its CA not trusted, a name that is not
+    the URL's host, expired): a setup to fix, which no retry mends."""
 
 
 class ServerUnavailable(BulkbackupError):
@@ -97,6 +104,12 @@ class Call:
     max_bytes: int = JSON_MAX_BYTES
 
 
+def _certificate_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate's failure inside urllib3's error, if that is what it is."""
+    found = [exc, *exc.args, exc.__cause__, exc.__context__]
+    return next((e for e in found if isinstance(e, ssl.SSLCertVerificationError)), None)
+
+
 def _q(text: str) -> str:
     return quote(text, safe="/")
 
@@ -140,6 +153,10 @@ class LeaseClient:
                     status, after, body = got.status, got.headers.get("Retry-After", ""), \
                         got.read_all()
             except (urllib3.exceptions.HTTPError, OSError, Overdue, SlowRead) as exc:
+                if (bad := _certificate_failure(exc)) is not None:
+                    raise ServerUntrusted(
+                        f"the server's TLS certificate is not trusted ({bad.verify_message}): "
+                        "give its CA's certificate in SSL_CERT_FILE") from None
                 why, wait_s = f"{type(exc).__name__}: {exc}", delay_s
             else:
                 why, wait_s = self._refusal(status, body), delay_s

@@ -200,8 +200,8 @@ def test_a_remote_worker_runs_through_the_tls_proxy_jobs_readme_shows(
     """jobs/README.md "Remote workers behind TLS": its nginx server block as written (only
     the port, the certificate's paths and serve's port changed) in front of `serve`, and a
     remote worker's `run --server https://...` trusting the certificate through
-    SSL_CERT_FILE (without it: exit 2, one line saying so): its users archived through the proxy (leases, uploads, commits over
-    TLS), serve seeing the proxy's forwarded scheme."""
+    SSL_CERT_FILE (without it: exit 2, one line saying so): its users archived through the
+    proxy (leases, uploads, completions over TLS)."""
     text = (ROOT / "jobs" / "README.md").read_text()
     (block,) = re.findall(r"^```nginx\n(.*?)^```", text, re.M | re.S)
     cert, key = self_signed(tmp_path)
@@ -254,3 +254,53 @@ def test_a_remote_worker_runs_through_the_tls_proxy_jobs_readme_shows(
     finally:
         stop_serve(served)
         r.close()
+
+
+def test_a_github_api_whose_certificate_does_not_verify_stops_the_job(
+        clean_env: None, redis_url: str, forge: Forge, tmp_path: Path) -> None:
+    """A GitHub (Enterprise) behind a certificate of a private CA: without the CA, `sync`
+    through either API and `events` from such a host stop at once with exit 2 and one line
+    naming SSL_CERT_FILE, nothing recorded for any user (as a refused token); with
+    SSL_CERT_FILE the same commands work. `run` stops at its start (the tokens' proof, REST's
+    /rate_limit, meets the certificate first)."""
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    server_block = f"""server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location / {{ proxy_pass {forge.url}; proxy_set_header Host $http_host; }}
+}}"""
+    forge.add_user("tls-ghe", [])
+    store = tmp_path / "store"
+    https = f"https://127.0.0.1:{port}"
+    env = {"GITHUB_API_URL": https, "GITHUB_TOKEN": "ghe-token", "REDIS_URL": redis_url,
+           "BULKBACKUP_STORE": str(store), "GHARCHIVE_URL": https}
+    with nginx_with(server_block, tmp_path / "nginx", port):
+        for api in ("rest", "graphql"):
+            out = run_cli("sync", "tls-ghe", env={**env, "GITHUB_API": api}, cwd=tmp_path)
+            assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+            assert out.stderr.startswith(
+                f"bulkbackup: error: GitHub's {'REST' if api == 'rest' else 'GraphQL'} API's "
+                "TLS certificate is not trusted (self-signed certificate): give its CA's "
+                "certificate in SSL_CERT_FILE"), out.stderr
+            assert "ghe-token" not in out.stderr
+            assert not store.exists() or not any(store.iterdir())
+        r = redis.Redis.from_url(redis_url)
+        r.zadd(keys.TRACKED, {keys.member("tls-ghe"): float("-inf")})
+        r.close()
+        out = run_cli("run", "--procs", "1", env=env, cwd=tmp_path, timeout=300)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+        assert "GitHub's REST API's TLS certificate is not trusted" in out.stderr  # the proof
+        assert not store.exists() or not any(store.iterdir())
+        hour = ["--from", "2026-11-01-0", "--to", "2026-11-01-0"]
+        out = run_cli("events", *hour, env=env, cwd=tmp_path)
+        assert out.returncode == 2 and "events.url's TLS certificate is not trusted" in \
+            out.stderr and out.stderr.count("\n") == 1, out.stderr
+        trusted = {**env, "SSL_CERT_FILE": str(cert)}
+        for api in ("rest", "graphql"):
+            out = run_cli("sync", "tls-ghe", env={**trusted, "GITHUB_API": api}, cwd=tmp_path)
+            assert out.returncode == 0 and "tls-ghe: 0 repositories" in out.stdout, out.stderr
+        shown = run_cli("show", "tls-ghe", "--json", env=trusted, cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        assert orjson.loads(shown.stdout)["repositories"] == []

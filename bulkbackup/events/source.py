@@ -21,6 +21,7 @@ from bulkbackup.config import EventsSettings
 from bulkbackup.errors import BulkbackupError, UsageError, one_line
 from bulkbackup.events import hours
 from bulkbackup.http.bounded import BoundedPool, Overdue, SlowRead, TooLarge
+from bulkbackup.http.tls import raise_if_untrusted
 
 GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 16
@@ -155,6 +156,7 @@ class HourFetcher:
             raise HourFailed(f"{label}: larger than events.max_hour_mb "
                              f"({self._settings.max_hour_mb} MB)") from None
         except urllib3.exceptions.HTTPError as exc:
+            raise_if_untrusted("events.url", exc)
             raise HourFailed(f"{label}: {one_line(exc, 200)}") from None
 
     def close(self) -> None:

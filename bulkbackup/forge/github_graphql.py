@@ -49,6 +49,7 @@ from bulkbackup.forge.graphql_relay import RelayClient
 from bulkbackup.forge.listing import Batching, ListingOutcome, OwnerListing, TakenBack, admit
 from bulkbackup.forge.quota_broker import QuotaBroker, Reservation, Resource, Wait
 from bulkbackup.http.bounded import BoundedPool, Overdue, SlowRead, TooLarge
+from bulkbackup.http.tls import raise_if_untrusted
 from bulkbackup.redact import add_secrets, redact
 
 log = logging.getLogger(__name__)
@@ -321,6 +322,7 @@ class GraphQLLister:
             return _Reply(_Kind.SPLIT if size > 1 else _Kind.FAILED,
                           error=f"GraphQL answer above {MAX_BODY_BYTES} bytes")
         except (urllib3.exceptions.HTTPError, Overdue, SlowRead) as exc:
+            raise_if_untrusted("GitHub's GraphQL API", exc)
             timed_out = isinstance(exc, Overdue | SlowRead)
             if timed_out and size > 1:  # GitHub gives up on a query after 10 s
                 return _Reply(_Kind.SPLIT)

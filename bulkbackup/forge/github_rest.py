@@ -42,6 +42,7 @@ from bulkbackup.forge.listing import (
 from bulkbackup.forge.quota_broker import QuotaBroker, Resource, Wait
 from bulkbackup.forge.rest_gists import GISTS_ETAG, GistList, with_gists
 from bulkbackup.http.bounded import BoundedPool, Overdue, TooLarge
+from bulkbackup.http.tls import raise_if_untrusted
 from bulkbackup.names import check_login, is_login
 from bulkbackup.redact import add_secrets, redact
 
@@ -110,6 +111,7 @@ class GitHub:
                 status, got, body = self._request(url, {"Authorization": f"Bearer {res.token}"},
                                                   time.monotonic() + self.settings.timeout_s)
             except (Overdue, GitHubError, urllib3.exceptions.HTTPError) as exc:
+                raise_if_untrusted("GitHub's REST API", exc)
                 log.warning("could not prove a token (%s): %s", url, redact(str(exc))[:200])
                 continue
             self.broker.record(res, got)
@@ -272,6 +274,7 @@ class GitHub:
                                      f"{self.settings.timeout_s:g}s", deadline)
                 continue
             except urllib3.exceptions.HTTPError as exc:
+                raise_if_untrusted("GitHub's REST API", exc)
                 failures += 1
                 reason = redact(f"{type(exc).__name__}: {exc}")
                 self._retry_or_raise(failures, f"GitHub API unreachable: {reason}", deadline)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import enum
 import io
 import os
-import ssl
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import urllib3
 
 from bulkbackup.errors import BulkbackupError, ConfigError, LockLost
 from bulkbackup.http.bounded import Answer, BoundedPool, Overdue, SlowRead
+from bulkbackup.http.tls import certificate_failure, untrusted_message
 from bulkbackup.store.base import Head, clean_metadata
 from bulkbackup.store.listing import ObjectInfo
 
@@ -104,12 +104,6 @@ class Call:
     max_bytes: int = JSON_MAX_BYTES
 
 
-def _certificate_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The certificate's failure inside urllib3's error, if that is what it is."""
-    found = [exc, *exc.args, exc.__cause__, exc.__context__]
-    return next((e for e in found if isinstance(e, ssl.SSLCertVerificationError)), None)
-
-
 def _q(text: str) -> str:
     return quote(text, safe="/")
 
@@ -153,10 +147,8 @@ class LeaseClient:
                     status, after, body = got.status, got.headers.get("Retry-After", ""), \
                         got.read_all()
             except (urllib3.exceptions.HTTPError, OSError, Overdue, SlowRead) as exc:
-                if (bad := _certificate_failure(exc)) is not None:
-                    raise ServerUntrusted(
-                        f"the server's TLS certificate is not trusted ({bad.verify_message}): "
-                        "give its CA's certificate in SSL_CERT_FILE") from None
+                if (bad := certificate_failure(exc)) is not None:
+                    raise ServerUntrusted(untrusted_message("the server", bad)) from None
                 why, wait_s = f"{type(exc).__name__}: {exc}", delay_s
             else:
                 why, wait_s = self._refusal(status, body), delay_s

@@ -11,6 +11,7 @@ import http.client
 import math
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 import time
@@ -363,6 +364,20 @@ def start_serve(env: dict[str, str], log: Path, *args: str,
         time.sleep(0.1)
     proc.kill()
     raise AssertionError(f"serve did not answer: {log.read_text()[-2000:]}")
+
+
+def serve_on_database(redis_server: str, db: int, tmp_path: Path
+                      ) -> tuple[redis.Redis, Path, dict[str, str], Served]:
+    """`serve` on database ``db`` of ``redis_server`` (emptied: a database of the test's own,
+    others being in use) and a local store in ``tmp_path``: the database's client, the
+    store's folder, serve's environment and serve (the caller stops it)."""
+    url = re.sub(r"/\d+$", f"/{db}", redis_server)
+    r = redis.Redis.from_url(url)
+    r.flushdb()
+    store = tmp_path / "store" / "github.com"
+    store.mkdir(parents=True)
+    serve_env = base_env(tmp_path, url, str(store))
+    return r, store, serve_env, start_serve(serve_env, tmp_path / "serve.log")
 
 
 def stop_serve(served: Served) -> None:

@@ -43,6 +43,7 @@ from tests.helpers import (
     refs_of,
     run_cli,
     run_config,
+    serve_on_database,
     start_serve,
     stop_serve,
     sync,
@@ -357,13 +358,7 @@ def test_a_remote_worker_runs_on_the_server_url_and_a_token_file(
     jobs/README.md: `run --procs N` with env `BULKBACKUP_SERVER` and
     `BULKBACKUP_WORKER_TOKEN_FILE` naming a file that holds the token (no REDIS_URL, no
     BULKBACKUP_STORE, no AWS_*)."""
-    url = re.sub(r"/\d+$", "/3", redis_server)  # a database of its own: others are in use
-    r = redis.Redis.from_url(url)
-    r.flushdb()
-    store = tmp_path / "store" / "github.com"
-    store.mkdir(parents=True)
-    serve_env = base_env(tmp_path, url, str(store))
-    served = start_serve(serve_env, tmp_path / "serve.log")
+    r, store, serve_env, served = serve_on_database(redis_server, 3, tmp_path)
     try:
         added = run_cli("worker-token", "add", "box-1", env=serve_env)
         assert added.returncode == 0 and len(added.stdout.split()) == 1, added.stderr

@@ -25,11 +25,10 @@ from bulkbackup.testing.forge import Forge, RepoSpec
 from bulkbackup.testing.services import free_port, start_redis
 from tests.helpers import (
     ROOT,
-    base_env,
     part_missing,
     run_cli,
     run_config,
-    start_serve,
+    serve_on_database,
     stop_serve,
 )
 
@@ -98,11 +97,7 @@ def test_redis_url_rediss_speaks_tls_to_redis(clean_env: None, forge: Forge,
     only TLS there, its certificate trusted through the URL (`ssl_ca_certs`): ingest (raw
     commands), track, and a pass of `run` (its worker processes, locks and scripts); a
     certificate not trusted is one line, exit 1."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True,
-                   capture_output=True)
+    cert, key = self_signed(tmp_path)
     tls_port = free_port()
     proc, plain_url = start_redis(tmp_path / "redis-tls", extra_args=(
         "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
@@ -205,13 +200,7 @@ def test_a_remote_worker_runs_through_the_tls_proxy_jobs_readme_shows(
     text = (ROOT / "jobs" / "README.md").read_text()
     (block,) = re.findall(r"^```nginx\n(.*?)^```", text, re.M | re.S)
     cert, key = self_signed(tmp_path)
-    url = re.sub(r"/\d+$", "/4", redis_server)  # a database of its own: others are in use
-    r = redis.Redis.from_url(url)
-    r.flushdb()
-    store = tmp_path / "store" / "github.com"
-    store.mkdir(parents=True)
-    serve_env = base_env(tmp_path, url, str(store))
-    served = start_serve(serve_env, tmp_path / "serve.log")
+    r, store, serve_env, served = serve_on_database(redis_server, 4, tmp_path)
     port = free_port()
     server_block = (block.replace("listen 443 ssl;", f"listen 127.0.0.1:{port} ssl;")
                     .replace("/etc/letsencrypt/live/archive.example.org/fullchain.pem",
